@@ -1,0 +1,38 @@
+# postern: each target is one step a person would type.
+PREFIX ?= /usr/local
+DESTDIR ?=
+CARGO ?= cargo
+BINARIES = postern-smtpd
+
+.PHONY: all build run test test-deps lint install clean
+
+all: build
+
+build:
+	$(CARGO) build --release
+
+# The embedded default: 127.0.0.1:2525, spool in ./spool, no root, no system config.
+run:
+	$(CARGO) build --release
+	./target/release/postern-smtpd --builtin-config
+
+# Installs what the interop tests talk to (swaks, Postfix's smtp-source), then lints and tests.
+test: test-deps lint
+	$(CARGO) test --release --all-targets
+
+test-deps:
+	@tools/ensure-test-deps
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --release --all-targets -- -D warnings
+
+install: build
+	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)/etc/postern
+	for b in $(BINARIES); do install -m 0755 target/release/$$b $(DESTDIR)$(PREFIX)/sbin/$$b; done
+	test -e $(DESTDIR)/etc/postern/postern.conf || install -m 0644 postern.conf.example $(DESTDIR)/etc/postern/postern.conf
+	install -d -m 0700 $(DESTDIR)/var/spool/postern
+
+clean:
+	$(CARGO) clean
+	rm -rf spool/tmp spool/new spool/cur spool/hold spool/mailboxes

@@ -1,0 +1,131 @@
+//! postern-smtpd: the SMTP server (daemon, inetd, or systemd socket activation).
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use postern::config::Config;
+use postern::policy::LocalPolicy;
+use postern::server::Server;
+use postern::spool::Spool;
+use postern::{logging, sys};
+
+const USAGE: &str = "usage: postern-smtpd [-c FILE | --builtin-config] [--inetd] [--check]
+  -c FILE            configuration file (default: $POSTERN_CONF, /etc/postern/postern.conf, built-in)
+  --builtin-config   use the built-in configuration and ignore every file (what `make run` does)
+  --inetd            one session on standard input and output (inetd, systemd Accept=yes)
+  --check            check the configuration, print where it came from, and exit
+Sockets passed by systemd (LISTEN_FDS) are used instead of `listen`.";
+
+struct Args {
+    config: Option<PathBuf>,
+    builtin: bool,
+    inetd: bool,
+    check: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args { config: None, builtin: false, inetd: false, check: false };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "-c" => args.config = Some(it.next().ok_or("-c needs a file")?.into()),
+            "--builtin-config" => args.builtin = true,
+            "--inetd" => args.inetd = true,
+            "--check" => args.check = true,
+            "-h" | "--help" => return Err(USAGE.into()),
+            "-V" | "--version" => {
+                return Err(format!("postern-smtpd {}", env!("CARGO_PKG_VERSION")));
+            }
+            other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
+        }
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(text) => {
+            eprintln!("{text}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.inetd {
+        logging::to_syslog("postern-smtpd");
+    } else {
+        logging::to_stderr("postern-smtpd");
+    }
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            if !args.inetd {
+                // env_logger may be filtered off; the reason must still reach the operator.
+                eprintln!("postern-smtpd: {e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    let config = match args.builtin {
+        true => Config::embedded(),
+        false => Config::locate(args.config.as_deref()),
+    };
+    let config = config.map_err(|e| e.to_string())?;
+    if args.check {
+        println!("configuration ok: {}", config.source);
+        return Ok(());
+    }
+    let listeners = if args.inetd { Vec::new() } else { bind(&config)? };
+    drop_privileges(&config)?;
+    let spool = Spool::open(&config.spool).map_err(|e| format!("spool {}: {e}", config.spool.display()))?;
+    spool.clean_tmp();
+    let policy = LocalPolicy::load(&config).map_err(|e| e.to_string())?;
+    let server = Server::new(config, policy, spool);
+    if args.inetd {
+        server.serve_inetd();
+        return Ok(());
+    }
+    Arc::new(server).serve(listeners);
+    Ok(())
+}
+
+/// The sockets systemd passed, else the configured `listen` addresses.
+fn bind(config: &Config) -> Result<Vec<TcpListener>, String> {
+    let passed = sys::listen_fds();
+    let listeners: Vec<TcpListener> = if passed.is_empty() {
+        config
+            .listen
+            .iter()
+            .map(|a| postern::server::listen(*a).map_err(|e| format!("listen {a}: {e}")))
+            .collect::<Result<_, _>>()?
+    } else {
+        passed.into_iter().map(sys::listener_from_fd).collect()
+    };
+    for l in &listeners {
+        match l.local_addr() {
+            Ok(a) => log::info!("listening on {a}"),
+            Err(e) => return Err(format!("passed socket: {e}")),
+        }
+    }
+    Ok(listeners)
+}
+
+/// With `user` set and started as root: give up root after binding, before any client byte.
+fn drop_privileges(config: &Config) -> Result<(), String> {
+    let Some(user) = &config.user else {
+        return Ok(());
+    };
+    if !sys::is_root() {
+        return Ok(());
+    }
+    let ids =
+        sys::lookup_user(user).map_err(|e| format!("user {user}: {e}"))?.ok_or(format!("user {user}: no such user"))?;
+    sys::drop_privileges(ids).map_err(|e| format!("cannot drop privileges to {user}: {e}"))?;
+    log::info!("running as {user} (uid {}, gid {})", ids.uid, ids.gid);
+    Ok(())
+}

@@ -1,0 +1,380 @@
+//! postern.conf: `key = value` lines in, a checked `Config` out; every error names file, line and key.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The configuration used when no file is found: runs from a checkout, without root.
+pub const EMBEDDED_DEFAULT: &str = "\
+# postern's built-in configuration: a checkout, no root, nothing outside ./spool.
+listen = 127.0.0.1:2525
+spool = ./spool
+local_domains = localhost
+trusted_networks = 127.0.0.0/8, ::1
+mailbox_template = ./spool/mailboxes/%u/
+";
+
+/// Where the configuration came from: `-c FILE`, `$POSTERN_CONF`, /etc, or the embedded default.
+pub const SYSTEM_CONFIG: &str = "/etc/postern/postern.conf";
+
+/// An address block such as `127.0.0.0/8` or `::1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(text: &str) -> Option<Cidr> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a.parse::<IpAddr>().ok()?, Some(p.parse::<u8>().ok()?)),
+            None => (text.parse::<IpAddr>().ok()?, None),
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(Cidr { network: addr, prefix })
+    }
+
+    /// IPv4-mapped IPv6 peers (from a dual-stack socket) match IPv4 blocks.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.network, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => prefix_eq(&n.octets(), &a.octets(), self.prefix),
+            (IpAddr::V6(n), IpAddr::V6(a)) => prefix_eq(&n.octets(), &a.octets(), self.prefix),
+            _ => false,
+        }
+    }
+}
+
+fn prefix_eq(a: &[u8], b: &[u8], bits: u8) -> bool {
+    let bits = usize::from(bits);
+    let (whole, rest) = (bits / 8, bits % 8);
+    if a.get(..whole) != b.get(..whole) {
+        return false;
+    }
+    if rest == 0 {
+        return true;
+    }
+    let mask = 0xffu8 << (8 - rest);
+    matches!((a.get(whole), b.get(whole)), (Some(x), Some(y)) if x & mask == y & mask)
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file read, or "embedded default".
+    pub source: String,
+    pub hostname: String,
+    pub listen: Vec<SocketAddr>,
+    pub spool: PathBuf,
+    pub user: Option<String>,
+    /// Lower case.
+    pub local_domains: Vec<String>,
+    pub trusted_networks: Vec<Cidr>,
+    pub mailboxes: Option<PathBuf>,
+    pub mailbox_template: String,
+    pub aliases: Option<PathBuf>,
+    /// Characters that start an address extension (`alice+tag`); empty for none.
+    pub recipient_delimiter: String,
+    pub message_size_limit: u64,
+    pub max_recipients: usize,
+    pub max_connections: usize,
+    pub max_per_ip: usize,
+    pub hard_error_limit: u32,
+    pub soft_error_limit: u32,
+    pub error_sleep_time: Duration,
+    pub junk_command_limit: u32,
+    pub vrfy: bool,
+    pub expn: bool,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+    /// Bytes per second that extend the DATA deadline as they arrive.
+    pub min_data_rate: u64,
+    pub starttls_timeout: Duration,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+/// A configuration error: `file:line: key: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Config {
+    fn builtin() -> Config {
+        Config {
+            source: String::new(),
+            hostname: crate::sys::hostname(),
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
+            spool: PathBuf::from("./spool"),
+            user: None,
+            local_domains: vec!["localhost".into()],
+            trusted_networks: Vec::new(),
+            mailboxes: None,
+            mailbox_template: "./spool/mailboxes/%u/".into(),
+            aliases: None,
+            recipient_delimiter: String::new(),
+            message_size_limit: 10_240_000,
+            max_recipients: 1000,
+            max_connections: 100,
+            max_per_ip: 10,
+            hard_error_limit: 20,
+            soft_error_limit: 10,
+            error_sleep_time: Duration::from_secs(1),
+            junk_command_limit: 100,
+            vrfy: false,
+            expn: false,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
+            min_data_rate: 500,
+            starttls_timeout: Duration::from_secs(300),
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+
+    /// Finds and reads the configuration: `-c FILE`, else `$POSTERN_CONF`, else
+    /// /etc/postern/postern.conf when it exists, else the embedded default.
+    pub fn locate(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        let from_env = std::env::var_os("POSTERN_CONF").filter(|v| !v.is_empty()).map(PathBuf::from);
+        let system = Path::new(SYSTEM_CONFIG);
+        match explicit.map(Path::to_path_buf).or(from_env) {
+            Some(path) => Config::load(&path),
+            None if system.exists() => Config::load(system),
+            None => Config::embedded(),
+        }
+    }
+
+    /// The embedded default, whatever files exist.
+    pub fn embedded() -> Result<Config, ConfigError> {
+        Config::parse(EMBEDDED_DEFAULT, "embedded default")
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError(format!("{name}: {e}")))?;
+        Config::parse(&text, &name)
+    }
+
+    /// Parses configuration text; keys not given keep their built-in values.
+    pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
+        let mut config = Config::builtin();
+        config.source = source.to_string();
+        let mut seen: Vec<String> = Vec::new();
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let err = |key: &str, msg: String| ConfigError(format!("{source}:{}: {key}: {msg}", i + 1));
+            let (key, value) = line.split_once('=').ok_or_else(|| err(line, "expected `key = value`".into()))?;
+            let (key, value) = (key.trim(), value.trim());
+            if seen.iter().any(|k| k == key) {
+                return Err(err(key, "given twice".into()));
+            }
+            config.set(key, value).map_err(|msg| err(key, msg))?;
+            seen.push(key.to_string());
+        }
+        config.check().map_err(|msg| ConfigError(format!("{source}: {msg}")))?;
+        Ok(config)
+    }
+
+    fn set(&mut self, key: &str, v: &str) -> Result<(), String> {
+        match key {
+            "hostname" => self.hostname = hostname(v)?,
+            "listen" => self.listen = list(v).map(socket_addr).collect::<Result<_, _>>()?,
+            "spool" => self.spool = path(v)?,
+            "user" => self.user = Some(word(v)?),
+            "local_domains" => {
+                self.local_domains = list(v).map(|d| hostname(d).map(|h| h.to_lowercase())).collect::<Result<_, _>>()?
+            }
+            "trusted_networks" => {
+                self.trusted_networks = list(v)
+                    .map(|c| Cidr::parse(c).ok_or(format!("`{c}` is not an address or CIDR block")))
+                    .collect::<Result<_, _>>()?
+            }
+            "mailboxes" => self.mailboxes = Some(path(v)?),
+            "mailbox_template" => self.mailbox_template = template(v)?,
+            "aliases" => self.aliases = Some(path(v)?),
+            "recipient_delimiter" => self.recipient_delimiter = delimiter(v)?,
+            "message_size_limit" => self.message_size_limit = size(v)?,
+            "max_recipients" => self.max_recipients = count(v, 100)?,
+            "max_connections" => self.max_connections = count(v, 1)?,
+            "max_per_ip" => self.max_per_ip = count(v, 1)?,
+            "hard_error_limit" => self.hard_error_limit = count(v, 1)?,
+            "soft_error_limit" => self.soft_error_limit = count(v, 0)?,
+            "error_sleep_time" => self.error_sleep_time = duration(v)?,
+            "junk_command_limit" => self.junk_command_limit = count(v, 1)?,
+            "vrfy" => self.vrfy = switch(v)?,
+            "expn" => self.expn = switch(v)?,
+            "command_timeout" => self.command_timeout = positive(duration(v)?)?,
+            "data_timeout" => self.data_timeout = positive(duration(v)?)?,
+            "min_data_rate" => self.min_data_rate = count(v, 1)?,
+            "starttls_timeout" => self.starttls_timeout = positive(duration(v)?)?,
+            "tls_cert" => self.tls_cert = Some(path(v)?),
+            "tls_key" => self.tls_key = Some(path(v)?),
+            _ => return Err("unknown key".into()),
+        }
+        Ok(())
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("tls_cert and tls_key go together".into());
+        }
+        if self.max_per_ip > self.max_connections {
+            return Err("max_per_ip is larger than max_connections".into());
+        }
+        Ok(())
+    }
+
+    /// Whether `ip` is in `trusted_networks`; an unknown peer never is.
+    pub fn is_trusted(&self, ip: Option<IpAddr>) -> bool {
+        ip.is_some_and(|ip| self.trusted_networks.iter().any(|c| c.contains(ip)))
+    }
+}
+
+fn list(v: &str) -> impl Iterator<Item = &str> {
+    v.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn word(v: &str) -> Result<String, String> {
+    if v.is_empty() || v.contains(char::is_whitespace) {
+        return Err("expected one word".into());
+    }
+    Ok(v.to_string())
+}
+
+fn path(v: &str) -> Result<PathBuf, String> {
+    if v.is_empty() {
+        return Err("expected a path".into());
+    }
+    Ok(PathBuf::from(v))
+}
+
+fn hostname(v: &str) -> Result<String, String> {
+    crate::smtp::address::Domain::parse(v).map(|d| d.to_string()).map_err(|_| format!("`{v}` is not a domain name"))
+}
+
+fn socket_addr(v: &str) -> Result<SocketAddr, String> {
+    v.parse().map_err(|_| format!("`{v}` is not address:port (IPv6 as [::]:25)"))
+}
+
+fn template(v: &str) -> Result<String, String> {
+    if !v.contains("%u") {
+        return Err("must contain %u, the mailbox name".into());
+    }
+    Ok(v.to_string())
+}
+
+fn delimiter(v: &str) -> Result<String, String> {
+    if v.chars().all(|c| "+-_=".contains(c)) { Ok(v.to_string()) } else { Err("only + - _ = can be delimiters".into()) }
+}
+
+fn switch(v: &str) -> Result<bool, String> {
+    match v {
+        "on" | "yes" => Ok(true),
+        "off" | "no" => Ok(false),
+        _ => Err("expected on or off".into()),
+    }
+}
+
+fn count<T: TryFrom<u64>>(v: &str, min: u64) -> Result<T, String> {
+    let n: u64 = v.parse().map_err(|_| format!("`{v}` is not a whole number"))?;
+    if n < min {
+        return Err(format!("must be at least {min}"));
+    }
+    T::try_from(n).map_err(|_| format!("`{v}` is too large"))
+}
+
+/// `10M`, `512k`, or plain bytes.
+pub fn size(v: &str) -> Result<u64, String> {
+    let (digits, unit) = match v.strip_suffix(['k', 'K']) {
+        Some(d) => (d, 1024),
+        None => match v.strip_suffix('M') {
+            Some(d) => (d, 1024 * 1024),
+            None => (v, 1),
+        },
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("`{v}` is not a size (bytes, or with k or M)"))?;
+    n.checked_mul(unit).filter(|&s| s > 0).ok_or_else(|| format!("`{v}` is out of range"))
+}
+
+/// `30s`, `5m`, `4h`, `5d`; a bare number is seconds. `ms` exists for tests.
+pub fn duration(v: &str) -> Result<Duration, String> {
+    let bad = || format!("`{v}` is not a duration (such as 30s, 5m, 4h, 5d)");
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let n: u64 = v[..split].parse().map_err(|_| bad())?;
+    let secs = match &v[split..] {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(secs).map(Duration::from_secs).ok_or_else(bad)
+}
+
+fn positive(d: Duration) -> Result<Duration, String> {
+    if d.is_zero() { Err("must be more than zero".into()) } else { Ok(d) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses() {
+        let c = Config::parse(EMBEDDED_DEFAULT, "embedded default").unwrap();
+        assert_eq!(c.listen, vec!["127.0.0.1:2525".parse().unwrap()]);
+        assert_eq!(c.local_domains, vec!["localhost"]);
+        assert!(c.is_trusted(Some("127.0.0.5".parse().unwrap())));
+        assert!(c.is_trusted(Some("::1".parse().unwrap())));
+        assert!(c.is_trusted(Some("::ffff:127.0.0.1".parse().unwrap())));
+        assert!(!c.is_trusted(Some("192.0.2.1".parse().unwrap())));
+        assert!(!c.is_trusted(None));
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let e = Config::parse("listen = 127.0.0.1:25\nmax_recipients = 5\n", "t.conf").unwrap_err();
+        assert_eq!(e.0, "t.conf:2: max_recipients: must be at least 100");
+        let e = Config::parse("\nfrobnicate = yes\n", "t.conf").unwrap_err();
+        assert_eq!(e.0, "t.conf:2: frobnicate: unknown key");
+        let e = Config::parse("vrfy = on\nvrfy = off\n", "t.conf").unwrap_err();
+        assert_eq!(e.0, "t.conf:2: vrfy: given twice");
+        assert!(Config::parse("message_size_limit = 10X\n", "t").is_err());
+        assert!(Config::parse("tls_cert = /x\n", "t").is_err());
+    }
+
+    #[test]
+    fn units() {
+        assert_eq!(size("10M"), Ok(10 * 1024 * 1024));
+        assert_eq!(size("512k"), Ok(512 * 1024));
+        assert_eq!(size("1000"), Ok(1000));
+        assert!(size("99999999999999999999M").is_err());
+        assert_eq!(duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(duration("2d"), Ok(Duration::from_secs(172800)));
+        assert!(duration("5 minutes").is_err());
+        assert!(duration("").is_err());
+    }
+
+    #[test]
+    fn cidr_blocks() {
+        let net = Cidr::parse("10.1.0.0/15").unwrap();
+        assert!(net.contains("10.0.255.1".parse().unwrap()));
+        assert!(!net.contains("10.2.0.1".parse().unwrap()));
+        assert!(Cidr::parse("10.0.0.0/33").is_none());
+        assert!(Cidr::parse("2001:db8::/32").unwrap().contains("2001:db8:1::1".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("192.0.2.1".parse().unwrap()));
+    }
+}

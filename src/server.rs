@@ -1,0 +1,443 @@
+//! The SMTP server's I/O edge: listeners, connection caps, one thread per session, deadlines, spooling DATA.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::config::Config;
+use crate::policy::LocalPolicy;
+use crate::session::{Action, DataError, DataRequest, Input, MAX_HOPS, Session, SessionConfig};
+use crate::smtp::line::{DotReader, HopCounter, Line, LineBuffer, MAX_COMMAND_LINE, TextError};
+use crate::smtp::reply::Reply;
+use crate::spool::{Envelope, QueueId, Spool};
+use crate::{sys, trace};
+
+/// A session thread needs little stack: buffers live on the heap.
+const THREAD_STACK: usize = 256 * 1024;
+const READ_BUFFER: usize = 16 * 1024;
+/// Replies are sent at once past this, so a client that never reads cannot grow memory.
+const MAX_PENDING_OUTPUT: usize = 16 * 1024;
+
+/// Everything a session thread shares: configuration, policy, spool, connection counts.
+pub struct Server {
+    config: Config,
+    session: SessionConfig,
+    policy: LocalPolicy,
+    spool: Spool,
+    counts: Mutex<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// One admitted connection; dropping it (even while a panic unwinds) frees the slot.
+struct Slot {
+    server: Arc<Server>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = self.server.counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts.total = counts.total.saturating_sub(1);
+        if let Some(n) = counts.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// The peer's address, with IPv4-mapped IPv6 shown as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+impl Server {
+    pub fn new(config: Config, policy: LocalPolicy, spool: Spool) -> Server {
+        let session = SessionConfig {
+            hostname: config.hostname.clone(),
+            message_size_limit: config.message_size_limit,
+            max_recipients: config.max_recipients,
+            hard_error_limit: config.hard_error_limit,
+            soft_error_limit: config.soft_error_limit,
+            junk_command_limit: config.junk_command_limit,
+            vrfy: config.vrfy,
+            expn: config.expn,
+            tls_available: false,
+        };
+        Server { config, session, policy, spool, counts: Mutex::new(Counts::default()) }
+    }
+
+    /// Accepts on every listener until the process ends; one thread per listener.
+    pub fn serve(self: Arc<Self>, listeners: Vec<TcpListener>) {
+        let handles: Vec<_> = listeners
+            .into_iter()
+            .map(|listener| {
+                let server = Arc::clone(&self);
+                thread::spawn(move || server.accept_loop(&listener))
+            })
+            .collect();
+        for h in handles {
+            let _ = h.join();
+        }
+    }
+
+    fn accept_loop(self: &Arc<Self>, listener: &TcpListener) {
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    backoff = Duration::from_millis(10);
+                    self.admit(stream, peer);
+                }
+                Err(e) if is_resource_shortage(&e) => {
+                    // EMFILE and friends: wait for descriptors to come back instead of spinning.
+                    log::warn!("accept: {e}; pausing {} ms", backoff.as_millis());
+                    thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => log::debug!("accept: {e}"),
+            }
+        }
+    }
+
+    fn admit(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let ip = canonical(peer.ip());
+        let slot = match self.take_slot(ip) {
+            Ok(slot) => slot,
+            Err(reply) => return refuse_connection(stream, &reply, ip),
+        };
+        let spare = stream.try_clone();
+        let server = Arc::clone(self);
+        let spawned = thread::Builder::new()
+            .name(format!("smtp {ip}"))
+            .stack_size(THREAD_STACK)
+            .spawn(move || server.serve_tcp(stream, ip, slot));
+        if let Err(e) = spawned {
+            log::warn!("cannot start a session thread: {e}");
+            if let Ok(stream) = spare {
+                refuse_connection(stream, &Reply::too_many_connections(&self.config.hostname), ip);
+            }
+        }
+    }
+
+    fn take_slot(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Reply> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if counts.total >= self.config.max_connections {
+            return Err(Reply::too_many_connections(&self.config.hostname));
+        }
+        let from_ip = counts.per_ip.entry(ip).or_insert(0);
+        if *from_ip >= self.config.max_per_ip {
+            return Err(Reply::too_many_connections_from(&self.config.hostname, &ip.to_string()));
+        }
+        *from_ip += 1;
+        counts.total += 1;
+        Ok(Slot { server: Arc::clone(self), ip })
+    }
+
+    fn serve_tcp(&self, stream: TcpStream, ip: IpAddr, _slot: Slot) {
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_write_timeout(Some(self.config.command_timeout));
+        self.run_session(Conn::new(Transport::Tcp(stream)), Some(ip));
+    }
+
+    /// One session on standard input and output (inetd, systemd `Accept=yes`).
+    pub fn serve_inetd(&self) {
+        if sys::is_socket(0) {
+            let stream = sys::stream_from_stdin();
+            let ip = stream.peer_addr().ok().map(|a| canonical(a.ip()));
+            let _ = stream.set_write_timeout(Some(self.config.command_timeout));
+            self.run_session(Conn::new(Transport::Tcp(stream)), ip);
+        } else {
+            // A pipe: the peer is unknown, so it is never trusted.
+            let input = dup_std(0);
+            let output = dup_std(1);
+            match (input, output) {
+                (Ok(input), Ok(output)) => self.run_session(Conn::new(Transport::Pipe { input, output }), None),
+                _ => log::error!("inetd mode: cannot use standard input and output"),
+            }
+        }
+    }
+
+    fn run_session(&self, mut conn: Conn, client: Option<IpAddr>) {
+        let (mut session, mut step) = Session::new(&self.session, &self.policy, client);
+        let peer = client.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
+        log::info!("connect from [{peer}]");
+        let mut lines = LineBuffer::new(READ_BUFFER);
+        loop {
+            if let Some(reply) = &step.reply {
+                if step.delay {
+                    thread::sleep(self.config.error_sleep_time);
+                }
+                if conn.queue(reply).is_err() {
+                    break;
+                }
+            }
+            step = match step.action {
+                Action::ReadLine => match self.read_command(&mut conn, &mut lines) {
+                    Some(Ok(line)) => session.handle(Input::Line(&line)),
+                    Some(Err(input)) => session.handle(input),
+                    None => break,
+                },
+                Action::ReceiveData(request) => match self.receive(&mut conn, &mut lines, &request, client) {
+                    Received::Done(result) => session.handle(Input::DataEnd(result)),
+                    Received::TimedOut => session.handle(Input::Timeout),
+                    Received::Lost => break,
+                },
+                Action::StartTls => break,
+                Action::Close => {
+                    let _ = conn.flush();
+                    break;
+                }
+            };
+        }
+        conn.shutdown();
+        log::info!("disconnect from [{peer}]");
+    }
+
+    /// One command line, or the input that stands for what happened instead; `None` when the peer is gone.
+    fn read_command(&self, conn: &mut Conn, lines: &mut LineBuffer) -> Option<Result<Vec<u8>, Input<'static>>> {
+        conn.deadline = Some(Instant::now() + self.config.command_timeout);
+        match lines.read_line(conn, MAX_COMMAND_LINE) {
+            Ok(Line::Complete(line)) => Some(Ok(line)),
+            Ok(Line::TooLong) => Some(Err(Input::LineTooLong)),
+            Ok(Line::Eof) => None,
+            Err(e) if is_timeout(&e) => Some(Err(Input::Timeout)),
+            Err(_) => None,
+        }
+    }
+
+    /// Reads the message text to the final dot, streaming it into a spool draft,
+    /// and commits it when nothing is wrong. Memory stays bounded whatever the size.
+    fn receive(&self, conn: &mut Conn, lines: &mut LineBuffer, req: &DataRequest, client: Option<IpAddr>) -> Received {
+        let started = Instant::now();
+        let arrived = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let mut draft = self.spool.draft().and_then(|mut d| {
+            let (envelope, header) = self.envelope_and_trace(req, client, arrived, d.id());
+            d.begin(&envelope)?;
+            d.write(header.as_bytes())?;
+            Ok((d, header.len() as u64))
+        });
+        let mut reader = DotReader::new(req.max_size);
+        let mut hops = HopCounter::default();
+        let mut out = Vec::with_capacity(READ_BUFFER);
+        loop {
+            // The deadline grows with the bytes received: a slow trickle is cut off.
+            let allowance = Duration::from_secs(reader.size() / self.config.min_data_rate);
+            conn.deadline = Some(started + self.config.data_timeout + allowance);
+            if lines.buffered().is_empty() {
+                match lines.fill(conn) {
+                    Ok(0) => return Received::Lost, // §4.1.1.10: no dot, no message
+                    Ok(_) => {}
+                    Err(e) if is_timeout(&e) => return Received::TimedOut,
+                    Err(_) => return Received::Lost,
+                }
+            }
+            let (used, done) = reader.feed(lines.buffered(), &mut out);
+            lines.consume(used);
+            hops.scan(&out);
+            if let Ok((d, _)) = &mut draft
+                && let Err(e) = d.write(&out)
+            {
+                draft = Err(e);
+            }
+            out.clear();
+            if done {
+                break;
+            }
+        }
+        let header_len = draft.as_ref().map_or(0, |(_, h)| *h);
+        let result = match (reader.error(), draft) {
+            (Some(TextError::BareLineEnding), _) => Err(DataError::BareLineEnding),
+            (Some(TextError::TooBig), _) => Err(DataError::TooBig),
+            (None, _) if hops.hops() >= MAX_HOPS => Err(DataError::TooManyHops),
+            (None, Err(e)) => Err(DataError::Spool(e)),
+            (None, Ok((d, _))) => d.commit(header_len + reader.size()).map_err(DataError::Spool),
+        };
+        let size = header_len.saturating_add(reader.size());
+        self.log_data_end(&result, req, client, size);
+        Received::Done(result)
+    }
+
+    fn envelope_and_trace(
+        &self,
+        req: &DataRequest,
+        client: Option<IpAddr>,
+        arrived: u64,
+        id: &QueueId,
+    ) -> (Envelope, String) {
+        let envelope = Envelope {
+            arrived,
+            client,
+            helo: Some(req.helo.clone()),
+            protocol: req.protocol.to_string(),
+            body: req.params.body,
+            smtputf8: req.params.smtputf8,
+            from: req.from.clone(),
+            rcpts: req.rcpts.clone(),
+            size: 0,
+        };
+        let header = trace::received(&trace::Trace {
+            helo: &req.helo,
+            client,
+            hostname: &self.config.hostname,
+            protocol: req.protocol,
+            id: id.as_str(),
+            single_recipient: (req.rcpts.len() == 1).then(|| req.rcpts[0].to_string()),
+            time: arrived,
+        });
+        (envelope, header)
+    }
+
+    fn log_data_end(&self, result: &Result<QueueId, DataError>, req: &DataRequest, client: Option<IpAddr>, size: u64) {
+        let peer = client.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
+        match result {
+            Ok(id) => log::info!("{id}: client=[{peer}], from={}, size={size}, nrcpt={}", req.from, req.rcpts.len()),
+            Err(e) => log::info!("reject: DATA from [{peer}]: from={}, size={size}: {}", req.from, reply_text(e)),
+        }
+    }
+}
+
+fn reply_text(e: &DataError) -> String {
+    let reply = Reply::from(e);
+    format!("{} {}", reply.code(), reply.lines().join(" "))
+}
+
+enum Received {
+    Done(Result<QueueId, DataError>),
+    TimedOut,
+    Lost,
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+}
+
+fn is_resource_shortage(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}
+
+/// Says 421 and closes, without ever blocking the accept loop for long.
+fn refuse_connection(mut stream: TcpStream, reply: &Reply, ip: IpAddr) {
+    log::warn!("refused connection from [{ip}]: {}", reply.lines().join(" "));
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
+    let _ = stream.write_all(&reply.to_bytes());
+    let _ = stream.shutdown(Shutdown::Write);
+}
+
+fn dup_std(fd: i32) -> io::Result<File> {
+    let owned = match fd {
+        0 => io::stdin().as_fd().try_clone_to_owned()?,
+        _ => io::stdout().as_fd().try_clone_to_owned()?,
+    };
+    Ok(File::from(owned))
+}
+
+/// The byte stream under a session.
+enum Transport {
+    Tcp(TcpStream),
+    /// inetd with pipes (tests, `socat`): no socket options, so deadlines use poll(2).
+    Pipe {
+        input: File,
+        output: File,
+    },
+}
+
+/// A connection with a pending-reply buffer and a read deadline.
+/// Replies are flushed just before a read would block: pipelining for free (RFC 2920 §3.2).
+struct Conn {
+    transport: Transport,
+    pending: Vec<u8>,
+    deadline: Option<Instant>,
+}
+
+impl Conn {
+    fn new(transport: Transport) -> Conn {
+        Conn { transport, pending: Vec::with_capacity(1024), deadline: None }
+    }
+
+    fn queue(&mut self, reply: &Reply) -> io::Result<()> {
+        reply.write_to(&mut self.pending);
+        if self.pending.len() > MAX_PENDING_OUTPUT {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn remaining(&self) -> io::Result<Option<Duration>> {
+        match self.deadline.map(|d| d.saturating_duration_since(Instant::now())) {
+            Some(left) if left.is_zero() => Err(io::ErrorKind::TimedOut.into()),
+            other => Ok(other),
+        }
+    }
+
+    fn shutdown(&mut self) {
+        if let Transport::Tcp(s) = &self.transport {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.flush()?;
+        let left = self.remaining()?;
+        match &mut self.transport {
+            Transport::Tcp(s) => {
+                s.set_read_timeout(left)?;
+                s.read(buf)
+            }
+            Transport::Pipe { input, .. } => {
+                if !sys::wait_readable(input.as_raw_fd(), left)? {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+                input.read(buf)
+            }
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.pending.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let result = match &mut self.transport {
+            Transport::Tcp(s) => s.write_all(&self.pending),
+            Transport::Pipe { output, .. } => output.write_all(&self.pending),
+        };
+        self.pending.clear();
+        result
+    }
+}
+
+/// Binds a listening socket: SO_REUSEADDR, dual-stack for `[::]`, a deep backlog.
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}

@@ -1,0 +1,6 @@
+//! The SMTP wire language: bytes in, typed values out, no I/O.
+
+pub mod address;
+pub mod command;
+pub mod line;
+pub mod reply;

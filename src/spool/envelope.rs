@@ -1,0 +1,257 @@
+//! The envelope block at the head of a spool file: plain `key: value` lines, a blank line, then the message.
+//!
+//! ```text
+//! postern-envelope 1
+//! arrived: 1795000000
+//! client: 127.0.0.1
+//! helo: client.example
+//! protocol: ESMTP
+//! body: 8bitmime
+//! smtputf8: no
+//! from: <a@b.example>
+//! rcpt: <c@d.example>
+//! size: 000000000004096
+//!
+//! ```
+//! Keys come in this order; the loader is strict. `size` is fixed-width so it can be
+//! written last, once the message is complete, and it lets a truncated file be found.
+
+use std::net::IpAddr;
+
+use crate::smtp::address::{ForwardPath, ReversePath};
+use crate::smtp::command::BodyType;
+
+const MAGIC: &str = "postern-envelope 1";
+const SIZE_DIGITS: usize = 15;
+/// Enough for thousands of recipients; a longer head is not ours.
+pub const MAX_HEAD: usize = 4 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// Seconds since 1970.
+    pub arrived: u64,
+    /// The peer; `None` for local submission or an unknown peer.
+    pub client: Option<IpAddr>,
+    /// The HELO/EHLO name, printable ASCII.
+    pub helo: Option<String>,
+    /// RFC 3848 protocol name: SMTP, ESMTP, ESMTPS, or LOCAL.
+    pub protocol: String,
+    pub body: BodyType,
+    pub smtputf8: bool,
+    pub from: ReversePath,
+    pub rcpts: Vec<ForwardPath>,
+    /// Octets of message after the blank line.
+    pub size: u64,
+}
+
+/// Why an envelope block could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvelopeError {
+    NoEnd,
+    BadMagic,
+    /// Line number (1-based) and what was expected there.
+    BadLine(usize, &'static str),
+}
+
+impl std::fmt::Display for EnvelopeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EnvelopeError::NoEnd => f.write_str("envelope has no blank line"),
+            EnvelopeError::BadMagic => f.write_str("not a postern spool file"),
+            EnvelopeError::BadLine(n, want) => write!(f, "envelope line {n}: expected {want}"),
+        }
+    }
+}
+
+impl Envelope {
+    /// The envelope block, and the offset of the size digits in it.
+    pub fn to_text(&self) -> (String, usize) {
+        let mut t = format!("{MAGIC}\narrived: {}\n", self.arrived);
+        let client = self.client.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
+        t += &format!("client: {client}\nhelo: {}\n", escape(self.helo.as_deref().unwrap_or("")));
+        t += &format!("protocol: {}\nbody: {}\n", self.protocol, body_name(self.body));
+        t += &format!("smtputf8: {}\nfrom: {}\n", if self.smtputf8 { "yes" } else { "no" }, self.from);
+        for r in &self.rcpts {
+            t += &format!("rcpt: {r}\n");
+        }
+        t += "size: ";
+        let offset = t.len();
+        t += &format!("{:0width$}\n\n", self.size, width = SIZE_DIGITS);
+        (t, offset)
+    }
+
+    /// The size field as written at `offset` once the message is complete.
+    pub fn size_digits(size: u64) -> String {
+        format!("{size:0SIZE_DIGITS$}")
+    }
+
+    /// Reads an envelope from the head of a spool file; returns it and the head length.
+    pub fn parse(file: &[u8]) -> Result<(Envelope, usize), EnvelopeError> {
+        let head_end = find_blank_line(file).ok_or(EnvelopeError::NoEnd)?;
+        let head = std::str::from_utf8(&file[..head_end]).map_err(|_| EnvelopeError::BadLine(0, "UTF-8"))?;
+        let mut lines = head.lines().enumerate().map(|(i, l)| (i + 1, l)).peekable();
+        if lines.next().map(|(_, l)| l) != Some(MAGIC) {
+            return Err(EnvelopeError::BadMagic);
+        }
+        let mut field = |key: &'static str| -> Result<(usize, &str), EnvelopeError> {
+            let (n, line) = lines.next().ok_or(EnvelopeError::BadLine(0, key))?;
+            let value =
+                line.strip_prefix(key).and_then(|r| r.strip_prefix(": ")).ok_or(EnvelopeError::BadLine(n, key))?;
+            Ok((n, value))
+        };
+        let (n, v) = field("arrived")?;
+        let arrived = v.parse().map_err(|_| EnvelopeError::BadLine(n, "arrived"))?;
+        let (n, v) = field("client")?;
+        let client =
+            if v == "unknown" { None } else { Some(v.parse().map_err(|_| EnvelopeError::BadLine(n, "client"))?) };
+        let (n, v) = field("helo")?;
+        let helo = unescape(v).ok_or(EnvelopeError::BadLine(n, "helo"))?;
+        let helo = (!helo.is_empty()).then_some(helo);
+        let (n, v) = field("protocol")?;
+        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(EnvelopeError::BadLine(n, "protocol"));
+        }
+        let protocol = v.to_string();
+        let (n, v) = field("body")?;
+        let body = parse_body(v).ok_or(EnvelopeError::BadLine(n, "body"))?;
+        let (n, v) = field("smtputf8")?;
+        let smtputf8 = match v {
+            "yes" => true,
+            "no" => false,
+            _ => return Err(EnvelopeError::BadLine(n, "smtputf8")),
+        };
+        let (n, v) = field("from")?;
+        let from = parse_bracketed(v, ReversePath::parse).ok_or(EnvelopeError::BadLine(n, "from"))?;
+        let mut rcpts = Vec::new();
+        while let Some((n, v)) = lines.peek().and_then(|&(n, l)| l.strip_prefix("rcpt: ").map(|v| (n, v))) {
+            rcpts.push(parse_bracketed(v, ForwardPath::parse).ok_or(EnvelopeError::BadLine(n, "rcpt"))?);
+            lines.next();
+        }
+        let (n, v) = lines
+            .next()
+            .and_then(|(n, l)| l.strip_prefix("size: ").map(|v| (n, v)))
+            .ok_or(EnvelopeError::BadLine(0, "size"))?;
+        let size = v.parse().map_err(|_| EnvelopeError::BadLine(n, "size"))?;
+        if let Some((n, _)) = lines.next() {
+            return Err(EnvelopeError::BadLine(n, "blank line"));
+        }
+        if rcpts.is_empty() {
+            return Err(EnvelopeError::BadLine(0, "rcpt"));
+        }
+        let envelope = Envelope { arrived, client, helo, protocol, body, smtputf8, from, rcpts, size };
+        Ok((envelope, head_end + 1))
+    }
+}
+
+fn find_blank_line(file: &[u8]) -> Option<usize> {
+    let limit = file.len().min(MAX_HEAD);
+    file[..limit].windows(2).position(|w| w == b"\n\n").map(|i| i + 1)
+}
+
+fn parse_bracketed<T, E>(v: &str, parse: impl Fn(&[u8]) -> Result<T, E>) -> Option<T> {
+    let inner = v.strip_prefix('<')?.strip_suffix('>')?;
+    parse(inner.as_bytes()).ok()
+}
+
+fn body_name(body: BodyType) -> &'static str {
+    match body {
+        BodyType::SevenBit => "7bit",
+        BodyType::EightBitMime => "8bitmime",
+    }
+}
+
+fn parse_body(v: &str) -> Option<BodyType> {
+    match v {
+        "7bit" => Some(BodyType::SevenBit),
+        "8bitmime" => Some(BodyType::EightBitMime),
+        _ => None,
+    }
+}
+
+/// `%XX` for every byte that is not printable ASCII, and for `%` itself.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_graphic() && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out += &format!("%{b:02X}");
+        }
+    }
+    out
+}
+
+pub fn unescape(text: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut bytes = text.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = [bytes.next()?, bytes.next()?];
+            out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Envelope {
+        Envelope {
+            arrived: 1_795_000_000,
+            client: Some("127.0.0.1".parse().unwrap()),
+            helo: Some("client.test".into()),
+            protocol: "ESMTP".into(),
+            body: BodyType::EightBitMime,
+            smtputf8: false,
+            from: ReversePath::parse(b"a@b.test").unwrap(),
+            rcpts: vec![ForwardPath::parse(b"c@d.test").unwrap(), ForwardPath::Postmaster],
+            size: 42,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let env = sample();
+        let (text, offset) = env.to_text();
+        assert_eq!(&text[offset..offset + 15], "000000000000042");
+        let mut file = text.clone().into_bytes();
+        file.extend_from_slice(b"message");
+        assert_eq!(Envelope::parse(&file), Ok((env, text.len())));
+    }
+
+    #[test]
+    fn null_sender_and_no_helo_round_trip() {
+        let env = Envelope { from: ReversePath::Null, helo: None, client: None, ..sample() };
+        let (text, _) = env.to_text();
+        assert_eq!(Envelope::parse(text.as_bytes()).unwrap().0, env);
+    }
+
+    #[test]
+    fn reads_as_plain_text() {
+        let (text, _) = sample().to_text();
+        assert!(text.contains("\nfrom: <a@b.test>\nrcpt: <c@d.test>\nrcpt: <Postmaster>\n"), "{text}");
+    }
+
+    #[test]
+    fn strict_loader() {
+        let (text, _) = sample().to_text();
+        let broken = text.replace("rcpt: <c@d.test>", "rcpt: c@d.test");
+        assert_eq!(Envelope::parse(broken.as_bytes()), Err(EnvelopeError::BadLine(9, "rcpt")));
+        let injected = text.replace("helo: client.test", "helo: x\nrcpt: <evil@x.test>");
+        assert!(Envelope::parse(injected.as_bytes()).is_err());
+        assert_eq!(Envelope::parse(b"hello\n\n"), Err(EnvelopeError::BadMagic));
+        assert_eq!(Envelope::parse(b"postern-envelope 1\n"), Err(EnvelopeError::NoEnd));
+    }
+
+    #[test]
+    fn escaping_round_trips_any_text() {
+        for s in ["", "a b", "100%", "x\r\ny\0z", "ünï"] {
+            assert_eq!(unescape(&escape(s)).as_deref(), Some(s));
+            assert!(escape(s).bytes().all(|b| b.is_ascii_graphic()));
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! The spool: owns every path under the spool directory and the commit that makes a message durable.
+//!
+//! ```text
+//! tmp/ID   being written (the writer holds an flock on it)
+//! new/ID   accepted, never tried
+//! cur/ID   tried, waiting for a retry (+ ID.log)
+//! hold/ID  put aside by the operator
+//! ```
+
+pub mod envelope;
+pub mod id;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+pub use envelope::Envelope;
+pub use id::QueueId;
+
+use crate::sys;
+
+/// Why the spool could not take or give a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpoolError {
+    /// ENOSPC or EDQUOT: answered 452 4.3.1, nothing left behind.
+    DiskFull,
+    /// Any other I/O failure, with its text for the log.
+    Io(String),
+    /// The queue name is taken; never overwritten.
+    Collision,
+    /// A spool file that does not parse.
+    Corrupt(String),
+}
+
+impl From<io::Error> for SpoolError {
+    fn from(e: io::Error) -> SpoolError {
+        match e.raw_os_error() {
+            Some(libc::ENOSPC | libc::EDQUOT) => SpoolError::DiskFull,
+            _ if e.kind() == io::ErrorKind::AlreadyExists => SpoolError::Collision,
+            _ => SpoolError::Io(e.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for SpoolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpoolError::DiskFull => f.write_str("disk full"),
+            SpoolError::Io(e) => write!(f, "I/O error: {e}"),
+            SpoolError::Collision => f.write_str("queue file name already taken"),
+            SpoolError::Corrupt(e) => write!(f, "corrupt queue file: {e}"),
+        }
+    }
+}
+
+pub struct Spool {
+    root: PathBuf,
+    new_dir: File,
+}
+
+const SUBDIRS: [&str; 4] = ["tmp", "new", "cur", "hold"];
+
+impl Spool {
+    /// Opens the spool, creating its directories (mode 0700) when missing.
+    pub fn open(root: &Path) -> io::Result<Spool> {
+        let mut builder = fs::DirBuilder::new();
+        builder.recursive(true).mode(0o700);
+        for sub in SUBDIRS {
+            builder.create(root.join(sub))?;
+        }
+        let new_dir = File::open(root.join("new"))?;
+        Ok(Spool { root: root.to_path_buf(), new_dir })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn path(&self, dir: &str, id: &QueueId) -> PathBuf {
+        self.root.join(dir).join(id.as_str())
+    }
+
+    /// Starts a new message in `tmp/`.
+    pub fn draft(&self) -> Result<Draft<'_>, SpoolError> {
+        let id = QueueId::generate();
+        let path = self.path("tmp", &id);
+        let file =
+            OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(&path)?;
+        let draft = Draft { spool: self, id, path, file: BufWriter::with_capacity(64 * 1024, file), size_offset: 0 };
+        if !sys::try_lock_exclusive(draft.file.get_ref())? {
+            return Err(SpoolError::Collision);
+        }
+        Ok(draft)
+    }
+
+    /// Removes files in `tmp/` whose writer is gone (their lock is free); returns how many.
+    /// A live writer in another process keeps its lock, so its file is left alone.
+    pub fn clean_tmp(&self) -> usize {
+        let Ok(entries) = fs::read_dir(self.root.join("tmp")) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let unlocked = File::open(&path).and_then(|f| sys::try_lock_exclusive(&f)).unwrap_or(false);
+            if unlocked && fs::remove_file(&path).is_ok() {
+                log::info!("removed leftover {}", path.display());
+                removed += 1;
+            }
+        }
+        removed
+    }
+}
+
+/// A message being written in `tmp/`; dropped without `commit`, it is removed.
+pub struct Draft<'a> {
+    spool: &'a Spool,
+    id: QueueId,
+    path: PathBuf,
+    file: BufWriter<File>,
+    size_offset: u64,
+}
+
+impl Draft<'_> {
+    pub fn id(&self) -> &QueueId {
+        &self.id
+    }
+
+    /// Writes the envelope block; its size is filled in by `commit`.
+    pub fn begin(&mut self, envelope: &Envelope) -> Result<(), SpoolError> {
+        let (text, offset) = envelope.to_text();
+        self.size_offset = offset as u64;
+        self.file.write_all(text.as_bytes())?;
+        Ok(())
+    }
+
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
+        Ok(self.file.write_all(bytes)?)
+    }
+
+    /// The commit point: fill in the size, fsync the file, link it into `new/`
+    /// (never over an existing name), fsync `new/`. Only then may 250 be sent.
+    pub fn commit(mut self, size: u64) -> Result<QueueId, SpoolError> {
+        self.file.flush()?;
+        let file = self.file.get_ref();
+        file.write_all_at(Envelope::size_digits(size).as_bytes(), self.size_offset)?;
+        file.sync_data()?;
+        let queued = self.spool.path("new", &self.id);
+        fs::hard_link(&self.path, &queued)?;
+        if let Err(e) = self.spool.new_dir.sync_all() {
+            // Not durable, so not accepted: the client will hear 4xx and must not find it queued.
+            let _ = fs::remove_file(&queued);
+            return Err(e.into());
+        }
+        Ok(self.id.clone())
+    }
+}
+
+impl Drop for Draft<'_> {
+    fn drop(&mut self) {
+        // After a commit the name lives on in new/; before it, the draft is abandoned.
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::address::{ForwardPath, ReversePath};
+    use crate::smtp::command::BodyType;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn temp_spool(name: &str) -> (Spool, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("postern-spool-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        (Spool::open(&dir).unwrap(), dir)
+    }
+
+    fn envelope() -> Envelope {
+        Envelope {
+            arrived: 1,
+            client: None,
+            helo: None,
+            protocol: "ESMTP".into(),
+            body: BodyType::SevenBit,
+            smtputf8: false,
+            from: ReversePath::Null,
+            rcpts: vec![ForwardPath::Postmaster],
+            size: 0,
+        }
+    }
+
+    #[test]
+    fn commit_moves_a_complete_file_into_new() {
+        let (spool, dir) = temp_spool("commit");
+        let mut draft = spool.draft().unwrap();
+        draft.begin(&envelope()).unwrap();
+        draft.write(b"Subject: hi\r\n\r\nbody\r\n").unwrap();
+        let id = draft.commit(21).unwrap();
+        let bytes = fs::read(dir.join("new").join(id.as_str())).unwrap();
+        let (env, head) = Envelope::parse(&bytes).unwrap();
+        assert_eq!(env.size, 21);
+        assert_eq!(&bytes[head..], b"Subject: hi\r\n\r\nbody\r\n");
+        assert_eq!(fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
+        let mode = fs::metadata(dir.join("new").join(id.as_str())).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(fs::metadata(dir.join("new")).unwrap().permissions().mode() & 0o777, 0o700);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_abandoned_draft_leaves_nothing() {
+        let (spool, dir) = temp_spool("abandon");
+        let mut draft = spool.draft().unwrap();
+        draft.write(b"partial").unwrap();
+        drop(draft);
+        assert_eq!(fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(dir.join("new")).unwrap().count(), 0);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn commit_never_overwrites() {
+        let (spool, dir) = temp_spool("collide");
+        let draft = spool.draft().unwrap();
+        let target = dir.join("new").join(draft.id().as_str());
+        fs::write(&target, b"already here").unwrap();
+        assert_eq!(draft.commit(0), Err(SpoolError::Collision));
+        assert_eq!(fs::read(&target).unwrap(), b"already here");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn clean_tmp_spares_live_writers() {
+        let (spool, dir) = temp_spool("clean");
+        let live = spool.draft().unwrap();
+        fs::write(dir.join("tmp").join("dead"), b"x").unwrap();
+        assert_eq!(spool.clean_tmp(), 1);
+        assert!(dir.join("tmp").join(live.id().as_str()).exists());
+        drop(live);
+        fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,128 @@
+//! The few system calls std does not wrap: file locks, user lookup, privilege changes, poll.
+//! Each is one small function with its safety argument; nothing else in the crate is unsafe.
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Duration;
+
+/// Takes an exclusive `flock` without waiting; `Ok(false)` when another holder has it.
+/// The lock goes with the file descriptor, so a killed holder leaves no stale lock.
+pub fn try_lock_exclusive(file: &File) -> io::Result<bool> {
+    // SAFETY: flock takes a valid open descriptor, borrowed from `file` for the call.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) { Ok(false) } else { Err(err) }
+}
+
+/// A user's IDs from the password database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserIds {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+pub fn lookup_user(name: &str) -> io::Result<Option<UserIds>> {
+    let cname = CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in user name"))?;
+    let mut pwd: libc::passwd = unsafe_zeroed_passwd();
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer refers to live, correctly sized storage owned by this frame;
+    // getpwnam_r writes only inside `pwd` and `buf` and sets `result`.
+    let rc = unsafe { libc::getpwnam_r(cname.as_ptr(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok((!result.is_null()).then_some(UserIds { uid: pwd.pw_uid, gid: pwd.pw_gid }))
+}
+
+fn unsafe_zeroed_passwd() -> libc::passwd {
+    // SAFETY: passwd is plain old data (integers and pointers); all-zero is a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Drops to `user` for good: supplementary groups, then gid, then uid (CERT POS36-C),
+/// then checks that root cannot be regained (POS37-C). Called before any thread exists.
+pub fn drop_privileges(user: UserIds) -> io::Result<()> {
+    // SAFETY: plain system calls on integers; an empty group list with a null pointer is allowed.
+    let steps = unsafe { [libc::setgroups(0, std::ptr::null()), libc::setgid(user.gid), libc::setuid(user.uid)] };
+    if steps.iter().any(|&rc| rc != 0) {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above; this call is expected to fail.
+    if user.uid != 0 && unsafe { libc::setuid(0) } == 0 {
+        return Err(io::Error::other("setuid(0) succeeded after dropping privileges"));
+    }
+    Ok(())
+}
+
+/// Waits until `fd` is readable, up to `timeout`; `Ok(false)` on timeout.
+pub fn wait_readable(fd: RawFd, timeout: Option<Duration>) -> io::Result<bool> {
+    let ms = timeout.map_or(-1, |t| i32::try_from(t.as_millis()).unwrap_or(i32::MAX));
+    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    loop {
+        // SAFETY: one valid pollfd, count 1.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc >= 0 {
+            return Ok(rc > 0);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// The descriptors passed by systemd socket activation (sd_listen_fds(3)), from fd 3 on.
+pub fn listen_fds() -> Vec<RawFd> {
+    let for_us = std::env::var("LISTEN_PID").ok().and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
+    let count = std::env::var("LISTEN_FDS").ok().and_then(|n| n.parse::<i32>().ok()).unwrap_or(0);
+    if !for_us || count <= 0 {
+        return Vec::new();
+    }
+    (3..3 + count.min(64)).collect()
+}
+
+/// Whether `fd` is a socket (inetd gives one; a test may give a pipe).
+pub fn is_socket(fd: RawFd) -> bool {
+    // SAFETY: an all-zero stat is a valid out-parameter; fstat only writes into it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on any integer is safe; an invalid fd returns an error.
+    let rc = unsafe { libc::fstat(fd, &mut st) };
+    rc == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK
+}
+
+/// The system's host name.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// Adopts a listening socket passed by systemd (fd 3 and up).
+pub fn listener_from_fd(fd: RawFd) -> std::net::TcpListener {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the fd comes from `listen_fds`, which systemd hands over to this process alone;
+    // it is owned from here on and closed with the listener.
+    unsafe { std::net::TcpListener::from_raw_fd(fd) }
+}
+
+/// Adopts standard input as the connection when inetd passed a socket.
+pub fn stream_from_stdin() -> std::net::TcpStream {
+    use std::os::fd::FromRawFd;
+    // SAFETY: fd 0 is open (checked by `is_socket` before this call) and is a socket;
+    // the session owns it for the rest of the process.
+    unsafe { std::net::TcpStream::from_raw_fd(0) }
+}

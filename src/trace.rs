@@ -1,0 +1,100 @@
+//! The `Received:` trace header (RFC 5321 §4.4) and RFC 5322 dates, as pure functions.
+
+use std::net::IpAddr;
+
+/// What the trace header records about one message.
+pub struct Trace<'a> {
+    pub helo: &'a str,
+    pub client: Option<IpAddr>,
+    pub hostname: &'a str,
+    /// RFC 3848: SMTP, ESMTP, ESMTPS, LOCAL.
+    pub protocol: &'a str,
+    pub id: &'a str,
+    /// Named only when there is exactly one (§7.2: lists of recipients are private).
+    pub single_recipient: Option<String>,
+    pub time: u64,
+}
+
+/// The header, folded over lines, ending in CRLF.
+pub fn received(t: &Trace<'_>) -> String {
+    let peer = match t.client {
+        Some(ip) => format!("unknown [{}]", ip_text(ip)),
+        None => "unknown".to_string(),
+    };
+    let mut h =
+        format!("Received: from {} ({peer})\r\n\tby {} (postern) with {} id {}", t.helo, t.hostname, t.protocol, t.id);
+    if let Some(rcpt) = &t.single_recipient {
+        h += &format!("\r\n\tfor {rcpt}");
+    }
+    h += &format!(";\r\n\t{}\r\n", rfc5322_date(t.time));
+    h
+}
+
+fn ip_text(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => format!("IPv6:{v6}"),
+        },
+        IpAddr::V4(v4) => v4.to_string(),
+    }
+}
+
+/// `Mon, 23 Nov 2026 10:12:00 +0000` (RFC 5322 §3.3), in UTC.
+pub fn rfc5322_date(secs: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let days = secs / 86400;
+    let (y, m, d) = civil_from_days(days);
+    let rem = secs % 86400;
+    let weekday = DAYS[(days % 7) as usize];
+    let month = MONTHS[(m - 1) as usize];
+    format!("{weekday}, {d} {month} {y} {:02}:{:02}:{:02} +0000", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Days since 1970-01-01 to (year, month, day), Gregorian; the well-known era algorithm.
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
+        assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
+        assert_eq!(rfc5322_date(1_795_392_000 + 3661), "Mon, 23 Nov 2026 01:01:01 +0000");
+    }
+
+    #[test]
+    fn received_header() {
+        let t = Trace {
+            helo: "client.test",
+            client: Some("::ffff:127.0.0.1".parse().unwrap()),
+            hostname: "mail.example.test",
+            protocol: "ESMTP",
+            id: "ABC",
+            single_recipient: Some("<alice@example.test>".into()),
+            time: 0,
+        };
+        assert_eq!(
+            received(&t),
+            "Received: from client.test (unknown [127.0.0.1])\r\n\tby mail.example.test (postern) with ESMTP id ABC\r\n\
+             \tfor <alice@example.test>;\r\n\tThu, 1 Jan 1970 00:00:00 +0000\r\n"
+        );
+        let many = Trace { single_recipient: None, client: Some("::1".parse().unwrap()), ..t };
+        assert!(received(&many).starts_with("Received: from client.test (unknown [IPv6:::1])\r\n"));
+        assert!(!received(&many).contains("for <"));
+    }
+}

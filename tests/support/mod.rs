@@ -1,0 +1,269 @@
+//! Test support: a temp directory per test, the real `postern-smtpd` on 127.0.0.1:0, an SMTP client.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
+
+/// A directory removed when the test ends.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("postern-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn smtpd_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_postern-smtpd")
+}
+
+/// The configuration every test server starts from: the PITFALLS conventions.
+/// Local domain example.test, users alice and postmaster, no trusted network.
+pub fn base_config(dir: &Path) -> String {
+    std::fs::write(dir.join("mailboxes"), format!("alice: {}/maildirs/alice/\n", dir.display())).unwrap();
+    std::fs::write(dir.join("aliases"), "postmaster: alice\nstaff: alice, bob@remote.test\n").unwrap();
+    format!(
+        "hostname = mail.example.test\nlisten = 127.0.0.1:0\nspool = {d}/spool\nlocal_domains = example.test\n\
+         mailboxes = {d}/mailboxes\naliases = {d}/aliases\nrecipient_delimiter = +\n",
+        d = dir.display()
+    )
+}
+
+/// A running `postern-smtpd`, killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub dir: TempDir,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Starts with the base configuration plus `extra` lines (later keys must not repeat base ones).
+    pub fn start(extra: &str) -> Server {
+        let dir = TempDir::new("smtpd");
+        let config = format!("{}{extra}", base_config(dir.path()));
+        Server::start_in(dir, &config)
+    }
+
+    pub fn start_in(dir: TempDir, config: &str) -> Server {
+        let conf = dir.path().join("postern.conf");
+        std::fs::write(&conf, config).unwrap();
+        let mut child = Command::new(smtpd_binary())
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start postern-smtpd");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| {
+            panic!("server did not start: {:?}", log.lock().unwrap());
+        });
+        Server { child, addr: addr.parse().unwrap(), dir, log }
+    }
+
+    pub fn spool(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// Files in spool/new, sorted by name (arrival).
+    pub fn queued(&self) -> Vec<PathBuf> {
+        list(&self.spool().join("new"))
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident memory in KiB (VmHWM).
+    pub fn peak_rss_kib(&self) -> u64 {
+        status_field(self.pid(), "VmHWM:")
+    }
+
+    pub fn rss_kib(&self) -> u64 {
+        status_field(self.pid(), "VmRSS:")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn status_field(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+pub fn list(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+        Err(_) => Vec::new(),
+    };
+    files.sort();
+    files
+}
+
+/// The message part of a spool file (after the envelope's blank line).
+pub fn message_of(spool_file: &Path) -> Vec<u8> {
+    let bytes = std::fs::read(spool_file).unwrap();
+    let at = bytes.windows(2).position(|w| w == b"\n\n").expect("envelope end");
+    bytes[at + 2..].to_vec()
+}
+
+/// The message without our Received header (what the client sent, un-stuffed).
+pub fn body_of(spool_file: &Path) -> Vec<u8> {
+    let message = message_of(spool_file);
+    let text = String::from_utf8_lossy(&message);
+    assert!(text.starts_with("Received: from "), "{text}");
+    // Our header is folded; it ends at the first line that does not start with a tab.
+    let mut at = 0;
+    for (i, line) in message.split_inclusive(|&b| b == b'\n').enumerate() {
+        if i > 0 && !line.starts_with(b"\t") {
+            break;
+        }
+        at += line.len();
+    }
+    message[at..].to_vec()
+}
+
+/// A plain SMTP client over TCP that reads whole replies.
+pub struct Client {
+    pub stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        Client { stream, reader }
+    }
+
+    /// Connects and reads the greeting, asserting it is 220.
+    pub fn greeted(addr: SocketAddr) -> Client {
+        let mut c = Client::connect(addr);
+        let greeting = c.reply();
+        assert!(greeting.starts_with("220 "), "{greeting}");
+        c
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// One whole reply, all lines joined with \n; empty at end of stream.
+    pub fn reply(&mut self) -> String {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return lines.join("\n"),
+                Ok(_) => {}
+            }
+            let line = line.trim_end_matches(['\r', '\n']).to_string();
+            let last = line.as_bytes().get(3) != Some(&b'-');
+            lines.push(line);
+            if last {
+                return lines.join("\n");
+            }
+        }
+    }
+
+    /// Sends one command line and returns the reply.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    /// True when the server closed the connection (read returns 0 within the timeout).
+    pub fn is_closed(&mut self, within: Duration) -> bool {
+        self.stream.set_read_timeout(Some(within)).unwrap();
+        let mut buf = [0u8; 256];
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            match self.reader.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    /// A whole transaction; returns the reply to the final dot.
+    pub fn mail(&mut self, from: &str, to: &[&str], body: &[u8]) -> String {
+        let r = self.cmd(&format!("MAIL FROM:<{from}>"));
+        assert!(r.starts_with("250"), "MAIL FROM:<{from}>: {r}");
+        for rcpt in to {
+            let r = self.cmd(&format!("RCPT TO:<{rcpt}>"));
+            assert!(r.starts_with("250"), "RCPT {rcpt}: {r}");
+        }
+        let r = self.cmd("DATA");
+        assert!(r.starts_with("354"), "DATA: {r}");
+        self.send(body);
+        self.send(b"\r\n.\r\n");
+        self.reply()
+    }
+}
+
+/// The reply code and enhanced code of a reply's last line: "250 2.1.0".
+/// Replies without an enhanced code give just the code: "354".
+pub fn code(reply: &str) -> String {
+    let last = reply.lines().last().unwrap_or("");
+    let mut words = last.split_whitespace();
+    let number = words.next().unwrap_or("").to_string();
+    match words.next() {
+        Some(status) if status.split('.').count() == 3 && status.split('.').all(|p| p.parse::<u16>().is_ok()) => {
+            format!("{number} {status}")
+        }
+        _ => number,
+    }
+}
