@@ -31,7 +31,9 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if !self.0.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 
@@ -68,9 +70,22 @@ impl Server {
     }
 
     pub fn start_in(dir: TempDir, config: &str) -> Server {
+        Server::start_wrapped(dir, config, &[])
+    }
+
+    /// Starts the server under a wrapper command such as `prlimit --nofile=32` or strace.
+    pub fn start_wrapped(dir: TempDir, config: &str, wrapper: &[&str]) -> Server {
         let conf = dir.path().join("postern.conf");
         std::fs::write(&conf, config).unwrap();
-        let mut child = Command::new(smtpd_binary())
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(smtpd_binary());
+                c
+            }
+            None => Command::new(smtpd_binary()),
+        };
+        let mut child = command
             .arg("-c")
             .arg(&conf)
             .stdin(Stdio::null())
@@ -94,6 +109,15 @@ impl Server {
             panic!("server did not start: {:?}", log.lock().unwrap());
         });
         Server { child, addr: addr.parse().unwrap(), dir, log }
+    }
+
+    /// Kills the server with SIGKILL and hands back its directory.
+    pub fn kill9(mut self) -> TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self.dir, TempDir(PathBuf::new()));
+        std::mem::forget(self);
+        dir
     }
 
     pub fn spool(&self) -> PathBuf {
@@ -129,9 +153,19 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // A wrapper such as strace would leave its program running: kill children first.
+        for pid in children(self.child.id()) {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The child processes of `pid`.
+pub fn children(pid: u32) -> Vec<u32> {
+    let list = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    list.split_whitespace().filter_map(|p| p.parse().ok()).collect()
 }
 
 pub fn status_field(pid: u32, field: &str) -> u64 {

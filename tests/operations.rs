@@ -1,0 +1,405 @@
+//! The server as an operator runs it: inetd, socket activation, privilege drop, crashes, full disks,
+//! descriptor exhaustion, and real clients (swaks, Python's smtplib).
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use postern::spool::Envelope;
+use support::{Client, Server, TempDir, base_config, code};
+
+fn is_root() -> bool {
+    postern::sys::is_root()
+}
+
+fn require_tool(name: &str) {
+    let found = Command::new("sh").arg("-c").arg(format!("command -v {name}")).output().unwrap().status.success();
+    assert!(found, "{name} is missing: `make test` installs it (tools/ensure-test-deps)");
+}
+
+/// Every file in spool/new parses and holds as many message bytes as its envelope says.
+fn assert_queue_whole(spool: &Path) {
+    for file in support::list(&spool.join("new")) {
+        let bytes = std::fs::read(&file).unwrap();
+        let (envelope, head) = Envelope::parse(&bytes).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        assert_eq!(envelope.size, (bytes.len() - head) as u64, "{} is partial", file.display());
+    }
+}
+
+#[test]
+fn inetd_mode_runs_one_session_over_a_pipe() {
+    let dir = TempDir::new("inetd");
+    let conf = dir.path().join("postern.conf");
+    std::fs::write(&conf, base_config(dir.path()) + "trusted_networks = 127.0.0.0/8\n").unwrap();
+    let mut child = Command::new(support::smtpd_binary())
+        .args(["--inetd", "-c"])
+        .arg(&conf)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    // Relay row 42: a pipe has no peer address, so it is never trusted.
+    input
+        .write_all(
+            b"EHLO pipe.test\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<relaytest@remote.test>\r\n\
+              RCPT TO:<alice@example.test>\r\nDATA\r\nSubject: inetd\r\n\r\nover a pipe\r\n.\r\nQUIT\r\n",
+        )
+        .unwrap();
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let codes: Vec<&str> = text.lines().filter(|l| l.as_bytes().get(3) == Some(&b' ')).map(|l| &l[..3]).collect();
+    assert_eq!(codes, ["220", "250", "250", "554", "250", "354", "250", "221"], "{text}");
+    assert!(out.stderr.is_empty(), "inetd mode wrote to stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let queued = support::list(&dir.path().join("spool/new"));
+    assert_eq!(queued.len(), 1);
+    let envelope = std::fs::read_to_string(&queued[0]).unwrap();
+    assert!(envelope.contains("client: unknown\n") && envelope.contains("rcpt: <alice@example.test>\n"));
+}
+
+#[test]
+fn socket_activation_uses_the_passed_socket() {
+    require_tool("systemd-socket-activate");
+    let dir = TempDir::new("activate");
+    let conf = dir.path().join("postern.conf");
+    // `listen` names a port that must not be used: the passed socket wins.
+    std::fs::write(&conf, base_config(dir.path()) + "").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg(support::smtpd_binary())
+        .arg("-c")
+        .arg(&conf)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let sink = Arc::clone(&log);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let started = Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() && started.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // systemd-socket-activate starts the program on the first connection.
+    let mut c = Client::greeted(addr);
+    c.cmd("EHLO x");
+    assert_eq!(code(&c.mail("a@remote.test", &["alice@example.test"], b"activated")), "250 2.0.0");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(support::list(&dir.path().join("spool/new")).len(), 1);
+    assert!(log.lock().unwrap().contains(&format!("listening on 127.0.0.1:{port}")), "{}", log.lock().unwrap());
+}
+
+#[test]
+fn started_as_root_it_drops_to_the_configured_user() {
+    if !is_root() {
+        eprintln!("skipped: needs root to start as root");
+        return;
+    }
+    let dir = TempDir::new("privdrop");
+    let nobody = postern::sys::lookup_user("nobody").unwrap().unwrap();
+    std::os::unix::fs::chown(dir.path(), Some(nobody.uid), Some(nobody.gid)).unwrap();
+    let config = base_config(dir.path()) + "user = nobody\n";
+    let server = Server::start_in(dir, &config);
+    let mut c = Client::greeted(server.addr);
+    c.cmd("EHLO x");
+    assert_eq!(code(&c.mail("a@remote.test", &["alice@example.test"], b"as nobody")), "250 2.0.0");
+    // PR1: every thread, after the drop.
+    for task in support::list(Path::new(&format!("/proc/{}/task", server.pid()))) {
+        let status = std::fs::read_to_string(task.join("status")).unwrap();
+        let field = |name: &str| status.lines().find(|l| l.starts_with(name)).unwrap().to_string();
+        let ids = |line: String| line.split_whitespace().skip(1).map(str::to_string).collect::<Vec<_>>();
+        assert_eq!(ids(field("Uid:")), vec![nobody.uid.to_string(); 4], "{}", task.display());
+        assert_eq!(ids(field("Gid:")), vec![nobody.gid.to_string(); 4]);
+        assert!(ids(field("Groups:")).is_empty());
+        for cap in ["CapEff:", "CapPrm:", "CapAmb:"] {
+            assert_eq!(ids(field(cap)), ["0000000000000000"], "{cap}");
+        }
+    }
+    let file = &server.queued()[0];
+    let meta = std::fs::metadata(file).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), nobody.uid);
+    assert!(server.log().contains("running as nobody"));
+}
+
+#[test]
+fn kill_9_mid_transaction_loses_no_acknowledged_message() {
+    let server = Server::start("max_connections = 100\nmax_per_ip = 100\n");
+    let addr = server.addr;
+    let acknowledged = Arc::new(Mutex::new(Vec::<(String, Vec<u8>)>::new()));
+    let stop = Instant::now() + Duration::from_millis(1500);
+    let clients: Vec<_> = (0..50)
+        .map(|t| {
+            let acknowledged = Arc::clone(&acknowledged);
+            std::thread::spawn(move || {
+                let mut c = Client::greeted(addr);
+                c.cmd("EHLO crash.test");
+                for n in 0..10_000 {
+                    if Instant::now() > stop + Duration::from_secs(5) {
+                        return;
+                    }
+                    let body = format!("Subject: {t}-{n}\r\n\r\n{}\r\n", format!("thread {t} message {n} ").repeat(50));
+                    if !c.cmd("MAIL FROM:<a@remote.test>").starts_with("250")
+                        || !c.cmd("RCPT TO:<alice@example.test>").starts_with("250")
+                        || !c.cmd("DATA").starts_with("354")
+                    {
+                        return;
+                    }
+                    // Send in two parts with a pause, so some sessions are mid-DATA at the kill.
+                    let (head, tail) = body.as_bytes().split_at(body.len() / 2);
+                    let _ = c.stream.write_all(head);
+                    std::thread::sleep(Duration::from_millis(2));
+                    let _ = c.stream.write_all(tail);
+                    let _ = c.stream.write_all(b".\r\n");
+                    let reply = c.reply();
+                    match reply.strip_prefix("250 2.0.0 Ok: queued as ") {
+                        Some(id) => acknowledged.lock().unwrap().push((id.to_string(), body.into_bytes())),
+                        None => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(stop - Instant::now());
+    let dir = server.kill9();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap();
+    assert!(acknowledged.len() > 50, "too few messages before the kill: {}", acknowledged.len());
+    let spool = dir.path().join("spool");
+    for (id, body) in acknowledged.iter() {
+        let file = spool.join("new").join(id);
+        assert!(file.exists(), "{id} was acknowledged but is not in new/");
+        assert_eq!(&support::body_of(&file), body, "{id} differs");
+    }
+    assert_queue_whole(&spool);
+    // Restart on the same spool: what a dead writer left in tmp/ is removed.
+    let config = std::fs::read_to_string(dir.path().join("postern.conf")).unwrap();
+    let restarted = Server::start_in(dir, &config);
+    Client::greeted(restarted.addr);
+    assert!(support::list(&restarted.spool().join("tmp")).is_empty());
+    assert!(restarted.queued().len() >= acknowledged.len());
+}
+
+#[test]
+fn fifty_sessions_of_twenty_messages_make_a_thousand_files() {
+    let server = Server::start("max_connections = 100\nmax_per_ip = 100\n");
+    let addr = server.addr;
+    let threads: Vec<_> = (0..50)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut c = Client::greeted(addr);
+                c.cmd("EHLO k3");
+                (0..20)
+                    .map(|n| c.mail("a@remote.test", &["alice@example.test"], format!("{t}/{n}").as_bytes()))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut ids = std::collections::HashSet::new();
+    for t in threads {
+        for reply in t.join().unwrap() {
+            assert_eq!(code(&reply), "250 2.0.0");
+            ids.insert(reply);
+        }
+    }
+    assert_eq!(ids.len(), 1000);
+    assert_eq!(server.queued().len(), 1000);
+}
+
+#[test]
+fn the_reply_comes_only_after_file_and_directory_are_synced() {
+    require_tool("strace");
+    let dir = TempDir::new("strace");
+    let trace_dir = TempDir::new("strace-out");
+    let trace = trace_dir.path().join("trace");
+    let config = base_config(dir.path());
+    let trace_arg = trace.to_str().unwrap().to_string();
+    let wrapper = [
+        "strace",
+        "-f",
+        "-e",
+        "trace=openat,fsync,fdatasync,link,linkat,rename,renameat2,write,sendto",
+        "-o",
+        &trace_arg,
+    ];
+    let server = Server::start_wrapped(dir, &config, &wrapper);
+    let mut c = Client::greeted(server.addr);
+    c.cmd("EHLO x");
+    let reply = c.mail("a@remote.test", &["alice@example.test"], b"synced");
+    let id = reply.rsplit(' ').next().unwrap().to_string();
+    c.cmd("QUIT");
+    std::thread::sleep(Duration::from_millis(200));
+    drop(server);
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let position = |what: &dyn Fn(&str) -> bool, from: usize| {
+        text.lines().enumerate().skip(from).find(|(_, l)| what(l)).map(|(i, _)| i).unwrap_or_else(|| panic!("{text}"))
+    };
+    let open = position(&|l| l.contains("openat(") && l.contains(&format!("tmp/{id}")) && l.contains("O_EXCL"), 0);
+    let file_sync = position(&|l| l.contains("fdatasync(") || l.contains("fsync("), open);
+    let link =
+        position(&|l| (l.contains("link") || l.contains("rename")) && l.contains(&format!("new/{id}")), file_sync);
+    assert!(!text.lines().nth(link).unwrap().contains("rename("), "a plain rename could overwrite");
+    let dir_sync = position(&|l| l.contains("fsync("), link);
+    let reply_sent = position(&|l| l.contains("250 2.0.0 Ok: queued as"), 0);
+    assert!(open < file_sync && file_sync < link && link < dir_sync && dir_sync < reply_sent, "{text}");
+}
+
+#[test]
+fn a_full_disk_answers_452_and_leaves_nothing_behind() {
+    if !is_root() {
+        eprintln!("skipped: needs root to mount a small tmpfs");
+        return;
+    }
+    let dir = TempDir::new("diskfull");
+    let spool = dir.path().join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(&spool).status().unwrap();
+    assert!(mounted.success());
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(spool.clone());
+    let config = base_config(dir.path());
+    let server = Server::start_in(dir, &config);
+    let mut c = Client::greeted(server.addr);
+    c.cmd("EHLO x");
+    let big = vec![b'x'; 3 << 20];
+    assert_eq!(code(&c.mail("a@remote.test", &["alice@example.test"], &big)), "452 4.3.1");
+    assert!(server.queued().is_empty());
+    assert!(support::list(&spool.join("tmp")).is_empty(), "a partial file was left in tmp/");
+    assert_eq!(code(&c.mail("a@remote.test", &["alice@example.test"], b"small")), "250 2.0.0");
+    assert_queue_whole(&spool);
+}
+
+#[test]
+fn running_out_of_descriptors_backs_off_and_recovers() {
+    let dir = TempDir::new("emfile");
+    let config = base_config(dir.path()) + "max_connections = 200\nmax_per_ip = 200\n";
+    let server = Server::start_wrapped(dir, &config, &["prlimit", "--nofile=32"]);
+    let cpu = |pid: u32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<u64> =
+            stat.rsplit(')').next().unwrap().split_whitespace().filter_map(|f| f.parse().ok()).collect();
+        fields[10] + fields[11] // utime + stime, in clock ticks
+    };
+    let held: Vec<std::net::TcpStream> =
+        (0..40).filter_map(|_| std::net::TcpStream::connect(server.addr).ok()).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu(server.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu(server.pid()) - before;
+    assert!(used < 40, "the server spun: {used} ticks in 2 s");
+    drop(held);
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut c = Client::greeted(server.addr);
+    assert_eq!(code(&c.cmd("NOOP")), "250 2.0.0");
+    assert!(server.log().contains("pausing"), "{}", server.log());
+}
+
+#[test]
+fn a_client_that_never_reads_is_cut_off_with_bounded_memory() {
+    // DS8: a pipelining flood whose replies are never read. The server's reply writes block,
+    // the write timeout fires, and the session ends; replies are never queued without limit.
+    let server = Server::start("command_timeout = 1s\njunk_command_limit = 100000000\n");
+    let mut c = Client::greeted(server.addr);
+    let before = server.rss_kib();
+    let mut writer = c.stream.try_clone().unwrap();
+    let flood = std::thread::spawn(move || {
+        writer.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+        let chunk = b"NOOP\r\n".repeat(10_000);
+        (0..100).take_while(|_| writer.write_all(&chunk).is_ok()).count()
+    });
+    let chunks_written = flood.join().unwrap();
+    assert!(chunks_written < 100, "the server read 6 MB of commands without its replies being read");
+    let started = Instant::now();
+    assert!(c.is_closed(Duration::from_secs(20)), "the session was not ended");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let grown = server.peak_rss_kib().saturating_sub(before);
+    assert!(grown < 4096, "RSS grew {grown} KiB");
+    Client::greeted(server.addr);
+}
+
+#[test]
+fn swaks_sends_mail_that_lands_in_the_spool() {
+    require_tool("swaks");
+    let server = Server::start("");
+    let out = Command::new("swaks")
+        .args(["--server", &server.addr.to_string(), "--from", "sender@remote.test", "--to", "alice@example.test"])
+        .args(["--header", "Subject: from swaks", "--body", "sent by swaks"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let files = server.queued();
+    assert_eq!(files.len(), 1);
+    let message = String::from_utf8(support::message_of(&files[0])).unwrap();
+    assert!(message.contains("Subject: from swaks\r\n") && message.contains("sent by swaks\r\n"), "{message}");
+}
+
+#[test]
+fn python_smtplib_sends_mail_that_lands_in_the_spool() {
+    let server = Server::start("");
+    let script = r#"
+import smtplib
+s = smtplib.SMTP('127.0.0.1', PORT)
+s.ehlo('py.test')
+assert s.has_extn('pipelining') and s.has_extn('size')
+r = s.sendmail('sender@remote.test', ['alice@example.test', 'postmaster@example.test'],
+               'Subject: from smtplib\r\n\r\n.leading dot\r\nbye\r\n')
+assert r == {}, r
+try:
+    s.sendmail('sender@remote.test', ['relaytest@remote.test'], 'x')
+    raise SystemExit('relayed')
+except smtplib.SMTPRecipientsRefused as e:
+    assert e.recipients['relaytest@remote.test'][0] == 554
+s.quit()
+"#
+    .replace("PORT", &server.addr.port().to_string());
+    let out = Command::new("python3").arg("-c").arg(script).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let files = server.queued();
+    assert_eq!(files.len(), 1);
+    assert!(support::body_of(&files[0]).ends_with(b"Subject: from smtplib\r\n\r\n.leading dot\r\nbye\r\n"));
+    let envelope = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(envelope.contains("rcpt: <alice@example.test>\nrcpt: <postmaster@example.test>\n"));
+}
+
+#[test]
+fn when_threads_cannot_be_created_clients_get_421_and_the_server_lives() {
+    if !is_root() {
+        eprintln!("skipped: needs root to start as root and drop to nobody");
+        return;
+    }
+    // DS4: RLIMIT_NPROC counts nobody's threads once the server has dropped to nobody.
+    let dir = TempDir::new("nproc");
+    let nobody = postern::sys::lookup_user("nobody").unwrap().unwrap();
+    std::os::unix::fs::chown(dir.path(), Some(nobody.uid), Some(nobody.gid)).unwrap();
+    let config = base_config(dir.path()) + "user = nobody\nmax_connections = 100\nmax_per_ip = 100\n";
+    let server = Server::start_wrapped(dir, &config, &["prlimit", "--nproc=8"]);
+    let mut clients: Vec<Client> = (0..20).map(|_| Client::connect(server.addr)).collect();
+    let greetings: Vec<String> = clients.iter_mut().map(|c| code(&c.reply())).collect();
+    let refused = greetings.iter().filter(|g| g.starts_with("421")).count();
+    assert!(refused > 0 && refused < 20, "{greetings:?}");
+    drop(clients);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut c = Client::greeted(server.addr);
+    assert_eq!(code(&c.cmd("NOOP")), "250 2.0.0");
+    assert!(server.log().contains("cannot start a session thread"));
+}
