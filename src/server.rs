@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use native_tls::{TlsAcceptor, TlsStream};
+
 use crate::config::Config;
 use crate::policy::LocalPolicy;
 use crate::session::{Action, DataError, DataRequest, Input, MAX_HOPS, Session, SessionConfig};
@@ -29,6 +31,7 @@ pub struct Server {
     session: SessionConfig,
     policy: LocalPolicy,
     spool: Spool,
+    tls: Option<TlsAcceptor>,
     counts: Mutex<Counts>,
 }
 
@@ -65,8 +68,21 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Loads `tls_cert` and `tls_key` (PEM; the key in PKCS#8) into a TLS acceptor, TLS 1.2 or later.
+pub fn load_tls(config: &Config) -> Result<Option<TlsAcceptor>, String> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else { return Ok(None) };
+    let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let identity = native_tls::Identity::from_pkcs8(&read(cert)?, &read(key)?)
+        .map_err(|e| format!("{} / {}: {e} (the key must be PKCS#8 PEM)", cert.display(), key.display()))?;
+    let acceptor = TlsAcceptor::builder(identity)
+        .min_protocol_version(Some(native_tls::Protocol::Tlsv12))
+        .build()
+        .map_err(|e| format!("TLS setup: {e}"))?;
+    Ok(Some(acceptor))
+}
+
 impl Server {
-    pub fn new(config: Config, policy: LocalPolicy, spool: Spool) -> Server {
+    pub fn new(config: Config, policy: LocalPolicy, spool: Spool, tls: Option<TlsAcceptor>) -> Server {
         let session = SessionConfig {
             hostname: config.hostname.clone(),
             message_size_limit: config.message_size_limit,
@@ -76,9 +92,9 @@ impl Server {
             junk_command_limit: config.junk_command_limit,
             vrfy: config.vrfy,
             expn: config.expn,
-            tls_available: false,
+            tls_available: tls.is_some(),
         };
-        Server { config, session, policy, spool, counts: Mutex::new(Counts::default()) }
+        Server { config, session, policy, spool, tls, counts: Mutex::new(Counts::default()) }
     }
 
     /// Accepts on every listener until the process ends; one thread per listener.
@@ -173,7 +189,16 @@ impl Server {
     }
 
     fn run_session(&self, mut conn: Conn, client: Option<IpAddr>) {
-        let (mut session, mut step) = Session::new(&self.session, &self.policy, client);
+        // TLS needs a socket; a pipe session is not offered STARTTLS.
+        let pipe_config;
+        let session_config = match conn.transport {
+            Transport::Pipe { .. } => {
+                pipe_config = SessionConfig { tls_available: false, ..self.session.clone() };
+                &pipe_config
+            }
+            _ => &self.session,
+        };
+        let (mut session, mut step) = Session::new(session_config, &self.policy, client);
         let peer = client.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
         log::info!("connect from [{peer}]");
         let mut lines = LineBuffer::new(READ_BUFFER);
@@ -197,7 +222,13 @@ impl Server {
                     Received::TimedOut => session.handle(Input::Timeout),
                     Received::Lost => break,
                 },
-                Action::StartTls => break,
+                Action::StartTls => match self.start_tls(&mut conn, &mut lines) {
+                    Ok(()) => session.handle(Input::TlsStarted),
+                    Err(e) => {
+                        log::info!("TLS handshake with [{peer}] failed: {e}");
+                        break;
+                    }
+                },
                 Action::Close => {
                     let _ = conn.flush();
                     break;
@@ -206,6 +237,26 @@ impl Server {
         }
         conn.shutdown();
         log::info!("disconnect from [{peer}]");
+    }
+
+    /// RFC 3207 §4.2: plaintext read along with STARTTLS is thrown away, never acted on.
+    /// The handshake has its own deadline, so a stalled client cannot hold the thread.
+    fn start_tls(&self, conn: &mut Conn, lines: &mut LineBuffer) -> Result<(), String> {
+        conn.flush().map_err(|e| e.to_string())?;
+        lines.clear();
+        let acceptor = self.tls.as_ref().ok_or("no TLS configured")?;
+        let Transport::Tcp(stream) = std::mem::replace(&mut conn.transport, Transport::Closed) else {
+            return Err("TLS over a pipe".into());
+        };
+        let timeout = Some(self.config.starttls_timeout);
+        stream.set_read_timeout(timeout).and_then(|()| stream.set_write_timeout(timeout)).map_err(|e| e.to_string())?;
+        let tls = acceptor.accept(stream).map_err(|e| match e {
+            native_tls::HandshakeError::Failure(e) => e.to_string(),
+            native_tls::HandshakeError::WouldBlock(_) => "timed out".to_string(),
+        })?;
+        let _ = tls.get_ref().set_write_timeout(Some(self.config.command_timeout));
+        conn.transport = Transport::Tls(Box::new(tls));
+        Ok(())
     }
 
     /// One command line, or the input that stands for what happened instead; `None` when the peer is gone.
@@ -349,6 +400,9 @@ fn dup_std(fd: i32) -> io::Result<File> {
 /// The byte stream under a session.
 enum Transport {
     Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// Only while the transport is being replaced.
+    Closed,
     /// inetd with pipes (tests, `socat`): no socket options, so deadlines use poll(2).
     Pipe {
         input: File,
@@ -385,8 +439,15 @@ impl Conn {
     }
 
     fn shutdown(&mut self) {
-        if let Transport::Tcp(s) = &self.transport {
-            let _ = s.shutdown(Shutdown::Both);
+        match &mut self.transport {
+            Transport::Tcp(s) => {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+            Transport::Tls(s) => {
+                let _ = s.shutdown();
+                let _ = s.get_ref().shutdown(Shutdown::Both);
+            }
+            Transport::Pipe { .. } | Transport::Closed => {}
         }
     }
 }
@@ -400,12 +461,17 @@ impl Read for Conn {
                 s.set_read_timeout(left)?;
                 s.read(buf)
             }
+            Transport::Tls(s) => {
+                s.get_ref().set_read_timeout(left)?;
+                s.read(buf)
+            }
             Transport::Pipe { input, .. } => {
                 if !sys::wait_readable(input.as_raw_fd(), left)? {
                     return Err(io::ErrorKind::TimedOut.into());
                 }
                 input.read(buf)
             }
+            Transport::Closed => Ok(0),
         }
     }
 }
@@ -422,7 +488,9 @@ impl Write for Conn {
         }
         let result = match &mut self.transport {
             Transport::Tcp(s) => s.write_all(&self.pending),
+            Transport::Tls(s) => s.write_all(&self.pending),
             Transport::Pipe { output, .. } => output.write_all(&self.pending),
+            Transport::Closed => Err(io::ErrorKind::NotConnected.into()),
         };
         self.pending.clear();
         result

@@ -81,11 +81,13 @@ fn run(args: &Args) -> Result<(), String> {
         return Ok(());
     }
     let listeners = if args.inetd { Vec::new() } else { bind(&config)? };
+    // The key is often readable by root alone: load it before giving root up.
+    let tls = postern::server::load_tls(&config)?;
     drop_privileges(&config)?;
     let spool = Spool::open(&config.spool).map_err(|e| format!("spool {}: {e}", config.spool.display()))?;
     spool.clean_tmp();
     let policy = LocalPolicy::load(&config).map_err(|e| e.to_string())?;
-    let server = Server::new(config, policy, spool);
+    let server = Server::new(config, policy, spool, tls);
     if args.inetd {
         server.serve_inetd();
         return Ok(());
