@@ -4,7 +4,7 @@ DESTDIR ?=
 CARGO ?= cargo
 BINARIES = postern-smtpd
 
-.PHONY: all build run test test-deps lint install clean
+.PHONY: all build run test test-deps lint bench install clean
 
 all: build
 
@@ -26,6 +26,11 @@ test-deps:
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
+
+# Acceptance rate beside a private Postfix and the disk's durable-create rate; idle memory.
+bench: test-deps
+	$(CARGO) build --release --bins --examples
+	tools/bench
 
 install: build
 	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)/etc/postern

@@ -256,6 +256,7 @@ impl Server {
         })?;
         let _ = tls.get_ref().set_write_timeout(Some(self.config.command_timeout));
         conn.transport = Transport::Tls(Box::new(tls));
+        conn.read_timeout = timeout;
         Ok(())
     }
 
@@ -416,11 +417,13 @@ struct Conn {
     transport: Transport,
     pending: Vec<u8>,
     deadline: Option<Instant>,
+    /// The receive timeout last set on the socket, to skip a setsockopt per read.
+    read_timeout: Option<Duration>,
 }
 
 impl Conn {
     fn new(transport: Transport) -> Conn {
-        Conn { transport, pending: Vec::with_capacity(1024), deadline: None }
+        Conn { transport, pending: Vec::with_capacity(1024), deadline: None, read_timeout: None }
     }
 
     fn queue(&mut self, reply: &Reply) -> io::Result<()> {
@@ -438,6 +441,21 @@ impl Conn {
         }
     }
 
+    /// The socket timeout for the next read: the time left, rounded down to what is already
+    /// set when that is close (within a tenth), so a deadline is never overshot by more.
+    fn next_timeout(&mut self, left: Option<Duration>) -> Option<Option<Duration>> {
+        let close = match (self.read_timeout, left) {
+            (Some(set), Some(left)) => set <= left && left - set <= left / 10,
+            (None, None) => true,
+            _ => false,
+        };
+        if close {
+            return None;
+        }
+        self.read_timeout = left;
+        Some(left)
+    }
+
     fn shutdown(&mut self) {
         match &mut self.transport {
             Transport::Tcp(s) => {
@@ -453,25 +471,36 @@ impl Conn {
 }
 
 impl Read for Conn {
+    /// Reads with the deadline: a socket timeout that fires early is retried until the
+    /// deadline itself has passed, then the read fails with TimedOut.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.flush()?;
-        let left = self.remaining()?;
-        match &mut self.transport {
-            Transport::Tcp(s) => {
-                s.set_read_timeout(left)?;
-                s.read(buf)
-            }
-            Transport::Tls(s) => {
-                s.get_ref().set_read_timeout(left)?;
-                s.read(buf)
-            }
-            Transport::Pipe { input, .. } => {
-                if !sys::wait_readable(input.as_raw_fd(), left)? {
-                    return Err(io::ErrorKind::TimedOut.into());
+        loop {
+            let left = self.remaining()?;
+            let timeout = self.next_timeout(left);
+            let result = match &mut self.transport {
+                Transport::Tcp(s) => {
+                    if let Some(t) = timeout {
+                        s.set_read_timeout(t)?;
+                    }
+                    s.read(buf)
                 }
-                input.read(buf)
+                Transport::Tls(s) => {
+                    if let Some(t) = timeout {
+                        s.get_ref().set_read_timeout(t)?;
+                    }
+                    s.read(buf)
+                }
+                Transport::Pipe { input, .. } => match sys::wait_readable(input.as_raw_fd(), left)? {
+                    true => input.read(buf),
+                    false => Err(io::ErrorKind::TimedOut.into()),
+                },
+                Transport::Closed => Ok(0),
+            };
+            match result {
+                Err(e) if is_timeout(&e) => continue,
+                other => return other,
             }
-            Transport::Closed => Ok(0),
         }
     }
 }

@@ -126,3 +126,32 @@ pub fn stream_from_stdin() -> std::net::TcpStream {
     // the session owns it for the rest of the process.
     unsafe { std::net::TcpStream::from_raw_fd(0) }
 }
+
+/// Flushes the whole filesystem that holds `file` (syncfs(2)): one device flush for every
+/// file written on it so far, which is how concurrent commits share a flush.
+pub fn sync_filesystem(file: &File) -> io::Result<()> {
+    // SAFETY: syncfs takes a valid open descriptor, borrowed from `file` for the call.
+    if unsafe { libc::syncfs(file.as_raw_fd()) } == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Moves `from` to `to` unless `to` exists (renameat2 with RENAME_NOREPLACE), so a name
+/// collision can never replace a queued message. `Ok(false)` where the filesystem or kernel
+/// lacks the flag; the caller then links and unlinks instead.
+pub fn rename_no_replace(from: &std::path::Path, to: &std::path::Path) -> io::Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &std::path::Path| {
+        CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
+    };
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: both paths are NUL-terminated strings that live across the call.
+    let rc =
+        unsafe { libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_NOREPLACE) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EINVAL | libc::ENOSYS) => Ok(false),
+        _ => Err(err),
+    }
+}

@@ -233,7 +233,7 @@ fn the_reply_comes_only_after_file_and_directory_are_synced() {
         "strace",
         "-f",
         "-e",
-        "trace=openat,fsync,fdatasync,link,linkat,rename,renameat2,write,sendto",
+        "trace=openat,fsync,fdatasync,syncfs,link,linkat,rename,renameat2,write,sendto",
         "-o",
         &trace_arg,
     ];
@@ -250,7 +250,7 @@ fn the_reply_comes_only_after_file_and_directory_are_synced() {
         text.lines().enumerate().skip(from).find(|(_, l)| what(l)).map(|(i, _)| i).unwrap_or_else(|| panic!("{text}"))
     };
     let open = position(&|l| l.contains("openat(") && l.contains(&format!("tmp/{id}")) && l.contains("O_EXCL"), 0);
-    let file_sync = position(&|l| l.contains("fdatasync(") || l.contains("fsync("), open);
+    let file_sync = position(&|l| ["fdatasync(", "fsync(", "syncfs("].iter().any(|c| l.contains(c)), open);
     let link =
         position(&|l| (l.contains("link") || l.contains("rename")) && l.contains(&format!("new/{id}")), file_sync);
     assert!(!text.lines().nth(link).unwrap().contains("rename("), "a plain rename could overwrite");

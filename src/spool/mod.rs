@@ -14,6 +14,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
 
 pub use envelope::Envelope;
 pub use id::QueueId;
@@ -57,6 +58,62 @@ impl std::fmt::Display for SpoolError {
 pub struct Spool {
     root: PathBuf,
     new_dir: File,
+    /// Makes drafts durable before they are linked into `new/`.
+    data_sync: GroupSync,
+    /// Makes links in `new/` durable before 250 is sent.
+    dir_sync: GroupSync,
+}
+
+/// Group commit: one flush that starts after a caller's write covers that caller, so
+/// sessions committing at the same moment share a flush instead of queueing for their own.
+#[derive(Default)]
+struct GroupSync {
+    state: Mutex<SyncState>,
+    done: Condvar,
+}
+
+#[derive(Default)]
+struct SyncState {
+    /// Tickets handed out; a ticket is taken after the caller's write is complete.
+    issued: u64,
+    /// Every ticket up to this one is covered by a completed flush.
+    covered: u64,
+    running: bool,
+}
+
+impl GroupSync {
+    /// Returns once a flush that began after this call has completed. The caller that runs
+    /// the flush passes `flush` the number of callers it covers (1: only itself).
+    fn sync(&self, flush: impl FnOnce(u64) -> io::Result<()>) -> io::Result<()> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.issued += 1;
+        let ticket = state.issued;
+        let mut flush = Some(flush);
+        loop {
+            if state.covered >= ticket {
+                return Ok(());
+            }
+            if state.running {
+                state = self.done.wait(state).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            // Every ticket issued so far belongs to a write made before this flush starts.
+            let (target, batch) = (state.issued, state.issued - state.covered);
+            state.running = true;
+            drop(state);
+            let result = match flush.take() {
+                Some(f) => f(batch),
+                None => Err(io::Error::other("group flush failed")),
+            };
+            state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.running = false;
+            if result.is_ok() {
+                state.covered = state.covered.max(target);
+            }
+            self.done.notify_all();
+            result?;
+        }
+    }
 }
 
 const SUBDIRS: [&str; 4] = ["tmp", "new", "cur", "hold"];
@@ -70,7 +127,7 @@ impl Spool {
             builder.create(root.join(sub))?;
         }
         let new_dir = File::open(root.join("new"))?;
-        Ok(Spool { root: root.to_path_buf(), new_dir })
+        Ok(Spool { root: root.to_path_buf(), new_dir, data_sync: GroupSync::default(), dir_sync: GroupSync::default() })
     }
 
     pub fn root(&self) -> &Path {
@@ -139,16 +196,20 @@ impl Draft<'_> {
         Ok(self.file.write_all(bytes)?)
     }
 
-    /// The commit point: fill in the size, fsync the file, link it into `new/`
-    /// (never over an existing name), fsync `new/`. Only then may 250 be sent.
+    /// The commit point: fill in the size, make the file durable, move it into `new/`
+    /// (never over an existing name), make `new/` durable. Only then may 250 be sent.
+    /// Alone, a commit uses fdatasync and fsync; commits that arrive together share one
+    /// syncfs for their files, then one fsync of `new/`.
     pub fn commit(mut self, size: u64) -> Result<QueueId, SpoolError> {
         self.file.flush()?;
         let file = self.file.get_ref();
         file.write_all_at(Envelope::size_digits(size).as_bytes(), self.size_offset)?;
-        file.sync_data()?;
+        self.spool.data_sync.sync(|batch| if batch == 1 { file.sync_data() } else { sys::sync_filesystem(file) })?;
         let queued = self.spool.path("new", &self.id);
-        fs::hard_link(&self.path, &queued)?;
-        if let Err(e) = self.spool.new_dir.sync_all() {
+        if !sys::rename_no_replace(&self.path, &queued)? {
+            fs::hard_link(&self.path, &queued)?;
+        }
+        if let Err(e) = self.spool.dir_sync.sync(|_| self.spool.new_dir.sync_all()) {
             // Not durable, so not accepted: the client will hear 4xx and must not find it queued.
             let _ = fs::remove_file(&queued);
             return Err(e.into());
@@ -159,7 +220,8 @@ impl Draft<'_> {
 
 impl Drop for Draft<'_> {
     fn drop(&mut self) {
-        // After a commit the name lives on in new/; before it, the draft is abandoned.
+        // Before a commit the draft is abandoned; after one, this removes the tmp/ name
+        // where the move was a link (a renamed draft has no tmp/ name left).
         let _ = fs::remove_file(&self.path);
     }
 }
@@ -228,6 +290,34 @@ mod tests {
         fs::write(&target, b"already here").unwrap();
         assert_eq!(draft.commit(0), Err(SpoolError::Collision));
         assert_eq!(fs::read(&target).unwrap(), b"already here");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn concurrent_commits_share_flushes_and_all_land() {
+        let (spool, dir) = temp_spool("group");
+        std::thread::scope(|scope| {
+            for t in 0..16 {
+                let spool = &spool;
+                scope.spawn(move || {
+                    for n in 0..25 {
+                        let mut draft = spool.draft().unwrap();
+                        draft.begin(&envelope()).unwrap();
+                        draft.write(format!("{t}/{n}").as_bytes()).unwrap();
+                        let size = format!("{t}/{n}").len() as u64;
+                        draft.commit(size).unwrap();
+                    }
+                });
+            }
+        });
+        let files: Vec<_> = fs::read_dir(dir.join("new")).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(files.len(), 400);
+        for f in files {
+            let bytes = fs::read(&f).unwrap();
+            let (env, head) = Envelope::parse(&bytes).unwrap();
+            assert_eq!(env.size as usize, bytes.len() - head);
+        }
+        assert_eq!(fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
         fs::remove_dir_all(dir).unwrap();
     }
 
