@@ -4,7 +4,7 @@ DESTDIR ?=
 CARGO ?= cargo
 BINARIES = postern-smtpd
 
-.PHONY: all build run test test-deps lint bench install clean
+.PHONY: all build run test test-deps lint bench install install-files clean
 
 all: build
 
@@ -32,11 +32,19 @@ bench: test-deps
 	$(CARGO) build --release --bins --examples
 	tools/bench
 
-install: build
+install: build install-files
+
+# Copies what `build` made; BUILD_DIR lets the tests install a build from elsewhere.
+BUILD_DIR ?= target/release
+install-files:
 	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)/etc/postern
-	for b in $(BINARIES); do install -m 0755 target/release/$$b $(DESTDIR)$(PREFIX)/sbin/$$b; done
+	for b in $(BINARIES); do install -m 0755 $(BUILD_DIR)/$$b $(DESTDIR)$(PREFIX)/sbin/$$b; done
 	test -e $(DESTDIR)/etc/postern/postern.conf || install -m 0644 postern.conf.example $(DESTDIR)/etc/postern/postern.conf
 	install -d -m 0700 $(DESTDIR)/var/spool/postern
+	install -d $(DESTDIR)$(PREFIX)/lib/systemd/system
+	for u in contrib/systemd/*; do \
+		sed 's#@SBINDIR@#$(PREFIX)/sbin#' $$u > $(DESTDIR)$(PREFIX)/lib/systemd/system/$$(basename $$u); \
+	done
 
 clean:
 	$(CARGO) clean

@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -13,7 +14,7 @@ use native_tls::{TlsAcceptor, TlsStream};
 
 use crate::config::Config;
 use crate::policy::LocalPolicy;
-use crate::session::{Action, DataError, DataRequest, Input, MAX_HOPS, Session, SessionConfig};
+use crate::session::{Action, DataError, DataRequest, Input, MAX_HOPS, Session, SessionConfig, Step};
 use crate::smtp::line::{DotReader, HopCounter, Line, LineBuffer, MAX_COMMAND_LINE, TextError};
 use crate::smtp::reply::Reply;
 use crate::spool::{Envelope, QueueId, Spool};
@@ -33,6 +34,11 @@ pub struct Server {
     spool: Spool,
     tls: Option<TlsAcceptor>,
     counts: Mutex<Counts>,
+    /// Set once SIGTERM arrives: sessions say 421 and end.
+    stopping: AtomicBool,
+    /// A handle on every live TCP session, so shutdown can wake sessions blocked in a read.
+    live: Mutex<HashMap<u64, TcpStream>>,
+    next_session: AtomicU64,
 }
 
 #[derive(Default)]
@@ -45,10 +51,12 @@ struct Counts {
 struct Slot {
     server: Arc<Server>,
     ip: IpAddr,
+    id: u64,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        self.server.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
         let mut counts = self.server.counts.lock().unwrap_or_else(|e| e.into_inner());
         counts.total = counts.total.saturating_sub(1);
         if let Some(n) = counts.per_ip.get_mut(&self.ip) {
@@ -94,7 +102,17 @@ impl Server {
             expn: config.expn,
             tls_available: tls.is_some(),
         };
-        Server { config, session, policy, spool, tls, counts: Mutex::new(Counts::default()) }
+        Server {
+            config,
+            session,
+            policy,
+            spool,
+            tls,
+            counts: Mutex::new(Counts::default()),
+            stopping: AtomicBool::new(false),
+            live: Mutex::new(HashMap::new()),
+            next_session: AtomicU64::new(0),
+        }
     }
 
     /// Accepts on every listener until the process ends; one thread per listener.
@@ -161,10 +179,30 @@ impl Server {
         }
         *from_ip += 1;
         counts.total += 1;
-        Ok(Slot { server: Arc::clone(self), ip })
+        Ok(Slot { server: Arc::clone(self), ip, id: self.next_session.fetch_add(1, Ordering::Relaxed) })
     }
 
-    fn serve_tcp(&self, stream: TcpStream, ip: IpAddr, _slot: Slot) {
+    /// Graceful stop (SIGTERM): every session still open hears `421 4.3.2` and ends; a message
+    /// whose final dot has not arrived is not queued. Returns when all have ended or `grace` passed.
+    pub fn shut_down(&self, grace: Duration) {
+        self.stopping.store(true, Ordering::SeqCst);
+        for stream in self.live.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            // Wakes a session blocked in a read with end-of-input; its reply can still be written.
+            let _ = stream.shutdown(Shutdown::Read);
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline && self.counts.lock().map_or(0, |c| c.total) > 0 {
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn serve_tcp(&self, stream: TcpStream, ip: IpAddr, slot: Slot) {
+        if let Ok(handle) = stream.try_clone() {
+            self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(slot.id, handle);
+        }
+        if self.stopping.load(Ordering::SeqCst) {
+            let _ = stream.shutdown(Shutdown::Read);
+        }
         let _ = stream.set_nodelay(true);
         let _ = stream.set_write_timeout(Some(self.config.command_timeout));
         self.run_session(Conn::new(Transport::Tcp(stream)), Some(ip));
@@ -215,12 +253,12 @@ impl Server {
                 Action::ReadLine => match self.read_command(&mut conn, &mut lines) {
                     Some(Ok(line)) => session.handle(Input::Line(&line)),
                     Some(Err(input)) => session.handle(input),
-                    None => break,
+                    None => self.stopped_or_gone(),
                 },
                 Action::ReceiveData(request) => match self.receive(&mut conn, &mut lines, &request, client) {
                     Received::Done(result) => session.handle(Input::DataEnd(result)),
                     Received::TimedOut => session.handle(Input::Timeout),
-                    Received::Lost => break,
+                    Received::Lost => self.stopped_or_gone(),
                 },
                 Action::StartTls => match self.start_tls(&mut conn, &mut lines) {
                     Ok(()) => session.handle(Input::TlsStarted),
@@ -237,6 +275,13 @@ impl Server {
         }
         conn.shutdown();
         log::info!("disconnect from [{peer}]");
+    }
+
+    /// The input ended: the peer left, or shutdown woke the session. In the latter case the
+    /// client hears why (RFC 5321 §3.8: 421, then close).
+    fn stopped_or_gone(&self) -> Step {
+        let reply = self.stopping.load(Ordering::SeqCst).then(|| Reply::shutting_down(&self.config.hostname));
+        Step { reply, action: Action::Close, delay: false }
     }
 
     /// RFC 3207 §4.2: plaintext read along with STARTTLS is thrown away, never acted on.

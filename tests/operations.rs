@@ -403,3 +403,85 @@ fn when_threads_cannot_be_created_clients_get_421_and_the_server_lives() {
     assert_eq!(code(&c.cmd("NOOP")), "250 2.0.0");
     assert!(server.log().contains("cannot start a session thread"));
 }
+
+#[test]
+fn sigterm_tells_open_sessions_421_and_queues_nothing_half_sent() {
+    let server = Server::start("");
+    let mut idle = Client::greeted(server.addr);
+    let mut sending = Client::greeted(server.addr);
+    sending.cmd("EHLO x");
+    sending.cmd("MAIL FROM:<a@remote.test>");
+    sending.cmd("RCPT TO:<alice@example.test>");
+    assert_eq!(code(&sending.cmd("DATA")), "354");
+    sending.send(b"Subject: half\r\n\r\nnot finished");
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    Command::new("kill").arg("-TERM").arg(server.pid().to_string()).status().unwrap();
+    assert_eq!(code(&idle.reply()), "421 4.3.2");
+    assert_eq!(code(&sending.reply()), "421 4.3.2");
+    assert!(idle.is_closed(Duration::from_secs(5)) && sending.is_closed(Duration::from_secs(5)));
+    let mut server = server;
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(server.queued().is_empty());
+    assert!(support::list(&server.spool().join("tmp")).is_empty());
+    assert!(server.log().contains("stopped"));
+}
+
+#[test]
+fn the_shipped_systemd_units_verify() {
+    require_tool("systemd-analyze");
+    let dir = TempDir::new("units");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/systemd");
+    let sbin = Path::new(support::smtpd_binary()).parent().unwrap().display().to_string();
+    let mut units = Vec::new();
+    for unit in support::list(&source) {
+        let text = std::fs::read_to_string(&unit).unwrap().replace("@SBINDIR@", &sbin);
+        let target = dir.path().join(unit.file_name().unwrap());
+        std::fs::write(&target, &text).unwrap();
+        units.push(target);
+    }
+    let out = Command::new("systemd-analyze").arg("verify").arg("--man=no").args(&units).output().unwrap();
+    assert!(out.status.success() && out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+    // DS11: an Accept=yes socket must cap connections, or a flood forks without bound.
+    let inetd = read("postern-smtpd-inetd.socket");
+    assert!(
+        inetd.contains("Accept=yes") && inetd.contains("MaxConnections=") && inetd.contains("MaxConnectionsPerSource=")
+    );
+    // PR2: the daemon never holds more than the right to bind port 25.
+    let service = read("postern-smtpd.service");
+    for line in ["User=postern", "NoNewPrivileges=yes", "ProtectSystem=strict", "ReadWritePaths=/var/spool/postern"] {
+        assert!(service.contains(line), "{line}");
+    }
+    assert!(service.contains("CapabilityBoundingSet=CAP_NET_BIND_SERVICE"));
+}
+
+#[test]
+fn make_install_puts_everything_under_destdir() {
+    let dest = TempDir::new("destdir");
+    let root = env!("CARGO_MANIFEST_DIR");
+    // The binaries are already built by the test run; install only copies.
+    let out = Command::new("make")
+        .args(["-C", root, "install-files", "PREFIX=/usr"])
+        .arg(format!("DESTDIR={}", dest.path().display()))
+        .arg(format!("BUILD_DIR={}", Path::new(support::smtpd_binary()).parent().unwrap().display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let d = dest.path();
+    assert!(d.join("usr/sbin/postern-smtpd").is_file());
+    assert!(d.join("etc/postern/postern.conf").is_file());
+    let spool = std::fs::metadata(d.join("var/spool/postern")).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&spool.permissions()) & 0o777, 0o700);
+    let unit = std::fs::read_to_string(d.join("usr/lib/systemd/system/postern-smtpd.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/sbin/postern-smtpd -c /etc/postern/postern.conf"), "{unit}");
+    let installed = Command::new(d.join("usr/sbin/postern-smtpd"))
+        .arg("-c")
+        .arg(d.join("etc/postern/postern.conf"))
+        .arg("--check")
+        .output()
+        .unwrap();
+    assert!(installed.status.success());
+}

@@ -364,3 +364,78 @@ fn a_bad_configuration_names_file_line_and_key() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("{}:2: max_per_ip: `lots` is not a whole number", conf.display())), "{stderr}");
 }
+
+#[test]
+fn a_client_that_leaves_right_after_the_dot_still_gets_its_message_queued_once() {
+    let server = Server::start("");
+    let mut c = Client::greeted(server.addr);
+    c.cmd("EHLO x");
+    c.cmd("MAIL FROM:<a@remote.test>");
+    c.cmd("RCPT TO:<alice@example.test>");
+    c.cmd("DATA");
+    c.send(b"Subject: d2\r\n\r\nbye\r\n.\r\n");
+    drop(c); // D2: never reads the 250
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.queued().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(server.queued().len(), 1);
+}
+
+#[test]
+fn a_connection_lost_before_the_dot_queues_nothing() {
+    let server = Server::start("");
+    let mut c = Client::greeted(server.addr);
+    c.cmd("EHLO x");
+    c.cmd("MAIL FROM:<a@remote.test>");
+    c.cmd("RCPT TO:<alice@example.test>");
+    c.cmd("DATA");
+    c.send(b"Subject: d3\r\n\r\nhalf a message\r\n");
+    drop(c); // D3
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(server.queued().is_empty());
+    assert!(support::list(&server.spool().join("tmp")).is_empty());
+    assert!(server.log().contains("disconnect from [127.0.0.1]"));
+}
+
+#[test]
+fn two_hundred_thousand_recipients_keep_memory_bounded() {
+    // N1: past the limit every RCPT gets 452 4.5.3; nothing grows without bound.
+    let server = Server::start("max_recipients = 1000\n");
+    let mut c = Client::greeted(server.addr);
+    c.cmd("EHLO x");
+    c.cmd("MAIL FROM:<a@remote.test>");
+    let before = server.rss_kib();
+    let batch = "RCPT TO:<alice@example.test>\r\n".repeat(1000);
+    let mut codes = std::collections::HashMap::<String, usize>::new();
+    for _ in 0..200 {
+        c.send(batch.as_bytes());
+        for _ in 0..1000 {
+            *codes.entry(code(&c.reply())).or_default() += 1;
+        }
+    }
+    assert_eq!(codes.get("250 2.1.5"), Some(&200_000), "{codes:?}");
+    // Duplicates of one address count once, so they never reach the limit; distinct ones do.
+    let distinct: String = (0..1100).map(|i| format!("RCPT TO:<alice+{i}@example.test>\r\n")).collect();
+    c.send(distinct.as_bytes());
+    let replies: Vec<String> = (0..1100).map(|_| code(&c.reply())).collect();
+    assert!(replies[..999].iter().all(|r| r == "250 2.1.5"), "{:?}", &replies[990..1000]);
+    assert!(replies[999..].iter().all(|r| r == "452 4.5.3"));
+    let grown = server.peak_rss_kib().saturating_sub(before);
+    assert!(grown < 20 * 1024, "RSS grew {grown} KiB");
+    assert_eq!(code(&c.cmd("DATA")), "354");
+}
+
+#[test]
+fn an_endless_header_is_streamed_with_bounded_memory() {
+    // N2: 200,000 continuation lines in one header field.
+    let server = Server::start("");
+    let mut c = Client::greeted(server.addr);
+    c.cmd("EHLO x");
+    let before = server.rss_kib();
+    let body = format!("X-Long: start\r\n{}Subject: n2\r\n\r\nbody", " x\r\n".repeat(200_000));
+    assert_eq!(code(&c.mail("a@remote.test", &["alice@example.test"], body.as_bytes())), "250 2.0.0");
+    let grown = server.peak_rss_kib().saturating_sub(before);
+    assert!(grown < 8 * 1024, "RSS grew {grown} KiB");
+}

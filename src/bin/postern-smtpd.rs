@@ -4,6 +4,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use postern::config::Config;
 use postern::policy::LocalPolicy;
@@ -80,11 +81,18 @@ fn run(args: &Args) -> Result<(), String> {
         println!("configuration ok: {}", config.source);
         return Ok(());
     }
+    if !args.inetd {
+        // Before any thread starts, so that only the stopper thread takes SIGTERM and SIGINT.
+        sys::block_termination_signals().map_err(|e| format!("signals: {e}"))?;
+    }
     let listeners = if args.inetd { Vec::new() } else { bind(&config)? };
     // The key is often readable by root alone: load it before giving root up.
     let tls = postern::server::load_tls(&config)?;
     drop_privileges(&config)?;
     let spool = Spool::open(&config.spool).map_err(|e| format!("spool {}: {e}", config.spool.display()))?;
+    if let Some(warning) = spool.filesystem_warning() {
+        log::warn!("{warning}");
+    }
     spool.clean_tmp();
     let policy = LocalPolicy::load(&config).map_err(|e| e.to_string())?;
     let server = Server::new(config, policy, spool, tls);
@@ -92,7 +100,16 @@ fn run(args: &Args) -> Result<(), String> {
         server.serve_inetd();
         return Ok(());
     }
-    Arc::new(server).serve(listeners);
+    let server = Arc::new(server);
+    let stopper = Arc::clone(&server);
+    std::thread::spawn(move || {
+        let signal = sys::wait_termination_signal();
+        log::info!("signal {signal}: stopping; open sessions are told 421");
+        stopper.shut_down(Duration::from_secs(10));
+        log::info!("stopped");
+        std::process::exit(0);
+    });
+    server.serve(listeners);
     Ok(())
 }
 

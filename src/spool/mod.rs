@@ -138,6 +138,38 @@ impl Spool {
         self.root.join(dir).join(id.as_str())
     }
 
+    /// A warning when the spool's filesystem is not known to keep fsync and rename promises
+    /// (FAT and exFAT on SD cards have no link() and unreliable directory fsync).
+    pub fn filesystem_warning(&self) -> Option<String> {
+        const TRUSTED: [(i64, &str); 7] = [
+            (0xEF53, "ext4"),
+            (0x5846_5342, "xfs"),
+            (0x9123_683E, "btrfs"),
+            (0xF2F5_2010, "f2fs"),
+            (0x0102_1994, "tmpfs"),
+            (0x2FC1_2FC1, "zfs"),
+            (0x794C_7630, "overlayfs"),
+        ];
+        let magic = match sys::filesystem_magic(&self.root) {
+            Ok(m) => m,
+            Err(e) => return Some(format!("cannot tell the spool's filesystem type: {e}")),
+        };
+        if TRUSTED.iter().any(|(m, _)| *m == magic) {
+            return None;
+        }
+        let name = match magic {
+            0x4D44 => "FAT",
+            0x2011_BAB0 => "exFAT",
+            0x6969 => "NFS",
+            _ => "an unknown filesystem",
+        };
+        Some(format!(
+            "spool {} is on {name} (type {magic:#x}), which is not known to make fsync and rename durable; \
+             a power cut may lose accepted mail: use ext4, xfs, btrfs or f2fs",
+            self.root.display()
+        ))
+    }
+
     /// Starts a new message in `tmp/`.
     pub fn draft(&self) -> Result<Draft<'_>, SpoolError> {
         let id = QueueId::generate();
