@@ -1,12 +1,12 @@
 //! The SMTP server's I/O edge: listeners, connection caps, one thread per session, deadlines, spooling DATA.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -39,6 +39,62 @@ pub struct Server {
     /// A handle on every live TCP session, so shutdown can wake sessions blocked in a read.
     live: Mutex<HashMap<u64, TcpStream>>,
     next_session: AtomicU64,
+    waiting: Handoff,
+}
+
+/// How long a session thread waits for its next session before it ends.
+const THREAD_LINGER: Duration = Duration::from_secs(10);
+
+/// An accepted connection on its way to a session thread.
+struct Job {
+    stream: TcpStream,
+    ip: IpAddr,
+    slot: Slot,
+}
+
+/// Connections handed to session threads that are waiting for one.
+#[derive(Default)]
+struct Handoff {
+    state: Mutex<HandoffState>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct HandoffState {
+    jobs: VecDeque<Job>,
+    idle: usize,
+}
+
+impl Handoff {
+    /// Gives the job to a waiting thread, or back when none is free.
+    fn offer(&self, job: Job) -> Option<Job> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.idle <= state.jobs.len() {
+            return Some(job);
+        }
+        state.jobs.push_back(job);
+        self.ready.notify_one();
+        None
+    }
+
+    /// Waits up to `linger` for a job.
+    fn take(&self, linger: Duration) -> Option<Job> {
+        let deadline = Instant::now() + linger;
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.idle += 1;
+        loop {
+            if let Some(job) = state.jobs.pop_front() {
+                state.idle -= 1;
+                return Some(job);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                state.idle -= 1;
+                return None;
+            }
+            state = self.ready.wait_timeout(state, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
 }
 
 #[derive(Default)]
@@ -112,6 +168,7 @@ impl Server {
             stopping: AtomicBool::new(false),
             live: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(0),
+            waiting: Handoff::default(),
         }
     }
 
@@ -148,23 +205,39 @@ impl Server {
         }
     }
 
+    /// Hands the connection to a session thread: one that finished its last session and is
+    /// waiting, or a new one. Each thread runs one session at a time.
     fn admit(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr) {
         let ip = canonical(peer.ip());
         let slot = match self.take_slot(ip) {
             Ok(slot) => slot,
             Err(reply) => return refuse_connection(stream, &reply, ip),
         };
-        let spare = stream.try_clone();
+        if let Ok(handle) = stream.try_clone() {
+            self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(slot.id, handle);
+        }
+        let Some(job) = self.waiting.offer(Job { stream, ip, slot }) else { return };
+        // A failed spawn drops the job and its slot; this handle is left to say 421 with.
+        let spare = job.stream.try_clone();
         let server = Arc::clone(self);
         let spawned = thread::Builder::new()
-            .name(format!("smtp {ip}"))
+            .name("smtp".into())
             .stack_size(THREAD_STACK)
-            .spawn(move || server.serve_tcp(stream, ip, slot));
+            .spawn(move || server.session_thread(job));
         if let Err(e) = spawned {
             log::warn!("cannot start a session thread: {e}");
             if let Ok(stream) = spare {
                 refuse_connection(stream, &Reply::too_many_connections(&self.config.hostname), ip);
             }
+        }
+    }
+
+    /// Serves a session, then waits a while for another before the thread ends.
+    fn session_thread(&self, first: Job) {
+        let mut job = Some(first);
+        while let Some(Job { stream, ip, slot }) = job {
+            self.serve_tcp(stream, ip, slot);
+            job = self.waiting.take(THREAD_LINGER);
         }
     }
 
@@ -196,10 +269,7 @@ impl Server {
         }
     }
 
-    fn serve_tcp(&self, stream: TcpStream, ip: IpAddr, slot: Slot) {
-        if let Ok(handle) = stream.try_clone() {
-            self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(slot.id, handle);
-        }
+    fn serve_tcp(&self, stream: TcpStream, ip: IpAddr, _slot: Slot) {
         if self.stopping.load(Ordering::SeqCst) {
             let _ = stream.shutdown(Shutdown::Read);
         }

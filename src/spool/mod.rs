@@ -176,7 +176,8 @@ impl Spool {
         let path = self.path("tmp", &id);
         let file =
             OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(&path)?;
-        let draft = Draft { spool: self, id, path, file: BufWriter::with_capacity(64 * 1024, file), size_offset: 0 };
+        let file = BufWriter::with_capacity(64 * 1024, file);
+        let draft = Draft { spool: self, id, path, file, size_offset: 0, moved: false };
         if !sys::try_lock_exclusive(draft.file.get_ref())? {
             return Err(SpoolError::Collision);
         }
@@ -209,6 +210,8 @@ pub struct Draft<'a> {
     path: PathBuf,
     file: BufWriter<File>,
     size_offset: u64,
+    /// The tmp/ name is gone (renamed into new/).
+    moved: bool,
 }
 
 impl Draft<'_> {
@@ -238,7 +241,8 @@ impl Draft<'_> {
         file.write_all_at(Envelope::size_digits(size).as_bytes(), self.size_offset)?;
         self.spool.data_sync.sync(|batch| if batch == 1 { file.sync_data() } else { sys::sync_filesystem(file) })?;
         let queued = self.spool.path("new", &self.id);
-        if !sys::rename_no_replace(&self.path, &queued)? {
+        self.moved = sys::rename_no_replace(&self.path, &queued)?;
+        if !self.moved {
             fs::hard_link(&self.path, &queued)?;
         }
         if let Err(e) = self.spool.dir_sync.sync(|_| self.spool.new_dir.sync_all()) {
@@ -252,9 +256,10 @@ impl Draft<'_> {
 
 impl Drop for Draft<'_> {
     fn drop(&mut self) {
-        // Before a commit the draft is abandoned; after one, this removes the tmp/ name
-        // where the move was a link (a renamed draft has no tmp/ name left).
-        let _ = fs::remove_file(&self.path);
+        // Before a commit the draft is abandoned; after one made by link, the tmp/ name goes.
+        if !self.moved {
+            let _ = fs::remove_file(&self.path);
+        }
     }
 }
 
