@@ -5,7 +5,7 @@
 //! - `smtp`: the SMTP wire language, bytes in and typed values out, no I/O
 //! - `session`: the SMTP server state machine, no I/O
 //! - `policy`: the questions the session asks (local? exists? may relay?)
-//! - `server`: listeners, threads, deadlines, DATA into the spool
+//! - `server`: listeners, threads, deadlines, DATA into the spool (`conn`, `handoff` inside)
 //! - `spool`: queue files and the commit that makes them durable
 //! - `config`: postern.conf into a checked `Config`
 //! - `table`: aliases-style `name: value` files

@@ -1,16 +1,16 @@
 //! The SMTP server's I/O edge: listeners, connection caps, one thread per session, deadlines, spooling DATA.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use native_tls::{TlsAcceptor, TlsStream};
+use native_tls::TlsAcceptor;
 
 use crate::config::Config;
 use crate::policy::LocalPolicy;
@@ -20,11 +20,15 @@ use crate::smtp::reply::Reply;
 use crate::spool::{Envelope, QueueId, Spool};
 use crate::{sys, trace};
 
+mod conn;
+mod handoff;
+
+use conn::{Conn, Transport, is_timeout};
+use handoff::{Handoff, Job, THREAD_LINGER};
+
 /// A session thread needs little stack: buffers live on the heap.
 const THREAD_STACK: usize = 256 * 1024;
 const READ_BUFFER: usize = 16 * 1024;
-/// Replies are sent at once past this, so a client that never reads cannot grow memory.
-const MAX_PENDING_OUTPUT: usize = 16 * 1024;
 
 /// Everything a session thread shares: configuration, policy, spool, connection counts.
 pub struct Server {
@@ -42,61 +46,6 @@ pub struct Server {
     waiting: Handoff,
 }
 
-/// How long a session thread waits for its next session before it ends.
-const THREAD_LINGER: Duration = Duration::from_secs(10);
-
-/// An accepted connection on its way to a session thread.
-struct Job {
-    stream: TcpStream,
-    ip: IpAddr,
-    slot: Slot,
-}
-
-/// Connections handed to session threads that are waiting for one.
-#[derive(Default)]
-struct Handoff {
-    state: Mutex<HandoffState>,
-    ready: Condvar,
-}
-
-#[derive(Default)]
-struct HandoffState {
-    jobs: VecDeque<Job>,
-    idle: usize,
-}
-
-impl Handoff {
-    /// Gives the job to a waiting thread, or back when none is free.
-    fn offer(&self, job: Job) -> Option<Job> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if state.idle <= state.jobs.len() {
-            return Some(job);
-        }
-        state.jobs.push_back(job);
-        self.ready.notify_one();
-        None
-    }
-
-    /// Waits up to `linger` for a job.
-    fn take(&self, linger: Duration) -> Option<Job> {
-        let deadline = Instant::now() + linger;
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.idle += 1;
-        loop {
-            if let Some(job) = state.jobs.pop_front() {
-                state.idle -= 1;
-                return Some(job);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                state.idle -= 1;
-                return None;
-            }
-            state = self.ready.wait_timeout(state, left).unwrap_or_else(|e| e.into_inner()).0;
-        }
-    }
-}
-
 #[derive(Default)]
 struct Counts {
     total: usize,
@@ -104,7 +53,7 @@ struct Counts {
 }
 
 /// One admitted connection; dropping it (even while a panic unwinds) frees the slot.
-struct Slot {
+pub struct Slot {
     server: Arc<Server>,
     ip: IpAddr,
     id: u64,
@@ -489,10 +438,6 @@ enum Received {
     Lost,
 }
 
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
-}
-
 fn is_resource_shortage(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
 }
@@ -511,134 +456,6 @@ fn dup_std(fd: i32) -> io::Result<File> {
         _ => io::stdout().as_fd().try_clone_to_owned()?,
     };
     Ok(File::from(owned))
-}
-
-/// The byte stream under a session.
-enum Transport {
-    Tcp(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-    /// Only while the transport is being replaced.
-    Closed,
-    /// inetd with pipes (tests, `socat`): no socket options, so deadlines use poll(2).
-    Pipe {
-        input: File,
-        output: File,
-    },
-}
-
-/// A connection with a pending-reply buffer and a read deadline.
-/// Replies are flushed just before a read would block: pipelining for free (RFC 2920 §3.2).
-struct Conn {
-    transport: Transport,
-    pending: Vec<u8>,
-    deadline: Option<Instant>,
-    /// The receive timeout last set on the socket, to skip a setsockopt per read.
-    read_timeout: Option<Duration>,
-}
-
-impl Conn {
-    fn new(transport: Transport) -> Conn {
-        Conn { transport, pending: Vec::with_capacity(1024), deadline: None, read_timeout: None }
-    }
-
-    fn queue(&mut self, reply: &Reply) -> io::Result<()> {
-        reply.write_to(&mut self.pending);
-        if self.pending.len() > MAX_PENDING_OUTPUT {
-            self.flush()?;
-        }
-        Ok(())
-    }
-
-    fn remaining(&self) -> io::Result<Option<Duration>> {
-        match self.deadline.map(|d| d.saturating_duration_since(Instant::now())) {
-            Some(left) if left.is_zero() => Err(io::ErrorKind::TimedOut.into()),
-            other => Ok(other),
-        }
-    }
-
-    /// The socket timeout for the next read: the time left, rounded down to what is already
-    /// set when that is close (within a tenth), so a deadline is never overshot by more.
-    fn next_timeout(&mut self, left: Option<Duration>) -> Option<Option<Duration>> {
-        let close = match (self.read_timeout, left) {
-            (Some(set), Some(left)) => set <= left && left - set <= left / 10,
-            (None, None) => true,
-            _ => false,
-        };
-        if close {
-            return None;
-        }
-        self.read_timeout = left;
-        Some(left)
-    }
-
-    fn shutdown(&mut self) {
-        match &mut self.transport {
-            Transport::Tcp(s) => {
-                let _ = s.shutdown(Shutdown::Both);
-            }
-            Transport::Tls(s) => {
-                let _ = s.shutdown();
-                let _ = s.get_ref().shutdown(Shutdown::Both);
-            }
-            Transport::Pipe { .. } | Transport::Closed => {}
-        }
-    }
-}
-
-impl Read for Conn {
-    /// Reads with the deadline: a socket timeout that fires early is retried until the
-    /// deadline itself has passed, then the read fails with TimedOut.
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.flush()?;
-        loop {
-            let left = self.remaining()?;
-            let timeout = self.next_timeout(left);
-            let result = match &mut self.transport {
-                Transport::Tcp(s) => {
-                    if let Some(t) = timeout {
-                        s.set_read_timeout(t)?;
-                    }
-                    s.read(buf)
-                }
-                Transport::Tls(s) => {
-                    if let Some(t) = timeout {
-                        s.get_ref().set_read_timeout(t)?;
-                    }
-                    s.read(buf)
-                }
-                Transport::Pipe { input, .. } => match sys::wait_readable(input.as_raw_fd(), left)? {
-                    true => input.read(buf),
-                    false => Err(io::ErrorKind::TimedOut.into()),
-                },
-                Transport::Closed => Ok(0),
-            };
-            match result {
-                Err(e) if is_timeout(&e) => continue,
-                other => return other,
-            }
-        }
-    }
-}
-
-impl Write for Conn {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.pending.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let result = match &mut self.transport {
-            Transport::Tcp(s) => s.write_all(&self.pending),
-            Transport::Tls(s) => s.write_all(&self.pending),
-            Transport::Pipe { output, .. } => output.write_all(&self.pending),
-            Transport::Closed => Err(io::ErrorKind::NotConnected.into()),
-        };
-        self.pending.clear();
-        result
-    }
 }
 
 /// Binds a listening socket: SO_REUSEADDR, dual-stack for `[::]`, a deep backlog.

@@ -1,0 +1,147 @@
+//! A session's connection: TCP, TLS or a pipe, with a read deadline and a bounded reply buffer.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use native_tls::TlsStream;
+
+use crate::smtp::reply::Reply;
+use crate::sys;
+
+/// Replies are sent at once past this, so a client that never reads cannot grow memory.
+const MAX_PENDING_OUTPUT: usize = 16 * 1024;
+
+pub fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+}
+
+/// The byte stream under a session.
+pub enum Transport {
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// Only while the transport is being replaced.
+    Closed,
+    /// inetd with pipes (tests, `socat`): no socket options, so deadlines use poll(2).
+    Pipe {
+        input: File,
+        output: File,
+    },
+}
+
+/// A connection with a pending-reply buffer and a read deadline.
+/// Replies are flushed just before a read would block: pipelining for free (RFC 2920 §3.2).
+pub struct Conn {
+    pub transport: Transport,
+    pending: Vec<u8>,
+    pub deadline: Option<Instant>,
+    /// The receive timeout last set on the socket, to skip a setsockopt per read.
+    pub read_timeout: Option<Duration>,
+}
+
+impl Conn {
+    pub fn new(transport: Transport) -> Conn {
+        Conn { transport, pending: Vec::with_capacity(1024), deadline: None, read_timeout: None }
+    }
+
+    pub fn queue(&mut self, reply: &Reply) -> io::Result<()> {
+        reply.write_to(&mut self.pending);
+        if self.pending.len() > MAX_PENDING_OUTPUT {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn remaining(&self) -> io::Result<Option<Duration>> {
+        match self.deadline.map(|d| d.saturating_duration_since(Instant::now())) {
+            Some(left) if left.is_zero() => Err(io::ErrorKind::TimedOut.into()),
+            other => Ok(other),
+        }
+    }
+
+    /// The socket timeout for the next read: the time left, rounded down to what is already
+    /// set when that is close (within a tenth), so a deadline is never overshot by more.
+    fn next_timeout(&mut self, left: Option<Duration>) -> Option<Option<Duration>> {
+        let close = match (self.read_timeout, left) {
+            (Some(set), Some(left)) => set <= left && left - set <= left / 10,
+            (None, None) => true,
+            _ => false,
+        };
+        if close {
+            return None;
+        }
+        self.read_timeout = left;
+        Some(left)
+    }
+
+    pub fn shutdown(&mut self) {
+        match &mut self.transport {
+            Transport::Tcp(s) => {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+            Transport::Tls(s) => {
+                let _ = s.shutdown();
+                let _ = s.get_ref().shutdown(Shutdown::Both);
+            }
+            Transport::Pipe { .. } | Transport::Closed => {}
+        }
+    }
+}
+
+impl Read for Conn {
+    /// Reads with the deadline: a socket timeout that fires early is retried until the
+    /// deadline itself has passed, then the read fails with TimedOut.
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.flush()?;
+        loop {
+            let left = self.remaining()?;
+            let timeout = self.next_timeout(left);
+            let result = match &mut self.transport {
+                Transport::Tcp(s) => {
+                    if let Some(t) = timeout {
+                        s.set_read_timeout(t)?;
+                    }
+                    s.read(buf)
+                }
+                Transport::Tls(s) => {
+                    if let Some(t) = timeout {
+                        s.get_ref().set_read_timeout(t)?;
+                    }
+                    s.read(buf)
+                }
+                Transport::Pipe { input, .. } => match sys::wait_readable(input.as_raw_fd(), left)? {
+                    true => input.read(buf),
+                    false => Err(io::ErrorKind::TimedOut.into()),
+                },
+                Transport::Closed => Ok(0),
+            };
+            match result {
+                Err(e) if is_timeout(&e) => continue,
+                other => return other,
+            }
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.pending.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let result = match &mut self.transport {
+            Transport::Tcp(s) => s.write_all(&self.pending),
+            Transport::Tls(s) => s.write_all(&self.pending),
+            Transport::Pipe { output, .. } => output.write_all(&self.pending),
+            Transport::Closed => Err(io::ErrorKind::NotConnected.into()),
+        };
+        self.pending.clear();
+        result
+    }
+}
