@@ -2,7 +2,7 @@
 PREFIX ?= /usr/local
 DESTDIR ?=
 CARGO ?= cargo
-BINARIES = postern-smtpd
+BINARIES = postern-smtpd postern-deliver
 
 .PHONY: all build run test test-deps lint bench install install-files clean
 

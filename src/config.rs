@@ -95,6 +95,11 @@ pub struct Config {
     pub starttls_timeout: Duration,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    pub max_queue_lifetime: Duration,
+    /// Zero: no delay warnings.
+    pub delay_warning_time: Duration,
 }
 
 /// A configuration error: `file:line: key: message`.
@@ -137,6 +142,10 @@ impl Config {
             starttls_timeout: Duration::from_secs(300),
             tls_cert: None,
             tls_key: None,
+            min_backoff: Duration::from_secs(300),
+            max_backoff: Duration::from_secs(3600),
+            max_queue_lifetime: Duration::from_secs(5 * 86400),
+            delay_warning_time: Duration::from_secs(4 * 3600),
         }
     }
 
@@ -220,6 +229,10 @@ impl Config {
             "starttls_timeout" => self.starttls_timeout = positive(duration(v)?)?,
             "tls_cert" => self.tls_cert = Some(path(v)?),
             "tls_key" => self.tls_key = Some(path(v)?),
+            "min_backoff" => self.min_backoff = positive(duration(v)?)?,
+            "max_backoff" => self.max_backoff = positive(duration(v)?)?,
+            "max_queue_lifetime" => self.max_queue_lifetime = positive(duration(v)?)?,
+            "delay_warning_time" => self.delay_warning_time = duration(v)?,
             _ => return Err("unknown key".into()),
         }
         Ok(())
@@ -231,6 +244,9 @@ impl Config {
         }
         if self.max_per_ip > self.max_connections {
             return Err("max_per_ip is larger than max_connections".into());
+        }
+        if self.min_backoff > self.max_backoff {
+            return Err("min_backoff is longer than max_backoff".into());
         }
         Ok(())
     }

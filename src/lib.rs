@@ -1,12 +1,17 @@
 //! postern: a small mail transfer agent.
 //!
-//! Mail flows `server` (SMTP in) -> `spool` (one file per message) -> delivery.
+//! Mail flows `server` (SMTP in) -> `spool` (one file per message) -> `deliver` (maildirs, bounces).
 //!
 //! - `smtp`: the SMTP wire language, bytes in and typed values out, no I/O
 //! - `session`: the SMTP server state machine, no I/O
 //! - `policy`: the questions the session asks (local? exists? may relay?)
 //! - `server`: listeners, threads, deadlines, DATA into the spool (`conn`, `handoff` inside)
 //! - `spool`: queue files and the commit that makes them durable
+//! - `deliver`: one delivery run: lock, expand, deliver, log, bounce
+//! - `schedule`: what is due when, from the delivery log (pure)
+//! - `alias`: local users, aliases and where each mailbox is
+//! - `maildir`: writing one message into a maildir
+//! - `dsn`: RFC 3464 reports (pure)
 //! - `config`: postern.conf into a checked `Config`
 //! - `table`: aliases-style `name: value` files
 //! - `trace`: the `Received:` header and dates
@@ -14,9 +19,14 @@
 //! - `sys`: the few system calls std lacks
 #![deny(unsafe_code)]
 
+pub mod alias;
 pub mod config;
+pub mod deliver;
+pub mod dsn;
 pub mod logging;
+pub mod maildir;
 pub mod policy;
+pub mod schedule;
 pub mod server;
 pub mod session;
 pub mod smtp;

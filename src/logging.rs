@@ -4,10 +4,18 @@ use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::sync::Mutex;
 
+static DEFAULT_LEVEL: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// The level used when `RUST_LOG` is not set (`-v` asks for debug); call before `to_stderr`.
+pub fn set_default_level(level: &'static str) {
+    let _ = DEFAULT_LEVEL.set(level);
+}
+
 /// Logs to stderr as `program[pid]: message`, level from `RUST_LOG` (default info).
 pub fn to_stderr(program: &'static str) {
     let pid = std::process::id();
-    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+    let level = DEFAULT_LEVEL.get().copied().unwrap_or("info");
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
         .format(move |buf, record| writeln!(buf, "{program}[{pid}]: {}{}", prefix(record.level()), record.args()))
         .try_init();
 }

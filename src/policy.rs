@@ -1,11 +1,11 @@
 //! What the SMTP session asks before it accepts a recipient: is the domain ours, does the user exist, may this client relay.
 
-use std::collections::HashSet;
 use std::net::IpAddr;
 
+use crate::alias::LocalUsers;
 use crate::config::Config;
-use crate::smtp::address::{ForwardPath, Host, Mailbox};
-use crate::table::{self, TableError};
+use crate::smtp::address::ForwardPath;
+use crate::table::TableError;
 
 /// Why a recipient or transaction is refused; `smtp::reply` turns each into its reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,68 +43,17 @@ pub trait Policy: Send + Sync {
     fn expand(&self, name: &str) -> Option<Vec<String>>;
 }
 
-/// The policy of one configuration: local domains, the user tables, trusted networks.
+/// The policy of one configuration: local users and trusted networks.
 pub struct LocalPolicy {
     config: Config,
-    /// Names from the mailboxes map; `None` when every safe name has a mailbox.
-    mailboxes: Option<HashSet<String>>,
-    aliases: Vec<table::Entry>,
+    users: LocalUsers,
 }
 
 impl LocalPolicy {
     /// Loads the mailboxes and aliases files the configuration names.
     pub fn load(config: &Config) -> Result<LocalPolicy, TableError> {
-        let mailboxes = match &config.mailboxes {
-            Some(path) => Some(table::load(path)?.into_iter().map(|e| e.name).collect()),
-            None => None,
-        };
-        let aliases = match &config.aliases {
-            Some(path) => table::load(path)?,
-            None => Vec::new(),
-        };
-        Ok(LocalPolicy { config: config.clone(), mailboxes, aliases })
+        Ok(LocalPolicy { config: config.clone(), users: LocalUsers::load(config)? })
     }
-
-    fn is_local_domain(&self, host: &Host) -> bool {
-        match host {
-            Host::Domain(d) => self.config.local_domains.iter().any(|l| *l == d.folded()),
-            Host::Literal(_) => false,
-        }
-    }
-
-    /// The name a local part is looked up under: folded to lower case (§2.4 allows
-    /// this for local delivery only), and without its extension when the full name is unknown.
-    fn lookup_name(&self, local_part: &str) -> Option<String> {
-        let folded = local_part.to_lowercase();
-        if self.exists(&folded) {
-            return Some(folded);
-        }
-        let base = folded.split(|c| self.config.recipient_delimiter.contains(c)).next()?;
-        let stripped = !self.config.recipient_delimiter.is_empty() && base.len() < folded.len();
-        (stripped && !base.is_empty() && self.exists(base)).then(|| base.to_string())
-    }
-
-    fn exists(&self, name: &str) -> bool {
-        if name == "postmaster" || self.aliases.iter().any(|e| e.name == name) {
-            return true;
-        }
-        match &self.mailboxes {
-            Some(names) => names.contains(name),
-            None => is_safe_mailbox_name(name),
-        }
-    }
-
-    fn local_user(&self, mailbox: &Mailbox) -> Option<String> {
-        self.lookup_name(&mailbox.local_part_text())
-    }
-}
-
-/// A name that may become a directory through `mailbox_template`: ASCII letters,
-/// digits and `. - _ +`, no leading dot, no `..`, at most 64 octets. Anything else
-/// (a `/`, a quote, a `|`) has no mailbox, so it can never reach a path.
-pub fn is_safe_mailbox_name(name: &str) -> bool {
-    let chars_ok = name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b));
-    chars_ok && !name.is_empty() && name.len() <= 64 && !name.starts_with('.') && !name.contains("..")
 }
 
 impl Policy for LocalPolicy {
@@ -117,8 +66,8 @@ impl Policy for LocalPolicy {
             ForwardPath::Postmaster => return Ok(Destination::Local), // §4.5.1
             ForwardPath::Mailbox(m) => m,
         };
-        if self.is_local_domain(mailbox.host()) {
-            return match self.local_user(mailbox) {
+        if self.users.is_local_domain(mailbox.host()) {
+            return match self.users.lookup_name(&mailbox.local_part_text()) {
                 Some(_) => Ok(Destination::Local),
                 None => Err(Refusal::UnknownUser(to.to_string())),
             };
@@ -135,13 +84,13 @@ impl Policy for LocalPolicy {
         if !self.config.local_domains.contains(&domain) {
             return None;
         }
-        self.lookup_name(local).map(|user| format!("{user}@{domain}"))
+        self.users.lookup_name(local).map(|user| format!("{user}@{domain}"))
     }
 
     fn expand(&self, name: &str) -> Option<Vec<String>> {
         let local = name.trim_start_matches('<').trim_end_matches('>');
         let local = local.split('@').next()?.to_lowercase();
-        self.aliases.iter().find(|e| e.name == local).map(|e| e.values.clone())
+        self.users.alias(&local).map(<[String]>::to_vec)
     }
 }
 
@@ -150,14 +99,23 @@ mod tests {
     use super::*;
 
     fn policy(extra: &str, mailboxes: Option<&[&str]>, aliases: &[(&str, &str)]) -> LocalPolicy {
-        let text = format!("local_domains = example.test, localhost\nrecipient_delimiter = +\n{extra}");
-        let config = Config::parse(&text, "test").unwrap();
-        let mailboxes = mailboxes.map(|m| m.iter().map(|s| s.to_string()).collect());
-        let aliases = aliases
-            .iter()
-            .map(|(n, v)| table::Entry { name: n.to_string(), values: vec![v.to_string()], line: 1 })
-            .collect();
-        LocalPolicy { config, mailboxes, aliases }
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("postern-policy-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut text = format!("local_domains = example.test, localhost\nrecipient_delimiter = +\n{extra}");
+        if let Some(names) = mailboxes {
+            let file = dir.join(format!("mailboxes-{}", names.len()));
+            std::fs::write(&file, names.iter().map(|n| format!("{n}: /home/{n}/Maildir/\n")).collect::<String>())
+                .unwrap();
+            text += &format!("mailboxes = {}\n", file.display());
+        }
+        if !aliases.is_empty() {
+            let file = dir.join("aliases");
+            std::fs::write(&file, aliases.iter().map(|(n, v)| format!("{n}: {v}\n")).collect::<String>()).unwrap();
+            text += &format!("aliases = {}\n", file.display());
+        }
+        LocalPolicy::load(&Config::parse(&text, "test").unwrap()).unwrap()
     }
 
     fn rcpt(text: &str) -> ForwardPath {

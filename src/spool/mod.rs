@@ -9,10 +9,11 @@
 
 pub mod envelope;
 pub mod id;
+pub mod log;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 
@@ -195,12 +196,179 @@ impl Spool {
             let path = entry.path();
             let unlocked = File::open(&path).and_then(|f| sys::try_lock_exclusive(&f)).unwrap_or(false);
             if unlocked && fs::remove_file(&path).is_ok() {
-                log::info!("removed leftover {}", path.display());
+                ::log::info!("removed leftover {}", path.display());
                 removed += 1;
             }
         }
         removed
     }
+}
+
+/// Where a queued message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Place {
+    /// Never tried.
+    New,
+    /// Tried, waiting for a retry.
+    Cur,
+}
+
+impl Place {
+    pub fn dir(self) -> &'static str {
+        match self {
+            Place::New => "new",
+            Place::Cur => "cur",
+        }
+    }
+}
+
+/// A queued message opened for delivery: locked, checked whole, its envelope read.
+pub struct Queued {
+    pub place: Place,
+    pub id: QueueId,
+    pub envelope: Envelope,
+    file: File,
+    /// Where the message starts in the file (after the envelope block).
+    offset: u64,
+}
+
+/// Why a queued message could not be opened.
+#[derive(Debug)]
+pub enum OpenError {
+    /// Another delivery run holds it, or it moved since it was listed.
+    Busy,
+    /// Not a whole, well-formed spool file: moved aside to corrupt/.
+    Corrupt(String),
+    Io(io::Error),
+}
+
+impl Queued {
+    /// A reader over the message (not the envelope); each call starts at the beginning.
+    pub fn message(&self) -> MessageReader<'_> {
+        MessageReader { file: &self.file, pos: self.offset, end: self.offset + self.envelope.size }
+    }
+}
+
+/// Reads a range of a file by position, so several readers can share one descriptor.
+pub struct MessageReader<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl io::Read for MessageReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = usize::try_from(self.end.saturating_sub(self.pos)).unwrap_or(usize::MAX);
+        let want = buf.len().min(left);
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Spool {
+    /// Messages in new/ and cur/, oldest first. Names that are not queue IDs are ignored.
+    pub fn queued(&self) -> Vec<(Place, QueueId)> {
+        let mut out = Vec::new();
+        for place in [Place::New, Place::Cur] {
+            let Ok(entries) = fs::read_dir(self.root.join(place.dir())) else { continue };
+            for entry in entries.flatten() {
+                if let Some(id) = entry.file_name().to_str().and_then(QueueId::parse) {
+                    out.push((place, id));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
+        out
+    }
+
+    /// The delivery log of a message; it lives in cur/ wherever the message is.
+    pub fn log_path(&self, id: &QueueId) -> PathBuf {
+        self.root.join("cur").join(format!("{id}.log"))
+    }
+
+    /// Opens, locks (without waiting) and checks one queued message (PITFALLS N7, K7, K8).
+    pub fn open_queued(&self, place: Place, id: &QueueId) -> Result<Queued, OpenError> {
+        let path = self.path(place.dir(), id);
+        let file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path).map_err(OpenError::Io)?;
+        let meta = file.metadata().map_err(OpenError::Io)?;
+        if !meta.file_type().is_file() {
+            return Err(self.quarantine(place, id, "not a regular file"));
+        }
+        if !sys::try_lock_exclusive(&file).map_err(OpenError::Io)? {
+            return Err(OpenError::Busy);
+        }
+        // Another run may have finished it and removed or moved it between our open and our lock.
+        let still_there = fs::symlink_metadata(&path).is_ok_and(|m| m.ino() == meta.ino() && m.dev() == meta.dev());
+        if !still_there {
+            return Err(OpenError::Busy);
+        }
+        let (envelope, offset) = match read_envelope(&file, meta.len()).map_err(OpenError::Io)? {
+            Ok(parsed) => parsed,
+            Err(e) => return Err(self.quarantine(place, id, &e.to_string())),
+        };
+        if meta.len() != offset as u64 + envelope.size {
+            let why = format!("{} bytes, the envelope promises {}", meta.len(), offset as u64 + envelope.size);
+            return Err(self.quarantine(place, id, &why));
+        }
+        Ok(Queued { place, id: id.clone(), envelope, file, offset: offset as u64 })
+    }
+
+    /// Moves a bad file to corrupt/ so that it is never delivered and never lost.
+    fn quarantine(&self, place: Place, id: &QueueId, why: &str) -> OpenError {
+        let dir = self.root.join("corrupt");
+        let _ = fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir);
+        let _ = fs::rename(self.path(place.dir(), id), dir.join(id.as_str()));
+        ::log::error!("{id}: moved to corrupt/: {why}");
+        OpenError::Corrupt(why.to_string())
+    }
+
+    /// A tried message goes from new/ to cur/ to wait for its retry.
+    pub fn move_to_cur(&self, queued: &Queued) -> io::Result<()> {
+        if queued.place == Place::Cur {
+            return Ok(());
+        }
+        let to = self.path("cur", &queued.id);
+        if !sys::rename_no_replace(&self.path("new", &queued.id), &to)? {
+            fs::hard_link(self.path("new", &queued.id), &to)?;
+            fs::remove_file(self.path("new", &queued.id))?;
+        }
+        File::open(self.root.join("cur"))?.sync_all()
+    }
+
+    /// A finished message goes: first the file, then its log (an orphan log is harmless).
+    pub fn remove(&self, queued: &Queued) -> io::Result<()> {
+        fs::remove_file(self.path(queued.place.dir(), &queued.id))?;
+        match fs::remove_file(self.log_path(&queued.id)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Queues a message made here (a bounce): the same commit as mail from a client.
+    pub fn inject(&self, envelope: &Envelope, message: &[u8]) -> Result<QueueId, SpoolError> {
+        let mut draft = self.draft()?;
+        draft.begin(envelope)?;
+        draft.write(message)?;
+        draft.commit(message.len() as u64)
+    }
+}
+
+/// Reads the envelope block: the first 64 KiB hold it unless there are thousands of recipients.
+fn read_envelope(file: &File, len: u64) -> io::Result<Result<(Envelope, usize), envelope::EnvelopeError>> {
+    let mut parsed = Err(envelope::EnvelopeError::NoEnd);
+    for size in [64 * 1024, envelope::MAX_HEAD] {
+        let mut head = vec![0u8; size.min(usize::try_from(len).unwrap_or(usize::MAX))];
+        let n = file.read_at(&mut head, 0)?;
+        parsed = Envelope::parse(&head[..n]);
+        if parsed != Err(envelope::EnvelopeError::NoEnd) || n as u64 >= len {
+            break;
+        }
+    }
+    Ok(parsed)
 }
 
 /// A message being written in `tmp/`; dropped without `commit`, it is removed.

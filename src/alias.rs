@@ -1,0 +1,309 @@
+//! Local addresses: who exists, what an alias expands to, and where each mailbox is.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+
+use crate::config::Config;
+use crate::smtp::address::{ForwardPath, Host, Mailbox};
+use crate::table::{self, TableError};
+
+/// Where one recipient's copy goes after alias expansion.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// A local maildir; `address` is the folded `name@domain` for Delivered-To and the log.
+    Mailbox { name: String, address: String, maildir: PathBuf },
+    /// Forwarded off this host.
+    Remote(Mailbox),
+}
+
+impl Target {
+    /// The recipient as the delivery log and bounces name it: `<local@domain>`.
+    pub fn key(&self) -> String {
+        match self {
+            Target::Mailbox { address, .. } => format!("<{address}>"),
+            Target::Remote(m) => format!("<{m}>"),
+        }
+    }
+}
+
+/// Why a local address has nowhere to go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExpandError {
+    /// No such user (the tables changed since the message was accepted).
+    UnknownUser(String),
+    /// Aliases that lead back to themselves and nowhere else.
+    Loop(String),
+}
+
+const MAX_DEPTH: usize = 20;
+
+/// The local users of one configuration: local domains, the mailboxes map, the aliases.
+pub struct LocalUsers {
+    local_domains: Vec<String>,
+    delimiter: String,
+    template: String,
+    /// Name -> maildir; `None` when every safe name has a mailbox from the template.
+    mailboxes: Option<HashMap<String, PathBuf>>,
+    aliases: HashMap<String, Vec<String>>,
+}
+
+impl LocalUsers {
+    /// Loads the `mailboxes` and `aliases` files the configuration names.
+    pub fn load(config: &Config) -> Result<LocalUsers, TableError> {
+        let mailboxes = match &config.mailboxes {
+            Some(path) => {
+                let entries = table::load(path)?;
+                Some(entries.into_iter().map(|e| (e.name, PathBuf::from(&e.values[0]))).collect())
+            }
+            None => None,
+        };
+        let mut aliases = HashMap::new();
+        if let Some(path) = &config.aliases {
+            for entry in table::load(path)? {
+                if let Some(bad) = entry.values.iter().find(|v| !is_address_target(v)) {
+                    let message =
+                        format!("`{bad}`: alias targets are local names or addresses (no pipes, files or includes)");
+                    return Err(TableError { file: path.display().to_string(), line: entry.line, message });
+                }
+                aliases.insert(entry.name, entry.values);
+            }
+        }
+        Ok(LocalUsers {
+            local_domains: config.local_domains.clone(),
+            delimiter: config.recipient_delimiter.clone(),
+            template: config.mailbox_template.clone(),
+            mailboxes,
+            aliases,
+        })
+    }
+
+    pub fn is_local_domain(&self, host: &Host) -> bool {
+        match host {
+            Host::Domain(d) => self.local_domains.iter().any(|l| *l == d.folded()),
+            Host::Literal(_) => false,
+        }
+    }
+
+    /// The name a local part is found under: folded to lower case (RFC 5321 §2.4 allows this
+    /// for local delivery only), else without its extension (`alice+tag` -> `alice`).
+    pub fn lookup_name(&self, local_part: &str) -> Option<String> {
+        let folded = local_part.to_lowercase();
+        if self.exists(&folded) {
+            return Some(folded);
+        }
+        let base = folded.split(|c| self.delimiter.contains(c)).next()?;
+        let stripped = !self.delimiter.is_empty() && base.len() < folded.len();
+        (stripped && !base.is_empty() && self.exists(base)).then(|| base.to_string())
+    }
+
+    fn exists(&self, name: &str) -> bool {
+        if name == "postmaster" || self.aliases.contains_key(name) {
+            return true;
+        }
+        match &self.mailboxes {
+            Some(map) => map.contains_key(name),
+            None => is_safe_mailbox_name(name),
+        }
+    }
+
+    pub fn alias(&self, name: &str) -> Option<&[String]> {
+        self.aliases.get(name).map(Vec::as_slice)
+    }
+
+    pub fn first_local_domain(&self) -> &str {
+        self.local_domains.first().map_or("localhost", String::as_str)
+    }
+
+    /// Where a mailbox name's maildir is: its mailboxes entry, else the template.
+    pub fn maildir(&self, name: &str) -> Option<PathBuf> {
+        if let Some(path) = self.mailboxes.as_ref().and_then(|m| m.get(name)) {
+            return Some(path.clone());
+        }
+        let templated = self.mailboxes.is_none() || name == "postmaster";
+        (templated && is_safe_mailbox_name(name)).then(|| PathBuf::from(self.template.replace("%u", name)))
+    }
+
+    /// Expands one envelope recipient into the places its copies go.
+    pub fn expand(&self, rcpt: &ForwardPath) -> Result<Vec<Target>, ExpandError> {
+        let (local, domain) = match rcpt {
+            ForwardPath::Postmaster => ("postmaster".to_string(), self.first_local_domain().to_string()),
+            ForwardPath::Mailbox(m) if !self.is_local_domain(m.host()) => return Ok(vec![Target::Remote(m.clone())]),
+            ForwardPath::Mailbox(m) => (m.local_part_text(), m.host().to_string().to_lowercase()),
+        };
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        self.expand_local(&local, &domain, 0, &mut seen, &mut out)?;
+        if out.is_empty() {
+            return Err(ExpandError::Loop(rcpt.to_string()));
+        }
+        Ok(out)
+    }
+
+    fn expand_local(
+        &self,
+        local: &str,
+        domain: &str,
+        depth: usize,
+        seen: &mut HashSet<String>,
+        out: &mut Vec<Target>,
+    ) -> Result<(), ExpandError> {
+        let name = self.lookup_name(local).ok_or_else(|| ExpandError::UnknownUser(format!("<{local}@{domain}>")))?;
+        if depth > MAX_DEPTH {
+            return Err(ExpandError::Loop(format!("<{name}@{domain}>")));
+        }
+        match self.aliases.get(&name) {
+            Some(targets) if seen.insert(name.clone()) => {
+                for target in targets {
+                    self.expand_target(&name, target, domain, depth, seen, out)?;
+                }
+                Ok(())
+            }
+            Some(_) => Ok(()), // met again on a cycle: nothing new
+            None => self.push_mailbox(&name, domain, out),
+        }
+    }
+
+    fn expand_target(
+        &self,
+        alias: &str,
+        target: &str,
+        domain: &str,
+        depth: usize,
+        seen: &mut HashSet<String>,
+        out: &mut Vec<Target>,
+    ) -> Result<(), ExpandError> {
+        if target.eq_ignore_ascii_case(alias) {
+            return self.push_mailbox(alias, domain, out); // `alice: alice, bob@x` keeps a copy
+        }
+        match Mailbox::parse(target) {
+            Ok(m) if !self.is_local_domain(m.host()) => {
+                push_unique(out, Target::Remote(m));
+                Ok(())
+            }
+            Ok(m) => {
+                self.expand_local(&m.local_part_text(), &m.host().to_string().to_lowercase(), depth + 1, seen, out)
+            }
+            Err(_) => self.expand_local(target, domain, depth + 1, seen, out),
+        }
+    }
+
+    fn push_mailbox(&self, name: &str, domain: &str, out: &mut Vec<Target>) -> Result<(), ExpandError> {
+        let address = format!("{name}@{domain}");
+        let maildir = self.maildir(name).ok_or_else(|| ExpandError::UnknownUser(format!("<{address}>")))?;
+        push_unique(out, Target::Mailbox { name: name.to_string(), address, maildir });
+        Ok(())
+    }
+}
+
+fn push_unique(out: &mut Vec<Target>, target: Target) {
+    if !out.contains(&target) {
+        out.push(target);
+    }
+}
+
+fn is_address_target(value: &str) -> bool {
+    !value.starts_with(['|', '/', ':', '"'])
+        && (Mailbox::parse(value).is_ok() || is_safe_mailbox_name(&value.to_lowercase()))
+}
+
+/// A name that may become a directory through `mailbox_template`: ASCII letters,
+/// digits and `. - _ +`, no leading dot, no `..`, at most 64 octets. Anything else
+/// (a `/`, a quote, a `|`) has no mailbox, so it can never reach a path.
+pub fn is_safe_mailbox_name(name: &str) -> bool {
+    let chars_ok = name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b));
+    chars_ok && !name.is_empty() && name.len() <= 64 && !name.starts_with('.') && !name.contains("..")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn users(mailboxes: Option<&[&str]>, aliases: &[(&str, &[&str])]) -> LocalUsers {
+        LocalUsers {
+            local_domains: vec!["example.test".into(), "localhost".into()],
+            delimiter: "+".into(),
+            template: "/var/mail/%u/".into(),
+            mailboxes: mailboxes
+                .map(|m| m.iter().map(|n| (n.to_string(), PathBuf::from(format!("/home/{n}/Maildir/")))).collect()),
+            aliases: aliases.iter().map(|(n, v)| (n.to_string(), v.iter().map(|s| s.to_string()).collect())).collect(),
+        }
+    }
+
+    fn rcpt(text: &str) -> ForwardPath {
+        ForwardPath::parse(text.as_bytes()).unwrap()
+    }
+
+    fn keys(targets: &[Target]) -> Vec<String> {
+        targets.iter().map(Target::key).collect()
+    }
+
+    #[test]
+    fn a_plain_user_goes_to_its_maildir() {
+        let u = users(Some(&["alice"]), &[]);
+        let t = u.expand(&rcpt("Alice+tag@EXAMPLE.TEST")).unwrap();
+        assert_eq!(
+            t,
+            vec![Target::Mailbox {
+                name: "alice".into(),
+                address: "alice@example.test".into(),
+                maildir: "/home/alice/Maildir/".into()
+            }]
+        );
+        let templated = users(None, &[]);
+        let Target::Mailbox { maildir, .. } = &templated.expand(&rcpt("bob@localhost")).unwrap()[0] else { panic!() };
+        assert_eq!(maildir, &PathBuf::from("/var/mail/bob/"));
+    }
+
+    #[test]
+    fn aliases_expand_to_local_and_remote_targets() {
+        let u = users(
+            Some(&["alice", "carol"]),
+            &[("team", &["alice", "bob@remote.test", "staff"]), ("staff", &["carol@example.test", "alice"])],
+        );
+        let t = u.expand(&rcpt("team@example.test")).unwrap();
+        assert_eq!(keys(&t), ["<alice@example.test>", "<bob@remote.test>", "<carol@example.test>"]);
+    }
+
+    #[test]
+    fn postmaster_always_has_somewhere_to_go() {
+        let u = users(Some(&["alice"]), &[]);
+        let t = u.expand(&ForwardPath::Postmaster).unwrap();
+        assert_eq!(keys(&t), ["<postmaster@example.test>"]);
+        let aliased = users(Some(&["alice"]), &[("postmaster", &["alice"])]);
+        assert_eq!(keys(&aliased.expand(&rcpt("POSTMASTER@example.test")).unwrap()), ["<alice@example.test>"]);
+    }
+
+    #[test]
+    fn loops_and_self_references() {
+        let cycle = users(Some(&["alice"]), &[("a", &["b"]), ("b", &["a"])]);
+        assert!(matches!(cycle.expand(&rcpt("a@example.test")), Err(ExpandError::Loop(_))));
+        let keep = users(Some(&["alice"]), &[("alice", &["alice", "bob@remote.test"])]);
+        assert_eq!(
+            keys(&keep.expand(&rcpt("alice@example.test")).unwrap()),
+            ["<alice@example.test>", "<bob@remote.test>"]
+        );
+    }
+
+    #[test]
+    fn remote_recipients_pass_through_with_case_kept() {
+        let u = users(None, &[]);
+        assert_eq!(keys(&u.expand(&rcpt("Bob@Remote.Test")).unwrap()), ["<Bob@Remote.Test>"]);
+    }
+
+    #[test]
+    fn unknown_users_and_unsafe_names_have_no_maildir() {
+        let u = users(Some(&["alice"]), &[]);
+        assert!(matches!(u.expand(&rcpt("mallory@example.test")), Err(ExpandError::UnknownUser(_))));
+        let t = users(None, &[]);
+        assert!(t.expand(&rcpt("\"../x\"@localhost")).is_err());
+        assert!(t.maildir("a/b").is_none() && t.maildir(".hidden").is_none());
+    }
+
+    #[test]
+    fn alias_targets_are_addresses_only() {
+        for bad in ["|/bin/sh", "/etc/passwd", ":include:/x", "\"|id\""] {
+            assert!(!is_address_target(bad), "{bad}");
+        }
+        assert!(is_address_target("alice") && is_address_target("bob@remote.test"));
+    }
+}

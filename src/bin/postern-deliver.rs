@@ -1,0 +1,89 @@
+//! postern-deliver: one delivery run over the spool, for cron or a systemd timer.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use postern::config::Config;
+use postern::deliver::{Options, Runner};
+use postern::logging;
+use postern::spool::QueueId;
+
+const USAGE: &str = "usage: postern-deliver [-c FILE | --builtin-config] [--id ID] [--dry-run] [-v]
+  -c FILE            configuration file (default: $POSTERN_CONF, /etc/postern/postern.conf, built-in)
+  --builtin-config   use the built-in configuration (the one `make run` uses)
+  --id ID     deliver this one message now, whatever its back-off
+  --dry-run   say what is due, change nothing
+  -v          log each step (RUST_LOG=debug)";
+
+struct Args {
+    config: Option<PathBuf>,
+    builtin: bool,
+    options: Options,
+    verbose: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args { config: None, builtin: false, options: Options::default(), verbose: false };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "-c" => args.config = Some(it.next().ok_or("-c needs a file")?.into()),
+            "--id" => {
+                let id = it.next().ok_or("--id needs a queue ID")?;
+                args.options.only = Some(QueueId::parse(&id).ok_or(format!("`{id}` is not a queue ID"))?);
+            }
+            "--builtin-config" => args.builtin = true,
+            "--dry-run" => args.options.dry_run = true,
+            "-v" => args.verbose = true,
+            "-h" | "--help" => return Err(USAGE.into()),
+            "-V" | "--version" => return Err(format!("postern-deliver {}", env!("CARGO_PKG_VERSION"))),
+            other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
+        }
+    }
+    // For tests and for replaying a schedule: act as if it were this time (seconds since 1970).
+    if let Some(now) = std::env::var("POSTERN_NOW").ok().and_then(|v| v.parse().ok()) {
+        args.options.now = Some(now);
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(text) => {
+            eprintln!("{text}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.verbose {
+        logging::set_default_level("debug");
+    }
+    logging::to_stderr("postern-deliver");
+    let config = if args.builtin { Config::embedded() } else { Config::locate(args.config.as_deref()) };
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("postern-deliver: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runner = match Runner::new(&config, args.options) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("postern-deliver: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let s = runner.run();
+    log::info!(
+        "run done: {} messages, {} sent, {} deferred, {} bounced, {} busy, {} corrupt, {} remote waiting",
+        s.messages,
+        s.sent,
+        s.deferred,
+        s.bounced,
+        s.busy,
+        s.corrupt,
+        s.waiting_remote
+    );
+    ExitCode::SUCCESS
+}

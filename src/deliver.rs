@@ -1,0 +1,394 @@
+//! One delivery run over the spool (postern-deliver): pick what is due, deliver it, log it, bounce what failed.
+//!
+//! For each message: lock it, expand its recipients, ask `schedule` what is due, deliver each
+//! due recipient, append every outcome to `cur/ID.log` (fsynced before the next delivery),
+//! then remove the message when nothing is left, or move it to `cur/` to wait.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::alias::{ExpandError, LocalUsers, Target};
+use crate::config::Config;
+use crate::dsn::{self, Action, Diagnostic, RecipientStatus};
+use crate::maildir::{MaildirError, Stamp, deliver_to_maildir};
+use crate::schedule::{self, Plan, RetryPolicy};
+use crate::smtp::address::{ForwardPath, ReversePath};
+use crate::smtp::command::BodyType;
+use crate::spool::log::{Attempt, DeliveryLog, Outcome, read_log};
+use crate::spool::{Envelope, OpenError, Place, QueueId, Queued, Spool};
+
+/// How a run is asked to behave.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Only this message, whether due or not (`--id`).
+    pub only: Option<QueueId>,
+    /// Say what would be done, change nothing.
+    pub dry_run: bool,
+    /// The time to act as if it were now (seconds since 1970); the clock when `None`.
+    pub now: Option<u64>,
+}
+
+/// What a run did, for its last log line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub messages: usize,
+    pub sent: usize,
+    pub deferred: usize,
+    pub bounced: usize,
+    pub busy: usize,
+    pub corrupt: usize,
+    pub waiting_remote: usize,
+}
+
+/// One recipient after alias expansion, with the envelope recipient it came from.
+struct Expanded {
+    original: ForwardPath,
+    target: Result<Target, ExpandError>,
+}
+
+impl Expanded {
+    fn key(&self) -> String {
+        match &self.target {
+            Ok(t) => t.key(),
+            Err(_) => self.original.to_string(),
+        }
+    }
+}
+
+pub struct Runner<'a> {
+    config: &'a Config,
+    spool: Spool,
+    users: LocalUsers,
+    retry: RetryPolicy,
+    now: u64,
+    options: Options,
+}
+
+impl<'a> Runner<'a> {
+    pub fn new(config: &'a Config, options: Options) -> Result<Runner<'a>, String> {
+        let spool = Spool::open(&config.spool).map_err(|e| format!("spool {}: {e}", config.spool.display()))?;
+        let users = LocalUsers::load(config).map_err(|e| e.to_string())?;
+        let retry = RetryPolicy {
+            min_backoff: config.min_backoff,
+            max_backoff: config.max_backoff,
+            max_queue_lifetime: config.max_queue_lifetime,
+            delay_warning_time: config.delay_warning_time,
+        };
+        let now =
+            options.now.unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
+        Ok(Runner { config, spool, users, retry, now, options })
+    }
+
+    /// Runs over the spool. Bounces made by this run are delivered by it too (a second pass).
+    pub fn run(&self) -> Summary {
+        let mut summary = Summary::default();
+        let mut made = HashSet::new();
+        for pass in 0..2 {
+            for (place, id) in self.spool.queued() {
+                let wanted = match (&self.options.only, pass) {
+                    (Some(only), 0) => *only == id,
+                    (_, 0) => true,
+                    _ => made.contains(&id),
+                };
+                if wanted {
+                    made.extend(self.process(place, &id, &mut summary));
+                }
+            }
+            if made.is_empty() || self.options.dry_run {
+                break;
+            }
+        }
+        summary
+    }
+
+    /// Delivers what is due of one message; returns the IDs of bounces it queued.
+    fn process(&self, place: Place, id: &QueueId, summary: &mut Summary) -> Vec<QueueId> {
+        let queued = match self.spool.open_queued(place, id) {
+            Ok(q) => q,
+            Err(OpenError::Busy) => {
+                summary.busy += 1;
+                return Vec::new();
+            }
+            Err(OpenError::Corrupt(_)) => {
+                summary.corrupt += 1;
+                return Vec::new();
+            }
+            Err(OpenError::Io(e)) => {
+                log::warn!("{id}: cannot open: {e}");
+                return Vec::new();
+            }
+        };
+        summary.messages += 1;
+        match self.deliver_message(&queued, summary) {
+            Ok(made) => made,
+            Err(e) => {
+                log::error!("{id}: {e}; left queued");
+                Vec::new()
+            }
+        }
+    }
+
+    fn deliver_message(&self, q: &Queued, summary: &mut Summary) -> Result<Vec<QueueId>, String> {
+        let log_path = self.spool.log_path(&q.id);
+        let history = read_log(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let expanded = self.expand(&q.envelope);
+        let keys: Vec<String> = expanded.iter().map(Expanded::key).collect();
+        let forced = self.options.only.as_ref() == Some(&q.id);
+        let mut plan = schedule::plan(&self.retry, q.envelope.arrived, &keys, &history, self.now);
+        if forced {
+            // `--id`: every recipient not yet done is tried now, back-off or not; expired ones still bounce.
+            let done = |k: &String| history.iter().any(|a| a.recipient == *k && a.outcome.is_final());
+            let expired = |k: &String| plan.expired.iter().any(|a| a.recipient == *k);
+            plan.due = keys.iter().filter(|k| !done(k) && !expired(k)).cloned().collect();
+        }
+        if self.options.dry_run {
+            self.describe(q, &plan);
+            return Ok(Vec::new());
+        }
+        let mut log = DeliveryLog::open(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let mut failed: Vec<(Attempt, &Expanded)> = Vec::new();
+        for item in expanded.iter().filter(|e| plan.due.contains(&e.key())) {
+            let Some(attempt) = self.attempt(q, item) else {
+                summary.waiting_remote += 1;
+                continue;
+            };
+            log.append(&attempt).map_err(|e| format!("{}: {e}", log_path.display()))?;
+            self.log_outcome(q, item, &attempt);
+            count(summary, attempt.outcome);
+            if attempt.outcome == Outcome::Bounced {
+                failed.push((attempt, item));
+            }
+        }
+        for last in &plan.expired {
+            let attempt = Attempt {
+                time: self.now,
+                outcome: Outcome::Bounced,
+                text: format!("gave up after {} days: {}", self.retry.max_queue_lifetime.as_secs() / 86400, last.text),
+                ..last.clone()
+            };
+            log.append(&attempt).map_err(|e| e.to_string())?;
+            count(summary, Outcome::Bounced);
+            if let Some(item) = expanded.iter().find(|e| e.key() == attempt.recipient) {
+                self.log_outcome(q, item, &attempt);
+                failed.push((attempt, item));
+            }
+        }
+        let mut made = Vec::new();
+        if !failed.is_empty() {
+            made.extend(self.bounce(q, &failed, Action::Failed));
+        }
+        let history = read_log(&log_path).map_err(|e| e.to_string())?;
+        let after = schedule::plan(&self.retry, q.envelope.arrived, &keys, &history, self.now);
+        if plan.warn && !after.finished {
+            made.extend(self.warn(q, &expanded, &history, &mut log)?);
+        }
+        if after.finished {
+            self.spool.remove(q).map_err(|e| format!("cannot remove: {e}"))?;
+        } else {
+            self.spool.move_to_cur(q).map_err(|e| format!("cannot move to cur/: {e}"))?;
+        }
+        Ok(made)
+    }
+
+    fn expand(&self, envelope: &Envelope) -> Vec<Expanded> {
+        let mut out: Vec<Expanded> = Vec::new();
+        for rcpt in &envelope.rcpts {
+            match self.users.expand(rcpt) {
+                Ok(targets) => {
+                    for target in targets {
+                        if !out.iter().any(|e| e.target.as_ref().ok() == Some(&target)) {
+                            out.push(Expanded { original: rcpt.clone(), target: Ok(target) });
+                        }
+                    }
+                }
+                Err(e) => out.push(Expanded { original: rcpt.clone(), target: Err(e) }),
+            }
+        }
+        out
+    }
+
+    /// Delivers to one recipient; `None` when it is remote (delivered by a later part of the run).
+    fn attempt(&self, q: &Queued, item: &Expanded) -> Option<Attempt> {
+        let outcome = |outcome, status: &str, relay: &str, text: String| Attempt {
+            time: self.now,
+            outcome,
+            recipient: item.key(),
+            status: status.into(),
+            relay: relay.into(),
+            text,
+        };
+        let target = match &item.target {
+            Ok(t) => t,
+            Err(ExpandError::UnknownUser(who)) => {
+                return Some(outcome(Outcome::Bounced, "5.1.1", "local", format!("{who}: no such user here")));
+            }
+            Err(ExpandError::Loop(who)) => {
+                return Some(outcome(Outcome::Bounced, "5.4.6", "local", format!("{who}: aliases loop")));
+            }
+        };
+        let Target::Mailbox { address, maildir, .. } = target else { return None };
+        let stamp = Stamp { return_path: &q.envelope.from, delivered_to: address, hostname: &self.config.hostname };
+        Some(match deliver_to_maildir(maildir, &stamp, || Ok(q.message())) {
+            Ok(path) => outcome(Outcome::Sent, "2.0.0", "maildir", format!("delivered to {}", path.display())),
+            Err(MaildirError::Loop) => outcome(Outcome::Bounced, "5.4.6", "maildir", "mail forwarding loop".into()),
+            Err(MaildirError::Full(why)) => outcome(Outcome::Deferred, "4.2.2", "maildir", why),
+            Err(MaildirError::Unsafe(why) | MaildirError::Io(why)) => {
+                outcome(Outcome::Deferred, "4.3.0", "maildir", why)
+            }
+        })
+    }
+
+    /// One line per outcome in the familiar shape: `ID: to=<..>, relay=.., delay=.., dsn=.., status=..`.
+    fn log_outcome(&self, q: &Queued, item: &Expanded, a: &Attempt) {
+        let mut line = format!("{}: to={}", q.id, a.recipient);
+        if item.original.to_string() != a.recipient {
+            let _ = write!(line, ", orig_to={}", item.original);
+        }
+        let status = match a.outcome {
+            Outcome::Sent => "sent",
+            Outcome::Deferred => "deferred",
+            Outcome::Bounced => "bounced",
+            Outcome::Warned => "warned",
+        };
+        let delay = self.now.saturating_sub(q.envelope.arrived);
+        log::info!("{line}, relay={}, delay={delay}, dsn={}, status={status} ({})", a.relay, a.status, a.text);
+    }
+
+    /// Queues one report for the failed recipients of one message (RFC 3464).
+    fn bounce(&self, q: &Queued, failed: &[(Attempt, &Expanded)], action: Action) -> Option<QueueId> {
+        let to = match (&q.envelope.from, action) {
+            (ReversePath::Mailbox(m), _) => ForwardPath::Mailbox(m.clone()),
+            // §6.1: no report to a null sender. A failed report itself goes to the postmaster,
+            // unless the postmaster is who it failed for.
+            (ReversePath::Null, Action::Failed) if !failed.iter().any(|(_, e)| is_postmaster(&e.original)) => {
+                ForwardPath::Postmaster
+            }
+            (ReversePath::Null, _) => {
+                log::info!("{}: no report: the sender is <> and the postmaster cannot be told", q.id);
+                return None;
+            }
+        };
+        let recipients: Vec<RecipientStatus> = failed.iter().map(|(a, e)| status_line(a, e)).collect();
+        let headers = read_headers(q);
+        let to_text =
+            to.mailbox().map_or_else(|| format!("postmaster@{}", self.users.first_local_domain()), |m| m.to_string());
+        let retry_until = q.envelope.arrived + self.retry.max_queue_lifetime.as_secs();
+        let action = match action {
+            Action::Delayed { .. } => Action::Delayed { retry_until },
+            a => a,
+        };
+        let report = dsn::Report {
+            hostname: &self.config.hostname,
+            queue_id: q.id.as_str(),
+            to: &to_text,
+            arrived: q.envelope.arrived,
+            now: self.now,
+            action,
+            recipients: &recipients,
+            original_headers: &headers,
+        };
+        let message = dsn::build(&report);
+        let envelope = Envelope {
+            arrived: self.now,
+            client: None,
+            helo: None,
+            protocol: "LOCAL".into(),
+            body: BodyType::EightBitMime,
+            smtputf8: false,
+            from: ReversePath::Null,
+            rcpts: vec![to.clone()],
+            size: 0,
+        };
+        match self.spool.inject(&envelope, &message) {
+            Ok(id) => {
+                log::info!("{}: sender non-delivery notification: {id} to {to}", q.id);
+                Some(id)
+            }
+            Err(e) => {
+                log::error!("{}: cannot queue the report to {to}: {e}", q.id);
+                None
+            }
+        }
+    }
+
+    fn warn(
+        &self,
+        q: &Queued,
+        expanded: &[Expanded],
+        history: &[Attempt],
+        log: &mut DeliveryLog,
+    ) -> Result<Option<QueueId>, String> {
+        if q.envelope.from == ReversePath::Null {
+            return Ok(None);
+        }
+        let mut delayed = Vec::new();
+        for item in expanded {
+            let last = history.iter().rev().find(|a| a.recipient == item.key());
+            if let Some(last) = last.filter(|a| a.outcome == Outcome::Deferred) {
+                delayed.push((last.clone(), item));
+            }
+        }
+        let made = self.bounce(q, &delayed, Action::Delayed { retry_until: 0 });
+        let warned = Attempt {
+            time: self.now,
+            outcome: Outcome::Warned,
+            recipient: String::new(),
+            status: "4.0.0".into(),
+            relay: String::new(),
+            text: "delay warning sent".into(),
+        };
+        log.append(&warned).map_err(|e| e.to_string())?;
+        Ok(made)
+    }
+
+    fn describe(&self, q: &Queued, plan: &Plan) {
+        println!(
+            "{} ({}): from {}, due now: {}; expired: {}; next attempt: {}",
+            q.id,
+            q.place.dir(),
+            q.envelope.from,
+            if plan.due.is_empty() { "nobody".to_string() } else { plan.due.join(" ") },
+            plan.expired.len(),
+            plan.next_attempt.map_or_else(|| "-".to_string(), crate::trace::rfc5322_date),
+        );
+    }
+}
+
+fn count(summary: &mut Summary, outcome: Outcome) {
+    match outcome {
+        Outcome::Sent => summary.sent += 1,
+        Outcome::Deferred => summary.deferred += 1,
+        Outcome::Bounced => summary.bounced += 1,
+        Outcome::Warned => {}
+    }
+}
+
+fn is_postmaster(rcpt: &ForwardPath) -> bool {
+    match rcpt {
+        ForwardPath::Postmaster => true,
+        ForwardPath::Mailbox(m) => m.local_part_text().eq_ignore_ascii_case("postmaster"),
+    }
+}
+
+fn status_line(a: &Attempt, item: &Expanded) -> RecipientStatus {
+    let bare = |s: &str| s.trim_start_matches('<').trim_end_matches('>').to_string();
+    let original = item.original.to_string();
+    let remote = !matches!(a.relay.as_str(), "" | "local" | "maildir");
+    RecipientStatus {
+        final_recipient: bare(&a.recipient),
+        original_recipient: (original != a.recipient).then(|| bare(&original)),
+        status: a.status.clone(),
+        remote_mta: remote.then(|| a.relay.clone()),
+        diagnostic: if remote { Diagnostic::Smtp(a.text.clone()) } else { Diagnostic::Local(a.text.clone()) },
+        last_attempt: a.time,
+    }
+}
+
+/// The original header section, read from the queued message.
+fn read_headers(q: &Queued) -> Vec<u8> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let _ = q.message().take(64 * 1024).read_to_end(&mut head);
+    head
+}

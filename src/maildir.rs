@@ -1,0 +1,247 @@
+//! Local delivery into a maildir: `tmp/` -> fsync -> `new/` -> fsync, with Return-Path and Delivered-To prepended.
+//!
+//! Names follow the maildir convention `time.MmicrosPpidQcount.host` (`/` and `:` in the host
+//! written `\057` and `\072`). Lines end in LF, as qmail and Postfix write maildirs.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::smtp::address::ReversePath;
+
+static DELIVERIES: AtomicU64 = AtomicU64::new(0);
+
+/// Why a maildir delivery did not happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MaildirError {
+    /// Disk or quota full: temporary (4.2.2 / 4.3.1).
+    Full(String),
+    /// The maildir is a symlink or not a directory: temporary, for the administrator to fix.
+    Unsafe(String),
+    /// The message already carries `Delivered-To:` for this address (5.4.6).
+    Loop,
+    Io(String),
+}
+
+impl MaildirError {
+    fn from_io(e: &io::Error, what: &Path) -> MaildirError {
+        let text = format!("{}: {e}", what.display());
+        match e.raw_os_error() {
+            Some(libc::ENOSPC | libc::EDQUOT) => MaildirError::Full(text),
+            _ => MaildirError::Io(text),
+        }
+    }
+}
+
+/// The headers one local delivery adds.
+pub struct Stamp<'a> {
+    pub return_path: &'a ReversePath,
+    pub delivered_to: &'a str,
+    pub hostname: &'a str,
+}
+
+/// Delivers the message read from `open()` (CRLF lines, as spooled) into `maildir`.
+/// `open` is called once for the loop check and once for the copy.
+pub fn deliver_to_maildir<R: Read>(
+    maildir: &Path,
+    stamp: &Stamp<'_>,
+    mut open: impl FnMut() -> io::Result<R>,
+) -> Result<PathBuf, MaildirError> {
+    let io_err = |e: io::Error| MaildirError::from_io(&e, maildir);
+    if has_delivered_to(open().map_err(io_err)?, stamp.delivered_to).map_err(io_err)? {
+        return Err(MaildirError::Loop);
+    }
+    let (tmp, new) = prepare(maildir)?;
+    let name = unique_name(stamp.hostname);
+    let tmp_path = tmp.join(&name);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp_path)
+        .map_err(|e| MaildirError::from_io(&e, &tmp_path))?;
+    let written = write_message(&mut file, stamp, open().map_err(io_err)?).and_then(|()| file.sync_all());
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp_path);
+        return Err(MaildirError::from_io(&e, &tmp_path));
+    }
+    let new_path = new.join(&name);
+    let moved = fs::rename(&tmp_path, &new_path).and_then(|()| File::open(&new)?.sync_all());
+    moved.map_err(|e| {
+        let _ = fs::remove_file(&tmp_path);
+        MaildirError::from_io(&e, &new_path)
+    })?;
+    Ok(new_path)
+}
+
+/// Makes `tmp/`, `new/`, `cur/` (mode 0700) when missing and refuses symlinks anywhere in them.
+fn prepare(maildir: &Path) -> Result<(PathBuf, PathBuf), MaildirError> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true).mode(0o700);
+    for sub in ["tmp", "new", "cur"] {
+        let dir = maildir.join(sub);
+        if !dir.exists() {
+            builder.create(&dir).map_err(|e| MaildirError::from_io(&e, &dir))?;
+        }
+    }
+    for dir in [maildir.to_path_buf(), maildir.join("tmp"), maildir.join("new")] {
+        let meta = fs::symlink_metadata(&dir).map_err(|e| MaildirError::from_io(&e, &dir))?;
+        if !meta.file_type().is_dir() {
+            return Err(MaildirError::Unsafe(format!(
+                "{} is not a plain directory (symlinks are not followed)",
+                dir.display()
+            )));
+        }
+    }
+    Ok((maildir.join("tmp"), maildir.join("new")))
+}
+
+/// `1795431945.M123456P4242Q7.mail.example.test`, unique per host, process and delivery.
+fn unique_name(hostname: &str) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let count = DELIVERIES.fetch_add(1, Ordering::Relaxed);
+    let host = hostname.replace('/', "\\057").replace(':', "\\072");
+    format!("{}.M{}P{}Q{count}.{host}", now.as_secs(), now.subsec_micros(), std::process::id())
+}
+
+/// True when the header section already has `Delivered-To: address` (a forwarding loop).
+fn has_delivered_to(source: impl Read, address: &str) -> io::Result<bool> {
+    let mut reader = BufReader::new(source.take(1 << 20));
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 || line == b"\r\n" || line == b"\n" {
+            return Ok(false);
+        }
+        let text = String::from_utf8_lossy(&line);
+        if let Some((name, value)) = text.split_once(':')
+            && name.eq_ignore_ascii_case("Delivered-To")
+            && value.trim().eq_ignore_ascii_case(address)
+        {
+            return Ok(true);
+        }
+    }
+}
+
+fn write_message(file: &mut File, stamp: &Stamp<'_>, mut source: impl Read) -> io::Result<()> {
+    let mut out = io::BufWriter::with_capacity(64 * 1024, file);
+    write!(out, "Return-Path: {}\nDelivered-To: {}\n", stamp.return_path, stamp.delivered_to)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut held_cr = false;
+    loop {
+        let n = source.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        held_cr = crlf_to_lf(&buf[..n], held_cr, &mut out)?;
+    }
+    if held_cr {
+        out.write_all(b"\r")?;
+    }
+    out.flush()
+}
+
+/// Writes `chunk` with each CRLF as LF; a CR at the end is held back until the next chunk.
+fn crlf_to_lf(chunk: &[u8], held_cr: bool, out: &mut impl Write) -> io::Result<bool> {
+    let mut rest = chunk;
+    if held_cr && rest.first() != Some(&b'\n') {
+        out.write_all(b"\r")?;
+    }
+    while let Some(cr) = rest.iter().position(|&b| b == b'\r') {
+        out.write_all(&rest[..cr])?;
+        match rest.get(cr + 1) {
+            Some(b'\n') => {}
+            Some(_) => out.write_all(b"\r")?,
+            None => return Ok(true),
+        }
+        rest = &rest[cr + 1..];
+    }
+    out.write_all(rest)?;
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("postern-maildir-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn stamp<'a>(from: &'a ReversePath) -> Stamp<'a> {
+        Stamp { return_path: from, delivered_to: "alice@example.test", hostname: "a:b/c" }
+    }
+
+    #[test]
+    fn delivers_with_headers_and_lf_line_ends() {
+        let dir = temp("ok");
+        let from = ReversePath::parse(b"sender@remote.test").unwrap();
+        let message = b"Received: x\r\nSubject: hi\r\n\r\nbody\r\n".to_vec();
+        let path = deliver_to_maildir(&dir.join("alice"), &stamp(&from), || Ok(&message[..])).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text,
+            "Return-Path: <sender@remote.test>\nDelivered-To: alice@example.test\nReceived: x\nSubject: hi\n\nbody\n"
+        );
+        let name = path.file_name().unwrap().to_str().unwrap();
+        assert!(name.ends_with(".a\\072b\\057c") && !name.starts_with('.'), "{name}");
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::metadata(dir.join("alice/new")).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(fs::read_dir(dir.join("alice/tmp")).unwrap().count(), 0);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn two_deliveries_make_two_files() {
+        let dir = temp("two");
+        let from = ReversePath::Null;
+        let a = deliver_to_maildir(&dir, &stamp(&from), || Ok(&b"x\r\n"[..])).unwrap();
+        let b = deliver_to_maildir(&dir, &stamp(&from), || Ok(&b"x\r\n"[..])).unwrap();
+        assert_ne!(a, b);
+        assert!(fs::read_to_string(a).unwrap().starts_with("Return-Path: <>\n"));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_delivered_to_loop_is_refused() {
+        let dir = temp("loop");
+        let from = ReversePath::Null;
+        let looping = b"Delivered-To: Alice@Example.Test\r\n\r\nx\r\n";
+        assert_eq!(deliver_to_maildir(&dir, &stamp(&from), || Ok(&looping[..])), Err(MaildirError::Loop));
+        let in_body = b"Subject: x\r\n\r\nDelivered-To: alice@example.test\r\n";
+        assert!(deliver_to_maildir(&dir, &stamp(&from), || Ok(&in_body[..])).is_ok());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn symlinked_maildirs_are_not_followed() {
+        let dir = temp("symlink");
+        fs::create_dir_all(dir.join("elsewhere")).unwrap();
+        fs::create_dir_all(dir.join("alice")).unwrap();
+        std::os::unix::fs::symlink(dir.join("elsewhere"), dir.join("alice/new")).unwrap();
+        let from = ReversePath::Null;
+        let result = deliver_to_maildir(&dir.join("alice"), &stamp(&from), || Ok(&b"x\r\n"[..]));
+        assert!(matches!(result, Err(MaildirError::Unsafe(_))), "{result:?}");
+        assert_eq!(fs::read_dir(dir.join("elsewhere")).unwrap().count(), 0);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn crlf_conversion_survives_any_split() {
+        let input = b"a\r\nb\r\r\nc\r\n";
+        for split in 0..input.len() {
+            let mut out = Vec::new();
+            let held = crlf_to_lf(&input[..split], false, &mut out).unwrap();
+            let held = crlf_to_lf(&input[split..], held, &mut out).unwrap();
+            assert!(!held);
+            assert_eq!(out, b"a\nb\r\nc\n", "split at {split}");
+        }
+    }
+}

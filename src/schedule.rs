@@ -1,0 +1,166 @@
+//! When to try each recipient again: a pure function of arrival time, the delivery log and now.
+//!
+//! Back-off per recipient doubles from `min_backoff` to `max_backoff` after each deferral
+//! (RFC 5321 §4.5.4.1: retries spaced out, the give-up time configurable, at least 4-5 days).
+
+use std::time::Duration;
+
+use crate::spool::log::{Attempt, Outcome};
+
+/// The retry settings from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    pub max_queue_lifetime: Duration,
+    /// Zero turns delay warnings off.
+    pub delay_warning_time: Duration,
+}
+
+/// What one delivery run should do with one message.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Plan {
+    /// Recipients to try now.
+    pub due: Vec<String>,
+    /// Recipients deferred past the queue lifetime: bounce them, with their last attempt.
+    pub expired: Vec<Attempt>,
+    /// When the earliest recipient still waiting becomes due (seconds since 1970).
+    pub next_attempt: Option<u64>,
+    /// A delay warning is due: the warning time has passed, a recipient was deferred, and no
+    /// warning went yet. The runner sends it if recipients are still deferred after this run.
+    pub warn: bool,
+    /// Every recipient has a final outcome: the message can go.
+    pub finished: bool,
+}
+
+/// Seconds to wait after the `deferrals`-th deferral (1-based).
+pub fn backoff(policy: &RetryPolicy, deferrals: u32) -> u64 {
+    let min = policy.min_backoff.as_secs().max(1);
+    let doubled = min.saturating_mul(1u64 << deferrals.saturating_sub(1).min(40));
+    doubled.min(policy.max_backoff.as_secs().max(min))
+}
+
+/// The plan for a message that arrived at `arrived` with these final recipients.
+pub fn plan(policy: &RetryPolicy, arrived: u64, recipients: &[String], log: &[Attempt], now: u64) -> Plan {
+    let mut plan = Plan::default();
+    let mut waiting = false;
+    let expired_at = arrived.saturating_add(policy.max_queue_lifetime.as_secs());
+    for rcpt in recipients {
+        let mine: Vec<&Attempt> = log.iter().filter(|a| a.recipient == *rcpt).collect();
+        if mine.iter().any(|a| a.outcome.is_final()) {
+            continue;
+        }
+        let deferrals: Vec<&&Attempt> = mine.iter().filter(|a| a.outcome == Outcome::Deferred).collect();
+        let Some(last) = deferrals.iter().max_by_key(|a| a.time) else {
+            plan.due.push(rcpt.clone());
+            continue;
+        };
+        if now >= expired_at {
+            plan.expired.push((**last).clone());
+            continue;
+        }
+        let count = u32::try_from(deferrals.len()).unwrap_or(u32::MAX);
+        let due_at = last.time.saturating_add(backoff(policy, count));
+        if now >= due_at {
+            plan.due.push(rcpt.clone());
+        } else {
+            waiting = true;
+            plan.next_attempt = Some(plan.next_attempt.map_or(due_at, |t| t.min(due_at)));
+        }
+    }
+    let warned = log.iter().any(|a| a.outcome == Outcome::Warned);
+    let deferred_any = log.iter().any(|a| a.outcome == Outcome::Deferred);
+    let warn_at = arrived.saturating_add(policy.delay_warning_time.as_secs());
+    plan.finished = plan.due.is_empty() && plan.expired.is_empty() && !waiting;
+    plan.warn = !policy.delay_warning_time.is_zero() && !warned && deferred_any && !plan.finished && now >= warn_at;
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: u64 = 60;
+    const HOUR: u64 = 3600;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            min_backoff: Duration::from_secs(5 * MIN),
+            max_backoff: Duration::from_secs(HOUR),
+            max_queue_lifetime: Duration::from_secs(5 * 24 * HOUR),
+            delay_warning_time: Duration::from_secs(4 * HOUR),
+        }
+    }
+
+    fn deferred(rcpt: &str, time: u64) -> Attempt {
+        Attempt {
+            time,
+            outcome: Outcome::Deferred,
+            recipient: rcpt.into(),
+            status: "4.4.1".into(),
+            relay: "-".into(),
+            text: "refused".into(),
+        }
+    }
+
+    fn rcpts(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn new_recipients_are_due_at_once() {
+        let p = plan(&policy(), 1000, &rcpts(&["<a@x>", "<b@y>"]), &[], 1000);
+        assert_eq!(p.due, rcpts(&["<a@x>", "<b@y>"]));
+        assert!(!p.finished && !p.warn);
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let secs: Vec<u64> = (1..=6).map(|n| backoff(&policy(), n)).collect();
+        assert_eq!(secs, [300, 600, 1200, 2400, 3600, 3600]);
+        assert_eq!(backoff(&policy(), u32::MAX), 3600);
+    }
+
+    #[test]
+    fn a_deferred_recipient_waits_for_its_backoff() {
+        let log = [deferred("<a@x>", 1000)];
+        let early = plan(&policy(), 1000, &rcpts(&["<a@x>"]), &log, 1000 + 4 * MIN);
+        assert_eq!((early.due.len(), early.next_attempt, early.finished), (0, Some(1300), false));
+        let later = plan(&policy(), 1000, &rcpts(&["<a@x>"]), &log, 1300);
+        assert_eq!(later.due, rcpts(&["<a@x>"]));
+    }
+
+    #[test]
+    fn final_outcomes_finish_the_message() {
+        let mut sent = deferred("<a@x>", 2000);
+        sent.outcome = Outcome::Sent;
+        let mut bounced = deferred("<b@y>", 2000);
+        bounced.outcome = Outcome::Bounced;
+        let log = [deferred("<a@x>", 1000), sent, bounced];
+        let p = plan(&policy(), 1000, &rcpts(&["<a@x>", "<b@y>"]), &log, 5000);
+        assert!(p.finished && p.due.is_empty());
+    }
+
+    #[test]
+    fn past_the_lifetime_deferred_recipients_expire() {
+        let arrived = 1000;
+        let log = [deferred("<a@x>", arrived + 5 * 24 * HOUR - 10)];
+        let p = plan(&policy(), arrived, &rcpts(&["<a@x>", "<new@y>"]), &log, arrived + 5 * 24 * HOUR);
+        assert_eq!(p.expired, log.to_vec());
+        assert_eq!(p.due, rcpts(&["<new@y>"]), "a recipient never tried is still tried once");
+    }
+
+    #[test]
+    fn one_delay_warning_after_the_warning_time() {
+        let log = vec![deferred("<a@x>", 1000 + 3 * HOUR)];
+        let before = plan(&policy(), 1000, &rcpts(&["<a@x>"]), &log, 1000 + 3 * HOUR + 10);
+        assert!(!before.warn);
+        let after = plan(&policy(), 1000, &rcpts(&["<a@x>"]), &log, 1000 + 4 * HOUR);
+        assert!(after.warn);
+        let mut warned = log.clone();
+        warned.push(Attempt { outcome: Outcome::Warned, recipient: "-".into(), ..deferred("-", 1000 + 4 * HOUR) });
+        assert!(!plan(&policy(), 1000, &rcpts(&["<a@x>"]), &warned, 1000 + 4 * HOUR + 1).warn);
+        let off = RetryPolicy { delay_warning_time: Duration::ZERO, ..policy() };
+        assert!(!plan(&off, 1000, &rcpts(&["<a@x>"]), &log, 1000 + 4 * HOUR).warn);
+    }
+}
