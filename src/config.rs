@@ -100,6 +100,24 @@ pub struct Config {
     pub max_queue_lifetime: Duration,
     /// Zero: no delay warnings.
     pub delay_warning_time: Duration,
+    /// The port remote servers listen on (25; tests move it).
+    pub smtp_port: u16,
+    /// Send all non-local mail to this host and port instead of looking up MX records.
+    pub relayhost: Option<(String, u16)>,
+    pub relayhost_tls: TlsMode,
+    /// A file holding `user:password` for AUTH at the relayhost; readable by its owner only.
+    pub relayhost_auth_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub smtp_timeout: Duration,
+    pub smtp_data_done_timeout: Duration,
+}
+
+/// `relayhost_tls`: when to use TLS with the relayhost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    May,
+    Encrypt,
+    Verify,
 }
 
 /// A configuration error: `file:line: key: message`.
@@ -146,6 +164,13 @@ impl Config {
             max_backoff: Duration::from_secs(3600),
             max_queue_lifetime: Duration::from_secs(5 * 86400),
             delay_warning_time: Duration::from_secs(4 * 3600),
+            smtp_port: 25,
+            relayhost: None,
+            relayhost_tls: TlsMode::May,
+            relayhost_auth_file: None,
+            connect_timeout: Duration::from_secs(30),
+            smtp_timeout: Duration::from_secs(300),
+            smtp_data_done_timeout: Duration::from_secs(600),
         }
     }
 
@@ -233,6 +258,20 @@ impl Config {
             "max_backoff" => self.max_backoff = positive(duration(v)?)?,
             "max_queue_lifetime" => self.max_queue_lifetime = positive(duration(v)?)?,
             "delay_warning_time" => self.delay_warning_time = duration(v)?,
+            "smtp_port" => self.smtp_port = count(v, 1)?,
+            "relayhost" => self.relayhost = Some(host_port(v, 25)?),
+            "relayhost_tls" => {
+                self.relayhost_tls = match v {
+                    "may" => TlsMode::May,
+                    "encrypt" => TlsMode::Encrypt,
+                    "verify" => TlsMode::Verify,
+                    _ => return Err("expected may, encrypt or verify".into()),
+                }
+            }
+            "relayhost_auth_file" => self.relayhost_auth_file = Some(path(v)?),
+            "connect_timeout" => self.connect_timeout = positive(duration(v)?)?,
+            "smtp_timeout" => self.smtp_timeout = positive(duration(v)?)?,
+            "smtp_data_done_timeout" => self.smtp_data_done_timeout = positive(duration(v)?)?,
             _ => return Err("unknown key".into()),
         }
         Ok(())
@@ -244,6 +283,9 @@ impl Config {
         }
         if self.max_per_ip > self.max_connections {
             return Err("max_per_ip is larger than max_connections".into());
+        }
+        if self.relayhost_auth_file.is_some() && self.relayhost.is_none() {
+            return Err("relayhost_auth_file needs a relayhost".into());
         }
         if self.min_backoff > self.max_backoff {
             return Err("min_backoff is longer than max_backoff".into());
@@ -281,6 +323,28 @@ fn hostname(v: &str) -> Result<String, String> {
 
 fn socket_addr(v: &str) -> Result<SocketAddr, String> {
     v.parse().map_err(|_| format!("`{v}` is not address:port (IPv6 as [::]:25)"))
+}
+
+/// `host`, `host:port`, `[1.2.3.4]:port` or `[::1]:port`; the port defaults to `default_port`.
+fn host_port(v: &str, default_port: u16) -> Result<(String, u16), String> {
+    let bad = || format!("`{v}` is not host or host:port");
+    let (host, port) = match v.strip_prefix('[') {
+        Some(rest) => {
+            let (inner, after) = rest.split_once(']').ok_or_else(bad)?;
+            inner.parse::<IpAddr>().map_err(|_| bad())?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => p.parse().map_err(|_| bad())?,
+                None if after.is_empty() => default_port,
+                None => return Err(bad()),
+            };
+            (inner.to_string(), port)
+        }
+        None => match v.rsplit_once(':') {
+            Some((h, p)) => (hostname(h)?, p.parse().map_err(|_| bad())?),
+            None => (hostname(v)?, default_port),
+        },
+    };
+    Ok((host, port))
 }
 
 fn template(v: &str) -> Result<String, String> {
@@ -382,6 +446,15 @@ mod tests {
         assert_eq!(duration("2d"), Ok(Duration::from_secs(172800)));
         assert!(duration("5 minutes").is_err());
         assert!(duration("").is_err());
+    }
+
+    #[test]
+    fn relayhost_forms() {
+        assert_eq!(host_port("smtp.isp.example", 25), Ok(("smtp.isp.example".into(), 25)));
+        assert_eq!(host_port("smtp.isp.example:587", 25), Ok(("smtp.isp.example".into(), 587)));
+        assert_eq!(host_port("[127.0.0.1]:2525", 25), Ok(("127.0.0.1".into(), 2525)));
+        assert_eq!(host_port("[::1]", 25), Ok(("::1".into(), 25)));
+        assert!(host_port("[nonsense]:25", 25).is_err() && host_port("host:port", 25).is_err());
     }
 
     #[test]

@@ -12,8 +12,9 @@ use crate::alias::{ExpandError, LocalUsers, Target};
 use crate::config::Config;
 use crate::dsn::{self, Action, Diagnostic, RecipientStatus};
 use crate::maildir::{MaildirError, Stamp, deliver_to_maildir};
+use crate::relay::{Relay, Route};
 use crate::schedule::{self, Plan, RetryPolicy};
-use crate::smtp::address::{ForwardPath, ReversePath};
+use crate::smtp::address::{ForwardPath, Mailbox, ReversePath};
 use crate::smtp::command::BodyType;
 use crate::spool::log::{Attempt, DeliveryLog, Outcome, read_log};
 use crate::spool::{Envelope, OpenError, Place, QueueId, Queued, Spool};
@@ -58,6 +59,7 @@ impl Expanded {
 
 pub struct Runner<'a> {
     config: &'a Config,
+    relay: Relay<'a>,
     spool: Spool,
     users: LocalUsers,
     retry: RetryPolicy,
@@ -77,7 +79,8 @@ impl<'a> Runner<'a> {
         };
         let now =
             options.now.unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
-        Ok(Runner { config, spool, users, retry, now, options })
+        let relay = Relay::new(config)?;
+        Ok(Runner { config, relay, spool, users, retry, now, options })
     }
 
     /// Runs over the spool. Bounces made by this run are delivered by it too (a second pass).
@@ -99,6 +102,7 @@ impl<'a> Runner<'a> {
                 break;
             }
         }
+        self.relay.close();
         summary
     }
 
@@ -148,16 +152,31 @@ impl<'a> Runner<'a> {
         }
         let mut log = DeliveryLog::open(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
         let mut failed: Vec<(Attempt, &Expanded)> = Vec::new();
+        let mut remote: Vec<(Route, &Expanded, &Mailbox)> = Vec::new();
         for item in expanded.iter().filter(|e| plan.due.contains(&e.key())) {
-            let Some(attempt) = self.attempt(q, item) else {
-                summary.waiting_remote += 1;
-                continue;
-            };
-            log.append(&attempt).map_err(|e| format!("{}: {e}", log_path.display()))?;
-            self.log_outcome(q, item, &attempt);
-            count(summary, attempt.outcome);
-            if attempt.outcome == Outcome::Bounced {
-                failed.push((attempt, item));
+            match (self.attempt(q, item), &item.target) {
+                (Some(attempt), _) => self.record(q, &mut log, item, attempt, summary, &mut failed)?,
+                (None, Ok(Target::Remote(m))) => remote.push((self.relay.route(m), item, m)),
+                (None, _) => {}
+            }
+        }
+        // One transaction per route for all of this message's recipients there (§4.5.4.1, RT5).
+        let mut routes: Vec<&Route> = Vec::new();
+        for (route, _, _) in &remote {
+            if !routes.contains(&route) {
+                routes.push(route);
+            }
+        }
+        for route in routes {
+            let group: Vec<&(Route, &Expanded, &Mailbox)> = remote.iter().filter(|(r, _, _)| r == route).collect();
+            let boxes: Vec<&Mailbox> = group.iter().map(|(_, _, m)| *m).collect();
+            match self.relay.deliver(q, route, &boxes, self.now) {
+                None => summary.waiting_remote += group.len(),
+                Some(attempts) => {
+                    for (attempt, (_, item, _)) in attempts.into_iter().zip(group) {
+                        self.record(q, &mut log, item, attempt, summary, &mut failed)?;
+                    }
+                }
             }
         }
         for last in &plan.expired {
@@ -191,6 +210,25 @@ impl<'a> Runner<'a> {
         Ok(made)
     }
 
+    /// Appends one outcome to the log (fsynced), logs it, and keeps a bounce for the report.
+    fn record<'e>(
+        &self,
+        q: &Queued,
+        log: &mut DeliveryLog,
+        item: &'e Expanded,
+        attempt: Attempt,
+        summary: &mut Summary,
+        failed: &mut Vec<(Attempt, &'e Expanded)>,
+    ) -> Result<(), String> {
+        log.append(&attempt).map_err(|e| format!("{}: cannot write its log: {e}", q.id))?;
+        self.log_outcome(q, item, &attempt);
+        count(summary, attempt.outcome);
+        if attempt.outcome == Outcome::Bounced {
+            failed.push((attempt, item));
+        }
+        Ok(())
+    }
+
     fn expand(&self, envelope: &Envelope) -> Vec<Expanded> {
         let mut out: Vec<Expanded> = Vec::new();
         for rcpt in &envelope.rcpts {
@@ -208,7 +246,7 @@ impl<'a> Runner<'a> {
         out
     }
 
-    /// Delivers to one recipient; `None` when it is remote (delivered by a later part of the run).
+    /// Delivers to one local recipient; `None` when it is remote (see `relay`).
     fn attempt(&self, q: &Queued, item: &Expanded) -> Option<Attempt> {
         let outcome = |outcome, status: &str, relay: &str, text: String| Attempt {
             time: self.now,

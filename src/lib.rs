@@ -20,12 +20,14 @@
 #![deny(unsafe_code)]
 
 pub mod alias;
+pub mod client;
 pub mod config;
 pub mod deliver;
 pub mod dsn;
 pub mod logging;
 pub mod maildir;
 pub mod policy;
+pub mod relay;
 pub mod schedule;
 pub mod server;
 pub mod session;

@@ -301,3 +301,115 @@ pub fn code(reply: &str) -> String {
         _ => number,
     }
 }
+
+/// What a fake server saw.
+#[derive(Default, Debug)]
+pub struct FakeLog {
+    pub connections: usize,
+    pub commands: Vec<String>,
+    /// The DATA text exactly as received, dot-stuffing and final dot included.
+    pub raw_messages: Vec<Vec<u8>>,
+}
+
+/// A scripted SMTP server on loopback. `respond` sees each command line (and "." after the
+/// text) and may return a reply to send instead of the usual one (which may be several lines,
+/// or bytes that are not SMTP at all).
+pub struct FakeMx {
+    pub addr: SocketAddr,
+    pub log: Arc<Mutex<FakeLog>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+type Responder = dyn Fn(&str) -> Option<String> + Send + Sync;
+
+impl FakeMx {
+    pub fn start(bind: &str, respond: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> FakeMx {
+        let listener = std::net::TcpListener::bind(bind).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let log = Arc::new(Mutex::new(FakeLog::default()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let respond: Arc<Responder> = Arc::new(respond);
+        let (log2, stop2) = (Arc::clone(&log), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(stream) = stream else { continue };
+                log2.lock().unwrap().connections += 1;
+                let (log3, respond) = (Arc::clone(&log2), Arc::clone(&respond));
+                std::thread::spawn(move || fake_session(stream, &log3, &*respond));
+            }
+        });
+        FakeMx { addr, log, stop }
+    }
+
+    pub fn commands(&self) -> Vec<String> {
+        self.log.lock().unwrap().commands.clone()
+    }
+
+    pub fn connections(&self) -> usize {
+        self.log.lock().unwrap().connections
+    }
+
+    pub fn messages(&self) -> Vec<Vec<u8>> {
+        self.log.lock().unwrap().raw_messages.clone()
+    }
+}
+
+impl Drop for FakeMx {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn fake_session(stream: TcpStream, log: &Mutex<FakeLog>, respond: &Responder) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(20)));
+    let mut out = stream.try_clone().unwrap();
+    let mut input = BufReader::new(stream);
+    let mut say = |text: String| {
+        let text = if text.ends_with('\n') { text } else { text + "\r\n" };
+        out.write_all(text.as_bytes()).is_ok()
+    };
+    if !say(respond("CONNECT").unwrap_or_else(|| "220 fake.test ESMTP".into())) {
+        return;
+    }
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if input.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let command = line.trim_end().to_string();
+        log.lock().unwrap().commands.push(command.clone());
+        let verb = command.split([' ', ':']).next().unwrap_or("").to_ascii_uppercase();
+        let usual = match verb.as_str() {
+            "EHLO" => "250-fake.test\r\n250-PIPELINING\r\n250-SIZE 10000000\r\n250 8BITMIME".to_string(),
+            "HELO" | "MAIL" | "RSET" | "NOOP" => "250 2.0.0 ok".into(),
+            "RCPT" => "250 2.1.5 ok".into(),
+            "DATA" => "354 go ahead".into(),
+            "QUIT" => "221 2.0.0 bye".into(),
+            _ => "502 5.5.1 not here".into(),
+        };
+        let reply = respond(&command).unwrap_or(usual);
+        let data_accepted = verb == "DATA" && reply.starts_with("354");
+        if !say(reply) || verb == "QUIT" {
+            return;
+        }
+        if data_accepted {
+            let mut raw = Vec::new();
+            while !raw.ends_with(b"\r\n.\r\n") && raw != b".\r\n" {
+                let mut chunk = Vec::new();
+                if input.read_until(b'\n', &mut chunk).unwrap_or(0) == 0 {
+                    return;
+                }
+                raw.extend_from_slice(&chunk);
+            }
+            log.lock().unwrap().raw_messages.push(raw);
+            if !say(respond(".").unwrap_or_else(|| "250 2.0.0 queued".into())) {
+                return;
+            }
+        }
+    }
+}

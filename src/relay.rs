@@ -1,0 +1,257 @@
+//! Remote delivery: where each recipient's mail goes, one connection per server for the whole
+//! run (RSET between messages), and each reply turned into an outcome.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::os::unix::fs::PermissionsExt;
+
+use crate::client::{ClientError, Dial, RecipientResult, Session, Timeouts, TlsPolicy, Transaction};
+use crate::config::{Config, TlsMode};
+use crate::smtp::address::{Host, Mailbox};
+use crate::spool::Queued;
+use crate::spool::log::{Attempt, Outcome};
+
+/// Where a remote recipient's copy goes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// Everything non-local, to the configured smarthost.
+    Relayhost,
+    /// An address literal: straight to that address (RFC 5321 §4.1.3), no lookup.
+    Literal(IpAddr),
+    /// A domain, by its MX records.
+    Domain(String),
+}
+
+/// One server to try: a name for TLS and the log, and its addresses in order.
+struct Destination {
+    name: String,
+    addrs: Vec<SocketAddr>,
+    tls: TlsPolicy,
+    auth: bool,
+}
+
+/// The run's remote side: open sessions kept for the next message, servers known to be down.
+pub struct Relay<'a> {
+    config: &'a Config,
+    credentials: Option<(String, String)>,
+    sessions: RefCell<HashMap<SocketAddr, Session>>,
+    /// RFC 5321 §4.5.4.1: hosts found unreachable this run are not tried again by it.
+    unreachable: RefCell<HashMap<SocketAddr, ClientError>>,
+}
+
+/// Loads `user:password`, refusing a file others could read.
+fn load_credentials(config: &Config) -> Result<Option<(String, String)>, String> {
+    let Some(path) = &config.relayhost_auth_file else { return Ok(None) };
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!("{}: readable by others; make it mode 0600 or 0400", path.display()));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let line = text.lines().next().unwrap_or("").trim_end();
+    let (user, password) = line.split_once(':').ok_or(format!("{}: expected user:password", path.display()))?;
+    Ok(Some((user.to_string(), password.to_string())))
+}
+
+impl<'a> Relay<'a> {
+    pub fn new(config: &'a Config) -> Result<Relay<'a>, String> {
+        Ok(Relay {
+            config,
+            credentials: load_credentials(config)?,
+            sessions: RefCell::new(HashMap::new()),
+            unreachable: RefCell::new(HashMap::new()),
+        })
+    }
+
+    pub fn route(&self, rcpt: &Mailbox) -> Route {
+        match (rcpt.host(), &self.config.relayhost) {
+            (_, Some(_)) => Route::Relayhost,
+            (Host::Literal(ip), None) => Route::Literal(*ip),
+            (Host::Domain(d), None) => Route::Domain(d.folded()),
+        }
+    }
+
+    /// Delivers one message to the recipients of one route; one attempt per recipient.
+    /// `None` when the route cannot be served by this run (MX routing without DNS).
+    pub fn deliver(&self, q: &Queued, route: &Route, rcpts: &[&Mailbox], now: u64) -> Option<Vec<Attempt>> {
+        let dest = self.destination(route)?;
+        let keys: Vec<String> = rcpts.iter().map(|m| format!("<{m}>")).collect();
+        let all = |outcome, status: String, relay: &str, text: &str| {
+            keys.iter()
+                .map(|k| Attempt {
+                    time: now,
+                    outcome,
+                    recipient: k.clone(),
+                    status: status.clone(),
+                    relay: relay.into(),
+                    text: text.into(),
+                })
+                .collect::<Vec<_>>()
+        };
+        let dest = match dest {
+            Ok(d) => d,
+            Err(e) => return Some(all(Outcome::Deferred, "4.4.3".into(), "-", &e)),
+        };
+        let (addr, mut session) = match self.connect(&dest) {
+            Ok(pair) => pair,
+            Err((addr, e)) => {
+                let relay = addr.map_or_else(|| dest.name.clone(), |a| relay_name(&dest.name, a));
+                return Some(all(Outcome::Deferred, connect_status(&e), &relay, &e.text()));
+            }
+        };
+        let relay = relay_name(&dest.name, addr);
+        let from = q.envelope.from.mailbox().map_or_else(String::new, |m| m.to_string());
+        let recipients: Vec<String> = rcpts.iter().map(|m| m.to_string()).collect();
+        let tx = Transaction {
+            from: &from,
+            recipients: &recipients,
+            size: q.envelope.size,
+            eight_bit: q.envelope.body == crate::smtp::command::BodyType::EightBitMime,
+            smtputf8: q.envelope.smtputf8,
+            message: q.message(),
+        };
+        let result = session.transaction(tx);
+        let attempts = match result {
+            Ok(results) => keys
+                .iter()
+                .zip(results)
+                .map(|(k, r)| {
+                    let reply = match &r {
+                        RecipientResult::Sent(reply) | RecipientResult::Failed(reply) => reply,
+                    };
+                    let outcome = match (&r, reply.is_permanent()) {
+                        (RecipientResult::Sent(_), _) => Outcome::Sent,
+                        (RecipientResult::Failed(_), true) => Outcome::Bounced,
+                        (RecipientResult::Failed(_), false) => Outcome::Deferred,
+                    };
+                    Attempt {
+                        time: now,
+                        outcome,
+                        recipient: k.clone(),
+                        status: reply.status(),
+                        relay: relay.clone(),
+                        text: reply.display(),
+                    }
+                })
+                .collect(),
+            Err(e) => {
+                let outcome = if e.is_permanent() { Outcome::Bounced } else { Outcome::Deferred };
+                all(outcome, transaction_status(&e), &relay, &e.text())
+            }
+        };
+        let reusable = match &result_kind(&attempts) {
+            Kind::Broken => false,
+            Kind::Fine => true,
+        };
+        if reusable {
+            self.sessions.borrow_mut().insert(addr, session);
+        } else {
+            session.quit();
+        }
+        Some(attempts)
+    }
+
+    fn destination(&self, route: &Route) -> Option<Result<Destination, String>> {
+        let port = self.config.smtp_port;
+        match route {
+            Route::Relayhost => {
+                let (host, port) = self.config.relayhost.clone()?;
+                let tls = match self.config.relayhost_tls {
+                    TlsMode::May => TlsPolicy::May,
+                    TlsMode::Encrypt => TlsPolicy::Encrypt,
+                    TlsMode::Verify => TlsPolicy::Verify,
+                };
+                let addrs = match (host.as_str(), port).to_socket_addrs() {
+                    Ok(a) => a.collect(),
+                    Err(e) => return Some(Err(format!("relayhost {host}: {e}"))),
+                };
+                Some(Ok(Destination { name: host, addrs, tls, auth: true }))
+            }
+            Route::Literal(ip) => {
+                let addr = SocketAddr::new(*ip, port);
+                Some(Ok(Destination { name: ip.to_string(), addrs: vec![addr], tls: TlsPolicy::May, auth: false }))
+            }
+            Route::Domain(_) => None,
+        }
+    }
+
+    /// A kept session for one of the addresses, or a new one, trying each address in turn.
+    fn connect(&self, dest: &Destination) -> Result<(SocketAddr, Session), (Option<SocketAddr>, ClientError)> {
+        for addr in &dest.addrs {
+            if let Some(session) = self.sessions.borrow_mut().remove(addr) {
+                return Ok((*addr, session));
+            }
+        }
+        let mut last = (None, ClientError::Network(format!("{}: no address to connect to", dest.name)));
+        for addr in &dest.addrs {
+            if let Some(e) = self.unreachable.borrow().get(addr) {
+                last = (Some(*addr), e.clone());
+                continue;
+            }
+            let credentials = self.credentials.as_ref().filter(|_| dest.auth);
+            let dial = Dial {
+                addr: *addr,
+                server_name: &dest.name,
+                helo: &self.config.hostname,
+                tls: dest.tls,
+                timeouts: self.timeouts(),
+                auth: credentials.map(|(u, p)| (u.as_str(), p.as_str())),
+            };
+            match Session::open(&dial) {
+                Ok(session) => return Ok((*addr, session)),
+                Err(e) => {
+                    log::info!("connect to {}: {}", relay_name(&dest.name, *addr), e.text());
+                    if matches!(e, ClientError::Network(_)) {
+                        self.unreachable.borrow_mut().insert(*addr, e.clone());
+                    }
+                    last = (Some(*addr), e);
+                }
+            }
+        }
+        Err(last)
+    }
+
+    fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            connect: self.config.connect_timeout,
+            command: self.config.smtp_timeout,
+            data_done: self.config.smtp_data_done_timeout,
+        }
+    }
+
+    /// Ends the run: QUIT on every kept session.
+    pub fn close(&self) {
+        for (_, session) in self.sessions.borrow_mut().drain() {
+            session.quit();
+        }
+    }
+}
+
+enum Kind {
+    Fine,
+    Broken,
+}
+
+/// A session whose transaction ended in a network or protocol error is not reused.
+fn result_kind(attempts: &[Attempt]) -> Kind {
+    let broken = attempts.iter().any(|a| a.status == "4.4.2" || a.status == "4.5.0");
+    if broken { Kind::Broken } else { Kind::Fine }
+}
+
+fn connect_status(e: &ClientError) -> String {
+    match e {
+        ClientError::Refused(_) => "4.4.1".into(), // refused to talk: try later, or another host
+        other => other.status(),
+    }
+}
+
+fn transaction_status(e: &ClientError) -> String {
+    match e {
+        ClientError::Network(_) => "4.4.2".into(),
+        other => other.status(),
+    }
+}
+
+fn relay_name(name: &str, addr: SocketAddr) -> String {
+    format!("{name}[{}]:{}", addr.ip(), addr.port())
+}

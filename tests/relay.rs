@@ -1,0 +1,260 @@
+//! postern-deliver's remote side against real servers on loopback: our own smtpd as a
+//! relayhost, and a scripted fake server for every kind of reply.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use postern::smtp::address::{ForwardPath, ReversePath};
+use postern::smtp::command::BodyType;
+use postern::spool::{Envelope, Spool};
+use support::{FakeMx, Server, TempDir, base_config};
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A sending side: spool, configuration, postern-deliver.
+struct Sender {
+    dir: TempDir,
+    conf: PathBuf,
+}
+
+impl Sender {
+    fn new(extra: &str) -> Sender {
+        let dir = TempDir::new("relay");
+        let conf = dir.path().join("postern.conf");
+        std::fs::write(&conf, base_config(dir.path()) + extra).unwrap();
+        Sender { dir, conf }
+    }
+
+    fn queue(&self, from: &str, to: &[&str], text: &[u8]) -> String {
+        let envelope = Envelope {
+            arrived: now(),
+            client: None,
+            helo: None,
+            protocol: "ESMTP".into(),
+            body: BodyType::SevenBit,
+            smtputf8: false,
+            from: ReversePath::parse(from.as_bytes()).unwrap(),
+            rcpts: to.iter().map(|t| ForwardPath::parse(t.as_bytes()).unwrap()).collect(),
+            size: 0,
+        };
+        Spool::open(&self.dir.path().join("spool")).unwrap().inject(&envelope, text).unwrap().to_string()
+    }
+
+    fn deliver_at(&self, at: u64) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_postern-deliver"))
+            .arg("-c")
+            .arg(&self.conf)
+            .env("POSTERN_NOW", at.to_string())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{text}");
+        text
+    }
+
+    fn deliver(&self) -> String {
+        self.deliver_at(now())
+    }
+
+    fn queued(&self) -> usize {
+        let mut n = support::list(&self.dir.path().join("spool/new")).len();
+        n += support::list(&self.dir.path().join("spool/cur")).iter().filter(|p| p.extension().is_none()).count();
+        n
+    }
+
+    fn alice_mail(&self) -> Vec<String> {
+        support::list(&self.dir.path().join("maildirs/alice/new"))
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect()
+    }
+}
+
+#[test]
+fn a_relayhost_gets_every_message_over_one_connection_byte_for_byte() {
+    let receiver = Server::start("trusted_networks = 127.0.0.0/8\n");
+    let sender = Sender::new(&format!("relayhost = [127.0.0.1]:{}\n", receiver.addr.port()));
+    let bodies: Vec<Vec<u8>> = (0..3)
+        .map(|n| format!("Subject: {n}\r\n\r\n.dot line\r\n{}\r\nlast line\r\n", "long ".repeat(400)).into_bytes())
+        .collect();
+    for body in &bodies {
+        sender.queue("alice@example.test", &["bob@remote.test", "Carol@Other.Test"], body);
+    }
+    let log = sender.deliver();
+    assert_eq!(log.matches("status=sent").count(), 6, "{log}");
+    assert_eq!(sender.queued(), 0);
+    let files = receiver.queued();
+    assert_eq!(files.len(), 3, "one transaction per message for both recipients");
+    for (file, body) in files.iter().zip(&bodies) {
+        let envelope = std::fs::read_to_string(file).unwrap();
+        assert!(
+            envelope.contains("from: <alice@example.test>\nrcpt: <bob@remote.test>\nrcpt: <Carol@Other.Test>\n"),
+            "{envelope}"
+        );
+        assert_eq!(&support::body_of(file), body, "byte for byte");
+    }
+    assert_eq!(receiver.log().matches(": connect from").count(), 1, "connection reuse:\n{}", receiver.log());
+    assert!(log.contains("relay=127.0.0.1[127.0.0.1]:"), "{log}");
+}
+
+#[test]
+fn each_recipient_gets_its_own_outcome() {
+    let dave_tries = Arc::new(AtomicUsize::new(0));
+    let tries = Arc::clone(&dave_tries);
+    let mx = FakeMx::start("127.0.0.3:0", move |cmd| {
+        if cmd.contains("carol") {
+            return Some("550 5.1.1 <carol>: no such user".into());
+        }
+        if cmd.contains("dave") && tries.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Some("451 4.3.0 try again later".into());
+        }
+        None
+    });
+    let sender = Sender::new(&format!("smtp_port = {}\n", mx.addr.port()));
+    sender.queue(
+        "alice@example.test",
+        &["bob@[127.0.0.3]", "carol@[127.0.0.3]", "dave@[127.0.0.3]"],
+        b"Subject: three\r\n\r\nhi\r\n",
+    );
+    let t0 = now();
+    let log = sender.deliver_at(t0);
+    assert!(log.contains("to=<bob@[127.0.0.3]>") && log.contains("status=sent"), "{log}");
+    assert!(
+        log.contains("to=<carol@[127.0.0.3]>, relay=127.0.0.3[127.0.0.3]:")
+            && log.contains("dsn=5.1.1, status=bounced"),
+        "{log}"
+    );
+    assert!(log.contains("dsn=4.3.0, status=deferred"), "{log}");
+    let commands = mx.commands();
+    assert_eq!(
+        commands.iter().filter(|c| c.starts_with("MAIL FROM:<alice@example.test>")).count(),
+        1,
+        "one transaction"
+    );
+    assert_eq!(mx.messages().len(), 1, "the text went once for all");
+    let mail = sender.alice_mail();
+    assert_eq!(mail.len(), 1, "alice hears about carol only");
+    assert!(mail[0].contains("Final-Recipient: rfc822; carol@[127.0.0.3]") && !mail[0].contains("dave"), "{}", mail[0]);
+    assert_eq!(sender.queued(), 1, "dave waits");
+    let log = sender.deliver_at(t0 + 5 * 60);
+    assert!(log.contains("to=<dave@[127.0.0.3]>") && log.contains("status=sent"), "{log}");
+    assert!(!log.contains("to=<bob@"), "bob is not sent twice: {log}");
+    assert_eq!(sender.queued(), 0);
+}
+
+#[test]
+fn the_text_is_dot_stuffed_and_stray_line_ends_never_go_out_raw() {
+    let mx = FakeMx::start("127.0.0.3:0", |_| None);
+    let sender = Sender::new(&format!("smtp_port = {}\n", mx.addr.port()));
+    sender.queue("alice@example.test", &["bob@[127.0.0.3]"], b"a\r\n.\r\nb\r\n..c\r\nno end");
+    sender.queue("alice@example.test", &["bob@[127.0.0.3]"], b"planted\rbare\ncr lf\r\n");
+    sender.deliver();
+    let messages = mx.messages();
+    assert_eq!(messages[0], b"a\r\n..\r\nb\r\n...c\r\nno end\r\n.\r\n");
+    assert_eq!(messages[1], b"planted bare cr lf\r\n.\r\n");
+    assert_eq!(mx.connections(), 1, "the second message reused the connection");
+    assert!(mx.commands().contains(&"RSET".to_string()), "RSET between messages");
+}
+
+#[test]
+fn injected_bytes_after_the_starttls_reply_defer_instead_of_being_read() {
+    let mx = FakeMx::start("127.0.0.3:0", |cmd| match cmd {
+        c if c.starts_with("EHLO") => Some("250-fake.test\r\n250 STARTTLS".into()),
+        "STARTTLS" => Some("220 go\r\n250-INJECTED\r\n".into()),
+        _ => None,
+    });
+    let sender = Sender::new(&format!("smtp_port = {}\n", mx.addr.port()));
+    sender.queue("alice@example.test", &["bob@[127.0.0.3]"], b"x\r\n");
+    let log = sender.deliver();
+    assert!(log.contains("dsn=4.5.0, status=deferred"), "{log}");
+    assert!(!mx.commands().iter().any(|c| c.starts_with("MAIL")), "{:?}", mx.commands());
+    assert_eq!(sender.queued(), 1);
+}
+
+#[test]
+fn malformed_or_hostile_replies_defer_without_harm() {
+    for (name, reply) in [("short", "2"), ("code change", "250-x\r\n550 y"), ("not smtp", "hello there")] {
+        let mx = FakeMx::start("127.0.0.3:0", move |cmd| cmd.starts_with("EHLO").then(|| reply.to_string()));
+        let sender = Sender::new(&format!("smtp_port = {}\n", mx.addr.port()));
+        sender.queue("alice@example.test", &["bob@[127.0.0.3]"], b"x\r\n");
+        let log = sender.deliver();
+        assert!(log.contains("status=deferred"), "{name}: {log}");
+        assert_eq!(sender.queued(), 1, "{name}");
+    }
+}
+
+#[test]
+fn server_level_refusals() {
+    // A 554 greeting, a refused connection, a MAIL refused for good, a 4xx after the dot.
+    let greeting = FakeMx::start("127.0.0.3:0", |cmd| (cmd == "CONNECT").then(|| "554 5.7.1 no service".into()));
+    let s = Sender::new(&format!("smtp_port = {}\n", greeting.addr.port()));
+    s.queue("alice@example.test", &["bob@[127.0.0.3]"], b"x\r\n");
+    assert!(s.deliver().contains("dsn=4.4.1, status=deferred"));
+
+    let closed = std::net::TcpListener::bind("127.0.0.3:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let s = Sender::new(&format!("smtp_port = {port}\n"));
+    s.queue("alice@example.test", &["bob@[127.0.0.3]", "carol@[127.0.0.3]"], b"x\r\n");
+    let log = s.deliver();
+    assert_eq!(log.matches("dsn=4.4.1, status=deferred").count(), 2, "{log}");
+
+    let mail_refused = FakeMx::start("127.0.0.3:0", |cmd| cmd.starts_with("MAIL").then(|| "550 5.7.1 go away".into()));
+    let s = Sender::new(&format!("smtp_port = {}\n", mail_refused.addr.port()));
+    s.queue("alice@example.test", &["bob@[127.0.0.3]"], b"x\r\n");
+    assert!(s.deliver().contains("dsn=5.7.1, status=bounced"));
+    assert_eq!(s.alice_mail().len(), 1);
+
+    let after_dot = FakeMx::start("127.0.0.3:0", |cmd| (cmd == ".").then(|| "452 4.3.1 full".into()));
+    let s = Sender::new(&format!("smtp_port = {}\n", after_dot.addr.port()));
+    s.queue("alice@example.test", &["bob@[127.0.0.3]", "carol@[127.0.0.3]"], b"x\r\n");
+    assert_eq!(s.deliver().matches("dsn=4.3.1, status=deferred").count(), 2);
+}
+
+#[test]
+fn a_message_over_the_servers_size_is_bounced_without_sending_it() {
+    let mx =
+        FakeMx::start("127.0.0.3:0", |cmd| cmd.starts_with("EHLO").then(|| "250-fake.test\r\n250 SIZE 100".into()));
+    let sender = Sender::new(&format!("smtp_port = {}\n", mx.addr.port()));
+    sender.queue("alice@example.test", &["bob@[127.0.0.3]"], &b"y".repeat(500));
+    assert!(sender.deliver().contains("dsn=5.3.4, status=bounced"));
+    assert!(mx.messages().is_empty());
+}
+
+#[test]
+fn relayhost_tls_encrypt_needs_starttls() {
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let tls_receiver = Server::start(&format!(
+        "trusted_networks = 127.0.0.0/8\ntls_cert = {}\ntls_key = {}\n",
+        data.join("tls-cert.pem").display(),
+        data.join("tls-key.pem").display()
+    ));
+    let sender =
+        Sender::new(&format!("relayhost = [127.0.0.1]:{}\nrelayhost_tls = encrypt\n", tls_receiver.addr.port()));
+    sender.queue("alice@example.test", &["bob@remote.test"], b"Subject: secret\r\n\r\nx\r\n");
+    assert!(sender.deliver().contains("status=sent"));
+    let received = String::from_utf8(support::message_of(&tls_receiver.queued()[0])).unwrap();
+    assert!(received.contains(" with ESMTPS id "), "{received}");
+
+    let plain_receiver = Server::start("trusted_networks = 127.0.0.0/8\n");
+    let sender =
+        Sender::new(&format!("relayhost = [127.0.0.1]:{}\nrelayhost_tls = encrypt\n", plain_receiver.addr.port()));
+    sender.queue("alice@example.test", &["bob@remote.test"], b"x\r\n");
+    assert!(sender.deliver().contains("dsn=4.7.5, status=deferred"));
+    assert!(plain_receiver.queued().is_empty());
+}
+
+#[test]
+fn domains_wait_for_mx_routing_when_there_is_no_relayhost() {
+    let sender = Sender::new("");
+    sender.queue("alice@example.test", &["bob@remote.test"], b"x\r\n");
+    let log = sender.deliver();
+    assert!(log.contains("1 remote waiting"), "{log}");
+    assert_eq!(sender.queued(), 1);
+}
