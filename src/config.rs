@@ -107,6 +107,9 @@ pub struct Config {
     pub relayhost_tls: TlsMode,
     /// A file holding `user:password` for AUTH at the relayhost; readable by its owner only.
     pub relayhost_auth_file: Option<PathBuf>,
+    /// Name servers for MX lookups; empty means those of /etc/resolv.conf.
+    pub dns_servers: Vec<SocketAddr>,
+    pub dns_timeout: Duration,
     pub connect_timeout: Duration,
     pub smtp_timeout: Duration,
     pub smtp_data_done_timeout: Duration,
@@ -168,6 +171,8 @@ impl Config {
             relayhost: None,
             relayhost_tls: TlsMode::May,
             relayhost_auth_file: None,
+            dns_servers: Vec::new(),
+            dns_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(30),
             smtp_timeout: Duration::from_secs(300),
             smtp_data_done_timeout: Duration::from_secs(600),
@@ -269,6 +274,8 @@ impl Config {
                 }
             }
             "relayhost_auth_file" => self.relayhost_auth_file = Some(path(v)?),
+            "dns_servers" => self.dns_servers = list(v).map(dns_server).collect::<Result<_, _>>()?,
+            "dns_timeout" => self.dns_timeout = positive(duration(v)?)?,
             "connect_timeout" => self.connect_timeout = positive(duration(v)?)?,
             "smtp_timeout" => self.smtp_timeout = positive(duration(v)?)?,
             "smtp_data_done_timeout" => self.smtp_data_done_timeout = positive(duration(v)?)?,
@@ -345,6 +352,13 @@ fn host_port(v: &str, default_port: u16) -> Result<(String, u16), String> {
         },
     };
     Ok((host, port))
+}
+
+/// `192.0.2.53`, `192.0.2.53:5353` or `[::1]:53`.
+fn dns_server(v: &str) -> Result<SocketAddr, String> {
+    v.parse::<SocketAddr>()
+        .or_else(|_| v.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .map_err(|_| format!("`{v}` is not an address or address:port"))
 }
 
 fn template(v: &str) -> Result<String, String> {

@@ -39,7 +39,6 @@ pub struct Summary {
     pub bounced: usize,
     pub busy: usize,
     pub corrupt: usize,
-    pub waiting_remote: usize,
 }
 
 /// One recipient after alias expansion, with the envelope recipient it came from.
@@ -170,13 +169,9 @@ impl<'a> Runner<'a> {
         for route in routes {
             let group: Vec<&(Route, &Expanded, &Mailbox)> = remote.iter().filter(|(r, _, _)| r == route).collect();
             let boxes: Vec<&Mailbox> = group.iter().map(|(_, _, m)| *m).collect();
-            match self.relay.deliver(q, route, &boxes, self.now) {
-                None => summary.waiting_remote += group.len(),
-                Some(attempts) => {
-                    for (attempt, (_, item, _)) in attempts.into_iter().zip(group) {
-                        self.record(q, &mut log, item, attempt, summary, &mut failed)?;
-                    }
-                }
+            let attempts = self.relay.deliver(q, route, &boxes, self.now);
+            for (attempt, (_, item, _)) in attempts.into_iter().zip(group) {
+                self.record(q, &mut log, item, attempt, summary, &mut failed)?;
             }
         }
         for last in &plan.expired {

@@ -23,6 +23,7 @@ pub mod alias;
 pub mod client;
 pub mod config;
 pub mod deliver;
+pub mod dns;
 pub mod dsn;
 pub mod logging;
 pub mod maildir;

@@ -1,13 +1,14 @@
 //! Remote delivery: where each recipient's mail goes, one connection per server for the whole
 //! run (RSET between messages), and each reply turned into an outcome.
 
-use std::cell::RefCell;
+use std::cell::{OnceCell, RefCell};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::os::unix::fs::PermissionsExt;
 
 use crate::client::{ClientError, Dial, RecipientResult, Session, Timeouts, TlsPolicy, Transaction};
 use crate::config::{Config, TlsMode};
+use crate::dns::{DnsLookup, route_domain, shuffle_seed};
 use crate::smtp::address::{Host, Mailbox};
 use crate::spool::Queued;
 use crate::spool::log::{Attempt, Outcome};
@@ -23,18 +24,28 @@ pub enum Route {
     Domain(String),
 }
 
-/// One server to try: a name for TLS and the log, and its addresses in order.
+/// The servers to try, in order, each with its name for TLS and the log.
 struct Destination {
-    name: String,
-    addrs: Vec<SocketAddr>,
+    addrs: Vec<(String, SocketAddr)>,
     tls: TlsPolicy,
     auth: bool,
+}
+
+/// RFC 5321 §5.1 asks to try at least two; like Postfix, at most five addresses per message.
+const MAX_ADDRESSES: usize = 5;
+
+/// A route that has no server: deferred or bounced, with status and text.
+struct NoRoute {
+    bounce: bool,
+    status: String,
+    text: String,
 }
 
 /// The run's remote side: open sessions kept for the next message, servers known to be down.
 pub struct Relay<'a> {
     config: &'a Config,
     credentials: Option<(String, String)>,
+    dns: OnceCell<Result<DnsLookup, String>>,
     sessions: RefCell<HashMap<SocketAddr, Session>>,
     /// RFC 5321 §4.5.4.1: hosts found unreachable this run are not tried again by it.
     unreachable: RefCell<HashMap<SocketAddr, ClientError>>,
@@ -58,6 +69,7 @@ impl<'a> Relay<'a> {
         Ok(Relay {
             config,
             credentials: load_credentials(config)?,
+            dns: OnceCell::new(),
             sessions: RefCell::new(HashMap::new()),
             unreachable: RefCell::new(HashMap::new()),
         })
@@ -72,9 +84,8 @@ impl<'a> Relay<'a> {
     }
 
     /// Delivers one message to the recipients of one route; one attempt per recipient.
-    /// `None` when the route cannot be served by this run (MX routing without DNS).
-    pub fn deliver(&self, q: &Queued, route: &Route, rcpts: &[&Mailbox], now: u64) -> Option<Vec<Attempt>> {
-        let dest = self.destination(route)?;
+    pub fn deliver(&self, q: &Queued, route: &Route, rcpts: &[&Mailbox], now: u64) -> Vec<Attempt> {
+        let dest = self.destination(route);
         let keys: Vec<String> = rcpts.iter().map(|m| format!("<{m}>")).collect();
         let all = |outcome, status: String, relay: &str, text: &str| {
             keys.iter()
@@ -90,16 +101,16 @@ impl<'a> Relay<'a> {
         };
         let dest = match dest {
             Ok(d) => d,
-            Err(e) => return Some(all(Outcome::Deferred, "4.4.3".into(), "-", &e)),
-        };
-        let (addr, mut session) = match self.connect(&dest) {
-            Ok(pair) => pair,
-            Err((addr, e)) => {
-                let relay = addr.map_or_else(|| dest.name.clone(), |a| relay_name(&dest.name, a));
-                return Some(all(Outcome::Deferred, connect_status(&e), &relay, &e.text()));
+            Err(no) => {
+                let outcome = if no.bounce { Outcome::Bounced } else { Outcome::Deferred };
+                return all(outcome, no.status, "-", &no.text);
             }
         };
-        let relay = relay_name(&dest.name, addr);
+        let (name, addr, mut session) = match self.connect(&dest) {
+            Ok(found) => found,
+            Err((relay, e)) => return all(Outcome::Deferred, connect_status(&e), &relay, &e.text()),
+        };
+        let relay = relay_name(&name, addr);
         let from = q.envelope.from.mailbox().map_or_else(String::new, |m| m.to_string());
         let recipients: Vec<String> = rcpts.iter().map(|m| m.to_string()).collect();
         let tx = Transaction {
@@ -148,63 +159,96 @@ impl<'a> Relay<'a> {
         } else {
             session.quit();
         }
-        Some(attempts)
+        attempts
     }
 
-    fn destination(&self, route: &Route) -> Option<Result<Destination, String>> {
+    fn destination(&self, route: &Route) -> Result<Destination, NoRoute> {
         let port = self.config.smtp_port;
+        let defer = |text: String| NoRoute { bounce: false, status: "4.4.3".into(), text };
         match route {
             Route::Relayhost => {
-                let (host, port) = self.config.relayhost.clone()?;
+                let Some((host, port)) = self.config.relayhost.clone() else {
+                    return Err(defer("no relayhost configured".into()));
+                };
                 let tls = match self.config.relayhost_tls {
                     TlsMode::May => TlsPolicy::May,
                     TlsMode::Encrypt => TlsPolicy::Encrypt,
                     TlsMode::Verify => TlsPolicy::Verify,
                 };
-                let addrs = match (host.as_str(), port).to_socket_addrs() {
-                    Ok(a) => a.collect(),
-                    Err(e) => return Some(Err(format!("relayhost {host}: {e}"))),
-                };
-                Some(Ok(Destination { name: host, addrs, tls, auth: true }))
+                let addrs =
+                    (host.as_str(), port).to_socket_addrs().map_err(|e| defer(format!("relayhost {host}: {e}")))?;
+                Ok(Destination { addrs: addrs.map(|a| (host.clone(), a)).collect(), tls, auth: true })
             }
             Route::Literal(ip) => {
-                let addr = SocketAddr::new(*ip, port);
-                Some(Ok(Destination { name: ip.to_string(), addrs: vec![addr], tls: TlsPolicy::May, auth: false }))
+                if self.is_self("", *ip) {
+                    let text = format!("mail for [{ip}] loops back to myself");
+                    return Err(NoRoute { bounce: true, status: "5.4.6".into(), text });
+                }
+                Ok(Destination {
+                    addrs: vec![(ip.to_string(), SocketAddr::new(*ip, port))],
+                    tls: TlsPolicy::May,
+                    auth: false,
+                })
             }
-            Route::Domain(_) => None,
+            Route::Domain(domain) => {
+                let dns = self
+                    .dns
+                    .get_or_init(|| DnsLookup::new(&self.config.dns_servers, self.config.dns_timeout))
+                    .as_ref()
+                    .map_err(|e| defer(e.clone()))?;
+                let hosts =
+                    route_domain(dns, domain, &|name, ip| self.is_self(name, ip), shuffle_seed()).map_err(|e| {
+                        let (status, bounce, text) = e.outcome(domain);
+                        NoRoute { bounce, status: status.into(), text }
+                    })?;
+                let addrs = hosts
+                    .iter()
+                    .flat_map(|h| h.addrs.iter().map(|ip| (h.name.clone(), SocketAddr::new(*ip, port))))
+                    .take(MAX_ADDRESSES)
+                    .collect();
+                Ok(Destination { addrs, tls: TlsPolicy::May, auth: false })
+            }
         }
     }
 
+    /// This host: its name, or an address it listens on (PITFALLS X9). Mail routed here would loop.
+    fn is_self(&self, name: &str, ip: IpAddr) -> bool {
+        let named = !name.is_empty() && name.eq_ignore_ascii_case(&self.config.hostname);
+        let listening =
+            self.config.listen.iter().any(|l| l.ip() == ip || (l.ip().is_unspecified() && ip.is_loopback()));
+        named || listening
+    }
+
     /// A kept session for one of the addresses, or a new one, trying each address in turn.
-    fn connect(&self, dest: &Destination) -> Result<(SocketAddr, Session), (Option<SocketAddr>, ClientError)> {
-        for addr in &dest.addrs {
+    fn connect(&self, dest: &Destination) -> Result<(String, SocketAddr, Session), (String, ClientError)> {
+        for (name, addr) in &dest.addrs {
             if let Some(session) = self.sessions.borrow_mut().remove(addr) {
-                return Ok((*addr, session));
+                return Ok((name.clone(), *addr, session));
             }
         }
-        let mut last = (None, ClientError::Network(format!("{}: no address to connect to", dest.name)));
-        for addr in &dest.addrs {
+        let mut last = ("-".to_string(), ClientError::Network("no address to connect to".into()));
+        for (name, addr) in &dest.addrs {
             if let Some(e) = self.unreachable.borrow().get(addr) {
-                last = (Some(*addr), e.clone());
+                last = (relay_name(name, *addr), e.clone());
                 continue;
             }
             let credentials = self.credentials.as_ref().filter(|_| dest.auth);
             let dial = Dial {
                 addr: *addr,
-                server_name: &dest.name,
+                server_name: name,
                 helo: &self.config.hostname,
                 tls: dest.tls,
                 timeouts: self.timeouts(),
                 auth: credentials.map(|(u, p)| (u.as_str(), p.as_str())),
             };
             match Session::open(&dial) {
-                Ok(session) => return Ok((*addr, session)),
+                Ok(session) => return Ok((name.clone(), *addr, session)),
                 Err(e) => {
-                    log::info!("connect to {}: {}", relay_name(&dest.name, *addr), e.text());
+                    log::info!("connect to {}: {}", relay_name(name, *addr), e.text());
                     if matches!(e, ClientError::Network(_)) {
                         self.unreachable.borrow_mut().insert(*addr, e.clone());
                     }
-                    last = (Some(*addr), e);
+                    last = (relay_name(name, *addr), e);
                 }
             }
         }

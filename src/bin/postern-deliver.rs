@@ -76,14 +76,13 @@ fn main() -> ExitCode {
     };
     let s = runner.run();
     log::info!(
-        "run done: {} messages, {} sent, {} deferred, {} bounced, {} busy, {} corrupt, {} remote waiting",
+        "run done: {} messages, {} sent, {} deferred, {} bounced, {} busy, {} corrupt",
         s.messages,
         s.sent,
         s.deferred,
         s.bounced,
         s.busy,
-        s.corrupt,
-        s.waiting_remote
+        s.corrupt
     );
     ExitCode::SUCCESS
 }

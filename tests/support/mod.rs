@@ -1,6 +1,8 @@
 //! Test support: a temp directory per test, the real `postern-smtpd` on 127.0.0.1:0, an SMTP client.
 #![allow(dead_code)]
 
+pub mod dns;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -48,9 +50,23 @@ pub fn base_config(dir: &Path) -> String {
     std::fs::write(dir.join("aliases"), "postmaster: alice\nstaff: alice, bob@remote.test\n").unwrap();
     format!(
         "hostname = mail.example.test\nlisten = 127.0.0.1:0\nspool = {d}/spool\nlocal_domains = example.test\n\
-         mailboxes = {d}/mailboxes\naliases = {d}/aliases\nrecipient_delimiter = +\n",
+         mailboxes = {d}/mailboxes\naliases = {d}/aliases\nrecipient_delimiter = +\n{DNS_DEFAULT}",
         d = dir.display()
     )
+}
+
+/// Tests never ask the system resolver: unless a test starts its own DNS server, names are
+/// looked up at a closed loopback port, which fails at once (a temporary failure).
+pub const DNS_DEFAULT: &str = "dns_timeout = 1s\n";
+
+pub fn dns_config(server: Option<SocketAddr>) -> String {
+    format!("dns_servers = {}\n", server.map_or_else(|| "127.0.0.1:9".to_string(), |s| s.to_string()))
+}
+
+/// The base configuration plus `extra`, with the closed DNS port unless `extra` names servers.
+pub fn config_with(dir: &Path, extra: &str) -> String {
+    let dns = if extra.contains("dns_servers") { String::new() } else { dns_config(None) };
+    format!("{}{extra}{dns}", base_config(dir))
 }
 
 /// A running `postern-smtpd`, killed when dropped.
@@ -65,7 +81,7 @@ impl Server {
     /// Starts with the base configuration plus `extra` lines (later keys must not repeat base ones).
     pub fn start(extra: &str) -> Server {
         let dir = TempDir::new("smtpd");
-        let config = format!("{}{extra}", base_config(dir.path()));
+        let config = config_with(dir.path(), extra);
         Server::start_in(dir, &config)
     }
 

@@ -1,0 +1,375 @@
+//! MX routing (RFC 5321 §5.1, RFC 7505): which hosts serve a domain, in which order.
+//!
+//! `route_domain` is pure over the `Lookup` trait; `DnsLookup` is the one place that talks
+//! to DNS (hickory-resolver, its async API driven by a current-thread runtime). Names are
+//! always queried fully qualified, with no search list (§5.1: no guessing of partial names).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
+use hickory_resolver::net::NetError;
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::{RData, RecordType};
+
+/// What one DNS question came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsFailure {
+    /// NXDOMAIN: the name does not exist.
+    NotFound,
+    /// The name exists with no records of the type asked (NODATA).
+    NoData,
+    /// SERVFAIL, a timeout, a refusal: try again later.
+    Temporary(String),
+}
+
+/// The two questions routing asks.
+pub trait Lookup {
+    /// MX records as (preference, exchange without the final dot; "" for the null MX).
+    fn mx(&self, domain: &str) -> Result<Vec<(u16, String)>, DnsFailure>;
+    /// A and AAAA records, CNAMEs followed.
+    fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DnsFailure>;
+}
+
+/// One host that accepts the domain's mail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MxHost {
+    pub preference: u16,
+    pub name: String,
+    pub addrs: Vec<IpAddr>,
+}
+
+/// Why a domain has no host to deliver to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteError {
+    /// A temporary DNS failure (4.4.3): retry.
+    Temporary(String),
+    /// A better MX than ours could not be resolved (4.4.4): retry.
+    NoPrimary(String),
+    /// NXDOMAIN (5.1.2).
+    NoDomain,
+    /// RFC 7505 null MX (5.1.10).
+    NullMx,
+    /// MX hosts, or the domain itself, have no addresses (5.4.4).
+    NoAddress,
+    /// The best remaining MX is this host (5.4.6).
+    Loop,
+}
+
+impl RouteError {
+    /// The status, whether it bounces, and the text for the log and the report.
+    pub fn outcome(&self, domain: &str) -> (&'static str, bool, String) {
+        match self {
+            RouteError::Temporary(why) => ("4.4.3", false, format!("DNS lookup for {domain} failed: {why}")),
+            RouteError::NoPrimary(why) => ("4.4.4", false, format!("unable to find primary relay for {domain}: {why}")),
+            RouteError::NoDomain => ("5.1.2", true, format!("Host or domain name not found: {domain} does not exist")),
+            RouteError::NullMx => ("5.1.10", true, format!("556 5.1.10 Recipient address has null MX ({domain})")),
+            RouteError::NoAddress => ("5.4.4", true, format!("no mail host for {domain} has an address")),
+            RouteError::Loop => ("5.4.6", true, format!("mail for {domain} loops back to myself")),
+        }
+    }
+}
+
+/// The hosts for `domain`, best first: MX order by preference, random among equals; the domain
+/// itself when it has no MX at all; never the domain's A records when it has MX records.
+pub fn route_domain(
+    dns: &impl Lookup,
+    domain: &str,
+    is_self: &dyn Fn(&str, IpAddr) -> bool,
+    seed: u64,
+) -> Result<Vec<MxHost>, RouteError> {
+    let records = match dns.mx(domain) {
+        Ok(records) if !records.is_empty() => records,
+        Ok(_) | Err(DnsFailure::NoData) => return implicit_mx(dns, domain, is_self),
+        Err(DnsFailure::NotFound) => return Err(RouteError::NoDomain),
+        Err(DnsFailure::Temporary(why)) => return Err(RouteError::Temporary(why)),
+    };
+    if records.iter().all(|(_, exchange)| exchange.is_empty()) {
+        return Err(RouteError::NullMx); // RFC 7505 §3
+    }
+    let mut ordered: Vec<(u16, String)> = records
+        .into_iter()
+        .filter(|(_, exchange)| !exchange.is_empty())
+        .filter(|(_, exchange)| {
+            let numeric = exchange.parse::<IpAddr>().is_ok();
+            if numeric {
+                log::warn!("{domain}: MX {exchange} is an address, not a host name; ignored");
+            }
+            !numeric
+        })
+        .collect();
+    shuffle_equal_preferences(&mut ordered, seed);
+    let mut hosts = Vec::new();
+    let mut temporary: Option<(u16, String)> = None;
+    for (preference, name) in ordered {
+        match dns.addresses(&name) {
+            Ok(addrs) if !addrs.is_empty() => hosts.push(MxHost { preference, name, addrs }),
+            Ok(_) | Err(DnsFailure::NotFound | DnsFailure::NoData) => {}
+            Err(DnsFailure::Temporary(why)) => {
+                temporary.get_or_insert((preference, format!("{name}: {why}")));
+            }
+        }
+    }
+    let self_preference =
+        hosts.iter().filter(|h| h.addrs.iter().any(|a| is_self(&h.name, *a))).map(|h| h.preference).min();
+    if let Some(ours) = self_preference {
+        // §5.1: drop our own entry and every one not better than it.
+        hosts.retain(|h| h.preference < ours);
+        if hosts.is_empty() {
+            return Err(match temporary {
+                Some((p, why)) if p < ours => RouteError::NoPrimary(why),
+                _ => RouteError::Loop,
+            });
+        }
+    }
+    if hosts.is_empty() {
+        return Err(match temporary {
+            Some((_, why)) => RouteError::Temporary(why),
+            None => RouteError::NoAddress,
+        });
+    }
+    Ok(hosts)
+}
+
+/// §5.1: no MX at all means the domain itself is the host, with preference 0.
+fn implicit_mx(
+    dns: &impl Lookup,
+    domain: &str,
+    is_self: &dyn Fn(&str, IpAddr) -> bool,
+) -> Result<Vec<MxHost>, RouteError> {
+    match dns.addresses(domain) {
+        Ok(addrs) if addrs.iter().any(|a| is_self(domain, *a)) => Err(RouteError::Loop),
+        Ok(addrs) if !addrs.is_empty() => Ok(vec![MxHost { preference: 0, name: domain.to_string(), addrs }]),
+        Ok(_) | Err(DnsFailure::NotFound | DnsFailure::NoData) => Err(RouteError::NoAddress),
+        Err(DnsFailure::Temporary(why)) => Err(RouteError::Temporary(why)),
+    }
+}
+
+/// §5.1: equal preferences MUST be tried in random order. A small xorshift is enough here.
+fn shuffle_equal_preferences(records: &mut [(u16, String)], seed: u64) {
+    let mut state = seed | 1;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    records.sort_by_key(|(p, _)| *p);
+    let mut start = 0;
+    while start < records.len() {
+        let end =
+            records[start..].iter().position(|(p, _)| *p != records[start].0).map_or(records.len(), |n| start + n);
+        for i in (start + 1..end).rev() {
+            let j = start + (next() % (i - start + 1) as u64) as usize;
+            records.swap(i, j);
+        }
+        start = end;
+    }
+}
+
+/// A seed for the shuffle that differs from run to run.
+pub fn shuffle_seed() -> u64 {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ u64::from(std::process::id()).rotate_left(32)
+}
+
+/// DNS through hickory-resolver: the system's name servers, or `dns_servers`.
+pub struct DnsLookup {
+    runtime: tokio::runtime::Runtime,
+    resolver: TokioResolver,
+}
+
+impl DnsLookup {
+    /// `servers` empty means /etc/resolv.conf's name servers (its search list is dropped).
+    pub fn new(servers: &[SocketAddr], timeout: Duration) -> Result<DnsLookup, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("DNS runtime: {e}"))?;
+        let (name_servers, mut options) = if servers.is_empty() {
+            let (config, options) =
+                hickory_resolver::system_conf::read_system_conf().map_err(|e| format!("/etc/resolv.conf: {e}"))?;
+            (config.into_parts().2, options)
+        } else {
+            (servers.iter().map(|s| name_server(*s)).collect(), ResolverOpts::default())
+        };
+        options.ndots = 0;
+        options.timeout = timeout;
+        options.attempts = 2;
+        options.use_hosts_file = ResolveHosts::Never;
+        options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+        let config = ResolverConfig::from_name_servers(name_servers);
+        let _context = runtime.enter();
+        let resolver = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
+            .with_options(options)
+            .build()
+            .map_err(|e| format!("DNS resolver: {e}"))?;
+        Ok(DnsLookup { runtime, resolver })
+    }
+}
+
+fn name_server(addr: SocketAddr) -> NameServerConfig {
+    let mut server = NameServerConfig::udp_and_tcp(addr.ip());
+    for connection in &mut server.connections {
+        connection.port = addr.port();
+    }
+    server
+}
+
+fn classify(e: &NetError) -> DnsFailure {
+    if e.is_nx_domain() {
+        DnsFailure::NotFound
+    } else if e.is_no_records_found() {
+        DnsFailure::NoData
+    } else {
+        DnsFailure::Temporary(e.to_string())
+    }
+}
+
+/// `name.`: absolute, so no search domain is ever appended (PITFALLS X12).
+fn absolute(name: &str) -> String {
+    if name.ends_with('.') { name.to_string() } else { format!("{name}.") }
+}
+
+impl Lookup for DnsLookup {
+    fn mx(&self, domain: &str) -> Result<Vec<(u16, String)>, DnsFailure> {
+        let lookup = self.runtime.block_on(self.resolver.mx_lookup(absolute(domain))).map_err(|e| classify(&e))?;
+        Ok(lookup
+            .answers()
+            .iter()
+            .filter(|r| r.record_type() == RecordType::MX)
+            .filter_map(|r| match &r.data {
+                RData::MX(mx) => Some((mx.preference, mx.exchange.to_ascii().trim_end_matches('.').to_lowercase())),
+                _ => None,
+            })
+            .collect())
+    }
+
+    fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DnsFailure> {
+        let lookup = self.runtime.block_on(self.resolver.lookup_ip(absolute(host))).map_err(|e| classify(&e))?;
+        Ok(lookup.iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    type MxAnswer = Result<Vec<(u16, String)>, DnsFailure>;
+    type MxEntry<'a> = (&'static str, Result<Vec<(u16, &'a str)>, DnsFailure>);
+
+    #[derive(Default)]
+    struct Zone {
+        mx: HashMap<&'static str, MxAnswer>,
+        ips: HashMap<String, Result<Vec<IpAddr>, DnsFailure>>,
+    }
+
+    impl Lookup for Zone {
+        fn mx(&self, domain: &str) -> Result<Vec<(u16, String)>, DnsFailure> {
+            self.mx.get(domain).cloned().unwrap_or(Err(DnsFailure::NotFound))
+        }
+        fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DnsFailure> {
+            self.ips.get(host).cloned().unwrap_or(Err(DnsFailure::NotFound))
+        }
+    }
+
+    fn zone(mx: &[MxEntry<'_>], ips: &[(&str, Result<&[&str], DnsFailure>)]) -> Zone {
+        Zone {
+            mx: mx
+                .iter()
+                .map(|(d, r)| (*d, r.clone().map(|v| v.into_iter().map(|(p, n)| (p, n.to_string())).collect())))
+                .collect(),
+            ips: ips
+                .iter()
+                .map(|(h, r)| (h.to_string(), r.clone().map(|v| v.iter().map(|a| a.parse().unwrap()).collect())))
+                .collect(),
+        }
+    }
+
+    fn never_self(_: &str, _: IpAddr) -> bool {
+        false
+    }
+
+    fn names(r: &Result<Vec<MxHost>, RouteError>) -> Vec<String> {
+        r.as_ref().unwrap().iter().map(|h| h.name.clone()).collect()
+    }
+
+    #[test]
+    fn mx_order_and_implicit_mx() {
+        let z = zone(
+            &[("d.test", Ok(vec![(20, "b.d.test"), (10, "a.d.test")])), ("a-only.test", Err(DnsFailure::NoData))],
+            &[("a.d.test", Ok(&["127.0.0.3"])), ("b.d.test", Ok(&["127.0.0.4"])), ("a-only.test", Ok(&["127.0.0.5"]))],
+        );
+        assert_eq!(names(&route_domain(&z, "d.test", &never_self, 1)), ["a.d.test", "b.d.test"]);
+        assert_eq!(names(&route_domain(&z, "a-only.test", &never_self, 1)), ["a-only.test"]);
+    }
+
+    #[test]
+    fn equal_preferences_are_shuffled() {
+        let z = zone(
+            &[("d.test", Ok(vec![(10, "a"), (10, "b"), (10, "c"), (5, "first")]))],
+            &[
+                ("a", Ok(&["127.0.0.1"])),
+                ("b", Ok(&["127.0.0.2"])),
+                ("c", Ok(&["127.0.0.3"])),
+                ("first", Ok(&["127.0.0.9"])),
+            ],
+        );
+        let orders: std::collections::HashSet<Vec<String>> =
+            (1..50).map(|seed| names(&route_domain(&z, "d.test", &never_self, seed * 7919))).collect();
+        assert!(orders.len() > 1, "never shuffled");
+        assert!(orders.iter().all(|o| o[0] == "first"));
+    }
+
+    #[test]
+    fn failures_map_to_their_outcomes() {
+        let z = zone(
+            &[
+                ("null.test", Ok(vec![(0, "")])),
+                ("servfail.test", Err(DnsFailure::Temporary("SERVFAIL".into()))),
+                ("dead.test", Ok(vec![(10, "gone.dead.test")])),
+                ("numeric.test", Ok(vec![(10, "192.0.2.1")])),
+                ("mixed.test", Ok(vec![(10, "slow.mixed.test"), (20, "gone.mixed.test")])),
+            ],
+            &[
+                ("nodata.test", Err(DnsFailure::NoData)),
+                ("slow.mixed.test", Err(DnsFailure::Temporary("timeout".into()))),
+            ],
+        );
+        assert_eq!(route_domain(&z, "null.test", &never_self, 1), Err(RouteError::NullMx));
+        assert!(matches!(route_domain(&z, "servfail.test", &never_self, 1), Err(RouteError::Temporary(_))));
+        assert_eq!(route_domain(&z, "nxdomain.test", &never_self, 1), Err(RouteError::NoDomain));
+        assert_eq!(route_domain(&z, "dead.test", &never_self, 1), Err(RouteError::NoAddress));
+        assert_eq!(route_domain(&z, "numeric.test", &never_self, 1), Err(RouteError::NoAddress));
+        assert!(matches!(route_domain(&z, "mixed.test", &never_self, 1), Err(RouteError::Temporary(_))));
+    }
+
+    #[test]
+    fn a_domain_with_mx_records_never_falls_back_to_its_own_address() {
+        let z = zone(&[("d.test", Ok(vec![(10, "gone.d.test")]))], &[("d.test", Ok(&["127.0.0.9"]))]);
+        assert_eq!(route_domain(&z, "d.test", &never_self, 1), Err(RouteError::NoAddress));
+    }
+
+    #[test]
+    fn our_own_mx_and_worse_ones_are_dropped() {
+        let z = zone(
+            &[
+                ("d.test", Ok(vec![(10, "other.test"), (20, "me.test"), (30, "worse.test")])),
+                ("only.test", Ok(vec![(10, "me.test")])),
+                ("primary.test", Ok(vec![(5, "broken.test"), (10, "me.test")])),
+            ],
+            &[
+                ("other.test", Ok(&["127.0.0.3"])),
+                ("me.test", Ok(&["127.0.0.1"])),
+                ("worse.test", Ok(&["127.0.0.4"])),
+                ("broken.test", Err(DnsFailure::Temporary("timeout".into()))),
+            ],
+        );
+        let is_self = |name: &str, ip: IpAddr| name == "me.test" || ip == IpAddr::from([127, 0, 0, 1]);
+        assert_eq!(names(&route_domain(&z, "d.test", &is_self, 1)), ["other.test"]);
+        assert_eq!(route_domain(&z, "only.test", &is_self, 1), Err(RouteError::Loop));
+        assert!(matches!(route_domain(&z, "primary.test", &is_self, 1), Err(RouteError::NoPrimary(_))));
+    }
+}

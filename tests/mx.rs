@@ -1,0 +1,161 @@
+//! MX routing end to end (PITFALLS §7): a DNS server we control, sinks on 127.0.0.3 and 127.0.0.4.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use hickory_proto::rr::RecordType::{self, A, AAAA, CNAME, MX};
+use postern::smtp::address::{ForwardPath, ReversePath};
+use postern::smtp::command::BodyType;
+use postern::spool::{Envelope, Spool};
+use support::dns::{Answer, FakeDns};
+use support::{FakeMx, TempDir, dns_config};
+
+struct World {
+    dir: TempDir,
+    conf: PathBuf,
+    dns: FakeDns,
+    /// The sink on 127.0.0.4; 127.0.0.3 has nothing listening on that port.
+    sink: FakeMx,
+}
+
+fn world(zone: &[(&'static str, RecordType, Answer)]) -> World {
+    let sink = FakeMx::start("127.0.0.4:0", |_| None);
+    let dns = FakeDns::start(zone);
+    let dir = TempDir::new("mx");
+    let conf = dir.path().join("postern.conf");
+    let extra = format!("{}smtp_port = {}\n", dns_config(Some(dns.addr)), sink.addr.port());
+    std::fs::write(&conf, support::config_with(dir.path(), &extra)).unwrap();
+    World { dir, conf, dns, sink }
+}
+
+impl World {
+    fn send(&self, to: &[&str]) -> String {
+        let envelope = Envelope {
+            arrived: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(),
+            client: None,
+            helo: None,
+            protocol: "ESMTP".into(),
+            body: BodyType::SevenBit,
+            smtputf8: false,
+            from: ReversePath::parse(b"alice@example.test").unwrap(),
+            rcpts: to.iter().map(|t| ForwardPath::parse(t.as_bytes()).unwrap()).collect(),
+            size: 0,
+        };
+        Spool::open(&self.dir.path().join("spool")).unwrap().inject(&envelope, b"Subject: mx\r\n\r\nhi\r\n").unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_postern-deliver")).arg("-c").arg(&self.conf).output().unwrap();
+        let log = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{log}");
+        log
+    }
+
+    fn queued(&self) -> usize {
+        support::list(&self.dir.path().join("spool/cur")).iter().filter(|p| p.extension().is_none()).count()
+    }
+
+    fn reports(&self) -> Vec<String> {
+        support::list(&self.dir.path().join("maildirs/alice/new"))
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect()
+    }
+}
+
+#[test]
+fn the_best_reachable_mx_gets_the_mail() {
+    // X10: MX 10 refuses connections, MX 20 is the sink.
+    let w = world(&[
+        ("remote.test", MX, Answer::Mx(vec![(10, "mx1.remote.test"), (20, "mx2.remote.test")])),
+        ("mx1.remote.test", A, Answer::Ip(vec!["127.0.0.3"])),
+        ("mx2.remote.test", A, Answer::Ip(vec!["127.0.0.4"])),
+    ]);
+    // §3.10 rule 12: the local part's case is kept when relaying.
+    let log = w.send(&["Bob@remote.test", "carol@REMOTE.test"]);
+    assert!(log.contains("relay=mx2.remote.test[127.0.0.4]:") && log.matches("status=sent").count() == 2, "{log}");
+    let commands = w.sink.commands();
+    assert!(commands.contains(&"RCPT TO:<Bob@remote.test>".to_string()), "{commands:?}");
+    assert_eq!(commands.iter().filter(|c| c.starts_with("MAIL")).count(), 1, "one transaction for the domain");
+    assert_eq!(w.queued(), 0);
+    assert!(w.dns.queried().iter().all(|q| !q.contains("corp")), "no search list");
+}
+
+#[test]
+fn no_mx_means_the_domain_itself_and_cnames_are_followed() {
+    // X4 (implicit MX) and X7 (an MX target that is a CNAME).
+    let w = world(&[
+        ("plain.test", A, Answer::Ip(vec!["127.0.0.4"])),
+        ("aliased.test", MX, Answer::Mx(vec![(10, "mail.aliased.test")])),
+        ("mail.aliased.test", CNAME, Answer::Cname("real.aliased.test")),
+        ("real.aliased.test", A, Answer::Ip(vec!["127.0.0.4"])),
+    ]);
+    let log = w.send(&["bob@plain.test", "carol@aliased.test"]);
+    assert_eq!(log.matches("status=sent").count(), 2, "{log}");
+    assert!(w.dns.queried().contains(&"plain.test. MX".to_string()));
+}
+
+#[test]
+fn permanent_dns_answers_bounce_at_once() {
+    let w = world(&[
+        ("nullmx.test", MX, Answer::Mx(vec![(0, "")])),
+        ("gone.test", MX, Answer::NxDomain),
+        ("empty.test", AAAA, Answer::Ip(vec![])),
+        ("deadmx.test", MX, Answer::Mx(vec![(10, "nowhere.deadmx.test")])),
+        ("deadmx.test", A, Answer::Ip(vec!["127.0.0.4"])),
+        ("numeric.test", MX, Answer::Mx(vec![(10, "127.0.0.4")])),
+    ]);
+    let log = w.send(&["a@nullmx.test", "b@gone.test", "c@empty.test", "d@deadmx.test", "e@numeric.test"]);
+    for (rcpt, status) in [
+        ("a@nullmx.test", "5.1.10"),
+        ("b@gone.test", "5.1.2"),
+        ("c@empty.test", "5.4.4"),
+        ("d@deadmx.test", "5.4.4"),
+        ("e@numeric.test", "5.4.4"),
+    ] {
+        assert!(log.contains(&format!("to=<{rcpt}>, relay=-, delay=0, dsn={status}, status=bounced")), "{rcpt}: {log}");
+    }
+    assert_eq!(w.sink.connections(), 0, "X6, X8: no connection, never the domain's own A record");
+    let reports = w.reports();
+    assert_eq!(reports.len(), 1, "one report for all five");
+    assert!(reports[0].contains("Recipient address has null MX"));
+    assert_eq!(w.queued(), 0);
+}
+
+#[test]
+fn temporary_dns_failures_defer() {
+    let w = world(&[
+        ("servfail.test", MX, Answer::ServFail),
+        ("silent.test", MX, Answer::Silence),
+        ("slowmx.test", MX, Answer::Mx(vec![(10, "mx.slowmx.test")])),
+        ("mx.slowmx.test", A, Answer::ServFail),
+    ]);
+    let log = w.send(&["a@servfail.test", "b@silent.test", "c@slowmx.test"]);
+    assert_eq!(log.matches("dsn=4.4.3, status=deferred").count(), 3, "X1, X2, X8: {log}");
+    assert_eq!(w.queued(), 1);
+    assert!(w.reports().is_empty());
+}
+
+#[test]
+fn an_mx_that_is_this_host_is_a_loop() {
+    // X9: the MX resolves to 127.0.0.1, where this configuration listens.
+    let w = world(&[
+        ("loop.test", MX, Answer::Mx(vec![(10, "me.loop.test")])),
+        ("me.loop.test", A, Answer::Ip(vec!["127.0.0.1"])),
+        ("named.test", MX, Answer::Mx(vec![(10, "mail.example.test")])),
+        ("mail.example.test", A, Answer::Ip(vec!["127.0.0.4"])),
+    ]);
+    let log = w.send(&["a@loop.test", "b@named.test", "c@[127.0.0.1]"]);
+    assert_eq!(log.matches("dsn=5.4.6, status=bounced").count(), 3, "{log}");
+    assert_eq!(w.sink.connections(), 0);
+    assert!(w.reports()[0].contains("loops back to myself"));
+}
+
+#[test]
+fn single_label_domains_are_not_completed() {
+    // X12: `bob@mx` is looked up as `mx.`, never with a search domain appended.
+    let w = world(&[("mx.corp.test", A, Answer::Ip(vec!["127.0.0.4"]))]);
+    let log = w.send(&["bob@mx"]);
+    assert!(log.contains("dsn=5.1.2, status=bounced"), "{log}");
+    assert_eq!(w.dns.queried(), ["mx. MX"]);
+    assert_eq!(w.sink.connections(), 0);
+}
