@@ -107,6 +107,10 @@ pub struct Config {
     pub relayhost_tls: TlsMode,
     /// A file holding `user:password` for AUTH at the relayhost; readable by its owner only.
     pub relayhost_auth_file: Option<PathBuf>,
+    /// Messages delivered at once by one run.
+    pub max_delivery_threads: usize,
+    /// Connections open at once to one server address.
+    pub max_per_destination: usize,
     /// Name servers for MX lookups; empty means those of /etc/resolv.conf.
     pub dns_servers: Vec<SocketAddr>,
     pub dns_timeout: Duration,
@@ -171,6 +175,8 @@ impl Config {
             relayhost: None,
             relayhost_tls: TlsMode::May,
             relayhost_auth_file: None,
+            max_delivery_threads: 10,
+            max_per_destination: 5,
             dns_servers: Vec::new(),
             dns_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(30),
@@ -274,6 +280,8 @@ impl Config {
                 }
             }
             "relayhost_auth_file" => self.relayhost_auth_file = Some(path(v)?),
+            "max_delivery_threads" => self.max_delivery_threads = count(v, 1)?,
+            "max_per_destination" => self.max_per_destination = count(v, 1)?,
             "dns_servers" => self.dns_servers = list(v).map(dns_server).collect::<Result<_, _>>()?,
             "dns_timeout" => self.dns_timeout = positive(duration(v)?)?,
             "connect_timeout" => self.connect_timeout = positive(duration(v)?)?,

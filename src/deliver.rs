@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::alias::{ExpandError, LocalUsers, Target};
@@ -39,6 +40,17 @@ pub struct Summary {
     pub bounced: usize,
     pub busy: usize,
     pub corrupt: usize,
+}
+
+impl Summary {
+    fn add(&mut self, other: &Summary) {
+        self.messages += other.messages;
+        self.sent += other.sent;
+        self.deferred += other.deferred;
+        self.bounced += other.bounced;
+        self.busy += other.busy;
+        self.corrupt += other.corrupt;
+    }
 }
 
 /// One recipient after alias expansion, with the envelope recipient it came from.
@@ -85,24 +97,58 @@ impl<'a> Runner<'a> {
     /// Runs over the spool. Bounces made by this run are delivered by it too (a second pass).
     pub fn run(&self) -> Summary {
         let mut summary = Summary::default();
-        let mut made = HashSet::new();
+        let mut made: HashSet<QueueId> = HashSet::new();
         for pass in 0..2 {
-            for (place, id) in self.spool.queued() {
-                let wanted = match (&self.options.only, pass) {
-                    (Some(only), 0) => *only == id,
+            let work: Vec<(Place, QueueId)> = self
+                .spool
+                .queued()
+                .into_iter()
+                .filter(|(_, id)| match (&self.options.only, pass) {
+                    (Some(only), 0) => only == id,
                     (_, 0) => true,
-                    _ => made.contains(&id),
-                };
-                if wanted {
-                    made.extend(self.process(place, &id, &mut summary));
-                }
+                    _ => made.contains(id),
+                })
+                .collect();
+            if work.is_empty() {
+                break;
             }
+            let (done, new) = self.process_all(work);
+            summary.add(&done);
+            made = new.into_iter().collect();
             if made.is_empty() || self.options.dry_run {
                 break;
             }
         }
         self.relay.close();
         summary
+    }
+
+    /// Delivers the messages with up to `max_delivery_threads` threads at once.
+    fn process_all(&self, work: Vec<(Place, QueueId)>) -> (Summary, Vec<QueueId>) {
+        let threads = self.config.max_delivery_threads.min(work.len()).max(1);
+        let queue = Mutex::new(work.into_iter());
+        let worker = || {
+            let mut summary = Summary::default();
+            let mut made = Vec::new();
+            loop {
+                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                let Some((place, id)) = next else { break };
+                made.extend(self.process(place, &id, &mut summary));
+            }
+            (summary, made)
+        };
+        std::thread::scope(|scope| {
+            let handles: Vec<_> =
+                (1..threads).filter_map(|_| std::thread::Builder::new().spawn_scoped(scope, worker).ok()).collect();
+            let (mut summary, mut made) = worker();
+            for handle in handles {
+                if let Ok((s, m)) = handle.join() {
+                    summary.add(&s);
+                    made.extend(m);
+                }
+            }
+            (summary, made)
+        })
     }
 
     /// Delivers what is due of one message; returns the IDs of bounces it queued.

@@ -1,10 +1,10 @@
 //! Remote delivery: where each recipient's mail goes, one connection per server for the whole
 //! run (RSET between messages), and each reply turned into an outcome.
 
-use std::cell::{OnceCell, RefCell};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::os::unix::fs::PermissionsExt;
+use std::sync::{Condvar, Mutex};
 
 use crate::client::{ClientError, Dial, RecipientResult, Session, Timeouts, TlsPolicy, Transaction};
 use crate::config::{Config, TlsMode};
@@ -41,14 +41,24 @@ struct NoRoute {
     text: String,
 }
 
-/// The run's remote side: open sessions kept for the next message, servers known to be down.
+/// The run's remote side, shared by its delivery threads: open sessions kept for the next
+/// message, a cap on sessions per server, servers known to be down, idle resolvers.
 pub struct Relay<'a> {
     config: &'a Config,
     credentials: Option<(String, String)>,
-    dns: OnceCell<Result<DnsLookup, String>>,
-    sessions: RefCell<HashMap<SocketAddr, Session>>,
+    /// Resolvers not in use; each thread borrows one (each drives its own runtime).
+    dns: Mutex<Vec<DnsLookup>>,
+    pool: Mutex<Pool>,
+    returned: Condvar,
     /// RFC 5321 §4.5.4.1: hosts found unreachable this run are not tried again by it.
-    unreachable: RefCell<HashMap<SocketAddr, ClientError>>,
+    unreachable: Mutex<HashMap<SocketAddr, ClientError>>,
+}
+
+/// Sessions by server address: idle ones to reuse, and how many are open in all.
+#[derive(Default)]
+struct Pool {
+    idle: HashMap<SocketAddr, Vec<Session>>,
+    open: HashMap<SocketAddr, usize>,
 }
 
 /// Loads `user:password`, refusing a file others could read.
@@ -69,9 +79,10 @@ impl<'a> Relay<'a> {
         Ok(Relay {
             config,
             credentials: load_credentials(config)?,
-            dns: OnceCell::new(),
-            sessions: RefCell::new(HashMap::new()),
-            unreachable: RefCell::new(HashMap::new()),
+            dns: Mutex::new(Vec::new()),
+            pool: Mutex::new(Pool::default()),
+            returned: Condvar::new(),
+            unreachable: Mutex::new(HashMap::new()),
         })
     }
 
@@ -150,15 +161,8 @@ impl<'a> Relay<'a> {
                 all(outcome, transaction_status(&e), &relay, &e.text())
             }
         };
-        let reusable = match &result_kind(&attempts) {
-            Kind::Broken => false,
-            Kind::Fine => true,
-        };
-        if reusable {
-            self.sessions.borrow_mut().insert(addr, session);
-        } else {
-            session.quit();
-        }
+        let reusable = matches!(result_kind(&attempts), Kind::Fine);
+        self.check_in(addr, reusable.then_some(session));
         attempts
     }
 
@@ -191,16 +195,17 @@ impl<'a> Relay<'a> {
                 })
             }
             Route::Domain(domain) => {
-                let dns = self
-                    .dns
-                    .get_or_init(|| DnsLookup::new(&self.config.dns_servers, self.config.dns_timeout))
-                    .as_ref()
-                    .map_err(|e| defer(e.clone()))?;
-                let hosts =
-                    route_domain(dns, domain, &|name, ip| self.is_self(name, ip), shuffle_seed()).map_err(|e| {
-                        let (status, bounce, text) = e.outcome(domain);
-                        NoRoute { bounce, status: status.into(), text }
-                    })?;
+                let idle = self.dns.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                let dns = match idle {
+                    Some(dns) => dns,
+                    None => DnsLookup::new(&self.config.dns_servers, self.config.dns_timeout).map_err(defer)?,
+                };
+                let routed = route_domain(&dns, domain, &|name, ip| self.is_self(name, ip), shuffle_seed());
+                self.dns.lock().unwrap_or_else(|e| e.into_inner()).push(dns);
+                let hosts = routed.map_err(|e| {
+                    let (status, bounce, text) = e.outcome(domain);
+                    NoRoute { bounce, status: status.into(), text }
+                })?;
                 let addrs = hosts
                     .iter()
                     .flat_map(|h| h.addrs.iter().map(|ip| (h.name.clone(), SocketAddr::new(*ip, port))))
@@ -220,39 +225,74 @@ impl<'a> Relay<'a> {
     }
 
     /// A kept session for one of the addresses, or a new one, trying each address in turn.
+    /// At most `max_per_destination` sessions are open to one address; past that, wait.
     fn connect(&self, dest: &Destination) -> Result<(String, SocketAddr, Session), (String, ClientError)> {
-        for (name, addr) in &dest.addrs {
-            if let Some(session) = self.sessions.borrow_mut().remove(addr) {
-                return Ok((name.clone(), *addr, session));
-            }
-        }
         let mut last = ("-".to_string(), ClientError::Network("no address to connect to".into()));
         for (name, addr) in &dest.addrs {
-            if let Some(e) = self.unreachable.borrow().get(addr) {
+            if let Some(e) = self.unreachable.lock().unwrap_or_else(|e| e.into_inner()).get(addr) {
                 last = (relay_name(name, *addr), e.clone());
                 continue;
             }
-            let credentials = self.credentials.as_ref().filter(|_| dest.auth);
-            let dial = Dial {
-                addr: *addr,
-                server_name: name,
-                helo: &self.config.hostname,
-                tls: dest.tls,
-                timeouts: self.timeouts(),
-                auth: credentials.map(|(u, p)| (u.as_str(), p.as_str())),
+            let session = match self.check_out(*addr) {
+                Some(session) => return Ok((name.clone(), *addr, session)),
+                None => self.open(dest, name, *addr),
             };
-            match Session::open(&dial) {
+            match session {
                 Ok(session) => return Ok((name.clone(), *addr, session)),
                 Err(e) => {
+                    self.check_in(*addr, None);
                     log::info!("connect to {}: {}", relay_name(name, *addr), e.text());
                     if matches!(e, ClientError::Network(_)) {
-                        self.unreachable.borrow_mut().insert(*addr, e.clone());
+                        self.unreachable.lock().unwrap_or_else(|e| e.into_inner()).insert(*addr, e.clone());
                     }
                     last = (relay_name(name, *addr), e);
                 }
             }
         }
         Err(last)
+    }
+
+    /// An idle session to `addr`, or `None` with a slot reserved for a new one.
+    fn check_out(&self, addr: SocketAddr) -> Option<Session> {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(session) = pool.idle.get_mut(&addr).and_then(Vec::pop) {
+                return Some(session);
+            }
+            let open = pool.open.entry(addr).or_insert(0);
+            if *open < self.config.max_per_destination {
+                *open += 1;
+                return None;
+            }
+            pool = self.returned.wait(pool).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Gives a session back for reuse, or frees its slot when it is `None` (closed or failed).
+    fn check_in(&self, addr: SocketAddr, session: Option<Session>) {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        match session {
+            Some(s) => pool.idle.entry(addr).or_default().push(s),
+            None => {
+                if let Some(open) = pool.open.get_mut(&addr) {
+                    *open = open.saturating_sub(1);
+                }
+            }
+        }
+        self.returned.notify_all();
+    }
+
+    fn open(&self, dest: &Destination, name: &str, addr: SocketAddr) -> Result<Session, ClientError> {
+        let credentials = self.credentials.as_ref().filter(|_| dest.auth);
+        let dial = Dial {
+            addr,
+            server_name: name,
+            helo: &self.config.hostname,
+            tls: dest.tls,
+            timeouts: self.timeouts(),
+            auth: credentials.map(|(u, p)| (u.as_str(), p.as_str())),
+        };
+        Session::open(&dial)
     }
 
     fn timeouts(&self) -> Timeouts {
@@ -265,7 +305,8 @@ impl<'a> Relay<'a> {
 
     /// Ends the run: QUIT on every kept session.
     pub fn close(&self) {
-        for (_, session) in self.sessions.borrow_mut().drain() {
+        let idle = std::mem::take(&mut self.pool.lock().unwrap_or_else(|e| e.into_inner()).idle);
+        for session in idle.into_values().flatten() {
             session.quit();
         }
     }

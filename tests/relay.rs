@@ -79,7 +79,7 @@ impl Sender {
 #[test]
 fn a_relayhost_gets_every_message_over_one_connection_byte_for_byte() {
     let receiver = Server::start("trusted_networks = 127.0.0.0/8\n");
-    let sender = Sender::new(&format!("relayhost = [127.0.0.1]:{}\n", receiver.addr.port()));
+    let sender = Sender::new(&format!("relayhost = [127.0.0.1]:{}\nmax_delivery_threads = 1\n", receiver.addr.port()));
     let bodies: Vec<Vec<u8>> = (0..3)
         .map(|n| format!("Subject: {n}\r\n\r\n.dot line\r\n{}\r\nlast line\r\n", "long ".repeat(400)).into_bytes())
         .collect();
@@ -151,7 +151,7 @@ fn each_recipient_gets_its_own_outcome() {
 #[test]
 fn the_text_is_dot_stuffed_and_stray_line_ends_never_go_out_raw() {
     let mx = FakeMx::start("127.0.0.3:0", |_| None);
-    let sender = Sender::new(&format!("smtp_port = {}\n", mx.addr.port()));
+    let sender = Sender::new(&format!("smtp_port = {}\nmax_delivery_threads = 1\n", mx.addr.port()));
     sender.queue("alice@example.test", &["bob@[127.0.0.3]"], b"a\r\n.\r\nb\r\n..c\r\nno end");
     sender.queue("alice@example.test", &["bob@[127.0.0.3]"], b"planted\rbare\ncr lf\r\n");
     sender.deliver();
@@ -248,4 +248,23 @@ fn relayhost_tls_encrypt_needs_starttls() {
     sender.queue("alice@example.test", &["bob@remote.test"], b"x\r\n");
     assert!(sender.deliver().contains("dsn=4.7.5, status=deferred"));
     assert!(plain_receiver.queued().is_empty());
+}
+
+#[test]
+fn parallel_runs_keep_to_the_per_destination_cap() {
+    let mx = FakeMx::start("127.0.0.3:0", |cmd| {
+        if cmd == "." {
+            std::thread::sleep(std::time::Duration::from_millis(20)); // a slow server: threads pile up
+        }
+        None
+    });
+    let sender = Sender::new(&format!("smtp_port = {}\nmax_delivery_threads = 8\nmax_per_destination = 2\n", mx.addr.port()));
+    for n in 0..40 {
+        sender.queue("alice@example.test", &["bob@[127.0.0.3]"], format!("Subject: {n}\r\n\r\n{n}\r\n").as_bytes());
+    }
+    let log = sender.deliver();
+    assert_eq!(log.matches("status=sent").count(), 40, "{log}");
+    assert_eq!(mx.messages().len(), 40);
+    assert!(mx.connections() <= 2, "{} connections", mx.connections());
+    assert_eq!(sender.queued(), 0);
 }
