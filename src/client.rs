@@ -480,7 +480,7 @@ impl Session {
         let replies = if self.extensions.pipelining { self.pipelined(&commands)? } else { self.one_by_one(&commands)? };
         let (mail_reply, rest) =
             replies.split_first().ok_or_else(|| ClientError::Protocol("no reply to MAIL".into()))?;
-        let rcpt_replies = &rest[..rest.len().saturating_sub(1).min(tx.recipients.len())];
+        let rcpt_replies = &rest[..tx.recipients.len().min(rest.len())];
         let data_reply = rest.get(tx.recipients.len());
         let accepted = rcpt_replies.iter().filter(|r| r.is_positive()).count();
         let data_open = data_reply.is_some_and(|r| r.code == 354);

@@ -133,6 +133,10 @@ impl<'a> Relay<'a> {
             message: q.message(),
         };
         let result = session.transaction(tx);
+        let result = result.and_then(|r| match r.len() == keys.len() {
+            true => Ok(r),
+            false => Err(ClientError::Protocol(format!("{} replies for {} recipients", r.len(), keys.len()))),
+        });
         let attempts = match result {
             Ok(results) => keys
                 .iter()

@@ -258,7 +258,8 @@ fn parallel_runs_keep_to_the_per_destination_cap() {
         }
         None
     });
-    let sender = Sender::new(&format!("smtp_port = {}\nmax_delivery_threads = 8\nmax_per_destination = 2\n", mx.addr.port()));
+    let sender =
+        Sender::new(&format!("smtp_port = {}\nmax_delivery_threads = 8\nmax_per_destination = 2\n", mx.addr.port()));
     for n in 0..40 {
         sender.queue("alice@example.test", &["bob@[127.0.0.3]"], format!("Subject: {n}\r\n\r\n{n}\r\n").as_bytes());
     }
@@ -267,4 +268,20 @@ fn parallel_runs_keep_to_the_per_destination_cap() {
     assert_eq!(mx.messages().len(), 40);
     assert!(mx.connections() <= 2, "{} connections", mx.connections());
     assert_eq!(sender.queued(), 0);
+}
+
+#[test]
+fn without_pipelining_every_refused_recipient_still_gets_an_outcome() {
+    let mx = FakeMx::start("127.0.0.3:0", |cmd| match cmd {
+        c if c.starts_with("EHLO") => Some("250-fake.test\r\n250 8BITMIME".into()),
+        c if c.contains("bob") => Some("450 4.2.1 busy".into()),
+        c if c.contains("carol") => Some("550 5.1.1 unknown".into()),
+        _ => None,
+    });
+    let sender = Sender::new(&format!("smtp_port = {}\n", mx.addr.port()));
+    sender.queue("alice@example.test", &["bob@[127.0.0.3]", "carol@[127.0.0.3]"], b"x\r\n");
+    let log = sender.deliver();
+    assert!(log.contains("to=<bob@[127.0.0.3]>") && log.contains("dsn=4.2.1, status=deferred"), "{log}");
+    assert!(log.contains("dsn=5.1.1, status=bounced"), "{log}");
+    assert!(!mx.commands().contains(&"DATA".to_string()), "no DATA without an accepted recipient");
 }
