@@ -76,6 +76,8 @@ pub struct Config {
     pub mailboxes: Option<PathBuf>,
     pub mailbox_template: String,
     pub aliases: Option<PathBuf>,
+    /// Deliver into a maildir even when it (or its tmp/ or new/) is a symlink.
+    pub follow_maildir_symlinks: bool,
     /// Characters that start an address extension (`alice+tag`); empty for none.
     pub recipient_delimiter: String,
     pub message_size_limit: u64,
@@ -150,6 +152,7 @@ impl Config {
             mailboxes: None,
             mailbox_template: "./spool/mailboxes/%u/".into(),
             aliases: None,
+            follow_maildir_symlinks: false,
             recipient_delimiter: String::new(),
             message_size_limit: 10_240_000,
             max_recipients: 1000,
@@ -248,6 +251,7 @@ impl Config {
             "mailboxes" => self.mailboxes = Some(path(v)?),
             "mailbox_template" => self.mailbox_template = template(v)?,
             "aliases" => self.aliases = Some(path(v)?),
+            "follow_maildir_symlinks" => self.follow_maildir_symlinks = switch(v)?,
             "recipient_delimiter" => self.recipient_delimiter = delimiter(v)?,
             "message_size_limit" => self.message_size_limit = size(v)?,
             "max_recipients" => self.max_recipients = count(v, 100)?,

@@ -307,7 +307,12 @@ impl<'a> Runner<'a> {
             }
         };
         let Target::Mailbox { address, maildir, .. } = target else { return None };
-        let stamp = Stamp { return_path: &q.envelope.from, delivered_to: address, hostname: &self.config.hostname };
+        let stamp = Stamp {
+            return_path: &q.envelope.from,
+            delivered_to: address,
+            hostname: &self.config.hostname,
+            follow_symlinks: self.config.follow_maildir_symlinks,
+        };
         Some(match deliver_to_maildir(maildir, &stamp, || Ok(q.message())) {
             Ok(path) => outcome(Outcome::Sent, "2.0.0", "maildir", format!("delivered to {}", path.display())),
             Err(MaildirError::Loop) => outcome(Outcome::Bounced, "5.4.6", "maildir", "mail forwarding loop".into()),

@@ -36,11 +36,13 @@ impl MaildirError {
     }
 }
 
-/// The headers one local delivery adds.
+/// The headers one local delivery adds, and how careful to be about the path.
 pub struct Stamp<'a> {
     pub return_path: &'a ReversePath,
     pub delivered_to: &'a str,
     pub hostname: &'a str,
+    /// `follow_maildir_symlinks`: a symlinked maildir is used instead of refused.
+    pub follow_symlinks: bool,
 }
 
 /// Delivers the message read from `open()` (CRLF lines, as spooled) into `maildir`.
@@ -54,7 +56,7 @@ pub fn deliver_to_maildir<R: Read>(
     if has_delivered_to(open().map_err(io_err)?, stamp.delivered_to).map_err(io_err)? {
         return Err(MaildirError::Loop);
     }
-    let (tmp, new) = prepare(maildir)?;
+    let (tmp, new) = prepare(maildir, stamp.follow_symlinks)?;
     let name = unique_name(stamp.hostname);
     let tmp_path = tmp.join(&name);
     let mut file = OpenOptions::new()
@@ -78,8 +80,9 @@ pub fn deliver_to_maildir<R: Read>(
     Ok(new_path)
 }
 
-/// Makes `tmp/`, `new/`, `cur/` (mode 0700) when missing and refuses symlinks anywhere in them.
-fn prepare(maildir: &Path) -> Result<(PathBuf, PathBuf), MaildirError> {
+/// Makes `tmp/`, `new/`, `cur/` (mode 0700) when missing and refuses symlinks in the maildir
+/// and those two, unless following them was configured.
+fn prepare(maildir: &Path, follow_symlinks: bool) -> Result<(PathBuf, PathBuf), MaildirError> {
     let mut builder = fs::DirBuilder::new();
     builder.recursive(true).mode(0o700);
     for sub in ["tmp", "new", "cur"] {
@@ -89,7 +92,11 @@ fn prepare(maildir: &Path) -> Result<(PathBuf, PathBuf), MaildirError> {
         }
     }
     for dir in [maildir.to_path_buf(), maildir.join("tmp"), maildir.join("new")] {
-        let meta = fs::symlink_metadata(&dir).map_err(|e| MaildirError::from_io(&e, &dir))?;
+        let meta = match follow_symlinks {
+            true => fs::metadata(&dir),
+            false => fs::symlink_metadata(&dir),
+        };
+        let meta = meta.map_err(|e| MaildirError::from_io(&e, &dir))?;
         if !meta.file_type().is_dir() {
             return Err(MaildirError::Unsafe(format!(
                 "{} is not a plain directory (symlinks are not followed)",
@@ -176,7 +183,7 @@ mod tests {
     }
 
     fn stamp<'a>(from: &'a ReversePath) -> Stamp<'a> {
-        Stamp { return_path: from, delivered_to: "alice@example.test", hostname: "a:b/c" }
+        Stamp { return_path: from, delivered_to: "alice@example.test", hostname: "a:b/c", follow_symlinks: false }
     }
 
     #[test]
@@ -230,6 +237,9 @@ mod tests {
         let result = deliver_to_maildir(&dir.join("alice"), &stamp(&from), || Ok(&b"x\r\n"[..]));
         assert!(matches!(result, Err(MaildirError::Unsafe(_))), "{result:?}");
         assert_eq!(fs::read_dir(dir.join("elsewhere")).unwrap().count(), 0);
+        let allowed = Stamp { follow_symlinks: true, ..stamp(&from) };
+        assert!(deliver_to_maildir(&dir.join("alice"), &allowed, || Ok(&b"x\r\n"[..])).is_ok());
+        assert_eq!(fs::read_dir(dir.join("elsewhere")).unwrap().count(), 1, "configured: followed");
         fs::remove_dir_all(dir).unwrap();
     }
 

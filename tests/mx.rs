@@ -159,3 +159,45 @@ fn single_label_domains_are_not_completed() {
     assert_eq!(w.dns.queried(), ["mx. MX"]);
     assert_eq!(w.sink.connections(), 0);
 }
+
+#[test]
+fn done_when_local_and_remote_mail_and_a_bounce_for_an_unknown_remote_user() {
+    // The issue's own scenario, end to end through postern-smtpd and postern-deliver.
+    let sink = FakeMx::start("127.0.0.4:0", |cmd| {
+        cmd.contains("nobody").then(|| "550 5.1.1 <nobody@remote.test>: no such user".into())
+    });
+    let dns = FakeDns::start(&[
+        ("remote.test", MX, Answer::Mx(vec![(10, "mx.remote.test")])),
+        ("mx.remote.test", A, Answer::Ip(vec!["127.0.0.4"])),
+    ]);
+    let extra =
+        format!("{}smtp_port = {}\ntrusted_networks = 127.0.0.0/8\n", dns_config(Some(dns.addr)), sink.addr.port());
+    let server = support::Server::start(&extra);
+    let mut c = support::Client::greeted(server.addr);
+    c.cmd("EHLO client.test");
+    let reply = c.mail(
+        "alice@example.test",
+        &["alice@example.test", "bob@remote.test", "nobody@remote.test"],
+        b"Subject: hello all\r\n\r\nhi\r\n",
+    );
+    assert_eq!(support::code(&reply), "250 2.0.0");
+    let conf = server.dir.path().join("postern.conf");
+    let out = Command::new(env!("CARGO_BIN_EXE_postern-deliver")).arg("-c").arg(&conf).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let alice = server.dir.path().join("maildirs/alice/new");
+    let mail: Vec<String> = support::list(&alice).iter().map(|p| std::fs::read_to_string(p).unwrap()).collect();
+    assert_eq!(mail.len(), 2, "the message and the report: {log}");
+    assert!(
+        mail.iter().any(|m| m.contains("Subject: hello all") && m.starts_with("Return-Path: <alice@example.test>"))
+    );
+    let report = mail.iter().find(|m| m.contains("multipart/report")).unwrap();
+    assert!(
+        report.contains("Final-Recipient: rfc822; nobody@remote.test")
+            && report.contains("Remote-MTA: dns; mx.remote.test")
+    );
+    assert!(report.contains("Diagnostic-Code: smtp; 550 5.1.1 <nobody@remote.test>: no such user"), "{report}");
+    assert_eq!(sink.messages().len(), 1);
+    assert!(sink.commands().contains(&"RCPT TO:<bob@remote.test>".to_string()));
+    assert!(server.queued().is_empty() && support::list(&server.spool().join("cur")).is_empty());
+}

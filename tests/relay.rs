@@ -294,7 +294,8 @@ fn kill_9_mid_run_loses_nothing_and_repeats_at_most_what_was_in_flight() {
         }
         None
     });
-    let sender = Sender::new(&format!("smtp_port = {}\nmax_delivery_threads = 4\nmax_per_destination = 4\n", mx.addr.port()));
+    let sender =
+        Sender::new(&format!("smtp_port = {}\nmax_delivery_threads = 4\nmax_per_destination = 4\n", mx.addr.port()));
     for n in 0..60 {
         sender.queue("alice@example.test", &["bob@[127.0.0.3]"], format!("Subject: m{n}\r\n\r\nm{n}\r\n").as_bytes());
     }
@@ -309,14 +310,155 @@ fn kill_9_mid_run_loses_nothing_and_repeats_at_most_what_was_in_flight() {
     assert!(before < 60, "the run finished before the kill");
     sender.deliver();
     assert_eq!(sender.queued(), 0);
-    let subjects: Vec<String> = mx
-        .messages()
-        .iter()
-        .map(|m| String::from_utf8_lossy(m).lines().next().unwrap_or("").to_string())
-        .collect();
+    let subjects: Vec<String> =
+        mx.messages().iter().map(|m| String::from_utf8_lossy(m).lines().next().unwrap_or("").to_string()).collect();
     let distinct: std::collections::HashSet<&String> = subjects.iter().collect();
     assert_eq!(distinct.len(), 60, "every message arrived");
     // A message whose dot was answered but whose log line was not yet written is sent again
     // (RFC 1047): never more of those than the connections that were busy at the kill.
     assert!(subjects.len() - 60 <= 4, "{} duplicates", subjects.len() - 60);
+}
+
+/// A relayhost that offers STARTTLS, then (under TLS only) AUTH PLAIN and LOGIN for one user.
+fn auth_relayhost(
+    user: &'static str,
+    password: &'static str,
+) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let identity = native_tls::Identity::from_pkcs8(
+        &std::fs::read(data.join("tls-cert.pem")).unwrap(),
+        &std::fs::read(data.join("tls-key.pem")).unwrap(),
+    )
+    .unwrap();
+    let acceptor = Arc::new(native_tls::TlsAcceptor::new(identity).unwrap());
+    let listener = std::net::TcpListener::bind("127.0.0.3:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&events);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let (acceptor, seen) = (Arc::clone(&acceptor), Arc::clone(&seen));
+            std::thread::spawn(move || {
+                fn session<S: Read + Write>(
+                    s: S,
+                    tls: bool,
+                    good: &str,
+                    seen: &std::sync::Mutex<Vec<String>>,
+                ) -> Option<S> {
+                    let mut r = BufReader::new(s);
+                    let mut authed = false;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if r.read_line(&mut line).ok()? == 0 {
+                            return None;
+                        }
+                        let cmd = line.trim_end().to_string();
+                        seen.lock().unwrap().push(format!("{}{cmd}", if tls { "tls: " } else { "" }));
+                        let reply = match cmd.split(' ').next().unwrap_or("") {
+                            "EHLO" if tls => "250-auth.test\r\n250-AUTH PLAIN LOGIN\r\n250 PIPELINING",
+                            "EHLO" => "250-auth.test\r\n250 STARTTLS",
+                            "STARTTLS" if !tls => {
+                                r.get_mut().write_all(b"220 2.0.0 go\r\n").ok()?;
+                                return Some(r.into_inner());
+                            }
+                            "AUTH" if tls && cmd == format!("AUTH PLAIN {good}") => {
+                                authed = true;
+                                "235 2.7.0 ok"
+                            }
+                            "AUTH" => "535 5.7.8 bad credentials",
+                            "MAIL" if !authed => "530 5.7.0 authentication required",
+                            "MAIL" | "RCPT" | "RSET" => "250 ok",
+                            "DATA" => {
+                                r.get_mut().write_all(b"354 go\r\n").ok()?;
+                                let mut text = String::new();
+                                while !text.ends_with("\r\n.\r\n") {
+                                    if r.read_line(&mut text).ok()? == 0 {
+                                        return None;
+                                    }
+                                }
+                                "250 2.0.0 queued"
+                            }
+                            "QUIT" => {
+                                let _ = r.get_mut().write_all(b"221 bye\r\n");
+                                return None;
+                            }
+                            _ => "502 no",
+                        };
+                        r.get_mut().write_all(format!("{reply}\r\n").as_bytes()).ok()?;
+                    }
+                }
+                let good = postern::client::base64(format!("\0{user}\0{password}").as_bytes());
+                let mut plain = stream;
+                plain.write_all(b"220 auth.test ESMTP\r\n").ok();
+                if let Some(plain) = session(plain, false, &good, &seen)
+                    && let Ok(tls) = acceptor.accept(plain)
+                {
+                    session(tls, true, &good, &seen);
+                }
+            });
+        }
+    });
+    (addr, events)
+}
+
+fn auth_file(sender: &Sender, text: &str, mode: u32) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = sender.dir.path().join("relay-auth");
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    format!("relayhost_auth_file = {}\n", path.display())
+}
+
+#[test]
+fn relayhost_auth_happens_once_per_connection_and_only_under_tls() {
+    let (addr, events) = auth_relayhost("smarthost-user", "s3cret:with colon");
+    let sender = Sender::new("");
+    let extra = format!(
+        "relayhost = [127.0.0.3]:{}\nrelayhost_tls = encrypt\nmax_delivery_threads = 1\n{}",
+        addr.port(),
+        auth_file(&sender, "smarthost-user:s3cret:with colon\n", 0o600)
+    );
+    std::fs::write(&sender.conf, support::config_with(sender.dir.path(), &extra)).unwrap();
+    sender.queue("alice@example.test", &["bob@remote.test"], b"Subject: 1\r\n\r\nx\r\n");
+    sender.queue("alice@example.test", &["carol@remote.test"], b"Subject: 2\r\n\r\nx\r\n");
+    let log = sender.deliver();
+    assert_eq!(log.matches("status=sent").count(), 2, "{log}");
+    let events = events.lock().unwrap().clone();
+    let auths: Vec<&String> = events.iter().filter(|e| e.contains("AUTH")).collect();
+    assert_eq!(auths.len(), 1, "{events:?}");
+    assert!(auths[0].starts_with("tls: AUTH PLAIN "), "credentials only under TLS: {events:?}");
+    assert!(!events.iter().any(|e| !e.starts_with("tls: ") && e.contains("AUTH")));
+}
+
+#[test]
+fn wrong_credentials_defer_and_loose_files_are_refused() {
+    let (addr, _) = auth_relayhost("user", "right");
+    let sender = Sender::new("");
+    let base = format!("relayhost = [127.0.0.3]:{}\n", addr.port());
+    let extra = base.clone() + &auth_file(&sender, "user:wrong\n", 0o600);
+    std::fs::write(&sender.conf, support::config_with(sender.dir.path(), &extra)).unwrap();
+    sender.queue("alice@example.test", &["bob@remote.test"], b"x\r\n");
+    let log = sender.deliver();
+    assert!(log.contains("status=deferred") && log.contains("535 5.7.8"), "{log}");
+    let extra = base + &auth_file(&sender, "user:right\n", 0o644);
+    std::fs::write(&sender.conf, support::config_with(sender.dir.path(), &extra)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_postern-deliver")).arg("-c").arg(&sender.conf).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("relay-auth: readable by others"));
+}
+
+#[test]
+fn relayhost_tls_verify_refuses_a_self_signed_certificate() {
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let receiver = Server::start(&format!(
+        "trusted_networks = 127.0.0.0/8\ntls_cert = {}\ntls_key = {}\n",
+        data.join("tls-cert.pem").display(),
+        data.join("tls-key.pem").display()
+    ));
+    let sender = Sender::new(&format!("relayhost = [127.0.0.1]:{}\nrelayhost_tls = verify\n", receiver.addr.port()));
+    sender.queue("alice@example.test", &["bob@remote.test"], b"x\r\n");
+    assert!(sender.deliver().contains("dsn=4.7.5, status=deferred"));
+    assert!(receiver.queued().is_empty());
 }
