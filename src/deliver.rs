@@ -205,17 +205,18 @@ impl<'a> Runner<'a> {
                 (None, _) => {}
             }
         }
-        // One transaction per route for all of this message's recipients there (§4.5.4.1, RT5).
-        let mut routes: Vec<&Route> = Vec::new();
+        // One transaction per server for all of this message's recipients there (§4.5.4.1, RT5).
+        let mut routes: Vec<Route> = Vec::new();
         for (route, _, _) in &remote {
-            if !routes.contains(&route) {
-                routes.push(route);
+            if !routes.contains(route) {
+                routes.push(route.clone());
             }
         }
-        for route in routes {
-            let group: Vec<&(Route, &Expanded, &Mailbox)> = remote.iter().filter(|(r, _, _)| r == route).collect();
+        for (dest, served) in self.relay.plan(&routes) {
+            let group: Vec<&(Route, &Expanded, &Mailbox)> =
+                remote.iter().filter(|(r, _, _)| served.iter().any(|&i| routes[i] == *r)).collect();
             let boxes: Vec<&Mailbox> = group.iter().map(|(_, _, m)| *m).collect();
-            let attempts = self.relay.deliver(q, route, &boxes, self.now);
+            let attempts = self.relay.deliver(q, dest, &boxes, self.now);
             for (attempt, (_, item, _)) in attempts.into_iter().zip(group) {
                 self.record(q, &mut log, item, attempt, summary, &mut failed)?;
             }

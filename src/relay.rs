@@ -25,7 +25,8 @@ pub enum Route {
 }
 
 /// The servers to try, in order, each with its name for TLS and the log.
-struct Destination {
+#[derive(PartialEq, Eq)]
+pub struct Destination {
     addrs: Vec<(String, SocketAddr)>,
     tls: TlsPolicy,
     auth: bool,
@@ -35,7 +36,7 @@ struct Destination {
 const MAX_ADDRESSES: usize = 5;
 
 /// A route that has no server: deferred or bounced, with status and text.
-struct NoRoute {
+pub struct NoRoute {
     bounce: bool,
     status: String,
     text: String,
@@ -94,9 +95,30 @@ impl<'a> Relay<'a> {
         }
     }
 
-    /// Delivers one message to the recipients of one route; one attempt per recipient.
-    pub fn deliver(&self, q: &Queued, route: &Route, rcpts: &[&Mailbox], now: u64) -> Vec<Attempt> {
-        let dest = self.destination(route);
+    /// Finds the servers for each route, and merges routes served by the same servers, so that
+    /// one transaction carries all of a message's recipients at one host (RFC 5321 §4.5.4.1).
+    /// Returns each destination (or why there is none) with the indexes of the routes it serves.
+    pub fn plan(&self, routes: &[Route]) -> Vec<(Result<Destination, NoRoute>, Vec<usize>)> {
+        let mut plans: Vec<(Result<Destination, NoRoute>, Vec<usize>)> = Vec::new();
+        for (i, route) in routes.iter().enumerate() {
+            let dest = self.destination(route);
+            let same = plans.iter_mut().find(|(d, _)| matches!((d, &dest), (Ok(a), Ok(b)) if a == b));
+            match same {
+                Some((_, served)) => served.push(i),
+                None => plans.push((dest, vec![i])),
+            }
+        }
+        plans
+    }
+
+    /// Delivers one message to recipients that share a destination; one attempt per recipient.
+    pub fn deliver(
+        &self,
+        q: &Queued,
+        dest: Result<Destination, NoRoute>,
+        rcpts: &[&Mailbox],
+        now: u64,
+    ) -> Vec<Attempt> {
         let keys: Vec<String> = rcpts.iter().map(|m| format!("<{m}>")).collect();
         let all = |outcome, status: String, relay: &str, text: &str| {
             keys.iter()

@@ -201,3 +201,25 @@ fn done_when_local_and_remote_mail_and_a_bounce_for_an_unknown_remote_user() {
     assert!(sink.commands().contains(&"RCPT TO:<bob@remote.test>".to_string()));
     assert!(server.queued().is_empty() && support::list(&server.spool().join("cur")).is_empty());
 }
+
+#[test]
+fn domains_served_by_one_host_share_one_transaction() {
+    let w = world(&[
+        ("one.test", MX, Answer::Mx(vec![(10, "mx.shared.test")])),
+        ("two.test", MX, Answer::Mx(vec![(10, "mx.shared.test")])),
+        ("three.test", A, Answer::Ip(vec!["127.0.0.4"])),
+        ("mx.shared.test", A, Answer::Ip(vec!["127.0.0.4"])),
+    ]);
+    let log = w.send(&["a@one.test", "b@two.test", "c@three.test"]);
+    assert_eq!(log.matches("status=sent").count(), 3, "{log}");
+    let commands = w.sink.commands();
+    assert_eq!(
+        commands.iter().filter(|c| c.starts_with("MAIL")).count(),
+        2,
+        "one.test and two.test together: {commands:?}"
+    );
+    assert_eq!(w.sink.messages().len(), 2);
+    let first_rcpts: Vec<&String> =
+        commands.iter().skip_while(|c| !c.starts_with("MAIL")).skip(1).take_while(|c| c.starts_with("RCPT")).collect();
+    assert_eq!(first_rcpts, ["RCPT TO:<a@one.test>", "RCPT TO:<b@two.test>"]);
+}
