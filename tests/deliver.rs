@@ -345,3 +345,35 @@ fn dry_run_changes_nothing_and_id_forces_a_retry() {
     s.deliver(t0 + 10, &["--id", &id]);
     assert_eq!(maildir_messages(&s.alice()).len(), 1);
 }
+
+#[test]
+fn started_as_root_with_a_user_it_delivers_as_that_user() {
+    if !postern::sys::is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let s = Setup::new("user = nobody\n");
+    let nobody = postern::sys::lookup_user("nobody").unwrap().unwrap();
+    s.queue("sender@remote.test", &["alice@example.test"], now(), "Subject: x\r\n\r\nx\r\n");
+    let chown = |p: &Path| std::os::unix::fs::chown(p, Some(nobody.uid), Some(nobody.gid)).unwrap();
+    chown(s.dir.path());
+    for entry in walk(&s.dir.path().join("spool")) {
+        chown(&entry);
+    }
+    s.deliver(now(), &[]);
+    let delivered = support::list(&s.alice().join("new"));
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&delivered[0]).unwrap()), nobody.uid);
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    for entry in support::list(dir) {
+        if entry.is_dir() {
+            out.extend(walk(&entry));
+        } else {
+            out.push(entry);
+        }
+    }
+    out
+}

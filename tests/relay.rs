@@ -462,3 +462,55 @@ fn relayhost_tls_verify_refuses_a_self_signed_certificate() {
     assert!(sender.deliver().contains("dsn=4.7.5, status=deferred"));
     assert!(receiver.queued().is_empty());
 }
+
+#[test]
+fn helo_fallback_and_8bitmime_when_offered() {
+    let old = FakeMx::start("127.0.0.3:0", |cmd| cmd.starts_with("EHLO").then(|| "502 5.5.1 what".into()));
+    let sender = Sender::new(&format!("smtp_port = {}\n", old.addr.port()));
+    sender.queue("alice@example.test", &["bob@[127.0.0.3]"], b"x\r\n");
+    assert!(sender.deliver().contains("status=sent"));
+    assert!(old.commands().iter().any(|c| c.starts_with("HELO mail.example.test")), "{:?}", old.commands());
+    assert!(old.commands().contains(&"MAIL FROM:<alice@example.test>".to_string()), "no ESMTP parameters after HELO");
+
+    let modern = FakeMx::start("127.0.0.3:0", |_| None);
+    let sender = Sender::new(&format!("smtp_port = {}\n", modern.addr.port()));
+    let envelope = Envelope {
+        arrived: now(),
+        client: None,
+        helo: None,
+        protocol: "ESMTP".into(),
+        body: BodyType::EightBitMime,
+        smtputf8: false,
+        from: ReversePath::parse(b"alice@example.test").unwrap(),
+        rcpts: vec![ForwardPath::parse(b"bob@[127.0.0.3]").unwrap()],
+        size: 0,
+    };
+    Spool::open(&sender.dir.path().join("spool")).unwrap().inject(&envelope, "caf\u{e9}\r\n".as_bytes()).unwrap();
+    assert!(sender.deliver().contains("status=sent"));
+    let mail = modern.commands().into_iter().find(|c| c.starts_with("MAIL")).unwrap();
+    assert!(mail.contains(" BODY=8BITMIME") && mail.contains(" SIZE="), "{mail}");
+}
+
+#[test]
+fn a_slow_final_reply_within_the_timeout_counts_and_one_past_it_defers() {
+    // TM3: RFC 5321 §4.5.3.2.6; timing out too early would send the message twice.
+    let slow = FakeMx::start("127.0.0.3:0", |cmd| {
+        if cmd == "." {
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+        }
+        None
+    });
+    let sender = Sender::new(&format!("smtp_port = {}\nsmtp_data_done_timeout = 2s\n", slow.addr.port()));
+    sender.queue("alice@example.test", &["bob@[127.0.0.3]"], b"x\r\n");
+    assert!(sender.deliver().contains("status=sent"));
+    let too_slow = FakeMx::start("127.0.0.3:0", |cmd| {
+        if cmd == "." {
+            std::thread::sleep(std::time::Duration::from_millis(2500));
+        }
+        None
+    });
+    let sender = Sender::new(&format!("smtp_port = {}\nsmtp_data_done_timeout = 1s\n", too_slow.addr.port()));
+    sender.queue("alice@example.test", &["bob@[127.0.0.3]"], b"x\r\n");
+    let log = sender.deliver();
+    assert!(log.contains("status=deferred") && log.contains("after the message was sent"), "{log}");
+}

@@ -67,6 +67,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = drop_privileges(&config) {
+        eprintln!("postern-deliver: {e}");
+        return ExitCode::FAILURE;
+    }
     let runner = match Runner::new(&config, args.options) {
         Ok(r) => r,
         Err(e) => {
@@ -85,4 +89,17 @@ fn main() -> ExitCode {
         s.corrupt
     );
     ExitCode::SUCCESS
+}
+
+/// Started as root with `user` set (cron as root, say), deliver as that user: maildirs and the
+/// spool are never written as uid 0.
+fn drop_privileges(config: &Config) -> Result<(), String> {
+    let Some(user) = &config.user else { return Ok(()) };
+    if !postern::sys::is_root() {
+        return Ok(());
+    }
+    let ids = postern::sys::lookup_user(user)
+        .map_err(|e| format!("user {user}: {e}"))?
+        .ok_or(format!("user {user}: no such user"))?;
+    postern::sys::drop_privileges(ids).map_err(|e| format!("cannot drop privileges to {user}: {e}"))
 }
