@@ -5,9 +5,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use postern::smtp::address::{ForwardPath, ReversePath};
 use postern::smtp::command::BodyType;
-use postern::spool::{Envelope, Spool};
 use support::{Client, Server, TempDir, code};
 
 const HOUR: u64 = 3600;
@@ -30,49 +28,22 @@ impl Setup {
         Setup { dir, conf }
     }
 
-    fn spool(&self) -> Spool {
-        Spool::open(&self.dir.path().join("spool")).unwrap()
-    }
-
     fn alice(&self) -> PathBuf {
         self.dir.path().join("maildirs/alice")
     }
 
     /// Queues a message as a client would have: from, to, arrived at `arrived`.
     fn queue(&self, from: &str, to: &[&str], arrived: u64, text: &str) -> String {
-        let envelope = Envelope {
-            arrived,
-            client: Some("192.0.2.1".parse().unwrap()),
-            helo: Some("client.test".into()),
-            protocol: "ESMTP".into(),
-            body: BodyType::SevenBit,
-            smtputf8: false,
-            from: ReversePath::parse(from.as_bytes()).unwrap(),
-            rcpts: to.iter().map(|t| ForwardPath::parse(t.as_bytes()).unwrap()).collect(),
-            size: 0,
-        };
-        self.spool().inject(&envelope, text.as_bytes()).unwrap().to_string()
+        support::inject(&self.dir.path().join("spool"), from, to, arrived, BodyType::SevenBit, text.as_bytes())
     }
 
     /// Runs postern-deliver at time `now`; returns its log.
     fn deliver(&self, now: u64, args: &[&str]) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_postern-deliver"))
-            .arg("-c")
-            .arg(&self.conf)
-            .args(args)
-            .env("POSTERN_NOW", now.to_string())
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{text}");
-        text
+        support::deliver(&self.conf, Some(now), args)
     }
 
     fn queued(&self) -> Vec<PathBuf> {
-        let mut all = support::list(&self.dir.path().join("spool/new"));
-        all.extend(support::list(&self.dir.path().join("spool/cur")));
-        all.retain(|p| p.extension().is_none());
-        all
+        support::waiting(&self.dir.path().join("spool"))
     }
 
     fn log_of(&self, id: &str) -> String {
@@ -80,13 +51,7 @@ impl Setup {
     }
 }
 
-fn maildir_messages(maildir: &Path) -> Vec<String> {
-    support::list(&maildir.join("new")).iter().map(|p| std::fs::read_to_string(p).unwrap()).collect()
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-}
+use support::{maildir as maildir_messages, now};
 
 /// Parses a report with Python's email package; returns "action status final-recipient" lines.
 fn parse_report(message: &str) -> Vec<String> {

@@ -8,9 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use postern::smtp::address::{ForwardPath, ReversePath};
 use postern::smtp::command::BodyType;
-use postern::spool::{Envelope, Spool};
 use support::TempDir;
 
 fn require(tool: &str) {
@@ -44,29 +42,22 @@ impl Sender {
     }
 
     fn queue(&self, to: &[&str], text: &[u8]) {
-        let envelope = Envelope {
-            arrived: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(),
-            client: None,
-            helo: None,
-            protocol: "ESMTP".into(),
-            body: BodyType::SevenBit,
-            smtputf8: false,
-            from: ReversePath::parse(b"alice@example.test").unwrap(),
-            rcpts: to.iter().map(|t| ForwardPath::parse(t.as_bytes()).unwrap()).collect(),
-            size: 0,
-        };
-        Spool::open(&self.dir.path().join("spool")).unwrap().inject(&envelope, text).unwrap();
+        support::inject(
+            &self.dir.path().join("spool"),
+            "alice@example.test",
+            to,
+            support::now(),
+            BodyType::SevenBit,
+            text,
+        );
     }
 
     fn deliver(&self) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_postern-deliver")).arg("-c").arg(&self.conf).output().unwrap();
-        let log = String::from_utf8_lossy(&out.stderr).to_string();
-        assert!(out.status.success(), "{log}");
-        log
+        support::deliver(&self.conf, None, &[])
     }
 
     fn queued(&self) -> usize {
-        support::list(&self.dir.path().join("spool/cur")).iter().filter(|p| p.extension().is_none()).count()
+        support::waiting(&self.dir.path().join("spool")).len()
     }
 }
 

@@ -6,9 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use hickory_proto::rr::RecordType::{self, A, AAAA, CNAME, MX};
-use postern::smtp::address::{ForwardPath, ReversePath};
 use postern::smtp::command::BodyType;
-use postern::spool::{Envelope, Spool};
 use support::dns::{Answer, FakeDns};
 use support::{FakeMx, TempDir, dns_config};
 
@@ -32,33 +30,24 @@ fn world(zone: &[(&'static str, RecordType, Answer)]) -> World {
 
 impl World {
     fn send(&self, to: &[&str]) -> String {
-        let envelope = Envelope {
-            arrived: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(),
-            client: None,
-            helo: None,
-            protocol: "ESMTP".into(),
-            body: BodyType::SevenBit,
-            smtputf8: false,
-            from: ReversePath::parse(b"alice@example.test").unwrap(),
-            rcpts: to.iter().map(|t| ForwardPath::parse(t.as_bytes()).unwrap()).collect(),
-            size: 0,
-        };
-        Spool::open(&self.dir.path().join("spool")).unwrap().inject(&envelope, b"Subject: mx\r\n\r\nhi\r\n").unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_postern-deliver")).arg("-c").arg(&self.conf).output().unwrap();
-        let log = String::from_utf8_lossy(&out.stderr).to_string();
-        assert!(out.status.success(), "{log}");
-        log
+        let spool = self.dir.path().join("spool");
+        support::inject(
+            &spool,
+            "alice@example.test",
+            to,
+            support::now(),
+            BodyType::SevenBit,
+            b"Subject: mx\r\n\r\nhi\r\n",
+        );
+        support::deliver(&self.conf, None, &[])
     }
 
     fn queued(&self) -> usize {
-        support::list(&self.dir.path().join("spool/cur")).iter().filter(|p| p.extension().is_none()).count()
+        support::waiting(&self.dir.path().join("spool")).len()
     }
 
     fn reports(&self) -> Vec<String> {
-        support::list(&self.dir.path().join("maildirs/alice/new"))
-            .iter()
-            .map(|p| std::fs::read_to_string(p).unwrap())
-            .collect()
+        support::maildir(&self.dir.path().join("maildirs/alice"))
     }
 }
 

@@ -8,14 +8,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use postern::smtp::address::{ForwardPath, ReversePath};
 use postern::smtp::command::BodyType;
-use postern::spool::{Envelope, Spool};
-use support::{FakeMx, Server, TempDir};
-
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-}
+use support::{FakeMx, Server, TempDir, now};
 
 /// A sending side: spool, configuration, postern-deliver.
 struct Sender {
@@ -32,30 +26,11 @@ impl Sender {
     }
 
     fn queue(&self, from: &str, to: &[&str], text: &[u8]) -> String {
-        let envelope = Envelope {
-            arrived: now(),
-            client: None,
-            helo: None,
-            protocol: "ESMTP".into(),
-            body: BodyType::SevenBit,
-            smtputf8: false,
-            from: ReversePath::parse(from.as_bytes()).unwrap(),
-            rcpts: to.iter().map(|t| ForwardPath::parse(t.as_bytes()).unwrap()).collect(),
-            size: 0,
-        };
-        Spool::open(&self.dir.path().join("spool")).unwrap().inject(&envelope, text).unwrap().to_string()
+        support::inject(&self.dir.path().join("spool"), from, to, now(), BodyType::SevenBit, text)
     }
 
     fn deliver_at(&self, at: u64) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_postern-deliver"))
-            .arg("-c")
-            .arg(&self.conf)
-            .env("POSTERN_NOW", at.to_string())
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stderr).to_string();
-        assert!(out.status.success(), "{text}");
-        text
+        support::deliver(&self.conf, Some(at), &[])
     }
 
     fn deliver(&self) -> String {
@@ -63,16 +38,11 @@ impl Sender {
     }
 
     fn queued(&self) -> usize {
-        let mut n = support::list(&self.dir.path().join("spool/new")).len();
-        n += support::list(&self.dir.path().join("spool/cur")).iter().filter(|p| p.extension().is_none()).count();
-        n
+        support::waiting(&self.dir.path().join("spool")).len()
     }
 
     fn alice_mail(&self) -> Vec<String> {
-        support::list(&self.dir.path().join("maildirs/alice/new"))
-            .iter()
-            .map(|p| std::fs::read_to_string(p).unwrap())
-            .collect()
+        support::maildir(&self.dir.path().join("maildirs/alice"))
     }
 }
 
@@ -474,18 +444,15 @@ fn helo_fallback_and_8bitmime_when_offered() {
 
     let modern = FakeMx::start("127.0.0.3:0", |_| None);
     let sender = Sender::new(&format!("smtp_port = {}\n", modern.addr.port()));
-    let envelope = Envelope {
-        arrived: now(),
-        client: None,
-        helo: None,
-        protocol: "ESMTP".into(),
-        body: BodyType::EightBitMime,
-        smtputf8: false,
-        from: ReversePath::parse(b"alice@example.test").unwrap(),
-        rcpts: vec![ForwardPath::parse(b"bob@[127.0.0.3]").unwrap()],
-        size: 0,
-    };
-    Spool::open(&sender.dir.path().join("spool")).unwrap().inject(&envelope, "caf\u{e9}\r\n".as_bytes()).unwrap();
+    let text = "caf\u{e9}\r\n".as_bytes();
+    support::inject(
+        &sender.dir.path().join("spool"),
+        "alice@example.test",
+        &["bob@[127.0.0.3]"],
+        now(),
+        BodyType::EightBitMime,
+        text,
+    );
     assert!(sender.deliver().contains("status=sent"));
     let mail = modern.commands().into_iter().find(|c| c.starts_with("MAIL")).unwrap();
     assert!(mail.contains(" BODY=8BITMIME") && mail.contains(" SIZE="), "{mail}");

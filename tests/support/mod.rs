@@ -429,3 +429,57 @@ fn fake_session(stream: TcpStream, log: &Mutex<FakeLog>, respond: &Responder) {
         }
     }
 }
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// Queues a message straight into a spool, as if a client had sent it at `arrived`.
+pub fn inject(
+    spool: &Path,
+    from: &str,
+    to: &[&str],
+    arrived: u64,
+    body: postern::smtp::command::BodyType,
+    text: &[u8],
+) -> String {
+    use postern::smtp::address::{ForwardPath, ReversePath};
+    let envelope = postern::spool::Envelope {
+        arrived,
+        client: Some("192.0.2.1".parse().unwrap()),
+        helo: Some("client.test".into()),
+        protocol: "ESMTP".into(),
+        body,
+        smtputf8: false,
+        from: ReversePath::parse(from.as_bytes()).unwrap(),
+        rcpts: to.iter().map(|t| ForwardPath::parse(t.as_bytes()).unwrap()).collect(),
+        size: 0,
+    };
+    postern::spool::Spool::open(spool).unwrap().inject(&envelope, text).unwrap().to_string()
+}
+
+/// Runs postern-deliver with `conf` (at time `at`, when given) and returns what it logged.
+pub fn deliver(conf: &Path, at: Option<u64>, args: &[&str]) -> String {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_postern-deliver"));
+    command.arg("-c").arg(conf).args(args);
+    if let Some(at) = at {
+        command.env("POSTERN_NOW", at.to_string());
+    }
+    let out = command.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    text
+}
+
+/// Messages waiting in spool/new and spool/cur (their logs not counted).
+pub fn waiting(spool: &Path) -> Vec<PathBuf> {
+    let mut all = list(&spool.join("new"));
+    all.extend(list(&spool.join("cur")));
+    all.retain(|p| p.extension().is_none());
+    all
+}
+
+/// The files of a maildir's new/, read as text.
+pub fn maildir(path: &Path) -> Vec<String> {
+    list(&path.join("new")).iter().map(|p| std::fs::read_to_string(p).unwrap()).collect()
+}
