@@ -195,6 +195,9 @@ impl<'a> Runner<'a> {
             self.describe(q, &plan);
             return Ok(Vec::new());
         }
+        if q.place == Place::Cur && plan.due.is_empty() && plan.expired.is_empty() && !plan.warn {
+            return Ok(Vec::new()); // waiting out its back-off
+        }
         let mut log = DeliveryLog::open(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
         let mut failed: Vec<(Attempt, &Expanded)> = Vec::new();
         let mut remote: Vec<(Route, &Expanded, &Mailbox)> = Vec::new();
@@ -225,7 +228,11 @@ impl<'a> Runner<'a> {
             let attempt = Attempt {
                 time: self.now,
                 outcome: Outcome::Bounced,
-                text: format!("gave up after {} days: {}", self.retry.max_queue_lifetime.as_secs() / 86400, last.text),
+                text: format!(
+                    "gave up after {}: {}",
+                    lifetime_text(self.retry.max_queue_lifetime.as_secs()),
+                    last.text
+                ),
                 ..last.clone()
             };
             log.append(&attempt).map_err(|e| e.to_string())?;
@@ -437,6 +444,15 @@ impl<'a> Runner<'a> {
             plan.expired.len(),
             plan.next_attempt.map_or_else(|| "-".to_string(), crate::trace::rfc5322_date),
         );
+    }
+}
+
+/// `5 days`, `6 hours`, `90 minutes`: the lifetime in the unit a person would use.
+fn lifetime_text(secs: u64) -> String {
+    match secs {
+        s if s >= 86400 && s % 86400 == 0 => format!("{} days", s / 86400),
+        s if s >= 3600 && s % 3600 == 0 => format!("{} hours", s / 3600),
+        s => format!("{} minutes", s.div_ceil(60)),
     }
 }
 
