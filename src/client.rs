@@ -582,6 +582,24 @@ impl Session {
         tcp.set_read_timeout(Some(t)).map_err(io_error)
     }
 
+    /// Whether a kept session can still be used: the server has not closed it or sent anything
+    /// unasked (a 421 before closing, say) while it sat idle.
+    pub fn is_usable(&self) -> bool {
+        if !self.reader.buffer().is_empty() {
+            return false;
+        }
+        let tcp = match self.reader.get_ref() {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => s.get_ref(),
+        };
+        if tcp.set_nonblocking(true).is_err() {
+            return false;
+        }
+        let mut byte = [0u8; 1];
+        let idle = matches!(tcp.peek(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+        tcp.set_nonblocking(false).is_ok() && idle
+    }
+
     /// Says QUIT and closes; errors do not matter any more.
     pub fn quit(mut self) {
         let _ = self.command("QUIT");

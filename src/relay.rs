@@ -282,8 +282,14 @@ impl<'a> Relay<'a> {
     fn check_out(&self, addr: SocketAddr) -> Option<Session> {
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            if let Some(session) = pool.idle.get_mut(&addr).and_then(Vec::pop) {
-                return Some(session);
+            while let Some(session) = pool.idle.get_mut(&addr).and_then(Vec::pop) {
+                if session.is_usable() {
+                    return Some(session);
+                }
+                // Closed by the server while idle: its slot is free again.
+                if let Some(open) = pool.open.get_mut(&addr) {
+                    *open = open.saturating_sub(1);
+                }
             }
             let open = pool.open.entry(addr).or_insert(0);
             if *open < self.config.max_per_destination {

@@ -481,3 +481,15 @@ fn a_slow_final_reply_within_the_timeout_counts_and_one_past_it_defers() {
     let log = sender.deliver();
     assert!(log.contains("status=deferred") && log.contains("after the message was sent"), "{log}");
 }
+
+#[test]
+fn a_kept_connection_the_server_closed_is_replaced_not_used() {
+    let mx = FakeMx::start("127.0.0.3:0", |cmd| (cmd == ".").then(|| "250 2.0.0 queued [hang up]".into()));
+    let sender = Sender::new(&format!("smtp_port = {}\nmax_delivery_threads = 1\n", mx.addr.port()));
+    for n in 0..3 {
+        sender.queue("alice@example.test", &["bob@[127.0.0.3]"], format!("Subject: {n}\r\n\r\nx\r\n").as_bytes());
+    }
+    let log = sender.deliver();
+    assert_eq!(log.matches("status=sent").count(), 3, "{log}");
+    assert_eq!(mx.connections(), 3);
+}

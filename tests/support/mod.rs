@@ -423,7 +423,10 @@ fn fake_session(stream: TcpStream, log: &Mutex<FakeLog>, respond: &Responder) {
                 raw.extend_from_slice(&chunk);
             }
             log.lock().unwrap().raw_messages.push(raw);
-            if !say(respond(".").unwrap_or_else(|| "250 2.0.0 queued".into())) {
+            // A reply ending in " [hang up]" is sent without those words, then the server closes.
+            let reply = respond(".").unwrap_or_else(|| "250 2.0.0 queued".into());
+            let hang_up = reply.ends_with(" [hang up]");
+            if !say(reply.trim_end_matches(" [hang up]").to_string()) || hang_up {
                 return;
             }
         }
