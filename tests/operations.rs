@@ -410,9 +410,7 @@ fn sigterm_tells_open_sessions_421_and_queues_nothing_half_sent() {
     let mut idle = Client::greeted(server.addr);
     let mut sending = Client::greeted(server.addr);
     sending.cmd("EHLO x");
-    sending.cmd("MAIL FROM:<a@remote.test>");
-    sending.cmd("RCPT TO:<alice@example.test>");
-    assert_eq!(code(&sending.cmd("DATA")), "354");
+    sending.open_data("a@remote.test", &["alice@example.test"]);
     sending.send(b"Subject: half\r\n\r\nnot finished");
     std::thread::sleep(Duration::from_millis(100));
     let started = Instant::now();

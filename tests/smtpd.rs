@@ -135,9 +135,7 @@ fn the_end_of_data_survives_slow_byte_by_byte_arrival() {
     let server = Server::start("");
     let mut c = Client::greeted(server.addr);
     c.cmd("EHLO x");
-    c.cmd("MAIL FROM:<a@remote.test>");
-    c.cmd("RCPT TO:<alice@example.test>");
-    c.cmd("DATA");
+    c.open_data("a@remote.test", &["alice@example.test"]);
     c.send(b"Subject: s6\r\n\r\nbody");
     for b in b"\r\n.\r\n" {
         c.send(&[*b]);
@@ -323,9 +321,7 @@ fn a_data_trickle_is_cut_off_and_nothing_is_queued() {
     let server = Server::start("data_timeout = 1s\nmin_data_rate = 500\n");
     let mut c = Client::greeted(server.addr);
     c.cmd("EHLO x");
-    c.cmd("MAIL FROM:<a@remote.test>");
-    c.cmd("RCPT TO:<alice@example.test>");
-    c.cmd("DATA");
+    c.open_data("a@remote.test", &["alice@example.test"]);
     let started = Instant::now();
     let mut closed = false;
     while started.elapsed() < Duration::from_secs(6) {
@@ -370,9 +366,7 @@ fn a_client_that_leaves_right_after_the_dot_still_gets_its_message_queued_once()
     let server = Server::start("");
     let mut c = Client::greeted(server.addr);
     c.cmd("EHLO x");
-    c.cmd("MAIL FROM:<a@remote.test>");
-    c.cmd("RCPT TO:<alice@example.test>");
-    c.cmd("DATA");
+    c.open_data("a@remote.test", &["alice@example.test"]);
     c.send(b"Subject: d2\r\n\r\nbye\r\n.\r\n");
     drop(c); // D2: never reads the 250
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -388,9 +382,7 @@ fn a_connection_lost_before_the_dot_queues_nothing() {
     let server = Server::start("");
     let mut c = Client::greeted(server.addr);
     c.cmd("EHLO x");
-    c.cmd("MAIL FROM:<a@remote.test>");
-    c.cmd("RCPT TO:<alice@example.test>");
-    c.cmd("DATA");
+    c.open_data("a@remote.test", &["alice@example.test"]);
     c.send(b"Subject: d3\r\n\r\nhalf a message\r\n");
     drop(c); // D3
     std::thread::sleep(Duration::from_millis(300));

@@ -288,8 +288,8 @@ impl Client {
         false
     }
 
-    /// A whole transaction; returns the reply to the final dot.
-    pub fn mail(&mut self, from: &str, to: &[&str], body: &[u8]) -> String {
+    /// MAIL, RCPT for each recipient, DATA, each reply checked; the text comes next.
+    pub fn open_data(&mut self, from: &str, to: &[&str]) {
         let r = self.cmd(&format!("MAIL FROM:<{from}>"));
         assert!(r.starts_with("250"), "MAIL FROM:<{from}>: {r}");
         for rcpt in to {
@@ -298,6 +298,11 @@ impl Client {
         }
         let r = self.cmd("DATA");
         assert!(r.starts_with("354"), "DATA: {r}");
+    }
+
+    /// A whole transaction; returns the reply to the final dot.
+    pub fn mail(&mut self, from: &str, to: &[&str], body: &[u8]) -> String {
+        self.open_data(from, to);
         self.send(body);
         self.send(b"\r\n.\r\n");
         self.reply()
