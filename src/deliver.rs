@@ -96,6 +96,9 @@ impl<'a> Runner<'a> {
 
     /// Runs over the spool. Bounces made by this run are delivered by it too (a second pass).
     pub fn run(&self) -> Summary {
+        if !self.options.dry_run {
+            self.spool.sweep_orphan_logs();
+        }
         let mut summary = Summary::default();
         let mut made: HashSet<QueueId> = HashSet::new();
         for pass in 0..2 {

@@ -342,3 +342,20 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[test]
+fn logs_left_without_their_message_are_swept_but_held_ones_kept() {
+    let s = Setup::new("");
+    let cur = s.dir.path().join("spool/cur");
+    let hold = s.dir.path().join("spool/hold");
+    std::fs::create_dir_all(&cur).unwrap();
+    std::fs::create_dir_all(&hold).unwrap();
+    let (orphan, held) = ("00000000000010000000001", "00000000000020000000002");
+    std::fs::write(cur.join(format!("{orphan}.log")), "1 deferred <a@b> 4.0.0 - x\n").unwrap();
+    std::fs::write(hold.join(held), "held message").unwrap();
+    std::fs::write(cur.join(format!("{held}.log")), "1 deferred <a@b> 4.0.0 - x\n").unwrap();
+    let log = s.deliver(now(), &[]);
+    assert!(!cur.join(format!("{orphan}.log")).exists(), "{log}");
+    assert!(cur.join(format!("{held}.log")).exists());
+    assert!(log.contains("removed a delivery log left without its message"));
+}

@@ -348,6 +348,26 @@ impl Spool {
         }
     }
 
+    /// Removes delivery logs whose message is gone (a crash between removing the message and
+    /// its log). A message is only ever renamed between directories, so one that exists is
+    /// seen in one of them whatever order the checks run in.
+    pub fn sweep_orphan_logs(&self) -> usize {
+        let Ok(entries) = fs::read_dir(self.root.join("cur")) else { return 0 };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".log")).and_then(QueueId::parse) else {
+                continue;
+            };
+            let exists = ["new", "cur", "hold"].iter().any(|dir| self.path(dir, &id).exists());
+            if !exists && fs::remove_file(entry.path()).is_ok() {
+                ::log::info!("{id}: removed a delivery log left without its message");
+                removed += 1;
+            }
+        }
+        removed
+    }
+
     /// Queues a message made here (a bounce): the same commit as mail from a client.
     pub fn inject(&self, envelope: &Envelope, message: &[u8]) -> Result<QueueId, SpoolError> {
         let mut draft = self.draft()?;
