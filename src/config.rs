@@ -37,11 +37,7 @@ impl Cidr {
 
     /// IPv4-mapped IPv6 peers (from a dual-stack socket) match IPv4 blocks.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        match (self.network, ip) {
+        match (self.network, ip.to_canonical()) {
             (IpAddr::V4(n), IpAddr::V4(a)) => prefix_eq(&n.octets(), &a.octets(), self.prefix),
             (IpAddr::V6(n), IpAddr::V6(a)) => prefix_eq(&n.octets(), &a.octets(), self.prefix),
             _ => false,
@@ -198,6 +194,12 @@ impl Config {
             None if system.exists() => Config::load(system),
             None => Config::embedded(),
         }
+    }
+
+    /// The configuration a program was asked for: the embedded default with
+    /// `--builtin-config`, else `-c FILE` or the usual places (see `locate`).
+    pub fn choose(builtin: bool, explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        if builtin { Config::embedded() } else { Config::locate(explicit) }
     }
 
     /// The embedded default, whatever files exist.

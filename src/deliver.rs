@@ -238,18 +238,16 @@ impl<'a> Runner<'a> {
                 ),
                 ..last.clone()
             };
-            log.append(&attempt).map_err(|e| e.to_string())?;
-            count(summary, Outcome::Bounced);
+            // Expired recipients come from this message's own keys, so the item is always there.
             if let Some(item) = expanded.iter().find(|e| e.key() == attempt.recipient) {
-                self.log_outcome(q, item, &attempt);
-                failed.push((attempt, item));
+                self.record(q, &mut log, item, attempt, summary, &mut failed)?;
             }
         }
         let mut made = Vec::new();
         if !failed.is_empty() {
             made.extend(self.bounce(q, &failed, Action::Failed));
         }
-        let history = read_log(&log_path).map_err(|e| e.to_string())?;
+        let history: Vec<Attempt> = history.iter().chain(log.appended()).cloned().collect();
         let after = schedule::plan(&self.retry, q.envelope.arrived, &keys, &history, self.now);
         if plan.warn && !after.finished {
             made.extend(self.warn(q, &expanded, &history, &mut log)?);

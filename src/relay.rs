@@ -159,6 +159,8 @@ impl<'a> Relay<'a> {
             true => Ok(r),
             false => Err(ClientError::Protocol(format!("{} replies for {} recipients", r.len(), keys.len()))),
         });
+        // A broken connection is not kept; a refusal leaves it in a known state, fit for RSET.
+        let reusable = !matches!(result, Err(ClientError::Network(_) | ClientError::Protocol(_) | ClientError::Tls(_)));
         let attempts = match result {
             Ok(results) => keys
                 .iter()
@@ -187,7 +189,6 @@ impl<'a> Relay<'a> {
                 all(outcome, transaction_status(&e), &relay, &e.text())
             }
         };
-        let reusable = matches!(result_kind(&attempts), Kind::Fine);
         self.check_in(addr, reusable.then_some(session));
         attempts
     }
@@ -342,17 +343,6 @@ impl<'a> Relay<'a> {
             session.quit();
         }
     }
-}
-
-enum Kind {
-    Fine,
-    Broken,
-}
-
-/// A session whose transaction ended in a network or protocol error is not reused.
-fn result_kind(attempts: &[Attempt]) -> Kind {
-    let broken = attempts.iter().any(|a| a.status == "4.4.2" || a.status == "4.5.0");
-    if broken { Kind::Broken } else { Kind::Fine }
 }
 
 fn connect_status(e: &ClientError) -> String {

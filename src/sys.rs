@@ -66,6 +66,19 @@ pub fn drop_privileges(user: UserIds) -> io::Result<()> {
     Ok(())
 }
 
+/// Started as root with a service user configured, becomes that user for good; otherwise
+/// does nothing. Returns the IDs switched to, for the log.
+pub fn become_user(user: Option<&str>) -> Result<Option<UserIds>, String> {
+    let Some(user) = user else { return Ok(None) };
+    if !is_root() {
+        return Ok(None);
+    }
+    let ids =
+        lookup_user(user).map_err(|e| format!("user {user}: {e}"))?.ok_or(format!("user {user}: no such user"))?;
+    drop_privileges(ids).map_err(|e| format!("cannot drop privileges to {user}: {e}"))?;
+    Ok(Some(ids))
+}
+
 /// Waits until `fd` is readable, up to `timeout`; `Ok(false)` on timeout.
 pub fn wait_readable(fd: RawFd, timeout: Option<Duration>) -> io::Result<bool> {
     let ms = timeout.map_or(-1, |t| i32::try_from(t.as_millis()).unwrap_or(i32::MAX));

@@ -2,6 +2,8 @@
 
 use std::net::IpAddr;
 
+use crate::smtp::address::Host;
+
 /// What the trace header records about one message.
 pub struct Trace<'a> {
     pub helo: &'a str,
@@ -18,7 +20,8 @@ pub struct Trace<'a> {
 /// The header, folded over lines, ending in CRLF.
 pub fn received(t: &Trace<'_>) -> String {
     let peer = match t.client {
-        Some(ip) => format!("unknown [{}]", ip_text(ip)),
+        // An address literal as §4.1.3 writes it: `[192.0.2.1]`, `[IPv6:2001:db8::1]`.
+        Some(ip) => format!("unknown {}", Host::Literal(ip.to_canonical())),
         None => "unknown".to_string(),
     };
     let mut h =
@@ -28,16 +31,6 @@ pub fn received(t: &Trace<'_>) -> String {
     }
     h += &format!(";\r\n\t{}\r\n", rfc5322_date(t.time));
     h
-}
-
-fn ip_text(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => format!("IPv6:{v6}"),
-        },
-        IpAddr::V4(v4) => v4.to_string(),
-    }
 }
 
 /// `Mon, 23 Nov 2026 10:12:00 +0000` (RFC 5322 §3.3), in UTC.

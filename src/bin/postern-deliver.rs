@@ -59,7 +59,7 @@ fn main() -> ExitCode {
         logging::set_default_level("debug");
     }
     logging::to_stderr("postern-deliver");
-    let config = if args.builtin { Config::embedded() } else { Config::locate(args.config.as_deref()) };
+    let config = Config::choose(args.builtin, args.config.as_deref());
     let config = match config {
         Ok(c) => c,
         Err(e) => {
@@ -67,7 +67,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = drop_privileges(&config) {
+    // Started as root (cron as root, say): deliver as `user`, so no maildir is written as root.
+    if let Err(e) = postern::sys::become_user(config.user.as_deref()) {
         eprintln!("postern-deliver: {e}");
         return ExitCode::FAILURE;
     }
@@ -89,17 +90,4 @@ fn main() -> ExitCode {
         s.corrupt
     );
     ExitCode::SUCCESS
-}
-
-/// Started as root with `user` set (cron as root, say), deliver as that user: maildirs and the
-/// spool are never written as uid 0.
-fn drop_privileges(config: &Config) -> Result<(), String> {
-    let Some(user) = &config.user else { return Ok(()) };
-    if !postern::sys::is_root() {
-        return Ok(());
-    }
-    let ids = postern::sys::lookup_user(user)
-        .map_err(|e| format!("user {user}: {e}"))?
-        .ok_or(format!("user {user}: no such user"))?;
-    postern::sys::drop_privileges(ids).map_err(|e| format!("cannot drop privileges to {user}: {e}"))
 }

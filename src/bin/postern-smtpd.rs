@@ -72,10 +72,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<(), String> {
-    let config = match args.builtin {
-        true => Config::embedded(),
-        false => Config::locate(args.config.as_deref()),
-    };
+    let config = Config::choose(args.builtin, args.config.as_deref());
     let config = config.map_err(|e| e.to_string())?;
     if args.check {
         println!("configuration ok: {}", config.source);
@@ -136,15 +133,8 @@ fn bind(config: &Config) -> Result<Vec<TcpListener>, String> {
 
 /// With `user` set and started as root: give up root after binding, before any client byte.
 fn drop_privileges(config: &Config) -> Result<(), String> {
-    let Some(user) = &config.user else {
-        return Ok(());
-    };
-    if !sys::is_root() {
-        return Ok(());
+    if let Some(ids) = sys::become_user(config.user.as_deref())? {
+        log::info!("running as {} (uid {}, gid {})", config.user.as_deref().unwrap_or(""), ids.uid, ids.gid);
     }
-    let ids =
-        sys::lookup_user(user).map_err(|e| format!("user {user}: {e}"))?.ok_or(format!("user {user}: no such user"))?;
-    sys::drop_privileges(ids).map_err(|e| format!("cannot drop privileges to {user}: {e}"))?;
-    log::info!("running as {user} (uid {}, gid {})", ids.uid, ids.gid);
     Ok(())
 }

@@ -73,14 +73,6 @@ impl Drop for Slot {
     }
 }
 
-/// The peer's address, with IPv4-mapped IPv6 shown as IPv4.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
 /// Loads `tls_cert` and `tls_key` (PEM; the key in PKCS#8) into a TLS acceptor, TLS 1.2 or later.
 pub fn load_tls(config: &Config) -> Result<Option<TlsAcceptor>, String> {
     let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else { return Ok(None) };
@@ -157,7 +149,7 @@ impl Server {
     /// Hands the connection to a session thread: one that finished its last session and is
     /// waiting, or a new one. Each thread runs one session at a time.
     fn admit(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr) {
-        let ip = canonical(peer.ip());
+        let ip = peer.ip().to_canonical(); // IPv4-mapped IPv6 (dual stack) as IPv4
         let slot = match self.take_slot(ip) {
             Ok(slot) => slot,
             Err(reply) => return refuse_connection(stream, &reply, ip),
@@ -231,7 +223,7 @@ impl Server {
     pub fn serve_inetd(&self) {
         if sys::is_socket(0) {
             let stream = sys::stream_from_stdin();
-            let ip = stream.peer_addr().ok().map(|a| canonical(a.ip()));
+            let ip = stream.peer_addr().ok().map(|a| a.ip().to_canonical());
             let _ = stream.set_write_timeout(Some(self.config.command_timeout));
             self.run_session(Conn::new(Transport::Tcp(stream)), ip);
         } else {

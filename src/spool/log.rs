@@ -112,22 +112,30 @@ pub fn read_log(path: &Path) -> io::Result<Vec<Attempt>> {
     }
 }
 
-/// An open log, appended to and synced one line at a time.
+/// An open log, appended to and synced one line at a time; it remembers what it appended.
 pub struct DeliveryLog {
     file: File,
+    appended: Vec<Attempt>,
 }
 
 impl DeliveryLog {
     pub fn open(path: &Path) -> io::Result<DeliveryLog> {
         let file =
             OpenOptions::new().append(true).create(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(path)?;
-        Ok(DeliveryLog { file })
+        Ok(DeliveryLog { file, appended: Vec::new() })
     }
 
     /// Appends and fsyncs, so a recipient marked done is never tried again after a crash.
     pub fn append(&mut self, attempt: &Attempt) -> io::Result<()> {
         self.file.write_all(attempt.to_line().as_bytes())?;
-        self.file.sync_data()
+        self.file.sync_data()?;
+        self.appended.push(attempt.clone());
+        Ok(())
+    }
+
+    /// The lines appended through this handle, oldest first.
+    pub fn appended(&self) -> &[Attempt] {
+        &self.appended
     }
 }
 
