@@ -18,13 +18,7 @@ struct Setup {
 
 impl Setup {
     fn new(extra: &str) -> Setup {
-        let dir = TempDir::new("deliver");
-        let conf = dir.path().join("postern.conf");
-        std::fs::write(
-            &conf,
-            support::config_with(dir.path(), &format!("min_backoff = 5m\nmax_backoff = 1h\n{extra}")),
-        )
-        .unwrap();
+        let (dir, conf) = support::configured("deliver", &format!("min_backoff = 5m\nmax_backoff = 1h\n{extra}"));
         Setup { dir, conf }
     }
 

@@ -35,9 +35,7 @@ struct Sender {
 
 impl Sender {
     fn new(extra: &str) -> Sender {
-        let dir = TempDir::new("interop");
-        let conf = dir.path().join("postern.conf");
-        std::fs::write(&conf, support::config_with(dir.path(), extra)).unwrap();
+        let (dir, conf) = support::configured("interop", extra);
         Sender { dir, conf }
     }
 

@@ -21,10 +21,8 @@ struct World {
 fn world(zone: &[(&'static str, RecordType, Answer)]) -> World {
     let sink = FakeMx::start("127.0.0.4:0", |_| None);
     let dns = FakeDns::start(zone);
-    let dir = TempDir::new("mx");
-    let conf = dir.path().join("postern.conf");
     let extra = format!("{}smtp_port = {}\n", dns_config(Some(dns.addr)), sink.addr.port());
-    std::fs::write(&conf, support::config_with(dir.path(), &extra)).unwrap();
+    let (dir, conf) = support::configured("mx", &extra);
     World { dir, conf, dns, sink }
 }
 

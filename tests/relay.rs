@@ -19,9 +19,7 @@ struct Sender {
 
 impl Sender {
     fn new(extra: &str) -> Sender {
-        let dir = TempDir::new("relay");
-        let conf = dir.path().join("postern.conf");
-        std::fs::write(&conf, support::config_with(dir.path(), extra)).unwrap();
+        let (dir, conf) = support::configured("relay", extra);
         Sender { dir, conf }
     }
 

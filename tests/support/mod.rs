@@ -491,3 +491,11 @@ pub fn waiting(spool: &Path) -> Vec<PathBuf> {
 pub fn maildir(path: &Path) -> Vec<String> {
     list(&path.join("new")).iter().map(|p| std::fs::read_to_string(p).unwrap()).collect()
 }
+
+/// A temp directory with a `postern.conf` in it: the base configuration plus `extra`.
+pub fn configured(tag: &str, extra: &str) -> (TempDir, PathBuf) {
+    let dir = TempDir::new(tag);
+    let conf = dir.path().join("postern.conf");
+    std::fs::write(&conf, config_with(dir.path(), extra)).unwrap();
+    (dir, conf)
+}
