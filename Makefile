@@ -17,15 +17,17 @@ run:
 	./target/release/postern-smtpd --builtin-config
 
 # Installs what the interop tests talk to (swaks, Postfix's smtp-source), then lints and tests.
+# The test build honours the crash points of src/fault.rs; `build` and `install` never do.
+TEST_FEATURES = --features fault-injection
 test: test-deps lint
-	$(CARGO) test --release --all-targets
+	$(CARGO) test --release --all-targets $(TEST_FEATURES)
 
 test-deps:
 	@tools/ensure-test-deps
 
 lint:
 	$(CARGO) fmt --check
-	$(CARGO) clippy --release --all-targets -- -D warnings
+	$(CARGO) clippy --release --all-targets $(TEST_FEATURES) -- -D warnings
 
 # Acceptance rate beside a private Postfix and the disk's durable-create rate; idle memory.
 bench: test-deps

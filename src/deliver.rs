@@ -7,6 +7,7 @@
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::alias::{ExpandError, LocalUsers, Target};
@@ -18,7 +19,7 @@ use crate::schedule::{self, Plan, RetryPolicy};
 use crate::smtp::address::{ForwardPath, Mailbox, ReversePath};
 use crate::smtp::command::BodyType;
 use crate::spool::log::{Attempt, DeliveryLog, Outcome, read_log};
-use crate::spool::{Envelope, OpenError, Place, QueueId, Queued, Spool};
+use crate::spool::{Envelope, OpenError, Place, QueueId, Queued, Spool, SpoolError, is_disk_full};
 
 /// How a run is asked to behave.
 #[derive(Debug, Clone, Default)]
@@ -40,6 +41,8 @@ pub struct Summary {
     pub bounced: usize,
     pub busy: usize,
     pub corrupt: usize,
+    /// The spool filled up: the run stopped before the rest of the queue.
+    pub halted: bool,
 }
 
 impl Summary {
@@ -50,6 +53,7 @@ impl Summary {
         self.bounced += other.bounced;
         self.busy += other.busy;
         self.corrupt += other.corrupt;
+        self.halted |= other.halted;
     }
 }
 
@@ -76,6 +80,8 @@ pub struct Runner<'a> {
     retry: RetryPolicy,
     now: u64,
     options: Options,
+    /// Set when the spool is found full: no further message is started.
+    halted: AtomicBool,
 }
 
 impl<'a> Runner<'a> {
@@ -91,13 +97,13 @@ impl<'a> Runner<'a> {
         let now =
             options.now.unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
         let relay = Relay::new(config)?;
-        Ok(Runner { config, relay, spool, users, retry, now, options })
+        Ok(Runner { config, relay, spool, users, retry, now, options, halted: AtomicBool::new(false) })
     }
 
     /// Runs over the spool. Bounces made by this run are delivered by it too (a second pass).
     pub fn run(&self) -> Summary {
         if !self.options.dry_run {
-            self.spool.sweep_orphan_logs();
+            self.spool.repair();
         }
         let mut summary = Summary::default();
         let mut made: HashSet<QueueId> = HashSet::new();
@@ -118,11 +124,12 @@ impl<'a> Runner<'a> {
             let (done, new) = self.process_all(work);
             summary.add(&done);
             made = new.into_iter().collect();
-            if made.is_empty() || self.options.dry_run {
+            if made.is_empty() || self.options.dry_run || self.halted.load(Ordering::Relaxed) {
                 break;
             }
         }
         self.relay.close();
+        summary.halted = self.halted.load(Ordering::Relaxed);
         summary
     }
 
@@ -133,7 +140,7 @@ impl<'a> Runner<'a> {
         let worker = || {
             let mut summary = Summary::default();
             let mut made = Vec::new();
-            loop {
+            while !self.halted.load(Ordering::Relaxed) {
                 let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
                 let Some((place, id)) = next else { break };
                 made.extend(self.process(place, &id, &mut summary));
@@ -181,34 +188,76 @@ impl<'a> Runner<'a> {
         }
     }
 
+    /// One message: plan what is due, deliver it, record each outcome, queue the report
+    /// owed, then remove the message or leave it in cur/ for its next attempt.
     fn deliver_message(&self, q: &Queued, summary: &mut Summary) -> Result<Vec<QueueId>, String> {
         let log_path = self.spool.log_path(&q.id);
         let history = read_log(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
         let expanded = self.expand(&q.envelope);
         let keys: Vec<String> = expanded.iter().map(Expanded::key).collect();
-        let forced = self.options.only.as_ref() == Some(&q.id);
-        let mut plan = schedule::plan(&self.retry, q.envelope.arrived, &keys, &history, self.now);
-        if forced {
-            // `--id`: every recipient not yet done is tried now, back-off or not; expired ones still bounce.
-            let done = |k: &String| history.iter().any(|a| a.recipient == *k && a.outcome.is_final());
-            let expired = |k: &String| plan.expired.iter().any(|a| a.recipient == *k);
-            plan.due = keys.iter().filter(|k| !done(k) && !expired(k)).cloned().collect();
-        }
+        let plan = self.plan(q, &keys, &history);
         if self.options.dry_run {
             self.describe(q, &plan);
             return Ok(Vec::new());
         }
-        if q.place == Place::Cur && plan.due.is_empty() && plan.expired.is_empty() && !plan.warn {
+        let idle = plan.due.is_empty() && plan.expired.is_empty() && plan.owed_report.is_empty() && !plan.warn;
+        if q.place == Place::Cur && idle {
             return Ok(Vec::new()); // waiting out its back-off
         }
-        let mut log = DeliveryLog::open(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
-        let mut failed: Vec<(Attempt, &Expanded)> = Vec::new();
+        let mut log = DeliveryLog::open(&log_path).map_err(|e| self.spool_failure(&q.id, &log_path, e))?;
+        let mut failed = self.deliver_due(q, &expanded, &plan, &mut log, summary)?;
+        failed.splice(0..0, plan.owed_report.iter().cloned());
+        let mut made = Vec::new();
+        if !failed.is_empty() {
+            made.extend(self.report(q, &expanded, &failed, &mut log)?);
+        }
+        let history: Vec<Attempt> = history.iter().chain(log.appended()).cloned().collect();
+        let after = schedule::plan(&self.retry, q.envelope.arrived, &keys, &history, self.now);
+        if plan.warn && !after.finished {
+            made.extend(self.warn(q, &expanded, &history, &mut log)?);
+        }
+        crate::fault::crash_point("before-remove");
+        if after.finished {
+            self.spool.remove(q).map_err(|e| format!("cannot remove: {e}"))?;
+        } else {
+            self.spool.move_to_cur(q).map_err(|e| format!("cannot move to cur/: {e}"))?;
+        }
+        Ok(made)
+    }
+
+    /// What is due now; with `--id`, every recipient not yet done, back-off or not.
+    fn plan(&self, q: &Queued, keys: &[String], history: &[Attempt]) -> Plan {
+        let mut plan = schedule::plan(&self.retry, q.envelope.arrived, keys, history, self.now);
+        if self.options.only.as_ref() == Some(&q.id) {
+            // Expired recipients still bounce rather than being tried again.
+            let done = |k: &String| history.iter().any(|a| a.recipient == *k && a.outcome.is_final());
+            let expired = |k: &String| plan.expired.iter().any(|a| a.recipient == *k);
+            plan.due = keys.iter().filter(|k| !done(k) && !expired(k)).cloned().collect();
+        }
+        plan
+    }
+
+    /// Delivers every due recipient and bounces the expired ones; returns this run's bounces.
+    /// Each step first reserves the log space that records it (`DeliveryLog::reserve`).
+    fn deliver_due(
+        &self,
+        q: &Queued,
+        expanded: &[Expanded],
+        plan: &Plan,
+        log: &mut DeliveryLog,
+        summary: &mut Summary,
+    ) -> Result<Vec<Attempt>, String> {
+        let mut failed = Vec::new();
         let mut remote: Vec<(Route, &Expanded, &Mailbox)> = Vec::new();
         for item in expanded.iter().filter(|e| plan.due.contains(&e.key())) {
-            match (self.attempt(q, item), &item.target) {
-                (Some(attempt), _) => self.record(q, &mut log, item, attempt, summary, &mut failed)?,
-                (None, Ok(Target::Remote(m))) => remote.push((self.relay.route(m), item, m)),
-                (None, _) => {}
+            if let Ok(Target::Remote(m)) = &item.target {
+                remote.push((self.relay.route(m), item, m));
+                continue;
+            }
+            self.reserve(q, log, 1)?;
+            if let Some(attempt) = self.attempt(q, item) {
+                crate::fault::crash_point("after-local-copy");
+                self.record(q, log, item, attempt, summary, &mut failed)?;
             }
         }
         // One transaction per server for all of this message's recipients there (§4.5.4.1, RT5).
@@ -222,61 +271,112 @@ impl<'a> Runner<'a> {
             let group: Vec<&(Route, &Expanded, &Mailbox)> =
                 remote.iter().filter(|(r, _, _)| served.iter().any(|&i| routes[i] == *r)).collect();
             let boxes: Vec<&Mailbox> = group.iter().map(|(_, _, m)| *m).collect();
+            self.reserve(q, log, boxes.len())?;
             let attempts = self.relay.deliver(q, dest, &boxes, self.now);
+            crate::fault::crash_point("after-remote-copy");
             for (attempt, (_, item, _)) in attempts.into_iter().zip(group) {
-                self.record(q, &mut log, item, attempt, summary, &mut failed)?;
+                self.record(q, log, item, attempt, summary, &mut failed)?;
             }
         }
         for last in &plan.expired {
-            let attempt = Attempt {
-                time: self.now,
-                outcome: Outcome::Bounced,
-                text: format!(
-                    "gave up after {}: {}",
-                    lifetime_text(self.retry.max_queue_lifetime.as_secs()),
-                    last.text
-                ),
-                ..last.clone()
-            };
+            let text =
+                format!("gave up after {}: {}", lifetime_text(self.retry.max_queue_lifetime.as_secs()), last.text);
+            let attempt = Attempt { time: self.now, outcome: Outcome::Bounced, text, ..last.clone() };
             // Expired recipients come from this message's own keys, so the item is always there.
             if let Some(item) = expanded.iter().find(|e| e.key() == attempt.recipient) {
-                self.record(q, &mut log, item, attempt, summary, &mut failed)?;
+                self.reserve(q, log, 1)?;
+                self.record(q, log, item, attempt, summary, &mut failed)?;
             }
         }
-        let mut made = Vec::new();
-        if !failed.is_empty() {
-            made.extend(self.bounce(q, &failed, Action::Failed));
+        Ok(failed)
+    }
+
+    /// Room in the log for `lines` more outcomes, plus the report and warning lines that
+    /// may follow them. A full spool stops the run here, before anything is delivered.
+    fn reserve(&self, q: &Queued, log: &mut DeliveryLog, lines: usize) -> Result<(), String> {
+        log.reserve(lines + 2).map_err(|e| self.spool_failure(&q.id, &self.spool.log_path(&q.id), e))
+    }
+
+    /// The text for a spool write that failed; a full spool also stops the run.
+    fn spool_failure(&self, id: &QueueId, path: &std::path::Path, e: std::io::Error) -> String {
+        if is_disk_full(&e) {
+            self.halt();
+            return format!(
+                "the spool is full ({}: {e}); nothing more is delivered until there is space",
+                path.display()
+            );
         }
-        let history: Vec<Attempt> = history.iter().chain(log.appended()).cloned().collect();
-        let after = schedule::plan(&self.retry, q.envelope.arrived, &keys, &history, self.now);
-        if plan.warn && !after.finished {
-            made.extend(self.warn(q, &expanded, &history, &mut log)?);
-        }
-        if after.finished {
-            self.spool.remove(q).map_err(|e| format!("cannot remove: {e}"))?;
-        } else {
-            self.spool.move_to_cur(q).map_err(|e| format!("cannot move to cur/: {e}"))?;
-        }
-        Ok(made)
+        format!("{id}: {}: {e}", path.display())
+    }
+
+    /// Stops the run after the messages in hand: a full spool can record no delivery.
+    fn halt(&self) {
+        self.halted.store(true, Ordering::Relaxed);
     }
 
     /// Appends one outcome to the log (fsynced), logs it, and keeps a bounce for the report.
-    fn record<'e>(
+    fn record(
         &self,
         q: &Queued,
         log: &mut DeliveryLog,
-        item: &'e Expanded,
+        item: &Expanded,
         attempt: Attempt,
         summary: &mut Summary,
-        failed: &mut Vec<(Attempt, &'e Expanded)>,
+        failed: &mut Vec<Attempt>,
     ) -> Result<(), String> {
-        log.append(&attempt).map_err(|e| format!("{}: cannot write its log: {e}", q.id))?;
+        log.append(&attempt).map_err(|e| self.spool_failure(&q.id, &self.spool.log_path(&q.id), e))?;
         self.log_outcome(q, item, &attempt);
         count(summary, attempt.outcome);
         if attempt.outcome == Outcome::Bounced {
-            failed.push((attempt, item));
+            failed.push(attempt);
         }
         Ok(())
+    }
+
+    /// Queues the report for `failed`, then records it with a `reported` line. When it cannot
+    /// be queued, nothing is recorded: the bounces stay owed and a later run tries again.
+    fn report(
+        &self,
+        q: &Queued,
+        expanded: &[Expanded],
+        failed: &[Attempt],
+        log: &mut DeliveryLog,
+    ) -> Result<Option<QueueId>, String> {
+        let failures: Vec<Failure> = failed.iter().map(|a| Failure::of(a, expanded)).collect();
+        let queued = match self.queue_report(q, &failures, Action::Failed) {
+            Ok(queued) => queued,
+            Err(e) => {
+                self.report_failed(q, "report", &e);
+                return Ok(None);
+            }
+        };
+        crate::fault::crash_point("after-report-queued");
+        let text = match &queued {
+            Some((id, to)) => format!("report {id} to {to}"),
+            None => "no report: the sender is <> and the postmaster cannot be told".into(),
+        };
+        let line = Attempt {
+            time: self.now,
+            outcome: Outcome::Reported,
+            recipient: String::new(),
+            status: String::new(),
+            relay: String::new(),
+            text,
+        };
+        log.append(&line).map_err(|e| self.spool_failure(&q.id, &self.spool.log_path(&q.id), e))?;
+        Ok(queued.map(|(id, _)| id))
+    }
+
+    /// One error line for a report that could not be queued; the message keeps waiting.
+    fn report_failed(&self, q: &Queued, what: &str, e: &SpoolError) {
+        if *e == SpoolError::DiskFull {
+            self.halt();
+        }
+        log::error!(
+            "{}: cannot queue the {what} to {}: {e}; the message stays queued and a later run tries again",
+            q.id,
+            q.envelope.from
+        );
     }
 
     fn expand(&self, envelope: &Envelope) -> Vec<Expanded> {
@@ -343,26 +443,33 @@ impl<'a> Runner<'a> {
             Outcome::Deferred => "deferred",
             Outcome::Bounced => "bounced",
             Outcome::Warned => "warned",
+            Outcome::Reported => "reported",
         };
         let delay = self.now.saturating_sub(q.envelope.arrived);
         log::info!("{line}, relay={}, delay={delay}, dsn={}, status={status} ({})", a.relay, a.status, a.text);
     }
 
-    /// Queues one report for the failed recipients of one message (RFC 3464).
-    fn bounce(&self, q: &Queued, failed: &[(Attempt, &Expanded)], action: Action) -> Option<QueueId> {
+    /// Queues one report for the failed recipients of one message (RFC 3464); `None` when
+    /// none is owed.
+    fn queue_report(
+        &self,
+        q: &Queued,
+        failed: &[Failure],
+        action: Action,
+    ) -> Result<Option<(QueueId, ForwardPath)>, SpoolError> {
         let to = match (&q.envelope.from, action) {
             (ReversePath::Mailbox(m), _) => ForwardPath::Mailbox(m.clone()),
             // §6.1: no report to a null sender. A failed report itself goes to the postmaster,
             // unless the postmaster is who it failed for.
-            (ReversePath::Null, Action::Failed) if !failed.iter().any(|(_, e)| is_postmaster(&e.original)) => {
+            (ReversePath::Null, Action::Failed) if !failed.iter().any(Failure::is_postmaster) => {
                 ForwardPath::Postmaster
             }
             (ReversePath::Null, _) => {
                 log::info!("{}: no report: the sender is <> and the postmaster cannot be told", q.id);
-                return None;
+                return Ok(None);
             }
         };
-        let recipients: Vec<RecipientStatus> = failed.iter().map(|(a, e)| status_line(a, e)).collect();
+        let recipients: Vec<RecipientStatus> = failed.iter().map(Failure::status_line).collect();
         let headers = read_headers(q);
         let to_text =
             to.mailbox().map_or_else(|| format!("postmaster@{}", self.users.first_local_domain()), |m| m.to_string());
@@ -393,18 +500,12 @@ impl<'a> Runner<'a> {
             rcpts: vec![to.clone()],
             size: 0,
         };
-        match self.spool.inject(&envelope, &message) {
-            Ok(id) => {
-                log::info!("{}: sender non-delivery notification: {id} to {to}", q.id);
-                Some(id)
-            }
-            Err(e) => {
-                log::error!("{}: cannot queue the report to {to}: {e}", q.id);
-                None
-            }
-        }
+        let id = self.spool.inject(&envelope, &message)?;
+        log::info!("{}: sender non-delivery notification: {id} to {to}", q.id);
+        Ok(Some((id, to)))
     }
 
+    /// The delay warning, recorded as `warned` only once it is queued.
     fn warn(
         &self,
         q: &Queued,
@@ -419,10 +520,17 @@ impl<'a> Runner<'a> {
         for item in expanded {
             let last = history.iter().rev().find(|a| a.recipient == item.key());
             if let Some(last) = last.filter(|a| a.outcome == Outcome::Deferred) {
-                delayed.push((last.clone(), item));
+                delayed.push(Failure { attempt: last, original: Some(&item.original) });
             }
         }
-        let made = self.bounce(q, &delayed, Action::Delayed { retry_until: 0 });
+        let made = match self.queue_report(q, &delayed, Action::Delayed { retry_until: 0 }) {
+            Ok(made) => made.map(|(id, _)| id),
+            Err(e) => {
+                self.report_failed(q, "delay warning", &e);
+                return Ok(None);
+            }
+        };
+        crate::fault::crash_point("after-warning-queued");
         let warned = Attempt {
             time: self.now,
             outcome: Outcome::Warned,
@@ -431,7 +539,7 @@ impl<'a> Runner<'a> {
             relay: String::new(),
             text: "delay warning sent".into(),
         };
-        log.append(&warned).map_err(|e| e.to_string())?;
+        log.append(&warned).map_err(|e| self.spool_failure(&q.id, &self.spool.log_path(&q.id), e))?;
         Ok(made)
     }
 
@@ -462,28 +570,44 @@ fn count(summary: &mut Summary, outcome: Outcome) {
         Outcome::Sent => summary.sent += 1,
         Outcome::Deferred => summary.deferred += 1,
         Outcome::Bounced => summary.bounced += 1,
-        Outcome::Warned => {}
+        Outcome::Warned | Outcome::Reported => {}
     }
 }
 
-fn is_postmaster(rcpt: &ForwardPath) -> bool {
-    match rcpt {
-        ForwardPath::Postmaster => true,
-        ForwardPath::Mailbox(m) => m.local_part_text().eq_ignore_ascii_case("postmaster"),
-    }
+/// One recipient's failure as its report states it: the logged attempt and, where the
+/// aliases still say so, the envelope recipient it was expanded from.
+struct Failure<'a> {
+    attempt: &'a Attempt,
+    original: Option<&'a ForwardPath>,
 }
 
-fn status_line(a: &Attempt, item: &Expanded) -> RecipientStatus {
-    let bare = |s: &str| s.trim_start_matches('<').trim_end_matches('>').to_string();
-    let original = item.original.to_string();
-    let remote = !matches!(a.relay.as_str(), "" | "local" | "maildir");
-    RecipientStatus {
-        final_recipient: bare(&a.recipient),
-        original_recipient: (original != a.recipient).then(|| bare(&original)),
-        status: a.status.clone(),
-        remote_mta: remote.then(|| a.relay.clone()),
-        diagnostic: if remote { Diagnostic::Smtp(a.text.clone()) } else { Diagnostic::Local(a.text.clone()) },
-        last_attempt: a.time,
+impl<'a> Failure<'a> {
+    fn of(attempt: &'a Attempt, expanded: &'a [Expanded]) -> Failure<'a> {
+        let original = expanded.iter().find(|e| e.key() == attempt.recipient).map(|e| &e.original);
+        Failure { attempt, original }
+    }
+
+    fn is_postmaster(&self) -> bool {
+        match self.original {
+            Some(ForwardPath::Postmaster) => true,
+            Some(ForwardPath::Mailbox(m)) => m.local_part_text().eq_ignore_ascii_case("postmaster"),
+            None => self.attempt.recipient.to_ascii_lowercase().starts_with("<postmaster@"),
+        }
+    }
+
+    fn status_line(&self) -> RecipientStatus {
+        let a = self.attempt;
+        let bare = |s: &str| s.trim_start_matches('<').trim_end_matches('>').to_string();
+        let original = self.original.map(ForwardPath::to_string).filter(|o| *o != a.recipient);
+        let remote = !matches!(a.relay.as_str(), "" | "local" | "maildir");
+        RecipientStatus {
+            final_recipient: bare(&a.recipient),
+            original_recipient: original.map(|o| bare(&o)),
+            status: a.status.clone(),
+            remote_mta: remote.then(|| a.relay.clone()),
+            diagnostic: if remote { Diagnostic::Smtp(a.text.clone()) } else { Diagnostic::Local(a.text.clone()) },
+            last_attempt: a.time,
+        }
     }
 }
 

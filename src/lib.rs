@@ -17,6 +17,9 @@
 //! - `trace`: the `Received:` header and dates
 //! - `logging`: stderr or syslog output
 //! - `sys`: the few system calls std lacks
+//! - `fault`: crash points that only fault-injection test builds honour
+//!
+//! The queue's states, each transition and what a crash leaves are in `doc/queue.md`.
 #![deny(unsafe_code)]
 
 pub mod alias;
@@ -25,6 +28,7 @@ pub mod config;
 pub mod deliver;
 pub mod dns;
 pub mod dsn;
+pub mod fault;
 pub mod logging;
 pub mod maildir;
 pub mod policy;

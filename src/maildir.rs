@@ -80,31 +80,41 @@ pub fn deliver_to_maildir<R: Read>(
     Ok(new_path)
 }
 
-/// Makes `tmp/`, `new/`, `cur/` (mode 0700) when missing and refuses symlinks in the maildir
-/// and those two, unless following them was configured.
+/// Makes the maildir and its `tmp/`, `new/`, `cur/` (mode 0700) when missing, and refuses a
+/// maildir, `tmp/` or `new/` that is a symlink, unless following them was configured. The
+/// check opens each directory with O_NOFOLLOW, so it holds however the path is spelt
+/// (`bob`, `bob/`, `bob/.`): only the last component may not be a link.
 fn prepare(maildir: &Path, follow_symlinks: bool) -> Result<(PathBuf, PathBuf), MaildirError> {
+    // Components drop a trailing `/` and inner `.`, which would make the kernel follow a link.
+    let maildir: PathBuf = maildir.components().collect();
     let mut builder = fs::DirBuilder::new();
     builder.recursive(true).mode(0o700);
+    if fs::symlink_metadata(&maildir).is_err() {
+        builder.create(&maildir).map_err(|e| MaildirError::from_io(&e, &maildir))?;
+    }
+    open_directory(&maildir, follow_symlinks)?;
     for sub in ["tmp", "new", "cur"] {
         let dir = maildir.join(sub);
-        if !dir.exists() {
+        if fs::symlink_metadata(&dir).is_err() {
             builder.create(&dir).map_err(|e| MaildirError::from_io(&e, &dir))?;
         }
     }
-    for dir in [maildir.to_path_buf(), maildir.join("tmp"), maildir.join("new")] {
-        let meta = match follow_symlinks {
-            true => fs::metadata(&dir),
-            false => fs::symlink_metadata(&dir),
-        };
-        let meta = meta.map_err(|e| MaildirError::from_io(&e, &dir))?;
-        if !meta.file_type().is_dir() {
-            return Err(MaildirError::Unsafe(format!(
-                "{} is not a plain directory (symlinks are not followed)",
-                dir.display()
-            )));
-        }
+    for sub in ["tmp", "new"] {
+        open_directory(&maildir.join(sub), follow_symlinks)?;
     }
     Ok((maildir.join("tmp"), maildir.join("new")))
+}
+
+/// Opens `dir` as a directory, not through a symlink unless `follow_symlinks`.
+fn open_directory(dir: &Path, follow_symlinks: bool) -> Result<File, MaildirError> {
+    let flags = if follow_symlinks { libc::O_DIRECTORY } else { libc::O_DIRECTORY | libc::O_NOFOLLOW };
+    OpenOptions::new().read(true).custom_flags(flags).open(dir).map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP | libc::ENOTDIR) => MaildirError::Unsafe(format!(
+            "{} is not a plain directory (symlinks are not followed unless follow_maildir_symlinks = on)",
+            dir.display()
+        )),
+        _ => MaildirError::from_io(&e, dir),
+    })
 }
 
 /// `1795431945.M123456P4242Q7.mail.example.test`, unique per host, process and delivery.
@@ -240,6 +250,24 @@ mod tests {
         let allowed = Stamp { follow_symlinks: true, ..stamp(&from) };
         assert!(deliver_to_maildir(&dir.join("alice"), &allowed, || Ok(&b"x\r\n"[..])).is_ok());
         assert_eq!(fs::read_dir(dir.join("elsewhere")).unwrap().count(), 1, "configured: followed");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_symlinked_maildir_is_refused_however_it_is_spelt() {
+        let dir = temp("spelling");
+        fs::create_dir_all(dir.join("target")).unwrap();
+        std::os::unix::fs::symlink(dir.join("target"), dir.join("bob")).unwrap();
+        let from = ReversePath::Null;
+        let base = dir.join("bob").display().to_string();
+        for spelling in [base.clone(), format!("{base}/"), format!("{base}//"), format!("{base}/.")] {
+            let result = deliver_to_maildir(Path::new(&spelling), &stamp(&from), || Ok(&b"x\r\n"[..]));
+            assert!(matches!(result, Err(MaildirError::Unsafe(_))), "{spelling}: {result:?}");
+        }
+        assert_eq!(fs::read_dir(dir.join("target")).unwrap().count(), 0, "nothing made through the link");
+        let allowed = Stamp { follow_symlinks: true, ..stamp(&from) };
+        assert!(deliver_to_maildir(Path::new(&format!("{base}/")), &allowed, || Ok(&b"x\r\n"[..])).is_ok());
+        assert_eq!(fs::read_dir(dir.join("target/new")).unwrap().count(), 1);
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -243,11 +243,15 @@ impl<'a> Relay<'a> {
         }
     }
 
-    /// This host: its name, or an address it listens on (PITFALLS X9). Mail routed here would loop.
+    /// This host: its name, or an address and port it listens on, for mail would go to
+    /// `ip:smtp_port` (RFC 5321 §5.1: an MX that is this host ends the list). The same address
+    /// on another port is another server, such as a filter or a second instance.
     fn is_self(&self, name: &str, ip: IpAddr) -> bool {
         let named = !name.is_empty() && name.eq_ignore_ascii_case(&self.config.hostname);
-        let listening =
-            self.config.listen.iter().any(|l| l.ip() == ip || (l.ip().is_unspecified() && ip.is_loopback()));
+        let listening = self.config.listen.iter().any(|l| {
+            let address = l.ip() == ip || (l.ip().is_unspecified() && ip.is_loopback());
+            address && l.port() == self.config.smtp_port
+        });
         named || listening
     }
 

@@ -29,7 +29,10 @@ pub struct Plan {
     /// A delay warning is due: the warning time has passed, a recipient was deferred, and no
     /// warning went yet. The runner sends it if recipients are still deferred after this run.
     pub warn: bool,
-    /// Every recipient has a final outcome: the message can go.
+    /// Bounced recipients whose report is not queued yet (no `reported` line after them):
+    /// a run that cannot queue it leaves the message, and a later run builds it again.
+    pub owed_report: Vec<Attempt>,
+    /// Every recipient has a final outcome and no report is owed: the message can go.
     pub finished: bool,
 }
 
@@ -68,10 +71,12 @@ pub fn plan(policy: &RetryPolicy, arrived: u64, recipients: &[String], log: &[At
             plan.next_attempt = Some(plan.next_attempt.map_or(due_at, |t| t.min(due_at)));
         }
     }
+    let reported_to = log.iter().rposition(|a| a.outcome == Outcome::Reported).map_or(0, |i| i + 1);
+    plan.owed_report = log.iter().skip(reported_to).filter(|a| a.outcome == Outcome::Bounced).cloned().collect();
     let warned = log.iter().any(|a| a.outcome == Outcome::Warned);
     let deferred_any = log.iter().any(|a| a.outcome == Outcome::Deferred);
     let warn_at = arrived.saturating_add(policy.delay_warning_time.as_secs());
-    plan.finished = plan.due.is_empty() && plan.expired.is_empty() && !waiting;
+    plan.finished = plan.due.is_empty() && plan.expired.is_empty() && !waiting && plan.owed_report.is_empty();
     plan.warn = !policy.delay_warning_time.is_zero() && !warned && deferred_any && !plan.finished && now >= warn_at;
     plan
 }
@@ -138,7 +143,22 @@ mod tests {
         bounced.outcome = Outcome::Bounced;
         let log = [deferred("<a@x>", 1000), sent, bounced];
         let p = plan(&policy(), 1000, &rcpts(&["<a@x>", "<b@y>"]), &log, 5000);
-        assert!(p.finished && p.due.is_empty());
+        assert!(!p.finished && p.due.is_empty(), "the report for <b@y> is not queued yet");
+        assert_eq!(p.owed_report, vec![log[2].clone()]);
+        let mut reported = log.to_vec();
+        reported.push(Attempt { outcome: Outcome::Reported, ..deferred("", 2001) });
+        let p = plan(&policy(), 1000, &rcpts(&["<a@x>", "<b@y>"]), &reported, 5000);
+        assert!(p.finished && p.owed_report.is_empty());
+    }
+
+    #[test]
+    fn a_report_line_covers_only_the_bounces_before_it() {
+        let bounced = |rcpt: &str, time| Attempt { outcome: Outcome::Bounced, ..deferred(rcpt, time) };
+        let reported = Attempt { outcome: Outcome::Reported, ..deferred("", 2000) };
+        let log = [bounced("<a@x>", 1000), reported, bounced("<b@y>", 3000)];
+        let p = plan(&policy(), 1000, &rcpts(&["<a@x>", "<b@y>"]), &log, 5000);
+        assert_eq!(p.owed_report, vec![log[2].clone()]);
+        assert!(!p.finished);
     }
 
     #[test]

@@ -214,3 +214,22 @@ pub fn filesystem_magic(path: &std::path::Path) -> io::Result<i64> {
     #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets
     Ok(st.f_type as i64)
 }
+
+/// Allocates `len` bytes of `file` from `offset` on without changing its size
+/// (fallocate(2) with FALLOC_FL_KEEP_SIZE), so later appends into that range cannot fail
+/// with ENOSPC. `Ok(false)` where the filesystem cannot reserve space this way.
+pub fn reserve_space(file: &File, offset: u64, len: u64) -> io::Result<bool> {
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "reservation out of range"));
+    };
+    // SAFETY: fallocate takes a valid open descriptor, borrowed from `file`, and integers.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, offset, len) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EOPNOTSUPP | libc::ENOSYS) => Ok(false),
+        _ => Err(err),
+    }
+}

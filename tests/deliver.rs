@@ -307,8 +307,7 @@ fn dry_run_changes_nothing_and_id_forces_a_retry() {
 
 #[test]
 fn started_as_root_with_a_user_it_delivers_as_that_user() {
-    if !postern::sys::is_root() {
-        eprintln!("skipped: needs root");
+    if support::skip_unless_root("deliver as another user") {
         return;
     }
     let s = Setup::new("user = nobody\n");

@@ -106,8 +106,7 @@ fn postfix_uid() -> u32 {
 
 #[test]
 fn smtp_sink_accepts_and_injects_failures() {
-    if !postern::sys::is_root() {
-        eprintln!("skipped: smtp-sink needs root to switch to the postfix user");
+    if support::skip_unless_root("run smtp-sink, which switches to the postfix user") {
         return;
     }
     let ok = Sink::start(&[]);
@@ -231,8 +230,7 @@ fn without_first_received(message: &str) -> &str {
 
 #[test]
 fn a_real_postfix_relay_queues_exactly_what_we_sent() {
-    if !postern::sys::is_root() {
-        eprintln!("skipped: a private Postfix instance needs root");
+    if support::skip_unless_root("run a private Postfix instance") {
         return;
     }
     let postfix = PrivatePostfix::start();

@@ -19,10 +19,21 @@ struct World {
 }
 
 fn world(zone: &[(&'static str, RecordType, Answer)]) -> World {
-    let sink = FakeMx::start("127.0.0.4:0", |_| None);
+    world_at("127.0.0.4:0", None, zone)
+}
+
+/// A world whose sink listens at `sink`; `listen` replaces the configuration's own
+/// `listen` port (which postern-deliver never binds, but compares with each MX).
+fn world_at(sink: &str, listen: Option<u16>, zone: &[(&'static str, RecordType, Answer)]) -> World {
+    let sink = FakeMx::start(sink, |_| None);
     let dns = FakeDns::start(zone);
     let extra = format!("{}smtp_port = {}\n", dns_config(Some(dns.addr)), sink.addr.port());
     let (dir, conf) = support::configured("mx", &extra);
+    if let Some(port) = listen {
+        let text = std::fs::read_to_string(&conf).unwrap();
+        assert!(text.contains("listen = 127.0.0.1:0\n"));
+        std::fs::write(&conf, text.replace("listen = 127.0.0.1:0\n", &format!("listen = 127.0.0.1:{port}\n"))).unwrap();
+    }
     World { dir, conf, dns, sink }
 }
 
@@ -124,17 +135,33 @@ fn temporary_dns_failures_defer() {
 
 #[test]
 fn an_mx_that_is_this_host_is_a_loop() {
-    // X9: the MX resolves to 127.0.0.1, where this configuration listens.
-    let w = world(&[
+    // The MX resolves to 127.0.0.1 and smtp_port is a port this configuration listens on.
+    let zone = [
         ("loop.test", MX, Answer::Mx(vec![(10, "me.loop.test")])),
         ("me.loop.test", A, Answer::Ip(vec!["127.0.0.1"])),
         ("named.test", MX, Answer::Mx(vec![(10, "mail.example.test")])),
         ("mail.example.test", A, Answer::Ip(vec!["127.0.0.4"])),
-    ]);
+    ];
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = probe.local_addr().unwrap().port();
+    drop(probe);
+    let w = world_at(&format!("127.0.0.1:{port}"), Some(port), &zone);
     let log = w.send(&["a@loop.test", "b@named.test", "c@[127.0.0.1]"]);
     assert_eq!(log.matches("dsn=5.4.6, status=bounced").count(), 3, "{log}");
     assert_eq!(w.sink.connections(), 0);
     assert!(w.reports()[0].contains("loops back to myself"));
+}
+
+#[test]
+fn the_same_address_on_another_port_is_another_server() {
+    // Listening on 127.0.0.1:P does not make a server at 127.0.0.1:smtp_port this host.
+    let zone =
+        [("loop.test", MX, Answer::Mx(vec![(10, "me.loop.test")])), ("me.loop.test", A, Answer::Ip(vec!["127.0.0.1"]))];
+    let w = world_at("127.0.0.1:0", Some(1), &zone);
+    let log = w.send(&["a@loop.test", "b@[127.0.0.1]"]);
+    assert_eq!(log.matches("status=sent").count(), 2, "{log}");
+    assert_eq!(w.sink.connections(), 1, "{log}");
+    assert!(w.reports().is_empty());
 }
 
 #[test]

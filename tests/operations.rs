@@ -12,10 +12,6 @@ use std::time::{Duration, Instant};
 use postern::spool::Envelope;
 use support::{Client, Server, TempDir, base_config, code};
 
-fn is_root() -> bool {
-    postern::sys::is_root()
-}
-
 fn require_tool(name: &str) {
     let found = Command::new("sh").arg("-c").arg(format!("command -v {name}")).output().unwrap().status.success();
     assert!(found, "{name} is missing: `make test` installs it (tools/ensure-test-deps)");
@@ -105,8 +101,7 @@ fn socket_activation_uses_the_passed_socket() {
 
 #[test]
 fn started_as_root_it_drops_to_the_configured_user() {
-    if !is_root() {
-        eprintln!("skipped: needs root to start as root");
+    if support::skip_unless_root("start as root") {
         return;
     }
     let dir = TempDir::new("privdrop");
@@ -261,8 +256,7 @@ fn the_reply_comes_only_after_file_and_directory_are_synced() {
 
 #[test]
 fn a_full_disk_answers_452_and_leaves_nothing_behind() {
-    if !is_root() {
-        eprintln!("skipped: needs root to mount a small tmpfs");
+    if support::skip_unless_root("mount a small tmpfs") {
         return;
     }
     let dir = TempDir::new("diskfull");
@@ -383,8 +377,7 @@ s.quit()
 
 #[test]
 fn when_threads_cannot_be_created_clients_get_421_and_the_server_lives() {
-    if !is_root() {
-        eprintln!("skipped: needs root to start as root and drop to nobody");
+    if support::skip_unless_root("start as root and drop to nobody") {
         return;
     }
     // DS4: RLIMIT_NPROC counts nobody's threads once the server has dropped to nobody.

@@ -89,5 +89,9 @@ fn main() -> ExitCode {
         s.busy,
         s.corrupt
     );
+    if s.halted {
+        log::error!("run stopped early: the spool is full; free space and run again");
+        return ExitCode::FAILURE;
+    }
     ExitCode::SUCCESS
 }

@@ -4,16 +4,24 @@
 //! 1795431945 deferred <bob@remote.test> 4.4.1 mx.remote.test[192.0.2.7]:25 connection%20refused
 //! 1795433745 sent <bob@remote.test> 2.0.0 mx.remote.test[192.0.2.7]:25 250%202.0.0%20Ok
 //! 1795433745 warned - 4.0.0 - delay%20warning%20sent
+//! 1795433745 bounced <carol@remote.test> 5.1.1 mx.remote.test[192.0.2.7]:25 550%205.1.1%20unknown
+//! 1795433745 reported - - - report%20ID2%20to%20<alice@example.test>
 //! ```
 //! Fields are separated by one space and %-escaped, so any text round-trips. A last line
-//! without its newline was torn by a crash and is ignored.
+//! without its newline was torn by a crash and is ignored. A line is at most `MAX_LINE`
+//! octets (the text is cut to fit), so the space for the next lines can be reserved before
+//! a delivery that they record: a full disk cannot then lose the record of a copy made.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::spool::envelope::{escape, unescape};
+use crate::sys;
+
+/// The longest line `Attempt::to_line` writes.
+pub const MAX_LINE: usize = 2048;
 
 /// What happened to one recipient in one attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +31,9 @@ pub enum Outcome {
     Bounced,
     /// A delay warning went to the sender (recipient field `-`).
     Warned,
+    /// The report for every `bounced` line above this one is queued, or none is owed
+    /// (recipient field `-`). Until then a bounced recipient still owes its sender a report.
+    Reported,
 }
 
 impl Outcome {
@@ -32,6 +43,7 @@ impl Outcome {
             Outcome::Deferred => "deferred",
             Outcome::Bounced => "bounced",
             Outcome::Warned => "warned",
+            Outcome::Reported => "reported",
         }
     }
 
@@ -41,6 +53,7 @@ impl Outcome {
             "deferred" => Some(Outcome::Deferred),
             "bounced" => Some(Outcome::Bounced),
             "warned" => Some(Outcome::Warned),
+            "reported" => Some(Outcome::Reported),
             _ => None,
         }
     }
@@ -74,15 +87,21 @@ impl Attempt {
             "-" => "%2D".to_string(),
             s => escape(s),
         };
-        format!(
-            "{} {} {} {} {} {}\n",
+        let head = format!(
+            "{} {} {} {} {} ",
             self.time,
             self.outcome.name(),
             field(&self.recipient),
             field(&self.status),
-            field(&self.relay),
-            field(&self.text)
-        )
+            field(&self.relay)
+        );
+        let room = MAX_LINE.saturating_sub(head.len() + 1);
+        let text = match self.text.as_str() {
+            "" => "-".to_string(),
+            "-" => "%2D".to_string(),
+            text => escape_within(text, room),
+        };
+        head + &text + "\n"
     }
 
     fn parse(line: &str) -> Option<Attempt> {
@@ -93,6 +112,21 @@ impl Attempt {
         let (recipient, status, relay, text) = (text()?, text()?, text()?, text()?);
         Some(Attempt { time, outcome, recipient, status, relay, text })
     }
+}
+
+/// The escaped text, cut at a character boundary so that it takes at most `room` octets
+/// (a cut inside a character or an escape would make the line unreadable).
+fn escape_within(text: &str, room: usize) -> String {
+    let mut out = String::new();
+    for c in text.chars() {
+        let mut buf = [0u8; 4];
+        let escaped = escape(c.encode_utf8(&mut buf));
+        if out.len() + escaped.len() > room {
+            break;
+        }
+        out += &escaped;
+    }
+    if out.is_empty() { "-".to_string() } else { out }
 }
 
 /// Reads every complete, well-formed line; a torn or garbled line is skipped.
@@ -113,8 +147,14 @@ pub fn read_log(path: &Path) -> io::Result<Vec<Attempt>> {
 }
 
 /// An open log, appended to and synced one line at a time; it remembers what it appended.
+/// Space for the lines still to come is reserved ahead (`reserve`) and given back on drop;
+/// a log that is still empty then is removed, so a run that could write nothing leaves nothing.
 pub struct DeliveryLog {
     file: File,
+    path: PathBuf,
+    len: u64,
+    /// The file's blocks are allocated up to here (at least `len`).
+    reserved_to: u64,
     appended: Vec<Attempt>,
 }
 
@@ -122,13 +162,30 @@ impl DeliveryLog {
     pub fn open(path: &Path) -> io::Result<DeliveryLog> {
         let file =
             OpenOptions::new().append(true).create(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(path)?;
-        Ok(DeliveryLog { file, appended: Vec::new() })
+        let len = file.metadata()?.len();
+        Ok(DeliveryLog { file, path: path.to_path_buf(), len, reserved_to: len, appended: Vec::new() })
+    }
+
+    /// Makes sure the next `lines` appends have their space on disk, so that a delivery made
+    /// after this call is always recorded. ENOSPC here means: deliver nothing now.
+    pub fn reserve(&mut self, lines: usize) -> io::Result<()> {
+        let want = self.len.saturating_add((lines as u64).saturating_mul(MAX_LINE as u64));
+        if want <= self.reserved_to {
+            return Ok(());
+        }
+        if sys::reserve_space(&self.file, self.reserved_to, want - self.reserved_to)? {
+            self.reserved_to = want;
+        }
+        Ok(())
     }
 
     /// Appends and fsyncs, so a recipient marked done is never tried again after a crash.
     pub fn append(&mut self, attempt: &Attempt) -> io::Result<()> {
-        self.file.write_all(attempt.to_line().as_bytes())?;
+        let line = attempt.to_line();
+        self.file.write_all(line.as_bytes())?;
         self.file.sync_data()?;
+        self.len += line.len() as u64;
+        self.reserved_to = self.reserved_to.max(self.len);
         self.appended.push(attempt.clone());
         Ok(())
     }
@@ -136,6 +193,17 @@ impl DeliveryLog {
     /// The lines appended through this handle, oldest first.
     pub fn appended(&self) -> &[Attempt] {
         &self.appended
+    }
+}
+
+impl Drop for DeliveryLog {
+    fn drop(&mut self) {
+        if self.len == 0 {
+            let _ = std::fs::remove_file(&self.path);
+        } else if self.reserved_to > self.len {
+            // Truncating to the same size frees the blocks reserved past the end.
+            let _ = self.file.set_len(self.len);
+        }
     }
 }
 
@@ -171,5 +239,38 @@ mod tests {
         let text = format!("{whole}{}", &torn[..torn.len() - 5]);
         assert_eq!(parse_log(&text), vec![attempt(Outcome::Sent, "ok")]);
         assert_eq!(parse_log("garbage line\n"), vec![]);
+    }
+
+    #[test]
+    fn long_texts_are_cut_to_a_readable_line() {
+        for text in ["x".repeat(5000), "\u{e9}".repeat(3000), "%".repeat(3000), format!("a{}", "\u{1F600}".repeat(900))]
+        {
+            let a = attempt(Outcome::Bounced, &text);
+            let line = a.to_line();
+            assert!(line.len() <= MAX_LINE, "{} octets", line.len());
+            let back = parse_log(&line);
+            assert_eq!(back.len(), 1, "{line}");
+            assert!(text.starts_with(&back[0].text) && back[0].text.len() > 100);
+        }
+    }
+
+    #[test]
+    fn an_empty_log_is_not_left_behind_and_reserved_space_is_returned() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::env::temp_dir().join(format!("postern-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("X.log");
+        let mut log = DeliveryLog::open(&path).unwrap();
+        log.reserve(100).unwrap();
+        drop(log);
+        assert!(!path.exists(), "nothing was appended, so no file");
+        let mut log = DeliveryLog::open(&path).unwrap();
+        log.reserve(100).unwrap();
+        log.append(&attempt(Outcome::Sent, "ok")).unwrap();
+        drop(log);
+        let meta = std::fs::metadata(&path).unwrap();
+        assert!(meta.blocks() * 512 <= 8192, "{} blocks still allocated", meta.blocks());
+        assert_eq!(read_log(&path).unwrap(), vec![attempt(Outcome::Sent, "ok")]);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

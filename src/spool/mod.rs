@@ -6,6 +6,7 @@
 //! cur/ID   tried, waiting for a retry (+ ID.log)
 //! hold/ID  put aside by the operator
 //! ```
+//! doc/queue.md states every transition between these, its sync, and what a crash leaves.
 
 pub mod envelope;
 pub mod id;
@@ -35,10 +36,15 @@ pub enum SpoolError {
     Corrupt(String),
 }
 
+/// ENOSPC or EDQUOT: the filesystem (or the user's quota) has no room.
+pub fn is_disk_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+}
+
 impl From<io::Error> for SpoolError {
     fn from(e: io::Error) -> SpoolError {
         match e.raw_os_error() {
-            Some(libc::ENOSPC | libc::EDQUOT) => SpoolError::DiskFull,
+            _ if is_disk_full(&e) => SpoolError::DiskFull,
             _ if e.kind() == io::ErrorKind::AlreadyExists => SpoolError::Collision,
             _ => SpoolError::Io(e.to_string()),
         }
@@ -171,18 +177,26 @@ impl Spool {
         ))
     }
 
-    /// Starts a new message in `tmp/`.
+    /// Starts a new message in `tmp/`, locked for as long as it is being written.
     pub fn draft(&self) -> Result<Draft<'_>, SpoolError> {
-        let id = QueueId::generate();
-        let path = self.path("tmp", &id);
-        let file =
-            OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(&path)?;
-        let file = BufWriter::with_capacity(64 * 1024, file);
-        let draft = Draft { spool: self, id, path, file, size_offset: 0, moved: false };
-        if !sys::try_lock_exclusive(draft.file.get_ref())? {
-            return Err(SpoolError::Collision);
+        // A sweep (`clean_tmp`) in another process may take a file between its creation and
+        // its lock; the draft then starts again under a new name rather than write a file
+        // that is no longer in tmp/.
+        for _ in 0..3 {
+            let id = QueueId::generate();
+            let path = self.path("tmp", &id);
+            let file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)?;
+            if sys::try_lock_exclusive(&file)? && is_same_file(&file, &path) {
+                let file = BufWriter::with_capacity(64 * 1024, file);
+                return Ok(Draft { spool: self, id, path, file, size_offset: 0, moved: false });
+            }
         }
-        Ok(draft)
+        Err(SpoolError::Collision)
     }
 
     /// Removes files in `tmp/` whose writer is gone (their lock is free); returns how many.
@@ -194,13 +208,64 @@ impl Spool {
         let mut removed = 0;
         for entry in entries.flatten() {
             let path = entry.path();
-            let unlocked = File::open(&path).and_then(|f| sys::try_lock_exclusive(&f)).unwrap_or(false);
+            let Ok(file) = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path) else { continue };
+            let unlocked = sys::try_lock_exclusive(&file).unwrap_or(false) && is_same_file(&file, &path);
             if unlocked && fs::remove_file(&path).is_ok() {
                 ::log::info!("removed leftover {}", path.display());
                 removed += 1;
             }
         }
         removed
+    }
+
+    /// What a killed run or server can leave, put right before a delivery run: drafts whose
+    /// writer is gone, logs without their message, and a message under two names (a crash
+    /// inside a move made by link and unlink). See doc/queue.md.
+    pub fn repair(&self) {
+        self.clean_tmp();
+        self.drop_second_names();
+        self.sweep_orphan_logs();
+    }
+
+    /// A message seen in two of new/, cur/ and hold/ keeps the name furthest along
+    /// (hold/ over cur/ over new/) when both are the same file; two different files under
+    /// one ID (never made by postern) are left for the operator, the second moved to corrupt/.
+    fn drop_second_names(&self) {
+        let mut seen: Vec<(QueueId, &str)> = Vec::new();
+        for dir in ["hold", "cur", "new"] {
+            let Ok(entries) = fs::read_dir(self.root.join(dir)) else { continue };
+            for entry in entries.flatten() {
+                let Some(id) = entry.file_name().to_str().and_then(QueueId::parse) else { continue };
+                let Some((_, kept)) = seen.iter().find(|(i, _)| *i == id) else {
+                    seen.push((id, dir));
+                    continue;
+                };
+                let (extra, keep) = (self.path(dir, &id), self.path(kept, &id));
+                let same = match (fs::symlink_metadata(&extra), fs::symlink_metadata(&keep)) {
+                    (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+                    _ => continue,
+                };
+                if same {
+                    if fs::remove_file(&extra).is_ok() {
+                        ::log::info!("{id}: removed its second name {dir}/{id}; it is in {kept}/");
+                    }
+                } else {
+                    let corrupt = self.root.join("corrupt");
+                    let _ = fs::DirBuilder::new().recursive(true).mode(0o700).create(&corrupt);
+                    if sys::rename_no_replace(&extra, &corrupt.join(id.as_str())).unwrap_or(false) {
+                        ::log::error!("{id}: two different files under one ID; {dir}/{id} moved to corrupt/");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether `path` still names the file open as `file` (it was not removed or replaced).
+fn is_same_file(file: &File, path: &Path) -> bool {
+    match (file.metadata(), fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+        _ => false,
     }
 }
 
@@ -302,8 +367,7 @@ impl Spool {
             return Err(OpenError::Busy);
         }
         // Another run may have finished it and removed or moved it between our open and our lock.
-        let still_there = fs::symlink_metadata(&path).is_ok_and(|m| m.ino() == meta.ino() && m.dev() == meta.dev());
-        if !still_there {
+        if !is_same_file(&file, &path) {
             return Err(OpenError::Busy);
         }
         let (envelope, offset) = match read_envelope(&file, meta.len()).map_err(OpenError::Io)? {
@@ -342,6 +406,7 @@ impl Spool {
     /// A finished message goes: first the file, then its log (an orphan log is harmless).
     pub fn remove(&self, queued: &Queued) -> io::Result<()> {
         fs::remove_file(self.path(queued.place.dir(), &queued.id))?;
+        crate::fault::crash_point("after-message-removed");
         match fs::remove_file(self.log_path(&queued.id)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -373,6 +438,7 @@ impl Spool {
         let mut draft = self.draft()?;
         draft.begin(envelope)?;
         draft.write(message)?;
+        crate::fault::crash_point("report-draft-written");
         draft.commit(message.len() as u64)
     }
 }
@@ -554,6 +620,27 @@ mod tests {
         assert_eq!(spool.clean_tmp(), 1);
         assert!(dir.join("tmp").join(live.id().as_str()).exists());
         drop(live);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn repair_keeps_one_name_per_message() {
+        let (spool, dir) = temp_spool("names");
+        let mut draft = spool.draft().unwrap();
+        draft.begin(&envelope()).unwrap();
+        let id = draft.commit(0).unwrap();
+        // A move to cur/ by link and unlink, killed between the two.
+        fs::hard_link(dir.join("new").join(id.as_str()), dir.join("cur").join(id.as_str())).unwrap();
+        // Two different files under one ID: neither is deleted.
+        let odd = QueueId::generate();
+        fs::write(dir.join("new").join(odd.as_str()), b"one").unwrap();
+        fs::write(dir.join("hold").join(odd.as_str()), b"two").unwrap();
+        spool.repair();
+        assert!(!dir.join("new").join(id.as_str()).exists());
+        assert!(dir.join("cur").join(id.as_str()).exists());
+        assert_eq!(spool.queued(), vec![(Place::Cur, id)]);
+        assert_eq!(fs::read(dir.join("hold").join(odd.as_str())).unwrap(), b"two");
+        assert_eq!(fs::read(dir.join("corrupt").join(odd.as_str())).unwrap(), b"one");
         fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -499,3 +499,78 @@ pub fn configured(tag: &str, extra: &str) -> (TempDir, PathBuf) {
     std::fs::write(&conf, config_with(dir.path(), extra)).unwrap();
     (dir, conf)
 }
+
+/// Says on the real stderr (not the captured test output) that a test did not run, and why;
+/// `make test` shows these lines. Returns true when the test must stop here.
+pub fn skip_unless(condition: bool, why: &str) -> bool {
+    if !condition {
+        let test = std::thread::current().name().unwrap_or("?").to_string();
+        let _ = std::io::stderr().write_all(format!("SKIP {test}: {why}\n").as_bytes());
+    }
+    !condition
+}
+
+/// True (after a SKIP line) when the test cannot run because it needs root.
+pub fn skip_unless_root(why: &str) -> bool {
+    skip_unless(postern::sys::is_root(), &format!("needs root to {why}"))
+}
+
+/// A small tmpfs mounted on a fresh temp directory; unmounted, then removed, when dropped.
+pub struct SmallFs {
+    pub dir: TempDir,
+}
+
+impl SmallFs {
+    /// Needs root; the caller checks `skip_unless_root` first.
+    pub fn mount(tag: &str, size: &str) -> SmallFs {
+        let dir = TempDir::new(tag);
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status();
+        assert!(status.unwrap().success(), "mount tmpfs on {}", dir.path().display());
+        SmallFs { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Free blocks of the filesystem, as statfs(2) counts them (pages on tmpfs).
+    pub fn free_blocks(&self) -> u64 {
+        let out = Command::new("stat").args(["-f", "-c", "%a"]).arg(self.path()).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    }
+
+    /// Fills the filesystem with `filler`, then frees `free` pages of it again.
+    pub fn fill_leaving(&self, free: u64) {
+        use std::io::Seek;
+        let path = self.path().join("filler");
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
+        let page = [0x55u8; 4096];
+        while file.write_all(&page).is_ok() {}
+        let len = file.stream_position().unwrap() / 4096 * 4096;
+        file.set_len(len.saturating_sub(free * 4096)).unwrap();
+        assert_eq!(self.free_blocks(), free, "the filesystem should have {free} free pages");
+    }
+
+    /// Frees the space the filler took.
+    pub fn empty_filler(&self) {
+        let _ = std::fs::remove_file(self.path().join("filler"));
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+/// Runs postern-deliver with `conf` and `env`; returns whether it exited 0, and its log.
+pub fn deliver_with(conf: &Path, env: &[(&str, &str)], args: &[&str]) -> (std::process::ExitStatus, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_postern-deliver"));
+    command.arg("-c").arg(conf).args(args).envs(env.iter().copied());
+    let out = command.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    (out.status, text)
+}

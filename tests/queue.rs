@@ -1,0 +1,252 @@
+//! The queue's promises (doc/queue.md) kept under faults: a spool filesystem that fills up, and
+//! a delivery run killed at each crash point. Mail is delivered or its sender told; a crash
+//! costs at worst a second copy.
+
+mod support;
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+
+use postern::smtp::command::BodyType;
+use support::{FakeMx, SmallFs, TempDir, deliver_with, list, maildir, now, waiting};
+
+const HOUR: u64 = 3600;
+
+/// A configuration in `dir`, with `ghost`, an alias of a user who does not exist.
+fn configure(dir: &Path, extra: &str) -> PathBuf {
+    let conf = dir.join("postern.conf");
+    std::fs::write(&conf, support::config_with(dir, extra)).unwrap();
+    let aliases = dir.join("aliases");
+    let text = std::fs::read_to_string(&aliases).unwrap();
+    std::fs::write(&aliases, text + "ghost: carol\n").unwrap();
+    conf
+}
+
+fn queue(dir: &Path, from: &str, to: &[&str], arrived: u64) -> String {
+    let text = b"Subject: queued\r\nFrom: alice@example.test\r\n\r\nbody\r\n";
+    support::inject(&dir.join("spool"), from, to, arrived, BodyType::SevenBit, text)
+}
+
+fn alice(dir: &Path) -> Vec<String> {
+    maildir(&dir.join("maildirs/alice"))
+}
+
+/// Runs postern-deliver, acting as if it were `at`.
+fn run(conf: &Path, at: u64) -> (std::process::ExitStatus, String) {
+    deliver_with(conf, &[("POSTERN_NOW", &at.to_string())], &[])
+}
+
+fn run_ok(conf: &Path, at: u64) -> String {
+    let (status, log) = run(conf, at);
+    assert!(status.success(), "{log}");
+    log
+}
+
+/// Nothing left anywhere in the spool: no message, no log, no draft.
+fn assert_queue_empty(dir: &Path) {
+    let spool = dir.join("spool");
+    for sub in ["tmp", "new", "cur"] {
+        assert_eq!(list(&spool.join(sub)), Vec::<PathBuf>::new(), "spool/{sub} is not empty");
+    }
+}
+
+fn empty_logs(dir: &Path) -> Vec<PathBuf> {
+    let logs = list(&dir.join("spool/cur"));
+    logs.into_iter().filter(|p| p.extension().is_some() && std::fs::metadata(p).unwrap().len() == 0).collect()
+}
+
+fn reports_for(mail: &[String], rcpt: &str, action: &str) -> usize {
+    mail.iter().filter(|m| m.contains(&format!("Action: {action}")) && m.contains(rcpt)).count()
+}
+
+#[test]
+fn a_report_is_never_lost_on_a_full_spool() {
+    if support::skip_unless_root("mount a small tmpfs for the spool") {
+        return;
+    }
+    for free in 0..=4 {
+        let fs = SmallFs::mount("full-report", "1m");
+        let dir = fs.path();
+        let conf = configure(dir, "");
+        queue(dir, "alice@example.test", &["ghost@example.test"], now());
+        fs.fill_leaving(free);
+        let (status, log) = run(&conf, now());
+        let told = reports_for(&alice(dir), "carol@example.test", "failed");
+        assert!(told == 1 || !waiting(&dir.join("spool")).is_empty(), "{free} pages: lost: {log}");
+        assert!(status.success() || log.contains("the spool is full"), "{free} pages: {log}");
+        assert_eq!(empty_logs(dir), Vec::<PathBuf>::new(), "{free} pages: {log}");
+        fs.empty_filler();
+        let log = run_ok(&conf, now() + HOUR);
+        assert_eq!(reports_for(&alice(dir), "carol@example.test", "failed"), 1, "{free} pages: {log}");
+        assert_queue_empty(dir);
+    }
+}
+
+#[test]
+fn a_full_spool_stops_the_run_and_makes_no_second_copy() {
+    if support::skip_unless_root("mount a small tmpfs for the spool") {
+        return;
+    }
+    for free in 0..=4 {
+        let fs = SmallFs::mount("full-copy", "1m");
+        let dir = fs.path();
+        let conf = configure(dir, "");
+        queue(dir, "sender@remote.test", &["alice@example.test"], now());
+        queue(dir, "sender@remote.test", &["alice@example.test"], now());
+        fs.fill_leaving(free);
+        let (status, log) = run(&conf, now());
+        if free == 0 {
+            assert!(!status.success() && log.contains("the spool is full"), "{log}");
+            assert_eq!(list(&dir.join("spool/new")).len(), 2, "both messages left as they were: {log}");
+            assert!(list(&dir.join("spool/cur")).is_empty(), "{log}");
+            assert!(alice(dir).is_empty());
+        }
+        assert_eq!(empty_logs(dir), Vec::<PathBuf>::new(), "{free} pages: {log}");
+        fs.empty_filler();
+        let log = run_ok(&conf, now() + HOUR);
+        assert_eq!(alice(dir).len(), 2, "{free} pages: one copy of each: {log}");
+        assert_queue_empty(dir);
+    }
+}
+
+#[test]
+fn a_delay_warning_is_recorded_only_once_queued() {
+    if support::skip_unless_root("mount a small tmpfs for the spool") {
+        return;
+    }
+    for free in 0..=4 {
+        let fs = SmallFs::mount("full-warn", "1m");
+        let dir = fs.path();
+        let conf = configure(dir, "");
+        let arrived = now() - 5 * HOUR;
+        let id = queue(dir, "alice@example.test", &["bob@remote.test"], arrived);
+        run_ok(&conf, arrived + 4 * HOUR); // deferred: there is no DNS here
+        fs.fill_leaving(free);
+        let (_, full) = run(&conf, arrived + 5 * HOUR);
+        let log_text = std::fs::read_to_string(dir.join("spool/cur").join(format!("{id}.log"))).unwrap();
+        let warnings = reports_for(&alice(dir), "bob@remote.test", "delayed");
+        let queued_warnings = waiting(&dir.join("spool")).len().saturating_sub(1);
+        assert!(!log_text.contains(" warned ") || warnings + queued_warnings == 1, "{free} pages: {full}");
+        fs.empty_filler();
+        let log = run_ok(&conf, arrived + 6 * HOUR);
+        assert_eq!(reports_for(&alice(dir), "bob@remote.test", "delayed"), 1, "{free} pages: {full}\n{log}");
+        let log_text = std::fs::read_to_string(dir.join("spool/cur").join(format!("{id}.log"))).unwrap();
+        assert_eq!(log_text.matches(" warned ").count(), 1, "{log_text}");
+    }
+}
+
+/// Runs postern-deliver so that it dies at `point`, and checks that it did.
+fn crash_at(conf: &Path, point: &str, at: u64) {
+    let (status, log) = deliver_with(conf, &[("POSTERN_CRASH_AT", point), ("POSTERN_NOW", &at.to_string())], &[]);
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "did not stop at {point}: {log}");
+    assert!(log.contains(&format!("crash point {point}")), "{log}");
+}
+
+struct Crashed {
+    dir: TempDir,
+    conf: PathBuf,
+}
+
+fn setup(extra: &str) -> Crashed {
+    let dir = TempDir::new("crash");
+    let conf = configure(dir.path(), extra);
+    Crashed { dir, conf }
+}
+
+#[test]
+fn killed_after_a_local_copy_the_next_run_delivers_it_at_worst_twice() {
+    let c = setup("");
+    queue(c.dir.path(), "sender@remote.test", &["alice@example.test"], now());
+    crash_at(&c.conf, "after-local-copy", now());
+    assert_eq!(alice(c.dir.path()).len(), 1, "the copy was made before the crash");
+    run_ok(&c.conf, now());
+    let copies = alice(c.dir.path()).len();
+    assert_eq!(copies, 2, "the copy was not recorded, so it is made again (the window doc/queue.md names)");
+    assert_queue_empty(c.dir.path());
+}
+
+#[test]
+fn killed_after_the_log_line_the_next_run_only_removes_the_message() {
+    let c = setup("");
+    queue(c.dir.path(), "sender@remote.test", &["alice@example.test"], now());
+    crash_at(&c.conf, "before-remove", now());
+    assert_eq!(waiting(&c.dir.path().join("spool")).len(), 1);
+    run_ok(&c.conf, now());
+    assert_eq!(alice(c.dir.path()).len(), 1, "recorded as sent: not delivered again");
+    assert_queue_empty(c.dir.path());
+}
+
+#[test]
+fn killed_between_removing_a_message_and_its_log_the_log_is_swept() {
+    let c = setup("");
+    let id = queue(c.dir.path(), "sender@remote.test", &["alice@example.test"], now());
+    crash_at(&c.conf, "after-message-removed", now());
+    assert!(c.dir.path().join(format!("spool/cur/{id}.log")).exists(), "the log is left behind");
+    let log = run_ok(&c.conf, now());
+    assert!(log.contains("removed a delivery log left without its message"), "{log}");
+    assert_eq!(alice(c.dir.path()).len(), 1);
+    assert_queue_empty(c.dir.path());
+}
+
+#[test]
+fn killed_after_a_report_is_queued_the_sender_is_told_at_worst_twice() {
+    let c = setup("");
+    queue(c.dir.path(), "alice@example.test", &["ghost@example.test"], now());
+    crash_at(&c.conf, "after-report-queued", now());
+    run_ok(&c.conf, now());
+    let told = reports_for(&alice(c.dir.path()), "carol@example.test", "failed");
+    assert_eq!(told, 2, "the report was queued but not recorded, so it is built again");
+    assert_queue_empty(c.dir.path());
+}
+
+#[test]
+fn killed_while_writing_a_report_the_draft_goes_and_the_report_is_built_again() {
+    let c = setup("");
+    queue(c.dir.path(), "alice@example.test", &["ghost@example.test"], now());
+    crash_at(&c.conf, "report-draft-written", now());
+    assert_eq!(list(&c.dir.path().join("spool/tmp")).len(), 1, "the draft is left in tmp/");
+    let log = run_ok(&c.conf, now());
+    assert!(log.contains("removed leftover"), "{log}");
+    assert_eq!(reports_for(&alice(c.dir.path()), "carol@example.test", "failed"), 1, "{log}");
+    assert_queue_empty(c.dir.path());
+}
+
+#[test]
+fn killed_after_a_delay_warning_is_queued_it_is_sent_at_worst_twice() {
+    let c = setup("");
+    let arrived = now() - 5 * HOUR;
+    let id = queue(c.dir.path(), "alice@example.test", &["bob@remote.test"], arrived);
+    run_ok(&c.conf, arrived + 4 * HOUR);
+    crash_at(&c.conf, "after-warning-queued", arrived + 5 * HOUR);
+    run_ok(&c.conf, arrived + 5 * HOUR);
+    assert_eq!(reports_for(&alice(c.dir.path()), "bob@remote.test", "delayed"), 2);
+    run_ok(&c.conf, arrived + 6 * HOUR);
+    assert_eq!(reports_for(&alice(c.dir.path()), "bob@remote.test", "delayed"), 2, "recorded: no third");
+    let log = std::fs::read_to_string(c.dir.path().join(format!("spool/cur/{id}.log"))).unwrap();
+    assert_eq!(log.matches(" warned ").count(), 1, "{log}");
+}
+
+#[test]
+fn killed_after_a_remote_copy_the_next_run_sends_it_at_worst_twice() {
+    let sink = FakeMx::start("127.0.0.1:0", |_| None);
+    let c = setup(&format!("relayhost = [127.0.0.1]:{}\n", sink.addr.port()));
+    queue(c.dir.path(), "sender@example.test", &["bob@remote.test"], now());
+    crash_at(&c.conf, "after-remote-copy", now());
+    assert_eq!(sink.messages().len(), 1, "accepted with 250 before the crash");
+    run_ok(&c.conf, now());
+    assert_eq!(sink.messages().len(), 2, "RFC 1047: a duplicate, never a loss");
+    assert_queue_empty(c.dir.path());
+}
+
+#[test]
+fn a_message_left_under_two_names_is_delivered_once() {
+    let c = setup("");
+    let id = queue(c.dir.path(), "sender@remote.test", &["alice@example.test"], now());
+    let spool = c.dir.path().join("spool");
+    // A move to cur/ by link and unlink, killed between the two.
+    std::fs::hard_link(spool.join("new").join(&id), spool.join("cur").join(&id)).unwrap();
+    let log = run_ok(&c.conf, now());
+    assert!(log.contains("removed its second name"), "{log}");
+    assert_eq!(alice(c.dir.path()).len(), 1, "{log}");
+    assert_queue_empty(c.dir.path());
+}
