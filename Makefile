@@ -4,7 +4,7 @@ DESTDIR ?=
 CARGO ?= cargo
 BINARIES = postern-smtpd postern-deliver
 
-.PHONY: all build run test test-deps lint bench install install-files clean
+.PHONY: all build run test test-deps lint fuzz bench install install-files clean
 
 all: build
 
@@ -19,14 +19,23 @@ run:
 # Installs what the interop tests talk to (swaks, Postfix's smtp-source), then lints and tests.
 # The test build honours the crash points of src/fault.rs; `build` and `install` never do.
 TEST_FEATURES = --features fault-injection
+# Then each fuzz target runs for a few seconds, so a crash found that quickly fails CI.
 test: test-deps lint
 	$(CARGO) test --release --all-targets $(TEST_FEATURES)
+	tools/fuzz $(FUZZ_SMOKE_SECONDS)
+
+FUZZ_SMOKE_SECONDS ?= 10
+# Fuzzing proper (stable toolchain, libFuzzer): FUZZ_SECONDS per target.
+FUZZ_SECONDS ?= 300
+fuzz:
+	tools/fuzz $(FUZZ_SECONDS)
 
 test-deps:
 	@tools/ensure-test-deps
 
 lint:
 	$(CARGO) fmt --check
+	$(CARGO) fmt --check --manifest-path fuzz/Cargo.toml
 	$(CARGO) clippy --release --all-targets $(TEST_FEATURES) -- -D warnings
 
 # Acceptance rate beside a private Postfix and the disk's durable-create rate; idle memory.

@@ -87,21 +87,21 @@ impl Attempt {
             "-" => "%2D".to_string(),
             s => escape(s),
         };
-        let head = format!(
-            "{} {} {} {} {} ",
-            self.time,
-            self.outcome.name(),
-            field(&self.recipient),
-            field(&self.status),
-            field(&self.relay)
-        );
-        let room = MAX_LINE.saturating_sub(head.len() + 1);
-        let text = match self.text.as_str() {
-            "" => "-".to_string(),
-            "-" => "%2D".to_string(),
-            text => escape_within(text, room),
-        };
-        head + &text + "\n"
+        // The recipient is a path of at most 256 octets (RFC 5321 §4.5.3.1.3), 768 escaped;
+        // status, relay and text are cut so that the line stays within MAX_LINE.
+        let mut line = format!("{} {} {} ", self.time, self.outcome.name(), field(&self.recipient));
+        for (value, share) in [(&self.status, 16), (&self.relay, 512), (&self.text, MAX_LINE)] {
+            let room = MAX_LINE.saturating_sub(line.len() + 2).min(share);
+            line += &match value.as_str() {
+                "" => "-".to_string(),
+                "-" => "%2D".to_string(),
+                text => escape_within(text, room),
+            };
+            line.push(' ');
+        }
+        line.pop();
+        line.push('\n');
+        line
     }
 
     fn parse(line: &str) -> Option<Attempt> {
