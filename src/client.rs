@@ -4,7 +4,7 @@
 //! connect -> greeting 220 -> EHLO (HELO if refused) -> [STARTTLS -> 220 -> TLS -> EHLO]
 //!         -> [AUTH] -> { [RSET] MAIL, RCPT..., DATA, text, "." } per message -> QUIT
 //! ```
-//! Replies are read with bounded lines and a bounded line count (PITFALLS R1); every wait has
+//! Replies are read with bounded lines and a bounded line count (a hostile server cannot grow memory); every wait has
 //! its own deadline (§4.5.3.2). Outcomes are per recipient: a 250 to RCPT and a 250 after the
 //! dot means sent; any 4xx defers, any 5xx bounces, only the recipients it concerns.
 
@@ -60,7 +60,7 @@ impl ServerReply {
 pub enum ClientError {
     /// Could not connect, or the connection broke: temporary.
     Network(String),
-    /// The server's bytes were not SMTP (PITFALLS R1, T7): temporary, 4.5.0.
+    /// The server's bytes were not SMTP (RFC 5321 §4.2; or sent unasked after STARTTLS): temporary, 4.5.0.
     Protocol(String),
     /// The server answered with an error where the session cannot go on.
     Refused(ServerReply),
@@ -176,7 +176,7 @@ impl Extensions {
 }
 
 /// Writes a message for DATA: dots at line starts doubled (§4.5.2), any CR or LF not in a
-/// CRLF pair sent as a space (PITFALLS S10), a missing final CRLF added, then the lone dot.
+/// CRLF pair sent as a space (RFC 5321 §2.3.8: no bare CR or LF), a missing final CRLF added, then the lone dot.
 pub struct DotStuffer {
     line_start: bool,
     held_cr: bool,
@@ -398,7 +398,7 @@ impl Session {
                 _ => Err(ClientError::Tls(format!("STARTTLS refused: {}", reply.display()))),
             };
         }
-        // PITFALLS T7: anything sent along with the 220 was injected before TLS; never read it.
+        // RFC 3207 §4.2: anything sent along with the 220 was injected before TLS; never read it.
         if !self.reader.buffer().is_empty() {
             return Err(ClientError::Protocol("the server sent more after its STARTTLS reply".into()));
         }

@@ -227,7 +227,7 @@ fn classify(e: &NetError) -> DnsFailure {
     }
 }
 
-/// `name.`: absolute, so no search domain is ever appended (PITFALLS X12).
+/// `name.`: absolute, so no search domain is ever appended (RFC 5321 §5.1: names are looked up as written).
 fn absolute(name: &str) -> String {
     if name.ends_with('.') { name.to_string() } else { format!("{name}.") }
 }

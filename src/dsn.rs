@@ -137,7 +137,7 @@ fn machine_text(r: &Report<'_>) -> String {
     t
 }
 
-/// Remote text is untrusted: controls become `?`, and it is cut short (PITFALLS R2).
+/// Remote text is untrusted: controls become `?`, and it is cut short (RFC 3464 §2.3.6 quotes it, so it must not carry control characters).
 fn clean(text: &str) -> String {
     let mut out: String = text.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
     if out.len() > MAX_DIAGNOSTIC {

@@ -1,4 +1,4 @@
-//! MX routing end to end (PITFALLS §7): a DNS server we control, sinks on 127.0.0.3 and 127.0.0.4.
+//! MX routing end to end (RFC 5321 §5.1, RFC 7505): a DNS server we control, sinks on 127.0.0.3 and 127.0.0.4.
 
 mod support;
 

@@ -1,4 +1,4 @@
-//! STARTTLS (RFC 3207) over real sockets: PITFALLS §1.2 T1-T6 and DS10.
+//! STARTTLS (RFC 3207) over real sockets: plaintext injection, state reset, stalled handshakes.
 
 mod support;
 

@@ -355,7 +355,7 @@ impl Spool {
         self.root.join("cur").join(format!("{id}.log"))
     }
 
-    /// Opens, locks (without waiting) and checks one queued message (PITFALLS N7, K7, K8).
+    /// Opens, locks (without waiting) and checks one queued message (two runs never share a message; a truncated file is never delivered).
     pub fn open_queued(&self, place: Place, id: &QueueId) -> Result<Queued, OpenError> {
         let path = self.path(place.dir(), id);
         let file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path).map_err(OpenError::Io)?;

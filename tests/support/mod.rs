@@ -43,7 +43,7 @@ pub fn smtpd_binary() -> &'static str {
     env!("CARGO_BIN_EXE_postern-smtpd")
 }
 
-/// The configuration every test server starts from: the PITFALLS conventions.
+/// The configuration every test server starts from: the names the tests share.
 /// Local domain example.test, users alice and postmaster, no trusted network.
 pub fn base_config(dir: &Path) -> String {
     std::fs::write(dir.join("mailboxes"), format!("alice: {}/maildirs/alice/\n", dir.display())).unwrap();
