@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use crate::alias::LocalUsers;
 use crate::config::Config;
 use crate::smtp::address::ForwardPath;
+use crate::smtp::reply::{EnhancedStatus, Reply};
 use crate::table::TableError;
 
 /// Why a recipient or transaction is refused; `smtp::reply` turns each into its reply.
@@ -24,6 +25,25 @@ pub enum Refusal {
     MessageTooBig,
     /// An ESMTP parameter after HELO, which offers none (`555 5.5.4`).
     NotOffered(&'static str),
+}
+
+impl From<&Refusal> for Reply {
+    fn from(e: &Refusal) -> Reply {
+        let es = EnhancedStatus::new;
+        match e {
+            Refusal::UnknownUser(who) => Reply::no_such_user(who),
+            Refusal::RelayDenied(who) => Reply::new(554, es(5, 7, 1), format!("{who}: Relay access denied")),
+            Refusal::TooManyRecipients => Reply::new(452, es(4, 5, 3), "Error: too many recipients"),
+            Refusal::NoValidRecipients => Reply::new(554, es(5, 5, 1), "Error: no valid recipients"),
+            Refusal::NeedsSmtputf8 => {
+                Reply::new(553, es(5, 6, 7), "Error: non-ASCII address needs the SMTPUTF8 parameter")
+            }
+            Refusal::MessageTooBig => Reply::new(552, es(5, 3, 4), "Error: message size exceeds fixed limit"),
+            Refusal::NotOffered(name) => {
+                Reply::new(555, es(5, 5, 4), format!("Error: {name} was not offered; use EHLO"))
+            }
+        }
+    }
 }
 
 /// Where an accepted recipient will go.
@@ -97,6 +117,30 @@ impl Policy for LocalPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::smtp::reply::EnhancedStatus;
+
+    #[test]
+    fn every_refusal_has_its_code_and_an_agreeing_class() {
+        use Refusal as R;
+        let _exhaustive = |e: &Refusal| match e {
+            R::UnknownUser(_) | R::RelayDenied(_) | R::TooManyRecipients | R::NoValidRecipients => (),
+            R::NeedsSmtputf8 | R::MessageTooBig | R::NotOffered(_) => (),
+        };
+        for (refusal, want) in [
+            (R::UnknownUser("bob".into()), "550 5.1.1"),
+            (R::RelayDenied("<x@y.test>".into()), "554 5.7.1"),
+            (R::TooManyRecipients, "452 4.5.3"),
+            (R::NoValidRecipients, "554 5.5.1"),
+            (R::NeedsSmtputf8, "553 5.6.7"),
+            (R::MessageTooBig, "552 5.3.4"),
+            (R::NotOffered("SIZE"), "555 5.5.4"),
+        ] {
+            let reply = Reply::from(&refusal);
+            let EnhancedStatus(a, b, c) = reply.status().expect("an enhanced code");
+            assert_eq!(format!("{} {a}.{b}.{c}", reply.code()), want, "{refusal:?}");
+            assert!(reply.agrees() && reply.is_error(), "{refusal:?}");
+        }
+    }
 
     fn policy(extra: &str, mailboxes: Option<&[&str]>, aliases: &[(&str, &str)]) -> LocalPolicy {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);

@@ -15,8 +15,8 @@ use std::net::IpAddr;
 use crate::policy::{Policy, Refusal};
 use crate::smtp::address::{ForwardPath, ReversePath};
 use crate::smtp::command::{Command, MailParams, parse_command};
-use crate::smtp::reply::Reply;
-use crate::spool::{QueueId, SpoolError};
+use crate::smtp::reply::{EnhancedStatus, Reply};
+use crate::spool::QueueId;
 
 /// Limits and switches the session applies; taken from the configuration.
 #[derive(Debug, Clone)]
@@ -85,7 +85,23 @@ pub enum DataError {
     TooBig,
     BareLineEnding,
     TooManyHops,
-    Spool(SpoolError),
+    /// The spool's filesystem is full (`452 4.3.1`, RFC 3463 §3.4).
+    DiskFull,
+    /// The queue file could not be written or made durable (`451 4.3.0`).
+    WriteFailed,
+}
+
+impl From<&DataError> for Reply {
+    fn from(e: &DataError) -> Reply {
+        let es = EnhancedStatus::new;
+        match e {
+            DataError::TooBig => Reply::new(552, es(5, 3, 4), "Error: message size exceeds fixed limit"),
+            DataError::BareLineEnding => Reply::new(550, es(5, 5, 2), "Error: bare <CR> or <LF> received"),
+            DataError::TooManyHops => Reply::new(554, es(5, 4, 6), "Error: too many hops, this message is looping"),
+            DataError::DiskFull => Reply::new(452, es(4, 3, 1), "Error: insufficient system storage"),
+            DataError::WriteFailed => Reply::new(451, es(4, 3, 0), "Error: queue file write error"),
+        }
+    }
 }
 
 /// A command arrived in the wrong state (`503 5.5.1`).
@@ -96,6 +112,19 @@ pub enum SequenceError {
     NeedMail,
     NeedRcpt,
     InTransaction,
+}
+
+impl From<&SequenceError> for Reply {
+    fn from(e: &SequenceError) -> Reply {
+        let text = match e {
+            SequenceError::NeedHelo => "Error: send HELO/EHLO first",
+            SequenceError::NestedMail => "Error: nested MAIL command",
+            SequenceError::NeedMail => "Error: need MAIL command",
+            SequenceError::NeedRcpt => "Error: need RCPT command",
+            SequenceError::InTransaction => "Error: MAIL transaction in progress",
+        };
+        Reply::new(503, EnhancedStatus::new(5, 5, 1), text)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -563,6 +592,35 @@ mod tests {
     }
 
     #[test]
+    fn every_sequence_and_data_error_has_its_code_and_an_agreeing_class() {
+        use DataError as D;
+        use SequenceError as S;
+        let _exhaustive = |e: &DataError| match e {
+            D::TooBig | D::BareLineEnding | D::TooManyHops | D::DiskFull | D::WriteFailed => (),
+        };
+        let _exhaustive = |e: &SequenceError| match e {
+            S::NeedHelo | S::NestedMail | S::NeedMail | S::NeedRcpt | S::InTransaction => (),
+        };
+        let data = [
+            (D::TooBig, "552 5.3.4"),
+            (D::BareLineEnding, "550 5.5.2"),
+            (D::TooManyHops, "554 5.4.6"),
+            (D::DiskFull, "452 4.3.1"),
+            (D::WriteFailed, "451 4.3.0"),
+        ];
+        let sequence = [S::NeedHelo, S::NestedMail, S::NeedMail, S::NeedRcpt, S::InTransaction];
+        let replies = data
+            .iter()
+            .map(|(e, want)| (Reply::from(e), *want, format!("{e:?}")))
+            .chain(sequence.iter().map(|e| (Reply::from(e), "503 5.5.1", format!("{e:?}"))));
+        for (reply, want, name) in replies {
+            let EnhancedStatus(a, b, c) = reply.status().expect("an enhanced code");
+            assert_eq!(format!("{} {a}.{b}.{c}", reply.code()), want, "{name}");
+            assert!(reply.agrees() && reply.is_error(), "{name}");
+        }
+    }
+
+    #[test]
     fn data_errors_leave_the_session_usable() {
         let (c, p) = (config(), policy(""));
         let mut h = Harness::new(&c, &p, "198.51.100.1");
@@ -571,8 +629,8 @@ mod tests {
             (DataError::BareLineEnding, "550 5.5.2"),
             (DataError::TooBig, "552 5.3.4"),
             (DataError::TooManyHops, "554 5.4.6"),
-            (DataError::Spool(SpoolError::DiskFull), "452 4.3.1"),
-            (DataError::Spool(SpoolError::Io("x".into())), "451 4.3.0"),
+            (DataError::DiskFull, "452 4.3.1"),
+            (DataError::WriteFailed, "451 4.3.0"),
         ] {
             h.send("MAIL FROM:<a@b.test>");
             h.send("RCPT TO:<alice@example.test>");

@@ -17,7 +17,7 @@ use crate::policy::LocalPolicy;
 use crate::session::{Action, DataError, DataRequest, Input, MAX_HOPS, Session, SessionConfig, Step};
 use crate::smtp::line::{DotReader, HopCounter, Line, LineBuffer, MAX_COMMAND_LINE, TextError};
 use crate::smtp::reply::Reply;
-use crate::spool::{Envelope, QueueId, Spool};
+use crate::spool::{Envelope, QueueId, Spool, SpoolError};
 use crate::{sys, trace};
 
 mod conn;
@@ -372,8 +372,8 @@ impl Server {
             (Some(TextError::BareLineEnding), _) => Err(DataError::BareLineEnding),
             (Some(TextError::TooBig), _) => Err(DataError::TooBig),
             (None, _) if hops.hops() >= MAX_HOPS => Err(DataError::TooManyHops),
-            (None, Err(e)) => Err(DataError::Spool(e)),
-            (None, Ok((d, _))) => d.commit(header_len + reader.size()).map_err(DataError::Spool),
+            (None, Err(e)) => Err(storage_error(&e)),
+            (None, Ok((d, _))) => d.commit(header_len + reader.size()).map_err(|e| storage_error(&e)),
         };
         let size = header_len.saturating_add(reader.size());
         self.log_data_end(&result, req, client, size);
@@ -416,6 +416,14 @@ impl Server {
             Ok(id) => log::info!("{id}: client=[{peer}], from={}, size={size}, nrcpt={}", req.from, req.rcpts.len()),
             Err(e) => log::info!("reject: DATA from [{peer}]: from={}, size={size}: {}", req.from, reply_text(e)),
         }
+    }
+}
+
+/// What the client is told of a spool failure: a full disk, or any other write failure.
+fn storage_error(e: &SpoolError) -> DataError {
+    match e {
+        SpoolError::DiskFull => DataError::DiskFull,
+        SpoolError::Io(_) | SpoolError::Collision | SpoolError::Corrupt(_) => DataError::WriteFailed,
     }
 }
 

@@ -1,10 +1,11 @@
 //! Replies (RFC 5321 §4.2, RFC 3463 enhanced codes): the only place reply text is written.
 
-use crate::policy::Refusal;
-use crate::session::{DataError, SequenceError};
+//!
+//! Errors of the layers above (session, policy) map to replies beside their own types, with
+//! `Reply::new`; this module knows only the wire and the errors of `src/smtp/`.
+
 use crate::smtp::address::AddressError;
 use crate::smtp::command::SyntaxError;
-use crate::spool::SpoolError;
 
 /// §4.5.3.1.5: a reply line is at most 512 octets, CRLF included.
 const MAX_REPLY_LINE: usize = 512;
@@ -12,6 +13,12 @@ const MAX_REPLY_LINE: usize = 512;
 /// An RFC 3463 status code, `class.subject.detail`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EnhancedStatus(pub u8, pub u16, pub u16);
+
+impl EnhancedStatus {
+    pub const fn new(class: u8, subject: u16, detail: u16) -> EnhancedStatus {
+        EnhancedStatus(class, subject, detail)
+    }
+}
 
 /// One SMTP reply, possibly multi-line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,9 +29,15 @@ pub struct Reply {
 }
 
 impl Reply {
-    fn new(code: u16, status: EnhancedStatus, text: impl Into<String>) -> Reply {
-        debug_assert_eq!(u16::from(status.0), code / 100, "RFC 3463: classes must agree");
+    /// A one-line reply with its enhanced code. RFC 3463 §2: the class of the code and of the
+    /// status agree; every caller's table test checks that (`agrees`).
+    pub fn new(code: u16, status: EnhancedStatus, text: impl Into<String>) -> Reply {
         Reply { code, status: Some(status), lines: vec![text.into()] }
+    }
+
+    /// RFC 3463 §2: the status class is the reply's first digit, and the code is 2xx-5xx.
+    pub fn agrees(&self) -> bool {
+        (200..600).contains(&self.code) && self.status.is_none_or(|s| u16::from(s.0) == self.code / 100)
     }
 
     /// RFC 2034 §3: the greeting and the HELO/EHLO replies carry no enhanced code.
@@ -83,7 +96,7 @@ fn truncate_at_char(s: &mut String, max: usize) {
 }
 
 const fn es(class: u8, subject: u16, detail: u16) -> EnhancedStatus {
-    EnhancedStatus(class, subject, detail)
+    EnhancedStatus::new(class, subject, detail)
 }
 
 // The replies of a good session, in the order they usually appear.
@@ -246,58 +259,6 @@ fn why(e: &AddressError) -> &'static str {
     }
 }
 
-impl From<&SequenceError> for Reply {
-    fn from(e: &SequenceError) -> Reply {
-        let text = match e {
-            SequenceError::NeedHelo => "Error: send HELO/EHLO first",
-            SequenceError::NestedMail => "Error: nested MAIL command",
-            SequenceError::NeedMail => "Error: need MAIL command",
-            SequenceError::NeedRcpt => "Error: need RCPT command",
-            SequenceError::InTransaction => "Error: MAIL transaction in progress",
-        };
-        Reply::new(503, es(5, 5, 1), text)
-    }
-}
-
-impl From<&Refusal> for Reply {
-    fn from(e: &Refusal) -> Reply {
-        match e {
-            Refusal::UnknownUser(who) => Reply::no_such_user(who),
-            Refusal::RelayDenied(who) => Reply::new(554, es(5, 7, 1), format!("{who}: Relay access denied")),
-            Refusal::TooManyRecipients => Reply::new(452, es(4, 5, 3), "Error: too many recipients"),
-            Refusal::NoValidRecipients => Reply::new(554, es(5, 5, 1), "Error: no valid recipients"),
-            Refusal::NeedsSmtputf8 => {
-                Reply::new(553, es(5, 6, 7), "Error: non-ASCII address needs the SMTPUTF8 parameter")
-            }
-            Refusal::MessageTooBig => Reply::new(552, es(5, 3, 4), "Error: message size exceeds fixed limit"),
-            Refusal::NotOffered(name) => {
-                Reply::new(555, es(5, 5, 4), format!("Error: {name} was not offered; use EHLO"))
-            }
-        }
-    }
-}
-
-impl From<&DataError> for Reply {
-    fn from(e: &DataError) -> Reply {
-        match e {
-            DataError::TooBig => Reply::new(552, es(5, 3, 4), "Error: message size exceeds fixed limit"),
-            DataError::BareLineEnding => Reply::new(550, es(5, 5, 2), "Error: bare <CR> or <LF> received"),
-            DataError::TooManyHops => Reply::new(554, es(5, 4, 6), "Error: too many hops, this message is looping"),
-            DataError::Spool(s) => Reply::from(s),
-        }
-    }
-}
-
-impl From<&SpoolError> for Reply {
-    fn from(e: &SpoolError) -> Reply {
-        match e {
-            SpoolError::DiskFull => Reply::new(452, es(4, 3, 1), "Error: insufficient system storage"),
-            SpoolError::Io(_) | SpoolError::Collision => Reply::new(451, es(4, 3, 0), "Error: queue file write error"),
-            SpoolError::Corrupt(_) => Reply::new(451, es(4, 3, 0), "Error: queue file unreadable"),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,6 +282,65 @@ mod tests {
         assert!(bytes.len() <= 512, "{}", bytes.len());
         assert!(bytes.ends_with(b"\r\n"));
         assert!(std::str::from_utf8(&bytes).is_ok());
+    }
+
+    /// Every syntax error, each address error inside one; the match makes a new variant a
+    /// compile error here until it is listed.
+    fn every_syntax_error() -> Vec<(SyntaxError, &'static str)> {
+        use AddressError as A;
+        let addresses = [
+            A::MissingBrackets,
+            A::NotUtf8,
+            A::PathTooLong,
+            A::LocalPartTooLong,
+            A::DomainTooLong,
+            A::NoDomain,
+            A::BadLocalPart,
+            A::BadDomain,
+            A::BadLiteral,
+            A::BadRoute,
+        ];
+        let _exhaustive = |a: &AddressError| match a {
+            A::MissingBrackets | A::NotUtf8 | A::PathTooLong | A::LocalPartTooLong | A::DomainTooLong => (),
+            A::NoDomain | A::BadLocalPart | A::BadDomain | A::BadLiteral | A::BadRoute => (),
+        };
+        let mut all = vec![
+            (SyntaxError::Unrecognized, "500 5.5.2"),
+            (SyntaxError::LineTooLong, "500 5.5.2"),
+            (SyntaxError::Usage("MAIL FROM:<address>"), "501 5.5.4"),
+            (SyntaxError::NotImplemented("ETRN"), "502 5.5.1"),
+            (SyntaxError::BadParameter, "501 5.5.4"),
+            (SyntaxError::DuplicateParameter, "501 5.5.4"),
+            (SyntaxError::UnknownParameter("X".into()), "555 5.5.4"),
+        ];
+        let _exhaustive = |e: &SyntaxError| match e {
+            SyntaxError::Unrecognized | SyntaxError::LineTooLong | SyntaxError::Usage(_) => (),
+            SyntaxError::NotImplemented(_) | SyntaxError::Sender(_) | SyntaxError::Recipient(_) => (),
+            SyntaxError::BadParameter | SyntaxError::DuplicateParameter | SyntaxError::UnknownParameter(_) => (),
+        };
+        for a in addresses {
+            all.push((SyntaxError::Sender(a), "501 5.1.7"));
+            all.push((SyntaxError::Recipient(a), "501 5.1.3"));
+        }
+        all
+    }
+
+    #[test]
+    fn every_syntax_error_has_its_code_and_an_agreeing_class() {
+        for (error, want) in every_syntax_error() {
+            let reply = Reply::from(&error);
+            let EnhancedStatus(a, b, c) = reply.status().expect("an error reply carries an enhanced code");
+            assert_eq!(format!("{} {a}.{b}.{c}", reply.code()), want, "{error:?}");
+            assert!(reply.agrees() && reply.is_error(), "{error:?}");
+            assert!(!reply.lines()[0].is_empty(), "{error:?} has a text");
+        }
+    }
+
+    #[test]
+    fn agreement_is_checked() {
+        assert!(!Reply::new(250, es(5, 0, 0), "x").agrees());
+        assert!(!Reply::new(199, es(1, 0, 0), "x").agrees());
+        assert!(Reply::new(451, es(4, 3, 0), "x").agrees());
     }
 
     #[test]
