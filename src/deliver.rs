@@ -13,12 +13,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::alias::{ExpandError, LocalUsers, Target};
 use crate::config::Config;
 use crate::dsn::{self, Action, Diagnostic, RecipientStatus};
-use crate::maildir::{MaildirError, Stamp, deliver_to_maildir};
+use crate::maildir::{Stamp, deliver_to_maildir};
+use crate::outcome::{Event, judge};
 use crate::relay::{Relay, Route};
 use crate::schedule::{self, Plan, RetryPolicy};
 use crate::smtp::address::{ForwardPath, Mailbox, ReversePath};
 use crate::smtp::command::BodyType;
-use crate::spool::log::{Attempt, DeliveryLog, Outcome, read_log};
+use crate::smtp::reply::EnhancedStatus;
+use crate::spool::log::{Attempt, DeliveryLog, Outcome, Where, read_log};
 use crate::spool::{Envelope, OpenError, Place, QueueId, Queued, Spool, SpoolError, is_disk_full};
 
 /// How a run is asked to behave.
@@ -355,14 +357,7 @@ impl<'a> Runner<'a> {
             Some((id, to)) => format!("report {id} to {to}"),
             None => "no report: the sender is <> and the postmaster cannot be told".into(),
         };
-        let line = Attempt {
-            time: self.now,
-            outcome: Outcome::Reported,
-            recipient: String::new(),
-            status: String::new(),
-            relay: String::new(),
-            text,
-        };
+        let line = Attempt::about_message(self.now, Outcome::Reported, None, text);
         log.append(&line).map_err(|e| self.spool_failure(&q.id, &self.spool.log_path(&q.id), e))?;
         Ok(queued.map(|(id, _)| id))
     }
@@ -398,22 +393,14 @@ impl<'a> Runner<'a> {
 
     /// Delivers to one local recipient; `None` when it is remote (see `relay`).
     fn attempt(&self, q: &Queued, item: &Expanded) -> Option<Attempt> {
-        let outcome = |outcome, status: &str, relay: &str, text: String| Attempt {
-            time: self.now,
-            outcome,
-            recipient: item.key(),
-            status: status.into(),
-            relay: relay.into(),
-            text,
+        let attempt = |place: Where, event: Event<'_>| {
+            let v = judge(event);
+            let (recipient, status) = (item.key(), Some(v.status));
+            Attempt { time: self.now, outcome: v.outcome, recipient, status, relay: place, text: v.text }
         };
         let target = match &item.target {
             Ok(t) => t,
-            Err(ExpandError::UnknownUser(who)) => {
-                return Some(outcome(Outcome::Bounced, "5.1.1", "local", format!("{who}: no such user here")));
-            }
-            Err(ExpandError::Loop(who)) => {
-                return Some(outcome(Outcome::Bounced, "5.4.6", "local", format!("{who}: aliases loop")));
-            }
+            Err(e) => return Some(attempt(Where::Local, Event::Alias(e))),
         };
         let Target::Mailbox { address, maildir, .. } = target else { return None };
         let stamp = Stamp {
@@ -423,12 +410,8 @@ impl<'a> Runner<'a> {
             follow_symlinks: self.config.follow_maildir_symlinks,
         };
         Some(match deliver_to_maildir(maildir, &stamp, || Ok(q.message())) {
-            Ok(path) => outcome(Outcome::Sent, "2.0.0", "maildir", format!("delivered to {}", path.display())),
-            Err(MaildirError::Loop) => outcome(Outcome::Bounced, "5.4.6", "maildir", "mail forwarding loop".into()),
-            Err(MaildirError::Full(why)) => outcome(Outcome::Deferred, "4.2.2", "maildir", why),
-            Err(MaildirError::Unsafe(why) | MaildirError::Io(why)) => {
-                outcome(Outcome::Deferred, "4.3.0", "maildir", why)
-            }
+            Ok(path) => attempt(Where::Maildir, Event::Delivered(&path.display().to_string())),
+            Err(e) => attempt(Where::Maildir, Event::Maildir(&e)),
         })
     }
 
@@ -446,7 +429,8 @@ impl<'a> Runner<'a> {
             Outcome::Reported => "reported",
         };
         let delay = self.now.saturating_sub(q.envelope.arrived);
-        log::info!("{line}, relay={}, delay={delay}, dsn={}, status={status} ({})", a.relay, a.status, a.text);
+        let dsn = a.status_text();
+        log::info!("{line}, relay={}, delay={delay}, dsn={dsn}, status={status} ({})", a.relay, a.text);
     }
 
     /// Queues one report for the failed recipients of one message (RFC 3464); `None` when
@@ -531,14 +515,8 @@ impl<'a> Runner<'a> {
             }
         };
         crate::fault::crash_point("after-warning-queued");
-        let warned = Attempt {
-            time: self.now,
-            outcome: Outcome::Warned,
-            recipient: String::new(),
-            status: "4.0.0".into(),
-            relay: String::new(),
-            text: "delay warning sent".into(),
-        };
+        let status = Some(EnhancedStatus::new(4, 0, 0));
+        let warned = Attempt::about_message(self.now, Outcome::Warned, status, "delay warning sent".into());
         log.append(&warned).map_err(|e| self.spool_failure(&q.id, &self.spool.log_path(&q.id), e))?;
         Ok(made)
     }
@@ -599,12 +577,12 @@ impl<'a> Failure<'a> {
         let a = self.attempt;
         let bare = |s: &str| s.trim_start_matches('<').trim_end_matches('>').to_string();
         let original = self.original.map(ForwardPath::to_string).filter(|o| *o != a.recipient);
-        let remote = !matches!(a.relay.as_str(), "" | "local" | "maildir");
+        let remote = matches!(a.relay, Where::Remote { .. });
         RecipientStatus {
             final_recipient: bare(&a.recipient),
             original_recipient: original.map(|o| bare(&o)),
-            status: a.status.clone(),
-            remote_mta: remote.then(|| a.relay.clone()),
+            status: a.status.unwrap_or(EnhancedStatus::new(5, 0, 0)),
+            remote_mta: remote.then(|| a.relay.to_string()),
             diagnostic: if remote { Diagnostic::Smtp(a.text.clone()) } else { Diagnostic::Local(a.text.clone()) },
             last_attempt: a.time,
         }

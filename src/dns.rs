@@ -57,20 +57,6 @@ pub enum RouteError {
     Loop,
 }
 
-impl RouteError {
-    /// The status, whether it bounces, and the text for the log and the report.
-    pub fn outcome(&self, domain: &str) -> (&'static str, bool, String) {
-        match self {
-            RouteError::Temporary(why) => ("4.4.3", false, format!("DNS lookup for {domain} failed: {why}")),
-            RouteError::NoPrimary(why) => ("4.4.4", false, format!("unable to find primary relay for {domain}: {why}")),
-            RouteError::NoDomain => ("5.1.2", true, format!("Host or domain name not found: {domain} does not exist")),
-            RouteError::NullMx => ("5.1.10", true, format!("556 5.1.10 Recipient address has null MX ({domain})")),
-            RouteError::NoAddress => ("5.4.4", true, format!("no mail host for {domain} has an address")),
-            RouteError::Loop => ("5.4.6", true, format!("mail for {domain} loops back to myself")),
-        }
-    }
-}
-
 /// The hosts for `domain`, best first: MX order by preference, random among equals; the domain
 /// itself when it has no MX at all; never the domain's A records when it has MX records.
 pub fn route_domain(

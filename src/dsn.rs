@@ -1,5 +1,6 @@
 //! Delivery status notifications (RFC 3464, RFC 6522): a pure function of what failed, and when.
 
+use crate::smtp::reply::EnhancedStatus;
 use crate::trace::rfc5322_date;
 
 /// Postfix caps returned content near this; only headers are returned here, cut at this size.
@@ -24,7 +25,7 @@ pub struct RecipientStatus {
     /// The envelope recipient it was expanded from, when different.
     pub original_recipient: Option<String>,
     /// RFC 3463 status.
-    pub status: String,
+    pub status: EnhancedStatus,
     /// The host that answered, when one did.
     pub remote_mta: Option<String>,
     /// The remote reply (`smtp` type) or the local reason.
@@ -186,7 +187,7 @@ mod tests {
         RecipientStatus {
             final_recipient: rcpt.into(),
             original_recipient: None,
-            status: "5.1.1".into(),
+            status: EnhancedStatus(5, 1, 1),
             remote_mta: Some("mx.remote.test".into()),
             diagnostic: Diagnostic::Smtp(reply.into()),
             last_attempt: 3000,

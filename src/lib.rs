@@ -31,6 +31,7 @@ pub mod dsn;
 pub mod fault;
 pub mod logging;
 pub mod maildir;
+pub mod outcome;
 pub mod policy;
 pub mod relay;
 pub mod schedule;

@@ -6,12 +6,14 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::{Condvar, Mutex};
 
-use crate::client::{ClientError, Dial, RecipientResult, Session, Timeouts, TlsPolicy, Transaction};
+use crate::client::{ClientError, Dial, Session, Timeouts, TlsPolicy};
 use crate::config::{Config, TlsMode};
-use crate::dns::{DnsLookup, route_domain, shuffle_seed};
-use crate::smtp::address::{Host, Mailbox};
+use crate::dns::{DnsLookup, RouteError, route_domain, shuffle_seed};
+use crate::outcome::{Event, judge};
+use crate::smtp::address::{ForwardPath, Host, Mailbox};
+use crate::smtp::client::{Envelope, RecipientResult, SmtpError};
 use crate::spool::Queued;
-use crate::spool::log::{Attempt, Outcome};
+use crate::spool::log::{Attempt, Where};
 
 /// Where a remote recipient's copy goes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -35,11 +37,26 @@ pub struct Destination {
 /// RFC 5321 §5.1 asks to try at least two; like Postfix, at most five addresses per message.
 const MAX_ADDRESSES: usize = 5;
 
-/// A route that has no server: deferred or bounced, with status and text.
-pub struct NoRoute {
-    bounce: bool,
-    status: String,
-    text: String,
+/// Why a route has no server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoRoute {
+    /// The domain's DNS says so.
+    Dns(RouteError, String),
+    /// The relayhost is not configured or does not resolve.
+    Relayhost(String),
+    /// An address literal that is this host.
+    LiteralLoop(IpAddr),
+}
+
+/// What happened when a message was taken to one destination (`Relay::execute`).
+#[derive(Debug)]
+pub enum Execution {
+    /// There was no server to try.
+    NoRoute(NoRoute),
+    /// No session could be had; `Where` is the last server tried.
+    NoSession(Where, ClientError),
+    /// A transaction ran with this server.
+    Ran(Where, Result<Vec<RecipientResult>, ClientError>),
 }
 
 /// The run's remote side, shared by its delivery threads: open sessions kept for the next
@@ -111,7 +128,8 @@ impl<'a> Relay<'a> {
         plans
     }
 
-    /// Delivers one message to recipients that share a destination; one attempt per recipient.
+    /// Delivers one message to recipients that share a destination: execute, then record
+    /// one attempt per recipient.
     pub fn deliver(
         &self,
         q: &Queued,
@@ -120,100 +138,57 @@ impl<'a> Relay<'a> {
         now: u64,
     ) -> Vec<Attempt> {
         let keys: Vec<String> = rcpts.iter().map(|m| format!("<{m}>")).collect();
-        let all = |outcome, status: String, relay: &str, text: &str| {
-            keys.iter()
-                .map(|k| Attempt {
-                    time: now,
-                    outcome,
-                    recipient: k.clone(),
-                    status: status.clone(),
-                    relay: relay.into(),
-                    text: text.into(),
-                })
-                .collect::<Vec<_>>()
-        };
+        record(&self.execute(q, dest, rcpts), &keys, now)
+    }
+
+    /// Takes the message to the destination's first server that answers; keeps the session
+    /// for the next message when it ended in a known state.
+    pub fn execute(&self, q: &Queued, dest: Result<Destination, NoRoute>, rcpts: &[&Mailbox]) -> Execution {
         let dest = match dest {
             Ok(d) => d,
-            Err(no) => {
-                let outcome = if no.bounce { Outcome::Bounced } else { Outcome::Deferred };
-                return all(outcome, no.status, "-", &no.text);
-            }
+            Err(no) => return Execution::NoRoute(no),
         };
         let (name, addr, mut session) = match self.connect(&dest) {
             Ok(found) => found,
-            Err((relay, e)) => return all(Outcome::Deferred, connect_status(&e), &relay, &e.text()),
+            Err((place, e)) => return Execution::NoSession(place, e),
         };
-        let relay = relay_name(&name, addr);
-        let from = q.envelope.from.mailbox().map_or_else(String::new, |m| m.to_string());
-        let recipients: Vec<String> = rcpts.iter().map(|m| m.to_string()).collect();
-        let tx = Transaction {
-            from: &from,
-            recipients: &recipients,
+        let envelope = Envelope {
+            from: q.envelope.from.clone(),
+            recipients: rcpts.iter().map(|m| ForwardPath::Mailbox((*m).clone())).collect(),
             size: q.envelope.size,
-            eight_bit: q.envelope.body == crate::smtp::command::BodyType::EightBitMime,
+            body: q.envelope.body,
             smtputf8: q.envelope.smtputf8,
-            message: q.message(),
         };
-        let result = session.transaction(tx);
-        let result = result.and_then(|r| match r.len() == keys.len() {
-            true => Ok(r),
-            false => Err(ClientError::Protocol(format!("{} replies for {} recipients", r.len(), keys.len()))),
-        });
-        // A broken connection is not kept; a refusal leaves it in a known state, fit for RSET.
-        let reusable = !matches!(result, Err(ClientError::Network(_) | ClientError::Protocol(_) | ClientError::Tls(_)));
-        let attempts = match result {
-            Ok(results) => keys
-                .iter()
-                .zip(results)
-                .map(|(k, r)| {
-                    let reply = match &r {
-                        RecipientResult::Sent(reply) | RecipientResult::Failed(reply) => reply,
-                    };
-                    let outcome = match (&r, reply.is_permanent()) {
-                        (RecipientResult::Sent(_), _) => Outcome::Sent,
-                        (RecipientResult::Failed(_), true) => Outcome::Bounced,
-                        (RecipientResult::Failed(_), false) => Outcome::Deferred,
-                    };
-                    Attempt {
-                        time: now,
-                        outcome,
-                        recipient: k.clone(),
-                        status: reply.status(),
-                        relay: relay.clone(),
-                        text: reply.display(),
-                    }
-                })
-                .collect(),
-            Err(e) => {
-                let outcome = if e.is_permanent() { Outcome::Bounced } else { Outcome::Deferred };
-                all(outcome, transaction_status(&e), &relay, &e.text())
-            }
-        };
+        let result = session.transaction(&envelope, q.message());
+        // A refusal leaves the session in a known state, fit for RSET; anything else does not.
+        let reusable = matches!(
+            &result,
+            Ok(_) | Err(ClientError::Smtp(SmtpError::Refused(_) | SmtpError::TooBig { .. } | SmtpError::NeedsSmtputf8))
+        );
         self.check_in(addr, reusable.then_some(session));
-        attempts
+        Execution::Ran(Where::Remote { host: name, addr }, result)
     }
 
     fn destination(&self, route: &Route) -> Result<Destination, NoRoute> {
         let port = self.config.smtp_port;
-        let defer = |text: String| NoRoute { bounce: false, status: "4.4.3".into(), text };
         match route {
             Route::Relayhost => {
                 let Some((host, port)) = self.config.relayhost.clone() else {
-                    return Err(defer("no relayhost configured".into()));
+                    return Err(NoRoute::Relayhost("no relayhost configured".into()));
                 };
                 let tls = match self.config.relayhost_tls {
                     TlsMode::May => TlsPolicy::May,
                     TlsMode::Encrypt => TlsPolicy::Encrypt,
                     TlsMode::Verify => TlsPolicy::Verify,
                 };
-                let addrs =
-                    (host.as_str(), port).to_socket_addrs().map_err(|e| defer(format!("relayhost {host}: {e}")))?;
+                let addrs = (host.as_str(), port)
+                    .to_socket_addrs()
+                    .map_err(|e| NoRoute::Relayhost(format!("relayhost {host}: {e}")))?;
                 Ok(Destination { addrs: addrs.map(|a| (host.clone(), a)).collect(), tls, auth: true })
             }
             Route::Literal(ip) => {
                 if self.is_self("", *ip) {
-                    let text = format!("mail for [{ip}] loops back to myself");
-                    return Err(NoRoute { bounce: true, status: "5.4.6".into(), text });
+                    return Err(NoRoute::LiteralLoop(*ip));
                 }
                 Ok(Destination {
                     addrs: vec![(ip.to_string(), SocketAddr::new(*ip, port))],
@@ -225,14 +200,12 @@ impl<'a> Relay<'a> {
                 let idle = self.dns.lock().unwrap_or_else(|e| e.into_inner()).pop();
                 let dns = match idle {
                     Some(dns) => dns,
-                    None => DnsLookup::new(&self.config.dns_servers, self.config.dns_timeout).map_err(defer)?,
+                    None => DnsLookup::new(&self.config.dns_servers, self.config.dns_timeout)
+                        .map_err(|e| NoRoute::Dns(RouteError::Temporary(e), domain.clone()))?,
                 };
                 let routed = route_domain(&dns, domain, &|name, ip| self.is_self(name, ip), shuffle_seed());
                 self.dns.lock().unwrap_or_else(|e| e.into_inner()).push(dns);
-                let hosts = routed.map_err(|e| {
-                    let (status, bounce, text) = e.outcome(domain);
-                    NoRoute { bounce, status: status.into(), text }
-                })?;
+                let hosts = routed.map_err(|e| NoRoute::Dns(e, domain.clone()))?;
                 let addrs = hosts
                     .iter()
                     .flat_map(|h| h.addrs.iter().map(|ip| (h.name.clone(), SocketAddr::new(*ip, port))))
@@ -257,11 +230,13 @@ impl<'a> Relay<'a> {
 
     /// A kept session for one of the addresses, or a new one, trying each address in turn.
     /// At most `max_per_destination` sessions are open to one address; past that, wait.
-    fn connect(&self, dest: &Destination) -> Result<(String, SocketAddr, Session), (String, ClientError)> {
-        let mut last = ("-".to_string(), ClientError::Network("no address to connect to".into()));
+    fn connect(&self, dest: &Destination) -> Result<(String, SocketAddr, Session), (Where, ClientError)> {
+        let none = ClientError::Network { text: "no address to connect to".into(), after_data: false };
+        let mut last = (Where::Nowhere, none);
         for (name, addr) in &dest.addrs {
+            let place = Where::Remote { host: name.clone(), addr: *addr };
             if let Some(e) = self.unreachable.lock().unwrap_or_else(|e| e.into_inner()).get(addr) {
-                last = (relay_name(name, *addr), e.clone());
+                last = (place, e.clone());
                 continue;
             }
             let session = match self.check_out(*addr) {
@@ -272,11 +247,11 @@ impl<'a> Relay<'a> {
                 Ok(session) => return Ok((name.clone(), *addr, session)),
                 Err(e) => {
                     self.check_in(*addr, None);
-                    log::info!("connect to {}: {}", relay_name(name, *addr), e.text());
-                    if matches!(e, ClientError::Network(_)) {
+                    log::info!("connect to {place}: {}", judge(Event::Connect(&e)).text);
+                    if matches!(e, ClientError::Network { .. }) {
                         self.unreachable.lock().unwrap_or_else(|e| e.into_inner()).insert(*addr, e.clone());
                     }
-                    last = (relay_name(name, *addr), e);
+                    last = (place, e);
                 }
             }
         }
@@ -349,20 +324,85 @@ impl<'a> Relay<'a> {
     }
 }
 
-fn connect_status(e: &ClientError) -> String {
-    match e {
-        ClientError::Refused(_) => "4.4.1".into(), // refused to talk: try later, or another host
-        other => other.status(),
+/// One attempt per recipient (`keys`, in the order given) from what `execute` found.
+pub fn record(execution: &Execution, keys: &[String], now: u64) -> Vec<Attempt> {
+    let attempt = |key: &String, place: &Where, event: Event<'_>| {
+        let v = judge(event);
+        let (status, relay) = (Some(v.status), place.clone());
+        Attempt { time: now, outcome: v.outcome, recipient: key.clone(), status, relay, text: v.text }
+    };
+    let all = |place: &Where, event: Event<'_>| keys.iter().map(|k| attempt(k, place, event)).collect();
+    match execution {
+        Execution::NoRoute(NoRoute::Dns(e, domain)) => all(&Where::Nowhere, Event::Route(e, domain)),
+        Execution::NoRoute(NoRoute::Relayhost(why)) => all(&Where::Nowhere, Event::Relayhost(why)),
+        Execution::NoRoute(NoRoute::LiteralLoop(ip)) => all(&Where::Nowhere, Event::LiteralLoop(*ip)),
+        Execution::NoSession(place, e) => all(place, Event::Connect(e)),
+        Execution::Ran(place, Err(e)) => all(place, Event::Transaction(e)),
+        Execution::Ran(place, Ok(results)) if results.len() != keys.len() => {
+            all(place, Event::Transaction(&ClientError::Smtp(SmtpError::Unexpected)))
+        }
+        Execution::Ran(place, Ok(results)) => keys
+            .iter()
+            .zip(results)
+            .map(|(k, r)| match r {
+                RecipientResult::Sent(reply) | RecipientResult::Failed(reply) => attempt(k, place, Event::Reply(reply)),
+            })
+            .collect(),
     }
 }
 
-fn transaction_status(e: &ClientError) -> String {
-    match e {
-        ClientError::Network(_) => "4.4.2".into(),
-        other => other.status(),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::reply::{EnhancedStatus, Parsed, parse_reply};
+    use crate::spool::log::Outcome;
 
-fn relay_name(name: &str, addr: SocketAddr) -> String {
-    format!("{name}[{}]:{}", addr.ip(), addr.port())
+    fn reply(wire: &str) -> crate::smtp::reply::Reply {
+        match parse_reply(wire.as_bytes()) {
+            Parsed::Reply(r, _) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn keys() -> Vec<String> {
+        vec!["<a@b.test>".into(), "<c@b.test>".into()]
+    }
+
+    fn lines(attempts: &[Attempt]) -> Vec<String> {
+        attempts.iter().map(|a| format!("{} {:?} {} {}", a.recipient, a.outcome, a.status_text(), a.relay)).collect()
+    }
+
+    #[test]
+    fn each_recipient_is_recorded_from_its_own_reply() {
+        let mx = Where::Remote { host: "mx.b.test".into(), addr: "192.0.2.1:25".parse().unwrap() };
+        let results = vec![
+            RecipientResult::Sent(reply("250 2.0.0 queued\r\n")),
+            RecipientResult::Failed(reply("550 5.1.1 no c\r\n")),
+        ];
+        let attempts = record(&Execution::Ran(mx.clone(), Ok(results)), &keys(), 7);
+        assert_eq!(
+            lines(&attempts),
+            ["<a@b.test> Sent 2.0.0 mx.b.test[192.0.2.1]:25", "<c@b.test> Bounced 5.1.1 mx.b.test[192.0.2.1]:25"]
+        );
+        assert!(attempts.iter().all(|a| a.time == 7));
+        assert_eq!(attempts[1].text, "550 5.1.1 no c");
+    }
+
+    #[test]
+    fn a_failure_of_the_whole_goes_to_every_recipient() {
+        let mx = Where::Remote { host: "mx".into(), addr: "192.0.2.1:25".parse().unwrap() };
+        let refused = ClientError::Smtp(SmtpError::Refused(reply("554 5.7.1 no\r\n")));
+        for (execution, want) in [
+            (Execution::NoRoute(NoRoute::Dns(RouteError::NullMx, "b.test".into())), "Bounced 5.1.10 -"),
+            (Execution::NoRoute(NoRoute::Relayhost("none".into())), "Deferred 4.4.3 -"),
+            (Execution::NoSession(mx.clone(), refused.clone()), "Deferred 4.4.1 mx[192.0.2.1]:25"),
+            (Execution::Ran(mx.clone(), Err(refused)), "Bounced 5.7.1 mx[192.0.2.1]:25"),
+            (Execution::Ran(mx.clone(), Ok(vec![])), "Deferred 4.5.0 mx[192.0.2.1]:25"),
+        ] {
+            let got = lines(&record(&execution, &keys(), 1));
+            assert_eq!(got, [format!("<a@b.test> {want}"), format!("<c@b.test> {want}")], "{execution:?}");
+        }
+        let looped = record(&Execution::NoRoute(NoRoute::LiteralLoop("127.0.0.1".parse().unwrap())), &keys(), 1);
+        assert_eq!((looped[0].outcome, looped[0].status), (Outcome::Bounced, Some(EnhancedStatus(5, 4, 6))));
+    }
 }

@@ -102,8 +102,8 @@ mod tests {
             time,
             outcome: Outcome::Deferred,
             recipient: rcpt.into(),
-            status: "4.4.1".into(),
-            relay: "-".into(),
+            status: Some(crate::smtp::reply::EnhancedStatus(4, 4, 1)),
+            relay: crate::spool::log::Where::Nowhere,
             text: "refused".into(),
         }
     }

@@ -357,7 +357,7 @@ fn auth_relayhost(
                         r.get_mut().write_all(format!("{reply}\r\n").as_bytes()).ok()?;
                     }
                 }
-                let good = postern::client::base64(format!("\0{user}\0{password}").as_bytes());
+                let good = postern::smtp::client::base64(format!("\0{user}\0{password}").as_bytes());
                 let mut plain = stream;
                 plain.write_all(b"220 auth.test ESMTP\r\n").ok();
                 if let Some(plain) = session(plain, false, &good, &seen)

@@ -1,7 +1,7 @@
 //! Any delivery log: every line read back writes out as a line that reads back the same.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use postern::spool::log::{MAX_LINE, parse_log};
+use postern::spool::log::{MAX_LINE, Where, parse_log};
 
 fuzz_target!(|text: &[u8]| {
     for attempt in parse_log(&String::from_utf8_lossy(text)) {
@@ -12,9 +12,11 @@ fuzz_target!(|text: &[u8]| {
         assert_eq!(back.len(), 1, "{line}");
         let (a, b) = (&attempt, &back[0]);
         assert_eq!((a.time, a.outcome, &a.recipient), (b.time, b.outcome, &b.recipient), "{line}");
-        // Status, relay and text are cut only at a character boundary.
-        for (whole, cut) in [(&a.status, &b.status), (&a.relay, &b.relay), (&a.text, &b.text)] {
-            assert!(whole.starts_with(cut.as_str()), "{line}");
-        }
+        assert_eq!(a.status, b.status, "{line}");
+        // A relay too long for its share of the line (512 octets escaped) is cut and so lost.
+        let cut_relay = b.relay == Where::Nowhere && a.relay.to_string().len() > 512 / 3;
+        assert!(a.relay == b.relay || cut_relay, "{line}");
+        // The text is cut only at a character boundary.
+        assert!(a.text.starts_with(b.text.as_str()), "{line}");
     }
 });

@@ -44,6 +44,43 @@ pub enum Command {
     StartTls,
 }
 
+impl Command {
+    /// The line a client sends, CRLF included; `parse_command` reads it back as the same
+    /// command (§4.1.1 for the verbs, RFC 1870, RFC 6152 and RFC 6531 §3.4 for MAIL's parameters).
+    pub fn to_line(&self) -> Vec<u8> {
+        let mut line = match self {
+            Command::Helo(host) => format!("HELO {host}"),
+            Command::Ehlo(host) => format!("EHLO {host}"),
+            Command::Mail { from, params } => {
+                let mut line = format!("MAIL FROM:{from}");
+                if let Some(size) = params.size {
+                    line += &format!(" SIZE={size}");
+                }
+                if params.body == BodyType::EightBitMime {
+                    line += " BODY=8BITMIME";
+                }
+                if params.smtputf8 {
+                    line += " SMTPUTF8";
+                }
+                line
+            }
+            Command::Rcpt { to } => format!("RCPT TO:{to}"),
+            Command::Data => "DATA".into(),
+            Command::Rset => "RSET".into(),
+            Command::Noop => "NOOP".into(),
+            Command::Quit => "QUIT".into(),
+            Command::Help => "HELP".into(),
+            Command::Vrfy(what) => format!("VRFY {what}"),
+            Command::Expn(what) => format!("EXPN {what}"),
+            Command::Verb => "VERB".into(),
+            Command::StartTls => "STARTTLS".into(),
+        }
+        .into_bytes();
+        line.extend_from_slice(b"\r\n");
+        line
+    }
+}
+
 /// Why a command line was refused before it reached the session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SyntaxError {
@@ -215,6 +252,36 @@ fn parse_size(value: &[u8]) -> Result<u64, SyntaxError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rendered_commands_parse_back_the_same() {
+        let mailbox = |t: &str| ForwardPath::parse(t.as_bytes()).unwrap();
+        let from = |t: &str| ReversePath::parse(t.as_bytes()).unwrap();
+        let all = MailParams { size: Some(12345), body: BodyType::EightBitMime, smtputf8: true };
+        let commands = [
+            Command::Helo("client.test".into()),
+            Command::Ehlo("[192.0.2.1]".into()),
+            Command::Mail { from: from(""), params: MailParams::default() },
+            Command::Mail { from: from("\"a b\"@x.test"), params: all },
+            Command::Mail { from: from("j\u{f6}rg@b\u{fc}cher.test"), params: MailParams { smtputf8: true, ..all } },
+            Command::Rcpt { to: mailbox("postmaster") },
+            Command::Rcpt { to: mailbox("bob@[IPv6:::1]") },
+            Command::Data,
+            Command::Rset,
+            Command::Noop,
+            Command::Quit,
+            Command::Help,
+            Command::Vrfy("bob".into()),
+            Command::Expn("staff".into()),
+            Command::Verb,
+            Command::StartTls,
+        ];
+        for command in commands {
+            let line = command.to_line();
+            assert!(line.ends_with(b"\r\n") && line.len() <= 512, "{line:?}");
+            assert_eq!(parse_command(&line[..line.len() - 2]), Ok(command));
+        }
+    }
 
     fn mail(line: &str) -> Result<Command, SyntaxError> {
         parse_command(line.as_bytes())

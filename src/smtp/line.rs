@@ -221,6 +221,59 @@ impl DotReader {
     }
 }
 
+/// Writes a message for DATA, the inverse of `DotReader`: dots at line starts doubled (§4.5.2), any CR or LF not in a
+/// CRLF pair sent as a space (RFC 5321 §2.3.8: no bare CR or LF), a missing final CRLF added, then the lone dot.
+pub struct DotStuffer {
+    line_start: bool,
+    held_cr: bool,
+}
+
+impl Default for DotStuffer {
+    fn default() -> Self {
+        DotStuffer { line_start: true, held_cr: false }
+    }
+}
+
+impl DotStuffer {
+    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        for &b in chunk {
+            if self.held_cr {
+                self.held_cr = false;
+                if b == b'\n' {
+                    out.extend_from_slice(b"\r\n");
+                    self.line_start = true;
+                    continue;
+                }
+                self.byte(b' ', out);
+            }
+            match b {
+                b'\r' => self.held_cr = true,
+                b'\n' => self.byte(b' ', out),
+                b => self.byte(b, out),
+            }
+        }
+    }
+
+    fn byte(&mut self, b: u8, out: &mut Vec<u8>) {
+        if self.line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        self.line_start = false;
+    }
+
+    pub fn finish(mut self, out: &mut Vec<u8>) {
+        if self.held_cr {
+            self.held_cr = false;
+            self.byte(b' ', out);
+        }
+        if !self.line_start {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+    }
+}
+
 /// Counts `Received:` header fields in the header section only (RFC 5321 §6.3).
 pub struct HopCounter {
     hops: usize,
@@ -273,6 +326,56 @@ impl HopCounter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dot_stuffing_and_stray_line_ends() {
+        let mut out = Vec::new();
+        let mut s = DotStuffer::default();
+        s.push(b"a\r\n.\r\nb\r\n..x\r\n", &mut out);
+        s.finish(&mut out);
+        assert_eq!(out, b"a\r\n..\r\nb\r\n...x\r\n.\r\n");
+        let mut out = Vec::new();
+        let mut s = DotStuffer::default();
+        s.push(b"a\n.\nb", &mut out);
+        s.finish(&mut out);
+        assert_eq!(out, b"a . b\r\n.\r\n", "stray LF becomes a space and never ends a line");
+        for split in 0..6 {
+            let input = b"x\r\n.y\r\n";
+            let mut out = Vec::new();
+            let mut s = DotStuffer::default();
+            s.push(&input[..split], &mut out);
+            s.push(&input[split..], &mut out);
+            s.finish(&mut out);
+            assert_eq!(out, b"x\r\n..y\r\n.\r\n", "split {split}");
+        }
+        let mut out = Vec::new();
+        DotStuffer::default().finish(&mut out);
+        assert_eq!(out, b".\r\n");
+    }
+
+    #[test]
+    fn the_dot_reader_undoes_the_stuffer_under_any_split() {
+        let texts: [&[u8]; 4] = [b"", b"a\r\n.\r\n..\r\n.x", b".\r\n", b"Subject: x\r\n\r\nbody\r\n.\r\n"];
+        for text in texts {
+            let mut wire = Vec::new();
+            let mut s = DotStuffer::default();
+            s.push(text, &mut wire);
+            s.finish(&mut wire);
+            let mut expected = text.to_vec();
+            if !expected.is_empty() && !expected.ends_with(b"\r\n") {
+                expected.extend_from_slice(b"\r\n");
+            }
+            for split in 0..=wire.len() {
+                let mut reader = DotReader::new(1 << 20);
+                let mut out = Vec::new();
+                let (used, done) = reader.feed(&wire[..split], &mut out);
+                let (rest, end) = if done { (0, true) } else { reader.feed(&wire[used..], &mut out) };
+                assert!(end && reader.error().is_none(), "split {split} of {wire:?}");
+                assert_eq!(used + rest, wire.len(), "split {split}: the end marker ends the text");
+                assert_eq!(out, expected, "split {split}");
+            }
+        }
+    }
 
     fn lines(input: &[u8], max: usize) -> Vec<Line> {
         let mut lb = LineBuffer::new(64);

@@ -85,6 +85,176 @@ impl Reply {
     }
 }
 
+impl Reply {
+    /// A reply as a client received it (see `parse_reply`).
+    fn received(code: u16, status: Option<EnhancedStatus>, lines: Vec<String>) -> Reply {
+        Reply { code, status, lines }
+    }
+
+    /// 2xx or 3xx: the command worked, or the server waits for more.
+    pub fn is_positive(&self) -> bool {
+        (200..400).contains(&self.code)
+    }
+
+    /// 5xx: the same command will fail again (§4.2.1).
+    pub fn is_permanent(&self) -> bool {
+        self.code >= 500
+    }
+
+    /// `550 5.1.1 text of every line`, as a log line or a report quotes it.
+    pub fn summary(&self) -> String {
+        let mut out = self.code.to_string();
+        if let Some(EnhancedStatus(a, b, c)) = self.status {
+            out += &format!(" {a}.{b}.{c}");
+        }
+        for line in self.lines.iter().filter(|l| !l.is_empty()) {
+            out.push(' ');
+            out += line;
+        }
+        out
+    }
+}
+
+impl std::fmt::Display for EnhancedStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.0, self.1, self.2)
+    }
+}
+
+impl EnhancedStatus {
+    /// RFC 3463 §2: `class.subject.detail`, class 2, 4 or 5, subject and detail 1-3 digits.
+    pub fn parse(text: &str) -> Option<EnhancedStatus> {
+        let mut parts = text.split('.');
+        let mut number = |max_len: usize| {
+            let p = parts.next()?;
+            let ok = !p.is_empty() && p.len() <= max_len && p.bytes().all(|b| b.is_ascii_digit());
+            ok.then(|| p.parse::<u16>().ok()).flatten()
+        };
+        let (class, subject, detail) = (number(1)?, number(3)?, number(3)?);
+        if parts.next().is_some() || !matches!(class, 2 | 4 | 5) {
+            return None;
+        }
+        Some(EnhancedStatus(class as u8, subject, detail))
+    }
+}
+
+/// The longest reply line a client takes. §4.5.3.1.5 says 512 octets, but servers in the
+/// field send longer texts; past this it is a protocol error, so a server cannot grow memory.
+pub const MAX_RECEIVED_LINE: usize = 2048;
+/// The most lines one reply may have (an EHLO reply has one per extension).
+pub const MAX_RECEIVED_LINES: usize = 100;
+
+/// What the bytes received so far hold (the shape of httparse's `Status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    /// Not a whole reply yet, and nothing wrong so far: read more.
+    Partial,
+    /// One whole reply, and how many octets of the input it took.
+    Reply(Reply, usize),
+    /// The input is not an SMTP reply; no amount of reading more will make it one.
+    Error(ReplyError),
+}
+
+/// Why received bytes are not a reply (§4.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyError {
+    /// A line that does not start with three digits (2-5 first) and a space or hyphen.
+    Malformed(String),
+    /// The lines of one reply carry different codes (§4.2.1).
+    CodeChanged(u16, u16),
+    LineTooLong,
+    TooManyLines,
+}
+
+impl std::fmt::Display for ReplyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReplyError::Malformed(line) => write!(f, "malformed reply line: {line}"),
+            ReplyError::CodeChanged(a, b) => write!(f, "reply code changed within a reply: {a} then {b}"),
+            ReplyError::LineTooLong => write!(f, "reply line too long"),
+            ReplyError::TooManyLines => write!(f, "reply with too many lines"),
+        }
+    }
+}
+
+/// Reads one reply from the front of `input`: `ddd-text` lines, then `ddd text` (§4.2.1).
+/// Pure: call it again with more bytes after `Partial`. A line ends with LF (a CR before it
+/// is dropped). The enhanced code (RFC 2034 §4) is taken from the first line when its class
+/// agrees with the reply code, and cut from every line that repeats it.
+pub fn parse_reply(input: &[u8]) -> Parsed {
+    let mut raw_lines: Vec<&[u8]> = Vec::new();
+    let mut code = None;
+    let mut at = 0;
+    loop {
+        let rest = &input[at..];
+        let Some(end) = rest.iter().take(MAX_RECEIVED_LINE).position(|&b| b == b'\n') else {
+            return if rest.len() >= MAX_RECEIVED_LINE {
+                Parsed::Error(ReplyError::LineTooLong)
+            } else {
+                Parsed::Partial
+            };
+        };
+        let mut line = &rest[..end];
+        line = line.strip_suffix(b"\r").unwrap_or(line);
+        at += end + 1;
+        let (this, more) = match reply_line_code(line) {
+            Some(found) => found,
+            None => {
+                let shown = String::from_utf8_lossy(&line[..line.len().min(80)]).escape_debug().to_string();
+                return Parsed::Error(ReplyError::Malformed(shown));
+            }
+        };
+        if let Some(first) = code
+            && first != this
+        {
+            return Parsed::Error(ReplyError::CodeChanged(first, this));
+        }
+        code = Some(this);
+        raw_lines.push(line.get(4..).unwrap_or(b""));
+        if !more {
+            return Parsed::Reply(received(this, &raw_lines), at);
+        }
+        if raw_lines.len() >= MAX_RECEIVED_LINES {
+            return Parsed::Error(ReplyError::TooManyLines);
+        }
+    }
+}
+
+/// The code of one reply line and whether more lines follow.
+fn reply_line_code(line: &[u8]) -> Option<(u16, bool)> {
+    let digits = line.get(..3)?;
+    if !digits.iter().all(u8::is_ascii_digit) || !(b'2'..=b'5').contains(&digits[0]) {
+        return None;
+    }
+    let code = digits.iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+    match line.get(3) {
+        None | Some(b' ') => Some((code, false)),
+        Some(b'-') => Some((code, true)),
+        Some(_) => None,
+    }
+}
+
+fn received(code: u16, raw_lines: &[&[u8]]) -> Reply {
+    let texts: Vec<String> = raw_lines.iter().map(|l| String::from_utf8_lossy(l).into_owned()).collect();
+    let first_word = texts[0].split(' ').next().unwrap_or("").to_string();
+    let status = EnhancedStatus::parse(&first_word).filter(|s| u16::from(s.0) == code / 100);
+    let lines = match status {
+        Some(_) => {
+            let prefix = format!("{first_word} ");
+            texts
+                .into_iter()
+                .map(|t| match t.strip_prefix(&prefix) {
+                    Some(rest) => rest.to_string(),
+                    None if t == first_word => String::new(),
+                    None => t,
+                })
+                .collect()
+        }
+        None => texts,
+    };
+    Reply::received(code, status, lines)
+}
+
 fn truncate_at_char(s: &mut String, max: usize) {
     if s.len() > max {
         let mut end = max;
@@ -341,6 +511,71 @@ mod tests {
         assert!(!Reply::new(250, es(5, 0, 0), "x").agrees());
         assert!(!Reply::new(199, es(1, 0, 0), "x").agrees());
         assert!(Reply::new(451, es(4, 3, 0), "x").agrees());
+    }
+
+    fn parsed(bytes: &[u8]) -> Reply {
+        match parse_reply(bytes) {
+            Parsed::Reply(r, n) => {
+                assert_eq!(n, bytes.len(), "the whole input is one reply");
+                r
+            }
+            other => panic!("{other:?} for {:?}", String::from_utf8_lossy(bytes)),
+        }
+    }
+
+    #[test]
+    fn replies_are_read_with_their_enhanced_code() {
+        let r = parsed(b"550-5.1.1 no such\r\n550 5.1.1 user here\r\n");
+        assert_eq!(
+            (r.code(), r.status(), r.lines()),
+            (550, Some(es(5, 1, 1)), &["no such".into(), "user here".into()][..])
+        );
+        assert_eq!(r.summary(), "550 5.1.1 no such user here");
+        let r = parsed(b"250-mx.test\r\n250-PIPELINING\r\n250 SIZE 1000\r\n");
+        assert_eq!((r.status(), r.lines().len()), (None, 3));
+        assert_eq!(parsed(b"451 5.1.1 class disagrees\r\n").status(), None);
+        assert_eq!(parsed(b"250\r\n").summary(), "250");
+        assert_eq!(parsed(b"250 ok\n").lines(), ["ok"], "a bare LF ends a received line");
+        assert_eq!(parsed(b"220 2.0.0\r\n").summary(), "220 2.0.0");
+    }
+
+    #[test]
+    fn what_we_send_reads_back_the_same() {
+        for reply in [Reply::help(), Reply::ehlo("mx.test", &["PIPELINING".into(), "SIZE 10".into()]), Reply::ok()] {
+            assert_eq!(parsed(&reply.to_bytes()), reply);
+        }
+    }
+
+    #[test]
+    fn every_prefix_of_a_reply_is_partial_and_the_rest_is_left() {
+        let wire = b"250-first\r\n250-2.0.0 second\r\n250 third\r\n354 go\r\n";
+        let first_end = wire.len() - b"354 go\r\n".len();
+        for cut in 0..first_end {
+            assert_eq!(parse_reply(&wire[..cut]), Parsed::Partial, "prefix of {cut} octets");
+        }
+        for cut in first_end..=wire.len() {
+            assert!(matches!(parse_reply(&wire[..cut]), Parsed::Reply(_, n) if n == first_end), "cut {cut}");
+        }
+        assert_eq!(parsed(&wire[first_end..]).code(), 354);
+    }
+
+    #[test]
+    fn bytes_that_are_not_a_reply_are_errors_not_waits() {
+        let error = |b: &[u8]| matches!(parse_reply(b), Parsed::Error(_));
+        assert!(error(b"hello\r\n") && error(b"2\r\n") && error(b"650 x\r\n") && error(b"250x\r\n"));
+        assert_eq!(parse_reply(b"250-x\r\n550 y\r\n"), Parsed::Error(ReplyError::CodeChanged(250, 550)));
+        assert_eq!(parse_reply(&[b'2'; MAX_RECEIVED_LINE]), Parsed::Error(ReplyError::LineTooLong));
+        assert_eq!(parse_reply(&b"250-x\r\n".repeat(MAX_RECEIVED_LINES)), Parsed::Error(ReplyError::TooManyLines));
+        assert_eq!(parse_reply(&[b'2'; MAX_RECEIVED_LINE - 1]), Parsed::Partial, "still within a line");
+    }
+
+    #[test]
+    fn enhanced_codes_are_parsed_strictly() {
+        assert_eq!(EnhancedStatus::parse("5.7.26"), Some(es(5, 7, 26)));
+        assert_eq!(EnhancedStatus::parse("4.999.999"), Some(es(4, 999, 999)));
+        for bad in ["", "5", "5.1", "5.1.1.1", "3.1.1", "55.1.1", "5.1000.1", "5..1", "5.a.1", "5.1.1x"] {
+            assert_eq!(EnhancedStatus::parse(bad), None, "{bad}");
+        }
     }
 
     #[test]

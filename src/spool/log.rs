@@ -12,10 +12,14 @@
 //! octets (the text is cut to fit), so the space for the next lines can be reserved before
 //! a delivery that they record: a full disk cannot then lose the record of a copy made.
 
+use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+use crate::smtp::reply::EnhancedStatus;
 
 use crate::spool::envelope::{escape, unescape};
 use crate::sys;
@@ -64,22 +68,74 @@ impl Outcome {
     }
 }
 
+/// Where a copy went, or was to go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Where {
+    /// Nowhere yet: no route, or a line that is not about one recipient (`-`).
+    Nowhere,
+    /// Decided here without a mailbox: an unknown user, an alias loop (`local`).
+    Local,
+    /// A local maildir (`maildir`).
+    Maildir,
+    /// A server: its name and the address and port that answered (`mx.example[192.0.2.7]:25`).
+    Remote { host: String, addr: SocketAddr },
+}
+
+impl fmt::Display for Where {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Where::Nowhere => f.write_str("-"),
+            Where::Local => f.write_str("local"),
+            Where::Maildir => f.write_str("maildir"),
+            Where::Remote { host, addr } => write!(f, "{host}[{}]:{}", addr.ip(), addr.port()),
+        }
+    }
+}
+
+impl Where {
+    /// Reads what `Display` writes; anything else is `Nowhere`, for a line's outcome counts
+    /// whatever its relay field says.
+    fn parse(text: &str) -> Where {
+        match text {
+            "local" => Where::Local,
+            "maildir" => Where::Maildir,
+            _ => (|| {
+                let (host, rest) = text.rsplit_once('[')?;
+                let (ip, port) = rest.rsplit_once("]:")?;
+                let addr = SocketAddr::new(ip.parse().ok()?, port.parse().ok()?);
+                Some(Where::Remote { host: host.to_string(), addr })
+            })()
+            .unwrap_or(Where::Nowhere),
+        }
+    }
+}
+
 /// One line of the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempt {
     pub time: u64,
     pub outcome: Outcome,
-    /// The final recipient (after alias expansion), as `<local@domain>`; `-` for a warning.
+    /// The final recipient (after alias expansion), as `<local@domain>`; empty for a line
+    /// about the message (warned, reported).
     pub recipient: String,
-    /// RFC 3463 status, such as `4.4.1`.
-    pub status: String,
-    /// Where it went: `mx.example[192.0.2.7]:25`, `maildir`, or `-`.
-    pub relay: String,
+    /// RFC 3463 status; none on a `reported` line.
+    pub status: Option<EnhancedStatus>,
+    pub relay: Where,
     /// The remote reply or the local reason, for the log and the bounce.
     pub text: String,
 }
 
 impl Attempt {
+    /// A line about the message rather than one recipient.
+    pub fn about_message(time: u64, outcome: Outcome, status: Option<EnhancedStatus>, text: String) -> Attempt {
+        Attempt { time, outcome, recipient: String::new(), status, relay: Where::Nowhere, text }
+    }
+
+    /// The status as the log, the report and `dsn=` show it; `-` when there is none.
+    pub fn status_text(&self) -> String {
+        self.status.map_or_else(|| "-".to_string(), |s| s.to_string())
+    }
+
     pub fn to_line(&self) -> String {
         // `-` stands for an empty field; a field that is a lone dash is written escaped.
         let field = |s: &str| match s {
@@ -90,7 +146,12 @@ impl Attempt {
         // The recipient is a path of at most 256 octets (RFC 5321 §4.5.3.1.3), 768 escaped;
         // status, relay and text are cut so that the line stays within MAX_LINE.
         let mut line = format!("{} {} {} ", self.time, self.outcome.name(), field(&self.recipient));
-        for (value, share) in [(&self.status, 16), (&self.relay, 512), (&self.text, MAX_LINE)] {
+        let status = self.status.map(|s| s.to_string()).unwrap_or_default();
+        let relay = match &self.relay {
+            Where::Nowhere => String::new(),
+            other => other.to_string(),
+        };
+        for (value, share) in [(&status, 16), (&relay, 512), (&self.text, MAX_LINE)] {
             let room = MAX_LINE.saturating_sub(line.len() + 2).min(share);
             line += &match value.as_str() {
                 "" => "-".to_string(),
@@ -110,6 +171,8 @@ impl Attempt {
         let outcome = Outcome::parse(f.next()?)?;
         let mut text = || f.next().and_then(|t| if t == "-" { Some(String::new()) } else { unescape(t) });
         let (recipient, status, relay, text) = (text()?, text()?, text()?, text()?);
+        // A status that does not parse is dropped, never the line: a `sent` line must count.
+        let (status, relay) = (EnhancedStatus::parse(&status), Where::parse(&relay));
         Some(Attempt { time, outcome, recipient, status, relay, text })
     }
 }
@@ -216,8 +279,8 @@ mod tests {
             time: 1_795_431_945,
             outcome,
             recipient: "<\"a b\"@remote.test>".into(),
-            status: "4.4.1".into(),
-            relay: "mx.remote.test[192.0.2.7]:25".into(),
+            status: Some(EnhancedStatus(4, 4, 1)),
+            relay: Where::Remote { host: "mx.remote.test".into(), addr: "192.0.2.7:25".parse().unwrap() },
             text: text.into(),
         }
     }
@@ -230,6 +293,25 @@ mod tests {
             assert_eq!(line.matches('\n').count(), 1, "{line:?}");
             assert_eq!(parse_log(&line), vec![a]);
         }
+    }
+
+    #[test]
+    fn every_place_round_trips() {
+        for relay in [
+            Where::Nowhere,
+            Where::Local,
+            Where::Maildir,
+            Where::Remote { host: "mx.b.test".into(), addr: "[2001:db8::1]:2525".parse().unwrap() },
+            Where::Remote { host: "[192.0.2.9]".into(), addr: "192.0.2.9:25".parse().unwrap() },
+        ] {
+            for status in [None, Some(EnhancedStatus(5, 1, 10))] {
+                let a = Attempt { relay: relay.clone(), status, ..attempt(Outcome::Bounced, "x") };
+                assert_eq!(parse_log(&a.to_line()), vec![a]);
+            }
+        }
+        let old = "1 sent <a@b.test> 2.0.0 weird%20relay x\n";
+        assert_eq!(parse_log(old)[0].relay, Where::Nowhere, "an unknown place still leaves the line");
+        assert_eq!(parse_log("1 sent <a@b.test> 9.9 - x\n")[0].status, None);
     }
 
     #[test]
