@@ -262,7 +262,7 @@ impl<'a> Runner<'a> {
                 self.record(q, log, item, attempt, summary, &mut failed)?;
             }
         }
-        // One transaction per server for all of this message's recipients there (§4.5.4.1, RT5).
+        // One transaction per server for all of this message's recipients there (§4.5.4.1).
         let mut routes: Vec<Route> = Vec::new();
         for (route, _, _) in &remote {
             if !routes.contains(route) {

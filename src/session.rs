@@ -511,7 +511,7 @@ mod tests {
         assert_eq!(h.send("RCPT TO:<nobody@remote.test>"), "554 5.7.1");
         assert_eq!(h.send("DATA"), "554 5.5.1");
         assert_eq!(h.send("EHLO x"), "250");
-        assert_eq!(h.send("RCPT TO:<alice@example.test>"), "503 5.5.1"); // F5: EHLO reset the transaction
+        assert_eq!(h.send("RCPT TO:<alice@example.test>"), "503 5.5.1"); // EHLO reset the transaction
     }
 
     #[test]

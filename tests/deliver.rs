@@ -179,7 +179,7 @@ fn a_failed_delivery_is_retried_only_after_its_backoff() {
     assert!(log.contains("dsn=4.3.0, status=deferred"), "{log}");
     assert_eq!(s.queued(), vec![s.dir.path().join("spool/cur").join(&id)]);
     std::fs::remove_file(s.alice().join("new")).unwrap();
-    // RT1: four minutes later nothing is tried; five minutes later it is delivered.
+    // Four minutes later nothing is tried; five minutes later it is delivered.
     let log = s.deliver(t0 + 4 * 60, &[]);
     assert!(!log.contains("to=<alice@example.test>"), "{log}");
     assert!(maildir_messages(&s.alice()).is_empty());

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use support::{Client, Server, code};
 
 /// Turns `\r`, `\n`, `\t`, `\\` and `\xNN` into bytes.
-fn unescape(text: &str) -> Vec<u8> {
+fn unescape(text: &str) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     let bytes = text.as_bytes();
     let mut i = 0;
@@ -20,10 +20,11 @@ fn unescape(text: &str) -> Vec<u8> {
                 b't' => out.push(b'\t'),
                 b'\\' => out.push(b'\\'),
                 b'x' => {
-                    out.push(u8::from_str_radix(&text[i + 2..i + 4], 16).unwrap());
+                    let hex = text.get(i + 2..i + 4).ok_or("\\x wants two hex digits")?;
+                    out.push(u8::from_str_radix(hex, 16).map_err(|_| format!("bad escape \\x{hex}"))?);
                     i += 2;
                 }
-                other => panic!("unknown escape \\{}", other as char),
+                other => return Err(format!("unknown escape \\{}", other as char)),
             }
             i += 2;
         } else {
@@ -31,56 +32,138 @@ fn unescape(text: &str) -> Vec<u8> {
             i += 1;
         }
     }
-    out
+    Ok(out)
 }
 
-/// Replays one transcript: `C:` sends a line (CRLF added), `R:` sends raw escaped bytes,
-/// `S:` expects the next reply's last line to start with the text, `X:` expects the server
-/// to close, `Q: n` expects n messages in spool/new. `# config:` lines extend the configuration.
-fn replay(path: &Path) {
-    let script = std::fs::read_to_string(path).unwrap();
-    let name = path.file_name().unwrap().to_string_lossy().to_string();
+/// One step of a transcript.
+#[derive(Debug)]
+enum Step {
+    /// `C: text`: send the line, CRLF added.
+    Line(String),
+    /// `R: bytes`: send raw bytes, written with `\r`, `\n`, `\t`, `\\`, `\xNN`.
+    Raw(Vec<u8>),
+    /// `S: text` lines: the next reply, every line of it, compared whole; `ddd-` lines
+    /// continue it. `{id}` stands for a queue ID.
+    Reply(Vec<String>),
+    /// `X:`: the server closes the connection.
+    Closed,
+    /// `Q: n`: n messages in spool/new.
+    Queued(usize),
+}
+
+/// Reads a transcript; any line that is not a step, a `#` comment or blank is an error, so
+/// a typo cannot turn into a step that silently checks nothing.
+fn parse_transcript(script: &str) -> Result<(String, Vec<(usize, Step)>), String> {
     let mut extra = String::from("error_sleep_time = 0s\n");
-    for line in script.lines().filter_map(|l| l.strip_prefix("# config: ")) {
-        extra += line;
-        extra += "\n";
-    }
-    let server = Server::start(&extra);
-    let mut client = Client::greeted(server.addr);
-    for (n, line) in script.lines().enumerate() {
-        let at = format!("{name}:{}", n + 1);
-        if let Some(text) = line.strip_prefix("C: ") {
-            client.send(format!("{text}\r\n").as_bytes());
-        } else if let Some(raw) = line.strip_prefix("R: ") {
-            client.send(&unescape(raw));
-        } else if let Some(want) = line.strip_prefix("S: ") {
-            let reply = client.reply();
-            let last = reply.lines().last().unwrap_or("");
-            let whole_or_last =
-                reply.lines().any(|l| l.starts_with(want) && want.contains('-')) || last.starts_with(want);
-            assert!(whole_or_last, "{at}: expected `{want}`, got `{reply}`\nlog:\n{}", server.log());
-            if want.starts_with(['4', '5']) {
-                let status = last.split_whitespace().nth(1).unwrap_or("");
-                assert_eq!(status.chars().next(), want.chars().next(), "{at}: enhanced class differs: {last}");
+    let mut steps: Vec<(usize, Step)> = Vec::new();
+    for (n, line) in script.lines().enumerate().map(|(n, l)| (n + 1, l)) {
+        if let Some(text) = line.strip_prefix("S: ") {
+            // A reply goes on after a `ddd-` line (§4.2.1); after a `ddd ` line the next one starts.
+            match steps.last_mut() {
+                Some((_, Step::Reply(lines))) if lines.last().is_some_and(|l| l.as_bytes().get(3) == Some(&b'-')) => {
+                    lines.push(text.to_string())
+                }
+                _ => steps.push((n, Step::Reply(vec![text.to_string()]))),
             }
+            continue;
+        }
+        let step = if let Some(setting) = line.strip_prefix("# config: ") {
+            extra += setting;
+            extra.push('\n');
+            continue;
+        } else if line.is_empty() || line.starts_with("# ") || line == "#" {
+            continue;
+        } else if let Some(text) = line.strip_prefix("C: ") {
+            Step::Line(text.to_string())
+        } else if let Some(raw) = line.strip_prefix("R: ") {
+            Step::Raw(unescape(raw).map_err(|e| format!("line {n}: {e}"))?)
         } else if line == "X:" {
-            assert!(client.is_closed(Duration::from_secs(5)), "{at}: connection still open");
+            Step::Closed
         } else if let Some(count) = line.strip_prefix("Q: ") {
-            let want: usize = count.parse().unwrap();
-            assert_eq!(server.queued().len(), want, "{at}: messages in spool/new");
+            Step::Queued(count.parse().map_err(|_| format!("line {n}: `Q:` wants a number"))?)
+        } else {
+            return Err(format!("line {n}: not a transcript line: {line:?}"));
+        };
+        steps.push((n, step));
+    }
+    if !matches!(steps.first(), Some((_, Step::Reply(_)))) {
+        return Err("a transcript starts with the greeting (`S:`)".into());
+    }
+    Ok((extra, steps))
+}
+
+/// Whether a received reply line is the expected one, `{id}` matching one queue ID.
+fn line_matches(want: &str, got: &str) -> bool {
+    match want.split_once("{id}") {
+        None => want == got,
+        Some((before, after)) => got
+            .strip_prefix(before)
+            .and_then(|rest| rest.strip_suffix(after))
+            .is_some_and(|id| id.len() == 23 && id.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))),
+    }
+}
+
+/// Replays one transcript in `tests/transcripts/` against a fresh server.
+fn replay(name: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/transcripts").join(format!("{name}.txt"));
+    let script = std::fs::read_to_string(&path).unwrap();
+    let (extra, steps) = parse_transcript(&script).unwrap_or_else(|e| panic!("{name}.txt: {e}"));
+    let server = Server::start(&extra);
+    let mut client = Client::connect(server.addr);
+    for (n, step) in steps {
+        let at = format!("{name}.txt:{n}");
+        match step {
+            Step::Line(text) => client.send(format!("{text}\r\n").as_bytes()),
+            Step::Raw(bytes) => client.send(&bytes),
+            Step::Reply(want) => {
+                let reply = client.reply();
+                let got: Vec<&str> = reply.lines().collect();
+                let same = got.len() == want.len() && want.iter().zip(&got).all(|(w, g)| line_matches(w, g));
+                assert!(same, "{at}: expected\n{}\ngot\n{reply}\nlog:\n{}", want.join("\n"), server.log());
+            }
+            Step::Closed => assert!(client.is_closed(Duration::from_secs(5)), "{at}: connection still open"),
+            Step::Queued(want) => assert_eq!(server.queued().len(), want, "{at}: messages in spool/new"),
         }
     }
 }
 
+/// One test per transcript; `every_transcript_has_its_test` keeps the list whole.
+macro_rules! transcripts {
+    ($($name:ident),* $(,)?) => {
+        $(#[test] fn $name() { replay(stringify!($name)); })*
+        pub const TRANSCRIPTS: &[&str] = &[$(stringify!($name)),*];
+    };
+}
+
+mod transcript {
+    use super::replay;
+    transcripts!(basic, params, relay_denied, relay_denied_2, relay_trusted, sequence, smuggling, syntax, vrfy_on);
+}
+
 #[test]
-fn transcripts() {
+fn every_transcript_has_its_test() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/transcripts");
-    let mut files = support::list(&dir);
-    files.retain(|f| f.extension().is_some_and(|e| e == "txt"));
-    assert!(files.len() >= 8, "transcripts missing");
-    for file in files {
-        replay(&file);
+    let mut found: Vec<String> = support::list(&dir)
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "txt"))
+        .map(|f| f.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    found.sort();
+    assert_eq!(found, transcript::TRANSCRIPTS, "a transcript without its test (or a test without its file)");
+}
+
+#[test]
+fn the_transcript_reader_refuses_what_it_does_not_know() {
+    let ok = "S: 220 x\nC: NOOP\nS: 250-a\nS: 250 b\nS: 221 bye\n# comment\n\nX:\nQ: 0\n";
+    let (_, steps) = parse_transcript(ok).unwrap();
+    assert_eq!(steps.len(), 6, "{steps:?}");
+    assert!(matches!(&steps[2].1, Step::Reply(lines) if lines.len() == 2), "S: lines make one reply");
+    for bad in ["S: 220 x\nS 250 ok\n", "S: 220 x\nC:NOOP\n", "S: 220 x\nQ: two\n", "C: NOOP\n", "S: 220 x\nR: \\q\n"] {
+        assert!(parse_transcript(bad).is_err(), "{bad:?}");
     }
+    assert!(line_matches("250 2.0.0 Ok: queued as {id}", "250 2.0.0 Ok: queued as 0001234567890ABCDEF0123"));
+    assert!(!line_matches("250 2.0.0 Ok: queued as {id}", "250 2.0.0 Ok: queued as nothing"));
+    assert!(!line_matches("250 2.1.0 Ok", "250 2.1.0 Ok and more"));
 }
 
 #[test]
@@ -113,7 +196,7 @@ fn pipelined_commands_get_every_reply_without_waiting_for_data() {
     let server = Server::start("");
     let mut c = Client::greeted(server.addr);
     c.cmd("EHLO client.test");
-    // F9: MAIL, RCPT, RCPT in one write; all three replies must come without DATA.
+    // MAIL, RCPT, RCPT in one write; all three replies must come without DATA.
     c.send(b"MAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.test>\r\nRCPT TO:<postmaster@example.test>\r\n");
     for want in ["250 2.1.0", "250 2.1.5", "250 2.1.5"] {
         assert_eq!(code(&c.reply()), want);
@@ -148,17 +231,17 @@ fn the_end_of_data_survives_slow_byte_by_byte_arrival() {
 fn long_command_lines_are_refused_once_and_the_session_survives() {
     let server = Server::start("");
     let mut c = Client::greeted(server.addr);
-    // L4: a 512-octet NOOP line is fine.
+    // A 512-octet NOOP line is fine.
     let noop = format!("NOOP {}", "a".repeat(505));
     assert_eq!(noop.len() + 2, 512);
     assert_eq!(code(&c.cmd(&noop)), "250 2.0.0");
-    // Q2: 3000 X then QUIT on the same line: exactly one 500, no 221.
+    // 3000 X then QUIT on the same line: exactly one 500, no 221.
     let mut line = vec![b'X'; 3000];
     line.extend_from_slice(b"QUIT\r\nNOOP\r\n");
     c.send(&line);
     assert_eq!(code(&c.reply()), "500 5.5.2");
     assert_eq!(code(&c.reply()), "250 2.0.0");
-    // A4: EHLO with 10 KB.
+    // EHLO with 10 KB.
     assert_eq!(code(&c.cmd(&format!("EHLO {}", "a".repeat(10_000)))), "500 5.5.2");
     assert_eq!(code(&c.cmd("EHLO ok")), "250");
 }
@@ -170,7 +253,7 @@ fn an_endless_command_line_keeps_memory_flat() {
     let before = server.rss_kib();
     let chunk = vec![b'M'; 1 << 20];
     for _ in 0..64 {
-        c.send(&chunk); // Q1 at 64 MiB instead of 5 GiB: no LF, ever
+        c.send(&chunk); // 64 MiB instead of 5 GiB: no LF, ever
     }
     c.send(b"\r\nNOOP\r\n");
     assert_eq!(code(&c.reply()), "500 5.5.2");
@@ -225,7 +308,7 @@ fn hop_count_of_one_hundred_is_a_loop() {
     assert_eq!(code(&c.mail("a@remote.test", &["alice@example.test"], ok.as_bytes())), "250 2.0.0");
     let looping = format!("{}Subject: 100\r\n\r\nbody", headers(100));
     assert_eq!(code(&c.mail("a@remote.test", &["alice@example.test"], looping.as_bytes())), "554 5.4.6");
-    assert_eq!(server.queued().len(), 1, "the looping message is not queued (D4)");
+    assert_eq!(server.queued().len(), 1, "the looping message is not queued");
 }
 
 #[test]
@@ -368,7 +451,7 @@ fn a_client_that_leaves_right_after_the_dot_still_gets_its_message_queued_once()
     c.cmd("EHLO x");
     c.open_data("a@remote.test", &["alice@example.test"]);
     c.send(b"Subject: d2\r\n\r\nbye\r\n.\r\n");
-    drop(c); // D2: never reads the 250
+    drop(c); // never reads the 250
     let deadline = Instant::now() + Duration::from_secs(5);
     while server.queued().is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -384,7 +467,7 @@ fn a_connection_lost_before_the_dot_queues_nothing() {
     c.cmd("EHLO x");
     c.open_data("a@remote.test", &["alice@example.test"]);
     c.send(b"Subject: d3\r\n\r\nhalf a message\r\n");
-    drop(c); // D3
+    drop(c); // the text never ends
     std::thread::sleep(Duration::from_millis(300));
     assert!(server.queued().is_empty());
     assert!(support::list(&server.spool().join("tmp")).is_empty());

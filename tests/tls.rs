@@ -60,12 +60,12 @@ fn starttls_is_offered_once_and_mail_flows_under_tls() {
     assert!(c.cmd("EHLO x").lines().any(|l| l == "250-STARTTLS" || l == "250 STARTTLS"));
     assert_eq!(code(&c.cmd("STARTTLS")), "220 2.0.0");
     let mut t = TlsClient::upgrade(c);
-    // T3: the state is back to just after the greeting.
+    // The state is back to just after the greeting.
     assert_eq!(code(&t.cmd("MAIL FROM:<a@remote.test>")), "503 5.5.1");
-    // T4: no STARTTLS in the EHLO reply under TLS.
+    // No STARTTLS in the EHLO reply under TLS.
     let ehlo = t.cmd("EHLO x");
     assert!(ehlo.starts_with("250-") && !ehlo.contains("STARTTLS"), "{ehlo}");
-    // T5: STARTTLS again.
+    // STARTTLS again.
     assert_eq!(code(&t.cmd("STARTTLS")), "554 5.5.1");
     // Relay row 40: TLS is not authorisation.
     assert_eq!(code(&t.cmd("MAIL FROM:<a@remote.test>")), "250 2.1.0");
@@ -81,7 +81,7 @@ fn starttls_is_offered_once_and_mail_flows_under_tls() {
 #[test]
 fn plaintext_sent_with_starttls_is_discarded() {
     let server = tls_server("");
-    // T1: STARTTLS and RSET in one write. The RSET must never be answered.
+    // STARTTLS and RSET in one write. The RSET must never be answered.
     let mut c = Client::greeted(server.addr);
     c.cmd("EHLO x");
     c.send(b"STARTTLS\r\nRSET\r\n");
@@ -89,7 +89,7 @@ fn plaintext_sent_with_starttls_is_discarded() {
     let mut t = TlsClient::upgrade(c);
     let first = t.cmd("EHLO x");
     assert!(first.starts_with("250-mail.example.test"), "the first TLS reply was `{first}`");
-    // T2: an injected MAIL does not count.
+    // An injected MAIL does not count.
     let mut c = Client::greeted(server.addr);
     c.cmd("EHLO x");
     c.send(b"STARTTLS\r\nMAIL FROM:<a@remote.test>\r\n");
@@ -114,7 +114,7 @@ fn starttls_arguments_and_absence() {
 #[test]
 fn a_broken_or_stalled_handshake_ends_the_session() {
     let server = tls_server("starttls_timeout = 1s\n");
-    // T6: garbage instead of a ClientHello.
+    // Garbage instead of a ClientHello.
     let mut c = Client::greeted(server.addr);
     c.cmd("EHLO x");
     assert_eq!(code(&c.cmd("STARTTLS")), "220 2.0.0");
