@@ -151,11 +151,15 @@ impl Attempt {
             Where::Nowhere => String::new(),
             other => other.to_string(),
         };
-        for (value, share) in [(&status, 16), (&relay, 512), (&self.text, MAX_LINE)] {
+        // Status and relay are values: one that does not fit whole is left out (`-`), since a
+        // cut one could read back as another (`mx[192.0.2.7]:2525` cut to `...:25`). The text
+        // is prose and is cut to fit.
+        for (value, share, whole) in [(&status, 16, true), (&relay, 512, true), (&self.text, MAX_LINE, false)] {
             let room = MAX_LINE.saturating_sub(line.len() + 2).min(share);
             line += &match value.as_str() {
                 "" => "-".to_string(),
                 "-" => "%2D".to_string(),
+                text if whole => Some(escape(text)).filter(|e| e.len() <= room).unwrap_or_else(|| "-".into()),
                 text => escape_within(text, room),
             };
             line.push(' ');
@@ -312,6 +316,18 @@ mod tests {
         let old = "1 sent <a@b.test> 2.0.0 weird%20relay x\n";
         assert_eq!(parse_log(old)[0].relay, Where::Nowhere, "an unknown place still leaves the line");
         assert_eq!(parse_log("1 sent <a@b.test> 9.9 - x\n")[0].status, None);
+    }
+
+    #[test]
+    fn a_relay_that_does_not_fit_is_left_out_not_cut() {
+        let host = "h".repeat(500);
+        let relay = Where::Remote { host, addr: "192.0.2.7:2525".parse().unwrap() };
+        let a = Attempt { relay, ..attempt(Outcome::Deferred, "x") };
+        assert!(a.relay.to_string().len() > 512 && a.relay.to_string().len() <= 520);
+        assert_eq!(parse_log(&a.to_line())[0].relay, Where::Nowhere);
+        let fits =
+            Attempt { relay: Where::Remote { host: "h".repeat(400), addr: "192.0.2.7:2525".parse().unwrap() }, ..a };
+        assert_eq!(parse_log(&fits.to_line())[0].relay, fits.relay);
     }
 
     #[test]
