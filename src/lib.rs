@@ -1,14 +1,20 @@
 //! postern: a small mail transfer agent.
 //!
-//! Mail flows `server` (SMTP in) -> `spool` (one file per message) -> `deliver` (maildirs, bounces).
+//! Mail flows `server` (SMTP in) -> `spool` (one file per message) -> `deliver` (maildirs,
+//! other servers, bounces). A module uses only those below it; `smtp` uses nothing else.
 //!
-//! - `smtp`: the SMTP wire language, bytes in and typed values out, no I/O
+//! - `smtp`: the SMTP wire language, bytes in and typed values out, no I/O; the client's
+//!   state machines too (`smtp::client`)
 //! - `session`: the SMTP server state machine, no I/O
 //! - `policy`: the questions the session asks (local? exists? may relay?)
 //! - `server`: listeners, threads, deadlines, DATA into the spool (`conn`, `handoff` inside)
 //! - `spool`: queue files and the commit that makes them durable
 //! - `deliver`: one delivery run: lock, expand, deliver, log, bounce
 //! - `schedule`: what is due when, from the delivery log (pure)
+//! - `relay`: remote routes, sessions kept per server, each transaction executed then recorded
+//! - `client`: the SMTP client's TCP and TLS loop around `smtp::client`
+//! - `dns`: MX lookup and the hosts for a domain
+//! - `outcome`: what any delivery error means (sent, deferred, bounced, status), in one place
 //! - `alias`: local users, aliases and where each mailbox is
 //! - `maildir`: writing one message into a maildir
 //! - `dsn`: RFC 3464 reports (pure)
