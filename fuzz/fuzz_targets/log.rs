@@ -13,7 +13,8 @@ fuzz_target!(|text: &[u8]| {
         assert_eq!(back.len(), 1, "{line}");
         let (a, b) = (&attempt, &back[0]);
         assert_eq!((a.time, a.outcome, &a.recipient), (b.time, b.outcome, &b.recipient), "{line}");
-        assert_eq!(a.status, b.status, "{line}");
+        // A status is left out only when an over-long recipient took all the line.
+        assert!(a.status == b.status || (b.status.is_none() && a.recipient.len() > 256), "{line}");
         // A relay without room in the line (its share is 512 octets escaped, less when the
         // recipient is long) is left out whole, never cut into another value.
         let escaped = escape(&a.relay.to_string()).len();
