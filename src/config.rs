@@ -261,20 +261,20 @@ impl Config {
             "max_per_ip" => self.max_per_ip = count(v, 1)?,
             "hard_error_limit" => self.hard_error_limit = count(v, 1)?,
             "soft_error_limit" => self.soft_error_limit = count(v, 0)?,
-            "error_sleep_time" => self.error_sleep_time = duration(v)?,
+            "error_sleep_time" => self.error_sleep_time = bounded(duration(v)?, MINUTE)?,
             "junk_command_limit" => self.junk_command_limit = count(v, 1)?,
             "vrfy" => self.vrfy = switch(v)?,
             "expn" => self.expn = switch(v)?,
-            "command_timeout" => self.command_timeout = positive(duration(v)?)?,
-            "data_timeout" => self.data_timeout = positive(duration(v)?)?,
+            "command_timeout" => self.command_timeout = timeout(v)?,
+            "data_timeout" => self.data_timeout = timeout(v)?,
             "min_data_rate" => self.min_data_rate = count(v, 1)?,
-            "starttls_timeout" => self.starttls_timeout = positive(duration(v)?)?,
+            "starttls_timeout" => self.starttls_timeout = timeout(v)?,
             "tls_cert" => self.tls_cert = Some(path(v)?),
             "tls_key" => self.tls_key = Some(path(v)?),
-            "min_backoff" => self.min_backoff = positive(duration(v)?)?,
-            "max_backoff" => self.max_backoff = positive(duration(v)?)?,
-            "max_queue_lifetime" => self.max_queue_lifetime = positive(duration(v)?)?,
-            "delay_warning_time" => self.delay_warning_time = duration(v)?,
+            "min_backoff" => self.min_backoff = bounded(positive(duration(v)?)?, 30 * DAY)?,
+            "max_backoff" => self.max_backoff = bounded(positive(duration(v)?)?, 30 * DAY)?,
+            "max_queue_lifetime" => self.max_queue_lifetime = bounded(positive(duration(v)?)?, 100 * DAY)?,
+            "delay_warning_time" => self.delay_warning_time = bounded(duration(v)?, 100 * DAY)?,
             "smtp_port" => self.smtp_port = count(v, 1)?,
             "relayhost" => self.relayhost = Some(host_port(v, 25)?),
             "relayhost_tls" => {
@@ -289,10 +289,10 @@ impl Config {
             "max_delivery_threads" => self.max_delivery_threads = count(v, 1)?,
             "max_per_destination" => self.max_per_destination = count(v, 1)?,
             "dns_servers" => self.dns_servers = list(v).map(dns_server).collect::<Result<_, _>>()?,
-            "dns_timeout" => self.dns_timeout = positive(duration(v)?)?,
-            "connect_timeout" => self.connect_timeout = positive(duration(v)?)?,
-            "smtp_timeout" => self.smtp_timeout = positive(duration(v)?)?,
-            "smtp_data_done_timeout" => self.smtp_data_done_timeout = positive(duration(v)?)?,
+            "dns_timeout" => self.dns_timeout = timeout(v)?,
+            "connect_timeout" => self.connect_timeout = timeout(v)?,
+            "smtp_timeout" => self.smtp_timeout = timeout(v)?,
+            "smtp_data_done_timeout" => self.smtp_data_done_timeout = timeout(v)?,
             _ => return Err("unknown key".into()),
         }
         Ok(())
@@ -435,9 +435,59 @@ fn positive(d: Duration) -> Result<Duration, String> {
     if d.is_zero() { Err("must be more than zero".into()) } else { Ok(d) }
 }
 
+const MINUTE: u32 = 60;
+const DAY: u32 = 86400;
+
+/// Every duration key has an upper bound, so that no value that parses can overflow a
+/// deadline (`Instant + Duration`) or hold a thread for years.
+fn bounded(d: Duration, max_secs: u32) -> Result<Duration, String> {
+    if d > Duration::from_secs(u64::from(max_secs)) {
+        return Err(format!("at most {}", human(max_secs)));
+    }
+    Ok(d)
+}
+
+/// A wait for a peer or a lookup: more than zero, at most a day.
+fn timeout(v: &str) -> Result<Duration, String> {
+    bounded(positive(duration(v)?)?, DAY)
+}
+
+fn human(secs: u32) -> String {
+    match secs {
+        s if s % DAY == 0 => format!("{}d", s / DAY),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % MINUTE == 0 => format!("{}m", s / MINUTE),
+        s => format!("{s}s"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_duration_has_an_upper_bound() {
+        for (key, max, over) in [
+            ("error_sleep_time", "1m", "61s"),
+            ("command_timeout", "1d", "25h"),
+            ("data_timeout", "1d", "18446744073709551615"),
+            ("starttls_timeout", "1d", "2d"),
+            ("min_backoff", "30d", "31d"),
+            ("max_backoff", "30d", "31d"),
+            ("max_queue_lifetime", "100d", "101d"),
+            ("delay_warning_time", "100d", "101d"),
+            ("dns_timeout", "1d", "2d"),
+            ("connect_timeout", "1d", "2d"),
+            ("smtp_timeout", "1d", "2d"),
+            ("smtp_data_done_timeout", "1d", "2d"),
+        ] {
+            let extra = if key == "min_backoff" { "max_backoff = 30d\n" } else { "" };
+            let at = format!("{extra}{key} = {max}\n");
+            assert!(Config::parse(&at, "t").is_ok(), "{key} = {max} is allowed");
+            let e = Config::parse(&format!("{key} = {over}\n"), "t").unwrap_err().to_string();
+            assert_eq!(e, format!("t:1: {key}: at most {max}"), "{key} = {over}");
+        }
+    }
 
     #[test]
     fn embedded_default_parses() {

@@ -40,6 +40,8 @@ pub enum Input<'a> {
     Line(&'a [u8]),
     /// A command line over the cap was thrown away.
     LineTooLong,
+    /// A command line ended in a bare LF; it was thrown away.
+    BareLf,
     /// The outcome of receiving and spooling the message text.
     DataEnd(Result<QueueId, DataError>),
     /// The TLS handshake after STARTTLS succeeded.
@@ -186,6 +188,11 @@ impl<'p> Session<'p> {
         match input {
             Input::Line(line) => self.handle_line(line),
             Input::LineTooLong => self.refuse(Reply::from(&crate::smtp::command::SyntaxError::LineTooLong)),
+            // RFC 5321 §2.3.8 and §4.1.1.4: only CRLF ends a line. The line is not run, and the
+            // session ends: after a bare LF, whether the next bytes are a new command or the
+            // rest of this one depends on a framing we do not share with the client, which is
+            // the ambiguity command smuggling lives on. The client is told why, permanently.
+            Input::BareLf => self.close(Reply::bare_lf()),
             Input::DataEnd(result) => self.data_end(result),
             Input::TlsStarted => {
                 // RFC 3207 §4.2: forget everything learned before TLS.

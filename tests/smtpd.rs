@@ -213,6 +213,48 @@ fn pipelined_commands_get_every_reply_without_waiting_for_data() {
     assert_eq!(server.queued().len(), 2);
 }
 
+/// Sends each write in turn (a short pause between, so each arrives as its own read), then
+/// reads every reply until the server closes.
+fn replies_until_closed(writes: &[&[u8]]) -> (Vec<String>, usize) {
+    let server = Server::start("");
+    let mut c = Client::greeted(server.addr);
+    c.cmd("EHLO client.test");
+    for w in writes {
+        c.send(w);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut replies = Vec::new();
+    loop {
+        let reply = c.reply();
+        if reply.is_empty() {
+            break;
+        }
+        replies.push(reply);
+        assert!(replies.len() < 10, "{replies:?}");
+    }
+    (replies, server.queued().len())
+}
+
+#[test]
+fn a_bare_lf_ends_the_session_and_nothing_after_it_runs() {
+    let refused = "500 5.5.2 Error: bare <LF> received; lines end with <CR><LF>";
+    let mail: &[u8] = b"MAIL FROM:<a@remote.test>\r\n";
+    for (writes, before) in [
+        (vec![&b"NOOP\nNOOP\r\n"[..]], vec![]),
+        (vec![&b"NOOP\n"[..], &b"NOOP\r\n"[..]], vec![]),
+        (vec![&b"NOOP"[..], &b"\nNOOP\r\n"[..]], vec![]),
+        (vec![&b"MAIL FROM:<a@remote.test>\nRCPT TO:<alice@example.test>\r\nDATA\r\n"[..]], vec![]),
+        (vec![mail, &b"RCPT TO:<alice@example.test>\nDATA\r\nx\r\n.\r\n"[..]], vec!["250 2.1.0 Ok"]),
+        (vec![&b"RSET\r\nNOOP\nQUIT\r\n"[..]], vec!["250 2.0.0 Ok"]),
+    ] {
+        let (replies, queued) = replies_until_closed(&writes);
+        let mut want: Vec<String> = before.iter().map(|s| s.to_string()).collect();
+        want.push(refused.to_string());
+        assert_eq!(replies, want, "{writes:?}");
+        assert_eq!(queued, 0);
+    }
+}
+
 #[test]
 fn the_end_of_data_survives_slow_byte_by_byte_arrival() {
     let server = Server::start("");

@@ -204,7 +204,7 @@ impl Server {
             // Wakes a session blocked in a read with end-of-input; its reply can still be written.
             let _ = stream.shutdown(Shutdown::Read);
         }
-        let deadline = Instant::now() + grace;
+        let deadline = later(Instant::now(), grace);
         while Instant::now() < deadline && self.counts.lock().map_or(0, |c| c.total) > 0 {
             thread::sleep(Duration::from_millis(20));
         }
@@ -318,10 +318,11 @@ impl Server {
 
     /// One command line, or the input that stands for what happened instead; `None` when the peer is gone.
     fn read_command(&self, conn: &mut Conn, lines: &mut LineBuffer) -> Option<Result<Vec<u8>, Input<'static>>> {
-        conn.deadline = Some(Instant::now() + self.config.command_timeout);
+        conn.deadline = Some(later(Instant::now(), self.config.command_timeout));
         match lines.read_line(conn, MAX_COMMAND_LINE) {
             Ok(Line::Complete(line)) => Some(Ok(line)),
             Ok(Line::TooLong) => Some(Err(Input::LineTooLong)),
+            Ok(Line::BareLf) => Some(Err(Input::BareLf)),
             Ok(Line::Eof) => None,
             Err(e) if is_timeout(&e) => Some(Err(Input::Timeout)),
             Err(_) => None,
@@ -344,8 +345,8 @@ impl Server {
         let mut out = Vec::with_capacity(READ_BUFFER);
         loop {
             // The deadline grows with the bytes received: a slow trickle is cut off.
-            let allowance = Duration::from_secs(reader.size() / self.config.min_data_rate);
-            conn.deadline = Some(started + self.config.data_timeout + allowance);
+            let allowance = Duration::from_secs(reader.size() / self.config.min_data_rate.max(1));
+            conn.deadline = Some(later(started, self.config.data_timeout.saturating_add(allowance)));
             if lines.buffered().is_empty() {
                 match lines.fill(conn) {
                     Ok(0) => return Received::Lost, // §4.1.1.10: no dot, no message
@@ -419,6 +420,13 @@ impl Server {
     }
 }
 
+/// `from + wait`, never a panic: a wait too long for the clock is cut to a year (the
+/// configuration bounds every timeout far below that; a DATA allowance grows with the bytes).
+fn later(from: Instant, wait: Duration) -> Instant {
+    const YEAR: Duration = Duration::from_secs(365 * 86400);
+    from.checked_add(wait.min(YEAR)).unwrap_or(from)
+}
+
 /// What the client is told of a spool failure: a full disk, or any other write failure.
 fn storage_error(e: &SpoolError) -> DataError {
     match e {
@@ -469,4 +477,16 @@ pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_never_overflow() {
+        let now = Instant::now();
+        assert!(later(now, Duration::MAX) > now);
+        assert_eq!(later(now, Duration::from_secs(5)), now + Duration::from_secs(5));
+    }
 }

@@ -11,8 +11,12 @@ pub const MAX_COMMAND_LINE: usize = 2048;
 /// One framed command line.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Line {
-    /// The line without its CRLF (or bare LF).
+    /// The line without its CRLF.
     Complete(Vec<u8>),
+    /// A line ended by LF without CR before it (RFC 5321 §2.3.8: only CRLF ends a line). It
+    /// is not handed on: a peer that frames lines otherwise than we do is how commands get
+    /// smuggled, so what it meant by the bytes that follow is not known either.
+    BareLf,
     /// The line was longer than the cap; it was discarded up to its LF.
     TooLong,
     /// The peer closed the connection (a partial line is dropped).
@@ -70,12 +74,16 @@ impl LineBuffer {
         let pending = &self.buf[self.start..self.end];
         match pending.iter().position(|&b| b == b'\n') {
             Some(lf) => {
-                let mut line = &pending[..lf];
-                if line.last() == Some(&b'\r') {
-                    line = &line[..line.len() - 1];
-                }
-                let result =
-                    if self.discarding || line.len() > max { Line::TooLong } else { Line::Complete(line.to_vec()) };
+                let line = &pending[..lf];
+                let (body, crlf) = match line.strip_suffix(b"\r") {
+                    Some(body) => (body, true),
+                    None => (line, false),
+                };
+                let result = match (self.discarding || body.len() > max, crlf) {
+                    (true, _) => Line::TooLong,
+                    (false, true) => Line::Complete(body.to_vec()),
+                    (false, false) => Line::BareLf,
+                };
                 self.start += lf + 1;
                 self.discarding = false;
                 Some(result)
@@ -390,11 +398,13 @@ mod tests {
     }
 
     #[test]
-    fn lines_end_at_lf_with_or_without_cr() {
+    fn only_crlf_ends_a_line_and_a_bare_lf_is_reported() {
         assert_eq!(
             lines(b"NOOP\r\nQUIT\nRSET\r\n", 100),
-            vec![Line::Complete(b"NOOP".to_vec()), Line::Complete(b"QUIT".to_vec()), Line::Complete(b"RSET".to_vec())]
+            vec![Line::Complete(b"NOOP".to_vec()), Line::BareLf, Line::Complete(b"RSET".to_vec())]
         );
+        assert_eq!(lines(b"\n", 100), vec![Line::BareLf]);
+        assert_eq!(lines(b"NOOP\rNOOP\r\n", 100), vec![Line::Complete(b"NOOP\rNOOP".to_vec())], "a CR inside stays");
     }
 
     #[test]

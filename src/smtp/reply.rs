@@ -389,6 +389,11 @@ impl Reply {
         Reply::new(421, es(4, 3, 2), format!("{host} Service shutting down, closing connection"))
     }
 
+    /// A command line ended in a bare LF (RFC 5321 §2.3.8); the session closes after it.
+    pub fn bare_lf() -> Reply {
+        Reply::new(500, es(5, 5, 2), "Error: bare <LF> received; lines end with <CR><LF>")
+    }
+
     pub fn local_error(host: &str) -> Reply {
         Reply::new(421, es(4, 3, 0), format!("{host} Error: internal error, closing connection"))
     }
