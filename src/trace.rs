@@ -11,6 +11,8 @@ pub struct Trace<'a> {
     pub hostname: &'a str,
     /// RFC 3848: SMTP, ESMTP, ESMTPS, LOCAL.
     pub protocol: &'a str,
+    /// Under TLS: the version and cipher, as `TLSv1.3 with cipher TLS_AES_256_GCM_SHA384`.
+    pub tls: Option<String>,
     pub id: &'a str,
     /// Named only when there is exactly one (§7.2: lists of recipients are private).
     pub single_recipient: Option<String>,
@@ -24,8 +26,11 @@ pub fn received(t: &Trace<'_>) -> String {
         Some(ip) => format!("unknown {}", Host::Literal(ip.to_canonical())),
         None => "unknown".to_string(),
     };
-    let mut h =
-        format!("Received: from {} ({peer})\r\n\tby {} (postern) with {} id {}", t.helo, t.hostname, t.protocol, t.id);
+    let mut h = format!("Received: from {} ({peer})", t.helo);
+    if let Some(tls) = &t.tls {
+        h += &format!("\r\n\t(using {tls})"); // §4.4: a comment in the from clause
+    }
+    h += &format!("\r\n\tby {} (postern) with {} id {}", t.hostname, t.protocol, t.id);
     if let Some(rcpt) = &t.single_recipient {
         h += &format!("\r\n\tfor {rcpt}");
     }
@@ -77,6 +82,7 @@ mod tests {
             client: Some("::ffff:127.0.0.1".parse().unwrap()),
             hostname: "mail.example.test",
             protocol: "ESMTP",
+            tls: None,
             id: "ABC",
             single_recipient: Some("<alice@example.test>".into()),
             time: 0,
@@ -89,5 +95,10 @@ mod tests {
         let many = Trace { single_recipient: None, client: Some("::1".parse().unwrap()), ..t };
         assert!(received(&many).starts_with("Received: from client.test (unknown [IPv6:::1])\r\n"));
         assert!(!received(&many).contains("for <"));
+        let tls = Trace { protocol: "ESMTPS", tls: Some("TLSv1.3 with cipher TLS_AES_128_GCM_SHA256".into()), ..many };
+        assert!(received(&tls).starts_with(
+            "Received: from client.test (unknown [IPv6:::1])\r\n\t(using TLSv1.3 with cipher TLS_AES_128_GCM_SHA256)\r\n\t\
+             by mail.example.test (postern) with ESMTPS id ABC;\r\n"
+        ));
     }
 }

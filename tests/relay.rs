@@ -209,6 +209,8 @@ fn relayhost_tls_encrypt_needs_starttls() {
     assert!(sender.deliver().contains("status=sent"));
     let received = String::from_utf8(support::message_of(&tls_receiver.queued()[0])).unwrap();
     assert!(received.contains(" with ESMTPS id "), "{received}");
+    // postern-deliver's side negotiates TLS 1.3 with a server that offers it.
+    assert!(received.contains("\r\n\t(using TLSv1.3 with cipher TLS_"), "{received}");
 
     let plain_receiver = Server::start("trusted_networks = 127.0.0.0/8\n");
     let sender =

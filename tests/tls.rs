@@ -132,3 +132,172 @@ fn a_broken_or_stalled_handshake_ends_the_session() {
     let mut ok = Client::greeted(server.addr);
     assert_eq!(code(&ok.cmd("NOOP")), "250 2.0.0");
 }
+
+fn have(tool: &str) -> bool {
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Runs `openssl` with these arguments in `dir`; panics with its output when it fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A CA, and a server certificate it signed, with the key in `format`: `pkcs8`, `rsa`
+/// (PKCS#1, `BEGIN RSA PRIVATE KEY`) or `ec` (SEC1, `BEGIN EC PRIVATE KEY`). Writes
+/// `chain.pem` (server certificate, then the CA) and `key.pem`.
+fn make_certificates(dir: &Path, format: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=Test CA",
+        ],
+    );
+    match format {
+        "ec" => openssl(dir, &["ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out", "key.pem"]),
+        _ => openssl(dir, &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "key.pem"]),
+    }
+    if format == "rsa" {
+        openssl(dir, &["rsa", "-in", "key.pem", "-traditional", "-out", "key.pem"]);
+    }
+    openssl(dir, &["req", "-new", "-key", "key.pem", "-subj", "/CN=mail.example.test", "-out", "server.csr"]);
+    openssl(
+        dir,
+        &["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-days", "2", "-out", "server.pem"],
+    );
+    let chain = [std::fs::read(dir.join("server.pem")).unwrap(), std::fs::read(dir.join("ca.pem")).unwrap()].concat();
+    std::fs::write(dir.join("chain.pem"), chain).unwrap();
+    let key = std::fs::read_to_string(dir.join("key.pem")).unwrap();
+    let begins = match format {
+        "rsa" => "-----BEGIN RSA PRIVATE KEY-----",
+        "ec" => "-----BEGIN EC PRIVATE KEY-----",
+        _ => "-----BEGIN PRIVATE KEY-----",
+    };
+    assert!(key.starts_with(begins), "{format}: the key file starts {:?}", key.lines().next());
+}
+
+fn server_with_key(format: &str) -> (Server, support::TempDir) {
+    let dir = support::TempDir::new(&format!("tls-{format}"));
+    make_certificates(dir.path(), format);
+    let server = Server::start(&format!(
+        "tls_cert = {}\ntls_key = {}\n",
+        dir.path().join("chain.pem").display(),
+        dir.path().join("key.pem").display()
+    ));
+    (server, dir)
+}
+
+#[test]
+fn openssl_s_client_gets_tls_1_3_and_the_chain_with_every_key_format() {
+    if support::skip_unless(have("openssl"), "needs the openssl command") {
+        return;
+    }
+    for format in ["pkcs8", "rsa", "ec"] {
+        let (server, dir) = server_with_key(format);
+        let out = std::process::Command::new("openssl")
+            .args(["s_client", "-tls1_3", "-starttls", "smtp", "-showcerts", "-CAfile"])
+            .arg(dir.path().join("ca.pem"))
+            .args(["-connect", &server.addr.to_string(), "-servername", "mail.example.test"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Protocol: TLSv1.3") || text.contains("New, TLSv1.3"), "{format}: {text}");
+        assert_eq!(text.matches("-----BEGIN CERTIFICATE-----").count(), 2, "{format}: the chain is sent");
+        assert!(text.contains("Verify return code: 0 (ok)"), "{format}: {text}");
+    }
+}
+
+#[test]
+fn python_with_tls_1_3_as_minimum_sends_mail_and_the_header_names_the_cipher() {
+    if support::skip_unless(have("python3") && have("openssl"), "needs python3 and the openssl command") {
+        return;
+    }
+    let (server, dir) = server_with_key("rsa");
+    let script = r#"
+import smtplib, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+ctx.check_hostname = False  # the certificate names mail.example.test, the test dials 127.0.0.1
+host, port = sys.argv[1].rsplit(":", 1)
+s = smtplib.SMTP(host, int(port))
+s.starttls(context=ctx)
+print(s.sock.version())
+s.sendmail("a@remote.test", ["alice@example.test"], b"Subject: t\r\n\r\nunder TLS 1.3\r\n")
+s.quit()
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, &server.addr.to_string()])
+        .arg(dir.path().join("ca.pem"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "TLSv1.3");
+    let queued = server.queued();
+    assert_eq!(queued.len(), 1);
+    let message = String::from_utf8(support::message_of(&queued[0])).unwrap();
+    assert!(message.contains("\r\n\t(using TLSv1.3 with cipher TLS_"), "{message}");
+    assert!(message.contains(" with ESMTPS id "), "{message}");
+}
+
+#[test]
+fn a_key_that_does_not_match_or_parse_is_refused_at_start() {
+    if support::skip_unless(have("openssl"), "needs the openssl command") {
+        return;
+    }
+    let dir = support::TempDir::new("tls-bad");
+    make_certificates(dir.path(), "pkcs8");
+    std::fs::write(dir.path().join("junk.pem"), "-----BEGIN PRIVATE KEY-----\nnot base64\n").unwrap();
+    for (key, want) in [("ca.key", "does not match"), ("junk.pem", "not a PEM private key")] {
+        let mut config = postern::config::Config::parse(
+            &format!(
+                "tls_cert = {}\ntls_key = {}\n",
+                dir.path().join("chain.pem").display(),
+                dir.path().join(key).display()
+            ),
+            "t",
+        )
+        .unwrap();
+        config.spool = dir.path().join("spool");
+        let e = postern::server::load_tls(&config).err().expect("refused");
+        assert!(e.contains(want), "{key}: {e}");
+    }
+}
+
+#[test]
+fn a_key_passed_as_a_systemd_credential_is_used_instead_of_the_configured_path() {
+    if support::skip_unless(have("openssl"), "needs the openssl command") {
+        return;
+    }
+    let creds = support::TempDir::new("tls-credentials");
+    make_certificates(creds.path(), "ec");
+    std::fs::rename(creds.path().join("chain.pem"), creds.path().join("tls_cert")).unwrap();
+    std::fs::rename(creds.path().join("key.pem"), creds.path().join("tls_key")).unwrap();
+    let dir = support::TempDir::new("tls-credential-server");
+    // The configured paths do not exist: only the credentials can make TLS work.
+    let config = support::config_with(dir.path(), "tls_cert = /nonexistent/cert.pem\ntls_key = /nonexistent/key.pem\n");
+    let passed = format!("CREDENTIALS_DIRECTORY={}", creds.path().display());
+    let server = Server::start_wrapped(dir, &config, &["env", &passed]);
+    let mut c = Client::greeted(server.addr);
+    c.cmd("EHLO x");
+    assert_eq!(code(&c.cmd("STARTTLS")), "220 2.0.0");
+    let mut tls = TlsClient::upgrade(c);
+    assert!(tls.cmd("EHLO x").starts_with("250-"));
+    assert!(server.log().contains("tls_key: the credential systemd passed"), "{}", server.log());
+}

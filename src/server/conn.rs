@@ -6,7 +6,7 @@ use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use native_tls::TlsStream;
+use openssl::ssl::SslStream;
 
 use crate::smtp::reply::Reply;
 use crate::sys;
@@ -21,7 +21,7 @@ pub fn is_timeout(e: &io::Error) -> bool {
 /// The byte stream under a session.
 pub enum Transport {
     Tcp(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<SslStream<TcpStream>>),
     /// Only while the transport is being replaced.
     Closed,
     /// inetd with pipes (tests, `socat`): no socket options, so deadlines use poll(2).
@@ -74,6 +74,13 @@ impl Conn {
         }
         self.read_timeout = left;
         Some(left)
+    }
+
+    /// The TLS version and cipher in use, for the `Received:` header; `None` in plaintext.
+    pub fn tls_summary(&self) -> Option<String> {
+        let Transport::Tls(s) = &self.transport else { return None };
+        let cipher = s.ssl().current_cipher().map_or("unknown", |c| c.name());
+        Some(format!("{} with cipher {cipher}", s.ssl().version_str()))
     }
 
     pub fn shutdown(&mut self) {

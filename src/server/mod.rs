@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use native_tls::TlsAcceptor;
+use openssl::pkey::PKey;
+use openssl::ssl::{SslAcceptor, SslMethod};
 
 use crate::config::Config;
 use crate::policy::LocalPolicy;
@@ -36,7 +37,7 @@ pub struct Server {
     session: SessionConfig,
     policy: LocalPolicy,
     spool: Spool,
-    tls: Option<TlsAcceptor>,
+    tls: Option<SslAcceptor>,
     counts: Mutex<Counts>,
     /// Set once SIGTERM arrives: sessions say 421 and end.
     stopping: AtomicBool,
@@ -73,21 +74,41 @@ impl Drop for Slot {
     }
 }
 
-/// Loads `tls_cert` and `tls_key` (PEM; the key in PKCS#8) into a TLS acceptor, TLS 1.2 or later.
-pub fn load_tls(config: &Config) -> Result<Option<TlsAcceptor>, String> {
+/// Loads `tls_cert` (PEM, the server's certificate first, then its chain) and `tls_key` (PEM:
+/// PKCS#8, PKCS#1 RSA or SEC1 EC) into an acceptor offering TLS 1.3 and 1.2 with the
+/// ciphers of today's intermediate profile (RFC 8996: nothing older than 1.2).
+///
+/// Under systemd with `LoadCredential=tls_cert:...` and `LoadCredential=tls_key:...`, the
+/// copies systemd passes in `$CREDENTIALS_DIRECTORY` are read instead of the configured paths,
+/// so the key can stay readable by root alone while the service runs as its own user.
+pub fn load_tls(config: &Config) -> Result<Option<SslAcceptor>, String> {
     let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else { return Ok(None) };
-    let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
-    let identity = native_tls::Identity::from_pkcs8(&read(cert)?, &read(key)?)
-        .map_err(|e| format!("{} / {}: {e} (the key must be PKCS#8 PEM)", cert.display(), key.display()))?;
-    let acceptor = TlsAcceptor::builder(identity)
-        .min_protocol_version(Some(native_tls::Protocol::Tlsv12))
-        .build()
-        .map_err(|e| format!("TLS setup: {e}"))?;
-    Ok(Some(acceptor))
+    let credential = |name: &str, configured: &std::path::Path| {
+        let passed = std::env::var_os("CREDENTIALS_DIRECTORY").map(|d| std::path::Path::new(&d).join(name));
+        match passed.filter(|p| p.exists()) {
+            Some(p) => {
+                log::info!("{name}: the credential systemd passed ({}), not {}", p.display(), configured.display());
+                p
+            }
+            None => configured.to_path_buf(),
+        }
+    };
+    let (cert, key) = (&credential("tls_cert", cert), &credential("tls_key", key));
+    let mut builder =
+        SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).map_err(|e| format!("TLS setup: {e}"))?;
+    builder
+        .set_certificate_chain_file(cert)
+        .map_err(|e| format!("{}: not a PEM certificate chain: {e}", cert.display()))?;
+    let pem = std::fs::read(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let pkey = PKey::private_key_from_pem(&pem)
+        .map_err(|e| format!("{}: not a PEM private key (PKCS#8, RSA or EC): {e}", key.display()))?;
+    builder.set_private_key(&pkey).map_err(|_| format!("{} does not match {}", key.display(), cert.display()))?;
+    builder.check_private_key().map_err(|_| format!("{} does not match {}", key.display(), cert.display()))?;
+    Ok(Some(builder.build()))
 }
 
 impl Server {
-    pub fn new(config: Config, policy: LocalPolicy, spool: Spool, tls: Option<TlsAcceptor>) -> Server {
+    pub fn new(config: Config, policy: LocalPolicy, spool: Spool, tls: Option<SslAcceptor>) -> Server {
         let session = SessionConfig {
             hostname: config.hostname.clone(),
             message_size_limit: config.message_size_limit,
@@ -307,8 +328,8 @@ impl Server {
         let timeout = Some(self.config.starttls_timeout);
         stream.set_read_timeout(timeout).and_then(|()| stream.set_write_timeout(timeout)).map_err(|e| e.to_string())?;
         let tls = acceptor.accept(stream).map_err(|e| match e {
-            native_tls::HandshakeError::Failure(e) => e.to_string(),
-            native_tls::HandshakeError::WouldBlock(_) => "timed out".to_string(),
+            openssl::ssl::HandshakeError::WouldBlock(_) => "timed out".to_string(),
+            other => other.to_string(),
         })?;
         let _ = tls.get_ref().set_write_timeout(Some(self.config.command_timeout));
         conn.transport = Transport::Tls(Box::new(tls));
@@ -335,7 +356,7 @@ impl Server {
         let started = Instant::now();
         let arrived = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let mut draft = self.spool.draft().and_then(|mut d| {
-            let (envelope, header) = self.envelope_and_trace(req, client, arrived, d.id());
+            let (envelope, header) = self.envelope_and_trace(req, client, arrived, d.id(), conn.tls_summary());
             d.begin(&envelope)?;
             d.write(header.as_bytes())?;
             Ok((d, header.len() as u64))
@@ -387,6 +408,7 @@ impl Server {
         client: Option<IpAddr>,
         arrived: u64,
         id: &QueueId,
+        tls: Option<String>,
     ) -> (Envelope, String) {
         let envelope = Envelope {
             arrived,
@@ -404,6 +426,7 @@ impl Server {
             client,
             hostname: &self.config.hostname,
             protocol: req.protocol,
+            tls,
             id: id.as_str(),
             single_recipient: (req.rcpts.len() == 1).then(|| req.rcpts[0].to_string()),
             time: arrived,
