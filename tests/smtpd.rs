@@ -556,3 +556,37 @@ fn an_endless_header_is_streamed_with_bounded_memory() {
     let grown = server.peak_rss_kib().saturating_sub(before);
     assert!(grown < 8 * 1024, "RSS grew {grown} KiB");
 }
+
+#[test]
+fn a_client_that_stops_reading_is_cut_off_one_timeout_after_the_write_stalls() {
+    let server = Server::start("command_timeout = 2s\njunk_command_limit = 100000000\n");
+    let c = Client::greeted(server.addr);
+    let mut stream = c.stream.try_clone().unwrap();
+    stream.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+    let started = Instant::now();
+    // Commands keep coming and no reply is read: the server's writes fill both buffers.
+    let writer = std::thread::spawn(move || {
+        let batch = b"NOOP\r\n".repeat(10_000);
+        for _ in 0..2_000 {
+            use std::io::Write;
+            match stream.write_all(&batch) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !server.log().contains("disconnect from") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = started.elapsed();
+    assert!(server.log().contains("disconnect from"), "still connected after {took:?}");
+    eprintln!("a client that stopped reading was cut off after {took:.2?} (command_timeout 2s)");
+    assert!(took < Duration::from_millis(3500), "{took:?}: the server waited more than one timeout");
+    drop(c);
+    writer.join().unwrap();
+}

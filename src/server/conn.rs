@@ -39,11 +39,14 @@ pub struct Conn {
     pub deadline: Option<Instant>,
     /// The receive timeout last set on the socket, to skip a setsockopt per read.
     pub read_timeout: Option<Duration>,
+    /// A write failed or stalled past its timeout: the peer is not reading, so nothing more
+    /// is written (not even a 421), and every later read or write fails at once.
+    write_failed: bool,
 }
 
 impl Conn {
     pub fn new(transport: Transport) -> Conn {
-        Conn { transport, pending: Vec::with_capacity(1024), deadline: None, read_timeout: None }
+        Conn { transport, pending: Vec::with_capacity(1024), deadline: None, read_timeout: None, write_failed: false }
     }
 
     pub fn queue(&mut self, reply: &Reply) -> io::Result<()> {
@@ -89,7 +92,9 @@ impl Conn {
                 let _ = s.shutdown(Shutdown::Both);
             }
             Transport::Tls(s) => {
-                let _ = s.shutdown();
+                if !self.write_failed {
+                    let _ = s.shutdown(); // close_notify: a write, so not to a peer that stopped reading
+                }
                 let _ = s.get_ref().shutdown(Shutdown::Both);
             }
             Transport::Pipe { .. } | Transport::Closed => {}
@@ -132,23 +137,67 @@ impl Read for Conn {
     }
 }
 
+/// Writes all of `buf` within the socket's write timeout as a whole: each partial write gets
+/// only the time left, so a peer that takes a byte now and then cannot stretch the wait.
+fn write_within<W: Write>(out: &mut W, tcp: impl Fn(&W) -> &TcpStream, buf: &[u8]) -> io::Result<()> {
+    let Some(limit) = tcp(out).write_timeout()? else { return out.write_all(buf) };
+    let deadline = Instant::now().checked_add(limit);
+    let mut written = 0;
+    let mut result = Ok(());
+    while written < buf.len() {
+        let left = deadline.map_or(limit, |d| d.saturating_duration_since(Instant::now()));
+        if left.is_zero() {
+            result = Err(io::ErrorKind::TimedOut.into());
+            break;
+        }
+        if let Err(e) = tcp(out).set_write_timeout(Some(left)) {
+            result = Err(e);
+            break;
+        }
+        match out.write(&buf[written..]) {
+            Ok(0) => {
+                result = Err(io::ErrorKind::WriteZero.into());
+                break;
+            }
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    tcp(out).set_write_timeout(Some(limit)).and(result)
+}
+
 impl Write for Conn {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.pending.extend_from_slice(buf);
         Ok(buf.len())
     }
 
+    /// Writes what is pending within the socket's write timeout. A failure is never taken for
+    /// a read timeout (it is reported as a broken pipe), so a client that stops reading is cut
+    /// off one write timeout after the write stalled, without a second wait for a 421.
     fn flush(&mut self) -> io::Result<()> {
+        if self.write_failed {
+            self.pending.clear();
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "an earlier write failed"));
+        }
         if self.pending.is_empty() {
             return Ok(());
         }
         let result = match &mut self.transport {
-            Transport::Tcp(s) => s.write_all(&self.pending),
-            Transport::Tls(s) => s.write_all(&self.pending),
+            Transport::Tcp(s) => write_within(s, |s| s, &self.pending),
+            Transport::Tls(s) => write_within(s.as_mut(), |s| s.get_ref(), &self.pending),
             Transport::Pipe { output, .. } => output.write_all(&self.pending),
             Transport::Closed => Err(io::ErrorKind::NotConnected.into()),
         };
         self.pending.clear();
-        result
+        result.map_err(|e| {
+            self.write_failed = true;
+            let why = if is_timeout(&e) { "the client stopped reading".to_string() } else { e.to_string() };
+            io::Error::new(io::ErrorKind::BrokenPipe, format!("write: {why}"))
+        })
     }
 }
