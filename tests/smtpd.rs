@@ -590,3 +590,35 @@ fn a_client_that_stops_reading_is_cut_off_one_timeout_after_the_write_stalls() {
     drop(c);
     writer.join().unwrap();
 }
+
+#[test]
+fn with_fewer_descriptors_than_connections_every_client_gets_220_or_421() {
+    let dir = support::TempDir::new("nofile");
+    let config = support::config_with(dir.path(), "max_connections = 1000\nmax_per_ip = 1000\n");
+    let server = Server::start_wrapped(dir, &config, &["prlimit", "--nofile=64:64"]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server.log().contains("serving at most") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(server.log().contains("max_connections = 1000 needs 3032 descriptors"), "{}", server.log());
+    assert!(server.log().contains("the limit (RLIMIT_NOFILE) is 64: serving at most 10 connections"));
+    let mut held = Vec::new();
+    let (mut greeted, mut refused) = (0, 0);
+    for n in 0..40 {
+        let stream = std::net::TcpStream::connect(server.addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+        let mut line = String::new();
+        let started = Instant::now();
+        std::io::BufRead::read_line(&mut reader, &mut line).unwrap_or_else(|e| panic!("client {n}: no reply: {e}"));
+        assert!(started.elapsed() < Duration::from_secs(1), "client {n} waited {:?}", started.elapsed());
+        match &line[..4] {
+            "220 " => greeted += 1,
+            "421 " => refused += 1,
+            _ => panic!("client {n}: {line}"),
+        }
+        held.push(stream);
+    }
+    assert_eq!((greeted, refused), (10, 30), "the lowered cap holds; the rest hear 421");
+    drop(held);
+}

@@ -73,7 +73,7 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> Result<(), String> {
     let config = Config::choose(args.builtin, args.config.as_deref());
-    let config = config.map_err(|e| e.to_string())?;
+    let mut config = config.map_err(|e| e.to_string())?;
     if args.check {
         println!("configuration ok: {}", config.source);
         return Ok(());
@@ -81,6 +81,11 @@ fn run(args: &Args) -> Result<(), String> {
     if !args.inetd {
         // Before any thread starts, so that only the stopper thread takes SIGTERM and SIGINT.
         sys::block_termination_signals().map_err(|e| format!("signals: {e}"))?;
+    }
+    if !args.inetd
+        && let Some(warning) = postern::server::fit_to_descriptors(&mut config)
+    {
+        log::warn!("{warning}");
     }
     let listeners = if args.inetd { Vec::new() } else { bind(&config)? };
     // The key is often readable by root alone: load it before giving root up.

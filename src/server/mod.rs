@@ -150,17 +150,34 @@ impl Server {
 
     fn accept_loop(self: &Arc<Self>, listener: &TcpListener) {
         let mut backoff = Duration::from_millis(10);
+        // Held so that, with every other descriptor in use, one client at a time can still be
+        // accepted and told 421 rather than left waiting in the backlog with no greeting.
+        let mut spare = File::open("/dev/null").ok();
         loop {
             match listener.accept() {
                 Ok((stream, peer)) => {
                     backoff = Duration::from_millis(10);
                     self.admit(stream, peer);
                 }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) && spare.is_some() => {
+                    drop(spare.take()); // frees one descriptor for the accept below
+                    if let Ok((stream, peer)) = listener.accept() {
+                        let reply = Reply::too_many_connections(&self.config.hostname);
+                        refuse_connection(stream, &reply, peer.ip().to_canonical());
+                    }
+                    log::warn!("accept: {e}; a client was told 421");
+                    spare = File::open("/dev/null").ok();
+                    if spare.is_none() {
+                        thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
+                }
                 Err(e) if is_resource_shortage(&e) => {
-                    // EMFILE and friends: wait for descriptors to come back instead of spinning.
+                    // No spare either: wait for descriptors to come back instead of spinning.
                     log::warn!("accept: {e}; pausing {} ms", backoff.as_millis());
                     thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(1));
+                    spare = spare.or_else(|| File::open("/dev/null").ok());
                 }
                 Err(e) => log::debug!("accept: {e}"),
             }
@@ -471,6 +488,35 @@ enum Received {
 
 fn is_resource_shortage(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}
+
+/// Descriptors a session can hold at once: its socket, the clone kept to wake it at shutdown,
+/// and a spool draft during DATA.
+pub const DESCRIPTORS_PER_SESSION: u64 = 3;
+/// Descriptors kept for everything else: listeners, the log, the spool's directories, the
+/// spare kept for saying 421 when accept() runs out, and the libraries.
+pub const DESCRIPTORS_RESERVED: u64 = 32;
+
+/// Raises the descriptor limit as far as it goes, and lowers `max_connections` (and
+/// `max_per_ip` with it) to what the limit can serve; returns the warning when it had to.
+pub fn fit_to_descriptors(config: &mut Config) -> Option<String> {
+    let limit = match sys::raise_descriptor_limit() {
+        Ok(limit) => limit,
+        Err(e) => return Some(format!("cannot read the descriptor limit: {e}")),
+    };
+    let room = limit.saturating_sub(DESCRIPTORS_RESERVED) / DESCRIPTORS_PER_SESSION;
+    let room = usize::try_from(room).unwrap_or(usize::MAX).max(1);
+    if config.max_connections <= room {
+        return None;
+    }
+    let wanted = config.max_connections;
+    config.max_connections = room;
+    config.max_per_ip = config.max_per_ip.min(room);
+    Some(format!(
+        "max_connections = {wanted} needs {} descriptors, but the limit (RLIMIT_NOFILE) is {limit}: \
+         serving at most {room} connections; raise the hard limit (LimitNOFILE= under systemd) for more",
+        wanted as u64 * DESCRIPTORS_PER_SESSION + DESCRIPTORS_RESERVED
+    ))
 }
 
 /// Says 421 and closes, without ever blocking the accept loop for long.
