@@ -19,6 +19,7 @@
 //! - `maildir`: writing one message into a maildir
 //! - `dsn`: RFC 3464 reports (pure)
 //! - `config`: postern.conf into a checked `Config`
+//! - `check`: `--check`, what would fail at start or at run time
 //! - `table`: aliases-style `name: value` files
 //! - `trace`: the `Received:` header and dates
 //! - `logging`: stderr or syslog output
@@ -29,6 +30,7 @@
 #![deny(unsafe_code)]
 
 pub mod alias;
+pub mod check;
 pub mod client;
 pub mod config;
 pub mod deliver;

@@ -466,13 +466,82 @@ fn a_data_trickle_is_cut_off_and_nothing_is_queued() {
     assert!(server.queued().is_empty());
 }
 
+/// `--check` by both programs on this configuration: (succeeded, stdout and stderr).
+fn check(dir: &Path, text: &str) -> Vec<(bool, String)> {
+    let conf = dir.join("check.conf");
+    std::fs::write(&conf, text).unwrap();
+    [support::smtpd_binary(), env!("CARGO_BIN_EXE_postern-deliver")]
+        .iter()
+        .map(|bin| {
+            let out = std::process::Command::new(bin).arg("-c").arg(&conf).arg("--check").output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+            (out.status.success(), text)
+        })
+        .collect()
+}
+
 #[test]
-fn the_example_configuration_is_valid() {
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("postern.conf.example");
-    let out =
-        std::process::Command::new(support::smtpd_binary()).arg("-c").arg(&example).arg("--check").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration ok"));
+fn the_example_configuration_passes_the_check_once_its_paths_exist() {
+    if support::skip_unless_root("give the example's spool to its service user") {
+        return;
+    }
+    let dir = support::TempDir::new("example-check");
+    let spool = dir.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    let nobody = postern::sys::lookup_user("nobody").unwrap().expect("user nobody");
+    std::os::unix::fs::chown(&spool, Some(nobody.uid), Some(nobody.gid)).unwrap();
+    let example = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("postern.conf.example")).unwrap();
+    let text = example
+        .replace("spool = /var/spool/postern\n", &format!("spool = {}\n", spool.display()))
+        .replace("user = postern\n", "user = nobody\n");
+    assert_ne!(text, example);
+    for (ok, out) in check(dir.path(), &text) {
+        assert!(ok && out.contains("configuration ok"), "{out}");
+    }
+    // The same spool, not writable by the service user: both programs say so.
+    std::os::unix::fs::chown(&spool, Some(0), Some(0)).unwrap();
+    for (ok, out) in check(dir.path(), &text) {
+        assert!(!ok && out.contains("is not writable by user `nobody`"), "{out}");
+    }
+}
+
+#[test]
+fn the_check_names_each_thing_that_would_fail_at_run_time() {
+    let dir = support::TempDir::new("check");
+    let d = dir.path();
+    std::fs::write(d.join("a-file"), "").unwrap();
+    std::fs::write(d.join("aliases"), "root: admin\nthis line has no colon\n").unwrap();
+    std::fs::write(d.join("garbage.pem"), "not a certificate\n").unwrap();
+    let spool = d.join("spool").display().to_string();
+    for (extra, both, smtpd_only, deliver_only) in [
+        ("user = no-such-user-here\n", "user: no user `no-such-user-here`", "", ""),
+        (&format!("spool = {}/a-file/spool\n", d.display())[..], "is not a directory", "", ""),
+        (&format!("aliases = {}/aliases\n", d.display())[..], "aliases:2:", "", ""),
+        (&format!("mailboxes = {}/missing\n", d.display())[..], "missing", "", ""),
+        (
+            &format!("tls_cert = {0}/garbage.pem\ntls_key = {0}/garbage.pem\n", d.display())[..],
+            "",
+            "garbage.pem: not a PEM certificate chain",
+            "",
+        ),
+        (
+            &format!("relayhost = [127.0.0.1]:25\nrelayhost_auth_file = {}/missing-secret\n", d.display())[..],
+            "",
+            "",
+            "missing-secret",
+        ),
+    ] {
+        let text = format!("spool = {spool}\n{extra}").replacen(&format!("spool = {spool}\nspool"), "spool", 1);
+        let results = check(d, &text);
+        for (i, (ok, out)) in results.iter().enumerate() {
+            let want = [both, if i == 0 { smtpd_only } else { deliver_only }].concat();
+            if want.is_empty() {
+                assert!(*ok, "{extra}: {out}");
+            } else {
+                assert!(!ok && out.contains(&want), "{extra}: wanted `{want}` in\n{out}");
+            }
+        }
+    }
 }
 
 #[test]

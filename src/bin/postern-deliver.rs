@@ -8,11 +8,13 @@ use postern::deliver::{Options, Runner};
 use postern::logging;
 use postern::spool::QueueId;
 
-const USAGE: &str = "usage: postern-deliver [-c FILE | --builtin-config] [--id ID] [--dry-run] [-v]
+const USAGE: &str = "usage: postern-deliver [-c FILE | --builtin-config] [--id ID] [--dry-run] [--check] [-v]
   -c FILE            configuration file (default: $POSTERN_CONF, /etc/postern/postern.conf, built-in)
   --builtin-config   use the built-in configuration (the one `make run` uses)
   --id ID     deliver this one message now, whatever its back-off
   --dry-run   say what is due, change nothing
+  --check     check the configuration and what it names (user, spool, tables, credentials),
+              print each problem, and exit 0 only when there is none
   -v          log each step (RUST_LOG=debug)";
 
 struct Args {
@@ -20,10 +22,11 @@ struct Args {
     builtin: bool,
     options: Options,
     verbose: bool,
+    check: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { config: None, builtin: false, options: Options::default(), verbose: false };
+    let mut args = Args { config: None, builtin: false, options: Options::default(), verbose: false, check: false };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -34,6 +37,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--builtin-config" => args.builtin = true,
             "--dry-run" => args.options.dry_run = true,
+            "--check" => args.check = true,
             "-v" => args.verbose = true,
             "-h" | "--help" => return Err(USAGE.into()),
             "-V" | "--version" => return Err(format!("postern-deliver {}", env!("CARGO_PKG_VERSION"))),
@@ -67,6 +71,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.check {
+        let findings = postern::check::check(&config, postern::check::Program::Deliver);
+        let ok = postern::check::report("postern-deliver", &config, &findings);
+        return if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+    }
     // Started as root (cron as root, say): deliver as `user`, so no maildir is written as root.
     if let Err(e) = postern::sys::become_user(config.user.as_deref()) {
         eprintln!("postern-deliver: {e}");

@@ -16,7 +16,8 @@ const USAGE: &str = "usage: postern-smtpd [-c FILE | --builtin-config] [--inetd]
   -c FILE            configuration file (default: $POSTERN_CONF, /etc/postern/postern.conf, built-in)
   --builtin-config   use the built-in configuration and ignore every file (what `make run` does)
   --inetd            one session on standard input and output (inetd, systemd Accept=yes)
-  --check            check the configuration, print where it came from, and exit
+  --check            check the configuration and what it names (user, spool, TLS files,
+                     tables), print each problem, and exit 0 only when there is none
 Sockets passed by systemd (LISTEN_FDS) are used instead of `listen`.";
 
 struct Args {
@@ -75,7 +76,10 @@ fn run(args: &Args) -> Result<(), String> {
     let config = Config::choose(args.builtin, args.config.as_deref());
     let mut config = config.map_err(|e| e.to_string())?;
     if args.check {
-        println!("configuration ok: {}", config.source);
+        let findings = postern::check::check(&config, postern::check::Program::Smtpd);
+        if !postern::check::report("postern-smtpd", &config, &findings) {
+            std::process::exit(1); // each problem is said already
+        }
         return Ok(());
     }
     if !args.inetd {

@@ -125,6 +125,38 @@ impl GroupSync {
 
 const SUBDIRS: [&str; 4] = ["tmp", "new", "cur", "hold"];
 
+/// A warning when the spool at `root` is on a filesystem not known to make fsync and rename
+/// durable (also for `--check`, before the spool exists: `root` may be its nearest parent).
+pub fn filesystem_warning(root: &Path) -> Option<String> {
+    const TRUSTED: [(i64, &str); 7] = [
+        (0xEF53, "ext4"),
+        (0x5846_5342, "xfs"),
+        (0x9123_683E, "btrfs"),
+        (0xF2F5_2010, "f2fs"),
+        (0x0102_1994, "tmpfs"),
+        (0x2FC1_2FC1, "zfs"),
+        (0x794C_7630, "overlayfs"),
+    ];
+    let magic = match sys::filesystem_magic(root) {
+        Ok(m) => m,
+        Err(e) => return Some(format!("cannot tell the spool's filesystem type: {e}")),
+    };
+    if TRUSTED.iter().any(|(m, _)| *m == magic) {
+        return None;
+    }
+    let name = match magic {
+        0x4D44 => "FAT",
+        0x2011_BAB0 => "exFAT",
+        0x6969 => "NFS",
+        _ => "an unknown filesystem",
+    };
+    Some(format!(
+        "spool {} is on {name} (type {magic:#x}), which is not known to make fsync and rename durable; \
+         a power cut may lose accepted mail: use ext4, xfs, btrfs or f2fs",
+        root.display()
+    ))
+}
+
 impl Spool {
     /// Opens the spool, creating its directories (mode 0700) when missing.
     pub fn open(root: &Path) -> io::Result<Spool> {
@@ -148,33 +180,7 @@ impl Spool {
     /// A warning when the spool's filesystem is not known to keep fsync and rename promises
     /// (FAT and exFAT on SD cards have no link() and unreliable directory fsync).
     pub fn filesystem_warning(&self) -> Option<String> {
-        const TRUSTED: [(i64, &str); 7] = [
-            (0xEF53, "ext4"),
-            (0x5846_5342, "xfs"),
-            (0x9123_683E, "btrfs"),
-            (0xF2F5_2010, "f2fs"),
-            (0x0102_1994, "tmpfs"),
-            (0x2FC1_2FC1, "zfs"),
-            (0x794C_7630, "overlayfs"),
-        ];
-        let magic = match sys::filesystem_magic(&self.root) {
-            Ok(m) => m,
-            Err(e) => return Some(format!("cannot tell the spool's filesystem type: {e}")),
-        };
-        if TRUSTED.iter().any(|(m, _)| *m == magic) {
-            return None;
-        }
-        let name = match magic {
-            0x4D44 => "FAT",
-            0x2011_BAB0 => "exFAT",
-            0x6969 => "NFS",
-            _ => "an unknown filesystem",
-        };
-        Some(format!(
-            "spool {} is on {name} (type {magic:#x}), which is not known to make fsync and rename durable; \
-             a power cut may lose accepted mail: use ext4, xfs, btrfs or f2fs",
-            self.root.display()
-        ))
+        filesystem_warning(&self.root)
     }
 
     /// Starts a new message in `tmp/`, locked for as long as it is being written.

@@ -1,0 +1,121 @@
+//! `--check`: what would stop a start or fail at run time, found before anything runs.
+//!
+//! Both programs parse the configuration, then ask for the problems here: the `user` exists,
+//! the spool exists or can be made and the service user can write it, TLS files load and match,
+//! the aliases, mailboxes and relayhost credentials files parse. Each problem names its file
+//! (and line, where it has one). A spool on a filesystem not known to be durable is a warning,
+//! as at start, not a problem.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use crate::alias::LocalUsers;
+use crate::config::Config;
+use crate::sys::{self, UserIds};
+
+/// What `--check` found: problems fail the check; warnings are only said.
+#[derive(Debug, Default)]
+pub struct Findings {
+    pub problems: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Which program is asking: the server also needs its TLS files; delivery, its credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Program {
+    Smtpd,
+    Deliver,
+}
+
+pub fn check(config: &Config, program: Program) -> Findings {
+    let mut f = Findings::default();
+    let source = &config.source;
+    let user = match config.user.as_deref() {
+        None => None,
+        Some(name) => match sys::lookup_user(name) {
+            Ok(Some(ids)) => Some(ids),
+            Ok(None) => {
+                f.problems.push(format!("{source}: user: no user `{name}` on this system"));
+                None
+            }
+            Err(e) => {
+                f.problems.push(format!("{source}: user: cannot look up `{name}`: {e}"));
+                None
+            }
+        },
+    };
+    check_spool(&config.spool, user, config.user.as_deref(), &mut f);
+    if let Err(e) = LocalUsers::load(config) {
+        f.problems.push(e.to_string());
+    }
+    match program {
+        Program::Smtpd => {
+            if let Err(e) = crate::server::load_tls(config) {
+                f.problems.push(format!("{source}: tls_cert, tls_key: {e}"));
+            }
+        }
+        Program::Deliver => {
+            if let Err(e) = crate::relay::Relay::new(config) {
+                f.problems.push(format!("{source}: relayhost_auth_file: {e}"));
+            }
+        }
+    }
+    f
+}
+
+/// The spool, or the nearest directory above it when it does not exist yet, must be a
+/// directory the service user can write (the user the program runs as when none is set).
+fn check_spool(spool: &Path, user: Option<UserIds>, name: Option<&str>, f: &mut Findings) {
+    let existing = spool.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    let meta = match std::fs::metadata(existing) {
+        Ok(m) if m.is_dir() => m,
+        Ok(_) => {
+            return f.problems.push(format!("spool {}: {} is not a directory", spool.display(), existing.display()));
+        }
+        Err(e) => return f.problems.push(format!("spool {}: {}: {e}", spool.display(), existing.display())),
+    };
+    let who = name.map_or_else(|| "this user".to_string(), |n| format!("user `{n}`"));
+    let (uid, gid) = match user {
+        Some(ids) => (ids.uid, ids.gid),
+        None => (sys::effective_uid(), sys::effective_gid()),
+    };
+    let mode = meta.mode();
+    let writable = uid == 0
+        || (meta.uid() == uid && mode & 0o200 != 0)
+        || (meta.gid() == gid && mode & 0o020 != 0)
+        || mode & 0o002 != 0;
+    if !writable {
+        let what = if existing == spool {
+            "the spool".to_string()
+        } else {
+            format!("{}, where it would be made,", existing.display())
+        };
+        f.problems.push(format!(
+            "spool {}: {what} is not writable by {who} (owner uid {}, mode {:o})",
+            spool.display(),
+            meta.uid(),
+            mode & 0o7777
+        ));
+    }
+    if let Some(warning) = crate::spool::filesystem_warning(existing) {
+        f.warnings.push(warning);
+    }
+}
+
+/// Prints the findings for `--check` (problems and warnings on stderr, the verdict on stdout)
+/// and says whether all is well.
+pub fn report(program: &str, config: &Config, findings: &Findings) -> bool {
+    for w in &findings.warnings {
+        eprintln!("{program}: warning: {w}");
+    }
+    for p in &findings.problems {
+        eprintln!("{program}: {p}");
+    }
+    if findings.problems.is_empty() {
+        println!("configuration ok: {}", config.source);
+        true
+    } else {
+        println!("configuration has {} problem(s): {}", findings.problems.len(), config.source);
+        false
+    }
+}
