@@ -691,3 +691,25 @@ fn with_fewer_descriptors_than_connections_every_client_gets_220_or_421() {
     assert_eq!((greeted, refused), (10, 30), "the lowered cap holds; the rest hear 421");
     drop(held);
 }
+
+#[test]
+fn under_inetd_a_start_that_fails_still_tells_the_client_421() {
+    let dir = support::TempDir::new("inetd-fail");
+    let conf = dir.path().join("postern.conf");
+    let spool = dir.path().join("spool");
+    std::fs::write(
+        &conf,
+        format!("spool = {}\ntls_cert = /nonexistent.pem\ntls_key = /nonexistent.pem\n", spool.display()),
+    )
+    .unwrap();
+    let out = std::process::Command::new(support::smtpd_binary())
+        .arg("-c")
+        .arg(&conf)
+        .arg("--inetd")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.starts_with("421 4.3.0 ") && said.ends_with("\r\n"), "{said:?}");
+}

@@ -63,7 +63,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
-            if !args.inetd {
+            if args.inetd {
+                // The client on standard output is told, rather than left with nothing
+                // (RFC 5321 §3.1: 421 when the service is not available); the reason is logged.
+                let reply = postern::smtp::reply::Reply::local_error(&postern::sys::hostname());
+                let _ = std::io::Write::write_all(&mut std::io::stdout(), &reply.to_bytes());
+            } else {
                 // env_logger may be filtered off; the reason must still reach the operator.
                 eprintln!("postern-smtpd: {e}");
             }
