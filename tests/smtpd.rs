@@ -713,3 +713,33 @@ fn under_inetd_a_start_that_fails_still_tells_the_client_421() {
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.starts_with("421 4.3.0 ") && said.ends_with("\r\n"), "{said:?}");
 }
+
+#[test]
+fn when_accept_runs_out_of_descriptors_the_client_still_hears_421() {
+    // The limit is lowered under the running server, past what its cap was fitted to, so that
+    // accept() itself fails with EMFILE.
+    let server = Server::start("max_connections = 1000\nmax_per_ip = 1000\n");
+    let lowered = std::process::Command::new("prlimit")
+        .args(["--pid", &server.pid().to_string(), "--nofile=40:40"])
+        .status()
+        .unwrap();
+    assert!(lowered.success());
+    let mut held = Vec::new();
+    let (mut greeted, mut refused) = (0, 0);
+    for n in 0..40 {
+        let stream = std::net::TcpStream::connect(server.addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut reader, &mut line).unwrap_or_else(|e| panic!("client {n}: no reply: {e}"));
+        match line.get(..4) {
+            Some("220 ") => greeted += 1,
+            Some("421 ") => refused += 1,
+            _ => panic!("client {n}: {line:?}"),
+        }
+        held.push(stream);
+    }
+    assert!(greeted > 0 && refused > 0, "{greeted} greeted, {refused} refused");
+    assert!(server.log().contains("a client was told 421"), "{}", server.log());
+    drop(held);
+}
