@@ -259,3 +259,12 @@ pub fn raise_descriptor_limit() -> io::Result<u64> {
     }
     Ok(lim.rlim_cur)
 }
+
+/// shutdown(2) for reading on a socket by its descriptor; a descriptor that is no longer a
+/// socket only gets an error back, which is ignored.
+pub fn shutdown_read(fd: RawFd) {
+    // SAFETY: shutdown takes a plain integer and touches no memory of ours.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RD);
+    }
+}

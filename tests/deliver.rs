@@ -151,7 +151,7 @@ fn an_unknown_local_user_comes_back_to_the_sender_as_a_report() {
 #[test]
 fn a_delivered_to_loop_bounces_with_5_4_6() {
     let s = Setup::new("");
-    // H4: the copy for alice already went through alice; the report comes back to the sender, alice.
+    // The copy for alice already went through alice; the report comes back to the sender, alice.
     s.queue(
         "alice@example.test",
         &["alice@example.test"],

@@ -112,7 +112,7 @@ fn started_as_root_it_drops_to_the_configured_user() {
     let mut c = Client::greeted(server.addr);
     c.cmd("EHLO x");
     assert_eq!(code(&c.mail("a@remote.test", &["alice@example.test"], b"as nobody")), "250 2.0.0");
-    // PR1: every thread, after the drop.
+    // Every thread, after the drop.
     for task in support::list(Path::new(&format!("/proc/{}/task", server.pid()))) {
         let status = std::fs::read_to_string(task.join("status")).unwrap();
         let field = |name: &str| status.lines().find(|l| l.starts_with(name)).unwrap().to_string();
@@ -284,7 +284,7 @@ fn a_full_disk_answers_452_and_leaves_nothing_behind() {
 }
 
 #[test]
-fn running_out_of_descriptors_backs_off_and_recovers() {
+fn a_small_descriptor_limit_neither_spins_nor_sticks() {
     let dir = TempDir::new("emfile");
     let config = base_config(dir.path()) + "max_connections = 200\nmax_per_ip = 200\n";
     let server = Server::start_wrapped(dir, &config, &["prlimit", "--nofile=32"]);
@@ -305,12 +305,13 @@ fn running_out_of_descriptors_backs_off_and_recovers() {
     std::thread::sleep(Duration::from_millis(1500));
     let mut c = Client::greeted(server.addr);
     assert_eq!(code(&c.cmd("NOOP")), "250 2.0.0");
-    assert!(server.log().contains("pausing"), "{}", server.log());
+    // The cap was fitted to the 32 descriptors at start, so accept() never ran dry.
+    assert!(server.log().contains("serving at most"), "{}", server.log());
 }
 
 #[test]
 fn a_client_that_never_reads_is_cut_off_with_bounded_memory() {
-    // DS8: a pipelining flood whose replies are never read. The server's reply writes block,
+    // A pipelining flood whose replies are never read. The server's reply writes block,
     // the write timeout fires, and the session ends; replies are never queued without limit.
     let server = Server::start("command_timeout = 1s\njunk_command_limit = 100000000\n");
     let mut c = Client::greeted(server.addr);
@@ -380,7 +381,7 @@ fn when_threads_cannot_be_created_clients_get_421_and_the_server_lives() {
     if support::skip_unless_root("start as root and drop to nobody") {
         return;
     }
-    // DS4: RLIMIT_NPROC counts nobody's threads once the server has dropped to nobody.
+    // RLIMIT_NPROC counts nobody's threads once the server has dropped to nobody.
     let dir = TempDir::new("nproc");
     let nobody = postern::sys::lookup_user("nobody").unwrap().unwrap();
     std::os::unix::fs::chown(dir.path(), Some(nobody.uid), Some(nobody.gid)).unwrap();
@@ -436,12 +437,12 @@ fn the_shipped_systemd_units_verify() {
     let out = Command::new("systemd-analyze").arg("verify").arg("--man=no").args(&units).output().unwrap();
     assert!(out.status.success() && out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
     let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
-    // DS11: an Accept=yes socket must cap connections, or a flood forks without bound.
+    // An Accept=yes socket must cap connections, or a flood forks without bound.
     let inetd = read("postern-smtpd-inetd.socket");
     assert!(
         inetd.contains("Accept=yes") && inetd.contains("MaxConnections=") && inetd.contains("MaxConnectionsPerSource=")
     );
-    // PR2: the daemon never holds more than the right to bind port 25.
+    // The daemon never holds more than the right to bind port 25.
     let service = read("postern-smtpd.service");
     for line in ["User=postern", "NoNewPrivileges=yes", "ProtectSystem=strict", "ReadWritePaths=/var/spool/postern"] {
         assert!(service.contains(line), "{line}");
@@ -474,5 +475,9 @@ fn make_install_puts_everything_under_destdir() {
         .arg("--check")
         .output()
         .unwrap();
-    assert!(installed.status.success());
+    // The installed file parses; what --check may still find is this machine's own state
+    // (no user `postern` here, say), never a line of the file.
+    let said = String::from_utf8_lossy(&installed.stderr);
+    let machine_only = said.lines().all(|l| l.contains("user: no user `postern`") || l.contains(": spool "));
+    assert!(installed.status.success() || machine_only, "{said}");
 }

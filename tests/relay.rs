@@ -460,7 +460,7 @@ fn helo_fallback_and_8bitmime_when_offered() {
 
 #[test]
 fn a_slow_final_reply_within_the_timeout_counts_and_one_past_it_defers() {
-    // TM3: RFC 5321 §4.5.3.2.6; timing out too early would send the message twice.
+    // RFC 5321 §4.5.3.2.6; timing out too early would send the message twice.
     let slow = FakeMx::start("127.0.0.3:0", |cmd| {
         if cmd == "." {
             std::thread::sleep(std::time::Duration::from_millis(1500));

@@ -120,7 +120,7 @@ fn a_broken_or_stalled_handshake_ends_the_session() {
     assert_eq!(code(&c.cmd("STARTTLS")), "220 2.0.0");
     c.send(b"this is not TLS at all\r\n\r\n");
     assert!(c.is_closed(Duration::from_secs(5)));
-    // DS10: half a ClientHello, then silence: closed at the starttls timeout.
+    // Half a ClientHello, then silence: closed at the starttls timeout.
     let mut c = Client::greeted(server.addr);
     c.cmd("EHLO x");
     assert_eq!(code(&c.cmd("STARTTLS")), "220 2.0.0");

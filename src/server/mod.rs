@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -41,8 +41,11 @@ pub struct Server {
     counts: Mutex<Counts>,
     /// Set once SIGTERM arrives: sessions say 421 and end.
     stopping: AtomicBool,
-    /// A handle on every live TCP session, so shutdown can wake sessions blocked in a read.
-    live: Mutex<HashMap<u64, TcpStream>>,
+    /// The socket of every live TCP session, so shutdown can wake sessions blocked in a read.
+    /// A descriptor, not a second handle: a session holds one descriptor for its socket. Its
+    /// entry goes (with its `Slot`) before the socket is closed, so a number is never reused
+    /// while it is still listed here.
+    live: Mutex<HashMap<u64, RawFd>>,
     next_session: AtomicU64,
     waiting: Handoff,
 }
@@ -192,9 +195,7 @@ impl Server {
             Ok(slot) => slot,
             Err(reply) => return refuse_connection(stream, &reply, ip),
         };
-        if let Ok(handle) = stream.try_clone() {
-            self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(slot.id, handle);
-        }
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(slot.id, stream.as_raw_fd());
         let Some(job) = self.waiting.offer(Job { stream, ip, slot }) else { return };
         // A failed spawn drops the job and its slot; this handle is left to say 421 with.
         let spare = job.stream.try_clone();
@@ -238,9 +239,9 @@ impl Server {
     /// whose final dot has not arrived is not queued. Returns when all have ended or `grace` passed.
     pub fn shut_down(&self, grace: Duration) {
         self.stopping.store(true, Ordering::SeqCst);
-        for stream in self.live.lock().unwrap_or_else(|e| e.into_inner()).values() {
+        for fd in self.live.lock().unwrap_or_else(|e| e.into_inner()).values() {
             // Wakes a session blocked in a read with end-of-input; its reply can still be written.
-            let _ = stream.shutdown(Shutdown::Read);
+            sys::shutdown_read(*fd);
         }
         let deadline = later(Instant::now(), grace);
         while Instant::now() < deadline && self.counts.lock().map_or(0, |c| c.total) > 0 {
@@ -248,13 +249,17 @@ impl Server {
         }
     }
 
-    fn serve_tcp(&self, stream: TcpStream, ip: IpAddr, _slot: Slot) {
+    fn serve_tcp(&self, stream: TcpStream, ip: IpAddr, slot: Slot) {
         if self.stopping.load(Ordering::SeqCst) {
             let _ = stream.shutdown(Shutdown::Read);
         }
         let _ = stream.set_nodelay(true);
         let _ = stream.set_write_timeout(Some(self.config.command_timeout));
-        self.run_session(Conn::new(Transport::Tcp(stream)), Some(ip));
+        let mut conn = Conn::new(Transport::Tcp(stream));
+        // Declared after `conn`, so dropped before it, even while a panic unwinds: the live
+        // entry goes before the socket is closed.
+        let _slot = slot;
+        self.run_session(&mut conn, Some(ip));
     }
 
     /// One session on standard input and output (inetd, systemd `Accept=yes`).
@@ -263,19 +268,19 @@ impl Server {
             let stream = sys::stream_from_stdin();
             let ip = stream.peer_addr().ok().map(|a| a.ip().to_canonical());
             let _ = stream.set_write_timeout(Some(self.config.command_timeout));
-            self.run_session(Conn::new(Transport::Tcp(stream)), ip);
+            self.run_session(&mut Conn::new(Transport::Tcp(stream)), ip);
         } else {
             // A pipe: the peer is unknown, so it is never trusted.
             let input = dup_std(0);
             let output = dup_std(1);
             match (input, output) {
-                (Ok(input), Ok(output)) => self.run_session(Conn::new(Transport::Pipe { input, output }), None),
+                (Ok(input), Ok(output)) => self.run_session(&mut Conn::new(Transport::Pipe { input, output }), None),
                 _ => log::error!("inetd mode: cannot use standard input and output"),
             }
         }
     }
 
-    fn run_session(&self, mut conn: Conn, client: Option<IpAddr>) {
+    fn run_session(&self, conn: &mut Conn, client: Option<IpAddr>) {
         // TLS needs a socket; a pipe session is not offered STARTTLS.
         let pipe_config;
         let session_config = match conn.transport {
@@ -299,17 +304,17 @@ impl Server {
                 }
             }
             step = match step.action {
-                Action::ReadLine => match self.read_command(&mut conn, &mut lines) {
+                Action::ReadLine => match self.read_command(conn, &mut lines) {
                     Some(Ok(line)) => session.handle(Input::Line(&line)),
                     Some(Err(input)) => session.handle(input),
                     None => self.stopped_or_gone(),
                 },
-                Action::ReceiveData(request) => match self.receive(&mut conn, &mut lines, &request, client) {
+                Action::ReceiveData(request) => match self.receive(conn, &mut lines, &request, client) {
                     Received::Done(result) => session.handle(Input::DataEnd(result)),
                     Received::TimedOut => session.handle(Input::Timeout),
                     Received::Lost => self.stopped_or_gone(),
                 },
-                Action::StartTls => match self.start_tls(&mut conn, &mut lines) {
+                Action::StartTls => match self.start_tls(conn, &mut lines) {
                     Ok(()) => session.handle(Input::TlsStarted),
                     Err(e) => {
                         log::info!("TLS handshake with [{peer}] failed: {e}");
@@ -490,9 +495,8 @@ fn is_resource_shortage(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
 }
 
-/// Descriptors a session can hold at once: its socket, the clone kept to wake it at shutdown,
-/// and a spool draft during DATA.
-pub const DESCRIPTORS_PER_SESSION: u64 = 3;
+/// Descriptors a session can hold at once: its socket, and a spool draft during DATA.
+pub const DESCRIPTORS_PER_SESSION: u64 = 2;
 /// Descriptors kept for everything else: listeners, the log, the spool's directories, the
 /// spare kept for saying 421 when accept() runs out, and the libraries.
 pub const DESCRIPTORS_RESERVED: u64 = 32;
