@@ -12,9 +12,11 @@ pub const THREAD_LINGER: Duration = Duration::from_secs(10);
 
 /// An accepted connection on its way to a session thread.
 pub struct Job {
+    /// First, so that a job dropped unserved frees its slot (and the server's record of the
+    /// socket) before the socket is closed: fields drop in the order they are declared.
+    pub slot: Slot,
     pub stream: TcpStream,
     pub ip: IpAddr,
-    pub slot: Slot,
 }
 
 /// Connections handed to session threads that are waiting for one.
