@@ -671,25 +671,31 @@ fn with_fewer_descriptors_than_connections_every_client_gets_220_or_421() {
     }
     assert!(server.log().contains("max_connections = 1000 needs 2032 descriptors"), "{}", server.log());
     assert!(server.log().contains("the limit (RLIMIT_NOFILE) is 64: serving at most 16 connections"));
+    let (greeted, refused) = first_lines_of_held_clients(server.addr, 40);
+    assert_eq!((greeted, refused), (16, 24), "the lowered cap holds; the rest hear 421");
+}
+
+/// Opens `n` clients one after another and keeps them open; each must get its first line,
+/// 220 or 421, within a second. Returns how many got each.
+fn first_lines_of_held_clients(addr: std::net::SocketAddr, n: usize) -> (usize, usize) {
     let mut held = Vec::new();
     let (mut greeted, mut refused) = (0, 0);
-    for n in 0..40 {
-        let stream = std::net::TcpStream::connect(server.addr).unwrap();
+    for i in 0..n {
+        let stream = std::net::TcpStream::connect(addr).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
         let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
         let mut line = String::new();
         let started = Instant::now();
-        std::io::BufRead::read_line(&mut reader, &mut line).unwrap_or_else(|e| panic!("client {n}: no reply: {e}"));
-        assert!(started.elapsed() < Duration::from_secs(1), "client {n} waited {:?}", started.elapsed());
-        match &line[..4] {
-            "220 " => greeted += 1,
-            "421 " => refused += 1,
-            _ => panic!("client {n}: {line}"),
+        std::io::BufRead::read_line(&mut reader, &mut line).unwrap_or_else(|e| panic!("client {i}: no reply: {e}"));
+        assert!(started.elapsed() < Duration::from_secs(1), "client {i} waited {:?}", started.elapsed());
+        match line.get(..4) {
+            Some("220 ") => greeted += 1,
+            Some("421 ") => refused += 1,
+            _ => panic!("client {i}: {line:?}"),
         }
         held.push(stream);
     }
-    assert_eq!((greeted, refused), (16, 24), "the lowered cap holds; the rest hear 421");
-    drop(held);
+    (greeted, refused)
 }
 
 #[test]
@@ -724,22 +730,7 @@ fn when_accept_runs_out_of_descriptors_the_client_still_hears_421() {
         .status()
         .unwrap();
     assert!(lowered.success());
-    let mut held = Vec::new();
-    let (mut greeted, mut refused) = (0, 0);
-    for n in 0..40 {
-        let stream = std::net::TcpStream::connect(server.addr).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-        let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut reader, &mut line).unwrap_or_else(|e| panic!("client {n}: no reply: {e}"));
-        match line.get(..4) {
-            Some("220 ") => greeted += 1,
-            Some("421 ") => refused += 1,
-            _ => panic!("client {n}: {line:?}"),
-        }
-        held.push(stream);
-    }
+    let (greeted, refused) = first_lines_of_held_clients(server.addr, 40);
     assert!(greeted > 0 && refused > 0, "{greeted} greeted, {refused} refused");
     assert!(server.log().contains("a client was told 421"), "{}", server.log());
-    drop(held);
 }
