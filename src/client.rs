@@ -112,6 +112,8 @@ pub struct Session {
     pub extensions: Extensions,
     pub tls: bool,
     timeouts: Timeouts,
+    /// The wait the socket's read timeout is set for, so it is changed only when that changes.
+    read_wait: Wait,
     transactions: usize,
 }
 
@@ -129,6 +131,7 @@ impl Session {
             extensions: Extensions::default(),
             tls: false,
             timeouts: dial.timeouts,
+            read_wait: Wait::Command,
             transactions: 0,
         };
         let want = if dial.tls == TlsPolicy::May { TlsWant::May } else { TlsWant::Required };
@@ -161,11 +164,14 @@ impl Session {
 
     /// Reads until one whole reply is in, within the wait's deadline for each read.
     fn reply(&mut self, wait: Wait) -> Result<Reply, ClientError> {
-        let timeout = match wait {
-            Wait::Command => self.timeouts.command,
-            Wait::DataDone => self.timeouts.data_done,
-        };
-        self.stream.tcp().set_read_timeout(Some(timeout)).map_err(|e| ClientError::network(&e))?;
+        if wait != self.read_wait {
+            let timeout = match wait {
+                Wait::Command => self.timeouts.command,
+                Wait::DataDone => self.timeouts.data_done,
+            };
+            self.stream.tcp().set_read_timeout(Some(timeout)).map_err(|e| ClientError::network(&e))?;
+            self.read_wait = wait;
+        }
         let mut buf = [0u8; 4096];
         loop {
             match parse_reply(&self.received) {

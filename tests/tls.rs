@@ -10,13 +10,14 @@ use std::time::{Duration, Instant};
 use native_tls::{TlsConnector, TlsStream};
 use support::{Client, Server, code};
 
+/// The two configuration lines that switch STARTTLS on.
+fn tls_files(cert: &Path, key: &Path) -> String {
+    format!("tls_cert = {}\ntls_key = {}\n", cert.display(), key.display())
+}
+
 fn tls_server(extra: &str) -> Server {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
-    Server::start(&format!(
-        "tls_cert = {}\ntls_key = {}\n{extra}",
-        data.join("tls-cert.pem").display(),
-        data.join("tls-key.pem").display()
-    ))
+    Server::start(&(tls_files(&data.join("tls-cert.pem"), &data.join("tls-key.pem")) + extra))
 }
 
 /// A client that can switch to TLS mid-session.
@@ -195,11 +196,7 @@ fn make_certificates(dir: &Path, format: &str) {
 fn server_with_key(format: &str) -> (Server, support::TempDir) {
     let dir = support::TempDir::new(&format!("tls-{format}"));
     make_certificates(dir.path(), format);
-    let server = Server::start(&format!(
-        "tls_cert = {}\ntls_key = {}\n",
-        dir.path().join("chain.pem").display(),
-        dir.path().join("key.pem").display()
-    ));
+    let server = Server::start(&tls_files(&dir.path().join("chain.pem"), &dir.path().join("key.pem")));
     (server, dir)
 }
 
@@ -265,15 +262,8 @@ fn a_key_that_does_not_match_or_parse_is_refused_at_start() {
     make_certificates(dir.path(), "pkcs8");
     std::fs::write(dir.path().join("junk.pem"), "-----BEGIN PRIVATE KEY-----\nnot base64\n").unwrap();
     for (key, want) in [("ca.key", "does not match"), ("junk.pem", "not a PEM private key")] {
-        let mut config = postern::config::Config::parse(
-            &format!(
-                "tls_cert = {}\ntls_key = {}\n",
-                dir.path().join("chain.pem").display(),
-                dir.path().join(key).display()
-            ),
-            "t",
-        )
-        .unwrap();
+        let text = tls_files(&dir.path().join("chain.pem"), &dir.path().join(key));
+        let mut config = postern::config::Config::parse(&text, "t").unwrap();
         config.spool = dir.path().join("spool");
         let e = postern::server::load_tls(&config).err().expect("refused");
         assert!(e.contains(want), "{key}: {e}");

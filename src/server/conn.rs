@@ -137,22 +137,34 @@ impl Read for Conn {
     }
 }
 
-/// Writes all of `buf` within the socket's write timeout as a whole: each partial write gets
-/// only the time left, so a peer that takes a byte now and then cannot stretch the wait.
+/// Writes all of `buf` within the socket's write timeout as a whole. The first write runs
+/// under the timeout already set, so the usual whole write costs no extra system call; only
+/// after a partial write is the timeout cut to the time left (and restored at the end), so a
+/// peer that takes a byte now and then cannot stretch the wait.
 fn write_within<W: Write>(out: &mut W, tcp: impl Fn(&W) -> &TcpStream, buf: &[u8]) -> io::Result<()> {
-    let Some(limit) = tcp(out).write_timeout()? else { return out.write_all(buf) };
-    let deadline = Instant::now().checked_add(limit);
+    let started = Instant::now();
+    let mut limit = None;
     let mut written = 0;
     let mut result = Ok(());
     while written < buf.len() {
-        let left = deadline.map_or(limit, |d| d.saturating_duration_since(Instant::now()));
-        if left.is_zero() {
-            result = Err(io::ErrorKind::TimedOut.into());
-            break;
-        }
-        if let Err(e) = tcp(out).set_write_timeout(Some(left)) {
-            result = Err(e);
-            break;
+        if written > 0 {
+            let full = match limit {
+                Some(full) => full,
+                None => match tcp(out).write_timeout() {
+                    Ok(Some(full)) => *limit.insert(full),
+                    Ok(None) => return out.write_all(&buf[written..]),
+                    Err(e) => return Err(e),
+                },
+            };
+            let left = full.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                result = Err(io::ErrorKind::TimedOut.into());
+                break;
+            }
+            if let Err(e) = tcp(out).set_write_timeout(Some(left)) {
+                result = Err(e);
+                break;
+            }
         }
         match out.write(&buf[written..]) {
             Ok(0) => {
@@ -167,7 +179,10 @@ fn write_within<W: Write>(out: &mut W, tcp: impl Fn(&W) -> &TcpStream, buf: &[u8
             }
         }
     }
-    tcp(out).set_write_timeout(Some(limit)).and(result)
+    match limit {
+        Some(full) => tcp(out).set_write_timeout(Some(full)).and(result),
+        None => result,
+    }
 }
 
 impl Write for Conn {
