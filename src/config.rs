@@ -115,6 +115,10 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub smtp_timeout: Duration,
     pub smtp_data_done_timeout: Duration,
+    /// Where log lines go (`log = auto | stderr | syslog`).
+    pub log: crate::logging::Choice,
+    /// The system log's socket (`/dev/log`).
+    pub syslog_socket: PathBuf,
 }
 
 /// `relayhost_tls`: when to use TLS with the relayhost.
@@ -181,6 +185,8 @@ impl Config {
             connect_timeout: Duration::from_secs(30),
             smtp_timeout: Duration::from_secs(300),
             smtp_data_done_timeout: Duration::from_secs(600),
+            log: crate::logging::Choice::Auto,
+            syslog_socket: PathBuf::from("/dev/log"),
         }
     }
 
@@ -293,6 +299,15 @@ impl Config {
             "connect_timeout" => self.connect_timeout = timeout(v)?,
             "smtp_timeout" => self.smtp_timeout = timeout(v)?,
             "smtp_data_done_timeout" => self.smtp_data_done_timeout = timeout(v)?,
+            "log" => {
+                self.log = match v {
+                    "auto" => crate::logging::Choice::Auto,
+                    "stderr" => crate::logging::Choice::Stderr,
+                    "syslog" => crate::logging::Choice::Syslog,
+                    _ => return Err("expected auto, stderr or syslog".into()),
+                }
+            }
+            "syslog_socket" => self.syslog_socket = path(v)?,
             _ => return Err("unknown key".into()),
         }
         Ok(())

@@ -206,6 +206,11 @@ impl<'a> Runner<'a> {
         if q.place == Place::Cur && idle {
             return Ok(Vec::new()); // waiting out its back-off
         }
+        if q.place == Place::New {
+            // Postfix's shape for a message entering delivery, which log summarisers read.
+            let nrcpt = q.envelope.rcpts.len();
+            log::info!("{}: from={}, size={}, nrcpt={nrcpt} (queue active)", q.id, q.envelope.from, q.envelope.size);
+        }
         let mut log = DeliveryLog::open(&log_path).map_err(|e| self.spool_failure(&q.id, &log_path, e))?;
         let mut failed = self.deliver_due(q, &expanded, &plan, &mut log, summary)?;
         failed.splice(0..0, plan.owed_report.iter().cloned());
@@ -221,6 +226,7 @@ impl<'a> Runner<'a> {
         crate::fault::crash_point("before-remove");
         if after.finished {
             self.spool.remove(q).map_err(|e| format!("cannot remove: {e}"))?;
+            log::info!("{}: removed", q.id);
         } else {
             self.spool.move_to_cur(q).map_err(|e| format!("cannot move to cur/: {e}"))?;
         }

@@ -17,9 +17,11 @@
 //! - `outcome`: what any delivery error means (sent, deferred, bounced, status), in one place
 //! - `alias`: local users, aliases and where each mailbox is
 //! - `maildir`: writing one message into a maildir
+//! - `message`: the header section of a message: fields, Message-ID, address lists (pure)
 //! - `dsn`: RFC 3464 reports (pure)
 //! - `config`: postern.conf into a checked `Config`
 //! - `check`: `--check`, what would fail at start or at run time
+//! - `cli`: `--help`, `--version` and bad arguments, the same in every program
 //! - `table`: aliases-style `name: value` files
 //! - `trace`: the `Received:` header and dates
 //! - `logging`: stderr or syslog output
@@ -31,6 +33,7 @@
 
 pub mod alias;
 pub mod check;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod deliver;
@@ -39,6 +42,7 @@ pub mod dsn;
 pub mod fault;
 pub mod logging;
 pub mod maildir;
+pub mod message;
 pub mod outcome;
 pub mod policy;
 pub mod relay;

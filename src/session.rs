@@ -152,8 +152,20 @@ enum State {
     Closed,
 }
 
+/// A refused recipient, for the log (`NOQUEUE: reject: RCPT from ...`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reply: Reply,
+    pub from: ReversePath,
+    pub to: ForwardPath,
+    pub helo: String,
+    pub protocol: &'static str,
+}
+
 pub struct Session<'p> {
     config: &'p SessionConfig,
+    /// The last refused recipient, until the server takes it for the log.
+    rejected: Option<Rejection>,
     policy: &'p dyn Policy,
     may_relay: bool,
     tls: bool,
@@ -174,6 +186,7 @@ impl<'p> Session<'p> {
         let session = Session {
             config,
             policy,
+            rejected: None,
             may_relay: policy.is_trusted(client),
             tls: false,
             verbose: false,
@@ -290,17 +303,24 @@ impl<'p> Session<'p> {
             State::Greeted => return self.refuse(Reply::from(&SequenceError::NeedHelo)),
             _ => return self.refuse(Reply::from(&SequenceError::NeedMail)),
         };
-        if !to.is_ascii() && !tx.params.smtputf8 {
-            tx.refused += 1;
-            return self.refuse(Reply::from(&Refusal::NeedsSmtputf8));
-        }
-        if tx.rcpts.len() >= max {
+        let refusal = if !to.is_ascii() && !tx.params.smtputf8 {
+            Some(Refusal::NeedsSmtputf8)
+        } else if tx.rcpts.len() >= max {
             // §4.5.3.1.10: 452, and the client sends the rest later; not a client error.
             return self.reply(Reply::from(&Refusal::TooManyRecipients));
-        }
-        if let Err(refusal) = policy.check_recipient(&to, may_relay) {
+        } else {
+            policy.check_recipient(&to, may_relay).err()
+        };
+        if let Some(refusal) = refusal {
             tx.refused += 1;
-            return self.refuse(Reply::from(&refusal));
+            let reply = Reply::from(&refusal);
+            let from = tx.from.clone();
+            let (helo, protocol) = match &self.state {
+                State::InTransaction { helo, .. } => (helo.name.clone(), self.protocol(helo.extended)),
+                _ => (String::new(), "SMTP"),
+            };
+            self.rejected = Some(Rejection { reply: reply.clone(), from, to, helo, protocol });
+            return self.refuse(reply);
         }
         if !tx.rcpts.contains(&to) {
             tx.rcpts.push(to);
@@ -325,11 +345,7 @@ impl<'p> Session<'p> {
                 return self.refuse(Reply::from(&error));
             }
         };
-        let protocol = match (helo.extended, self.tls) {
-            (false, _) => "SMTP",
-            (true, false) => "ESMTP",
-            (true, true) => "ESMTPS",
-        };
+        let protocol = self.protocol(helo.extended);
         let request = DataRequest {
             from: tx.from,
             params: tx.params,
@@ -399,6 +415,20 @@ impl<'p> Session<'p> {
     /// A good reply; the session reads on.
     fn reply(&mut self, reply: Reply) -> Step {
         read(reply)
+    }
+
+    /// RFC 3848: SMTP, ESMTP or ESMTPS.
+    fn protocol(&self, extended: bool) -> &'static str {
+        match (extended, self.tls) {
+            (false, _) => "SMTP",
+            (true, false) => "ESMTP",
+            (true, true) => "ESMTPS",
+        }
+    }
+
+    /// The recipient refused by the last input, if it refused one (for the log).
+    pub fn take_rejection(&mut self) -> Option<Rejection> {
+        self.rejected.take()
     }
 
     /// NOOP, RSET, HELP, VRFY, EXPN: harmless alone; past the junk limit each counts as an error.

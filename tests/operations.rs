@@ -30,7 +30,13 @@ fn assert_queue_whole(spool: &Path) {
 fn inetd_mode_runs_one_session_over_a_pipe() {
     let dir = TempDir::new("inetd");
     let conf = dir.path().join("postern.conf");
-    std::fs::write(&conf, base_config(dir.path()) + "trusted_networks = 127.0.0.0/8\n").unwrap();
+    // The automatic destination: syslog (here a socket the test reads), facility mail.
+    let syslog = dir.path().join("log");
+    let socket = std::os::unix::net::UnixDatagram::bind(&syslog).unwrap();
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    let config = base_config(dir.path()).replace("log = stderr\n", "")
+        + &format!("trusted_networks = 127.0.0.0/8\nsyslog_socket = {}\n", syslog.display());
+    std::fs::write(&conf, config).unwrap();
     let mut child = Command::new(support::smtpd_binary())
         .args(["--inetd", "-c"])
         .arg(&conf)
@@ -57,6 +63,21 @@ fn inetd_mode_runs_one_session_over_a_pipe() {
     assert_eq!(queued.len(), 1);
     let envelope = std::fs::read_to_string(&queued[0]).unwrap();
     assert!(envelope.contains("client: unknown\n") && envelope.contains("rcpt: <alice@example.test>\n"));
+    let mut lines = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = socket.recv(&mut buf) {
+        let line = String::from_utf8_lossy(&buf[..n]).to_string();
+        let done = line.contains("disconnect from");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    // mail.info is <22>; the refused relay recipient is logged as Postfix logs it.
+    assert!(lines.iter().all(|l| l.starts_with("<22>postern/smtpd[")), "{lines:#?}");
+    let reject = "NOQUEUE: reject: RCPT from unknown[unknown]: 554 5.7.1 <relaytest@remote.test>: Relay access denied; \
+                  from=<a@remote.test> to=<relaytest@remote.test> proto=ESMTP helo=<pipe.test>";
+    assert!(lines.iter().any(|l| l.ends_with(reject)), "{lines:#?}");
 }
 
 #[test]
@@ -448,6 +469,18 @@ fn the_shipped_systemd_units_verify() {
         assert!(service.contains(line), "{line}");
     }
     assert!(service.contains("CapabilityBoundingSet=CAP_NET_BIND_SERVICE"));
+    // Logs in the journal as facility mail, under the tags log summarisers look for.
+    for (unit, tag) in [
+        ("postern-smtpd.service", "postern/smtpd"),
+        ("postern-smtpd-inetd@.service", "postern/smtpd"),
+        ("postern-deliver.service", "postern/deliver"),
+    ] {
+        let text = read(unit);
+        assert!(
+            text.contains(&format!("SyslogIdentifier={tag}\n")) && text.contains("SyslogFacility=mail\n"),
+            "{unit}"
+        );
+    }
 }
 
 #[test]

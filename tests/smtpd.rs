@@ -582,7 +582,7 @@ fn a_connection_lost_before_the_dot_queues_nothing() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(server.queued().is_empty());
     assert!(support::list(&server.spool().join("tmp")).is_empty());
-    assert!(server.log().contains("disconnect from [127.0.0.1]"));
+    assert!(server.log().contains("disconnect from unknown[127.0.0.1]"));
 }
 
 #[test]

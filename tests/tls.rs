@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use native_tls::{TlsConnector, TlsStream};
-use support::{Client, Server, code};
+use support::{Client, Server, code, have};
 
 /// The two configuration lines that switch STARTTLS on.
 fn tls_files(cert: &Path, key: &Path) -> String {
@@ -132,14 +132,6 @@ fn a_broken_or_stalled_handshake_ends_the_session() {
     // The server goes on.
     let mut ok = Client::greeted(server.addr);
     assert_eq!(code(&ok.cmd("NOOP")), "250 2.0.0");
-}
-
-fn have(tool: &str) -> bool {
-    std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 /// Runs `openssl` with these arguments in `dir`; panics with its output when it fails.

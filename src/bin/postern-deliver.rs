@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use postern::cli::{self, Exit};
 use postern::config::Config;
 use postern::deliver::{Options, Runner};
 use postern::logging;
@@ -15,7 +16,10 @@ const USAGE: &str = "usage: postern-deliver [-c FILE | --builtin-config] [--id I
   --dry-run   say what is due, change nothing
   --check     check the configuration and what it names (user, spool, tables, credentials),
               print each problem, and exit 0 only when there is none
-  -v          log each step (RUST_LOG=debug)";
+  -v          log each step, and show every log line on stderr
+  -h, --help  this text;  -V, --version  the version
+A normal run prints nothing (cron mails what a job prints): it logs to the journal or syslog,
+and only warnings and errors also reach stderr. `log = stderr` in the configuration logs there.";
 
 struct Args {
     config: Option<PathBuf>,
@@ -25,7 +29,7 @@ struct Args {
     check: bool,
 }
 
-fn parse_args() -> Result<Args, String> {
+fn parse_args() -> Result<Args, Exit> {
     let mut args = Args { config: None, builtin: false, options: Options::default(), verbose: false, check: false };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -39,9 +43,9 @@ fn parse_args() -> Result<Args, String> {
             "--dry-run" => args.options.dry_run = true,
             "--check" => args.check = true,
             "-v" => args.verbose = true,
-            "-h" | "--help" => return Err(USAGE.into()),
-            "-V" | "--version" => return Err(format!("postern-deliver {}", env!("CARGO_PKG_VERSION"))),
-            other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
+            "-h" | "--help" => return Err(Exit::Say(USAGE.into())),
+            "-V" | "--version" => return Err(cli::version("postern-deliver")),
+            other => return Err(Exit::Usage(format!("unknown argument `{other}`\n{USAGE}"))),
         }
     }
     // For tests and for replaying a schedule: act as if it were this time (seconds since 1970).
@@ -54,15 +58,9 @@ fn parse_args() -> Result<Args, String> {
 fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
-        Err(text) => {
-            eprintln!("{text}");
-            return ExitCode::from(2);
-        }
+        Err(exit) => return exit.finish(2),
     };
-    if args.verbose {
-        logging::set_default_level("debug");
-    }
-    logging::to_stderr("postern-deliver");
+    logging::start("postern/deliver", logging::Role::Command, args.verbose);
     let config = Config::choose(args.builtin, args.config.as_deref());
     let config = match config {
         Ok(c) => c,
@@ -71,6 +69,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    logging::configure(config.log, &config.syslog_socket);
     if args.check {
         let findings = postern::check::check(&config, postern::check::Program::Deliver);
         let ok = postern::check::report("postern-deliver", &config, &findings);
@@ -78,18 +77,18 @@ fn main() -> ExitCode {
     }
     // Started as root (cron as root, say): deliver as `user`, so no maildir is written as root.
     if let Err(e) = postern::sys::become_user(config.user.as_deref()) {
-        eprintln!("postern-deliver: {e}");
+        logging::fatal("postern-deliver", &e);
         return ExitCode::FAILURE;
     }
     let runner = match Runner::new(&config, args.options) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("postern-deliver: {e}");
+            logging::fatal("postern-deliver", &e);
             return ExitCode::FAILURE;
         }
     };
     let s = runner.run();
-    log::info!(
+    log::debug!(
         "run done: {} messages, {} sent, {} deferred, {} bounced, {} busy, {} corrupt",
         s.messages,
         s.sent,

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use postern::cli::{self, Exit};
 use postern::config::Config;
 use postern::policy::LocalPolicy;
 use postern::server::Server;
@@ -18,6 +19,7 @@ const USAGE: &str = "usage: postern-smtpd [-c FILE | --builtin-config] [--inetd]
   --inetd            one session on standard input and output (inetd, systemd Accept=yes)
   --check            check the configuration and what it names (user, spool, TLS files,
                      tables), print each problem, and exit 0 only when there is none
+  -h, --help         this text;  -V, --version  the version
 Sockets passed by systemd (LISTEN_FDS) are used instead of `listen`.";
 
 struct Args {
@@ -27,7 +29,7 @@ struct Args {
     check: bool,
 }
 
-fn parse_args() -> Result<Args, String> {
+fn parse_args() -> Result<Args, Exit> {
     let mut args = Args { config: None, builtin: false, inetd: false, check: false };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -36,11 +38,9 @@ fn parse_args() -> Result<Args, String> {
             "--builtin-config" => args.builtin = true,
             "--inetd" => args.inetd = true,
             "--check" => args.check = true,
-            "-h" | "--help" => return Err(USAGE.into()),
-            "-V" | "--version" => {
-                return Err(format!("postern-smtpd {}", env!("CARGO_PKG_VERSION")));
-            }
-            other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
+            "-h" | "--help" => return Err(Exit::Say(USAGE.into())),
+            "-V" | "--version" => return Err(cli::version("postern-smtpd")),
+            other => return Err(Exit::Usage(format!("unknown argument `{other}`\n{USAGE}"))),
         }
     }
     Ok(args)
@@ -49,28 +49,19 @@ fn parse_args() -> Result<Args, String> {
 fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
-        Err(text) => {
-            eprintln!("{text}");
-            return ExitCode::from(2);
-        }
+        Err(exit) => return exit.finish(2),
     };
-    if args.inetd {
-        logging::to_syslog("postern-smtpd");
-    } else {
-        logging::to_stderr("postern-smtpd");
-    }
+    let role = if args.inetd { logging::Role::Inetd } else { logging::Role::Daemon };
+    logging::start("postern/smtpd", role, false);
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log::error!("{e}");
+            logging::fatal("postern-smtpd", &e);
             if args.inetd {
                 // The client on standard output is told, rather than left with nothing
                 // (RFC 5321 §3.1: 421 when the service is not available); the reason is logged.
                 let reply = postern::smtp::reply::Reply::local_error(&postern::sys::hostname());
                 let _ = std::io::Write::write_all(&mut std::io::stdout(), &reply.to_bytes());
-            } else {
-                // env_logger may be filtered off; the reason must still reach the operator.
-                eprintln!("postern-smtpd: {e}");
             }
             ExitCode::FAILURE
         }
@@ -80,6 +71,7 @@ fn main() -> ExitCode {
 fn run(args: &Args) -> Result<(), String> {
     let config = Config::choose(args.builtin, args.config.as_deref());
     let mut config = config.map_err(|e| e.to_string())?;
+    logging::configure(config.log, &config.syslog_socket);
     if args.check {
         let findings = postern::check::check(&config, postern::check::Program::Smtpd);
         if !postern::check::report("postern-smtpd", &config, &findings) {

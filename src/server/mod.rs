@@ -14,6 +14,7 @@ use openssl::pkey::PKey;
 use openssl::ssl::{SslAcceptor, SslMethod};
 
 use crate::config::Config;
+use crate::message::{HeaderScan, message_id};
 use crate::policy::LocalPolicy;
 use crate::session::{Action, DataError, DataRequest, Input, MAX_HOPS, Session, SessionConfig, Step};
 use crate::smtp::line::{DotReader, HopCounter, Line, LineBuffer, MAX_COMMAND_LINE, TextError};
@@ -291,8 +292,8 @@ impl Server {
             _ => &self.session,
         };
         let (mut session, mut step) = Session::new(session_config, &self.policy, client);
-        let peer = client.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
-        log::info!("connect from [{peer}]");
+        let peer = client_name(client);
+        log::info!("connect from {peer}");
         let mut lines = LineBuffer::new(READ_BUFFER);
         loop {
             if let Some(reply) = &step.reply {
@@ -305,7 +306,21 @@ impl Server {
             }
             step = match step.action {
                 Action::ReadLine => match self.read_command(conn, &mut lines) {
-                    Some(Ok(line)) => session.handle(Input::Line(&line)),
+                    Some(Ok(line)) => {
+                        let step = session.handle(Input::Line(&line));
+                        if let Some(r) = session.take_rejection() {
+                            // Postfix's shape, which log summarisers count.
+                            log::info!(
+                                "NOQUEUE: reject: RCPT from {peer}: {}; from={} to={} proto={} helo=<{}>",
+                                r.reply.summary(),
+                                r.from,
+                                r.to,
+                                r.protocol,
+                                r.helo
+                            );
+                        }
+                        step
+                    }
                     Some(Err(input)) => session.handle(input),
                     None => self.stopped_or_gone(),
                 },
@@ -317,7 +332,7 @@ impl Server {
                 Action::StartTls => match self.start_tls(conn, &mut lines) {
                     Ok(()) => session.handle(Input::TlsStarted),
                     Err(e) => {
-                        log::info!("TLS handshake with [{peer}] failed: {e}");
+                        log::info!("TLS handshake with {peer} failed: {e}");
                         break;
                     }
                 },
@@ -328,7 +343,7 @@ impl Server {
             };
         }
         conn.shutdown();
-        log::info!("disconnect from [{peer}]");
+        log::info!("disconnect from {peer}");
     }
 
     /// The input ended: the peer left, or shutdown woke the session. In the latter case the
@@ -385,6 +400,7 @@ impl Server {
         });
         let mut reader = DotReader::new(req.max_size);
         let mut hops = HopCounter::default();
+        let mut head = HeaderScan::new(64 * 1024);
         let mut out = Vec::with_capacity(READ_BUFFER);
         loop {
             // The deadline grows with the bytes received: a slow trickle is cut off.
@@ -401,6 +417,7 @@ impl Server {
             let (used, done) = reader.feed(lines.buffered(), &mut out);
             lines.consume(used);
             hops.scan(&out);
+            head.feed(&out);
             if let Ok((d, _)) = &mut draft
                 && let Err(e) = d.write(&out)
             {
@@ -421,6 +438,11 @@ impl Server {
         };
         let size = header_len.saturating_add(reader.size());
         self.log_data_end(&result, req, client, size);
+        if let Ok(id) = &result
+            && let Some(message_id) = head.headers().get("message-id").as_deref().and_then(message_id)
+        {
+            log::info!("{id}: message-id={message_id}");
+        }
         Received::Done(result)
     }
 
@@ -457,10 +479,16 @@ impl Server {
     }
 
     fn log_data_end(&self, result: &Result<QueueId, DataError>, req: &DataRequest, client: Option<IpAddr>, size: u64) {
-        let peer = client.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
+        let peer = client_name(client);
         match result {
-            Ok(id) => log::info!("{id}: client=[{peer}], from={}, size={size}, nrcpt={}", req.from, req.rcpts.len()),
-            Err(e) => log::info!("reject: DATA from [{peer}]: from={}, size={size}: {}", req.from, reply_text(e)),
+            Ok(id) => log::info!("{id}: client={peer}, from={}, size={size}, nrcpt={}", req.from, req.rcpts.len()),
+            Err(e) => log::info!(
+                "NOQUEUE: reject: DATA from {peer}: {}; from={} proto={} helo=<{}>",
+                reply_text(e),
+                req.from,
+                req.protocol,
+                req.helo
+            ),
         }
     }
 }
@@ -470,6 +498,11 @@ impl Server {
 fn later(from: Instant, wait: Duration) -> Instant {
     const YEAR: Duration = Duration::from_secs(365 * 86400);
     from.checked_add(wait.min(YEAR)).unwrap_or(from)
+}
+
+/// A client as the log names it: `unknown[192.0.2.7]` (no name is looked up yet).
+fn client_name(client: Option<IpAddr>) -> String {
+    client.map_or_else(|| "unknown[unknown]".to_string(), |ip| format!("unknown[{}]", ip.to_canonical()))
 }
 
 /// What the client is told of a spool failure: a full disk, or any other write failure.

@@ -49,7 +49,7 @@ pub fn base_config(dir: &Path) -> String {
     std::fs::write(dir.join("mailboxes"), format!("alice: {}/maildirs/alice/\n", dir.display())).unwrap();
     std::fs::write(dir.join("aliases"), "postmaster: alice\nstaff: alice, bob@remote.test\n").unwrap();
     format!(
-        "hostname = mail.example.test\nlisten = 127.0.0.1:0\nspool = {d}/spool\nlocal_domains = example.test\n\
+        "hostname = mail.example.test\nlisten = 127.0.0.1:0\nspool = {d}/spool\nlocal_domains = example.test\nlog = stderr\n\
          mailboxes = {d}/mailboxes\naliases = {d}/aliases\nrecipient_delimiter = +\n{DNS_DEFAULT}",
         d = dir.display()
     )
@@ -573,4 +573,43 @@ pub fn deliver_with(conf: &Path, env: &[(&str, &str)], args: &[&str]) -> (std::p
     let out = command.output().unwrap();
     let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     (out.status, text)
+}
+
+/// A stand-in for /dev/log: a datagram socket in a temp directory, read as it receives (a
+/// full socket would hold the sender up), and what it received.
+pub struct SyslogSink {
+    pub path: PathBuf,
+    received: Arc<Mutex<Vec<String>>>,
+}
+
+impl SyslogSink {
+    pub fn bind(dir: &Path) -> SyslogSink {
+        let path = dir.join("dev-log");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&received);
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 8192];
+            while let Ok(n) = socket.recv(&mut buf) {
+                sink.lock().unwrap().push(String::from_utf8_lossy(&buf[..n]).to_string());
+            }
+        });
+        SyslogSink { path, received }
+    }
+
+    /// Every datagram received so far, after a moment for late ones.
+    pub fn lines(&self) -> Vec<String> {
+        std::thread::sleep(Duration::from_millis(200));
+        self.received.lock().unwrap().clone()
+    }
+}
+
+/// The base configuration logging to `sink` instead of stderr.
+pub fn config_logging_to(dir: &Path, sink: &SyslogSink, extra: &str) -> String {
+    config_with(dir, extra).replace("log = stderr\n", &format!("syslog_socket = {}\n", sink.path.display()))
+}
+
+/// Whether a program is on the PATH.
+pub fn have(tool: &str) -> bool {
+    Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success())
 }
