@@ -28,7 +28,7 @@ pub enum Program {
 }
 
 pub fn check(config: &Config, program: Program) -> Findings {
-    let mut f = Findings::default();
+    let mut f = Findings { warnings: config.warnings(), ..Findings::default() };
     let source = &config.source;
     let user = match config.user.as_deref() {
         None => None,

@@ -143,11 +143,12 @@ impl Config {
     fn builtin() -> Config {
         Config {
             source: String::new(),
-            hostname: crate::sys::hostname(),
+            hostname: crate::sys::fqdn(),
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
             spool: PathBuf::from("./spool"),
             user: None,
-            local_domains: vec!["localhost".into()],
+            // Filled in by `parse` from the host name when the file does not say.
+            local_domains: Vec::new(),
             trusted_networks: Vec::new(),
             mailboxes: None,
             mailbox_template: "./spool/mailboxes/%u/".into(),
@@ -237,6 +238,9 @@ impl Config {
             }
             config.set(key, value).map_err(|msg| err(key, msg))?;
             seen.push(key.to_string());
+        }
+        if !seen.iter().any(|k| k == "local_domains") {
+            config.local_domains = default_local_domains(&config.hostname, &crate::sys::hostname());
         }
         config.check().map_err(|msg| ConfigError(format!("{source}: {msg}")))?;
         Ok(config)
@@ -332,6 +336,34 @@ impl Config {
     /// Whether `ip` is in `trusted_networks`; an unknown peer never is.
     pub fn is_trusted(&self, ip: Option<IpAddr>) -> bool {
         ip.is_some_and(|ip| self.trusted_networks.iter().any(|c| c.contains(ip)))
+    }
+}
+
+/// `local_domains` when not given: the host name, the kernel's own name when it is the first
+/// label of that name (`vm` for `vm.example.org`, so `root@vm` is local), and `localhost`.
+fn default_local_domains(hostname: &str, kernel: &str) -> Vec<String> {
+    let mut out = vec![hostname.to_lowercase()];
+    let kernel = kernel.to_lowercase();
+    if out[0].split('.').next() == Some(kernel.as_str()) {
+        out.push(kernel);
+    }
+    out.push("localhost".into());
+    out.dedup();
+    out
+}
+
+impl Config {
+    /// Warnings about a configuration that works but will cause trouble.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.hostname.contains('.') {
+            out.push(format!(
+                "hostname `{}` is not a fully qualified name: other servers may refuse mail from this host \
+                 (RFC 5321 §4.1.1.1 asks for one in HELO); set `hostname =` or put it in /etc/hosts",
+                self.hostname
+            ));
+        }
+        out
     }
 }
 
@@ -502,6 +534,30 @@ mod tests {
             let e = Config::parse(&format!("{key} = {over}\n"), "t").unwrap_err().to_string();
             assert_eq!(e, format!("t:1: {key}: at most {max}"), "{key} = {over}");
         }
+    }
+
+    #[test]
+    fn local_domains_default_to_the_host_names() {
+        assert_eq!(default_local_domains("vm.example.org", "vm"), ["vm.example.org", "vm", "localhost"]);
+        assert_eq!(default_local_domains("Mail.Example.Org", "other"), ["mail.example.org", "localhost"]);
+        assert_eq!(default_local_domains("localhost", "localhost"), ["localhost"]);
+        let c = Config::parse("hostname = mx.example.net\n", "t").unwrap();
+        assert!(c.local_domains.contains(&"mx.example.net".to_string()));
+        assert!(c.local_domains.contains(&"localhost".to_string()));
+        assert!(c.warnings().is_empty());
+        let bare = Config::parse("hostname = vm\nlocal_domains = vm\n", "t").unwrap();
+        assert_eq!(bare.local_domains, ["vm"]);
+        assert!(bare.warnings()[0].contains("not a fully qualified name"));
+    }
+
+    #[test]
+    fn host_names_are_qualified_from_etc_hosts() {
+        use crate::sys::qualify;
+        let hosts = "127.0.0.1 localhost\n127.0.1.1\tvm.example.org vm # this host\n::1 ip6-localhost\n";
+        assert_eq!(qualify("vm", hosts), "vm.example.org");
+        assert_eq!(qualify("other", hosts), "other");
+        assert_eq!(qualify("a.b", ""), "a.b");
+        assert_eq!(qualify("vm", "# 127.0.1.1 vm.commented vm\n"), "vm");
     }
 
     #[test]

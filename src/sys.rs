@@ -134,6 +134,32 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
+/// The host's fully qualified name, as `hostname -f` finds it without DNS: the kernel's name
+/// when it has a dot, else the first dotted name of its line in /etc/hosts, else the
+/// kernel's name (which `--check` and the server warn about).
+pub fn fqdn() -> String {
+    let short = hostname();
+    let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    qualify(&short, &hosts)
+}
+
+/// The dotted name for `short` in /etc/hosts text (`127.0.1.1 vm.example.org vm`).
+pub fn qualify(short: &str, hosts: &str) -> String {
+    if short.contains('.') {
+        return short.to_string();
+    }
+    for line in hosts.lines() {
+        let line = line.split('#').next().unwrap_or("");
+        let names: Vec<&str> = line.split_whitespace().skip(1).collect();
+        if names.iter().any(|n| n.eq_ignore_ascii_case(short))
+            && let Some(full) = names.iter().find(|n| n.contains('.') && !n.ends_with('.'))
+        {
+            return full.to_string();
+        }
+    }
+    short.to_string()
+}
+
 /// Adopts a listening socket passed by systemd (fd 3 and up).
 pub fn listener_from_fd(fd: RawFd) -> std::net::TcpListener {
     use std::os::fd::FromRawFd;

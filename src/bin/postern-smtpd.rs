@@ -79,6 +79,9 @@ fn run(args: &Args) -> Result<(), String> {
         }
         return Ok(());
     }
+    for warning in config.warnings() {
+        log::warn!("{warning}");
+    }
     if !args.inetd {
         // Before any thread starts, so that only the stopper thread takes SIGTERM and SIGINT.
         sys::block_termination_signals().map_err(|e| format!("signals: {e}"))?;
