@@ -214,7 +214,7 @@ pub fn addresses(value: &str) -> Vec<String> {
             Some((route, mailbox)) if route.starts_with('@') => mailbox.to_string(),
             _ => a,
         })
-        .filter(|a| !a.contains(char::is_whitespace))
+        .filter(|a| !a.is_empty() && !a.contains(char::is_whitespace))
         .collect()
 }
 
@@ -276,6 +276,8 @@ mod tests {
         assert_eq!(addresses("team: d@e, f@g;, h@i"), ["d@e", "f@g", "h@i"]);
         assert_eq!(addresses("undisclosed-recipients:;"), Vec::<String>::new());
         assert_eq!(addresses("<@relay.example:j@k>"), ["j@k"]);
+        // A route with nothing after it is no address (found by the fuzz target).
+        assert_eq!(addresses("a1D.<@D:"), Vec::<String>::new());
         assert_eq!(addresses(""), Vec::<String>::new());
     }
 }
