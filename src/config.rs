@@ -333,6 +333,19 @@ impl Config {
         Ok(())
     }
 
+    /// Warnings about a configuration that works but will cause trouble.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.hostname.contains('.') {
+            out.push(format!(
+                "hostname `{}` is not a fully qualified name: other servers may refuse mail from this host \
+                 (RFC 5321 §4.1.1.1 asks for one in HELO); set `hostname =` or put it in /etc/hosts",
+                self.hostname
+            ));
+        }
+        out
+    }
+
     /// Whether `ip` is in `trusted_networks`; an unknown peer never is.
     pub fn is_trusted(&self, ip: Option<IpAddr>) -> bool {
         ip.is_some_and(|ip| self.trusted_networks.iter().any(|c| c.contains(ip)))
@@ -350,21 +363,6 @@ fn default_local_domains(hostname: &str, kernel: &str) -> Vec<String> {
     out.push("localhost".into());
     out.dedup();
     out
-}
-
-impl Config {
-    /// Warnings about a configuration that works but will cause trouble.
-    pub fn warnings(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        if !self.hostname.contains('.') {
-            out.push(format!(
-                "hostname `{}` is not a fully qualified name: other servers may refuse mail from this host \
-                 (RFC 5321 §4.1.1.1 asks for one in HELO); set `hostname =` or put it in /etc/hosts",
-                self.hostname
-            ));
-        }
-        out
-    }
 }
 
 fn list(v: &str) -> impl Iterator<Item = &str> {

@@ -70,9 +70,11 @@ static LOGGER: std::sync::OnceLock<Logger> = std::sync::OnceLock::new();
 /// the system log socket; `verbose` (`-v`) logs debug lines too, and shows them on stderr.
 pub fn start(program: &'static str, role: Role, verbose: bool) {
     let state = choose(role, Choice::Auto, Path::new(DEV_LOG), verbose);
+    let level = state.level;
     let logger = LOGGER.get_or_init(|| Logger { program, role, verbose, state: RwLock::new(state) });
     if log::set_logger(logger).is_ok() {
-        log::set_max_level(log::LevelFilter::Trace);
+        // Lines below the level are dropped by the `log` macros themselves, lock-free.
+        log::set_max_level(level);
     }
 }
 
@@ -80,6 +82,7 @@ pub fn start(program: &'static str, role: Role, verbose: bool) {
 pub fn configure(choice: Choice, socket: &Path) {
     if let Some(logger) = LOGGER.get() {
         let state = choose(logger.role, choice, socket, logger.verbose);
+        log::set_max_level(state.level);
         if let Ok(mut guard) = logger.state.write() {
             *guard = state;
         }
@@ -104,7 +107,6 @@ fn choose(role: Role, choice: Choice, socket: &Path, verbose: bool) -> State {
         None if verbose => log::LevelFilter::Debug,
         None => log::LevelFilter::Info,
     };
-    let console = if verbose { level } else { log::LevelFilter::Warn };
     // A stalled syslog holds a line up for a second at most, never the mail behind it.
     let syslog = || {
         let s = UnixDatagram::unbound().ok().filter(|s| s.connect(socket).is_ok())?;
@@ -125,7 +127,11 @@ fn choose(role: Role, choice: Choice, socket: &Path, verbose: bool) -> State {
         Sink::Stderr if role == Role::Inetd && stderr_is_socket() => Sink::Discard,
         other => other,
     };
-    let console = if role == Role::Inetd { log::LevelFilter::Off } else { console };
+    let console = match role {
+        Role::Inetd => log::LevelFilter::Off,
+        _ if verbose => level,
+        _ => log::LevelFilter::Warn,
+    };
     // A command on stderr alone says only what went wrong, unless asked for more: cron
     // mails whatever a job prints.
     let level = match (&sink, role, choice) {
@@ -192,13 +198,24 @@ fn prefix(level: log::Level) -> &'static str {
     }
 }
 
-/// One log line as each destination writes it (without the line end).
-pub fn format_line(destination: &str, program: &str, pid: u32, level: log::Level, text: &str) -> String {
+/// How a destination writes a line.
+#[derive(Clone, Copy)]
+enum Shape {
+    /// `postern/NAME[pid]: text`, for stderr.
+    Tagged,
+    /// `<N>text`, for the journal's stream.
+    Journal,
+    /// `<PRI>postern/NAME[pid]: text`, for syslog.
+    Syslog,
+}
+
+/// One log line as a destination writes it (without the line end).
+fn format_line(shape: Shape, program: &str, pid: u32, level: log::Level, text: &str) -> String {
     let sev = severity(level);
-    match destination {
-        "journal" => format!("<{sev}>{}{text}", prefix(level)),
-        "syslog" => format!("<{}>{program}[{pid}]: {}{text}", FACILITY_MAIL * 8 + sev, prefix(level)),
-        _ => format!("{program}[{pid}]: {}{text}", prefix(level)),
+    match shape {
+        Shape::Journal => format!("<{sev}>{}{text}", prefix(level)),
+        Shape::Syslog => format!("<{}>{program}[{pid}]: {}{text}", FACILITY_MAIL * 8 + sev, prefix(level)),
+        Shape::Tagged => format!("{program}[{pid}]: {}{text}", prefix(level)),
     }
 }
 
@@ -219,20 +236,18 @@ impl log::Log for Logger {
         // One line per event: a newline inside the text (a peer's words) would forge a second one.
         let text = record.args().to_string().replace(['\r', '\n'], " ");
         let pid = std::process::id();
-        let line = |dest: &str| format_line(dest, self.program, pid, record.level(), &text) + "\n";
+        let line = |shape| format_line(shape, self.program, pid, record.level(), &text);
+        let to_stderr = |shape| {
+            let _ = writeln!(std::io::stderr().lock(), "{}", line(shape));
+        };
         match &state.sink {
             Sink::Discard => {}
-            Sink::Stderr => {
-                let _ = std::io::stderr().lock().write_all(line("stderr").as_bytes());
-            }
-            Sink::Journal => {
-                let _ = std::io::stderr().lock().write_all(line("journal").as_bytes());
-            }
+            Sink::Stderr => to_stderr(Shape::Tagged),
+            Sink::Journal => to_stderr(Shape::Journal),
             Sink::Syslog(socket) => {
-                let datagram = line("syslog");
-                let _ = socket.send(datagram.trim_end().as_bytes());
+                let _ = socket.send(line(Shape::Syslog).as_bytes());
                 if record.level() <= state.console {
-                    let _ = std::io::stderr().lock().write_all(line("stderr").as_bytes());
+                    to_stderr(Shape::Tagged);
                 }
             }
         }
@@ -248,11 +263,12 @@ mod tests {
     #[test]
     fn each_destination_has_its_shape() {
         let e = log::Level::Error;
-        assert_eq!(format_line("stderr", "postern/smtpd", 7, e, "spool: gone"), "postern/smtpd[7]: error: spool: gone");
+        let shape = |s, program, level, text| format_line(s, program, 7, level, text);
+        assert_eq!(shape(Shape::Tagged, "postern/smtpd", e, "spool: gone"), "postern/smtpd[7]: error: spool: gone");
         // mail.err = 2 * 8 + 3
-        assert_eq!(format_line("syslog", "postern/smtpd", 7, e, "x"), "<19>postern/smtpd[7]: error: x");
-        assert_eq!(format_line("syslog", "postern/deliver", 7, log::Level::Info, "x"), "<22>postern/deliver[7]: x");
-        assert_eq!(format_line("journal", "postern/smtpd", 7, log::Level::Warn, "x"), "<4>warning: x");
+        assert_eq!(shape(Shape::Syslog, "postern/smtpd", e, "x"), "<19>postern/smtpd[7]: error: x");
+        assert_eq!(shape(Shape::Syslog, "postern/deliver", log::Level::Info, "x"), "<22>postern/deliver[7]: x");
+        assert_eq!(shape(Shape::Journal, "postern/smtpd", log::Level::Warn, "x"), "<4>warning: x");
     }
 
     #[test]

@@ -298,8 +298,9 @@ impl<'p> Session<'p> {
 
     fn rcpt(&mut self, to: ForwardPath) -> Step {
         let (policy, may_relay, max) = (self.policy, self.may_relay, self.config.max_recipients.max(MIN_RECIPIENTS));
-        let tx = match &mut self.state {
-            State::InTransaction { tx, .. } => tx,
+        let tls = self.tls;
+        let (helo, tx) = match &mut self.state {
+            State::InTransaction { helo, tx } => (helo, tx),
             State::Greeted => return self.refuse(Reply::from(&SequenceError::NeedHelo)),
             _ => return self.refuse(Reply::from(&SequenceError::NeedMail)),
         };
@@ -314,12 +315,8 @@ impl<'p> Session<'p> {
         if let Some(refusal) = refusal {
             tx.refused += 1;
             let reply = Reply::from(&refusal);
-            let from = tx.from.clone();
-            let (helo, protocol) = match &self.state {
-                State::InTransaction { helo, .. } => (helo.name.clone(), self.protocol(helo.extended)),
-                _ => (String::new(), "SMTP"),
-            };
-            self.rejected = Some(Rejection { reply: reply.clone(), from, to, helo, protocol });
+            let (from, protocol) = (tx.from.clone(), protocol(helo.extended, tls));
+            self.rejected = Some(Rejection { reply: reply.clone(), from, to, helo: helo.name.clone(), protocol });
             return self.refuse(reply);
         }
         if !tx.rcpts.contains(&to) {
@@ -345,7 +342,7 @@ impl<'p> Session<'p> {
                 return self.refuse(Reply::from(&error));
             }
         };
-        let protocol = self.protocol(helo.extended);
+        let protocol = protocol(helo.extended, self.tls);
         let request = DataRequest {
             from: tx.from,
             params: tx.params,
@@ -417,15 +414,6 @@ impl<'p> Session<'p> {
         read(reply)
     }
 
-    /// RFC 3848: SMTP, ESMTP or ESMTPS.
-    fn protocol(&self, extended: bool) -> &'static str {
-        match (extended, self.tls) {
-            (false, _) => "SMTP",
-            (true, false) => "ESMTP",
-            (true, true) => "ESMTPS",
-        }
-    }
-
     /// The recipient refused by the last input, if it refused one (for the log).
     pub fn take_rejection(&mut self) -> Option<Rejection> {
         self.rejected.take()
@@ -455,6 +443,15 @@ impl<'p> Session<'p> {
     fn close(&mut self, reply: Reply) -> Step {
         self.state = State::Closed;
         Step { reply: Some(reply), action: Action::Close, delay: false }
+    }
+}
+
+/// RFC 3848: SMTP, ESMTP or ESMTPS.
+fn protocol(extended: bool, tls: bool) -> &'static str {
+    match (extended, tls) {
+        (false, _) => "SMTP",
+        (true, false) => "ESMTP",
+        (true, true) => "ESMTPS",
     }
 }
 

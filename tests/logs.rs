@@ -77,14 +77,20 @@ fn a_normal_delivery_run_prints_nothing_and_logs_to_syslog() {
     assert!(String::from_utf8_lossy(&verbose.stderr).contains("status=sent"));
 }
 
-#[test]
-fn errors_reach_stderr_and_syslog_at_error_priority() {
-    let dir = TempDir::new("fatal");
+/// A configuration logging to a syslog sink whose spool cannot be made (a file stands where
+/// its directory would be), so that postern-deliver fails at start.
+fn broken_spool(tag: &str) -> (TempDir, SyslogSink, std::path::PathBuf) {
+    let dir = TempDir::new(tag);
     let sink = SyslogSink::bind(dir.path());
     let conf = dir.path().join("postern.conf");
-    // A spool that cannot be made: a file stands where its directory would be.
     std::fs::write(dir.path().join("spool"), b"not a directory").unwrap();
     std::fs::write(&conf, config_logging_to(dir.path(), &sink, "")).unwrap();
+    (dir, sink, conf)
+}
+
+#[test]
+fn errors_reach_stderr_and_syslog_at_error_priority() {
+    let (_dir, sink, conf) = broken_spool("fatal");
     let out = Command::new(DELIVER).arg("-c").arg(&conf).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -96,11 +102,7 @@ fn errors_reach_stderr_and_syslog_at_error_priority() {
 #[test]
 fn under_the_journal_lines_carry_a_priority_and_no_second_tag() {
     use std::os::unix::fs::MetadataExt;
-    let dir = TempDir::new("journal");
-    let sink = SyslogSink::bind(dir.path());
-    let conf = dir.path().join("postern.conf");
-    std::fs::write(dir.path().join("spool"), b"not a directory").unwrap();
-    std::fs::write(&conf, config_logging_to(dir.path(), &sink, "")).unwrap();
+    let (dir, sink, conf) = broken_spool("journal");
     // The journal's stream is what stderr is connected to; here a file named by JOURNAL_STREAM.
     let stream_path = dir.path().join("stream");
     let stream = std::fs::File::create(&stream_path).unwrap();
