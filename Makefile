@@ -2,7 +2,11 @@
 PREFIX ?= /usr/local
 DESTDIR ?=
 CARGO ?= cargo
-BINARIES = postern-smtpd postern-deliver
+BINARIES = postern-smtpd postern-deliver postern-sendmail postern-queue
+# Where other programs look for sendmail, whatever PREFIX is: cron, mail(1) and PHP call
+# /usr/sbin/sendmail; mailq and newaliases are found on PATH.
+SENDMAIL_DIR ?= /usr/sbin
+MAILQ_DIR ?= /usr/bin
 
 .PHONY: all build run test test-deps lint fuzz bench install install-files clean
 
@@ -50,8 +54,16 @@ BUILD_DIR ?= target/release
 install-files:
 	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)/etc/postern
 	for b in $(BINARIES); do install -m 0755 $(BUILD_DIR)/$$b $(DESTDIR)$(PREFIX)/sbin/$$b; done
+	@# sendmail, mailq and newaliases: made, or left alone when another MTA's are there.
+	install -d $(DESTDIR)$(SENDMAIL_DIR) $(DESTDIR)$(MAILQ_DIR)
+	for l in $(SENDMAIL_DIR)/sendmail $(MAILQ_DIR)/mailq $(MAILQ_DIR)/newaliases; do \
+		if [ -e $(DESTDIR)$$l ] && [ "$$(readlink $(DESTDIR)$$l)" != $(PREFIX)/sbin/postern-sendmail ]; then \
+			echo "make install: leaving $$l, another MTA's; remove that MTA, then run make install again"; \
+		else ln -sf $(PREFIX)/sbin/postern-sendmail $(DESTDIR)$$l; fi; \
+	done
 	test -e $(DESTDIR)/etc/postern/postern.conf || install -m 0644 postern.conf.example $(DESTDIR)/etc/postern/postern.conf
-	install -d -m 0700 $(DESTDIR)/var/spool/postern
+	@# Crossed by everyone to reach maildrop/; each queue directory in it is the service's, 0700.
+	install -d -m 0755 $(DESTDIR)/var/spool/postern
 	install -d $(DESTDIR)$(PREFIX)/lib/systemd/system
 	for u in contrib/systemd/*; do \
 		sed 's#@SBINDIR@#$(PREFIX)/sbin#' $$u > $(DESTDIR)$(PREFIX)/lib/systemd/system/$$(basename $$u); \

@@ -106,6 +106,11 @@ impl LocalUsers {
         }
     }
 
+    /// How many aliases the aliases file holds.
+    pub fn alias_count(&self) -> usize {
+        self.aliases.len()
+    }
+
     pub fn alias(&self, name: &str) -> Option<&[String]> {
         self.aliases.get(name).map(Vec::as_slice)
     }

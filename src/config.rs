@@ -14,6 +14,9 @@ trusted_networks = 127.0.0.0/8, ::1
 mailbox_template = ./spool/mailboxes/%u/
 ";
 
+/// The `source` of the embedded default.
+const EMBEDDED_SOURCE: &str = "embedded default";
+
 /// Where the configuration came from: `-c FILE`, `$POSTERN_CONF`, /etc, or the embedded default.
 pub const SYSTEM_CONFIG: &str = "/etc/postern/postern.conf";
 
@@ -105,6 +108,8 @@ pub struct Config {
     pub relayhost_tls: TlsMode,
     /// A file holding `user:password` for AUTH at the relayhost; readable by its owner only.
     pub relayhost_auth_file: Option<PathBuf>,
+    /// Deliver each message as soon as it is committed (a `postern-deliver --id` child).
+    pub instant_delivery: bool,
     /// Messages delivered at once by one run.
     pub max_delivery_threads: usize,
     /// Connections open at once to one server address.
@@ -154,6 +159,7 @@ impl Config {
             mailbox_template: "./spool/mailboxes/%u/".into(),
             aliases: None,
             follow_maildir_symlinks: false,
+            instant_delivery: true,
             recipient_delimiter: String::new(),
             message_size_limit: 10_240_000,
             max_recipients: 1000,
@@ -211,7 +217,7 @@ impl Config {
 
     /// The embedded default, whatever files exist.
     pub fn embedded() -> Result<Config, ConfigError> {
-        Config::parse(EMBEDDED_DEFAULT, "embedded default")
+        Config::parse(EMBEDDED_DEFAULT, EMBEDDED_SOURCE)
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -264,6 +270,7 @@ impl Config {
             "mailbox_template" => self.mailbox_template = template(v)?,
             "aliases" => self.aliases = Some(path(v)?),
             "follow_maildir_symlinks" => self.follow_maildir_symlinks = switch(v)?,
+            "instant_delivery" => self.instant_delivery = switch(v)?,
             "recipient_delimiter" => self.recipient_delimiter = delimiter(v)?,
             "message_size_limit" => self.message_size_limit = size(v)?,
             "max_recipients" => self.max_recipients = count(v, 100)?,
@@ -346,9 +353,26 @@ impl Config {
         out
     }
 
+    /// The file this configuration was read from; `None` for the embedded default.
+    pub fn path(&self) -> Option<&Path> {
+        (self.source != EMBEDDED_SOURCE).then(|| Path::new(&self.source))
+    }
+
     /// Whether `ip` is in `trusted_networks`; an unknown peer never is.
     pub fn is_trusted(&self, ip: Option<IpAddr>) -> bool {
         ip.is_some_and(|ip| self.trusted_networks.iter().any(|c| c.contains(ip)))
+    }
+
+    /// The domain that makes a bare local name (`root`) an address: the host name when it is
+    /// a local domain, else the first local domain, else the host name (a box with no local
+    /// domains sends everything on).
+    pub fn origin(&self) -> &str {
+        let host = self.hostname.to_lowercase();
+        if self.local_domains.contains(&host) || self.local_domains.is_empty() {
+            &self.hostname
+        } else {
+            &self.local_domains[0]
+        }
     }
 }
 

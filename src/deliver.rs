@@ -21,6 +21,7 @@ use crate::smtp::address::{ForwardPath, Mailbox, ReversePath};
 use crate::smtp::command::BodyType;
 use crate::smtp::reply::EnhancedStatus;
 use crate::spool::log::{Attempt, DeliveryLog, Outcome, Where, read_log};
+use crate::spool::maildrop::PickupSettings;
 use crate::spool::{Envelope, OpenError, Place, QueueId, Queued, Spool, SpoolError, is_disk_full};
 
 /// How a run is asked to behave.
@@ -28,6 +29,8 @@ use crate::spool::{Envelope, OpenError, Place, QueueId, Queued, Spool, SpoolErro
 pub struct Options {
     /// Only this message, whether due or not (`--id`).
     pub only: Option<QueueId>,
+    /// Every message, whether due or not (`postern-queue retry --all`).
+    pub force: bool,
     /// Say what would be done, change nothing.
     pub dry_run: bool,
     /// The time to act as if it were now (seconds since 1970); the clock when `None`.
@@ -90,12 +93,7 @@ impl<'a> Runner<'a> {
     pub fn new(config: &'a Config, options: Options) -> Result<Runner<'a>, String> {
         let spool = Spool::open(&config.spool).map_err(|e| format!("spool {}: {e}", config.spool.display()))?;
         let users = LocalUsers::load(config).map_err(|e| e.to_string())?;
-        let retry = RetryPolicy {
-            min_backoff: config.min_backoff,
-            max_backoff: config.max_backoff,
-            max_queue_lifetime: config.max_queue_lifetime,
-            delay_warning_time: config.delay_warning_time,
-        };
+        let retry = RetryPolicy::of(config);
         let now =
             options.now.unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
         let relay = Relay::new(config)?;
@@ -106,6 +104,12 @@ impl<'a> Runner<'a> {
     pub fn run(&self) -> Summary {
         if !self.options.dry_run {
             self.spool.repair();
+            let settings = PickupSettings {
+                hostname: &self.config.hostname,
+                max_size: self.config.message_size_limit,
+                now: self.now,
+            };
+            self.spool.pickup(&settings);
         }
         let mut summary = Summary::default();
         let mut made: HashSet<QueueId> = HashSet::new();
@@ -233,10 +237,10 @@ impl<'a> Runner<'a> {
         Ok(made)
     }
 
-    /// What is due now; with `--id`, every recipient not yet done, back-off or not.
+    /// What is due now; with `--id` or `force`, every recipient not yet done, back-off or not.
     fn plan(&self, q: &Queued, keys: &[String], history: &[Attempt]) -> Plan {
         let mut plan = schedule::plan(&self.retry, q.envelope.arrived, keys, history, self.now);
-        if self.options.only.as_ref() == Some(&q.id) {
+        if self.options.force || self.options.only.as_ref() == Some(&q.id) {
             // Expired recipients still bounce rather than being tried again.
             let done = |k: &String| history.iter().any(|a| a.recipient == *k && a.outcome.is_final());
             let expired = |k: &String| plan.expired.iter().any(|a| a.recipient == *k);

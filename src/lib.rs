@@ -8,9 +8,12 @@
 //! - `session`: the SMTP server state machine, no I/O
 //! - `policy`: the questions the session asks (local? exists? may relay?)
 //! - `server`: listeners, threads, deadlines, DATA into the spool (`conn`, `handoff` inside)
-//! - `spool`: queue files and the commit that makes them durable
+//! - `spool`: queue files and the commit that makes them durable; `maildrop/` for local users
+//! - `submit`: a message handed over on stdin turned into an envelope and a message (pure)
 //! - `deliver`: one delivery run: lock, expand, deliver, log, bounce
+//! - `queue`: the queue as the operator reads it: `postern-queue list`, `mailq` (pure shapes)
 //! - `schedule`: what is due when, from the delivery log (pure)
+//! - `launch`: instant delivery, a bounded number of `postern-deliver --id` children
 //! - `relay`: remote routes, sessions kept per server, each transaction executed then recorded
 //! - `client`: the SMTP client's TCP and TLS loop around `smtp::client`
 //! - `dns`: MX lookup and the hosts for a domain
@@ -40,17 +43,20 @@ pub mod deliver;
 pub mod dns;
 pub mod dsn;
 pub mod fault;
+pub mod launch;
 pub mod logging;
 pub mod maildir;
 pub mod message;
 pub mod outcome;
 pub mod policy;
+pub mod queue;
 pub mod relay;
 pub mod schedule;
 pub mod server;
 pub mod session;
 pub mod smtp;
 pub mod spool;
+pub mod submit;
 pub mod sys;
 pub mod table;
 pub mod trace;

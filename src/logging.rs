@@ -236,7 +236,10 @@ impl log::Log for Logger {
         // One line per event: a newline inside the text (a peer's words) would forge a second one.
         let text = record.args().to_string().replace(['\r', '\n'], " ");
         let pid = std::process::id();
-        let line = |shape| format_line(shape, self.program, pid, record.level(), &text);
+        // A line may name its own program (`log::info!(target: "postern/pickup", ...)`), for the
+        // tools that count by program name.
+        let program = if record.target().starts_with("postern/") { record.target() } else { self.program };
+        let line = |shape| format_line(shape, program, pid, record.level(), &text);
         let to_stderr = |shape| {
             let _ = writeln!(std::io::stderr().lock(), "{}", line(shape));
         };

@@ -17,6 +17,18 @@ pub struct RetryPolicy {
     pub delay_warning_time: Duration,
 }
 
+impl RetryPolicy {
+    /// The configuration's retry keys.
+    pub fn of(config: &crate::config::Config) -> RetryPolicy {
+        RetryPolicy {
+            min_backoff: config.min_backoff,
+            max_backoff: config.max_backoff,
+            max_queue_lifetime: config.max_queue_lifetime,
+            delay_warning_time: config.delay_warning_time,
+        }
+    }
+}
+
 /// What one delivery run should do with one message.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Plan {

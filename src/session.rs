@@ -31,6 +31,9 @@ pub struct SessionConfig {
     pub expn: bool,
     /// STARTTLS can be offered (a certificate is configured).
     pub tls_available: bool,
+    /// A local user on a pipe (`sendmail -bs`): may relay, as the same user may with
+    /// `sendmail addr`; never set for a network peer.
+    pub local_submission: bool,
 }
 
 /// What the server feeds the session.
@@ -187,7 +190,7 @@ impl<'p> Session<'p> {
             config,
             policy,
             rejected: None,
-            may_relay: policy.is_trusted(client),
+            may_relay: config.local_submission || policy.is_trusted(client),
             tls: false,
             verbose: false,
             state: State::Greeted,
@@ -476,6 +479,7 @@ mod tests {
             vrfy: false,
             expn: false,
             tls_available: false,
+            local_submission: false,
         }
     }
 
@@ -572,6 +576,20 @@ mod tests {
             assert_eq!(h.send("RCPT TO:<relaytest@remote.test>"), verdict, "{client}");
             assert_eq!(h.send("RCPT TO:<alice@example.test>"), "250 2.1.5");
         }
+    }
+
+    #[test]
+    fn a_local_submitter_may_relay_without_an_address() {
+        let (c, p) = (SessionConfig { local_submission: true, ..config() }, policy("192.0.2.0/24"));
+        let mut h = Harness::new(&c, &p, "none");
+        h.send("EHLO localhost");
+        h.send("MAIL FROM:<alice@example.test>");
+        assert_eq!(h.send("RCPT TO:<relaytest@remote.test>"), "250 2.1.5");
+        let plain = config();
+        let mut h = Harness::new(&plain, &p, "none");
+        h.send("EHLO localhost");
+        h.send("MAIL FROM:<alice@example.test>");
+        assert_eq!(h.send("RCPT TO:<relaytest@remote.test>"), "554 5.7.1", "a pipe alone is no local user");
     }
 
     #[test]

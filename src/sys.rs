@@ -20,6 +20,12 @@ pub fn try_lock_exclusive(file: &File) -> io::Result<bool> {
     if err.raw_os_error() == Some(libc::EWOULDBLOCK) { Ok(false) } else { Err(err) }
 }
 
+/// Releases an flock taken with `try_lock_exclusive`, before the file is closed.
+pub fn unlock(file: &File) -> io::Result<()> {
+    // SAFETY: flock takes a valid open descriptor, borrowed from `file` for the call.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) } == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
 /// A user's IDs from the password database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UserIds {
@@ -39,6 +45,22 @@ pub fn lookup_user(name: &str) -> io::Result<Option<UserIds>> {
         return Err(io::Error::from_raw_os_error(rc));
     }
     Ok((!result.is_null()).then_some(UserIds { uid: pwd.pw_uid, gid: pwd.pw_gid }))
+}
+
+/// A group's ID from the group database.
+pub fn lookup_group(name: &str) -> io::Result<Option<u32>> {
+    let cname = CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in group name"))?;
+    // SAFETY: group is plain old data (integers and pointers); all-zero is a valid value.
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 64 * 1024];
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer refers to live, correctly sized storage owned by this frame;
+    // getgrnam_r writes only inside `grp` and `buf` and sets `result`.
+    let rc = unsafe { libc::getgrnam_r(cname.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut result) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok((!result.is_null()).then_some(grp.gr_gid))
 }
 
 fn unsafe_zeroed_passwd() -> libc::passwd {
@@ -292,5 +314,99 @@ pub fn shutdown_read(fd: RawFd) {
     // SAFETY: shutdown takes a plain integer and touches no memory of ours.
     unsafe {
         libc::shutdown(fd, libc::SHUT_RD);
+    }
+}
+
+/// A caller's account: login name and the full name from the GECOS field (up to its first comma).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub name: String,
+    pub full_name: Option<String>,
+    pub home: std::path::PathBuf,
+}
+
+/// The account of `uid` in the password database.
+pub fn account(uid: u32) -> io::Result<Option<Account>> {
+    use std::ffi::CStr;
+    let mut pwd: libc::passwd = unsafe_zeroed_passwd();
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: as in `lookup_user`: all storage is owned by this frame and correctly sized.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    if result.is_null() {
+        return Ok(None);
+    }
+    let text = |p: *const libc::c_char| {
+        // SAFETY: getpwuid_r succeeded, so each non-null field points at a NUL-terminated
+        // string inside `buf`, which outlives this closure.
+        (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+    };
+    let name = text(pwd.pw_name).unwrap_or_default();
+    let full_name = text(pwd.pw_gecos)
+        .and_then(|g| g.split(',').next().map(str::trim).map(str::to_string))
+        .filter(|g| !g.is_empty());
+    let home = text(pwd.pw_dir).unwrap_or_default().into();
+    Ok(Some(Account { name, full_name, home }))
+}
+
+pub fn real_uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}
+
+pub fn real_gid() -> u32 {
+    // SAFETY: getgid has no preconditions and cannot fail.
+    unsafe { libc::getgid() }
+}
+
+/// Whether the program runs with IDs its caller does not have (a setuid or setgid binary).
+pub fn is_set_id() -> bool {
+    real_uid() != effective_uid() || real_gid() != effective_gid()
+}
+
+/// Gives up a setgid program's group for good: real, effective and saved group IDs all
+/// become the caller's own.
+pub fn drop_set_group() -> io::Result<()> {
+    let gid = real_gid();
+    // SAFETY: plain system call on integers.
+    if unsafe { libc::setresgid(gid, gid, gid) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// An inotify descriptor that becomes readable when a name is moved into `dir` (a maildrop
+/// writer's rename); non-blocking, closed on exec.
+pub fn watch_moves_into(dir: &std::path::Path) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let path = CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+    // SAFETY: plain system call with flags.
+    let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by inotify_init1 and is owned here alone.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: a valid inotify descriptor and a NUL-terminated path that lives across the call.
+    if unsafe { libc::inotify_add_watch(fd, path.as_ptr(), libc::IN_MOVED_TO) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(owned)
+}
+
+/// Reads and discards every pending event of a non-blocking descriptor.
+pub fn drain(fd: &std::os::fd::OwnedFd) {
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: reads into a buffer owned by this frame, at most its length.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            break;
+        }
     }
 }

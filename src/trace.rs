@@ -38,6 +38,12 @@ pub fn received(t: &Trace<'_>) -> String {
     h
 }
 
+/// The trace field of a local submission (RFC 5321 §4.4: no `from` clause without a peer):
+/// `Received: by HOST (postern, from userid UID) id ID; DATE`.
+pub fn received_local(hostname: &str, uid: u32, id: &str, time: u64) -> String {
+    format!("Received: by {hostname} (postern, from userid {uid})\r\n\tid {id};\r\n\t{}\r\n", rfc5322_date(time))
+}
+
 /// `Mon, 23 Nov 2026 10:12:00 +0000` (RFC 5322 §3.3), in UTC.
 pub fn rfc5322_date(secs: u64) -> String {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
@@ -48,6 +54,24 @@ pub fn rfc5322_date(secs: u64) -> String {
     let weekday = DAYS[(days % 7) as usize];
     let month = MONTHS[(m - 1) as usize];
     format!("{weekday}, {d} {month} {y} {:02}:{:02}:{:02} +0000", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// `2026-12-03 09:43:11` (UTC), for listings.
+pub fn iso_time(secs: u64) -> String {
+    let (y, m, d) = civil_from_days(secs / 86400);
+    let rem = secs % 86400;
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// `Thu Dec  3 09:43:11` (UTC): the arrival column of the traditional `mailq`.
+pub fn mailq_time(secs: u64) -> String {
+    let date = rfc5322_date(secs);
+    // "Thu, 3 Dec 2026 09:43:11 +0000" -> weekday, day, month, time
+    let parts: Vec<&str> = date.split([',', ' ']).filter(|p| !p.is_empty()).collect();
+    match parts.as_slice() {
+        [weekday, day, month, _year, time, ..] => format!("{weekday} {month} {day:>2} {time}"),
+        _ => date,
+    }
 }
 
 /// Days since 1970-01-01 to (year, month, day), Gregorian; the well-known era algorithm.
@@ -67,6 +91,12 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listing_times() {
+        assert_eq!(iso_time(1_796_290_991), "2026-12-03 09:43:11");
+        assert_eq!(mailq_time(1_796_290_991), "Thu Dec  3 09:43:11");
+    }
 
     #[test]
     fn dates() {

@@ -496,10 +496,15 @@ fn make_install_puts_everything_under_destdir() {
         .unwrap();
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let d = dest.path();
-    assert!(d.join("usr/sbin/postern-smtpd").is_file());
+    for program in ["postern-smtpd", "postern-deliver", "postern-sendmail", "postern-queue"] {
+        assert!(d.join("usr/sbin").join(program).is_file(), "{program}");
+    }
+    for link in ["usr/sbin/sendmail", "usr/bin/mailq", "usr/bin/newaliases"] {
+        assert_eq!(std::fs::read_link(d.join(link)).unwrap(), Path::new("/usr/sbin/postern-sendmail"), "{link}");
+    }
     assert!(d.join("etc/postern/postern.conf").is_file());
     let spool = std::fs::metadata(d.join("var/spool/postern")).unwrap();
-    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&spool.permissions()) & 0o777, 0o700);
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&spool.permissions()) & 0o777, 0o755);
     let unit = std::fs::read_to_string(d.join("usr/lib/systemd/system/postern-smtpd.service")).unwrap();
     assert!(unit.contains("ExecStart=/usr/sbin/postern-smtpd -c /etc/postern/postern.conf"), "{unit}");
     let installed = Command::new(d.join("usr/sbin/postern-smtpd"))

@@ -250,3 +250,45 @@ fn a_message_left_under_two_names_is_delivered_once() {
     assert_eq!(alice(c.dir.path()).len(), 1, "{log}");
     assert_queue_empty(c.dir.path());
 }
+
+/// A message a local user left in maildrop/ (as the setgid postern-sendmail leaves it).
+fn drop_one(dir: &Path) -> String {
+    use postern::smtp::address::{ForwardPath, ReversePath};
+    let maildrop = dir.join("spool/maildrop");
+    std::fs::create_dir_all(&maildrop).unwrap();
+    let envelope = postern::spool::Envelope {
+        arrived: now(),
+        client: None,
+        helo: None,
+        protocol: "LOCAL".into(),
+        body: BodyType::SevenBit,
+        smtputf8: false,
+        from: ReversePath::parse(b"carol@example.test").unwrap(),
+        rcpts: vec![ForwardPath::parse(b"alice@example.test").unwrap()],
+        size: 0,
+    };
+    let id = postern::spool::QueueId::generate();
+    let text = b"Subject: dropped\r\n\r\nbody\r\n";
+    postern::spool::maildrop::drop_message(&dir.join("spool"), &id, &envelope, text).unwrap();
+    id.to_string()
+}
+
+#[test]
+fn killed_after_a_pickup_queued_a_message_the_next_run_delivers_it_once() {
+    let c = setup("");
+    let id = drop_one(c.dir.path());
+    crash_at(&c.conf, "after-pickup-queued", now());
+    let spool = c.dir.path().join("spool");
+    assert!(spool.join("new").join(&id).exists(), "queued under the ID it was dropped with");
+    assert!(spool.join("maildrop").join(&id).exists(), "its maildrop name is still there");
+    assert!(alice(c.dir.path()).is_empty(), "nothing was delivered before the crash");
+    let log = run_ok(&c.conf, now());
+    assert_eq!(alice(c.dir.path()).len(), 1, "{log}");
+    assert!(list(&spool.join("maildrop")).is_empty());
+    assert_queue_empty(c.dir.path());
+    // And a run that was not killed picks up and delivers in one go.
+    drop_one(c.dir.path());
+    run_ok(&c.conf, now());
+    assert_eq!(alice(c.dir.path()).len(), 2);
+    assert!(alice(c.dir.path()).iter().all(|m| m.contains("Received: by mail.example.test (postern, from userid 0)")));
+}

@@ -19,6 +19,7 @@ fuzz_target!(|data: &[u8]| {
         vrfy: data.first().is_some_and(|b| b & 1 == 1),
         expn: data.first().is_some_and(|b| b & 2 == 2),
         tls_available: true,
+        local_submission: false,
     };
     let client = if data.first().is_some_and(|b| b & 4 == 4) { "192.0.2.9" } else { "198.51.100.1" };
     let (mut session, _greeting) = Session::new(&config, &policy, client.parse().ok());

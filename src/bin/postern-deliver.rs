@@ -12,7 +12,10 @@ use postern::spool::QueueId;
 const USAGE: &str = "usage: postern-deliver [-c FILE | --builtin-config] [--id ID] [--dry-run] [--check] [-v]
   -c FILE            configuration file (default: $POSTERN_CONF, /etc/postern/postern.conf, built-in)
   --builtin-config   use the built-in configuration (the one `make run` uses)
-  --id ID     deliver this one message now, whatever its back-off
+  --id ID     deliver this one message now, whatever its back-off; an unknown or held ID
+              is an error
+  --if-queued with --id: a message no longer queued (delivered, held) is no error (what
+              instant delivery runs)
   --dry-run   say what is due, change nothing
   --check     check the configuration and what it names (user, spool, tables, credentials),
               print each problem, and exit 0 only when there is none
@@ -27,10 +30,18 @@ struct Args {
     options: Options,
     verbose: bool,
     check: bool,
+    if_queued: bool,
 }
 
 fn parse_args() -> Result<Args, Exit> {
-    let mut args = Args { config: None, builtin: false, options: Options::default(), verbose: false, check: false };
+    let mut args = Args {
+        config: None,
+        builtin: false,
+        options: Options::default(),
+        verbose: false,
+        check: false,
+        if_queued: false,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -41,6 +52,7 @@ fn parse_args() -> Result<Args, Exit> {
             }
             "--builtin-config" => args.builtin = true,
             "--dry-run" => args.options.dry_run = true,
+            "--if-queued" => args.if_queued = true,
             "--check" => args.check = true,
             "-v" => args.verbose = true,
             "-h" | "--help" => return Err(Exit::Say(USAGE.into())),
@@ -79,6 +91,22 @@ fn main() -> ExitCode {
     if let Err(e) = postern::sys::become_user(config.user.as_deref()) {
         logging::fatal("postern-deliver", &e);
         return ExitCode::FAILURE;
+    }
+    if let Some(id) = &args.options.only {
+        let found = postern::spool::Spool::open(&config.spool).ok().and_then(|s| s.find(id));
+        let why = match found {
+            None => Some("no such message in the queue"),
+            Some(postern::spool::manage::Found::Held) => Some("held (`postern-queue release` it first)"),
+            Some(_) => None,
+        };
+        match why {
+            Some(_) if args.if_queued => return ExitCode::SUCCESS,
+            Some(why) => {
+                eprintln!("postern-deliver: {id}: {why}");
+                return ExitCode::FAILURE;
+            }
+            None => {}
+        }
     }
     let runner = match Runner::new(&config, args.options) {
         Ok(r) => r,

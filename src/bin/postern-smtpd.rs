@@ -101,10 +101,16 @@ fn run(args: &Args) -> Result<(), String> {
     }
     spool.clean_tmp();
     let policy = LocalPolicy::load(&config).map_err(|e| e.to_string())?;
-    let server = Server::new(config, policy, spool, tls);
+    let config_copy = config.clone();
+    // Under inetd stderr may be the client's socket: a child's never is.
+    let launcher = postern::launch::Launcher::new(&config, !args.inetd);
+    let server = Server::new(config, policy, spool, tls).with_launcher(launcher.clone());
     if args.inetd {
         server.serve_inetd();
         return Ok(());
+    }
+    if config_copy.spool.join(postern::spool::maildrop::DIR).is_dir() {
+        start_pickup(&config_copy, launcher)?;
     }
     let server = Arc::new(server);
     let stopper = Arc::clone(&server);
@@ -116,6 +122,22 @@ fn run(args: &Args) -> Result<(), String> {
         std::process::exit(0);
     });
     server.serve(listeners);
+    Ok(())
+}
+
+/// Mail that local users left in maildrop/ is queued as soon as it lands there.
+fn start_pickup(config: &Config, launcher: Option<Arc<postern::launch::Launcher>>) -> Result<(), String> {
+    let spool = Spool::open(&config.spool).map_err(|e| format!("spool {}: {e}", config.spool.display()))?;
+    let (hostname, max_size) = (config.hostname.clone(), config.message_size_limit);
+    let queued = move |ids: Vec<postern::spool::QueueId>| {
+        if let Some(l) = &launcher {
+            ids.iter().for_each(|id| l.deliver(id));
+        }
+    };
+    std::thread::Builder::new()
+        .name("pickup".into())
+        .spawn(move || postern::spool::maildrop::watch(&spool, &hostname, max_size, Duration::from_secs(60), queued))
+        .map_err(|e| format!("pickup thread: {e}"))?;
     Ok(())
 }
 

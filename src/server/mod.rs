@@ -14,6 +14,7 @@ use openssl::pkey::PKey;
 use openssl::ssl::{SslAcceptor, SslMethod};
 
 use crate::config::Config;
+use crate::launch::Launcher;
 use crate::message::{HeaderScan, message_id};
 use crate::policy::LocalPolicy;
 use crate::session::{Action, DataError, DataRequest, Input, MAX_HOPS, Session, SessionConfig, Step};
@@ -49,6 +50,8 @@ pub struct Server {
     live: Mutex<HashMap<u64, RawFd>>,
     next_session: AtomicU64,
     waiting: Handoff,
+    /// Instant delivery of each committed message, unless it is off.
+    launcher: Option<Arc<Launcher>>,
 }
 
 #[derive(Default)]
@@ -123,6 +126,7 @@ impl Server {
             vrfy: config.vrfy,
             expn: config.expn,
             tls_available: tls.is_some(),
+            local_submission: false,
         };
         Server {
             config,
@@ -135,7 +139,14 @@ impl Server {
             live: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(0),
             waiting: Handoff::default(),
+            launcher: None,
         }
+    }
+
+    /// Each message committed from now on is delivered at once by `launcher`.
+    pub fn with_launcher(mut self, launcher: Option<Arc<Launcher>>) -> Server {
+        self.launcher = launcher;
+        self
     }
 
     /// Accepts on every listener until the process ends; one thread per listener.
@@ -278,6 +289,17 @@ impl Server {
                 (Ok(input), Ok(output)) => self.run_session(&mut Conn::new(Transport::Pipe { input, output }), None),
                 _ => log::error!("inetd mode: cannot use standard input and output"),
             }
+        }
+    }
+
+    /// `sendmail -bs`: one session with the local user who ran it, on standard input and
+    /// output whatever they are (a socket there says nothing about who is at the other end,
+    /// so its peer address is not used and STARTTLS is not offered).
+    pub fn serve_local_user(mut self) {
+        self.session.local_submission = true;
+        match (dup_std(0), dup_std(1)) {
+            (Ok(input), Ok(output)) => self.run_session(&mut Conn::new(Transport::Pipe { input, output }), None),
+            _ => log::error!("-bs: cannot use standard input and output"),
         }
     }
 
@@ -442,6 +464,9 @@ impl Server {
             && let Some(message_id) = head.headers().get("message-id").as_deref().and_then(message_id)
         {
             log::info!("{id}: message-id={message_id}");
+        }
+        if let (Ok(id), Some(launcher)) = (&result, &self.launcher) {
+            launcher.deliver(id);
         }
         Received::Done(result)
     }

@@ -36,6 +36,30 @@ pub enum AddressError {
     BadRoute,
 }
 
+impl AddressError {
+    /// What is wrong, in the words a reply or an error message uses.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            AddressError::MissingBrackets => "the path must be written <local@domain>",
+            AddressError::NotUtf8 => "not valid UTF-8",
+            AddressError::PathTooLong => "Path too long",
+            AddressError::LocalPartTooLong => "local part longer than 64 octets",
+            AddressError::DomainTooLong => "domain or label too long",
+            AddressError::NoDomain => "no domain",
+            AddressError::BadLocalPart => "bad local part",
+            AddressError::BadDomain => "bad domain",
+            AddressError::BadLiteral => "bad address literal",
+            AddressError::BadRoute => "bad source route",
+        }
+    }
+}
+
+impl std::fmt::Display for AddressError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.describe())
+    }
+}
+
 /// A domain name as the client wrote it: case kept, compared without case.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Domain(String);

@@ -4,7 +4,6 @@
 //! Errors of the layers above (session, policy) map to replies beside their own types, with
 //! `Reply::new`; this module knows only the wire and the errors of `src/smtp/`.
 
-use crate::smtp::address::AddressError;
 use crate::smtp::command::SyntaxError;
 
 /// §4.5.3.1.5: a reply line is at most 512 octets, CRLF included.
@@ -406,9 +405,11 @@ impl From<&SyntaxError> for Reply {
             SyntaxError::LineTooLong => Reply::new(500, es(5, 5, 2), "Error: line too long"),
             SyntaxError::Usage(usage) => Reply::new(501, es(5, 5, 4), format!("Syntax: {usage}")),
             SyntaxError::NotImplemented(verb) => Reply::new(502, es(5, 5, 1), format!("Error: {verb} not implemented")),
-            SyntaxError::Sender(a) => Reply::new(501, es(5, 1, 7), format!("Bad sender address syntax: {}", why(a))),
+            SyntaxError::Sender(a) => {
+                Reply::new(501, es(5, 1, 7), format!("Bad sender address syntax: {}", a.describe()))
+            }
             SyntaxError::Recipient(a) => {
-                Reply::new(501, es(5, 1, 3), format!("Bad recipient address syntax: {}", why(a)))
+                Reply::new(501, es(5, 1, 3), format!("Bad recipient address syntax: {}", a.describe()))
             }
             SyntaxError::BadParameter => Reply::new(501, es(5, 5, 4), "Error: malformed parameter"),
             SyntaxError::DuplicateParameter => Reply::new(501, es(5, 5, 4), "Error: parameter given twice"),
@@ -416,21 +417,6 @@ impl From<&SyntaxError> for Reply {
                 Reply::new(555, es(5, 5, 4), format!("Error: unsupported parameter {name}"))
             }
         }
-    }
-}
-
-fn why(e: &AddressError) -> &'static str {
-    match e {
-        AddressError::MissingBrackets => "the path must be written <local@domain>",
-        AddressError::NotUtf8 => "not valid UTF-8",
-        AddressError::PathTooLong => "Path too long",
-        AddressError::LocalPartTooLong => "local part longer than 64 octets",
-        AddressError::DomainTooLong => "domain or label too long",
-        AddressError::NoDomain => "no domain",
-        AddressError::BadLocalPart => "bad local part",
-        AddressError::BadDomain => "bad domain",
-        AddressError::BadLiteral => "bad address literal",
-        AddressError::BadRoute => "bad source route",
     }
 }
 
@@ -462,6 +448,7 @@ mod tests {
     /// Every syntax error, each address error inside one; the match makes a new variant a
     /// compile error here until it is listed.
     fn every_syntax_error() -> Vec<(SyntaxError, &'static str)> {
+        use crate::smtp::address::AddressError;
         use AddressError as A;
         let addresses = [
             A::MissingBrackets,

@@ -41,7 +41,8 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn name(self) -> &'static str {
+    /// The word the log line uses (`sent`, `deferred`, ...).
+    pub fn name(self) -> &'static str {
         match self {
             Outcome::Sent => "sent",
             Outcome::Deferred => "deferred",

@@ -5,12 +5,15 @@
 //! new/ID   accepted, never tried
 //! cur/ID   tried, waiting for a retry (+ ID.log)
 //! hold/ID  put aside by the operator
+//! maildrop/ID  left by a local user without access to the spool, waiting for pickup
 //! ```
 //! doc/queue.md states every transition between these, its sync, and what a crash leaves.
 
 pub mod envelope;
 pub mod id;
 pub mod log;
+pub mod maildrop;
+pub mod manage;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -189,18 +192,23 @@ impl Spool {
         // its lock; the draft then starts again under a new name rather than write a file
         // that is no longer in tmp/.
         for _ in 0..3 {
-            let id = QueueId::generate();
-            let path = self.path("tmp", &id);
-            let file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&path)?;
-            if sys::try_lock_exclusive(&file)? && is_same_file(&file, &path) {
-                let file = BufWriter::with_capacity(64 * 1024, file);
-                return Ok(Draft { spool: self, id, path, file, size_offset: 0, moved: false });
+            match self.draft_as(QueueId::generate()) {
+                Err(SpoolError::Collision) => continue,
+                other => return other,
             }
+        }
+        Err(SpoolError::Collision)
+    }
+
+    /// A draft under a given ID (a pickup keeps the ID its writer chose); `Collision` when
+    /// tmp/ID exists or is swept before it could be locked.
+    pub fn draft_as(&self, id: QueueId) -> Result<Draft<'_>, SpoolError> {
+        let path = self.path("tmp", &id);
+        let file =
+            OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(&path)?;
+        if sys::try_lock_exclusive(&file)? && is_same_file(&file, &path) {
+            let file = BufWriter::with_capacity(64 * 1024, file);
+            return Ok(Draft { spool: self, id, path, file, size_offset: 0, moved: false });
         }
         Err(SpoolError::Collision)
     }
@@ -268,7 +276,7 @@ impl Spool {
 }
 
 /// Whether `path` still names the file open as `file` (it was not removed or replaced).
-fn is_same_file(file: &File, path: &Path) -> bool {
+pub(crate) fn is_same_file(file: &File, path: &Path) -> bool {
     match (file.metadata(), fs::symlink_metadata(path)) {
         (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
         _ => false,
@@ -341,13 +349,16 @@ impl io::Read for MessageReader<'_> {
 }
 
 impl Spool {
-    /// Messages in new/ and cur/, oldest first. Names that are not queue IDs are ignored.
+    /// Messages in new/ and cur/, oldest first. Names that are not queue IDs are ignored, and
+    /// so is a message whose pickup from maildrop/ is not finished.
     pub fn queued(&self) -> Vec<(Place, QueueId)> {
         let mut out = Vec::new();
         for place in [Place::New, Place::Cur] {
             let Ok(entries) = fs::read_dir(self.root.join(place.dir())) else { continue };
             for entry in entries.flatten() {
-                if let Some(id) = entry.file_name().to_str().and_then(QueueId::parse) {
+                if let Some(id) = entry.file_name().to_str().and_then(QueueId::parse)
+                    && !self.in_maildrop(&id)
+                {
                     out.push((place, id));
                 }
             }

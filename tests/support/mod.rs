@@ -44,15 +44,22 @@ pub fn smtpd_binary() -> &'static str {
 }
 
 /// The configuration every test server starts from: the names the tests share.
-/// Local domain example.test, users alice and postmaster, no trusted network.
+/// Local domain example.test, users alice and postmaster, no trusted network. Instant
+/// delivery is off, so a test sees what is queued; `instant()` turns it back on.
 pub fn base_config(dir: &Path) -> String {
     std::fs::write(dir.join("mailboxes"), format!("alice: {}/maildirs/alice/\n", dir.display())).unwrap();
     std::fs::write(dir.join("aliases"), "postmaster: alice\nstaff: alice, bob@remote.test\n").unwrap();
     format!(
         "hostname = mail.example.test\nlisten = 127.0.0.1:0\nspool = {d}/spool\nlocal_domains = example.test\nlog = stderr\n\
+         instant_delivery = off\n\
          mailboxes = {d}/mailboxes\naliases = {d}/aliases\nrecipient_delimiter = +\n{DNS_DEFAULT}",
         d = dir.display()
     )
+}
+
+/// A configuration text with instant delivery on.
+pub fn instant(config: &str) -> String {
+    config.replace("instant_delivery = off\n", "instant_delivery = on\n")
 }
 
 /// Tests never ask the system resolver: unless a test starts its own DNS server, names are

@@ -1,0 +1,305 @@
+//! postern-queue: list, show, retry, hold, release and delete queued mail, and `init`, which
+//! sets up the service user, the drop group and the spool.
+
+use std::os::unix::fs::{PermissionsExt, chown};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use postern::cli::{self, Exit};
+use postern::config::Config;
+use postern::deliver::{Options, Runner};
+use postern::schedule::RetryPolicy;
+use postern::spool::log::read_log;
+use postern::spool::manage::{ActionError, Found};
+use postern::spool::{QueueId, Spool, maildrop};
+use postern::{logging, queue, sys, trace};
+
+const USAGE: &str = "usage: postern-queue [-c FILE | --builtin-config] COMMAND
+  list [--json]      every queued message: ID, state, arrival, size, attempts, next try,
+                     sender, the recipients left, and the last error
+  show ID            its envelope, delivery log and header
+  retry ID | --all   deliver now, whatever the back-off
+  hold ID            put it aside: no delivery until it is released
+  release ID         deliver it again as before
+  delete ID          remove it; nobody is told
+  init [--group NAME] [--sendmail PATH]
+                     as root: create the service user (`user`), the drop group (postern-drop),
+                     the spool and its maildrop/ with their owners and modes, and make
+                     postern-sendmail setgid to the drop group; safe to run again
+  -c FILE            configuration file (default: $POSTERN_CONF, /etc/postern/postern.conf, built-in)
+  --builtin-config   the built-in configuration
+  -h, --help         this text;  -V, --version  the version
+Safe while a delivery run works: a message being delivered is left alone (exit 75, try again).
+Exit status: 0 done, 1 no such message or not possible, 2 usage, 75 busy.";
+
+const DROP_GROUP: &str = "postern-drop";
+
+enum Command {
+    List { json: bool },
+    Show(QueueId),
+    Retry(Option<QueueId>),
+    Hold(QueueId),
+    Release(QueueId),
+    Delete(QueueId),
+    Init { group: String, sendmail: Option<PathBuf> },
+}
+
+struct Args {
+    config: Option<PathBuf>,
+    builtin: bool,
+    command: Command,
+}
+
+fn id_arg(it: &mut impl Iterator<Item = String>, what: &str) -> Result<QueueId, Exit> {
+    let text = it.next().ok_or(format!("{what} needs a queue ID\n{USAGE}"))?;
+    QueueId::parse(&text).ok_or_else(|| Exit::Usage(format!("`{text}` is not a queue ID")))
+}
+
+fn parse_args() -> Result<Args, Exit> {
+    let mut config = None;
+    let mut builtin = false;
+    let mut it = std::env::args().skip(1);
+    let command = loop {
+        let Some(arg) = it.next() else { return Err(Exit::Usage(USAGE.into())) };
+        match arg.as_str() {
+            "-c" => config = Some(PathBuf::from(it.next().ok_or("-c needs a file")?)),
+            "--builtin-config" => builtin = true,
+            "-h" | "--help" => return Err(Exit::Say(USAGE.into())),
+            "-V" | "--version" => return Err(cli::version("postern-queue")),
+            "list" => {
+                let json = match it.next().as_deref() {
+                    None => false,
+                    Some("--json") => true,
+                    Some(other) => return Err(Exit::Usage(format!("list: unknown argument `{other}`"))),
+                };
+                break Command::List { json };
+            }
+            "show" => break Command::Show(id_arg(&mut it, "show")?),
+            "retry" => {
+                let next = it.next().ok_or(format!("retry needs a queue ID or --all\n{USAGE}"))?;
+                if next == "--all" {
+                    break Command::Retry(None);
+                }
+                break Command::Retry(Some(QueueId::parse(&next).ok_or(format!("`{next}` is not a queue ID"))?));
+            }
+            "hold" => break Command::Hold(id_arg(&mut it, "hold")?),
+            "release" => break Command::Release(id_arg(&mut it, "release")?),
+            "delete" => break Command::Delete(id_arg(&mut it, "delete")?),
+            "init" => {
+                let (mut group, mut sendmail) = (DROP_GROUP.to_string(), None);
+                while let Some(flag) = it.next() {
+                    match flag.as_str() {
+                        "--group" => group = it.next().ok_or("--group needs a name")?,
+                        "--sendmail" => sendmail = Some(PathBuf::from(it.next().ok_or("--sendmail needs a path")?)),
+                        other => return Err(Exit::Usage(format!("init: unknown argument `{other}`"))),
+                    }
+                }
+                break Command::Init { group, sendmail };
+            }
+            other => return Err(Exit::Usage(format!("unknown command `{other}`\n{USAGE}"))),
+        }
+    };
+    if let Some(extra) = it.next() {
+        return Err(Exit::Usage(format!("unexpected argument `{extra}`")));
+    }
+    Ok(Args { config, builtin, command })
+}
+
+/// Why a command failed: the text, and the exit status.
+struct Fail(u8, String);
+
+impl From<String> for Fail {
+    fn from(text: String) -> Fail {
+        Fail(1, text)
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(exit) => return exit.finish(2),
+    };
+    logging::start("postern/queue", logging::Role::Command, false);
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fail(code, text)) => {
+            eprintln!("postern-queue: {text}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn now() -> u64 {
+    let clock = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    std::env::var("POSTERN_NOW").ok().and_then(|v| v.parse().ok()).unwrap_or(clock)
+}
+
+fn run(args: &Args) -> Result<(), Fail> {
+    let config = Config::choose(args.builtin, args.config.as_deref()).map_err(|e| e.to_string())?;
+    logging::configure(config.log, &config.syslog_socket);
+    if let Command::Init { group, sendmail } = &args.command {
+        return init(&config, group, sendmail.as_deref());
+    }
+    // As root, act as the service user: every file the queue gains stays the service's.
+    sys::become_user(config.user.as_deref())?;
+    let root = &config.spool;
+    if !root.join("new").is_dir() {
+        return Err(Fail(1, format!("{}: no spool here (`postern-queue init` makes one)", root.display())));
+    }
+    let spool = Spool::open(root).map_err(|e| format!("spool {}: {e}", root.display()))?;
+    let who = sys::real_uid();
+    let acted = |id: &QueueId, what: &str| log::info!("{id}: {what} by the operator (uid {who})");
+    match &args.command {
+        Command::List { json } => {
+            let entries = queue::list(&spool, &RetryPolicy::of(&config), now());
+            print!("{}", if *json { queue::json(&entries) } else { queue::table(&entries) });
+        }
+        Command::Show(id) => show(&spool, id)?,
+        Command::Retry(only) => {
+            if let Some(id) = only {
+                match spool.find(id) {
+                    None => return Err(action(id, &ActionError::Unknown)),
+                    Some(Found::Held) => return Err(action(id, &ActionError::Wrong(Found::Held))),
+                    Some(_) => {}
+                }
+            }
+            let options = Options { only: only.clone(), force: only.is_none(), dry_run: false, now: None };
+            let runner = Runner::new(&config, options)?;
+            let s = runner.run();
+            println!(
+                "{} messages: {} sent, {} deferred, {} bounced, {} busy",
+                s.messages, s.sent, s.deferred, s.bounced, s.busy
+            );
+            if let Some(id) = only
+                && s.busy > 0
+                && spool.find(id).is_some()
+            {
+                return Err(action(id, &ActionError::Busy));
+            }
+        }
+        Command::Hold(id) => {
+            spool.hold(id).map_err(|e| action(id, &e))?;
+            acted(id, "held");
+            println!("{id}: held");
+        }
+        Command::Release(id) => {
+            let to = spool.release(id).map_err(|e| action(id, &e))?;
+            acted(id, "released");
+            println!("{id}: released ({})", to.name());
+        }
+        Command::Delete(id) => {
+            spool.delete(id).map_err(|e| action(id, &e))?;
+            acted(id, "removed");
+            println!("{id}: deleted");
+        }
+        Command::Init { .. } => {}
+    }
+    Ok(())
+}
+
+fn action(id: &QueueId, e: &ActionError) -> Fail {
+    let code = if matches!(e, ActionError::Busy) { 75 } else { 1 };
+    Fail(code, format!("{id}: {e}"))
+}
+
+fn show(spool: &Spool, id: &QueueId) -> Result<(), Fail> {
+    let found = spool.find(id).ok_or_else(|| action(id, &ActionError::Unknown))?;
+    let (envelope, head) = spool.peek(found, id, 64 * 1024).map_err(|e| format!("{id}: {e}"))?;
+    println!("id: {id}");
+    println!("state: {}", found.name());
+    println!("arrived: {} UTC", trace::iso_time(envelope.arrived));
+    println!("size: {}", envelope.size);
+    let client = envelope.client.map_or_else(|| "local".to_string(), |ip| ip.to_string());
+    println!("client: {client} ({})", envelope.protocol);
+    if let Some(helo) = &envelope.helo {
+        println!("helo: {helo}");
+    }
+    println!("from: {}", envelope.from);
+    for r in &envelope.rcpts {
+        println!("rcpt: {r}");
+    }
+    let log = read_log(&spool.log_path(id)).map_err(|e| format!("{id}: delivery log: {e}"))?;
+    println!("\ndelivery log:");
+    if log.is_empty() {
+        println!("  (no attempt yet)");
+    }
+    for a in &log {
+        let who = if a.recipient.is_empty() { "-" } else { &a.recipient };
+        println!("  {} {} {who} {} {} {}", trace::iso_time(a.time), a.outcome.name(), a.status_text(), a.relay, a.text);
+    }
+    println!("\nheader:");
+    let end = head.windows(4).position(|w| w == b"\r\n\r\n").map_or(head.len(), |p| p + 2);
+    print!("{}", String::from_utf8_lossy(&head[..end]).replace("\r\n", "\n"));
+    Ok(())
+}
+
+/// Sets up, or puts right, what a system install needs. Each step says what it did.
+fn init(config: &Config, group: &str, sendmail: Option<&Path>) -> Result<(), Fail> {
+    if !sys::is_root() {
+        return Err(Fail(1, "init must run as root".into()));
+    }
+    let user = config.user.as_deref().ok_or(format!("init: set `user` in {} first", config.source))?;
+    let say = |text: String| println!("postern-queue init: {text}");
+    if sys::lookup_group(group).map_err(|e| format!("group {group}: {e}"))?.is_none() {
+        run_tool("groupadd", &["--system", group])?;
+        say(format!("created group {group}"));
+    }
+    let spool = &config.spool;
+    if sys::lookup_user(user).map_err(|e| format!("user {user}: {e}"))?.is_none() {
+        let home = spool.to_string_lossy();
+        let shell = if Path::new("/usr/sbin/nologin").exists() { "/usr/sbin/nologin" } else { "/bin/false" };
+        run_tool(
+            "useradd",
+            &["--system", "--user-group", "--no-create-home", "--home-dir", &home, "--shell", shell, user],
+        )?;
+        say(format!("created user {user}"));
+    }
+    let ids = sys::lookup_user(user).ok().flatten().ok_or(format!("user {user}: not found after useradd"))?;
+    let drop_gid = sys::lookup_group(group).ok().flatten().ok_or(format!("group {group}: not found after groupadd"))?;
+    // The spool's own directory can be crossed by everyone (to reach maildrop/); each queue
+    // directory is the service's alone; maildrop/ takes new names from the drop group only,
+    // and the sticky bit keeps one user's file from another (doc/queue.md, "S0").
+    let dirs: [(&str, u32, u32, u32); 7] = [
+        ("", ids.gid, 0o755, ids.uid),
+        ("tmp", ids.gid, 0o700, ids.uid),
+        ("new", ids.gid, 0o700, ids.uid),
+        ("cur", ids.gid, 0o700, ids.uid),
+        ("hold", ids.gid, 0o700, ids.uid),
+        ("corrupt", ids.gid, 0o700, ids.uid),
+        (maildrop::DIR, drop_gid, 0o1730, ids.uid),
+    ];
+    for (name, gid, mode, uid) in dirs {
+        let path = if name.is_empty() { spool.clone() } else { spool.join(name) };
+        std::fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        chown(&path, Some(uid), Some(gid)).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    say(format!(
+        "spool {} (0755 {user}), its queue directories (0700), {}/ (1730 {user}:{group})",
+        spool.display(),
+        maildrop::DIR
+    ));
+    let sendmail = match sendmail {
+        Some(p) => p.to_path_buf(),
+        None => std::env::current_exe().map_err(|e| e.to_string())?.with_file_name("postern-sendmail"),
+    };
+    if sendmail.is_file() {
+        chown(&sendmail, Some(0), Some(drop_gid)).map_err(|e| format!("{}: {e}", sendmail.display()))?;
+        std::fs::set_permissions(&sendmail, std::fs::Permissions::from_mode(0o2755))
+            .map_err(|e| format!("{}: {e}", sendmail.display()))?;
+        say(format!("{} is setgid {group} (2755), so every local user can send mail", sendmail.display()));
+    } else {
+        say(format!(
+            "{}: not found; local users other than root cannot send until it is setgid {group}",
+            sendmail.display()
+        ));
+    }
+    Ok(())
+}
+
+fn run_tool(tool: &str, args: &[&str]) -> Result<(), Fail> {
+    let status = std::process::Command::new(tool).args(args).status().map_err(|e| format!("{tool}: {e}"))?;
+    if status.success() { Ok(()) } else { Err(Fail(1, format!("{tool} {} failed ({status})", args.join(" ")))) }
+}

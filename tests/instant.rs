@@ -1,0 +1,79 @@
+//! Instant delivery: a message committed by postern-smtpd or postern-sendmail is in its
+//! maildir well under a second later, with no delivery run from cron or a timer.
+
+mod support;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{Client, Server, TempDir, config_with, instant, list};
+
+/// Waits up to `limit` for a file in `maildir`/new; how long it took.
+fn arrival(maildir: &Path, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if !list(&maildir.join("new")).is_empty() {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
+#[test]
+fn mail_accepted_by_the_server_is_in_the_maildir_within_a_second() {
+    let dir = TempDir::new("instant-smtpd");
+    let config = instant(&config_with(dir.path(), ""));
+    let server = Server::start_in(dir, &config);
+    let maildir = server.dir.path().join("maildirs/alice");
+    let mut client = Client::greeted(server.addr);
+    client.cmd("EHLO client.test");
+    let reply = client.mail("someone@remote.test", &["alice@example.test"], b"Subject: now\r\n\r\nat once\r\n");
+    assert!(reply.starts_with("250 "), "{reply}");
+    let took = arrival(&maildir, Duration::from_secs(5));
+    assert!(
+        took.is_some_and(|t| t < Duration::from_secs(1)),
+        "from the 250 to the maildir: {took:?}\n{}",
+        server.log()
+    );
+    // The copy is recorded, then the message leaves the queue, a moment after the copy lands.
+    let started = Instant::now();
+    while !support::waiting(&server.spool()).is_empty() && started.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(support::waiting(&server.spool()).is_empty(), "delivered and removed from the queue");
+}
+
+#[test]
+fn instant_delivery_off_leaves_mail_for_the_run() {
+    let server = Server::start("");
+    let mut client = Client::greeted(server.addr);
+    client.cmd("EHLO client.test");
+    assert!(client.mail("someone@remote.test", &["alice@example.test"], b"x\r\n").starts_with("250 "));
+    assert_eq!(arrival(&server.dir.path().join("maildirs/alice"), Duration::from_millis(1500)), None);
+    assert_eq!(support::waiting(&server.spool()).len(), 1);
+}
+
+#[test]
+fn mail_from_sendmail_is_delivered_at_once_without_a_daemon() {
+    let dir = TempDir::new("instant-sendmail");
+    let conf = dir.path().join("postern.conf");
+    std::fs::write(&conf, instant(&config_with(dir.path(), ""))).unwrap();
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_postern-sendmail"))
+        .arg("alice")
+        .env("POSTERN_CONF", &conf)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"Subject: from cron\n\nhi\n").unwrap();
+    // The caller's pipe is not held by the delivery child: sendmail's output ends at once.
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(started.elapsed() < Duration::from_secs(1), "sendmail returned after {:?}", started.elapsed());
+    let took = arrival(&dir.path().join("maildirs/alice"), Duration::from_secs(5));
+    assert!(took.is_some_and(|t| t < Duration::from_secs(1)), "{took:?}");
+}

@@ -1,0 +1,484 @@
+//! postern-sendmail as the programs of a small server call it (cron, mail(1), PHP, git
+//! send-email, msmtp-style scripts), an unprivileged user through maildrop/, and
+//! postern-queue on a queue that holds deferred mail. Each message is followed to a maildir.
+
+mod support;
+
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use support::{TempDir, deliver, have, maildir, skip_unless, skip_unless_root};
+
+const SENDMAIL: &str = env!("CARGO_BIN_EXE_postern-sendmail");
+const QUEUE: &str = env!("CARGO_BIN_EXE_postern-queue");
+
+/// The base configuration with local users alice and bob, and root and postmaster aliased
+/// to alice (`root` alone is local: hostname mail.example.test, local domain example.test).
+fn setup(tag: &str, extra: &str) -> (TempDir, PathBuf) {
+    let dir = TempDir::new(tag);
+    let conf = dir.path().join("postern.conf");
+    std::fs::write(&conf, support::config_with(dir.path(), extra)).unwrap();
+    let d = dir.path().display();
+    std::fs::write(dir.path().join("mailboxes"), format!("alice: {d}/maildirs/alice/\nbob: {d}/maildirs/bob/\n"))
+        .unwrap();
+    std::fs::write(dir.path().join("aliases"), "root: alice\npostmaster: alice\n").unwrap();
+    (dir, conf)
+}
+
+fn sendmail(conf: &Path, args: &[&str], input: &[u8]) -> Output {
+    run(Command::new(SENDMAIL).args(args).env("POSTERN_CONF", conf), input)
+}
+
+fn run(command: &mut Command, input: &[u8]) -> Output {
+    let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // A program that refuses before reading its input may be gone already: not an error here.
+    let _ = child.stdin.take().unwrap().write_all(input);
+    child.wait_with_output().unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn mailbox(dir: &Path, user: &str) -> Vec<String> {
+    maildir(&dir.join("maildirs").join(user))
+}
+
+fn field<'a>(message: &'a str, name: &str) -> Vec<&'a str> {
+    let head = message.split("\n\n").next().unwrap_or("");
+    head.split('\n')
+        .filter_map(|l| l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim()))
+        .collect()
+}
+
+#[test]
+fn cron_output_reaches_roots_alias_with_the_fields_it_lacked() {
+    let (dir, conf) = setup("cron", "");
+    // What cron writes to `sendmail -FCronDaemon -i -B8BITMIME -oem root`.
+    let job = b"From: root (Cron Daemon)\nTo: root\nSubject: Cron <root@vm> echo hi\n\
+        MIME-Version: 1.0\nContent-Type: text/plain; charset=UTF-8\nContent-Transfer-Encoding: 8bit\n\
+        X-Cron-Env: <SHELL=/bin/sh>\n\nhi\n.\nstill the job's output\n";
+    let out = sendmail(&conf, &["-FCronDaemon", "-i", "-B8BITMIME", "-oem", "root"], job);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.stdout.is_empty(), "cron mails whatever is printed: {}", text(&out));
+    deliver(&conf, None, &[]);
+    let got = mailbox(dir.path(), "alice");
+    assert_eq!(got.len(), 1);
+    let m = &got[0];
+    assert!(m.starts_with("Return-Path: <root@example.test>\n"), "{m}");
+    assert_eq!(field(m, "From"), ["root (Cron Daemon)"], "a From: there is kept");
+    assert_eq!(field(m, "Date").len(), 1, "{m}");
+    assert!(field(m, "Message-ID")[0].ends_with("@mail.example.test>"), "{m}");
+    assert!(m.contains("Received: by mail.example.test (postern, from userid 0)\n"), "{m}");
+    assert!(m.ends_with("\nhi\n.\nstill the job's output\n"), "-i keeps the dot line: {m}");
+}
+
+#[test]
+fn mail_s_from_bsd_mailx_is_delivered() {
+    if skip_unless(have("bsd-mailx"), "bsd-mailx is not installed") {
+        return;
+    }
+    let (dir, conf) = setup("mailx", "");
+    let rc = dir.path().join("mailrc");
+    std::fs::write(&rc, format!("set sendmail={SENDMAIL}\n")).unwrap();
+    let mut mail = Command::new("bsd-mailx");
+    mail.args(["-s", "disk space", "bob"]).env("MAILRC", &rc).env("HOME", dir.path()).env("POSTERN_CONF", &conf);
+    let out = run(&mut mail, b"the disk is 91% full\n");
+    assert!(out.status.success(), "{}", text(&out));
+    deliver(&conf, None, &[]);
+    let got = mailbox(dir.path(), "bob");
+    assert_eq!(got.len(), 1, "{}", text(&out));
+    assert_eq!(field(&got[0], "Subject"), ["disk space"]);
+    assert_eq!(field(&got[0], "From"), ["root <root@example.test>"], "added: the full name and login of the caller");
+    assert!(got[0].ends_with("\n\nthe disk is 91% full\n"), "{}", got[0]);
+}
+
+#[test]
+fn php_mail_with_t_and_i_reads_the_header_and_drops_bcc() {
+    if skip_unless(have("php"), "php is not installed") {
+        return;
+    }
+    let (dir, conf) = setup("php", "");
+    let script = r#"$ok = mail("alice@example.test", "order 42", "Thanks.\n.\nA line with a dot above.",
+        "From: shop@example.test\r\nBcc: bob@example.test"); exit($ok ? 0 : 1);"#;
+    let mut php = Command::new("php");
+    php.args(["-d", &format!("sendmail_path={SENDMAIL} -t -i"), "-r", script]).env("POSTERN_CONF", &conf);
+    let out = run(&mut php, b"");
+    assert!(out.status.success(), "{}", text(&out));
+    deliver(&conf, None, &[]);
+    for user in ["alice", "bob"] {
+        let got = mailbox(dir.path(), user);
+        assert_eq!(got.len(), 1, "{user}");
+        assert_eq!(field(&got[0], "Subject"), ["order 42"]);
+        assert!(field(&got[0], "Bcc").is_empty(), "Bcc: is removed: {}", got[0]);
+        assert!(got[0].contains("Thanks.\n.\nA line with a dot above."), "{}", got[0]);
+    }
+}
+
+#[test]
+fn git_send_email_hands_its_patch_to_sendmail() {
+    if skip_unless(have("git") && git_send_email_works(), "git send-email is not installed") {
+        return;
+    }
+    let (dir, conf) = setup("git", "");
+    let repo = dir.path().join("repo");
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(&repo)
+            .env("HOME", dir.path())
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("POSTERN_CONF", &conf)
+            .env("GIT_AUTHOR_NAME", "A U Thor")
+            .env("GIT_AUTHOR_EMAIL", "author@example.test")
+            .env("GIT_COMMITTER_NAME", "A U Thor")
+            .env("GIT_COMMITTER_EMAIL", "author@example.test")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", text(&out));
+        text(&out)
+    };
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&["init", "-q"]);
+    std::fs::write(repo.join("README"), "hello\n").unwrap();
+    git(&["add", "README"]);
+    git(&["commit", "-q", "-m", "Add a README"]);
+    git(&["format-patch", "-1", "-o", "out"]);
+    git(&[
+        "send-email",
+        "--quiet",
+        "--confirm=never",
+        "--suppress-cc=all",
+        &format!("--sendmail-cmd={SENDMAIL}"),
+        "--from=A U Thor <author@example.test>",
+        "--to=bob@example.test",
+        "out",
+    ]);
+    deliver(&conf, None, &[]);
+    let got = mailbox(dir.path(), "bob");
+    assert_eq!(got.len(), 1);
+    assert_eq!(field(&got[0], "Subject"), ["[PATCH] Add a README"]);
+    assert_eq!(field(&got[0], "Message-ID").len(), 1, "git's own Message-ID, not a second: {}", got[0]);
+    assert!(!field(&got[0], "Message-ID")[0].contains("mail.example.test"), "{}", got[0]);
+    assert!(got[0].contains("+hello"), "{}", got[0]);
+}
+
+fn git_send_email_works() -> bool {
+    Command::new("git")
+        .args(["send-email", "--help"])
+        .output()
+        .is_ok_and(|o| !text(&o).contains("is not a git command"))
+}
+
+#[test]
+fn an_envelope_sender_from_f_and_a_lone_dot_without_i() {
+    let (dir, conf) = setup("sender", "");
+    let out =
+        sendmail(&conf, &["-f", "list-bounces@remote.test", "alice@example.test"], b"Subject: a\n\nfirst\n.\nlost\n");
+    assert!(out.status.success(), "{}", text(&out));
+    let out = sendmail(&conf, &["-f", "", "-oi", "bob"], b"Subject: b\n\nnull sender\n");
+    assert!(out.status.success(), "{}", text(&out));
+    deliver(&conf, None, &[]);
+    let alice = mailbox(dir.path(), "alice");
+    assert_eq!(alice.len(), 1);
+    assert!(alice[0].starts_with("Return-Path: <list-bounces@remote.test>\n"), "{}", alice[0]);
+    assert!(alice[0].ends_with("\n\nfirst\n"), "without -i a lone dot ends the message: {}", alice[0]);
+    let bob = mailbox(dir.path(), "bob");
+    assert!(bob[0].starts_with("Return-Path: <>\n"), "{}", bob[0]);
+}
+
+#[test]
+fn bad_input_gets_its_sysexits_code_and_queues_nothing() {
+    let (dir, conf) = setup("exits", "message_size_limit = 1k\n");
+    let cases: &[(&[&str], &[u8], i32, &str)] = &[
+        (&[], b"Subject: x\n\nno one\n", 64, "no recipients"),
+        (&["-t"], b"Subject: x\n\nno one\n", 65, "no recipient addresses found in the header"),
+        (&["bad address@@example.test"], b"x\n", 65, "bad address"),
+        (&["alice@example.test"], &[b'a'; 2000], 65, "larger than message_size_limit"),
+        (&["-bd"], b"", 64, "postern-smtpd"),
+        (&["-Z", "alice"], b"", 64, "unknown flag -Z"),
+    ];
+    for (args, input, code, says) in cases {
+        let out = sendmail(&conf, args, input);
+        assert_eq!(out.status.code(), Some(*code), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains(says), "{args:?}: {}", text(&out));
+    }
+    assert!(support::waiting(&dir.path().join("spool")).is_empty());
+    let help = Command::new(SENDMAIL).arg("--help").output().unwrap();
+    assert!(help.status.success() && String::from_utf8_lossy(&help.stdout).contains("-bs"));
+}
+
+#[test]
+fn bs_is_an_smtp_session_for_the_local_user() {
+    let (dir, conf) = setup("bs", "");
+    let dialogue = b"EHLO localhost\r\nMAIL FROM:<alice@example.test>\r\nRCPT TO:<bob@example.test>\r\n\
+        RCPT TO:<someone@remote.test>\r\nRCPT TO:<nobody@example.test>\r\nDATA\r\nSubject: bs\r\n\r\nhi\r\n.\r\nQUIT\r\n";
+    let out = sendmail(&conf, &["-bs"], dialogue);
+    let replies = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(replies.starts_with("220 mail.example.test ESMTP"), "{replies}");
+    assert!(!replies.contains("STARTTLS"), "{replies}");
+    let codes: Vec<&str> = replies.lines().filter(|l| l.as_bytes().get(3) == Some(&b' ')).map(|l| &l[..3]).collect();
+    // The local user may send anywhere (as `sendmail addr` may); unknown local users are refused.
+    assert_eq!(codes, ["220", "250", "250", "250", "250", "550", "354", "250", "221"], "{replies}");
+    deliver(&conf, None, &[]);
+    assert_eq!(mailbox(dir.path(), "bob").len(), 1);
+}
+
+#[test]
+fn q_runs_delivery_and_newaliases_checks_the_file() {
+    let (dir, conf) = setup("q", "");
+    assert!(sendmail(&conf, &["alice"], b"Subject: q\n\nnow\n").status.success());
+    let out = sendmail(&conf, &["-q"], b"");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(mailbox(dir.path(), "alice").len(), 1, "{}", text(&out));
+    let newaliases = dir.path().join("newaliases");
+    std::os::unix::fs::symlink(SENDMAIL, &newaliases).unwrap();
+    let out = run(Command::new(&newaliases).env("POSTERN_CONF", &conf), b"");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("aliases: 2 aliases"), "{}", text(&out));
+    std::fs::write(dir.path().join("aliases"), "root alice\n").unwrap();
+    let out = run(Command::new(&newaliases).env("POSTERN_CONF", &conf), b"");
+    assert_eq!(out.status.code(), Some(65), "{}", text(&out));
+    assert!(text(&out).contains("aliases:1"), "names the file and line: {}", text(&out));
+}
+
+#[test]
+fn the_queue_tools_on_deferred_mail() {
+    // The DNS port is closed: remote mail is deferred with a reason.
+    let (dir, conf) = setup("queue", "");
+    let out = sendmail(&conf, &["-f", "alice@example.test", "carol@remote.test"], b"Subject: far\n\naway\n");
+    assert!(out.status.success(), "{}", text(&out));
+    deliver(&conf, None, &[]);
+    let queue = |args: &[&str]| {
+        let out = Command::new(QUEUE).arg("-c").arg(&conf).args(args).output().unwrap();
+        (out.status.code(), text(&out))
+    };
+    let (code, list) = queue(&["list"]);
+    assert_eq!(code, Some(0), "{list}");
+    let line = list.lines().nth(1).unwrap_or_default().to_string();
+    let id = line.split_whitespace().next().unwrap_or_default().to_string();
+    assert!(line.contains(" waiting ") && line.contains("<alice@example.test> -> <carol@remote.test>"), "{list}");
+    assert!(list.contains("    last error: 4."), "the reason is shown: {list}");
+    let (_, json) = queue(&["list", "--json"]);
+    assert!(
+        json.contains(&format!("\"id\": \"{id}\", \"state\": \"waiting\"")) && json.contains("\"attempts\": 1"),
+        "{json}"
+    );
+    let mailq = dir.path().join("mailq");
+    std::os::unix::fs::symlink(SENDMAIL, &mailq).unwrap();
+    let out = run(Command::new(&mailq).env("POSTERN_CONF", &conf), b"");
+    let shown = text(&out);
+    assert!(shown.starts_with("-Queue ID-") && shown.contains(&id) && shown.contains("\n(4."), "{shown}");
+    assert!(shown.contains("carol@remote.test\n") && shown.contains("in 1 Request."), "{shown}");
+    let (code, show) = queue(&["show", &id]);
+    assert_eq!(code, Some(0));
+    assert!(
+        show.contains("state: waiting")
+            && show.contains(" deferred <carol@remote.test> 4.")
+            && show.contains("Subject: far"),
+        "{show}"
+    );
+
+    assert_eq!(queue(&["hold", &id]).0, Some(0));
+    assert!(queue(&["list"]).1.contains(" held "));
+    assert!(dir.path().join("spool/hold").join(&id).exists());
+    let (status, log) = support::deliver_with(&conf, &[], &["--id", &id]);
+    assert!(!status.success() && log.contains("held"), "{log}");
+    let (code, says) = queue(&["retry", &id]);
+    assert_eq!(code, Some(1), "{says}");
+    assert!(says.contains("held (release it first)"), "{says}");
+    let (code, says) = queue(&["release", &id]);
+    assert_eq!(code, Some(0), "{says}");
+    assert!(says.contains("released (waiting)"), "{says}");
+    let (code, says) = queue(&["retry", &id]);
+    assert_eq!(code, Some(0), "{says}");
+    assert!(says.contains("1 deferred"), "tried again at once, back-off or not: {says}");
+    assert!(queue(&["list", "--json"]).1.contains("\"attempts\": 2"));
+    assert_eq!(queue(&["delete", &id]).0, Some(0));
+    assert_eq!(queue(&["list"]).1, "the queue is empty\n");
+    assert!(!dir.path().join("spool/cur").join(format!("{id}.log")).exists());
+    for action in ["show", "hold", "release", "delete", "retry"] {
+        let (code, says) = queue(&[action, &id]);
+        assert_eq!(code, Some(1), "{action}: {says}");
+        assert!(says.contains("no such message"), "{action}: {says}");
+    }
+    let (status, log) = support::deliver_with(&conf, &[], &["--id", &id]);
+    assert!(!status.success() && log.contains("no such message"), "{log}");
+}
+
+/// A user and a group made for one test, removed at its end.
+struct Account {
+    user: String,
+    groups: Vec<String>,
+}
+
+impl Drop for Account {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.user).output();
+        for g in &self.groups {
+            let _ = Command::new("groupdel").arg(g).output();
+        }
+    }
+}
+
+fn add_user(name: &str) -> Account {
+    let out = Command::new("useradd").args(["--no-create-home", "--shell", "/bin/false", name]).output().unwrap();
+    assert!(out.status.success(), "useradd {name}: {}", text(&out));
+    Account { user: name.to_string(), groups: Vec::new() }
+}
+
+fn ids(name: &str) -> (u32, u32) {
+    let ids = postern::sys::lookup_user(name).unwrap().unwrap();
+    (ids.uid, ids.gid)
+}
+
+#[test]
+fn an_unprivileged_user_sends_through_maildrop() {
+    if skip_unless_root("create users and a setgid program") || skip_unless(have("setpriv"), "setpriv is missing") {
+        return;
+    }
+    let tag = std::process::id() % 100_000;
+    let (service, sender_name, group) = (format!("pstn-s{tag}"), format!("pstn-u{tag}"), format!("pstn-d{tag}"));
+    let (dir, conf) = setup("maildrop", &format!("user = {service}\n"));
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let setgid_copy = bin.join("postern-sendmail");
+    std::fs::copy(SENDMAIL, &setgid_copy).unwrap();
+    let plain_copy = bin.join("plain-sendmail");
+    std::fs::copy(SENDMAIL, &plain_copy).unwrap();
+    std::fs::set_permissions(&plain_copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    // The setup step: service user, drop group, spool, maildrop/, the setgid bit.
+    let _service = Account { user: service.clone(), groups: vec![service.clone(), group.clone()] };
+    let out = Command::new(QUEUE)
+        .arg("-c")
+        .arg(&conf)
+        .args(["init", "--group", &group, "--sendmail"])
+        .arg(&setgid_copy)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let again = Command::new(QUEUE)
+        .arg("-c")
+        .arg(&conf)
+        .args(["init", "--group", &group, "--sendmail"])
+        .arg(&setgid_copy)
+        .output()
+        .unwrap();
+    assert!(again.status.success() && !text(&again).contains("created"), "idempotent: {}", text(&again));
+    let spool = dir.path().join("spool");
+    let maildrop = std::fs::metadata(spool.join("maildrop")).unwrap();
+    let (service_uid, _) = ids(&service);
+    let drop_gid = postern::sys::lookup_group(&group).unwrap().unwrap();
+    assert_eq!((maildrop.mode() & 0o7777, maildrop.uid(), maildrop.gid()), (0o1730, service_uid, drop_gid));
+    let program = std::fs::metadata(&setgid_copy).unwrap();
+    assert_eq!((program.mode() & 0o7777, program.uid(), program.gid()), (0o2755, 0, drop_gid));
+    let maildirs = dir.path().join("maildirs");
+    std::fs::create_dir(&maildirs).unwrap();
+    std::os::unix::fs::chown(&maildirs, Some(service_uid), None).unwrap();
+
+    let _sender = add_user(&sender_name);
+    let (uid, gid) = ids(&sender_name);
+    let as_user = |program: &Path, args: &[&str], conf_env: &Path| {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid", &uid.to_string(), "--regid", &gid.to_string(), "--clear-groups"])
+            .arg(program)
+            .args(args)
+            .env("POSTERN_CONF", conf_env);
+        run(&mut c, b"Subject: from a user\n\nhello from a plain account\n")
+    };
+    let out = as_user(&setgid_copy, &["-v", "alice"], &conf);
+    assert!(out.status.success(), "{}", text(&out));
+    let id = String::from_utf8_lossy(&out.stdout).trim().trim_start_matches("queued as ").to_string();
+    assert!(spool.join("maildrop").join(&id).exists(), "left in maildrop/ under {id}");
+    // Without the setgid bit: refused, with the reason and the fix.
+    let out = as_user(&plain_copy, &["alice"], &conf);
+    assert_eq!(out.status.code(), Some(77), "{}", text(&out));
+    assert!(text(&out).contains("setgid") && text(&out).contains("postern-queue init"), "{}", text(&out));
+    // A configuration the caller wrote is not read by the setgid program.
+    let own_conf = dir.path().join("mine.conf");
+    std::fs::write(&own_conf, format!("spool = {}\n", dir.path().join("elsewhere").display())).unwrap();
+    std::os::unix::fs::chown(&own_conf, Some(uid), None).unwrap();
+    let out = as_user(&setgid_copy, &["alice"], &own_conf);
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    assert!(!dir.path().join("elsewhere").exists());
+    // The user cannot read what is waiting there.
+    let peek = Command::new("setpriv")
+        .args(["--reuid", &uid.to_string(), "--regid", &gid.to_string(), "--clear-groups", "ls"])
+        .arg(spool.join("maildrop"))
+        .output()
+        .unwrap();
+    assert!(!peek.status.success(), "maildrop/ is not listable: {}", text(&peek));
+
+    // The delivery run (as root, so as the service user) picks it up and delivers it.
+    deliver(&conf, None, &[]);
+    assert!(!spool.join("maildrop").join(&id).exists());
+    let got = mailbox(dir.path(), "alice");
+    assert_eq!(got.len(), 1);
+    assert!(
+        got[0].contains(&format!("Received: by mail.example.test (postern, from userid {uid})\n\tid {id};")),
+        "{}",
+        got[0]
+    );
+    assert_eq!(field(&got[0], "From"), [format!("{sender_name}@example.test")]);
+    assert!(got[0].starts_with(&format!("Return-Path: <{sender_name}@example.test>")), "{}", got[0]);
+
+    // With postern-smtpd running (started as root, so as the service user), what the user
+    // drops is picked up and delivered at once.
+    let live_conf = dir.path().join("live.conf");
+    std::fs::write(&live_conf, support::instant(&std::fs::read_to_string(&conf).unwrap())).unwrap();
+    let daemon = Daemon::start(&live_conf);
+    let started = std::time::Instant::now();
+    let out = as_user(&setgid_copy, &["alice"], &live_conf);
+    assert!(out.status.success(), "{}", text(&out));
+    while mailbox(dir.path(), "alice").len() < 2 && started.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let took = started.elapsed();
+    assert_eq!(mailbox(dir.path(), "alice").len(), 2, "{}", daemon.log());
+    assert!(took < std::time::Duration::from_secs(1), "from sendmail to the maildir: {took:?}");
+}
+
+/// postern-smtpd in the background, killed when dropped; what it logged.
+struct Daemon(std::process::Child, std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Daemon {
+    fn start(conf: &Path) -> Daemon {
+        use std::io::BufRead;
+        let mut child = Command::new(support::smtpd_binary())
+            .arg("-c")
+            .arg(conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines().map_while(Result::ok);
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        for line in lines.by_ref() {
+            let ready = line.contains("listening on");
+            log.lock().unwrap().push(line);
+            if ready {
+                break;
+            }
+        }
+        let sink = std::sync::Arc::clone(&log);
+        std::thread::spawn(move || lines.for_each(|l| sink.lock().unwrap().push(l)));
+        Daemon(child, log)
+    }
+
+    fn log(&self) -> String {
+        self.1.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
