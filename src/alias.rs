@@ -33,6 +33,9 @@ pub enum ExpandError {
     UnknownUser(String),
     /// Aliases that lead back to themselves and nowhere else.
     Loop(String),
+    /// An alias whose line cannot be used (a target of a kind not delivered to): the
+    /// recipient waits while the administrator fixes the line.
+    Broken(String, String),
 }
 
 const MAX_DEPTH: usize = 20;
@@ -45,6 +48,10 @@ pub struct LocalUsers {
     /// Name -> maildir; `None` when every safe name has a mailbox from the template.
     mailboxes: Option<HashMap<String, PathBuf>>,
     aliases: HashMap<String, Vec<String>>,
+    /// Aliases that cannot be used, with why (file:line: what).
+    broken: HashMap<String, String>,
+    /// Every problem in the aliases file, for `--check` and `newaliases`.
+    problems: Vec<TableError>,
 }
 
 impl LocalUsers {
@@ -57,13 +64,21 @@ impl LocalUsers {
             }
             None => None,
         };
+        // One bad line in the aliases file costs that alias alone, never all delivery.
         let mut aliases = HashMap::new();
+        let mut broken = HashMap::new();
+        let mut problems = Vec::new();
         if let Some(path) = &config.aliases {
-            for entry in table::load(path)? {
+            let (entries, bad_lines) = table::load_lenient(path)?;
+            problems = bad_lines;
+            for entry in entries {
                 if let Some(bad) = entry.values.iter().find(|v| !is_address_target(v)) {
                     let message =
                         format!("`{bad}`: alias targets are local names or addresses (no pipes, files or includes)");
-                    return Err(TableError { file: path.display().to_string(), line: entry.line, message });
+                    let problem = TableError { file: path.display().to_string(), line: entry.line, message };
+                    broken.insert(entry.name, problem.to_string());
+                    problems.push(problem);
+                    continue;
                 }
                 aliases.insert(entry.name, entry.values);
             }
@@ -74,7 +89,14 @@ impl LocalUsers {
             template: config.mailbox_template.clone(),
             mailboxes,
             aliases,
+            broken,
+            problems,
         })
+    }
+
+    /// What is wrong in the aliases file, line by line; delivery goes on around it.
+    pub fn problems(&self) -> &[TableError] {
+        &self.problems
     }
 
     pub fn is_local_domain(&self, host: &Host) -> bool {
@@ -97,7 +119,7 @@ impl LocalUsers {
     }
 
     fn exists(&self, name: &str) -> bool {
-        if name == "postmaster" || self.aliases.contains_key(name) {
+        if name == "postmaster" || self.aliases.contains_key(name) || self.broken.contains_key(name) {
             return true;
         }
         match &self.mailboxes {
@@ -155,6 +177,9 @@ impl LocalUsers {
         let name = self.lookup_name(local).ok_or_else(|| ExpandError::UnknownUser(format!("<{local}@{domain}>")))?;
         if depth > MAX_DEPTH {
             return Err(ExpandError::Loop(format!("<{name}@{domain}>")));
+        }
+        if let Some(why) = self.broken.get(&name) {
+            return Err(ExpandError::Broken(format!("<{name}@{domain}>"), why.clone()));
         }
         match self.aliases.get(&name) {
             Some(targets) if seen.insert(name.clone()) => {
@@ -231,6 +256,8 @@ mod tests {
             mailboxes: mailboxes
                 .map(|m| m.iter().map(|n| (n.to_string(), PathBuf::from(format!("/home/{n}/Maildir/")))).collect()),
             aliases: aliases.iter().map(|(n, v)| (n.to_string(), v.iter().map(|s| s.to_string()).collect())).collect(),
+            broken: HashMap::new(),
+            problems: Vec::new(),
         }
     }
 

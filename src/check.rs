@@ -45,8 +45,22 @@ pub fn check(config: &Config, program: Program) -> Findings {
         },
     };
     check_spool(&config.spool, user, config.user.as_deref(), &mut f);
-    if let Err(e) = LocalUsers::load(config) {
-        f.problems.push(e.to_string());
+    match LocalUsers::load(config) {
+        Err(e) => f.problems.push(e.to_string()),
+        Ok(users) => {
+            f.problems.extend(users.problems().iter().map(ToString::to_string));
+            // Mail to root (cron's, most of all) needs somewhere to go that a person reads.
+            if users.alias("root").is_none() {
+                let aliases =
+                    config.aliases.as_ref().map_or("an aliases file".to_string(), |p| p.display().to_string());
+                let fate = if users.lookup_name("root").is_some() {
+                    "is delivered to root's own mailbox, which nobody may read"
+                } else {
+                    "has nowhere to go and is refused"
+                };
+                f.warnings.push(format!("mail to root (cron's, for one) {fate}: add `root: you` to {aliases}"));
+            }
+        }
     }
     match program {
         Program::Smtpd => {

@@ -78,6 +78,8 @@ pub fn judge(event: Event<'_>) -> Verdict {
         Event::Maildir(MaildirError::Unsafe(why) | MaildirError::Io(why)) => verdict(es(4, 3, 0), why.clone()),
         Event::Alias(ExpandError::UnknownUser(who)) => verdict(es(5, 1, 1), format!("{who}: no such user here")),
         Event::Alias(ExpandError::Loop(who)) => verdict(es(5, 4, 6), format!("{who}: aliases loop")),
+        // X.3.5: the system is not configured to deliver this; fixed, a retry delivers it.
+        Event::Alias(ExpandError::Broken(who, why)) => verdict(es(4, 3, 5), format!("{who}: alias not usable: {why}")),
     }
 }
 
@@ -209,6 +211,7 @@ mod tests {
             (summary(judge(Event::Maildir(&MaildirError::Io("EIO".into())))), "deferred 4.3.0"),
             (summary(judge(Event::Alias(&ExpandError::UnknownUser("bob".into())))), "bounced 5.1.1"),
             (summary(judge(Event::Alias(&ExpandError::Loop("a".into())))), "bounced 5.4.6"),
+            (summary(judge(Event::Alias(&ExpandError::Broken("a".into(), "why".into())))), "deferred 4.3.5"),
         ];
         for (got, want) in table {
             assert_eq!(got, want);

@@ -74,6 +74,11 @@ impl LocalPolicy {
     pub fn load(config: &Config) -> Result<LocalPolicy, TableError> {
         Ok(LocalPolicy { config: config.clone(), users: LocalUsers::load(config)? })
     }
+
+    /// The aliases file's unusable lines.
+    pub fn problems(&self) -> &[crate::table::TableError] {
+        self.users.problems()
+    }
 }
 
 impl Policy for LocalPolicy {

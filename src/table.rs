@@ -35,34 +35,74 @@ pub fn load(path: &Path) -> Result<Vec<Entry>, TableError> {
     parse(&text).map_err(|(line, message)| TableError { file, line, message })
 }
 
+/// Reads a table file, keeping every good entry: each bad line is left out and reported,
+/// so one mistake costs only its own entry. Only a file that cannot be read is an error.
+pub fn load_lenient(path: &Path) -> Result<(Vec<Entry>, Vec<TableError>), TableError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| TableError {
+        file: file.clone(),
+        line: 0,
+        message: e.to_string(),
+    })?;
+    let (entries, problems) = parse_lenient(&text);
+    let problems =
+        problems.into_iter().map(|(line, message)| TableError { file: file.clone(), line, message }).collect();
+    Ok((entries, problems))
+}
+
 /// Parses table text: `#` comments, blank lines, and continuation lines that start
-/// with white space, as aliases(5) has them.
+/// with white space, as aliases(5) has them. The first problem is an error.
 pub fn parse(text: &str) -> Result<Vec<Entry>, (usize, String)> {
+    let (entries, mut problems) = parse_lenient(text);
+    if problems.is_empty() { Ok(entries) } else { Err(problems.remove(0)) }
+}
+
+/// The good entries, and each bad line with what is wrong with it. A name listed twice
+/// keeps its first entry.
+pub fn parse_lenient(text: &str) -> (Vec<Entry>, Vec<(usize, String)>) {
     let mut entries: Vec<Entry> = Vec::new();
+    let mut problems = Vec::new();
+    // Continuation lines belong to the entry above, or to the bad line above (dropped too).
+    let mut continuing = false;
     for (i, raw) in text.lines().enumerate() {
         let n = i + 1;
         if raw.trim().is_empty() || raw.trim_start().starts_with('#') {
             continue;
         }
         if raw.starts_with([' ', '\t']) {
-            let last = entries.last_mut().ok_or((n, "continuation line with nothing to continue".to_string()))?;
-            last.values.extend(split_values(raw));
+            match entries.last_mut() {
+                Some(last) if continuing => last.values.extend(split_values(raw)),
+                None if !continuing => problems.push((n, "continuation line with nothing to continue".to_string())),
+                _ => {}
+            }
             continue;
         }
-        let (name, rest) = raw.split_once(':').ok_or((n, "expected `name: value`".to_string()))?;
+        continuing = false;
+        let Some((name, rest)) = raw.split_once(':') else {
+            problems.push((n, "expected `name: value`".to_string()));
+            continue;
+        };
         let name = name.trim().to_lowercase();
         if name.is_empty() || name.contains(char::is_whitespace) {
-            return Err((n, format!("bad name `{name}`")));
+            problems.push((n, format!("bad name `{name}`")));
+            continue;
         }
         if entries.iter().any(|e| e.name == name) {
-            return Err((n, format!("`{name}` is listed twice")));
+            problems.push((n, format!("`{name}` is listed twice; the first entry counts")));
+            continue;
         }
         entries.push(Entry { name, values: split_values(rest).collect(), line: n });
+        continuing = true;
     }
-    if let Some(e) = entries.iter().find(|e| e.values.is_empty()) {
-        return Err((e.line, format!("`{}` has no value", e.name)));
-    }
-    Ok(entries)
+    entries.retain(|e| {
+        let empty = e.values.is_empty();
+        if empty {
+            problems.push((e.line, format!("`{}` has no value", e.name)));
+        }
+        !empty
+    });
+    problems.sort();
+    (entries, problems)
 }
 
 fn split_values(text: &str) -> impl Iterator<Item = String> + '_ {
@@ -72,6 +112,17 @@ fn split_values(text: &str) -> impl Iterator<Item = String> + '_ {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bad_line_is_left_out_and_the_rest_kept() {
+        let (entries, problems) = parse_lenient("a: x\nno colon here\n  y\nb: z\na: again\nc:\n");
+        let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(entries[0].values, ["x"], "the bad line's continuation goes with it");
+        let lines: Vec<usize> = problems.iter().map(|p| p.0).collect();
+        assert_eq!(lines, [2, 5, 6]);
+        assert!(parse("a: x\nno colon\n").is_err());
+    }
 
     #[test]
     fn aliases_syntax() {

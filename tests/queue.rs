@@ -256,17 +256,9 @@ fn drop_one(dir: &Path) -> String {
     use postern::smtp::address::{ForwardPath, ReversePath};
     let maildrop = dir.join("spool/maildrop");
     std::fs::create_dir_all(&maildrop).unwrap();
-    let envelope = postern::spool::Envelope {
-        arrived: now(),
-        client: None,
-        helo: None,
-        protocol: "LOCAL".into(),
-        body: BodyType::SevenBit,
-        smtputf8: false,
-        from: ReversePath::parse(b"carol@example.test").unwrap(),
-        rcpts: vec![ForwardPath::parse(b"alice@example.test").unwrap()],
-        size: 0,
-    };
+    let (from, to) =
+        (ReversePath::parse(b"carol@example.test").unwrap(), ForwardPath::parse(b"alice@example.test").unwrap());
+    let envelope = postern::spool::Envelope::local(now(), from, vec![to], BodyType::SevenBit, false);
     let id = postern::spool::QueueId::generate();
     let text = b"Subject: dropped\r\n\r\nbody\r\n";
     postern::spool::maildrop::drop_message(&dir.join("spool"), &id, &envelope, text).unwrap();

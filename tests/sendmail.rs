@@ -354,21 +354,14 @@ fn an_unprivileged_user_sends_through_maildrop() {
 
     // The setup step: service user, drop group, spool, maildrop/, the setgid bit.
     let _service = Account { user: service.clone(), groups: vec![service.clone(), group.clone()] };
-    let out = Command::new(QUEUE)
-        .arg("-c")
-        .arg(&conf)
-        .args(["init", "--group", &group, "--sendmail"])
-        .arg(&setgid_copy)
-        .output()
-        .unwrap();
+    let init = || {
+        let mut c = Command::new(QUEUE);
+        c.arg("-c").arg(&conf).args(["init", "--group", &group, "--sendmail"]).arg(&setgid_copy);
+        c.output().unwrap()
+    };
+    let out = init();
     assert!(out.status.success(), "{}", text(&out));
-    let again = Command::new(QUEUE)
-        .arg("-c")
-        .arg(&conf)
-        .args(["init", "--group", &group, "--sendmail"])
-        .arg(&setgid_copy)
-        .output()
-        .unwrap();
+    let again = init();
     assert!(again.status.success() && !text(&again).contains("created"), "idempotent: {}", text(&again));
     let spool = dir.path().join("spool");
     let maildrop = std::fs::metadata(spool.join("maildrop")).unwrap();
@@ -481,4 +474,27 @@ impl Drop for Daemon {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+#[test]
+fn a_bad_alias_line_costs_that_alias_alone() {
+    let (dir, conf) = setup("bad-alias", "");
+    let aliases = "root: alice\nbot: |/usr/bin/procmail\nthis line has no colon\npostmaster: alice\n";
+    std::fs::write(dir.path().join("aliases"), aliases).unwrap();
+    assert!(sendmail(&conf, &["root", "bot"], b"Subject: both\n\nhi\n").status.success());
+    let log = deliver(&conf, None, &[]);
+    assert_eq!(mailbox(dir.path(), "alice").len(), 1, "root's alias still works: {log}");
+    assert!(log.contains("to=<bot@example.test>") && log.contains("dsn=4.3.5, status=deferred"), "{log}");
+    assert!(log.contains("aliases:2: `|/usr/bin/procmail`"), "the reason names the line: {log}");
+    let check =
+        Command::new(env!("CARGO_BIN_EXE_postern-deliver")).arg("-c").arg(&conf).arg("--check").output().unwrap();
+    assert!(!check.status.success());
+    assert!(
+        text(&check).contains("aliases:2:") && text(&check).contains("aliases:3: expected `name: value`"),
+        "{}",
+        text(&check)
+    );
+    let out = sendmail(&conf, &["-bi"], b"");
+    assert_eq!(out.status.code(), Some(65), "{}", text(&out));
+    assert!(text(&out).contains("2 lines not used"), "{}", text(&out));
 }

@@ -18,7 +18,7 @@ use postern::policy::LocalPolicy;
 use postern::server::Server;
 use postern::spool::maildrop::{self, drop_message};
 use postern::spool::{Envelope, QueueId, Spool, SpoolError};
-use postern::submit::{self, Prepared, Request, SubmitError};
+use postern::submit::{self, Request, SubmitError};
 use postern::{logging, sys, trace};
 
 const USAGE: &str = "usage: sendmail [flags] [recipient ...]
@@ -327,7 +327,8 @@ fn queue(args: &Args, config: &Config) -> Result<(), Fail> {
         .get("message-id")
         .as_deref()
         .and_then(postern::message::message_id);
-    let envelope = envelope_of(&prepared, request.now);
+    let envelope =
+        Envelope::local(request.now, prepared.from.clone(), prepared.rcpts.clone(), prepared.body, prepared.smtputf8);
     match draft.take() {
         Some(mut d) => {
             let received = trace::received_local(&config.hostname, uid, id.as_str(), envelope.arrived);
@@ -360,20 +361,6 @@ fn queue(args: &Args, config: &Config) -> Result<(), Fail> {
         println!("queued as {id}");
     }
     Ok(())
-}
-
-fn envelope_of(p: &Prepared, arrived: u64) -> Envelope {
-    Envelope {
-        arrived,
-        client: None,
-        helo: None,
-        protocol: "LOCAL".into(),
-        body: p.body,
-        smtputf8: p.smtputf8,
-        from: p.from.clone(),
-        rcpts: p.rcpts.clone(),
-        size: 0,
-    }
 }
 
 fn spool_error(e: &SpoolError) -> Fail {
@@ -430,7 +417,16 @@ fn check_aliases(config: &Config) -> Result<(), Fail> {
     };
     let users = postern::alias::LocalUsers::load(config).map_err(|e| Fail(EX_DATAERR, e.to_string()))?;
     println!("{}: {} aliases, read at each use (nothing to rebuild)", path.display(), users.alias_count());
-    Ok(())
+    if users.problems().is_empty() {
+        return Ok(());
+    }
+    for p in users.problems() {
+        eprintln!("{p}");
+    }
+    Err(Fail(
+        EX_DATAERR,
+        format!("{}: {} lines not used (each costs only its own alias)", path.display(), users.problems().len()),
+    ))
 }
 
 /// -q: a delivery run now, by the postern-deliver installed beside this program.

@@ -101,6 +101,9 @@ fn run(args: &Args) -> Result<(), String> {
     }
     spool.clean_tmp();
     let policy = LocalPolicy::load(&config).map_err(|e| e.to_string())?;
+    for problem in policy.problems() {
+        log::warn!("{problem} (that alias waits; everything else is delivered)");
+    }
     let config_copy = config.clone();
     // Under inetd stderr may be the client's socket: a child's never is.
     let launcher = postern::launch::Launcher::new(&config, !args.inetd);

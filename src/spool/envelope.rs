@@ -64,6 +64,12 @@ impl std::fmt::Display for EnvelopeError {
 }
 
 impl Envelope {
+    /// A local submission's envelope (`sendmail`): no peer, protocol `LOCAL`; the size is
+    /// set when it is written.
+    pub fn local(arrived: u64, from: ReversePath, rcpts: Vec<ForwardPath>, body: BodyType, smtputf8: bool) -> Envelope {
+        Envelope { arrived, client: None, helo: None, protocol: "LOCAL".into(), body, smtputf8, from, rcpts, size: 0 }
+    }
+
     /// The envelope block, and the offset of the size digits in it.
     pub fn to_text(&self) -> (String, usize) {
         let mut t = format!("{MAGIC}\narrived: {}\n", self.arrived);

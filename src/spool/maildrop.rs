@@ -297,17 +297,8 @@ mod tests {
     use crate::smtp::command::BodyType;
 
     fn envelope() -> Envelope {
-        Envelope {
-            arrived: 1,
-            client: None,
-            helo: None,
-            protocol: "LOCAL".into(),
-            body: BodyType::SevenBit,
-            smtputf8: false,
-            from: ReversePath::parse(b"alice@h.test").unwrap(),
-            rcpts: vec![ForwardPath::parse(b"bob@h.test").unwrap()],
-            size: 0,
-        }
+        let (from, to) = (ReversePath::parse(b"alice@h.test").unwrap(), ForwardPath::parse(b"bob@h.test").unwrap());
+        Envelope::local(1, from, vec![to], BodyType::SevenBit, false)
     }
 
     fn spool(tag: &str) -> (std::path::PathBuf, Spool) {

@@ -181,17 +181,9 @@ mod tests {
     }
 
     fn queue_one(spool: &Spool) -> QueueId {
-        let envelope = Envelope {
-            arrived: 1,
-            client: None,
-            helo: None,
-            protocol: "LOCAL".into(),
-            body: BodyType::SevenBit,
-            smtputf8: false,
-            from: ReversePath::parse(b"a@example.test").unwrap(),
-            rcpts: vec![ForwardPath::parse(b"b@example.test").unwrap()],
-            size: 0,
-        };
+        let (from, to) =
+            (ReversePath::parse(b"a@example.test").unwrap(), ForwardPath::parse(b"b@example.test").unwrap());
+        let envelope = Envelope::local(1, from, vec![to], BodyType::SevenBit, false);
         spool.inject(&envelope, b"Subject: x\r\n\r\nbody\r\n").unwrap()
     }
 
