@@ -5,13 +5,15 @@ use std::path::PathBuf;
 
 use crate::config::Config;
 use crate::smtp::address::{ForwardPath, Host, Mailbox};
+use crate::sys;
 use crate::table::{self, TableError};
 
 /// Where one recipient's copy goes after alias expansion.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Target {
     /// A local maildir; `address` is the folded `name@domain` for Delivered-To and the log.
-    Mailbox { name: String, address: String, maildir: PathBuf },
+    /// `owner`: the system account whose process writes it (`local_users = system`).
+    Mailbox { name: String, address: String, maildir: PathBuf, owner: Option<String> },
     /// Forwarded off this host.
     Remote(Mailbox),
 }
@@ -45,6 +47,8 @@ pub struct LocalUsers {
     local_domains: Vec<String>,
     delimiter: String,
     template: String,
+    /// The local users are the system's accounts.
+    system: bool,
     /// Name -> maildir; `None` when every safe name has a mailbox from the template.
     mailboxes: Option<HashMap<String, PathBuf>>,
     aliases: HashMap<String, Vec<String>>,
@@ -87,6 +91,7 @@ impl LocalUsers {
             local_domains: config.local_domains.clone(),
             delimiter: config.recipient_delimiter.clone(),
             template: config.mailbox_template.clone(),
+            system: config.system_users,
             mailboxes,
             aliases,
             broken,
@@ -123,7 +128,9 @@ impl LocalUsers {
             return true;
         }
         match &self.mailboxes {
-            Some(map) => map.contains_key(name),
+            Some(map) if map.contains_key(name) => true,
+            _ if self.system => is_safe_mailbox_name(name) && sys::account_named(name).ok().flatten().is_some(),
+            Some(_) => false,
             None => is_safe_mailbox_name(name),
         }
     }
@@ -146,8 +153,19 @@ impl LocalUsers {
         if let Some(path) = self.mailboxes.as_ref().and_then(|m| m.get(name)) {
             return Some(path.clone());
         }
-        let templated = self.mailboxes.is_none() || name == "postmaster";
-        (templated && is_safe_mailbox_name(name)).then(|| PathBuf::from(self.template.replace("%u", name)))
+        let templated = self.mailboxes.is_none() || self.system || name == "postmaster";
+        if !(templated && is_safe_mailbox_name(name)) {
+            return None;
+        }
+        let path = self.template.replace("%u", name);
+        match path.strip_prefix("~/") {
+            // The account's home; an account without one (or none at all) has no mailbox.
+            Some(rest) => {
+                let home = sys::account_named(name).ok().flatten()?.home;
+                home.is_absolute().then(|| home.join(rest))
+            }
+            None => Some(PathBuf::from(path)),
+        }
     }
 
     /// Expands one envelope recipient into the places its copies go.
@@ -219,8 +237,15 @@ impl LocalUsers {
 
     fn push_mailbox(&self, name: &str, domain: &str, out: &mut Vec<Target>) -> Result<(), ExpandError> {
         let address = format!("{name}@{domain}");
+        let owner = self.system.then(|| name.to_string());
+        if owner.is_some() && ["root", "postmaster"].contains(&name) {
+            // Never a copy written as root; the postmaster is a person's alias.
+            let why =
+                format!("mail for {name} is not delivered to an account of its own: add `{name}: you` to the aliases");
+            return Err(ExpandError::Broken(format!("<{address}>"), why));
+        }
         let maildir = self.maildir(name).ok_or_else(|| ExpandError::UnknownUser(format!("<{address}>")))?;
-        push_unique(out, Target::Mailbox { name: name.to_string(), address, maildir });
+        push_unique(out, Target::Mailbox { name: name.to_string(), address, maildir, owner });
         Ok(())
     }
 }
@@ -256,6 +281,7 @@ mod tests {
             mailboxes: mailboxes
                 .map(|m| m.iter().map(|n| (n.to_string(), PathBuf::from(format!("/home/{n}/Maildir/")))).collect()),
             aliases: aliases.iter().map(|(n, v)| (n.to_string(), v.iter().map(|s| s.to_string()).collect())).collect(),
+            system: false,
             broken: HashMap::new(),
             problems: Vec::new(),
         }
@@ -278,12 +304,26 @@ mod tests {
             vec![Target::Mailbox {
                 name: "alice".into(),
                 address: "alice@example.test".into(),
-                maildir: "/home/alice/Maildir/".into()
+                maildir: "/home/alice/Maildir/".into(),
+                owner: None,
             }]
         );
         let templated = users(None, &[]);
         let Target::Mailbox { maildir, .. } = &templated.expand(&rcpt("bob@localhost")).unwrap()[0] else { panic!() };
         assert_eq!(maildir, &PathBuf::from("/var/mail/bob/"));
+    }
+
+    #[test]
+    fn system_users_are_the_accounts_with_mail_in_their_homes() {
+        let mut u = users(None, &[("team", &["root"])]);
+        (u.system, u.template) = (true, "~/Maildir/".into());
+        let root = sys::account_named("root").unwrap().unwrap();
+        // root exists, but no copy is ever written as root: it needs an alias.
+        assert!(matches!(u.expand(&rcpt("root@example.test")), Err(ExpandError::Broken(..))));
+        assert!(matches!(u.expand(&rcpt("team@example.test")), Err(ExpandError::Broken(..))));
+        assert_eq!(u.maildir("root"), Some(root.home.join("Maildir/")));
+        assert!(matches!(u.expand(&rcpt("no-such-account-here@example.test")), Err(ExpandError::UnknownUser(_))));
+        assert_eq!(u.lookup_name("no-such-account-here"), None);
     }
 
     #[test]

@@ -72,6 +72,12 @@ pub fn check(config: &Config, program: Program) -> Findings {
             if let Err(e) = crate::relay::Relay::new(config) {
                 f.problems.push(format!("{source}: relayhost_auth_file: {e}"));
             }
+            if config.system_users && !sys::is_root() {
+                f.warnings.push(format!(
+                    "{source}: local_users = system: copies for the system's users are written only by a run \
+                     started as root (the shipped timer, or cron as root); this one is not"
+                ));
+            }
         }
     }
     f

@@ -74,6 +74,9 @@ pub struct Config {
     pub trusted_networks: Vec<Cidr>,
     pub mailboxes: Option<PathBuf>,
     pub mailbox_template: String,
+    /// `local_users = system`: the local users are the system's accounts, each copy written
+    /// by a process running as its user (`table`: the mailboxes file, or any safe name).
+    pub system_users: bool,
     pub aliases: Option<PathBuf>,
     /// Deliver into a maildir even when it (or its tmp/ or new/) is a symlink.
     pub follow_maildir_symlinks: bool,
@@ -157,6 +160,7 @@ impl Config {
             trusted_networks: Vec::new(),
             mailboxes: None,
             mailbox_template: "./spool/mailboxes/%u/".into(),
+            system_users: false,
             aliases: None,
             follow_maildir_symlinks: false,
             instant_delivery: true,
@@ -248,6 +252,14 @@ impl Config {
         if !seen.iter().any(|k| k == "local_domains") {
             config.local_domains = default_local_domains(&config.hostname, &crate::sys::hostname());
         }
+        if config.system_users && !seen.iter().any(|k| k == "mailbox_template") {
+            config.mailbox_template = "~/Maildir/".into();
+        }
+        if !config.system_users && config.mailbox_template.starts_with("~/") {
+            return Err(ConfigError(format!(
+                "{source}: mailbox_template: ~/ is a user's home, for local_users = system"
+            )));
+        }
         config.check().map_err(|msg| ConfigError(format!("{source}: {msg}")))?;
         Ok(config)
     }
@@ -268,6 +280,13 @@ impl Config {
             }
             "mailboxes" => self.mailboxes = Some(path(v)?),
             "mailbox_template" => self.mailbox_template = template(v)?,
+            "local_users" => {
+                self.system_users = match v {
+                    "system" => true,
+                    "table" => false,
+                    _ => return Err("expected system or table".into()),
+                }
+            }
             "aliases" => self.aliases = Some(path(v)?),
             "follow_maildir_symlinks" => self.follow_maildir_symlinks = switch(v)?,
             "instant_delivery" => self.instant_delivery = switch(v)?,
@@ -445,8 +464,8 @@ fn dns_server(v: &str) -> Result<SocketAddr, String> {
 }
 
 fn template(v: &str) -> Result<String, String> {
-    if !v.contains("%u") {
-        return Err("must contain %u, the mailbox name".into());
+    if !v.contains("%u") && !v.starts_with("~/") {
+        return Err("must contain %u, the mailbox name, or start with ~/, the user's home".into());
     }
     Ok(v.to_string())
 }

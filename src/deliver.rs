@@ -87,6 +87,9 @@ pub struct Runner<'a> {
     options: Options,
     /// Set when the spool is found full: no further message is started.
     halted: AtomicBool,
+    /// Writes the copies for system users as those users (`local_users = system`); `None`
+    /// when the run was not started as root, and such copies wait for one that was.
+    writer: Option<crate::local::Writer>,
 }
 
 impl<'a> Runner<'a> {
@@ -97,7 +100,13 @@ impl<'a> Runner<'a> {
         let now =
             options.now.unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
         let relay = Relay::new(config)?;
-        Ok(Runner { config, relay, spool, users, retry, now, options, halted: AtomicBool::new(false) })
+        Ok(Runner { config, relay, spool, users, retry, now, options, halted: AtomicBool::new(false), writer: None })
+    }
+
+    /// The helper that writes system users' copies as those users.
+    pub fn with_writer(mut self, writer: Option<crate::local::Writer>) -> Runner<'a> {
+        self.writer = writer;
+        self
     }
 
     /// Runs over the spool. Bounces made by this run are delivered by it too (a second pass).
@@ -412,7 +421,10 @@ impl<'a> Runner<'a> {
             Ok(t) => t,
             Err(e) => return Some(attempt(Where::Local, Event::Alias(e))),
         };
-        let Target::Mailbox { address, maildir, .. } = target else { return None };
+        let Target::Mailbox { address, maildir, owner, .. } = target else { return None };
+        if let Some(user) = owner {
+            return self.attempt_as(q, user, address, attempt);
+        }
         let stamp = Stamp {
             return_path: &q.envelope.from,
             delivered_to: address,
@@ -420,6 +432,30 @@ impl<'a> Runner<'a> {
             follow_symlinks: self.config.follow_maildir_symlinks,
         };
         Some(match deliver_to_maildir(maildir, &stamp, || Ok(q.message())) {
+            Ok(path) => attempt(Where::Maildir, Event::Delivered(&path.display().to_string())),
+            Err(e) => attempt(Where::Maildir, Event::Maildir(&e)),
+        })
+    }
+
+    /// A system user's copy, written by a process running as that user. Without the helper
+    /// (a run not started as root) nothing is recorded: the recipient stays due, and the
+    /// next run started as root (the timer, cron) delivers it without a back-off.
+    fn attempt_as(
+        &self,
+        q: &Queued,
+        user: &str,
+        address: &str,
+        attempt: impl Fn(Where, Event<'_>) -> Attempt,
+    ) -> Option<Attempt> {
+        let Some(writer) = &self.writer else {
+            log::info!("{}: <{address}> is left for a delivery run started as root", q.id);
+            return None;
+        };
+        let mut message = Vec::with_capacity(usize::try_from(q.envelope.size).unwrap_or(0));
+        if let Err(e) = std::io::Read::read_to_end(&mut q.message(), &mut message) {
+            return Some(attempt(Where::Maildir, Event::Maildir(&crate::maildir::MaildirError::Io(e.to_string()))));
+        }
+        Some(match writer.write(user, &q.envelope.from, address, &message) {
             Ok(path) => attempt(Where::Maildir, Event::Delivered(&path.display().to_string())),
             Err(e) => attempt(Where::Maildir, Event::Maildir(&e)),
         })

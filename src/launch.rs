@@ -21,7 +21,7 @@ struct State {
     missed: bool,
 }
 
-/// Starts delivery children for committed messages.
+/// Starts delivery children for committed messages, or asks a launcher that kept root to.
 pub struct Launcher {
     program: PathBuf,
     config_args: Vec<OsString>,
@@ -29,6 +29,10 @@ pub struct Launcher {
     /// not wait for a child that holds its pipe).
     inherit_stderr: bool,
     state: Mutex<State>,
+    /// A `postern-deliver --launcher` started as root: each ID is written to it, one a
+    /// line, and it starts the children (as root, so that they can write system users'
+    /// copies as those users). Its input closes when this process ends, and it ends too.
+    root: Option<Mutex<std::process::ChildStdin>>,
 }
 
 impl Launcher {
@@ -47,11 +51,46 @@ impl Launcher {
             Some(path) => vec!["-c".into(), path.into()],
             None => vec!["--builtin-config".into()],
         };
-        Some(Arc::new(Launcher { program, config_args, inherit_stderr, state: Mutex::new(State::default()) }))
+        Some(Arc::new(Launcher {
+            program,
+            config_args,
+            inherit_stderr,
+            state: Mutex::new(State::default()),
+            root: None,
+        }))
+    }
+
+    /// For a daemon started as root that is about to give root up: a launcher process that
+    /// keeps it (`postern-deliver --launcher`), asked for each delivery. The daemon can make
+    /// it do nothing but start deliveries of queue IDs, at most `MAX_RUNNING` at once.
+    pub fn keeping_root(config: &Config) -> Option<Arc<Launcher>> {
+        let mut launcher = Arc::into_inner(Launcher::new(config, true)?)?;
+        let mut command = Command::new(&launcher.program);
+        command.args(&launcher.config_args).arg("--launcher").stdin(Stdio::piped()).stdout(Stdio::null());
+        match command.spawn() {
+            Ok(mut child) => {
+                launcher.root = child.stdin.take().map(Mutex::new);
+                Some(Arc::new(launcher))
+            }
+            Err(e) => {
+                log::warn!(
+                    "instant delivery without a launcher kept as root ({e}): system users' mail waits for the timer"
+                );
+                Some(Arc::new(launcher))
+            }
+        }
     }
 
     /// Delivers `id` now, in a child; never waits and never fails the caller.
     pub fn deliver(self: &Arc<Self>, id: &QueueId) {
+        if let Some(root) = &self.root {
+            use std::io::Write;
+            let mut input = root.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = writeln!(input, "{id}") {
+                log::warn!("{id}: the delivery launcher is gone ({e}); the next run delivers it");
+            }
+            return;
+        }
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if state.running >= MAX_RUNNING {
             state.missed = true;
@@ -101,6 +140,21 @@ impl Launcher {
             state.running += 1;
             drop(state);
             self.start(None);
+        }
+    }
+}
+
+/// `postern-deliver --launcher`: reads queue IDs, one a line, from the daemon that started
+/// it, and delivers each (bounded as `Launcher::deliver` is). Anything else on a line is
+/// ignored. Returns when the daemon closes its end.
+pub fn serve(config: &Config) {
+    use std::io::BufRead;
+    let Some(launcher) = Launcher::new(config, true) else { return };
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        match QueueId::parse(line.trim()) {
+            Some(id) => launcher.deliver(&id),
+            None => log::warn!("delivery launcher: ignored a line that is no queue ID"),
         }
     }
 }

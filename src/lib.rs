@@ -19,6 +19,7 @@
 //! - `dns`: MX lookup and the hosts for a domain
 //! - `outcome`: what any delivery error means (sent, deferred, bounced, status), in one place
 //! - `alias`: local users, aliases and where each mailbox is
+//! - `local`: copies written as the system user they are for (a root helper, a writer per copy)
 //! - `maildir`: writing one message into a maildir
 //! - `message`: the header section of a message: fields, Message-ID, address lists (pure)
 //! - `dsn`: RFC 3464 reports (pure)
@@ -44,6 +45,7 @@ pub mod dns;
 pub mod dsn;
 pub mod fault;
 pub mod launch;
+pub mod local;
 pub mod logging;
 pub mod maildir;
 pub mod message;

@@ -317,22 +317,41 @@ pub fn shutdown_read(fd: RawFd) {
     }
 }
 
-/// A caller's account: login name and the full name from the GECOS field (up to its first comma).
+/// An account in the password database: login name, IDs, the full name from the GECOS field
+/// (up to its first comma) and the home directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
     pub name: String,
+    pub uid: u32,
+    pub gid: u32,
     pub full_name: Option<String>,
     pub home: std::path::PathBuf,
 }
 
-/// The account of `uid` in the password database.
+/// The account of `uid`.
 pub fn account(uid: u32) -> io::Result<Option<Account>> {
-    use std::ffi::CStr;
     let mut pwd: libc::passwd = unsafe_zeroed_passwd();
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     let mut result: *mut libc::passwd = std::ptr::null_mut();
     // SAFETY: as in `lookup_user`: all storage is owned by this frame and correctly sized.
     let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
+    account_from(rc, &pwd, result)
+}
+
+/// The account named `name`.
+pub fn account_named(name: &str) -> io::Result<Option<Account>> {
+    let cname = CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in user name"))?;
+    let mut pwd: libc::passwd = unsafe_zeroed_passwd();
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: as in `lookup_user`.
+    let rc = unsafe { libc::getpwnam_r(cname.as_ptr(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
+    account_from(rc, &pwd, result)
+}
+
+/// Copies what a successful getpw*_r call filled in, while its buffer is still alive.
+fn account_from(rc: i32, pwd: &libc::passwd, result: *mut libc::passwd) -> io::Result<Option<Account>> {
+    use std::ffi::CStr;
     if rc != 0 {
         return Err(io::Error::from_raw_os_error(rc));
     }
@@ -340,16 +359,61 @@ pub fn account(uid: u32) -> io::Result<Option<Account>> {
         return Ok(None);
     }
     let text = |p: *const libc::c_char| {
-        // SAFETY: getpwuid_r succeeded, so each non-null field points at a NUL-terminated
-        // string inside `buf`, which outlives this closure.
+        // SAFETY: the call succeeded, so each non-null field points at a NUL-terminated
+        // string inside the caller's buffer, which outlives this function.
         (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
     };
-    let name = text(pwd.pw_name).unwrap_or_default();
     let full_name = text(pwd.pw_gecos)
         .and_then(|g| g.split(',').next().map(str::trim).map(str::to_string))
         .filter(|g| !g.is_empty());
-    let home = text(pwd.pw_dir).unwrap_or_default().into();
-    Ok(Some(Account { name, full_name, home }))
+    Ok(Some(Account {
+        name: text(pwd.pw_name).unwrap_or_default(),
+        uid: pwd.pw_uid,
+        gid: pwd.pw_gid,
+        full_name,
+        home: text(pwd.pw_dir).unwrap_or_default().into(),
+    }))
+}
+
+/// The groups `name` is in (its own `gid` first), from the group database.
+pub fn groups_of(name: &str, gid: u32) -> io::Result<Vec<u32>> {
+    let cname = CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in user name"))?;
+    let mut count: libc::c_int = 64;
+    loop {
+        let mut groups = vec![0 as libc::gid_t; usize::try_from(count).unwrap_or(64)];
+        let mut n = count;
+        // SAFETY: `groups` holds `n` entries; getgrouplist writes at most that many and sets `n`.
+        let rc = unsafe { libc::getgrouplist(cname.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
+        if rc >= 0 {
+            groups.truncate(usize::try_from(n).unwrap_or(0));
+            return Ok(groups);
+        }
+        if n <= count || n > 65_536 {
+            return Err(io::Error::other("getgrouplist failed"));
+        }
+        count = n;
+    }
+}
+
+/// Makes `command` run as this user: its groups, then its gid, then its uid, set in the
+/// child between fork and exec (only async-signal-safe calls there), with umask 077.
+pub fn run_as(command: &mut std::process::Command, uid: u32, gid: u32, groups: Vec<u32>) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and calls only setgroups,
+    // setgid, setuid and umask, which are async-signal-safe; it reads only `groups`, moved in.
+    unsafe {
+        command.pre_exec(move || {
+            let steps = [libc::setgroups(groups.len(), groups.as_ptr()), libc::setgid(gid), libc::setuid(uid)];
+            if steps.iter().any(|&rc| rc != 0) {
+                return Err(io::Error::last_os_error());
+            }
+            if uid != 0 && libc::setuid(0) == 0 {
+                return Err(io::Error::from_raw_os_error(libc::EPERM));
+            }
+            libc::umask(0o077);
+            Ok(())
+        });
+    }
 }
 
 pub fn real_uid() -> u32 {

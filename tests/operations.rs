@@ -463,12 +463,18 @@ fn the_shipped_systemd_units_verify() {
     assert!(
         inetd.contains("Accept=yes") && inetd.contains("MaxConnections=") && inetd.contains("MaxConnectionsPerSource=")
     );
-    // The daemon never holds more than the right to bind port 25.
+    // The daemon holds the right to bind port 25 and to become its user, nothing more; the
+    // delivery run only the right to become users. Each writes the spool and homes alone.
     let service = read("postern-smtpd.service");
-    for line in ["User=postern", "NoNewPrivileges=yes", "ProtectSystem=strict", "ReadWritePaths=/var/spool/postern"] {
-        assert!(service.contains(line), "{line}");
+    let deliver = read("postern-deliver.service");
+    for (text, caps) in [(&service, "CAP_NET_BIND_SERVICE CAP_SETUID CAP_SETGID"), (&deliver, "CAP_SETUID CAP_SETGID")]
+    {
+        assert!(text.contains(&format!("CapabilityBoundingSet={caps}\n")), "{text}");
+        for line in ["NoNewPrivileges=yes\n", "ProtectSystem=strict\n", "ReadWritePaths=/var/spool/postern -/home\n"] {
+            assert!(text.contains(line), "{line}");
+        }
+        assert!(!text.contains("ProtectHome="), "home maildirs are written");
     }
-    assert!(service.contains("CapabilityBoundingSet=CAP_NET_BIND_SERVICE"));
     // Logs in the journal as facility mail, under the tags log summarisers look for.
     for (unit, tag) in [
         ("postern-smtpd.service", "postern/smtpd"),

@@ -498,3 +498,89 @@ fn a_bad_alias_line_costs_that_alias_alone() {
     assert_eq!(out.status.code(), Some(65), "{}", text(&out));
     assert!(text(&out).contains("2 lines not used"), "{}", text(&out));
 }
+
+#[test]
+fn system_users_get_their_mail_in_their_own_home_written_as_themselves() {
+    if skip_unless_root("create users and write as them") || skip_unless(have("setpriv"), "setpriv is missing") {
+        return;
+    }
+    let tag = std::process::id() % 100_000;
+    let (alice, bob) = (format!("pstn-a{tag}"), format!("pstn-b{tag}"));
+    let (service, group) = (format!("pstn-v{tag}"), format!("pstn-g{tag}"));
+    let (dir, conf) = setup("system-users", &format!("local_users = system\nuser = {service}\n"));
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(&conf, config.replace(&format!("mailboxes = {}/mailboxes\n", dir.path().display()), "")).unwrap();
+    std::fs::write(dir.path().join("aliases"), format!("root: {alice}\npostmaster: root\nteam: {alice}, {bob}\n"))
+        .unwrap();
+    let homes = dir.path().join("home");
+    std::fs::create_dir(&homes).unwrap();
+    let mut accounts = vec![Account { user: service.clone(), groups: vec![service.clone(), group.clone()] }];
+    for name in [&alice, &bob] {
+        let mut useradd = Command::new("useradd");
+        useradd.args(["--create-home", "--shell", "/bin/false", "--home-dir"]).arg(homes.join(name)).arg(name);
+        let out = useradd.output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        accounts.push(Account { user: name.clone(), groups: Vec::new() });
+    }
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let setgid_copy = bin.join("postern-sendmail");
+    std::fs::copy(SENDMAIL, &setgid_copy).unwrap();
+    let mut init = Command::new(QUEUE);
+    init.arg("-c").arg(&conf).args(["init", "--group", &group, "--sendmail"]).arg(&setgid_copy);
+    let out = init.output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+
+    // cron's mail to root, through root's alias, and mail to an alias of both, delivered by
+    // a run started as root (the timer's).
+    assert!(
+        sendmail(&conf, &["-FCronDaemon", "-i", "-B8BITMIME", "-oem", "root"], b"Subject: cron\n\nout\n")
+            .status
+            .success()
+    );
+    assert!(sendmail(&conf, &["team"], b"Subject: team\n\nhello both\n").status.success());
+    let log = deliver(&conf, None, &[]);
+    let home_maildir = |name: &str| homes.join(name).join("Maildir");
+    let owned_by = |name: &str, copies: usize| {
+        let maildir = home_maildir(name);
+        let files = list(&maildir.join("new"));
+        assert_eq!(files.len(), copies, "{name}");
+        let (uid, gid) = ids(name);
+        for path in files.iter().chain([&maildir, &maildir.join("new")]) {
+            let meta = std::fs::metadata(path).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (uid, gid), "{} is the user's own", path.display());
+        }
+        assert_eq!(std::fs::metadata(&files[0]).unwrap().mode() & 0o777, 0o600, "readable by its user alone");
+    };
+    owned_by(&alice, 2);
+    owned_by(&bob, 1);
+    assert!(support::waiting(&dir.path().join("spool")).is_empty(), "{log}");
+
+    // With postern-smtpd running (started as root): `mail -s` by alice herself lands in her
+    // own maildir at once, written as her.
+    let live_conf = dir.path().join("live.conf");
+    std::fs::write(&live_conf, support::instant(&std::fs::read_to_string(&conf).unwrap())).unwrap();
+    let daemon = Daemon::start(&live_conf);
+    let (uid, gid) = ids(&alice);
+    let started = std::time::Instant::now();
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid", &uid.to_string(), "--regid", &gid.to_string(), "--init-groups"])
+        .arg(&setgid_copy)
+        .arg(&bob)
+        .env("POSTERN_CONF", &live_conf);
+    let out = run(&mut c, b"Subject: at once\n\nfrom alice\n");
+    assert!(out.status.success(), "{}", text(&out));
+    while list(&home_maildir(&bob).join("new")).len() < 2 && started.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let took = started.elapsed();
+    owned_by(&bob, 2);
+    assert!(took < std::time::Duration::from_secs(1), "from sendmail to bob's maildir: {took:?}\n{}", daemon.log());
+    drop(daemon);
+    drop(accounts);
+}
+
+fn list(dir: &Path) -> Vec<PathBuf> {
+    support::list(dir)
+}

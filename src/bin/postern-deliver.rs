@@ -31,6 +31,8 @@ struct Args {
     verbose: bool,
     check: bool,
     if_queued: bool,
+    local_writer: bool,
+    launcher: bool,
 }
 
 fn parse_args() -> Result<Args, Exit> {
@@ -41,6 +43,8 @@ fn parse_args() -> Result<Args, Exit> {
         verbose: false,
         check: false,
         if_queued: false,
+        local_writer: false,
+        launcher: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -53,6 +57,8 @@ fn parse_args() -> Result<Args, Exit> {
             "--builtin-config" => args.builtin = true,
             "--dry-run" => args.options.dry_run = true,
             "--if-queued" => args.if_queued = true,
+            "--local-writer" => args.local_writer = true,
+            "--launcher" => args.launcher = true,
             "--check" => args.check = true,
             "-v" => args.verbose = true,
             "-h" | "--help" => return Err(Exit::Say(USAGE.into())),
@@ -68,6 +74,11 @@ fn parse_args() -> Result<Args, Exit> {
 }
 
 fn main() -> ExitCode {
+    // The two internal modes of local delivery (src/local.rs); not for people to run.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("--write-maildir") {
+        return if postern::local::write_maildir(&argv[2..]) { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(exit) => return exit.finish(2),
@@ -82,11 +93,40 @@ fn main() -> ExitCode {
         }
     };
     logging::configure(config.log, &config.syslog_socket);
+    if args.launcher {
+        postern::launch::serve(&config);
+        return ExitCode::SUCCESS;
+    }
+    if args.local_writer {
+        if !postern::sys::is_root() {
+            eprintln!("postern-deliver: --local-writer is started by a delivery run as root");
+            return ExitCode::FAILURE;
+        }
+        return match postern::local::serve(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                logging::fatal("postern-deliver", &format!("local writer: {e}"));
+                ExitCode::FAILURE
+            }
+        };
+    }
     if args.check {
         let findings = postern::check::check(&config, postern::check::Program::Deliver);
         let ok = postern::check::report("postern-deliver", &config, &findings);
         return if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE };
     }
+    // The copies for system users are written as those users, by a helper that keeps root
+    // (src/local.rs); it starts before root is given up.
+    let writer = match config.system_users && postern::sys::is_root() {
+        true => match postern::local::Writer::start(&config) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                logging::fatal("postern-deliver", &format!("cannot start the local writer: {e}"));
+                return ExitCode::FAILURE;
+            }
+        },
+        false => None,
+    };
     // Started as root (cron as root, say): deliver as `user`, so no maildir is written as root.
     if let Err(e) = postern::sys::become_user(config.user.as_deref()) {
         logging::fatal("postern-deliver", &e);
@@ -109,7 +149,7 @@ fn main() -> ExitCode {
         }
     }
     let runner = match Runner::new(&config, args.options) {
-        Ok(r) => r,
+        Ok(r) => r.with_writer(writer),
         Err(e) => {
             logging::fatal("postern-deliver", &e);
             return ExitCode::FAILURE;

@@ -94,6 +94,14 @@ fn run(args: &Args) -> Result<(), String> {
     let listeners = if args.inetd { Vec::new() } else { bind(&config)? };
     // The key is often readable by root alone: load it before giving root up.
     let tls = postern::server::load_tls(&config)?;
+    // Instant delivery to system users needs a process that keeps root: started before
+    // root is given up (src/launch.rs). Otherwise the children are this process's own.
+    let launcher = if !args.inetd && config.system_users && sys::is_root() && config.user.is_some() {
+        postern::launch::Launcher::keeping_root(&config)
+    } else {
+        // Under inetd stderr may be the client's socket: a child's never is.
+        postern::launch::Launcher::new(&config, !args.inetd)
+    };
     drop_privileges(&config)?;
     let spool = Spool::open(&config.spool).map_err(|e| format!("spool {}: {e}", config.spool.display()))?;
     if let Some(warning) = spool.filesystem_warning() {
@@ -105,8 +113,6 @@ fn run(args: &Args) -> Result<(), String> {
         log::warn!("{problem} (that alias waits; everything else is delivered)");
     }
     let config_copy = config.clone();
-    // Under inetd stderr may be the client's socket: a child's never is.
-    let launcher = postern::launch::Launcher::new(&config, !args.inetd);
     let server = Server::new(config, policy, spool, tls).with_launcher(launcher.clone());
     if args.inetd {
         server.serve_inetd();
