@@ -8,7 +8,7 @@ BINARIES = postern-smtpd postern-deliver postern-sendmail postern-queue
 SENDMAIL_DIR ?= /usr/sbin
 MAILQ_DIR ?= /usr/bin
 
-.PHONY: all build run test test-deps lint fuzz bench install install-files clean
+.PHONY: all build run test test-deps lint fuzz bench install install-files uninstall clean
 
 all: build
 
@@ -64,10 +64,25 @@ install-files:
 	test -e $(DESTDIR)/etc/postern/postern.conf || install -m 0644 postern.conf.example $(DESTDIR)/etc/postern/postern.conf
 	@# Crossed by everyone to reach maildrop/; each queue directory in it is the service's, 0700.
 	install -d -m 0755 $(DESTDIR)/var/spool/postern
+	install -d $(DESTDIR)$(PREFIX)/share/man/man8 $(DESTDIR)$(PREFIX)/share/man/man5
+	install -m 0644 doc/*.8 $(DESTDIR)$(PREFIX)/share/man/man8/
+	install -m 0644 doc/*.5 $(DESTDIR)$(PREFIX)/share/man/man5/
 	install -d $(DESTDIR)$(PREFIX)/lib/systemd/system
 	for u in contrib/systemd/*; do \
 		sed 's#@SBINDIR@#$(PREFIX)/sbin#' $$u > $(DESTDIR)$(PREFIX)/lib/systemd/system/$$(basename $$u); \
 	done
+
+# Removes what install-files put in place, except the configuration and the spool (mail
+# may still be queued there), and says so.
+uninstall:
+	for b in $(BINARIES); do rm -f $(DESTDIR)$(PREFIX)/sbin/$$b; done
+	for l in $(SENDMAIL_DIR)/sendmail $(MAILQ_DIR)/mailq $(MAILQ_DIR)/newaliases; do \
+		if [ "$$(readlink $(DESTDIR)$$l)" = $(PREFIX)/sbin/postern-sendmail ]; then rm -f $(DESTDIR)$$l; fi; \
+	done
+	for m in doc/*.8; do rm -f $(DESTDIR)$(PREFIX)/share/man/man8/$$(basename $$m); done
+	for m in doc/*.5; do rm -f $(DESTDIR)$(PREFIX)/share/man/man5/$$(basename $$m); done
+	for u in contrib/systemd/*; do rm -f $(DESTDIR)$(PREFIX)/lib/systemd/system/$$(basename $$u); done
+	@echo "make uninstall: left /etc/postern and /var/spool/postern (the configuration, and any mail still queued)"
 
 clean:
 	$(CARGO) clean

@@ -227,29 +227,30 @@ pub fn rename_no_replace(from: &std::path::Path, to: &std::path::Path) -> io::Re
     }
 }
 
-fn termination_set() -> libc::sigset_t {
+fn control_set() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; sigemptyset initialises it before sigaddset reads it.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         set
     }
 }
 
-/// Blocks SIGTERM and SIGINT in this thread and every thread it starts afterwards,
-/// so that `wait_termination_signal` alone receives them.
-pub fn block_termination_signals() -> io::Result<()> {
-    let set = termination_set();
+/// Blocks SIGTERM, SIGINT and SIGHUP in this thread and every thread it starts afterwards,
+/// so that `wait_control_signal` alone receives them (children start with none blocked).
+pub fn block_control_signals() -> io::Result<()> {
+    let set = control_set();
     // SAFETY: a valid, initialised signal set; the old mask is not wanted.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     if rc == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(rc)) }
 }
 
-/// Waits for SIGTERM or SIGINT (blocked beforehand) and returns its number.
-pub fn wait_termination_signal() -> i32 {
-    let set = termination_set();
+/// Waits for SIGTERM, SIGINT or SIGHUP (blocked beforehand) and returns its number.
+pub fn wait_control_signal() -> i32 {
+    let set = control_set();
     let mut signal: libc::c_int = 0;
     loop {
         // SAFETY: valid set and out-parameter; sigwait only writes `signal`.

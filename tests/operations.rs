@@ -4,7 +4,7 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -475,6 +475,7 @@ fn the_shipped_systemd_units_verify() {
         }
         assert!(!text.contains("ProtectHome="), "home maildirs are written");
     }
+    assert!(service.contains("ExecReload=/bin/kill -HUP $MAINPID\n"), "systemctl reload reaches the daemon");
     // Logs in the journal as facility mail, under the tags log summarisers look for.
     for (unit, tag) in [
         ("postern-smtpd.service", "postern/smtpd"),
@@ -486,6 +487,83 @@ fn the_shipped_systemd_units_verify() {
             text.contains(&format!("SyslogIdentifier={tag}\n")) && text.contains("SyslogFacility=mail\n"),
             "{unit}"
         );
+    }
+}
+
+#[test]
+fn make_uninstall_takes_back_what_install_put_and_keeps_mail_and_configuration() {
+    let dest = TempDir::new("uninstall");
+    let root = env!("CARGO_MANIFEST_DIR");
+    let make = |target: &str| {
+        let out = Command::new("make")
+            .args(["-C", root, target, "PREFIX=/usr"])
+            .arg(format!("DESTDIR={}", dest.path().display()))
+            .arg(format!("BUILD_DIR={}", Path::new(support::smtpd_binary()).parent().unwrap().display()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    make("install-files");
+    // Another MTA's sendmail is never taken away.
+    std::fs::remove_file(dest.path().join("usr/bin/mailq")).unwrap();
+    std::fs::write(dest.path().join("usr/bin/mailq"), "another MTA's\n").unwrap();
+    let said = make("uninstall");
+    assert!(said.contains("left /etc/postern and /var/spool/postern"), "{said}");
+    let left: Vec<PathBuf> = walk(dest.path()).into_iter().filter(|p| p.is_file() || p.is_symlink()).collect();
+    let left: Vec<String> = left.iter().map(|p| p.strip_prefix(dest.path()).unwrap().display().to_string()).collect();
+    assert_eq!(left, ["etc/postern/postern.conf", "usr/bin/mailq"], "{left:?}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() && !path.is_symlink() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn the_man_pages_render_cleanly_and_name_every_key() {
+    require_tool("man");
+    let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join("doc");
+    let pages: Vec<PathBuf> = support::list(&doc)
+        .into_iter()
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("8" | "5")))
+        .collect();
+    assert_eq!(pages.len(), 5, "{pages:?}");
+    for page in &pages {
+        let out = Command::new("man").args(["--warnings", "-l"]).arg(page).env("MANWIDTH", "80").output().unwrap();
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "{}: {}",
+            page.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("SEE ALSO"), "{}", page.display());
+    }
+    // Every key the example configuration shows is described in postern.conf(5).
+    let example = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("postern.conf.example")).unwrap();
+    let conf5 = std::fs::read_to_string(doc.join("postern.conf.5")).unwrap().replace("\\-", "-");
+    let keys: Vec<&str> = example
+        .lines()
+        .filter_map(|l| l.trim_start_matches('#').split_once(" = ").map(|(k, _)| k))
+        .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        .collect();
+    assert!(keys.len() > 40, "{keys:?}");
+    for key in keys {
+        assert!(conf5.contains(&format!(".BI \"{key} = \"")), "postern.conf.5 lacks {key}");
     }
 }
 
@@ -507,6 +585,15 @@ fn make_install_puts_everything_under_destdir() {
     }
     for link in ["usr/sbin/sendmail", "usr/bin/mailq", "usr/bin/newaliases"] {
         assert_eq!(std::fs::read_link(d.join(link)).unwrap(), Path::new("/usr/sbin/postern-sendmail"), "{link}");
+    }
+    for page in [
+        "man8/postern-smtpd.8",
+        "man8/postern-deliver.8",
+        "man8/postern-sendmail.8",
+        "man8/postern-queue.8",
+        "man5/postern.conf.5",
+    ] {
+        assert!(d.join("usr/share/man").join(page).is_file(), "{page}");
     }
     assert!(d.join("etc/postern/postern.conf").is_file());
     let spool = std::fs::metadata(d.join("var/spool/postern")).unwrap();
@@ -530,4 +617,42 @@ fn make_install_puts_everything_under_destdir() {
             || l.contains("warning: mail to root")
     });
     assert!(installed.status.success() || machine_only, "{said}");
+}
+
+#[test]
+fn sighup_reloads_the_configuration_and_aliases_and_keeps_them_when_broken() {
+    let server = Server::start("");
+    let conf = server.dir.path().join("postern.conf");
+    let aliases = server.dir.path().join("aliases");
+    let rcpt = |to: &str| {
+        let mut c = Client::greeted(server.addr);
+        c.cmd("EHLO client.test");
+        c.cmd("MAIL FROM:<someone@remote.test>");
+        code(&c.cmd(&format!("RCPT TO:<{to}>")))
+    };
+    assert_eq!(rcpt("sales@example.test"), "550 5.1.1");
+    let hup = || {
+        Command::new("kill").arg("-HUP").arg(server.pid().to_string()).status().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let text = std::fs::read_to_string(&aliases).unwrap();
+    std::fs::write(&aliases, text + "sales: alice\n").unwrap();
+    let config = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(
+        &conf,
+        config.replace("local_domains = example.test\n", "local_domains = example.test, example.net\n"),
+    )
+    .unwrap();
+    hup();
+    assert_eq!(rcpt("sales@example.test"), "250 2.1.5", "{}", server.log());
+    assert_eq!(rcpt("alice@example.net"), "250 2.1.5", "{}", server.log());
+    assert!(server.log().contains("reloaded "), "{}", server.log());
+    // A broken file is logged, and what is in use stays.
+    std::fs::write(&conf, "no_such_key = 1\n").unwrap();
+    hup();
+    assert!(server.log().contains("reload failed, the configuration in use is kept"), "{}", server.log());
+    assert_eq!(rcpt("sales@example.test"), "250 2.1.5");
+    assert_eq!(rcpt("alice@example.net"), "250 2.1.5");
+    let mut server = server;
+    assert!(server.child.try_wait().unwrap().is_none(), "SIGHUP never stops the daemon");
 }

@@ -83,8 +83,9 @@ fn run(args: &Args) -> Result<(), String> {
         log::warn!("{warning}");
     }
     if !args.inetd {
-        // Before any thread starts, so that only the stopper thread takes SIGTERM and SIGINT.
-        sys::block_termination_signals().map_err(|e| format!("signals: {e}"))?;
+        // Before any thread starts, so that only the signal thread takes SIGTERM, SIGINT
+        // and SIGHUP.
+        sys::block_control_signals().map_err(|e| format!("signals: {e}"))?;
     }
     if !args.inetd
         && let Some(warning) = postern::server::fit_to_descriptors(&mut config)
@@ -122,16 +123,48 @@ fn run(args: &Args) -> Result<(), String> {
         start_pickup(&config_copy, launcher)?;
     }
     let server = Arc::new(server);
-    let stopper = Arc::clone(&server);
+    let signals = Arc::clone(&server);
+    let (builtin, explicit) = (args.builtin, args.config.clone());
     std::thread::spawn(move || {
-        let signal = sys::wait_termination_signal();
-        log::info!("signal {signal}: stopping; open sessions are told 421");
-        stopper.shut_down(Duration::from_secs(10));
-        log::info!("stopped");
-        std::process::exit(0);
+        loop {
+            let signal = sys::wait_control_signal();
+            if signal == libc::SIGHUP {
+                reload(&signals, builtin, explicit.as_deref());
+                continue;
+            }
+            log::info!("signal {signal}: stopping; open sessions are told 421");
+            signals.shut_down(Duration::from_secs(10));
+            log::info!("stopped");
+            std::process::exit(0);
+        }
     });
     server.serve(listeners);
     Ok(())
+}
+
+/// SIGHUP: the configuration file, the aliases and the mailboxes read again. A file that
+/// does not load is logged and the one in use kept.
+fn reload(server: &Server, builtin: bool, explicit: Option<&std::path::Path>) {
+    let loaded = Config::choose(builtin, explicit).map_err(|e| e.to_string()).and_then(|mut config| {
+        if let Some(warning) = postern::server::fit_to_descriptors(&mut config) {
+            log::warn!("{warning}");
+        }
+        let policy = LocalPolicy::load(&config).map_err(|e| e.to_string())?;
+        Ok((config, policy))
+    });
+    match loaded {
+        Ok((config, policy)) => {
+            for problem in policy.problems() {
+                log::warn!("{problem} (that alias waits; everything else is delivered)");
+            }
+            let source = config.source.clone();
+            for note in server.reload(config, policy) {
+                log::warn!("reload: {note}");
+            }
+            log::info!("reloaded {source}");
+        }
+        Err(e) => log::error!("reload failed, the configuration in use is kept: {e}"),
+    }
 }
 
 /// Mail that local users left in maildrop/ is queued as soon as it lands there.

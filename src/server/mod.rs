@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -33,13 +33,39 @@ use handoff::{Handoff, Job, THREAD_LINGER};
 const THREAD_STACK: usize = 256 * 1024;
 const READ_BUFFER: usize = 16 * 1024;
 
-/// Everything a session thread shares: configuration, policy, spool, connection counts.
-pub struct Server {
-    config: Config,
+/// What SIGHUP replaces: the configuration and what is made from it. A session takes the
+/// one current when it starts and keeps it to its end.
+pub struct Current {
+    pub config: Config,
     session: SessionConfig,
     policy: LocalPolicy,
-    spool: Spool,
     tls: Option<SslAcceptor>,
+}
+
+impl Current {
+    fn new(config: Config, policy: LocalPolicy, tls: Option<SslAcceptor>) -> Current {
+        let session = SessionConfig {
+            hostname: config.hostname.clone(),
+            message_size_limit: config.message_size_limit,
+            max_recipients: config.max_recipients,
+            hard_error_limit: config.hard_error_limit,
+            soft_error_limit: config.soft_error_limit,
+            junk_command_limit: config.junk_command_limit,
+            vrfy: config.vrfy,
+            expn: config.expn,
+            tls_available: tls.is_some(),
+            local_submission: false,
+        };
+        Current { config, session, policy, tls }
+    }
+}
+
+/// Everything a session thread shares: configuration, policy, spool, connection counts.
+pub struct Server {
+    current: RwLock<Arc<Current>>,
+    /// `sendmail -bs`: the one session is a local user's.
+    local_submission: bool,
+    spool: Spool,
     counts: Mutex<Counts>,
     /// Set once SIGTERM arrives: sessions say 421 and end.
     stopping: AtomicBool,
@@ -116,24 +142,10 @@ pub fn load_tls(config: &Config) -> Result<Option<SslAcceptor>, String> {
 
 impl Server {
     pub fn new(config: Config, policy: LocalPolicy, spool: Spool, tls: Option<SslAcceptor>) -> Server {
-        let session = SessionConfig {
-            hostname: config.hostname.clone(),
-            message_size_limit: config.message_size_limit,
-            max_recipients: config.max_recipients,
-            hard_error_limit: config.hard_error_limit,
-            soft_error_limit: config.soft_error_limit,
-            junk_command_limit: config.junk_command_limit,
-            vrfy: config.vrfy,
-            expn: config.expn,
-            tls_available: tls.is_some(),
-            local_submission: false,
-        };
         Server {
-            config,
-            session,
-            policy,
+            current: RwLock::new(Arc::new(Current::new(config, policy, tls))),
+            local_submission: false,
             spool,
-            tls,
             counts: Mutex::new(Counts::default()),
             stopping: AtomicBool::new(false),
             live: Mutex::new(HashMap::new()),
@@ -141,6 +153,38 @@ impl Server {
             waiting: Handoff::default(),
             launcher: None,
         }
+    }
+
+    /// The configuration, policy and TLS settings in force now.
+    pub fn current(&self) -> Arc<Current> {
+        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// SIGHUP: the new configuration, with its aliases and mailboxes (loaded by the caller),
+    /// for every session from now on; open sessions finish under the old one. TLS files
+    /// that cannot be read now (a key only root may read) keep the old ones. Returns what
+    /// changed that takes a restart.
+    pub fn reload(&self, config: Config, policy: LocalPolicy) -> Vec<String> {
+        let old = self.current();
+        let mut notes = Vec::new();
+        let tls = match load_tls(&config) {
+            Ok(tls) => tls,
+            Err(e) => {
+                notes.push(format!("TLS files not reloaded ({e}); the ones loaded before stay in use"));
+                old.tls.clone()
+            }
+        };
+        for (key, same) in [
+            ("listen", old.config.listen == config.listen),
+            ("spool", old.config.spool == config.spool),
+            ("user", old.config.user == config.user),
+        ] {
+            if !same {
+                notes.push(format!("{key} changed: that takes a restart"));
+            }
+        }
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Current::new(config, policy, tls));
+        notes
     }
 
     /// Each message committed from now on is delivered at once by `launcher`.
@@ -177,7 +221,7 @@ impl Server {
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) && spare.is_some() => {
                     drop(spare.take()); // frees one descriptor for the accept below
                     if let Ok((stream, peer)) = listener.accept() {
-                        let reply = Reply::too_many_connections(&self.config.hostname);
+                        let reply = Reply::too_many_connections(&self.current().config.hostname);
                         refuse_connection(stream, &reply, peer.ip().to_canonical());
                     }
                     log::warn!("accept: {e}; a client was told 421");
@@ -219,7 +263,7 @@ impl Server {
         if let Err(e) = spawned {
             log::warn!("cannot start a session thread: {e}");
             if let Ok(stream) = spare {
-                refuse_connection(stream, &Reply::too_many_connections(&self.config.hostname), ip);
+                refuse_connection(stream, &Reply::too_many_connections(&self.current().config.hostname), ip);
             }
         }
     }
@@ -235,12 +279,13 @@ impl Server {
 
     fn take_slot(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Reply> {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if counts.total >= self.config.max_connections {
-            return Err(Reply::too_many_connections(&self.config.hostname));
+        let cur = self.current();
+        if counts.total >= cur.config.max_connections {
+            return Err(Reply::too_many_connections(&cur.config.hostname));
         }
         let from_ip = counts.per_ip.entry(ip).or_insert(0);
-        if *from_ip >= self.config.max_per_ip {
-            return Err(Reply::too_many_connections_from(&self.config.hostname, &ip.to_string()));
+        if *from_ip >= cur.config.max_per_ip {
+            return Err(Reply::too_many_connections_from(&cur.config.hostname, &ip.to_string()));
         }
         *from_ip += 1;
         counts.total += 1;
@@ -266,7 +311,7 @@ impl Server {
             let _ = stream.shutdown(Shutdown::Read);
         }
         let _ = stream.set_nodelay(true);
-        let _ = stream.set_write_timeout(Some(self.config.command_timeout));
+        let _ = stream.set_write_timeout(Some(self.current().config.command_timeout));
         let mut conn = Conn::new(Transport::Tcp(stream));
         // Declared after `conn`, so dropped before it, even while a panic unwinds: the live
         // entry goes before the socket is closed.
@@ -279,7 +324,7 @@ impl Server {
         if sys::is_socket(0) {
             let stream = sys::stream_from_stdin();
             let ip = stream.peer_addr().ok().map(|a| a.ip().to_canonical());
-            let _ = stream.set_write_timeout(Some(self.config.command_timeout));
+            let _ = stream.set_write_timeout(Some(self.current().config.command_timeout));
             self.run_session(&mut Conn::new(Transport::Tcp(stream)), ip);
         } else {
             // A pipe: the peer is unknown, so it is never trusted.
@@ -296,7 +341,7 @@ impl Server {
     /// output whatever they are (a socket there says nothing about who is at the other end,
     /// so its peer address is not used and STARTTLS is not offered).
     pub fn serve_local_user(mut self) {
-        self.session.local_submission = true;
+        self.local_submission = true;
         match (dup_std(0), dup_std(1)) {
             (Ok(input), Ok(output)) => self.run_session(&mut Conn::new(Transport::Pipe { input, output }), None),
             _ => log::error!("-bs: cannot use standard input and output"),
@@ -304,23 +349,22 @@ impl Server {
     }
 
     fn run_session(&self, conn: &mut Conn, client: Option<IpAddr>) {
+        let cur = self.current();
         // TLS needs a socket; a pipe session is not offered STARTTLS.
-        let pipe_config;
         let session_config = match conn.transport {
             Transport::Pipe { .. } => {
-                pipe_config = SessionConfig { tls_available: false, ..self.session.clone() };
-                &pipe_config
+                SessionConfig { tls_available: false, local_submission: self.local_submission, ..cur.session.clone() }
             }
-            _ => &self.session,
+            _ => cur.session.clone(),
         };
-        let (mut session, mut step) = Session::new(session_config, &self.policy, client);
+        let (mut session, mut step) = Session::new(&session_config, &cur.policy, client);
         let peer = client_name(client);
         log::info!("connect from {peer}");
         let mut lines = LineBuffer::new(READ_BUFFER);
         loop {
             if let Some(reply) = &step.reply {
                 if step.delay {
-                    thread::sleep(self.config.error_sleep_time);
+                    thread::sleep(cur.config.error_sleep_time);
                 }
                 if conn.queue(reply).is_err() {
                     break;
@@ -371,7 +415,7 @@ impl Server {
     /// The input ended: the peer left, or shutdown woke the session. In the latter case the
     /// client hears why (RFC 5321 §3.8: 421, then close).
     fn stopped_or_gone(&self) -> Step {
-        let reply = self.stopping.load(Ordering::SeqCst).then(|| Reply::shutting_down(&self.config.hostname));
+        let reply = self.stopping.load(Ordering::SeqCst).then(|| Reply::shutting_down(&self.current().config.hostname));
         Step { reply, action: Action::Close, delay: false }
     }
 
@@ -380,17 +424,18 @@ impl Server {
     fn start_tls(&self, conn: &mut Conn, lines: &mut LineBuffer) -> Result<(), String> {
         conn.flush().map_err(|e| e.to_string())?;
         lines.clear();
-        let acceptor = self.tls.as_ref().ok_or("no TLS configured")?;
+        let current = self.current();
+        let acceptor = current.tls.as_ref().ok_or("no TLS configured")?;
         let Transport::Tcp(stream) = std::mem::replace(&mut conn.transport, Transport::Closed) else {
             return Err("TLS over a pipe".into());
         };
-        let timeout = Some(self.config.starttls_timeout);
+        let timeout = Some(self.current().config.starttls_timeout);
         stream.set_read_timeout(timeout).and_then(|()| stream.set_write_timeout(timeout)).map_err(|e| e.to_string())?;
         let tls = acceptor.accept(stream).map_err(|e| match e {
             openssl::ssl::HandshakeError::WouldBlock(_) => "timed out".to_string(),
             other => other.to_string(),
         })?;
-        let _ = tls.get_ref().set_write_timeout(Some(self.config.command_timeout));
+        let _ = tls.get_ref().set_write_timeout(Some(self.current().config.command_timeout));
         conn.transport = Transport::Tls(Box::new(tls));
         conn.read_timeout = timeout;
         Ok(())
@@ -398,7 +443,7 @@ impl Server {
 
     /// One command line, or the input that stands for what happened instead; `None` when the peer is gone.
     fn read_command(&self, conn: &mut Conn, lines: &mut LineBuffer) -> Option<Result<Vec<u8>, Input<'static>>> {
-        conn.deadline = Some(later(Instant::now(), self.config.command_timeout));
+        conn.deadline = Some(later(Instant::now(), self.current().config.command_timeout));
         match lines.read_line(conn, MAX_COMMAND_LINE) {
             Ok(Line::Complete(line)) => Some(Ok(line)),
             Ok(Line::TooLong) => Some(Err(Input::LineTooLong)),
@@ -412,6 +457,7 @@ impl Server {
     /// Reads the message text to the final dot, streaming it into a spool draft,
     /// and commits it when nothing is wrong. Memory stays bounded whatever the size.
     fn receive(&self, conn: &mut Conn, lines: &mut LineBuffer, req: &DataRequest, client: Option<IpAddr>) -> Received {
+        let cur = self.current();
         let started = Instant::now();
         let arrived = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let mut draft = self.spool.draft().and_then(|mut d| {
@@ -426,8 +472,8 @@ impl Server {
         let mut out = Vec::with_capacity(READ_BUFFER);
         loop {
             // The deadline grows with the bytes received: a slow trickle is cut off.
-            let allowance = Duration::from_secs(reader.size() / self.config.min_data_rate.max(1));
-            conn.deadline = Some(later(started, self.config.data_timeout.saturating_add(allowance)));
+            let allowance = Duration::from_secs(reader.size() / cur.config.min_data_rate.max(1));
+            conn.deadline = Some(later(started, cur.config.data_timeout.saturating_add(allowance)));
             if lines.buffered().is_empty() {
                 match lines.fill(conn) {
                     Ok(0) => return Received::Lost, // §4.1.1.10: no dot, no message
@@ -493,7 +539,7 @@ impl Server {
         let header = trace::received(&trace::Trace {
             helo: &req.helo,
             client,
-            hostname: &self.config.hostname,
+            hostname: &self.current().config.hostname,
             protocol: req.protocol,
             tls,
             id: id.as_str(),
