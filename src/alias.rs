@@ -1,7 +1,7 @@
 //! Local addresses: who exists, what an alias expands to, and where each mailbox is.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::smtp::address::{ForwardPath, Host, Mailbox};
@@ -16,16 +16,55 @@ pub enum Target {
     Mailbox { name: String, address: String, maildir: PathBuf, owner: Option<String> },
     /// Forwarded off this host.
     Remote(Mailbox),
+    /// An aliases `|command`: the message on its standard input, run as `alias_user`.
+    /// `alias` is the folded `name@domain` it was reached through.
+    Command { alias: String, command: String },
+    /// An aliases `/path`: appended to that mbox file, as `alias_user`.
+    File { alias: String, path: PathBuf },
 }
 
 impl Target {
-    /// The recipient as the delivery log and bounces name it: `<local@domain>`.
+    /// The recipient as the delivery log and bounces name it: `<local@domain>`, or the
+    /// command (`|...`) or file (`/...`) an alias leads to.
     pub fn key(&self) -> String {
         match self {
             Target::Mailbox { address, .. } => format!("<{address}>"),
             Target::Remote(m) => format!("<{m}>"),
+            Target::Command { command, .. } => format!("|{command}"),
+            Target::File { path, .. } => path.display().to_string(),
         }
     }
+}
+
+/// What an aliases target is, as aliases(5) writes them (a target may be in double quotes).
+enum Kind<'a> {
+    Address(&'a str),
+    Command(&'a str),
+    File(&'a str),
+    Include(&'a str),
+}
+
+fn kind(target: &str) -> Result<Kind<'_>, String> {
+    let t = target.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(target).trim();
+    if let Some(command) = t.strip_prefix('|') {
+        let command = command.trim();
+        return if command.is_empty() { Err("`|` with no command".into()) } else { Ok(Kind::Command(command)) };
+    }
+    if let Some(path) = t.strip_prefix(":include:") {
+        let path = path.trim();
+        return if path.starts_with('/') {
+            Ok(Kind::Include(path))
+        } else {
+            Err(format!("`{t}`: the path must be absolute"))
+        };
+    }
+    if t.starts_with('/') {
+        return if t.ends_with('/') { Err(format!("`{t}`: a file, not a directory")) } else { Ok(Kind::File(t)) };
+    }
+    if Mailbox::parse(t).is_ok() || is_safe_mailbox_name(&t.to_lowercase()) {
+        return Ok(Kind::Address(t));
+    }
+    Err(format!("`{t}`: not a local name, an address, a |command, a /file or an :include:"))
 }
 
 /// Why a local address has nowhere to go.
@@ -76,9 +115,7 @@ impl LocalUsers {
             let (entries, bad_lines) = table::load_lenient(path)?;
             problems = bad_lines;
             for entry in entries {
-                if let Some(bad) = entry.values.iter().find(|v| !is_address_target(v)) {
-                    let message =
-                        format!("`{bad}`: alias targets are local names or addresses (no pipes, files or includes)");
+                if let Some(message) = entry.values.iter().find_map(|v| kind(v).err()) {
                     let problem = TableError { file: path.display().to_string(), line: entry.line, message };
                     broken.insert(entry.name, problem.to_string());
                     problems.push(problem);
@@ -223,6 +260,26 @@ impl LocalUsers {
         if target.eq_ignore_ascii_case(alias) {
             return self.push_mailbox(alias, domain, out); // `alice: alice, bob@x` keeps a copy
         }
+        let broken = |why: String| ExpandError::Broken(format!("<{alias}@{domain}>"), why);
+        let target = match kind(target).map_err(broken)? {
+            Kind::Address(t) => t,
+            Kind::Command(command) => {
+                push_unique(out, Target::Command { alias: format!("{alias}@{domain}"), command: command.to_string() });
+                return Ok(());
+            }
+            Kind::File(path) => {
+                push_unique(out, Target::File { alias: format!("{alias}@{domain}"), path: PathBuf::from(path) });
+                return Ok(());
+            }
+            Kind::Include(path) => {
+                // Read at each use, so editing the list needs no reload; a list that cannot be
+                // read holds its alias's mail until it can.
+                for value in read_include(Path::new(path)).map_err(broken)? {
+                    self.expand_target(alias, &value, domain, depth + 1, seen, out)?;
+                }
+                return Ok(());
+            }
+        };
         match Mailbox::parse(target) {
             Ok(m) if !self.is_local_domain(m.host()) => {
                 push_unique(out, Target::Remote(m));
@@ -256,9 +313,60 @@ fn push_unique(out: &mut Vec<Target>, target: Target) {
     }
 }
 
-fn is_address_target(value: &str) -> bool {
-    !value.starts_with(['|', '/', ':', '"'])
-        && (Mailbox::parse(value).is_ok() || is_safe_mailbox_name(&value.to_lowercase()))
+/// The targets in an `:include:` file: comma- or line-separated, `#` comments.
+fn read_include(path: &Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!(":include:{}: {e}", path.display()))?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .flat_map(|l| l.split(','))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(String::from)
+        .collect())
+}
+
+impl LocalUsers {
+    /// Whether any copy must be written by another user than the service: system users, or
+    /// aliases to commands, files or include lists (which may hold either).
+    pub fn needs_root_helper(&self) -> bool {
+        self.system || self.runs_commands()
+    }
+
+    /// Whether an alias leads to a command or a file (an include list may hold either).
+    pub fn runs_commands(&self) -> bool {
+        self.aliases
+            .values()
+            .flatten()
+            .any(|t| matches!(kind(t), Ok(Kind::Command(_) | Kind::File(_) | Kind::Include(_))))
+    }
+
+    /// Whether `command` is one an alias leads to (the root helper runs no other).
+    pub fn allows_command(&self, command: &str) -> bool {
+        self.alias_targets().iter().any(|t| matches!(kind(t), Ok(Kind::Command(c)) if c == command))
+    }
+
+    /// Whether `path` is a file an alias leads to (the root helper writes no other).
+    pub fn allows_file(&self, path: &Path) -> bool {
+        self.alias_targets().iter().any(|t| matches!(kind(t), Ok(Kind::File(f)) if Path::new(f) == path))
+    }
+
+    /// Every target in the aliases, those of include lists too.
+    fn alias_targets(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let mut pending: Vec<String> = self.aliases.values().flatten().cloned().collect();
+        let mut read = 0;
+        while let Some(t) = pending.pop() {
+            if let Ok(Kind::Include(path)) = kind(&t) {
+                read += 1;
+                if read <= MAX_DEPTH * 10 {
+                    pending.extend(read_include(Path::new(path)).unwrap_or_default());
+                }
+            }
+            out.push(t);
+        }
+        out
+    }
 }
 
 /// A name that may become a directory through `mailbox_template`: ASCII letters,
@@ -372,10 +480,41 @@ mod tests {
     }
 
     #[test]
-    fn alias_targets_are_addresses_only() {
-        for bad in ["|/bin/sh", "/etc/passwd", ":include:/x", "\"|id\""] {
-            assert!(!is_address_target(bad), "{bad}");
+    fn alias_targets_of_every_kind() {
+        let dir = std::env::temp_dir().join(format!("postern-include-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let list = dir.join("list");
+        std::fs::write(&list, "# the team\nalice, bob@remote.test\n|/usr/bin/archive\n").unwrap();
+        let include = format!(":include:{}", list.display());
+        let u = users(
+            Some(&["alice"]),
+            &[
+                ("bot", &["|/usr/bin/procmail -a x"]),
+                ("log", &["/var/log/mail.mbox"]),
+                ("team", &[include.as_str()]),
+                ("quoted", &["\"|/bin/true\""]),
+            ],
+        );
+        assert_eq!(keys(&u.expand(&rcpt("bot@example.test")).unwrap()), ["|/usr/bin/procmail -a x"]);
+        assert_eq!(keys(&u.expand(&rcpt("log@example.test")).unwrap()), ["/var/log/mail.mbox"]);
+        assert_eq!(
+            keys(&u.expand(&rcpt("team@example.test")).unwrap()),
+            ["<alice@example.test>", "<bob@remote.test>", "|/usr/bin/archive"]
+        );
+        assert_eq!(keys(&u.expand(&rcpt("quoted@example.test")).unwrap()), ["|/bin/true"]);
+        assert!(u.needs_root_helper());
+        assert!(u.allows_command("/usr/bin/procmail -a x") && u.allows_command("/usr/bin/archive"));
+        assert!(!u.allows_command("/bin/sh") && !u.allows_file(Path::new("/etc/passwd")));
+        assert!(u.allows_file(Path::new("/var/log/mail.mbox")));
+        for bad in ["|", "relative/file", ":include:relative", "/a/dir/", "a b"] {
+            assert!(kind(bad).is_err(), "{bad}");
         }
-        assert!(is_address_target("alice") && is_address_target("bob@remote.test"));
+        std::fs::remove_file(&list).unwrap();
+        assert!(
+            matches!(u.expand(&rcpt("team@example.test")), Err(ExpandError::Broken(..))),
+            "an unreadable list holds the mail"
+        );
+        assert!(!users(Some(&["alice"]), &[("a", &["alice"])]).needs_root_helper());
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -49,6 +49,15 @@ pub fn check(config: &Config, program: Program) -> Findings {
         Err(e) => f.problems.push(e.to_string()),
         Ok(users) => {
             f.problems.extend(users.problems().iter().map(ToString::to_string));
+            if users.runs_commands() {
+                match sys::account_named(&config.alias_user) {
+                    Ok(Some(a)) if a.uid != 0 => {}
+                    _ => f.problems.push(format!(
+                        "{source}: alias_user: no user `{}` to run the aliases' commands and write their files as",
+                        config.alias_user
+                    )),
+                }
+            }
             // Mail to root (cron's, most of all) needs somewhere to go that a person reads.
             if users.alias("root").is_none() {
                 let aliases =

@@ -111,6 +111,10 @@ pub struct Config {
     pub relayhost_tls: TlsMode,
     /// A file holding `user:password` for AUTH at the relayhost; readable by its owner only.
     pub relayhost_auth_file: Option<PathBuf>,
+    /// The user `|command` and `/file` aliases run and write as.
+    pub alias_user: String,
+    /// How long an alias command may run before it is killed (and the copy deferred).
+    pub alias_timeout: Duration,
     /// Deliver each message as soon as it is committed (a `postern-deliver --id` child).
     pub instant_delivery: bool,
     /// Messages delivered at once by one run.
@@ -164,6 +168,8 @@ impl Config {
             aliases: None,
             follow_maildir_symlinks: false,
             instant_delivery: true,
+            alias_user: "nobody".into(),
+            alias_timeout: Duration::from_secs(300),
             recipient_delimiter: String::new(),
             message_size_limit: 10_240_000,
             max_recipients: 1000,
@@ -290,6 +296,13 @@ impl Config {
             "aliases" => self.aliases = Some(path(v)?),
             "follow_maildir_symlinks" => self.follow_maildir_symlinks = switch(v)?,
             "instant_delivery" => self.instant_delivery = switch(v)?,
+            "alias_user" => {
+                if v.is_empty() || v == "root" || !v.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+                    return Err("a user name other than root".into());
+                }
+                self.alias_user = v.to_string();
+            }
+            "alias_timeout" => self.alias_timeout = timeout(v)?,
             "recipient_delimiter" => self.recipient_delimiter = delimiter(v)?,
             "message_size_limit" => self.message_size_limit = size(v)?,
             "max_recipients" => self.max_recipients = count(v, 100)?,

@@ -143,6 +143,9 @@ impl<'a> Runner<'a> {
                 break;
             }
         }
+        if self.options.dry_run {
+            self.describe_held();
+        }
         self.relay.close();
         summary.halted = self.halted.load(Ordering::Relaxed);
         summary
@@ -212,7 +215,7 @@ impl<'a> Runner<'a> {
         let keys: Vec<String> = expanded.iter().map(Expanded::key).collect();
         let plan = self.plan(q, &keys, &history);
         if self.options.dry_run {
-            self.describe(q, &plan);
+            self.describe(q, &plan, &history);
             return Ok(Vec::new());
         }
         let idle = plan.due.is_empty() && plan.expired.is_empty() && plan.owed_report.is_empty() && !plan.warn;
@@ -421,9 +424,24 @@ impl<'a> Runner<'a> {
             Ok(t) => t,
             Err(e) => return Some(attempt(Where::Local, Event::Alias(e))),
         };
-        let Target::Mailbox { address, maildir, owner, .. } = target else { return None };
+        let (address, maildir, owner) = match target {
+            Target::Mailbox { address, maildir, owner, .. } => (address, maildir, owner),
+            Target::Remote(_) => return None,
+            Target::Command { alias, command } => {
+                let to = format!("<{alias}>");
+                return self
+                    .attempt_as(q, &to, Where::Local, attempt, |w, m| w.pipe(command, &q.envelope.from, alias, m));
+            }
+            Target::File { alias, path } => {
+                let to = format!("<{alias}>");
+                return self
+                    .attempt_as(q, &to, Where::Local, attempt, |w, m| w.append(path, &q.envelope.from, alias, m));
+            }
+        };
         if let Some(user) = owner {
-            return self.attempt_as(q, user, address, attempt);
+            let to = format!("<{address}>");
+            return self
+                .attempt_as(q, &to, Where::Maildir, attempt, |w, m| w.write(user, &q.envelope.from, address, m));
         }
         let stamp = Stamp {
             return_path: &q.envelope.from,
@@ -437,34 +455,40 @@ impl<'a> Runner<'a> {
         })
     }
 
-    /// A system user's copy, written by a process running as that user. Without the helper
-    /// (a run not started as root) nothing is recorded: the recipient stays due, and the
-    /// next run started as root (the timer, cron) delivers it without a back-off.
+    /// A copy another user must write (a system user's, an alias command's or file's),
+    /// through the helper that kept root. Without the helper (a run not started as root)
+    /// nothing is recorded: the recipient stays due, and the next run started as root (the
+    /// timer, cron) delivers it without a back-off.
     fn attempt_as(
         &self,
         q: &Queued,
-        user: &str,
-        address: &str,
+        who: &str,
+        place: Where,
         attempt: impl Fn(Where, Event<'_>) -> Attempt,
+        write: impl FnOnce(&crate::local::Writer, &[u8]) -> Result<std::path::PathBuf, crate::maildir::MaildirError>,
     ) -> Option<Attempt> {
         let Some(writer) = &self.writer else {
-            log::info!("{}: <{address}> is left for a delivery run started as root", q.id);
+            log::info!("{}: {who} is left for a delivery run started as root", q.id);
             return None;
         };
         let mut message = Vec::with_capacity(usize::try_from(q.envelope.size).unwrap_or(0));
         if let Err(e) = std::io::Read::read_to_end(&mut q.message(), &mut message) {
-            return Some(attempt(Where::Maildir, Event::Maildir(&crate::maildir::MaildirError::Io(e.to_string()))));
+            return Some(attempt(Where::Local, Event::Maildir(&crate::maildir::MaildirError::Io(e.to_string()))));
         }
-        Some(match writer.write(user, &q.envelope.from, address, &message) {
-            Ok(path) => attempt(Where::Maildir, Event::Delivered(&path.display().to_string())),
-            Err(e) => attempt(Where::Maildir, Event::Maildir(&e)),
+        Some(match write(writer, &message) {
+            Ok(path) => attempt(place, Event::Delivered(&path.display().to_string())),
+            Err(e) => attempt(place, Event::Maildir(&e)),
         })
     }
 
     /// One line per outcome in the familiar shape: `ID: to=<..>, relay=.., delay=.., dsn=.., status=..`.
     fn log_outcome(&self, q: &Queued, item: &Expanded, a: &Attempt) {
-        let mut line = format!("{}: to={}", q.id, a.recipient);
-        if item.original.to_string() != a.recipient {
+        // A command or a file is logged under the address that led to it, as Postfix does.
+        let mut line = match a.recipient.starts_with('<') {
+            true => format!("{}: to={}", q.id, a.recipient),
+            false => format!("{}: to={}", q.id, item.original),
+        };
+        if a.recipient.starts_with('<') && item.original.to_string() != a.recipient {
             let _ = write!(line, ", orig_to={}", item.original);
         }
         let status = match a.outcome {
@@ -567,16 +591,37 @@ impl<'a> Runner<'a> {
         Ok(made)
     }
 
-    fn describe(&self, q: &Queued, plan: &Plan) {
+    /// A dry run's line for one message: where it is, its size and age, who is due, when the
+    /// next attempt is, and the last temporary error.
+    fn describe(&self, q: &Queued, plan: &Plan, history: &[Attempt]) {
+        let age = lifetime_text(self.now.saturating_sub(q.envelope.arrived));
+        let last = history.iter().rev().find(|a| a.outcome == Outcome::Deferred);
         println!(
-            "{} ({}): from {}, due now: {}; expired: {}; next attempt: {}",
+            "{} ({}): from {}, {} octets, {age} old, due now: {}; expired: {}; next attempt: {}; last error: {}",
             q.id,
             q.place.dir(),
             q.envelope.from,
+            q.envelope.size,
             if plan.due.is_empty() { "nobody".to_string() } else { plan.due.join(" ") },
             plan.expired.len(),
             plan.next_attempt.map_or_else(|| "-".to_string(), crate::trace::rfc5322_date),
+            last.map_or_else(|| "-".to_string(), |a| format!("{} {}", a.status_text(), a.text)),
         );
+    }
+
+    /// A dry run also names the held messages, which no run touches.
+    fn describe_held(&self) {
+        for (found, id) in self.spool.all() {
+            if found != crate::spool::manage::Found::Held {
+                continue;
+            }
+            match self.spool.peek(found, &id, 0) {
+                Ok((e, _)) => {
+                    println!("{id} (hold): from {}, {} octets: held; `postern-queue release {id}`", e.from, e.size)
+                }
+                Err(err) => println!("{id} (hold): unreadable: {err}"),
+            }
+        }
     }
 }
 
@@ -624,8 +669,13 @@ impl<'a> Failure<'a> {
         let bare = |s: &str| s.trim_start_matches('<').trim_end_matches('>').to_string();
         let original = self.original.map(ForwardPath::to_string).filter(|o| *o != a.recipient);
         let remote = matches!(a.relay, Where::Remote { .. });
+        // A command or a file is no address: the report names the address that led to it.
+        let final_recipient = match (a.recipient.starts_with('<'), self.original) {
+            (false, Some(o)) => bare(&o.to_string()),
+            _ => bare(&a.recipient),
+        };
         RecipientStatus {
-            final_recipient: bare(&a.recipient),
+            final_recipient,
             original_recipient: original.map(|o| bare(&o)),
             status: a.status.unwrap_or(EnhancedStatus::new(5, 0, 0)),
             remote_mta: remote.then(|| a.relay.to_string()),

@@ -10,9 +10,12 @@
 //! missing and writes the copy (`maildir::deliver_to_maildir`). Nothing the run sends can
 //! make the helper write anywhere but a user's own maildir, as that user.
 //!
+//! The same helper runs the aliases' `|command`s and appends to their `/file`s, as
+//! `alias_user`: only commands and files the aliases name, so the run cannot choose others.
+//!
 //! Requests and replies are one line each, fields split by tabs:
-//! `USER<TAB>RETURN-PATH<TAB>DELIVERED-TO<TAB>SIZE` then SIZE octets of message;
-//! `ok<TAB>PATH` or `err<TAB>full|unsafe|loop|io<TAB>TEXT`.
+//! `mailbox|command|file<TAB>USER|COMMAND|PATH<TAB>RETURN-PATH<TAB>DELIVERED-TO<TAB>SIZE`
+//! then SIZE octets of message; `ok<TAB>WHERE` or `err<TAB>full|unsafe|loop|io|refused<TAB>TEXT`.
 
 use std::ffi::OsString;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -68,17 +71,53 @@ impl Writer {
         delivered_to: &str,
         message: &[u8],
     ) -> Result<PathBuf, MaildirError> {
+        self.ask("mailbox", user, return_path, delivered_to, message)
+    }
+
+    /// One copy to an alias's command, run as `alias_user`.
+    pub fn pipe(
+        &self,
+        command: &str,
+        from: &ReversePath,
+        alias: &str,
+        message: &[u8],
+    ) -> Result<PathBuf, MaildirError> {
+        self.ask("command", command, from, alias, message)
+    }
+
+    /// One copy appended to an alias's mbox file, as `alias_user`.
+    pub fn append(
+        &self,
+        path: &Path,
+        from: &ReversePath,
+        alias: &str,
+        message: &[u8],
+    ) -> Result<PathBuf, MaildirError> {
+        self.ask("file", &path.display().to_string(), from, alias, message)
+    }
+
+    fn ask(
+        &self,
+        kind: &str,
+        who: &str,
+        return_path: &ReversePath,
+        delivered_to: &str,
+        message: &[u8],
+    ) -> Result<PathBuf, MaildirError> {
+        if [who, delivered_to].iter().any(|f| f.contains(['\t', '\n', '\r'])) {
+            return Err(MaildirError::Unsafe(format!("`{}`: a tab or line end in it", who.escape_default())));
+        }
         let mut helper = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let helper = &mut *helper;
-        let request = format!("{user}\t{return_path}\t{delivered_to}\t{}\n", message.len());
+        let request = format!("{kind}\t{who}\t{return_path}\t{delivered_to}\t{}\n", message.len());
         let Some(input) = helper.input.as_mut() else { return Err(MaildirError::Io("local writer: closed".into())) };
         let sent = input.write_all(request.as_bytes()).and_then(|()| input.write_all(message));
-        sent.and_then(|()| input.flush()).map_err(|e| MaildirError::Io(format!("local writer for {user}: {e}")))?;
+        sent.and_then(|()| input.flush()).map_err(|e| MaildirError::Io(format!("local writer for {who}: {e}")))?;
         let mut line = String::new();
         match helper.output.read_line(&mut line) {
             Ok(n) if n > 0 => parse_reply(&line),
-            Ok(_) => Err(MaildirError::Io(format!("local writer for {user}: it stopped"))),
-            Err(e) => Err(MaildirError::Io(format!("local writer for {user}: {e}"))),
+            Ok(_) => Err(MaildirError::Io(format!("local writer for {who}: it stopped"))),
+            Err(e) => Err(MaildirError::Io(format!("local writer for {who}: {e}"))),
         }
     }
 }
@@ -99,6 +138,7 @@ fn reply(result: &Result<PathBuf, MaildirError>) -> String {
         Err(MaildirError::Unsafe(t)) => format!("err\tunsafe\t{}\n", clean(t)),
         Err(MaildirError::Loop) => "err\tloop\t-\n".to_string(),
         Err(MaildirError::Io(t)) => format!("err\tio\t{}\n", clean(t)),
+        Err(MaildirError::Refused(t)) => format!("err\trefused\t{}\n", clean(t)),
     }
 }
 
@@ -109,6 +149,7 @@ fn parse_reply(line: &str) -> Result<PathBuf, MaildirError> {
         (Some("err"), Some("full"), Some(t)) => Err(MaildirError::Full(t.to_string())),
         (Some("err"), Some("unsafe"), Some(t)) => Err(MaildirError::Unsafe(t.to_string())),
         (Some("err"), Some("loop"), _) => Err(MaildirError::Loop),
+        (Some("err"), Some("refused"), Some(t)) => Err(MaildirError::Refused(t.to_string())),
         (Some("err"), Some(_), Some(t)) => Err(MaildirError::Io(t.to_string())),
         _ => Err(MaildirError::Io(format!("local writer: unreadable reply `{}`", line.trim()))),
     }
@@ -116,6 +157,7 @@ fn parse_reply(line: &str) -> Result<PathBuf, MaildirError> {
 
 /// One request as the helper reads it.
 struct Request {
+    kind: String,
     user: String,
     return_path: ReversePath,
     delivered_to: String,
@@ -129,7 +171,7 @@ fn read_request(input: &mut impl BufRead, max: u64) -> io::Result<Option<Request
     }
     let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("bad request: {what}"));
     let fields: Vec<&str> = line.trim_end_matches('\n').split('\t').collect();
-    let [user, return_path, delivered_to, size] = fields[..] else { return Err(bad("fields")) };
+    let [kind, user, return_path, delivered_to, size] = fields[..] else { return Err(bad("fields")) };
     let size: u64 = size.parse().map_err(|_| bad("size"))?;
     if size > max {
         return Err(bad("too large"));
@@ -144,7 +186,8 @@ fn read_request(input: &mut impl BufRead, max: u64) -> io::Result<Option<Request
     if message.len() as u64 != size {
         return Err(bad("short message"));
     }
-    Ok(Some(Request { user: user.to_string(), return_path, delivered_to: delivered_to.to_string(), message }))
+    let (kind, user, delivered_to) = (kind.to_string(), user.to_string(), delivered_to.to_string());
+    Ok(Some(Request { kind, user, return_path, delivered_to, message }))
 }
 
 /// `--local-writer`: the helper's loop, as root, until its input closes.
@@ -156,7 +199,12 @@ pub fn serve(config: &Config) -> Result<(), String> {
     let mut output = io::stdout().lock();
     let max = config.message_size_limit.saturating_mul(2).saturating_add(1 << 20);
     while let Some(req) = read_request(&mut input, max).map_err(|e| e.to_string())? {
-        let result = write_one(config, &users, &exe, &req);
+        let result = match req.kind.as_str() {
+            "mailbox" => write_one(config, &users, &exe, &req),
+            "command" => run_command(config, &users, &req),
+            "file" => append_file(config, &users, &exe, &req),
+            other => Err(MaildirError::Unsafe(format!("unknown request `{other}`"))),
+        };
         output.write_all(reply(&result).as_bytes()).and_then(|()| output.flush()).map_err(|e| e.to_string())?;
     }
     Ok(())
@@ -196,6 +244,207 @@ fn write_one(config: &Config, users: &LocalUsers, exe: &Path, req: &Request) -> 
     drop(stdin);
     let out = child.wait_with_output().map_err(io)?;
     parse_reply(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The alias user's account and groups; root is never one.
+fn alias_account(config: &Config) -> Result<(sys::Account, Vec<u32>), MaildirError> {
+    let name = &config.alias_user;
+    let account = match sys::account_named(name) {
+        Ok(Some(a)) if a.uid != 0 => a,
+        Ok(Some(_)) => return Err(MaildirError::Unsafe(format!("alias_user {name} is root"))),
+        Ok(None) => return Err(MaildirError::Unsafe(format!("alias_user {name}: no such user"))),
+        Err(e) => return Err(MaildirError::Io(format!("alias_user {name}: {e}"))),
+    };
+    let groups = sys::groups_of(&account.name, account.gid).map_err(|e| MaildirError::Io(e.to_string()))?;
+    Ok((account, groups))
+}
+
+/// Exit codes of sysexits.h that mean "try again later" (EX_OSERR, EX_IOERR, EX_TEMPFAIL).
+const TEMPORARY_EXITS: [i32; 3] = [71, 74, 75];
+
+/// An alias's `|command`: `sh -c COMMAND` as `alias_user`, the message on its input, a
+/// clean environment (SENDER, RECIPIENT, USER, HOME=/, a plain PATH), at most
+/// `alias_timeout`. Exit 0 delivers; a temporary sysexits code, a signal or the timeout
+/// defers; any other code bounces, with what the command printed.
+fn run_command(config: &Config, users: &LocalUsers, req: &Request) -> Result<PathBuf, MaildirError> {
+    use std::os::unix::process::ExitStatusExt;
+    if !users.allows_command(&req.user) {
+        return Err(MaildirError::Unsafe(format!("`|{}` is no command of the aliases", req.user)));
+    }
+    let (account, groups) = alias_account(config)?;
+    let sender = req.return_path.to_string();
+    let mut command = Command::new("/bin/sh");
+    command
+        .arg("-c")
+        .arg(&req.user)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", "/")
+        .env("SHELL", "/bin/sh")
+        .env("USER", &account.name)
+        .env("LOGNAME", &account.name)
+        .env("SENDER", sender.trim_start_matches('<').trim_end_matches('>'))
+        .env("RECIPIENT", &req.delivered_to)
+        .current_dir("/")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // Its own process group, so that a timeout kills what it started too.
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    sys::run_as(&mut command, account.uid, account.gid, groups);
+    let io = |e: io::Error| MaildirError::Io(format!("|{}: {e}", req.user));
+    let mut child = command.spawn().map_err(io)?;
+    let stamp =
+        Stamp { return_path: &req.return_path, delivered_to: &req.delivered_to, hostname: "", follow_symlinks: false };
+    let input = crate::maildir::local_copy(&stamp, &req.message);
+    let mut stdin = child.stdin.take().ok_or_else(|| MaildirError::Io("no pipe".into()))?;
+    // A command that stops reading is judged by its exit, not by the broken pipe.
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.stdout.take().map(|p| std::thread::spawn(move || tail(p)));
+    let err = child.stderr.take().map(|p| std::thread::spawn(move || tail(p)));
+    let deadline = std::time::Instant::now() + config.alias_timeout;
+    let status = loop {
+        match child.try_wait().map_err(io)? {
+            Some(status) => break Some(status),
+            None if std::time::Instant::now() >= deadline => {
+                sys::kill_group(child.id());
+                let _ = child.wait();
+                break None;
+            }
+            None => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    };
+    let _ = feeder.join();
+    let printed: Vec<String> = [out, err].into_iter().flatten().filter_map(|h| h.join().ok()).collect();
+    let said = printed.join(" ").split_whitespace().collect::<Vec<_>>().join(" ");
+    let what = |how: String| if said.is_empty() { how } else { format!("{how}: {said}") };
+    let name = format!("|{}", req.user);
+    match status {
+        None => Err(MaildirError::Io(what(format!("{name}: killed after {}s", config.alias_timeout.as_secs())))),
+        Some(s) if s.success() => Ok(PathBuf::from(format!("command: {}", req.user))),
+        Some(s) => match s.code() {
+            Some(code) if TEMPORARY_EXITS.contains(&code) => {
+                Err(MaildirError::Io(what(format!("{name}: exit {code}"))))
+            }
+            Some(code) => Err(MaildirError::Refused(what(format!("{name}: exit {code}")))),
+            None => Err(MaildirError::Io(what(format!("{name}: killed by signal {}", s.signal().unwrap_or(0))))),
+        },
+    }
+}
+
+/// The last 512 octets a pipe gave, as text.
+fn tail(mut pipe: impl Read) -> String {
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = pipe.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        all.extend_from_slice(&buf[..n]);
+        if all.len() > 4096 {
+            all.drain(..all.len() - 512);
+        }
+    }
+    let start = all.len().saturating_sub(512);
+    String::from_utf8_lossy(&all[start..]).into_owned()
+}
+
+/// An alias's `/file`: appended as `alias_user` by `--append-mbox`.
+fn append_file(config: &Config, users: &LocalUsers, exe: &Path, req: &Request) -> Result<PathBuf, MaildirError> {
+    let path = Path::new(&req.user);
+    if !users.allows_file(path) {
+        return Err(MaildirError::Unsafe(format!("{} is no file of the aliases", path.display())));
+    }
+    let (account, groups) = alias_account(config)?;
+    let mut command = Command::new(exe);
+    command
+        .arg("--append-mbox")
+        .arg(path)
+        .arg(req.return_path.to_string())
+        .arg(&req.delivered_to)
+        .env_clear()
+        .current_dir("/")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    sys::run_as(&mut command, account.uid, account.gid, groups);
+    let io = |e: io::Error| MaildirError::Io(format!("{}: {e}", path.display()));
+    let mut child = command.spawn().map_err(io)?;
+    let mut stdin = child.stdin.take().ok_or_else(|| MaildirError::Io("no pipe".into()))?;
+    let _ = stdin.write_all(&req.message);
+    drop(stdin);
+    let out = child.wait_with_output().map_err(io)?;
+    parse_reply(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// `--append-mbox PATH RETURN-PATH DELIVERED-TO`: one copy appended to an mbox file, as the
+/// user this process already is. The file is locked (flock and fcntl, the two locks mbox
+/// readers take) for the append; a `From ` line starts the copy, body lines that start with
+/// `From ` (or `>From `) gain a `>` (mboxrd), a blank line ends it; a failed append is cut
+/// back off.
+pub fn append_mbox(args: &[String]) -> bool {
+    let result = (|| {
+        let [path, return_path, delivered_to] = args else {
+            return Err(MaildirError::Io("--append-mbox: wrong arguments".into()));
+        };
+        let return_path = match return_path.as_str() {
+            "<>" => ReversePath::Null,
+            other => ReversePath::parse(other.trim_start_matches('<').trim_end_matches('>').as_bytes())
+                .map_err(|_| MaildirError::Io("bad return path".into()))?,
+        };
+        let mut message = Vec::new();
+        io::stdin().read_to_end(&mut message).map_err(|e| MaildirError::Io(e.to_string()))?;
+        if crate::maildir::delivered_to(&message, delivered_to) {
+            return Err(MaildirError::Loop);
+        }
+        let stamp = Stamp { return_path: &return_path, delivered_to, hostname: "", follow_symlinks: false };
+        let copy = crate::maildir::local_copy(&stamp, &message);
+        let path = Path::new(path);
+        write_mbox(path, &return_path, &copy).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOSPC | libc::EDQUOT) => MaildirError::Full(format!("{}: {e}", path.display())),
+            _ => MaildirError::Io(format!("{}: {e}", path.display())),
+        })?;
+        Ok(path.to_path_buf())
+    })();
+    let ok = result.is_ok();
+    let _ = io::stdout().write_all(reply(&result).as_bytes());
+    ok
+}
+
+fn write_mbox(path: &Path, sender: &ReversePath, copy: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file =
+        std::fs::OpenOptions::new().append(true).create(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other("not a plain file"));
+    }
+    sys::lock_for_append(&file, std::time::Duration::from_secs(60))?;
+    let start = file.metadata()?.len();
+    let from = match sender {
+        ReversePath::Null => "MAILER-DAEMON".to_string(),
+        ReversePath::Mailbox(m) => m.to_string(),
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mut text = format!("From {from} {}\n", crate::trace::ctime(now)).into_bytes();
+    for line in copy.split_inclusive(|&b| b == b'\n') {
+        let bare = line.iter().position(|&b| b != b'>').map_or(line, |i| &line[i..]);
+        if bare.starts_with(b"From ") {
+            text.push(b'>');
+        }
+        text.extend_from_slice(line);
+    }
+    if !text.ends_with(b"\n") {
+        text.push(b'\n');
+    }
+    text.push(b'\n');
+    let written = (&file).write_all(&text).and_then(|()| file.sync_data());
+    if let Err(e) = written {
+        let _ = file.set_len(start);
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// `--write-maildir DIR RETURN-PATH DELIVERED-TO HOSTNAME follow|nofollow`: one copy, as the
@@ -242,15 +491,13 @@ mod tests {
 
     #[test]
     fn requests_are_read_whole_or_refused() {
-        let mut ok = &b"alice\t<a@b.test>\talice@example.test\t3\nabcrest"[..];
+        let mut ok = &b"mailbox\talice\t<a@b.test>\talice@example.test\t3\nabcrest"[..];
         let req = read_request(&mut ok, 100).unwrap().unwrap();
-        assert_eq!(
-            (req.user.as_str(), req.message.as_slice(), req.delivered_to.as_str()),
-            ("alice", &b"abc"[..], "alice@example.test")
-        );
-        let mut null = &b"bob\t<>\tbob@example.test\t0\n"[..];
+        assert_eq!((req.kind.as_str(), req.user.as_str(), req.message.as_slice()), ("mailbox", "alice", &b"abc"[..]));
+        assert_eq!(req.delivered_to, "alice@example.test");
+        let mut null = &b"command\t/bin/true\t<>\tbob@example.test\t0\n"[..];
         assert_eq!(read_request(&mut null, 100).unwrap().unwrap().return_path, ReversePath::Null);
-        for bad in [&b"alice\t<a@b.test>\tx\t9\nabc"[..], b"alice\tx\n", b"a\t<>\tb\t1000\n"] {
+        for bad in [&b"mailbox\talice\t<a@b.test>\tx\t9\nabc"[..], b"alice\tx\n", b"file\ta\t<>\tb\t1000\n"] {
             let mut input = bad;
             assert!(read_request(&mut input, 100).is_err(), "{}", String::from_utf8_lossy(bad));
         }

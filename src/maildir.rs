@@ -24,6 +24,8 @@ pub enum MaildirError {
     /// The message already carries `Delivered-To:` for this address (5.4.6).
     Loop,
     Io(String),
+    /// Refused for good: a command that exited with a permanent status (5.3.0).
+    Refused(String),
 }
 
 impl MaildirError {
@@ -144,8 +146,26 @@ fn has_delivered_to(source: impl Read, address: &str) -> io::Result<bool> {
     }
 }
 
-fn write_message(file: &mut File, stamp: &Stamp<'_>, mut source: impl Read) -> io::Result<()> {
+/// The message as a local copy has it: `Return-Path:` and `Delivered-To:` first, LF line
+/// ends. For a command's input and an mbox.
+pub fn local_copy(stamp: &Stamp<'_>, message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + 256);
+    let _ = write_stamped(&mut out, stamp, message);
+    out
+}
+
+/// Whether the message already has `Delivered-To: address` (a forwarding loop).
+pub fn delivered_to(message: &[u8], address: &str) -> bool {
+    has_delivered_to(message, address).unwrap_or(false)
+}
+
+fn write_message(file: &mut File, stamp: &Stamp<'_>, source: impl Read) -> io::Result<()> {
     let mut out = io::BufWriter::with_capacity(64 * 1024, file);
+    write_stamped(&mut out, stamp, source)?;
+    out.flush()
+}
+
+fn write_stamped(out: &mut impl Write, stamp: &Stamp<'_>, mut source: impl Read) -> io::Result<()> {
     write!(out, "Return-Path: {}\nDelivered-To: {}\n", stamp.return_path, stamp.delivered_to)?;
     let mut buf = vec![0u8; 64 * 1024];
     let mut held_cr = false;
@@ -154,12 +174,12 @@ fn write_message(file: &mut File, stamp: &Stamp<'_>, mut source: impl Read) -> i
         if n == 0 {
             break;
         }
-        held_cr = crlf_to_lf(&buf[..n], held_cr, &mut out)?;
+        held_cr = crlf_to_lf(&buf[..n], held_cr, out)?;
     }
     if held_cr {
         out.write_all(b"\r")?;
     }
-    out.flush()
+    Ok(())
 }
 
 /// Writes `chunk` with each CRLF as LF; a CR at the end is held back until the next chunk.

@@ -76,6 +76,8 @@ pub fn judge(event: Event<'_>) -> Verdict {
         // RFC 3463 §3.3: X.2.2 mailbox full; the rest is for the administrator to fix.
         Event::Maildir(MaildirError::Full(why)) => verdict(es(4, 2, 2), why.clone()),
         Event::Maildir(MaildirError::Unsafe(why) | MaildirError::Io(why)) => verdict(es(4, 3, 0), why.clone()),
+        // X.3.0: a command alias that said no for good (a sysexits code that is not temporary).
+        Event::Maildir(MaildirError::Refused(why)) => verdict(es(5, 3, 0), why.clone()),
         Event::Alias(ExpandError::UnknownUser(who)) => verdict(es(5, 1, 1), format!("{who}: no such user here")),
         Event::Alias(ExpandError::Loop(who)) => verdict(es(5, 4, 6), format!("{who}: aliases loop")),
         // X.3.5: the system is not configured to deliver this; fixed, a retry delivers it.
@@ -209,6 +211,7 @@ mod tests {
             (summary(judge(Event::Maildir(&MaildirError::Full("quota".into())))), "deferred 4.2.2"),
             (summary(judge(Event::Maildir(&MaildirError::Unsafe("symlink".into())))), "deferred 4.3.0"),
             (summary(judge(Event::Maildir(&MaildirError::Io("EIO".into())))), "deferred 4.3.0"),
+            (summary(judge(Event::Maildir(&MaildirError::Refused("exit 1".into())))), "bounced 5.3.0"),
             (summary(judge(Event::Alias(&ExpandError::UnknownUser("bob".into())))), "bounced 5.1.1"),
             (summary(judge(Event::Alias(&ExpandError::Loop("a".into())))), "bounced 5.4.6"),
             (summary(judge(Event::Alias(&ExpandError::Broken("a".into(), "why".into())))), "deferred 4.3.5"),

@@ -20,6 +20,49 @@ pub fn try_lock_exclusive(file: &File) -> io::Result<bool> {
     if err.raw_os_error() == Some(libc::EWOULDBLOCK) { Ok(false) } else { Err(err) }
 }
 
+/// Locks a file for an append as mbox readers expect: flock(2) and a whole-file fcntl(2)
+/// write lock, the two kinds they take; retried until `wait` is over.
+pub fn lock_for_append(file: &File, wait: Duration) -> io::Result<()> {
+    let deadline = std::time::Instant::now() + wait;
+    let busy = || io::Error::new(io::ErrorKind::WouldBlock, "locked by another program");
+    while !try_lock_exclusive(file)? {
+        if std::time::Instant::now() >= deadline {
+            return Err(busy());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    loop {
+        // SAFETY: flock is plain data; all-zero is valid before the fields are set.
+        let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+        lock.l_type = libc::F_WRLCK as libc::c_short;
+        lock.l_whence = libc::SEEK_SET as libc::c_short;
+        // SAFETY: a valid descriptor and a pointer to a live flock struct.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &lock) } == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if !matches!(err.raw_os_error(), Some(libc::EACCES | libc::EAGAIN)) {
+            return Err(err);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(busy());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Kills the process group `pgid` (a command and whatever it started), with SIGKILL.
+pub fn kill_group(pgid: u32) {
+    if let Ok(pgid) = i32::try_from(pgid)
+        && pgid > 1
+    {
+        // SAFETY: kill takes plain integers; a group that is gone only yields ESRCH.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+    }
+}
+
 /// Releases an flock taken with `try_lock_exclusive`, before the file is closed.
 pub fn unlock(file: &File) -> io::Result<()> {
     // SAFETY: flock takes a valid open descriptor, borrowed from `file` for the call.

@@ -63,6 +63,12 @@ pub fn iso_time(secs: u64) -> String {
     format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
+/// `Thu Dec  3 09:43:11 2026` (UTC), asctime(3)'s shape: the date of an mbox `From ` line.
+pub fn ctime(secs: u64) -> String {
+    let year = rfc5322_date(secs).split(' ').nth(3).unwrap_or("1970").to_string();
+    format!("{} {year}", mailq_time(secs))
+}
+
 /// `Thu Dec  3 09:43:11` (UTC): the arrival column of the traditional `mailq`.
 pub fn mailq_time(secs: u64) -> String {
     let date = rfc5322_date(secs);
@@ -96,6 +102,7 @@ mod tests {
     fn listing_times() {
         assert_eq!(iso_time(1_796_290_991), "2026-12-03 09:43:11");
         assert_eq!(mailq_time(1_796_290_991), "Thu Dec  3 09:43:11");
+        assert_eq!(ctime(1_796_290_991), "Thu Dec  3 09:43:11 2026");
     }
 
     #[test]

@@ -291,7 +291,12 @@ fn dry_run_changes_nothing_and_id_forces_a_retry() {
     let t0 = now();
     let id = s.queue("sender@remote.test", &["alice@example.test"], t0, "Subject: x\r\n\r\nx\r\n");
     let out = s.deliver(t0, &["--dry-run"]);
-    assert!(out.contains(&format!("{id} (new): from <sender@remote.test>, due now: <alice@example.test>")), "{out}");
+    assert!(
+        out.contains(&format!(
+            "{id} (new): from <sender@remote.test>, 17 octets, 0 minutes old, due now: <alice@example.test>"
+        )),
+        "{out}"
+    );
     assert!(maildir_messages(&s.alice()).is_empty());
     assert_eq!(s.queued().len(), 1);
     // Make it fail once, then force it well before its back-off ends.
@@ -301,8 +306,32 @@ fn dry_run_changes_nothing_and_id_forces_a_retry() {
     std::fs::remove_file(s.alice().join("new")).unwrap();
     s.deliver(t0 + 10, &[]);
     assert!(maildir_messages(&s.alice()).is_empty(), "still backing off");
+    let out = s.deliver(t0 + 10, &["--dry-run"]);
+    assert!(
+        out.contains("(cur)") && out.contains("due now: nobody") && out.contains("last error: 4.3.0"),
+        "the reason: {out}"
+    );
     s.deliver(t0 + 10, &["--id", &id]);
     assert_eq!(maildir_messages(&s.alice()).len(), 1);
+    // Held mail is named too, with how to release it.
+    let held = s.queue(
+        "sender@remote.test",
+        &["alice@example.test"],
+        t0,
+        "Subject: y
+
+y
+",
+    );
+    let spool = postern::spool::Spool::open(&s.dir.path().join("spool")).unwrap();
+    spool.hold(&postern::spool::QueueId::parse(&held).unwrap()).unwrap();
+    let out = s.deliver(t0 + 20, &["--dry-run"]);
+    assert!(
+        out.contains(&format!(
+            "{held} (hold): from <sender@remote.test>, 14 octets: held; `postern-queue release {held}`"
+        )),
+        "{out}"
+    );
 }
 
 #[test]

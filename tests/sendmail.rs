@@ -479,13 +479,13 @@ impl Drop for Daemon {
 #[test]
 fn a_bad_alias_line_costs_that_alias_alone() {
     let (dir, conf) = setup("bad-alias", "");
-    let aliases = "root: alice\nbot: |/usr/bin/procmail\nthis line has no colon\npostmaster: alice\n";
+    let aliases = "root: alice\nbot: some/relative/file\nthis line has no colon\npostmaster: alice\n";
     std::fs::write(dir.path().join("aliases"), aliases).unwrap();
     assert!(sendmail(&conf, &["root", "bot"], b"Subject: both\n\nhi\n").status.success());
     let log = deliver(&conf, None, &[]);
     assert_eq!(mailbox(dir.path(), "alice").len(), 1, "root's alias still works: {log}");
     assert!(log.contains("to=<bot@example.test>") && log.contains("dsn=4.3.5, status=deferred"), "{log}");
-    assert!(log.contains("aliases:2: `|/usr/bin/procmail`"), "the reason names the line: {log}");
+    assert!(log.contains("aliases:2: `some/relative/file`"), "the reason names the line: {log}");
     let check =
         Command::new(env!("CARGO_BIN_EXE_postern-deliver")).arg("-c").arg(&conf).arg("--check").output().unwrap();
     assert!(!check.status.success());
@@ -583,4 +583,62 @@ fn system_users_get_their_mail_in_their_own_home_written_as_themselves() {
 
 fn list(dir: &Path) -> Vec<PathBuf> {
     support::list(dir)
+}
+
+#[test]
+fn aliases_to_commands_files_and_include_lists() {
+    if skip_unless_root("run alias commands as another user") {
+        return;
+    }
+    let (dir, conf) = setup("alias-kinds", "alias_user = nobody\nalias_timeout = 1s\n");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (nobody, _) = ids("nobody");
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    std::os::unix::fs::chown(&out_dir, Some(nobody), None).unwrap();
+    let o = out_dir.display();
+    let list = dir.path().join("team.list");
+    std::fs::write(&list, format!("# the team\nalice\n|cat > {o}/from-list\n")).unwrap();
+    let aliases = format!(
+        "root: alice\npostmaster: alice\nbot: |env > {o}/env; cat > {o}/piped\narchive: {o}/archive.mbox\n\
+         team: :include:{}\nrefuses: |exit 67\nlater: |exit 75\nslow: |sleep 30\n",
+        list.display()
+    );
+    std::fs::write(dir.path().join("aliases"), aliases).unwrap();
+    let body = b"Subject: kinds\n\nFrom the start of a line\nbody\n";
+    let out =
+        sendmail(&conf, &["-f", "alice@example.test", "bot", "archive", "team", "refuses", "later", "slow"], body);
+    assert!(out.status.success(), "{}", text(&out));
+    let log = deliver(&conf, None, &[]);
+
+    let piped = std::fs::read_to_string(out_dir.join("piped")).unwrap_or_default();
+    assert!(piped.starts_with("Return-Path: <alice@example.test>\nDelivered-To: bot@example.test\n"), "{piped}\n{log}");
+    assert!(piped.contains("\nFrom the start of a line\n"), "{piped}");
+    assert_eq!(std::fs::metadata(out_dir.join("piped")).unwrap().uid(), nobody, "run as alias_user");
+    let env = std::fs::read_to_string(out_dir.join("env")).unwrap();
+    for line in ["SENDER=alice@example.test", "RECIPIENT=bot@example.test", "USER=nobody", "HOME=/"] {
+        assert!(env.lines().any(|l| l == line), "{line} in\n{env}");
+    }
+    assert!(!env.contains("POSTERN"), "a clean environment:\n{env}");
+
+    let mbox = std::fs::read_to_string(out_dir.join("archive.mbox")).unwrap();
+    assert!(mbox.starts_with("From alice@example.test "), "{mbox}");
+    assert!(mbox.contains("\n>From the start of a line\n") && mbox.ends_with("body\n\n"), "{mbox}");
+    let meta = std::fs::metadata(out_dir.join("archive.mbox")).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (nobody, 0o600));
+
+    assert_eq!(mailbox(dir.path(), "alice").len(), 2, "team's copy, and the report for `refuses`: {log}");
+    assert!(std::fs::read_to_string(out_dir.join("from-list")).unwrap().contains("Subject: kinds"));
+    let says = |to: &str, rest: &str| {
+        log.lines().any(|l| l.contains(&format!("to=<{to}>, relay=local,")) && l.ends_with(rest))
+    };
+    assert!(says("refuses@example.test", "dsn=5.3.0, status=bounced (|exit 67: exit 67)"), "{log}");
+    assert!(says("later@example.test", "dsn=4.3.0, status=deferred (|exit 75: exit 75)"), "{log}");
+    assert!(says("slow@example.test", "dsn=4.3.0, status=deferred (|sleep 30: killed after 1s)"), "{log}");
+    assert!(
+        says("bot@example.test", &format!("status=sent (delivered to command: env > {o}/env; cat > {o}/piped)")),
+        "{log}"
+    );
+    let report = mailbox(dir.path(), "alice").into_iter().find(|m| m.contains("multipart/report")).unwrap_or_default();
+    assert!(report.contains("Final-Recipient: rfc822; refuses@example.test"), "{report}");
 }

@@ -76,8 +76,10 @@ fn parse_args() -> Result<Args, Exit> {
 fn main() -> ExitCode {
     // The two internal modes of local delivery (src/local.rs); not for people to run.
     let argv: Vec<String> = std::env::args().collect();
-    if argv.get(1).map(String::as_str) == Some("--write-maildir") {
-        return if postern::local::write_maildir(&argv[2..]) { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+    match argv.get(1).map(String::as_str) {
+        Some("--write-maildir") => return exit(postern::local::write_maildir(&argv[2..])),
+        Some("--append-mbox") => return exit(postern::local::append_mbox(&argv[2..])),
+        _ => {}
     }
     let args = match parse_args() {
         Ok(a) => a,
@@ -117,7 +119,8 @@ fn main() -> ExitCode {
     }
     // The copies for system users are written as those users, by a helper that keeps root
     // (src/local.rs); it starts before root is given up.
-    let writer = match config.system_users && postern::sys::is_root() {
+    let needs_helper = postern::alias::LocalUsers::load(&config).is_ok_and(|u| u.needs_root_helper());
+    let writer = match needs_helper && postern::sys::is_root() {
         true => match postern::local::Writer::start(&config) {
             Ok(w) => Some(w),
             Err(e) => {
@@ -170,4 +173,8 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+fn exit(ok: bool) -> ExitCode {
+    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

@@ -97,7 +97,8 @@ fn run(args: &Args) -> Result<(), String> {
     let tls = postern::server::load_tls(&config)?;
     // Instant delivery to system users needs a process that keeps root: started before
     // root is given up (src/launch.rs). Otherwise the children are this process's own.
-    let launcher = if !args.inetd && config.system_users && sys::is_root() && config.user.is_some() {
+    let needs_root = postern::alias::LocalUsers::load(&config).is_ok_and(|u| u.needs_root_helper());
+    let launcher = if !args.inetd && needs_root && sys::is_root() && config.user.is_some() {
         postern::launch::Launcher::keeping_root(&config)
     } else {
         // Under inetd stderr may be the client's socket: a child's never is.
