@@ -212,6 +212,10 @@ pub fn serve(config: &Config) -> Result<(), String> {
 
 fn write_one(config: &Config, users: &LocalUsers, exe: &Path, req: &Request) -> Result<PathBuf, MaildirError> {
     let unsafe_ = |why: String| Err(MaildirError::Unsafe(why));
+    // Only the system's users get copies written as themselves, and only local users.
+    if !config.system_users || users.lookup_name(&req.user).as_deref() != Some(req.user.as_str()) {
+        return unsafe_(format!("{}: not a local system user", req.user));
+    }
     let account = match sys::account_named(&req.user) {
         Ok(Some(a)) => a,
         Ok(None) => return unsafe_(format!("{}: no such account", req.user)),
