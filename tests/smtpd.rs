@@ -491,9 +491,11 @@ fn the_example_configuration_passes_the_check_once_its_paths_exist() {
     let nobody = postern::sys::lookup_user("nobody").unwrap().expect("user nobody");
     std::os::unix::fs::chown(&spool, Some(nobody.uid), Some(nobody.gid)).unwrap();
     let example = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("postern.conf.example")).unwrap();
+    std::fs::write(dir.path().join("aliases"), "postmaster: root\nroot: nobody\n").unwrap();
     let text = example
         .replace("spool = /var/spool/postern\n", &format!("spool = {}\n", spool.display()))
-        .replace("user = postern\n", "user = nobody\n");
+        .replace("user = postern\n", "user = nobody\n")
+        .replace("aliases = /etc/aliases\n", &format!("aliases = {}/aliases\n", dir.path().display()));
     assert_ne!(text, example);
     for (ok, out) in check(dir.path(), &text) {
         assert!(ok && out.contains("configuration ok"), "{out}");

@@ -281,6 +281,15 @@ fn init(config: &Config, group: &str, sendmail: Option<&Path>) -> Result<(), Fai
         spool.display(),
         maildrop::DIR
     ));
+    // An aliases file named but missing would stop the server: start one, with the line
+    // the administrator must complete (mail for root is never written as root).
+    if let Some(aliases) = config.aliases.as_ref().filter(|p| !p.exists()) {
+        let text = "# Where mail for a local name goes: `name: target, target` (aliases(5)).\n\
+                    # Mail for root is never written as root: name the person who reads it.\n\
+                    postmaster: root\n#root: you\n";
+        std::fs::write(aliases, text).map_err(|e| format!("{}: {e}", aliases.display()))?;
+        say(format!("created {}: add `root: you` to it", aliases.display()));
+    }
     let sendmail = match sendmail {
         Some(p) => p.to_path_buf(),
         None => std::env::current_exe().map_err(|e| e.to_string())?.with_file_name("postern-sendmail"),
