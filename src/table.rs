@@ -24,15 +24,10 @@ impl std::fmt::Display for TableError {
     }
 }
 
-/// Reads a table file.
+/// Reads a table file; its first bad line is an error.
 pub fn load(path: &Path) -> Result<Vec<Entry>, TableError> {
-    let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| TableError {
-        file: file.clone(),
-        line: 0,
-        message: e.to_string(),
-    })?;
-    parse(&text).map_err(|(line, message)| TableError { file, line, message })
+    let (entries, mut problems) = load_lenient(path)?;
+    if problems.is_empty() { Ok(entries) } else { Err(problems.remove(0)) }
 }
 
 /// Reads a table file, keeping every good entry: each bad line is left out and reported,
