@@ -8,7 +8,7 @@ BINARIES = postern-smtpd postern-deliver postern-sendmail postern-queue
 SENDMAIL_DIR ?= /usr/sbin
 MAILQ_DIR ?= /usr/bin
 
-.PHONY: all build run test test-deps lint fuzz bench install install-files uninstall clean
+.PHONY: all build run test test-deps lint fuzz bench install install-files uninstall deb deb-files clean
 
 all: build
 
@@ -83,6 +83,23 @@ uninstall:
 	for m in doc/*.5; do rm -f $(DESTDIR)$(PREFIX)/share/man/man5/$$(basename $$m); done
 	for u in contrib/systemd/*; do rm -f $(DESTDIR)$(PREFIX)/lib/systemd/system/$$(basename $$u); done
 	@echo "make uninstall: left /etc/postern and /var/spool/postern (the configuration, and any mail still queued)"
+
+# A Debian package (target/postern_VERSION_ARCH.deb) that provides mail-transport-agent, so
+# bsd-mailx and cron find their MTA in it; its postinst runs `postern-queue init`.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+ARCH := $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
+DEB_ROOT ?= target/deb/root
+DEB_OUT ?= target
+deb: build deb-files
+
+deb-files:
+	rm -rf $(DEB_ROOT)
+	$(MAKE) install-files DESTDIR=$(abspath $(DEB_ROOT)) PREFIX=/usr
+	install -d $(DEB_ROOT)/DEBIAN
+	sed 's/@VERSION@/$(VERSION)/; s/@ARCH@/$(ARCH)/' contrib/debian/control.in > $(DEB_ROOT)/DEBIAN/control
+	echo /etc/postern/postern.conf > $(DEB_ROOT)/DEBIAN/conffiles
+	install -m 0755 contrib/debian/postinst $(DEB_ROOT)/DEBIAN/postinst
+	dpkg-deb --root-owner-group --build $(DEB_ROOT) $(DEB_OUT)/postern_$(VERSION)_$(ARCH).deb
 
 clean:
 	$(CARGO) clean

@@ -657,3 +657,46 @@ fn sighup_reloads_the_configuration_and_aliases_and_keeps_them_when_broken() {
     let mut server = server;
     assert!(server.child.try_wait().unwrap().is_none(), "SIGHUP never stops the daemon");
 }
+
+#[test]
+fn make_deb_builds_a_package_that_is_the_boxs_mta() {
+    if support::skip_unless(support::have("dpkg-deb"), "dpkg-deb is not installed") {
+        return;
+    }
+    let dir = TempDir::new("deb");
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new("make")
+        .args(["-C", root, "deb-files"])
+        .arg(format!("BUILD_DIR={}", Path::new(support::smtpd_binary()).parent().unwrap().display()))
+        .arg(format!("DEB_ROOT={}", dir.path().join("root").display()))
+        .arg(format!("DEB_OUT={}", dir.path().display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let deb =
+        support::list(dir.path()).into_iter().find(|p| p.extension().is_some_and(|e| e == "deb")).expect("a .deb");
+    let field = |name: &str| {
+        let out = Command::new("dpkg-deb").arg("--field").arg(&deb).arg(name).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // `apt install bsd-mailx` is satisfied by it instead of pulling in another MTA.
+    assert_eq!(field("Package"), "postern");
+    for name in ["Provides", "Conflicts", "Replaces"] {
+        assert_eq!(field(name), "mail-transport-agent", "{name}");
+    }
+    let listing = Command::new("dpkg-deb").arg("--contents").arg(&deb).output().unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout).to_string();
+    for entry in [
+        "./usr/sbin/sendmail -> /usr/sbin/postern-sendmail",
+        "./usr/bin/mailq -> /usr/sbin/postern-sendmail",
+        "./usr/sbin/postern-queue",
+        "./usr/share/man/man8/postern-sendmail.8",
+        "./usr/lib/systemd/system/postern-deliver.timer",
+        "./etc/postern/postern.conf",
+    ] {
+        assert!(listing.contains(entry), "{entry} in\n{listing}");
+    }
+    let control = Command::new("dpkg-deb").arg("--info").arg(&deb).output().unwrap();
+    let control = String::from_utf8_lossy(&control.stdout).to_string();
+    assert!(control.contains("postinst") && control.contains("conffiles"), "{control}");
+}
