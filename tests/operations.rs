@@ -439,7 +439,12 @@ fn sigterm_tells_open_sessions_421_and_queues_nothing_half_sent() {
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(server.queued().is_empty());
     assert!(support::list(&server.spool().join("tmp")).is_empty());
-    assert!(server.log().contains("stopped"));
+    // The last line may still be on its way through the log reader.
+    let waited = Instant::now();
+    while !server.log().contains("stopped") && waited.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(server.log().contains("stopped"), "{}", server.log());
 }
 
 #[test]
