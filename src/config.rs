@@ -390,6 +390,15 @@ impl Config {
         (self.source != EMBEDDED_SOURCE).then(|| Path::new(&self.source))
     }
 
+    /// The arguments that make another postern program read this same configuration:
+    /// `-c FILE`, or `--builtin-config`.
+    pub fn program_args(&self) -> Vec<std::ffi::OsString> {
+        match self.path() {
+            Some(path) => vec!["-c".into(), path.into()],
+            None => vec!["--builtin-config".into()],
+        }
+    }
+
     /// Whether `ip` is in `trusted_networks`; an unknown peer never is.
     pub fn is_trusted(&self, ip: Option<IpAddr>) -> bool {
         ip.is_some_and(|ip| self.trusted_networks.iter().any(|c| c.contains(ip)))

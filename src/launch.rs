@@ -39,6 +39,10 @@ impl Launcher {
     /// The launcher for `config`: `postern-deliver` beside the running program, told to use
     /// the same configuration. `None` when `instant_delivery = off` or the program is missing.
     pub fn new(config: &Config, inherit_stderr: bool) -> Option<Arc<Launcher>> {
+        Launcher::build(config, inherit_stderr).map(Arc::new)
+    }
+
+    fn build(config: &Config, inherit_stderr: bool) -> Option<Launcher> {
         if !config.instant_delivery {
             return None;
         }
@@ -47,38 +51,24 @@ impl Launcher {
             log::warn!("instant delivery is off: {} is missing", program.display());
             return None;
         }
-        let config_args = match config.path() {
-            Some(path) => vec!["-c".into(), path.into()],
-            None => vec!["--builtin-config".into()],
-        };
-        Some(Arc::new(Launcher {
-            program,
-            config_args,
-            inherit_stderr,
-            state: Mutex::new(State::default()),
-            root: None,
-        }))
+        let config_args = config.program_args();
+        Some(Launcher { program, config_args, inherit_stderr, state: Mutex::new(State::default()), root: None })
     }
 
     /// For a daemon started as root that is about to give root up: a launcher process that
     /// keeps it (`postern-deliver --launcher`), asked for each delivery. The daemon can make
     /// it do nothing but start deliveries of queue IDs, at most `MAX_RUNNING` at once.
     pub fn keeping_root(config: &Config) -> Option<Arc<Launcher>> {
-        let mut launcher = Arc::into_inner(Launcher::new(config, true)?)?;
+        let mut launcher = Launcher::build(config, true)?;
         let mut command = Command::new(&launcher.program);
         command.args(&launcher.config_args).arg("--launcher").stdin(Stdio::piped()).stdout(Stdio::null());
         match command.spawn() {
-            Ok(mut child) => {
-                launcher.root = child.stdin.take().map(Mutex::new);
-                Some(Arc::new(launcher))
-            }
-            Err(e) => {
-                log::warn!(
-                    "instant delivery without a launcher kept as root ({e}): system users' mail waits for the timer"
-                );
-                Some(Arc::new(launcher))
-            }
+            Ok(mut child) => launcher.root = child.stdin.take().map(Mutex::new),
+            Err(e) => log::warn!(
+                "instant delivery without a launcher kept as root ({e}): system users' mail waits for the timer"
+            ),
         }
+        Some(Arc::new(launcher))
     }
 
     /// Delivers `id` now, in a child; never waits and never fails the caller.

@@ -44,11 +44,7 @@ struct Helper {
 /// The program and the configuration arguments a helper process is started with.
 fn program(config: &Config) -> io::Result<(PathBuf, Vec<OsString>)> {
     let exe = std::env::current_exe()?.with_file_name("postern-deliver");
-    let args = match config.path() {
-        Some(path) => vec!["-c".into(), path.into()],
-        None => vec!["--builtin-config".into()],
-    };
-    Ok((exe, args))
+    Ok((exe, config.program_args()))
 }
 
 impl Writer {

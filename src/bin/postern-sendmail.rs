@@ -434,10 +434,7 @@ fn run_delivery(args: &Args, config: &Config) -> Result<(), Fail> {
     let exe = std::env::current_exe().map_err(|e| Fail(EX_SOFTWARE, e.to_string()))?;
     let deliver = exe.with_file_name("postern-deliver");
     let mut cmd = std::process::Command::new(&deliver);
-    match config.path() {
-        Some(path) => cmd.arg("-c").arg(path),
-        None => cmd.arg("--builtin-config"),
-    };
+    cmd.args(config.program_args());
     if args.verbose {
         cmd.arg("-v");
     }

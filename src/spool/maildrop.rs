@@ -158,6 +158,12 @@ impl Spool {
         fs::symlink_metadata(self.root.join(DIR).join(id.as_str())).is_ok()
     }
 
+    /// The names in maildrop/ now (`in_maildrop` for a whole listing at once).
+    pub(crate) fn in_maildrop_now(&self) -> std::collections::HashSet<String> {
+        let Ok(entries) = fs::read_dir(self.root.join(DIR)) else { return Default::default() };
+        entries.flatten().filter_map(|e| e.file_name().into_string().ok()).collect()
+    }
+
     /// Moves every complete dropped message into new/ (same ID), and removes drafts whose
     /// writer is gone. A spool without maildrop/ has nothing to do.
     pub fn pickup(&self, settings: &PickupSettings<'_>) -> Picked {

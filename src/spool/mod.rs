@@ -353,11 +353,13 @@ impl Spool {
     /// so is a message whose pickup from maildrop/ is not finished.
     pub fn queued(&self) -> Vec<(Place, QueueId)> {
         let mut out = Vec::new();
+        // One read of maildrop/ (empty nearly always), not a look per queued message.
+        let dropped = self.in_maildrop_now();
         for place in [Place::New, Place::Cur] {
             let Ok(entries) = fs::read_dir(self.root.join(place.dir())) else { continue };
             for entry in entries.flatten() {
                 if let Some(id) = entry.file_name().to_str().and_then(QueueId::parse)
-                    && !self.in_maildrop(&id)
+                    && !dropped.contains(id.as_str())
                 {
                     out.push((place, id));
                 }
