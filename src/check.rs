@@ -76,10 +76,13 @@ pub fn check(config: &Config, program: Program) -> Findings {
             if let Err(e) = crate::server::load_tls(config) {
                 f.problems.push(format!("{source}: tls_cert, tls_key: {e}"));
             }
+            if let Err(e) = crate::server::load_auth(config) {
+                f.problems.push(e);
+            }
         }
         Program::Deliver => {
             if let Err(e) = crate::relay::Relay::new(config) {
-                f.problems.push(format!("{source}: relayhost_auth_file: {e}"));
+                f.problems.push(format!("{source}: {e}"));
             }
             if config.system_users && !sys::is_root() {
                 f.warnings.push(format!(

@@ -61,12 +61,49 @@ fn prefix_eq(a: &[u8], b: &[u8], bits: u8) -> bool {
     matches!((a.get(whole), b.get(whole)), (Some(x), Some(y)) if x & mask == y & mask)
 }
 
+/// What a listening socket serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The MTA port (25): mail for this host, relay for trusted clients.
+    Mta,
+    /// Message submission (587, RFC 6409): STARTTLS before AUTH, AUTH before MAIL.
+    Submission,
+    /// Submission over implicit TLS (465, RFC 8314 §3.3): TLS from the first byte.
+    Smtps,
+}
+
+impl Mode {
+    pub fn parse(word: &str) -> Option<Mode> {
+        match word {
+            "smtp" | "mta" => Some(Mode::Mta),
+            "submission" => Some(Mode::Submission),
+            "smtps" | "submissions" => Some(Mode::Smtps),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Mta => "smtp",
+            Mode::Submission => "submission",
+            Mode::Smtps => "smtps",
+        }
+    }
+}
+
+/// One `listen` entry: `address:port [mode]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen {
+    pub addr: SocketAddr,
+    pub mode: Mode,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The file read, or "embedded default".
     pub source: String,
     pub hostname: String,
-    pub listen: Vec<SocketAddr>,
+    pub listen: Vec<Listen>,
     pub spool: PathBuf,
     pub user: Option<String>,
     /// Lower case.
@@ -99,6 +136,19 @@ pub struct Config {
     pub starttls_timeout: Duration,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// `user:hash` lines for AUTH on the submission ports.
+    pub auth_users: Option<PathBuf>,
+    /// `user: address, @domain` lines: the senders each user may use.
+    pub auth_senders: Option<PathBuf>,
+    /// `auth_plaintext = loopback`: AUTH without TLS for clients on 127.0.0.0/8 and ::1.
+    pub auth_plaintext_loopback: bool,
+    /// Failed logins from one address, within `auth_lockout_time`, that lock it out.
+    pub auth_failure_limit: u32,
+    pub auth_lockout_time: Duration,
+    /// Leave the client's address out of the `Received:` field of submitted mail.
+    pub submission_hide_client: bool,
+    /// `domain selector /path/key.pem` lines: DKIM keys for our users' outgoing mail.
+    pub dkim_keys: Option<PathBuf>,
     pub min_backoff: Duration,
     pub max_backoff: Duration,
     pub max_queue_lifetime: Duration,
@@ -156,7 +206,7 @@ impl Config {
         Config {
             source: String::new(),
             hostname: crate::sys::fqdn(),
-            listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
+            listen: vec![Listen { addr: SocketAddr::from(([127, 0, 0, 1], 2525)), mode: Mode::Mta }],
             spool: PathBuf::from("./spool"),
             user: None,
             // Filled in by `parse` from the host name when the file does not say.
@@ -187,6 +237,13 @@ impl Config {
             starttls_timeout: Duration::from_secs(300),
             tls_cert: None,
             tls_key: None,
+            auth_users: None,
+            auth_senders: None,
+            auth_plaintext_loopback: false,
+            auth_failure_limit: 5,
+            auth_lockout_time: Duration::from_secs(600),
+            submission_hide_client: false,
+            dkim_keys: None,
             min_backoff: Duration::from_secs(300),
             max_backoff: Duration::from_secs(3600),
             max_queue_lifetime: Duration::from_secs(5 * 86400),
@@ -273,7 +330,7 @@ impl Config {
     fn set(&mut self, key: &str, v: &str) -> Result<(), String> {
         match key {
             "hostname" => self.hostname = hostname(v)?,
-            "listen" => self.listen = list(v).map(socket_addr).collect::<Result<_, _>>()?,
+            "listen" => self.listen = list(v).map(listen).collect::<Result<_, _>>()?,
             "spool" => self.spool = path(v)?,
             "user" => self.user = Some(word(v)?),
             "local_domains" => {
@@ -320,6 +377,19 @@ impl Config {
             "starttls_timeout" => self.starttls_timeout = timeout(v)?,
             "tls_cert" => self.tls_cert = Some(path(v)?),
             "tls_key" => self.tls_key = Some(path(v)?),
+            "auth_users" => self.auth_users = Some(path(v)?),
+            "auth_senders" => self.auth_senders = Some(path(v)?),
+            "auth_plaintext" => {
+                self.auth_plaintext_loopback = match v {
+                    "loopback" => true,
+                    "off" | "no" => false,
+                    _ => return Err("expected off or loopback".into()),
+                }
+            }
+            "auth_failure_limit" => self.auth_failure_limit = count(v, 1)?,
+            "auth_lockout_time" => self.auth_lockout_time = bounded(positive(duration(v)?)?, DAY)?,
+            "submission_hide_client" => self.submission_hide_client = switch(v)?,
+            "dkim_keys" => self.dkim_keys = Some(path(v)?),
             "min_backoff" => self.min_backoff = bounded(positive(duration(v)?)?, 30 * DAY)?,
             "max_backoff" => self.max_backoff = bounded(positive(duration(v)?)?, 30 * DAY)?,
             "max_queue_lifetime" => self.max_queue_lifetime = bounded(positive(duration(v)?)?, 100 * DAY)?,
@@ -368,6 +438,16 @@ impl Config {
         }
         if self.min_backoff > self.max_backoff {
             return Err("min_backoff is longer than max_backoff".into());
+        }
+        let submission = self.listen.iter().any(|l| l.mode != Mode::Mta);
+        if self.listen.iter().any(|l| l.mode == Mode::Smtps) && self.tls_cert.is_none() {
+            return Err("listen: an smtps port needs tls_cert and tls_key".into());
+        }
+        if self.auth_senders.is_some() && self.auth_users.is_none() {
+            return Err("auth_senders needs auth_users".into());
+        }
+        if submission && self.auth_users.is_none() {
+            return Err("listen: a submission port needs auth_users (who may log in)".into());
         }
         Ok(())
     }
@@ -454,6 +534,20 @@ fn hostname(v: &str) -> Result<String, String> {
 
 fn socket_addr(v: &str) -> Result<SocketAddr, String> {
     v.parse().map_err(|_| format!("`{v}` is not address:port (IPv6 as [::]:25)"))
+}
+
+/// `address:port`, optionally followed by `submission` or `smtps`.
+fn listen(v: &str) -> Result<Listen, String> {
+    let mut words = v.split_whitespace();
+    let addr = socket_addr(words.next().unwrap_or(""))?;
+    let mode = match words.next() {
+        None => Mode::Mta,
+        Some(w) => Mode::parse(w).ok_or(format!("`{w}`: the mode is submission or smtps (or none, for smtp)"))?,
+    };
+    if let Some(extra) = words.next() {
+        return Err(format!("`{extra}`: one mode per address"));
+    }
+    Ok(Listen { addr, mode })
 }
 
 /// `host`, `host:port`, `[1.2.3.4]:port` or `[::1]:port`; the port defaults to `default_port`.
@@ -626,7 +720,7 @@ mod tests {
     #[test]
     fn embedded_default_parses() {
         let c = Config::parse(EMBEDDED_DEFAULT, "embedded default").unwrap();
-        assert_eq!(c.listen, vec!["127.0.0.1:2525".parse().unwrap()]);
+        assert_eq!(c.listen, vec![Listen { addr: "127.0.0.1:2525".parse().unwrap(), mode: Mode::Mta }]);
         assert_eq!(c.local_domains, vec!["localhost"]);
         assert!(c.is_trusted(Some("127.0.0.5".parse().unwrap())));
         assert!(c.is_trusted(Some("::1".parse().unwrap())));
@@ -645,6 +739,39 @@ mod tests {
         assert_eq!(e.0, "t.conf:2: vrfy: given twice");
         assert!(Config::parse("message_size_limit = 10X\n", "t").is_err());
         assert!(Config::parse("tls_cert = /x\n", "t").is_err());
+    }
+
+    #[test]
+    fn listen_modes() {
+        let c = Config::parse(
+            "listen = [::]:25, 127.0.0.1:587 submission, [::1]:465 smtps\ntls_cert = /c\ntls_key = /k\nauth_users = /u\n",
+            "t",
+        )
+        .unwrap();
+        let modes: Vec<(String, Mode)> = c.listen.iter().map(|l| (l.addr.to_string(), l.mode)).collect();
+        assert_eq!(
+            modes,
+            [
+                ("[::]:25".into(), Mode::Mta),
+                ("127.0.0.1:587".into(), Mode::Submission),
+                ("[::1]:465".into(), Mode::Smtps)
+            ]
+        );
+        let e = |text: &str| Config::parse(text, "t").unwrap_err().0;
+        assert_eq!(
+            e("listen = 127.0.0.1:587 submision\n"),
+            "t:1: listen: `submision`: the mode is submission or smtps (or none, for smtp)"
+        );
+        assert_eq!(
+            e("listen = 127.0.0.1:465 smtps\nauth_users = /u\n"),
+            "t: listen: an smtps port needs tls_cert and tls_key"
+        );
+        assert_eq!(
+            e("listen = 127.0.0.1:587 submission\n"),
+            "t: listen: a submission port needs auth_users (who may log in)"
+        );
+        assert!(Config::parse("listen = 127.0.0.1:587 submission smtps\n", "t").is_err());
+        assert!(Config::parse("auth_plaintext = always\n", "t").is_err());
     }
 
     #[test]

@@ -550,6 +550,8 @@ impl<'a> Runner<'a> {
             protocol: "LOCAL".into(),
             body: BodyType::EightBitMime,
             smtputf8: false,
+            auth: None,
+            submitted: true,
             from: ReversePath::Null,
             rcpts: vec![to.clone()],
             size: 0,

@@ -6,7 +6,8 @@
 //! - `smtp`: the SMTP wire language, bytes in and typed values out, no I/O; the client's
 //!   state machines too (`smtp::client`)
 //! - `session`: the SMTP server state machine, no I/O
-//! - `policy`: the questions the session asks (local? exists? may relay?)
+//! - `policy`: the questions the session asks (local? exists? may relay? who logged in?)
+//! - `auth`: the `auth_users` and `auth_senders` files, password hashes, the login lockout
 //! - `server`: listeners, threads, deadlines, DATA into the spool (`conn`, `handoff` inside)
 //! - `spool`: queue files and the commit that makes them durable; `maildrop/` for local users
 //! - `submit`: a message handed over on stdin turned into an envelope and a message (pure)
@@ -23,6 +24,7 @@
 //! - `maildir`: writing one message into a maildir
 //! - `message`: the header section of a message: fields, Message-ID, address lists (pure)
 //! - `dsn`: RFC 3464 reports (pure)
+//! - `dkim`: DKIM signatures for our users' mail as it leaves, and new keys
 //! - `config`: postern.conf into a checked `Config`
 //! - `check`: `--check`, what would fail at start or at run time
 //! - `cli`: `--help`, `--version` and bad arguments, the same in every program
@@ -36,11 +38,13 @@
 #![deny(unsafe_code)]
 
 pub mod alias;
+pub mod auth;
 pub mod check;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod deliver;
+pub mod dkim;
 pub mod dns;
 pub mod dsn;
 pub mod fault;

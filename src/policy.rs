@@ -63,6 +63,17 @@ pub trait Policy: Send + Sync {
     fn expand(&self, name: &str) -> Option<Vec<String>>;
 }
 
+/// What AUTH asks (RFC 4954); `crate::auth` answers from the `auth_users` and
+/// `auth_senders` files.
+pub trait Authenticator: Send + Sync {
+    /// Whether `client` is locked out after repeated failures.
+    fn locked_out(&self, client: Option<IpAddr>) -> bool;
+    /// Whether the password is the user's; a failure counts against the client.
+    fn verify(&self, client: Option<IpAddr>, user: &str, password: &[u8]) -> bool;
+    /// Whether the user may use this address (no brackets) as sender, in MAIL or `From:`.
+    fn may_send_as(&self, user: &str, address: &str) -> bool;
+}
+
 /// The policy of one configuration: local users and trusted networks.
 pub struct LocalPolicy {
     config: Config,

@@ -243,6 +243,8 @@ mod tests {
             protocol: "ESMTP".into(),
             body: BodyType::SevenBit,
             smtputf8: false,
+            auth: None,
+            submitted: false,
             from: ReversePath::parse(b"alice@example.test").unwrap(),
             rcpts: vec![
                 ForwardPath::parse(b"bob@remote.test").unwrap(),

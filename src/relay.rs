@@ -64,6 +64,8 @@ pub enum Execution {
 pub struct Relay<'a> {
     config: &'a Config,
     credentials: Option<(String, String)>,
+    /// `dkim_keys`: the keys our users' mail is signed with as it leaves.
+    dkim: Option<crate::dkim::Keys>,
     /// Resolvers not in use; each thread borrows one (each drives its own runtime).
     dns: Mutex<Vec<DnsLookup>>,
     pool: Mutex<Pool>,
@@ -94,9 +96,14 @@ fn load_credentials(config: &Config) -> Result<Option<(String, String)>, String>
 
 impl<'a> Relay<'a> {
     pub fn new(config: &'a Config) -> Result<Relay<'a>, String> {
+        let dkim = match &config.dkim_keys {
+            Some(path) => Some(crate::dkim::Keys::load(path).map_err(|e| format!("dkim_keys: {e}"))?),
+            None => None,
+        };
         Ok(Relay {
             config,
-            credentials: load_credentials(config)?,
+            dkim,
+            credentials: load_credentials(config).map_err(|e| format!("relayhost_auth_file: {e}"))?,
             dns: Mutex::new(Vec::new()),
             pool: Mutex::new(Pool::default()),
             returned: Condvar::new(),
@@ -152,14 +159,16 @@ impl<'a> Relay<'a> {
             Ok(found) => found,
             Err((place, e)) => return Execution::NoSession(place, e),
         };
+        let signature = self.dkim_signature(q).unwrap_or_default();
         let envelope = Envelope {
             from: q.envelope.from.clone(),
             recipients: rcpts.iter().map(|m| ForwardPath::Mailbox((*m).clone())).collect(),
-            size: q.envelope.size,
+            size: q.envelope.size + signature.len() as u64,
             body: q.envelope.body,
             smtputf8: q.envelope.smtputf8,
         };
-        let result = session.transaction(&envelope, q.message());
+        let message = std::io::Read::chain(signature.as_bytes(), q.message());
+        let result = session.transaction(&envelope, message);
         // A refusal leaves the session in a known state, fit for RSET; anything else does not.
         let reusable = matches!(
             &result,
@@ -167,6 +176,30 @@ impl<'a> Relay<'a> {
         );
         self.check_in(addr, reusable.then_some(session));
         Execution::Ran(Where::Remote { host: name, addr }, result)
+    }
+
+    /// The `DKIM-Signature:` field for a copy of our own users' mail (authenticated, trusted,
+    /// local) whose `From:` domain has a key; never for mail that came in for someone here
+    /// and is forwarded on. A signature that cannot be made is logged, and the copy goes unsigned.
+    fn dkim_signature(&self, q: &Queued) -> Option<String> {
+        let keys = self.dkim.as_ref()?;
+        if !(q.envelope.submitted || q.envelope.protocol == "LOCAL") {
+            return None;
+        }
+        let mut head = Vec::with_capacity(8192);
+        std::io::Read::read_to_end(&mut std::io::Read::take(q.message(), 64 * 1024), &mut head).ok()?;
+        let key = keys.for_domain(&crate::dkim::from_domain(&head)?)?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        match crate::dkim::sign(key, q.message(), now) {
+            Ok(field) => {
+                log::info!("{}: DKIM-Signature d={} s={} a={}", q.id, key.domain, key.selector, key.algorithm());
+                Some(field)
+            }
+            Err(e) => {
+                log::warn!("{}: not signed with the key for {}: {e}", q.id, key.domain);
+                None
+            }
+        }
     }
 
     fn destination(&self, route: &Route) -> Result<Destination, NoRoute> {
@@ -221,7 +254,7 @@ impl<'a> Relay<'a> {
     /// on another port is another server, such as a filter or a second instance.
     fn is_self(&self, name: &str, ip: IpAddr) -> bool {
         let named = !name.is_empty() && name.eq_ignore_ascii_case(&self.config.hostname);
-        let listening = self.config.listen.iter().any(|l| {
+        let listening = self.config.listen.iter().map(|l| l.addr).any(|l| {
             let address = l.ip() == ip || (l.ip().is_unspecified() && ip.is_loopback());
             address && l.port() == self.config.smtp_port
         });

@@ -8,14 +8,18 @@
 //!    |                    +------------- DataEnd (250 or error) --------+
 //!  any state: QUIT, timeout, too many errors -> Closed
 //! ```
+//! AUTH (RFC 4954) runs beside this: from Ready, an exchange of 334 challenges and client
+//! responses, which ends with the session authenticated (235) or not, in Ready again.
 //! The server owns sockets, clocks and files; the session only decides.
 
 use std::net::IpAddr;
 
-use crate::policy::{Policy, Refusal};
+use crate::policy::{Authenticator, Policy, Refusal};
 use crate::smtp::address::{ForwardPath, ReversePath};
 use crate::smtp::command::{Command, MailParams, parse_command};
+use crate::smtp::line::MAX_COMMAND_LINE;
 use crate::smtp::reply::{EnhancedStatus, Reply};
+use crate::smtp::sasl::{self, Exchange, Mechanism, Next};
 use crate::spool::QueueId;
 
 /// Limits and switches the session applies; taken from the configuration.
@@ -34,6 +38,10 @@ pub struct SessionConfig {
     /// A local user on a pipe (`sendmail -bs`): may relay, as the same user may with
     /// `sendmail addr`; never set for a network peer.
     pub local_submission: bool,
+    /// A submission port (RFC 6409, RFC 8314): AUTH is offered, and needed before MAIL.
+    pub submission: bool,
+    /// AUTH may run without TLS in this session (a loopback client, when configured).
+    pub auth_plaintext: bool,
 }
 
 /// What the server feeds the session.
@@ -49,6 +57,8 @@ pub enum Input<'a> {
     DataEnd(Result<QueueId, DataError>),
     /// The TLS handshake after STARTTLS succeeded.
     TlsStarted,
+    /// An AUTH response line over `sasl::MAX_RESPONSE_LINE` was thrown away.
+    ResponseTooLong,
     /// The peer was silent past the deadline.
     Timeout,
 }
@@ -71,9 +81,14 @@ pub struct DataRequest {
     pub params: MailParams,
     pub rcpts: Vec<ForwardPath>,
     pub helo: String,
-    /// RFC 3848: SMTP, ESMTP or ESMTPS.
+    /// RFC 3848: SMTP, ESMTP, ESMTPS, ESMTPA or ESMTPSA.
     pub protocol: &'static str,
     pub max_size: u64,
+    /// The authenticated user (RFC 4954), whose `From:` addresses the server checks.
+    pub user: Option<String>,
+    /// Mail a client of ours submitted (authenticated, trusted or local), not mail that
+    /// arrived for us: it gets the submission fixes, and DKIM signing at delivery.
+    pub submitted: bool,
 }
 
 /// One reply (if any) and the next action. `delay` asks for the error sleep (§7.8 tarpit).
@@ -94,6 +109,11 @@ pub enum DataError {
     DiskFull,
     /// The queue file could not be written or made durable (`451 4.3.0`).
     WriteFailed,
+    /// An authenticated user's `From:` names an address that is not theirs (`553 5.7.1`).
+    FromNotOwned {
+        address: String,
+        user: String,
+    },
 }
 
 impl From<&DataError> for Reply {
@@ -105,6 +125,9 @@ impl From<&DataError> for Reply {
             DataError::TooManyHops => Reply::new(554, es(5, 4, 6), "Error: too many hops, this message is looping"),
             DataError::DiskFull => Reply::new(452, es(4, 3, 1), "Error: insufficient system storage"),
             DataError::WriteFailed => Reply::new(451, es(4, 3, 0), "Error: queue file write error"),
+            DataError::FromNotOwned { address, user } => {
+                Reply::new(553, es(5, 7, 1), format!("<{address}>: From: address rejected: not owned by user {user}"))
+            }
         }
     }
 }
@@ -130,6 +153,65 @@ impl From<&SequenceError> for Reply {
         };
         Reply::new(503, EnhancedStatus::new(5, 5, 1), text)
     }
+}
+
+/// Why AUTH, or a MAIL that needs it, was refused (RFC 4954 §4, §6; RFC 6409 §4.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    NotEnabled,
+    AlreadyDone,
+    /// Not without TLS (`538 5.7.11`).
+    NeedsTls,
+    UnknownMechanism,
+    Cancelled,
+    Undecodable,
+    Failed,
+    LineTooLong,
+    /// This address failed too often; the session ends (`421 4.7.0`).
+    LockedOut,
+    /// MAIL on a submission port before AUTH.
+    Required,
+    /// MAIL on a submission port before STARTTLS.
+    TlsRequired,
+    /// MAIL FROM an address the user does not own.
+    SenderNotOwned {
+        address: String,
+        user: String,
+    },
+}
+
+impl From<&AuthError> for Reply {
+    fn from(e: &AuthError) -> Reply {
+        let es = EnhancedStatus::new;
+        match e {
+            AuthError::NotEnabled => Reply::new(503, es(5, 5, 1), "Error: authentication not enabled"),
+            AuthError::AlreadyDone => Reply::new(503, es(5, 5, 1), "Error: already authenticated"),
+            AuthError::NeedsTls => {
+                Reply::new(538, es(5, 7, 11), "Encryption required for requested authentication mechanism")
+            }
+            AuthError::UnknownMechanism => Reply::new(504, es(5, 5, 4), "Unsupported authentication mechanism"),
+            AuthError::Cancelled => Reply::new(501, es(5, 7, 0), "Authentication aborted"),
+            AuthError::Undecodable => Reply::new(501, es(5, 5, 2), "Cannot decode response"),
+            AuthError::Failed => Reply::new(535, es(5, 7, 8), "Error: authentication failed"),
+            AuthError::LineTooLong => Reply::new(500, es(5, 5, 6), "Authentication exchange line is too long"),
+            AuthError::LockedOut => {
+                Reply::new(421, es(4, 7, 0), "Error: too many failed logins from this address, try again later")
+            }
+            AuthError::Required => Reply::new(530, es(5, 7, 0), "Authentication required"),
+            AuthError::TlsRequired => Reply::new(530, es(5, 7, 0), "Must issue a STARTTLS command first"),
+            AuthError::SenderNotOwned { address, user } => {
+                Reply::new(553, es(5, 7, 1), format!("<{address}>: Sender address rejected: not owned by user {user}"))
+            }
+        }
+    }
+}
+
+/// An AUTH outcome, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthEvent {
+    pub mechanism: &'static str,
+    pub user: String,
+    pub ok: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,7 +252,14 @@ pub struct Session<'p> {
     /// The last refused recipient, until the server takes it for the log.
     rejected: Option<Rejection>,
     policy: &'p dyn Policy,
-    may_relay: bool,
+    auth: Option<&'p dyn Authenticator>,
+    client: Option<IpAddr>,
+    /// Trusted network or local user: may relay without AUTH.
+    trusted: bool,
+    /// The user, once AUTH succeeded.
+    user: Option<String>,
+    exchange: Option<Exchange>,
+    auth_event: Option<AuthEvent>,
     tls: bool,
     verbose: bool,
     state: State,
@@ -190,7 +279,12 @@ impl<'p> Session<'p> {
             config,
             policy,
             rejected: None,
-            may_relay: config.local_submission || policy.is_trusted(client),
+            auth: None,
+            client,
+            trusted: config.local_submission || policy.is_trusted(client),
+            user: None,
+            exchange: None,
+            auth_event: None,
             tls: false,
             verbose: false,
             state: State::Greeted,
@@ -200,9 +294,51 @@ impl<'p> Session<'p> {
         (session, read(Reply::greeting(&config.hostname)))
     }
 
+    /// Who checks passwords; without one, AUTH is not offered.
+    pub fn with_authenticator(mut self, auth: &'p dyn Authenticator) -> Session<'p> {
+        self.auth = Some(auth);
+        self
+    }
+
+    /// The connection was TLS from its first byte (RFC 8314 §3.3, port 465).
+    pub fn tls_from_start(mut self) -> Session<'p> {
+        self.tls = true;
+        self
+    }
+
+    /// The longest line the next read may bring: an AUTH response may be longer than a command.
+    pub fn line_limit(&self) -> usize {
+        if self.exchange.is_some() { sasl::MAX_RESPONSE_LINE } else { MAX_COMMAND_LINE }
+    }
+
+    /// The outcome of the last AUTH, if the last input ended one (for the log).
+    pub fn take_auth_event(&mut self) -> Option<AuthEvent> {
+        self.auth_event.take()
+    }
+
+    fn may_relay(&self) -> bool {
+        self.trusted || self.user.is_some()
+    }
+
+    /// AUTH is offered here, now.
+    fn auth_offered(&self) -> bool {
+        self.config.submission && self.auth.is_some() && (self.tls || self.config.auth_plaintext)
+    }
+
     pub fn handle(&mut self, input: Input<'_>) -> Step {
+        if self.exchange.is_some() {
+            match input {
+                Input::Line(line) => return self.auth_response(line),
+                Input::LineTooLong | Input::ResponseTooLong => {
+                    self.exchange = None;
+                    return self.refuse(Reply::from(&AuthError::LineTooLong));
+                }
+                _ => self.exchange = None,
+            }
+        }
         match input {
             Input::Line(line) => self.handle_line(line),
+            Input::ResponseTooLong => self.refuse(Reply::from(&crate::smtp::command::SyntaxError::LineTooLong)),
             Input::LineTooLong => self.refuse(Reply::from(&crate::smtp::command::SyntaxError::LineTooLong)),
             // RFC 5321 §2.3.8 and §4.1.1.4: only CRLF ends a line. The line is not run, and the
             // session ends: after a bare LF, whether the next bytes are a new command or the
@@ -214,6 +350,7 @@ impl<'p> Session<'p> {
                 // RFC 3207 §4.2: forget everything learned before TLS.
                 self.tls = true;
                 self.state = State::Greeted;
+                self.user = None;
                 Step { reply: None, action: Action::ReadLine, delay: false }
             }
             Input::Timeout => self.close(Reply::timeout(&self.config.hostname)),
@@ -251,7 +388,76 @@ impl<'p> Session<'p> {
                 self.reply(Reply::verbose_on())
             }
             Command::StartTls => self.starttls(),
+            Command::Auth { mechanism, initial } => self.auth(&mechanism, initial.as_deref()),
         }
+    }
+
+    /// RFC 4954 §4: AUTH after EHLO, outside a transaction, once, with TLS first.
+    fn auth(&mut self, mechanism: &str, initial: Option<&[u8]>) -> Step {
+        let Some(auth) = self.auth.filter(|_| self.config.submission) else {
+            return self.refuse(Reply::from(&AuthError::NotEnabled));
+        };
+        match &self.state {
+            State::Greeted => return self.refuse(Reply::from(&SequenceError::NeedHelo)),
+            State::InTransaction { .. } => return self.refuse(Reply::from(&SequenceError::InTransaction)),
+            _ => {}
+        }
+        if self.user.is_some() {
+            return self.refuse(Reply::from(&AuthError::AlreadyDone));
+        }
+        if !self.tls && !self.config.auth_plaintext {
+            return self.refuse(Reply::from(&AuthError::NeedsTls));
+        }
+        let Some(mechanism) = Mechanism::parse(mechanism) else {
+            return self.refuse(Reply::from(&AuthError::UnknownMechanism));
+        };
+        if auth.locked_out(self.client) {
+            return self.close(Reply::from(&AuthError::LockedOut));
+        }
+        let (exchange, next) = Exchange::start(mechanism, initial);
+        self.exchange = Some(exchange);
+        self.auth_next(mechanism, next)
+    }
+
+    fn auth_response(&mut self, line: &[u8]) -> Step {
+        let Some(exchange) = &mut self.exchange else { return self.close(Reply::local_error(&self.config.hostname)) };
+        let mechanism = exchange.mechanism();
+        let next = exchange.respond(line);
+        self.auth_next(mechanism, next)
+    }
+
+    fn auth_next(&mut self, mechanism: Mechanism, next: Next) -> Step {
+        if !matches!(next, Next::Challenge(_)) {
+            self.exchange = None;
+        }
+        match next {
+            Next::Challenge(text) => read(Reply::challenge(text)),
+            Next::Cancelled => self.refuse(Reply::from(&AuthError::Cancelled)),
+            Next::Undecodable => self.refuse(Reply::from(&AuthError::Undecodable)),
+            Next::Malformed => self.auth_failed(mechanism, String::new()),
+            Next::Verify(credentials) => {
+                let good = self.auth.is_some_and(|a| a.verify(self.client, &credentials.user, &credentials.password));
+                if !good {
+                    return self.auth_failed(mechanism, credentials.user);
+                }
+                self.auth_event =
+                    Some(AuthEvent { mechanism: mechanism.name(), user: credentials.user.clone(), ok: true });
+                self.user = Some(credentials.user);
+                self.errors = 0;
+                read(Reply::authenticated())
+            }
+        }
+    }
+
+    /// A failed login: counted as an error, and always answered after the error sleep
+    /// (RFC 4954 §14); the session ends once the address is locked out.
+    fn auth_failed(&mut self, mechanism: Mechanism, user: String) -> Step {
+        self.auth_event = Some(AuthEvent { mechanism: mechanism.name(), user, ok: false });
+        if self.auth.is_some_and(|a| a.locked_out(self.client)) {
+            return self.close(Reply::from(&AuthError::LockedOut));
+        }
+        let step = self.refuse(Reply::from(&AuthError::Failed));
+        Step { delay: true, ..step }
     }
 
     fn helo(&mut self, name: String, extended: bool) -> Step {
@@ -270,6 +476,9 @@ impl<'p> Session<'p> {
         ];
         if self.config.tls_available && !self.tls {
             extensions.push("STARTTLS".to_string()); // RFC 3207 §4.2: never again under TLS
+        }
+        if self.auth_offered() {
+            extensions.push(format!("AUTH {}", sasl::MECHANISMS)); // RFC 4954 §3
         }
         self.reply(Reply::ehlo(host, &extensions))
     }
@@ -294,14 +503,26 @@ impl<'p> Session<'p> {
         if params.size.is_some_and(|s| s > self.config.message_size_limit) {
             return self.refuse(Reply::from(&Refusal::MessageTooBig)); // RFC 1870 §6.1
         }
+        if self.config.submission && self.user.is_none() {
+            // RFC 6409 §4.3 and RFC 8314 §3.3: a submission port takes mail from its users only.
+            let error =
+                if self.tls || self.config.auth_plaintext { AuthError::Required } else { AuthError::TlsRequired };
+            return self.refuse(Reply::from(&error));
+        }
+        if let (Some(user), ReversePath::Mailbox(address), Some(auth)) = (&self.user, &from, self.auth)
+            && !auth.may_send_as(user, &address.to_string())
+        {
+            let error = AuthError::SenderNotOwned { address: address.to_string(), user: user.clone() };
+            return self.refuse(Reply::from(&error));
+        }
         let tx = Transaction { from, params, rcpts: Vec::new(), refused: 0 };
         self.state = State::InTransaction { helo, tx };
         self.reply(Reply::sender_ok())
     }
 
     fn rcpt(&mut self, to: ForwardPath) -> Step {
-        let (policy, may_relay, max) = (self.policy, self.may_relay, self.config.max_recipients.max(MIN_RECIPIENTS));
-        let tls = self.tls;
+        let (policy, may_relay, max) = (self.policy, self.may_relay(), self.config.max_recipients.max(MIN_RECIPIENTS));
+        let (tls, authenticated) = (self.tls, self.user.is_some());
         let (helo, tx) = match &mut self.state {
             State::InTransaction { helo, tx } => (helo, tx),
             State::Greeted => return self.refuse(Reply::from(&SequenceError::NeedHelo)),
@@ -318,7 +539,7 @@ impl<'p> Session<'p> {
         if let Some(refusal) = refusal {
             tx.refused += 1;
             let reply = Reply::from(&refusal);
-            let (from, protocol) = (tx.from.clone(), protocol(helo.extended, tls));
+            let (from, protocol) = (tx.from.clone(), protocol(helo.extended, tls, authenticated));
             self.rejected = Some(Rejection { reply: reply.clone(), from, to, helo: helo.name.clone(), protocol });
             return self.refuse(reply);
         }
@@ -345,7 +566,8 @@ impl<'p> Session<'p> {
                 return self.refuse(Reply::from(&error));
             }
         };
-        let protocol = protocol(helo.extended, self.tls);
+        let protocol = protocol(helo.extended, self.tls, self.user.is_some());
+        let submitted = self.may_relay();
         let request = DataRequest {
             from: tx.from,
             params: tx.params,
@@ -353,6 +575,8 @@ impl<'p> Session<'p> {
             helo: helo.name.clone(),
             protocol,
             max_size: self.config.message_size_limit,
+            user: self.user.clone(),
+            submitted,
         };
         self.state = State::Data { helo, rcpts: tx.rcpts };
         Step { reply: Some(Reply::start_data()), action: Action::ReceiveData(Box::new(request)), delay: false }
@@ -449,12 +673,14 @@ impl<'p> Session<'p> {
     }
 }
 
-/// RFC 3848: SMTP, ESMTP or ESMTPS.
-fn protocol(extended: bool, tls: bool) -> &'static str {
-    match (extended, tls) {
-        (false, _) => "SMTP",
-        (true, false) => "ESMTP",
-        (true, true) => "ESMTPS",
+/// RFC 3848 §2: SMTP, ESMTP, ESMTPS, ESMTPA or ESMTPSA (AUTH needs EHLO, so never SMTP).
+fn protocol(extended: bool, tls: bool, authenticated: bool) -> &'static str {
+    match (extended, tls, authenticated) {
+        (false, _, _) => "SMTP",
+        (true, false, false) => "ESMTP",
+        (true, true, false) => "ESMTPS",
+        (true, false, true) => "ESMTPA",
+        (true, true, true) => "ESMTPSA",
     }
 }
 
@@ -480,6 +706,8 @@ mod tests {
             expn: false,
             tls_available: false,
             local_submission: false,
+            submission: false,
+            auth_plaintext: false,
         }
     }
 
@@ -649,6 +877,7 @@ mod tests {
         use SequenceError as S;
         let _exhaustive = |e: &DataError| match e {
             D::TooBig | D::BareLineEnding | D::TooManyHops | D::DiskFull | D::WriteFailed => (),
+            D::FromNotOwned { .. } => (),
         };
         let _exhaustive = |e: &SequenceError| match e {
             S::NeedHelo | S::NestedMail | S::NeedMail | S::NeedRcpt | S::InTransaction => (),
@@ -659,6 +888,7 @@ mod tests {
             (D::TooManyHops, "554 5.4.6"),
             (D::DiskFull, "452 4.3.1"),
             (D::WriteFailed, "451 4.3.0"),
+            (D::FromNotOwned { address: "b@x.test".into(), user: "a".into() }, "553 5.7.1"),
         ];
         let sequence = [S::NeedHelo, S::NestedMail, S::NeedMail, S::NeedRcpt, S::InTransaction];
         let replies = data
@@ -720,6 +950,117 @@ mod tests {
         let step = h.session.handle(Input::Line(b"EHLO x"));
         assert!(!step.reply.unwrap().lines().iter().any(|l| l == "STARTTLS"));
         assert_eq!(h.send("STARTTLS"), "554 5.5.1");
+    }
+
+    /// alice's password is "pw"; three failures from one address lock it out.
+    struct Users {
+        failures: std::sync::Mutex<u32>,
+    }
+
+    impl Authenticator for Users {
+        fn locked_out(&self, _: Option<IpAddr>) -> bool {
+            *self.failures.lock().unwrap() >= 3
+        }
+        fn verify(&self, _: Option<IpAddr>, user: &str, password: &[u8]) -> bool {
+            let good = user == "alice" && password == b"pw";
+            if !good {
+                *self.failures.lock().unwrap() += 1;
+            }
+            good
+        }
+        fn may_send_as(&self, user: &str, address: &str) -> bool {
+            address == format!("{user}@example.test")
+        }
+    }
+
+    fn users() -> Users {
+        Users { failures: std::sync::Mutex::new(0) }
+    }
+
+    fn submission(tls: bool) -> SessionConfig {
+        SessionConfig { submission: true, tls_available: true, auth_plaintext: !tls, ..config() }
+    }
+
+    const ALICE: &str = "AUTH PLAIN AGFsaWNlAHB3"; // \0alice\0pw
+
+    #[test]
+    fn submission_needs_tls_before_auth_and_auth_before_mail() {
+        let (c, p, u) = (submission(true), policy(""), users());
+        let (session, _) = Session::new(&c, &p, "198.51.100.1".parse().ok());
+        let mut h = Harness { session: session.with_authenticator(&u) };
+        let step = h.session.handle(Input::Line(b"EHLO x"));
+        let lines = step.reply.unwrap().lines().to_vec();
+        assert!(lines.contains(&"STARTTLS".to_string()) && !lines.iter().any(|l| l.starts_with("AUTH")), "{lines:?}");
+        assert_eq!(h.send(ALICE), "538 5.7.11");
+        assert_eq!(h.send("MAIL FROM:<alice@example.test>"), "530 5.7.0");
+        h.send("STARTTLS");
+        h.session.handle(Input::TlsStarted);
+        assert_eq!(h.send(ALICE), "503 5.5.1", "EHLO again first");
+        let step = h.session.handle(Input::Line(b"EHLO x"));
+        assert!(step.reply.unwrap().lines().contains(&"AUTH PLAIN LOGIN".to_string()));
+        assert_eq!(h.send("MAIL FROM:<alice@example.test>"), "530 5.7.0");
+        assert_eq!(h.send("AUTH CRAM-MD5"), "504 5.5.4");
+        assert_eq!(h.send(ALICE), "235 2.7.0");
+        assert_eq!(h.session.take_auth_event(), Some(AuthEvent { mechanism: "PLAIN", user: "alice".into(), ok: true }));
+        assert_eq!(h.send(ALICE), "503 5.5.1", "once per session");
+        assert_eq!(h.send("MAIL FROM:<bob@example.test>"), "553 5.7.1");
+        assert_eq!(h.send("MAIL FROM:<alice@example.test>"), "250 2.1.0");
+        assert_eq!(h.send("RCPT TO:<someone@remote.test>"), "250 2.1.5", "an authenticated user relays");
+        let step = h.session.handle(Input::Line(b"DATA"));
+        let Action::ReceiveData(request) = step.action else { panic!() };
+        assert_eq!((request.protocol, request.user.as_deref(), request.submitted), ("ESMTPSA", Some("alice"), true));
+    }
+
+    #[test]
+    fn auth_is_not_offered_on_the_mta_port_nor_without_an_authenticator() {
+        let (c, p, u) = (SessionConfig { tls_available: true, auth_plaintext: true, ..config() }, policy(""), users());
+        let (session, _) = Session::new(&c, &p, None);
+        let mut h = Harness { session: session.with_authenticator(&u) };
+        h.send("EHLO x");
+        assert_eq!(h.send(ALICE), "503 5.5.1");
+        assert_eq!(h.send("MAIL FROM:<a@remote.test>"), "250 2.1.0", "port 25 takes mail without AUTH");
+        let c = submission(false);
+        let mut h = Harness::new(&c, &p, "127.0.0.1");
+        h.send("EHLO x");
+        assert_eq!(h.send(ALICE), "503 5.5.1");
+    }
+
+    #[test]
+    fn login_cancel_and_bad_responses() {
+        let (c, p, u) = (submission(false), policy(""), users());
+        let (session, _) = Session::new(&c, &p, None);
+        let mut h = Harness { session: session.with_authenticator(&u) };
+        h.send("EHLO x");
+        assert_eq!(h.send("AUTH LOGIN"), "334");
+        assert_eq!(h.session.line_limit(), sasl::MAX_RESPONSE_LINE);
+        assert_eq!(h.send("*"), "501 5.7.0");
+        assert_eq!(h.session.line_limit(), MAX_COMMAND_LINE);
+        assert_eq!(h.send("AUTH PLAIN"), "334");
+        assert_eq!(h.send("!!!!"), "501 5.5.2");
+        assert_eq!(h.send("AUTH PLAIN"), "334");
+        assert_eq!(summary(&h.session.handle(Input::ResponseTooLong)), "500 5.5.6");
+        assert_eq!(h.send("AUTH LOGIN YWxpY2U="), "334");
+        assert_eq!(h.send("cHc="), "235 2.7.0", "the exchange left by cancel holds nothing");
+    }
+
+    #[test]
+    fn failures_are_slowed_counted_and_end_in_a_lockout() {
+        let (c, p, u) = (submission(false), policy(""), users());
+        let (session, _) = Session::new(&c, &p, None);
+        let mut h = Harness { session: session.with_authenticator(&u) };
+        h.send("EHLO x");
+        for _ in 0..2 {
+            let step = h.session.handle(Input::Line(b"AUTH PLAIN AGFsaWNlAHB4")); // wrong password
+            assert_eq!((summary(&step), step.delay), ("535 5.7.8".into(), true));
+            assert_eq!(h.session.take_auth_event().map(|e| (e.user, e.ok)), Some(("alice".into(), false)));
+        }
+        let step = h.session.handle(Input::Line(b"AUTH PLAIN AGFsaWNlAHB4"));
+        assert_eq!((summary(&step), step.action), ("421 4.7.0".into(), Action::Close));
+        let (session, _) = Session::new(&c, &p, None);
+        let mut h = Harness { session: session.with_authenticator(&u) };
+        h.send("EHLO x");
+        let step = h.session.handle(Input::Line(ALICE.as_bytes()));
+        assert_eq!((summary(&step), step.action), ("421 4.7.0".into(), Action::Close), "even the right password");
     }
 
     #[test]

@@ -181,6 +181,40 @@ pub fn listen_fds() -> Vec<RawFd> {
     (3..3 + count.min(64)).collect()
 }
 
+/// The names systemd gave the passed descriptors (`FileDescriptorName=`, in LISTEN_FDNAMES),
+/// one per descriptor; empty when it gave none.
+pub fn listen_fd_names() -> Vec<String> {
+    std::env::var("LISTEN_FDNAMES").map(|v| v.split(':').map(str::to_string).collect()).unwrap_or_default()
+}
+
+/// Reads one line from standard input; when that is a terminal, with echo off and a prompt.
+pub fn read_password(prompt: &str) -> std::io::Result<String> {
+    use std::io::{BufRead, Write};
+    // SAFETY: isatty only inspects the descriptor.
+    let tty = unsafe { libc::isatty(0) } == 1;
+    // SAFETY: an all-zero termios is a valid out-parameter; tcgetattr only writes into it.
+    let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: fd 0 is a terminal (checked) and `saved` is valid for writes.
+    let quiet = tty && unsafe { libc::tcgetattr(0, &mut saved) } == 0;
+    if quiet {
+        let mut silent = saved;
+        silent.c_lflag &= !libc::ECHO;
+        // SAFETY: `silent` is a termios read from this terminal with one flag changed.
+        unsafe { libc::tcsetattr(0, libc::TCSANOW, &silent) };
+        eprint!("{prompt}");
+        let _ = std::io::stderr().flush();
+    }
+    let mut line = String::new();
+    let read = std::io::stdin().lock().read_line(&mut line);
+    if quiet {
+        // SAFETY: restores the settings read above.
+        unsafe { libc::tcsetattr(0, libc::TCSANOW, &saved) };
+        eprintln!();
+    }
+    read?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
 /// Whether `fd` is a socket (inetd gives one; a test may give a pipe).
 pub fn is_socket(fd: RawFd) -> bool {
     // SAFETY: an all-zero stat is a valid out-parameter; fstat only writes into it.

@@ -2,9 +2,24 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use postern::config::Config;
-use postern::policy::LocalPolicy;
+use postern::policy::{Authenticator, LocalPolicy};
 use postern::session::{Action, Input, Session, SessionConfig};
 use postern::spool::QueueId;
+
+/// alice's password is "pw"; nobody is ever locked out.
+struct Users;
+
+impl Authenticator for Users {
+    fn locked_out(&self, _: Option<std::net::IpAddr>) -> bool {
+        false
+    }
+    fn verify(&self, _: Option<std::net::IpAddr>, user: &str, password: &[u8]) -> bool {
+        user == "alice" && password == b"pw"
+    }
+    fn may_send_as(&self, user: &str, address: &str) -> bool {
+        address == format!("{user}@example.test")
+    }
+}
 
 fuzz_target!(|data: &[u8]| {
     let text = "local_domains = example.test\ntrusted_networks = 192.0.2.0/24\nrecipient_delimiter = +\n";
@@ -20,9 +35,12 @@ fuzz_target!(|data: &[u8]| {
         expn: data.first().is_some_and(|b| b & 2 == 2),
         tls_available: true,
         local_submission: false,
+        submission: data.first().is_some_and(|b| b & 8 == 8),
+        auth_plaintext: data.first().is_some_and(|b| b & 16 == 16),
     };
     let client = if data.first().is_some_and(|b| b & 4 == 4) { "192.0.2.9" } else { "198.51.100.1" };
-    let (mut session, _greeting) = Session::new(&config, &policy, client.parse().ok());
+    let (session, _greeting) = Session::new(&config, &policy, client.parse().ok());
+    let mut session = session.with_authenticator(&Users);
     for line in data.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let step = session.handle(Input::Line(line));

@@ -10,6 +10,7 @@ use postern::logging;
 use postern::spool::QueueId;
 
 const USAGE: &str = "usage: postern-deliver [-c FILE | --builtin-config] [--id ID] [--dry-run] [--check] [-v]
+       postern-deliver --dkim-keygen DOMAIN SELECTOR FILE [--ed25519 | --bits N]
   -c FILE            configuration file (default: $POSTERN_CONF, /etc/postern/postern.conf, built-in)
   --builtin-config   use the built-in configuration (the one `make run` uses)
   --id ID     deliver this one message now, whatever its back-off; an unknown or held ID
@@ -20,6 +21,8 @@ const USAGE: &str = "usage: postern-deliver [-c FILE | --builtin-config] [--id I
   --check     check the configuration and what it names (user, spool, tables, credentials),
               print each problem, and exit 0 only when there is none
   -v          log each step, and show every log line on stderr
+  --dkim-keygen  write a new DKIM key to FILE (RSA, 2048 bits unless --bits; or Ed25519),
+              or read FILE when it exists, and print its dkim_keys line and DNS record
   -h, --help  this text;  -V, --version  the version
 A normal run prints nothing (cron mails what a job prints): it logs to the journal or syslog,
 and only warnings and errors also reach stderr. `log = stderr` in the configuration logs there.";
@@ -73,9 +76,61 @@ fn parse_args() -> Result<Args, Exit> {
     Ok(args)
 }
 
+/// `--dkim-keygen DOMAIN SELECTOR FILE [--ed25519 | --bits N]`.
+fn dkim_keygen(args: &[String]) -> ExitCode {
+    let usage = |text: &str| Exit::Usage(format!("postern-deliver --dkim-keygen: {text}")).finish(2);
+    let (mut words, mut ed25519, mut bits) = (Vec::new(), false, 2048u32);
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--ed25519" => ed25519 = true,
+            "--bits" => match it.next().and_then(|b| b.parse().ok()) {
+                Some(b) => bits = b,
+                None => return usage("--bits needs a number"),
+            },
+            other => words.push(other.to_string()),
+        }
+    }
+    let [domain, selector, file] = &words[..] else { return usage("DOMAIN SELECTOR FILE") };
+    let path = std::path::Path::new(file);
+    let record = if path.exists() {
+        postern::dkim::Key::load(domain, selector, path).and_then(|k| k.dns_record())
+    } else {
+        postern::dkim::generate(ed25519, bits).and_then(|(pem, record)| {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| format!("{file}: {e}"))?;
+            f.write_all(&pem).and_then(|()| f.sync_all()).map_err(|e| format!("{file}: {e}"))?;
+            eprintln!("postern-deliver: wrote a new key to {file} (mode 0600; the delivery user must read it)");
+            Ok(record)
+        })
+    };
+    match record {
+        Ok(record) => {
+            println!("# the dkim_keys line:");
+            println!("{domain} {selector} {file}");
+            println!("# the DNS record to publish:");
+            println!("{}", postern::dkim::zone_line(domain, selector, &record));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("postern-deliver: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     // The two internal modes of local delivery (src/local.rs); not for people to run.
     let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("--dkim-keygen") {
+        return dkim_keygen(&argv[2..]);
+    }
     match argv.get(1).map(String::as_str) {
         Some("--write-maildir") => return exit(postern::local::write_maildir(&argv[2..])),
         Some("--append-mbox") => return exit(postern::local::append_mbox(&argv[2..])),

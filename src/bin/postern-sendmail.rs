@@ -393,7 +393,7 @@ fn smtp_session(config: &Config) -> Result<(), Fail> {
         return Err(Fail(EX_NOPERM, "-bs needs write access to the spool (root or its owner)".into()));
     };
     let policy = LocalPolicy::load(config).map_err(|e| Fail(EX_CONFIG, e.to_string()))?;
-    Server::new(config.clone(), policy, spool, None).serve_local_user();
+    Server::new(config.clone(), policy, spool, None, None).serve_local_user();
     Ok(())
 }
 

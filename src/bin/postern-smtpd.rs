@@ -6,34 +6,56 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use postern::auth::Scheme;
 use postern::cli::{self, Exit};
-use postern::config::Config;
+use postern::config::{Config, Mode};
 use postern::policy::LocalPolicy;
 use postern::server::Server;
 use postern::spool::Spool;
 use postern::{logging, sys};
 
-const USAGE: &str = "usage: postern-smtpd [-c FILE | --builtin-config] [--inetd] [--check]
+const USAGE: &str = "usage: postern-smtpd [-c FILE | --builtin-config] [--inetd [--mode MODE]] [--check]
+       postern-smtpd --hash-password [--scheme sha512|bcrypt|yescrypt] [USER]
   -c FILE            configuration file (default: $POSTERN_CONF, /etc/postern/postern.conf, built-in)
   --builtin-config   use the built-in configuration and ignore every file (what `make run` does)
   --inetd            one session on standard input and output (inetd, systemd Accept=yes)
+  --mode MODE        what that session serves: smtp (the default), submission or smtps
   --check            check the configuration and what it names (user, spool, TLS files,
                      tables), print each problem, and exit 0 only when there is none
+  --hash-password    read a password on standard input and print the auth_users line
+                     (USER:hash; SHA-512-crypt unless --scheme says otherwise)
   -h, --help         this text;  -V, --version  the version
-Sockets passed by systemd (LISTEN_FDS) are used instead of `listen`.";
+Sockets passed by systemd (LISTEN_FDS) are used instead of `listen`; each serves the mode
+its FileDescriptorName= names (smtp, submission, smtps), else that of the `listen` entry
+with its address, else smtp.";
 
 struct Args {
     config: Option<PathBuf>,
     builtin: bool,
     inetd: bool,
+    mode: Mode,
     check: bool,
+    /// `--hash-password`: the scheme, and the user to name in the line.
+    hash: Option<(Scheme, Option<String>)>,
 }
 
 fn parse_args() -> Result<Args, Exit> {
-    let mut args = Args { config: None, builtin: false, inetd: false, check: false };
+    let mut args = Args { config: None, builtin: false, inetd: false, mode: Mode::Mta, check: false, hash: None };
     let mut it = std::env::args().skip(1);
+    let mut scheme = None;
+    let mut user = None;
     while let Some(arg) = it.next() {
         match arg.as_str() {
+            "--hash-password" => args.hash = Some((Scheme::Sha512Crypt, None)),
+            "--scheme" => {
+                let name = it.next().ok_or("--scheme needs sha512, bcrypt or yescrypt")?;
+                scheme = Some(Scheme::parse(&name).ok_or(format!("--scheme {name}: sha512, bcrypt or yescrypt"))?);
+            }
+            "--mode" => {
+                let name = it.next().ok_or("--mode needs smtp, submission or smtps")?;
+                args.mode = Mode::parse(&name).ok_or(format!("--mode {name}: smtp, submission or smtps"))?;
+            }
+            other if args.hash.is_some() && user.is_none() && !other.starts_with('-') => user = Some(other.to_string()),
             "-c" => args.config = Some(it.next().ok_or("-c needs a file")?.into()),
             "--builtin-config" => args.builtin = true,
             "--inetd" => args.inetd = true,
@@ -43,6 +65,11 @@ fn parse_args() -> Result<Args, Exit> {
             other => return Err(Exit::Usage(format!("unknown argument `{other}`\n{USAGE}"))),
         }
     }
+    if let Some((default, _)) = args.hash {
+        args.hash = Some((scheme.unwrap_or(default), user));
+    } else if scheme.is_some() {
+        return Err(Exit::Usage("--scheme goes with --hash-password".into()));
+    }
     Ok(args)
 }
 
@@ -51,6 +78,9 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(exit) => return exit.finish(2),
     };
+    if let Some((scheme, user)) = &args.hash {
+        return hash_password(*scheme, user.as_deref());
+    }
     let role = if args.inetd { logging::Role::Inetd } else { logging::Role::Daemon };
     logging::start("postern/smtpd", role, false);
     match run(&args) {
@@ -95,6 +125,10 @@ fn run(args: &Args) -> Result<(), String> {
     let listeners = if args.inetd { Vec::new() } else { bind(&config)? };
     // The key is often readable by root alone: load it before giving root up.
     let tls = postern::server::load_tls(&config)?;
+    let auth = postern::server::load_auth(&config)?;
+    if let Some((users, _)) = &auth {
+        log::info!("auth_users: {} user(s) may log in on the submission ports", users.len());
+    }
     // Instant delivery to system users needs a process that keeps root: started before
     // root is given up (src/launch.rs). Otherwise the children are this process's own.
     let needs_root = postern::alias::LocalUsers::load(&config).is_ok_and(|u| u.needs_root_helper());
@@ -115,9 +149,9 @@ fn run(args: &Args) -> Result<(), String> {
         log::warn!("{problem} (that alias waits; everything else is delivered)");
     }
     let config_copy = config.clone();
-    let server = Server::new(config, policy, spool, tls).with_launcher(launcher.clone());
+    let server = Server::new(config, policy, spool, tls, auth).with_launcher(launcher.clone());
     if args.inetd {
-        server.serve_inetd();
+        server.serve_inetd(args.mode);
         return Ok(());
     }
     if config_copy.spool.join(postern::spool::maildrop::DIR).is_dir() {
@@ -184,25 +218,57 @@ fn start_pickup(config: &Config, launcher: Option<Arc<postern::launch::Launcher>
     Ok(())
 }
 
-/// The sockets systemd passed, else the configured `listen` addresses.
-fn bind(config: &Config) -> Result<Vec<TcpListener>, String> {
+/// The sockets systemd passed, else the configured `listen` addresses, each with its mode.
+fn bind(config: &Config) -> Result<Vec<(TcpListener, Mode)>, String> {
     let passed = sys::listen_fds();
-    let listeners: Vec<TcpListener> = if passed.is_empty() {
-        config
-            .listen
-            .iter()
-            .map(|a| postern::server::listen(*a).map_err(|e| format!("listen {a}: {e}")))
-            .collect::<Result<_, _>>()?
+    let names = sys::listen_fd_names();
+    let mut listeners = Vec::new();
+    if passed.is_empty() {
+        for l in &config.listen {
+            let socket = postern::server::listen(l.addr).map_err(|e| format!("listen {}: {e}", l.addr))?;
+            listeners.push((socket, l.mode));
+        }
     } else {
-        passed.into_iter().map(sys::listener_from_fd).collect()
-    };
-    for l in &listeners {
-        match l.local_addr() {
-            Ok(a) => log::info!("listening on {a}"),
+        for (i, fd) in passed.into_iter().enumerate() {
+            let socket = sys::listener_from_fd(fd);
+            let addr = socket.local_addr().map_err(|e| format!("passed socket: {e}"))?;
+            let named = names.get(i).and_then(|n| Mode::parse(n));
+            let listed = config.listen.iter().find(|l| l.addr == addr).map(|l| l.mode);
+            listeners.push((socket, named.or(listed).unwrap_or(Mode::Mta)));
+        }
+    }
+    for (socket, mode) in &listeners {
+        match socket.local_addr() {
+            Ok(a) => log::info!("listening on {a} ({})", mode.name()),
             Err(e) => return Err(format!("passed socket: {e}")),
+        }
+        if *mode == Mode::Smtps && config.tls_cert.is_none() {
+            return Err("an smtps socket needs tls_cert and tls_key".into());
+        }
+        if *mode != Mode::Mta && config.auth_users.is_none() {
+            return Err(format!("a {} socket needs auth_users (who may log in)", mode.name()));
         }
     }
     Ok(listeners)
+}
+
+/// `--hash-password`: the password from standard input, hashed with a fresh salt.
+fn hash_password(scheme: Scheme, user: Option<&str>) -> ExitCode {
+    let password = match sys::read_password("Password: ") {
+        Ok(p) if !p.is_empty() => p,
+        Ok(_) => return Exit::Usage("postern-smtpd: no password on standard input".into()).finish(2),
+        Err(e) => return Exit::Usage(format!("postern-smtpd: standard input: {e}")).finish(2),
+    };
+    match postern::auth::hash_password(password.as_bytes(), scheme) {
+        Ok(hash) => {
+            match user {
+                Some(user) => println!("{user}:{hash}"),
+                None => println!("{hash}"),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => Exit::Usage(format!("postern-smtpd: {e}")).finish(1),
+    }
 }
 
 /// With `user` set and started as root: give up root after binding, before any client byte.

@@ -17,6 +17,7 @@ pub struct Job {
     pub slot: Slot,
     pub stream: TcpStream,
     pub ip: IpAddr,
+    pub mode: crate::config::Mode,
 }
 
 /// Connections handed to session threads that are waiting for one.

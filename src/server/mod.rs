@@ -13,13 +13,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use openssl::pkey::PKey;
 use openssl::ssl::{SslAcceptor, SslMethod};
 
-use crate::config::Config;
+use crate::auth::{Auth, Lockout, Senders, Users};
+use crate::config::{Config, Mode};
 use crate::launch::Launcher;
 use crate::message::{HeaderScan, message_id};
+use crate::policy::Authenticator;
 use crate::policy::LocalPolicy;
 use crate::session::{Action, DataError, DataRequest, Input, MAX_HOPS, Session, SessionConfig, Step};
 use crate::smtp::line::{DotReader, HopCounter, Line, LineBuffer, MAX_COMMAND_LINE, TextError};
 use crate::smtp::reply::Reply;
+use crate::spool::envelope::escape;
 use crate::spool::{Envelope, QueueId, Spool, SpoolError};
 use crate::{sys, trace};
 
@@ -40,10 +43,20 @@ pub struct Current {
     session: SessionConfig,
     policy: LocalPolicy,
     tls: Option<SslAcceptor>,
+    /// Who may log in on the submission ports, and as whom they may send.
+    pub auth: Option<(Users, Senders)>,
+}
+
+/// Loads `auth_users` and `auth_senders`, when `auth_users` is set.
+pub fn load_auth(config: &Config) -> Result<Option<(Users, Senders)>, String> {
+    let Some(path) = &config.auth_users else { return Ok(None) };
+    let users = Users::load(path).map_err(|e| format!("auth_users: {e}"))?;
+    let senders = Senders::load(config).map_err(|e| format!("auth_senders: {e}"))?;
+    Ok(Some((users, senders)))
 }
 
 impl Current {
-    fn new(config: Config, policy: LocalPolicy, tls: Option<SslAcceptor>) -> Current {
+    fn new(config: Config, policy: LocalPolicy, tls: Option<SslAcceptor>, auth: Option<(Users, Senders)>) -> Current {
         let session = SessionConfig {
             hostname: config.hostname.clone(),
             message_size_limit: config.message_size_limit,
@@ -55,8 +68,10 @@ impl Current {
             expn: config.expn,
             tls_available: tls.is_some(),
             local_submission: false,
+            submission: false,
+            auth_plaintext: false,
         };
-        Current { config, session, policy, tls }
+        Current { config, session, policy, tls, auth }
     }
 }
 
@@ -78,6 +93,8 @@ pub struct Server {
     waiting: Handoff,
     /// Instant delivery of each committed message, unless it is off.
     launcher: Option<Arc<Launcher>>,
+    /// Failed logins by address; kept across reloads.
+    lockout: Lockout,
 }
 
 #[derive(Default)]
@@ -141,9 +158,17 @@ pub fn load_tls(config: &Config) -> Result<Option<SslAcceptor>, String> {
 }
 
 impl Server {
-    pub fn new(config: Config, policy: LocalPolicy, spool: Spool, tls: Option<SslAcceptor>) -> Server {
+    pub fn new(
+        config: Config,
+        policy: LocalPolicy,
+        spool: Spool,
+        tls: Option<SslAcceptor>,
+        auth: Option<(Users, Senders)>,
+    ) -> Server {
+        let lockout = Lockout::new(config.auth_failure_limit, config.auth_lockout_time);
         Server {
-            current: RwLock::new(Arc::new(Current::new(config, policy, tls))),
+            lockout,
+            current: RwLock::new(Arc::new(Current::new(config, policy, tls, auth))),
             local_submission: false,
             spool,
             counts: Mutex::new(Counts::default()),
@@ -174,6 +199,13 @@ impl Server {
                 old.tls.clone()
             }
         };
+        let auth = match load_auth(&config) {
+            Ok(auth) => auth,
+            Err(e) => {
+                notes.push(format!("{e}; the users loaded before stay in use"));
+                old.auth.clone()
+            }
+        };
         for (key, same) in [
             ("listen", old.config.listen == config.listen),
             ("spool", old.config.spool == config.spool),
@@ -183,7 +215,7 @@ impl Server {
                 notes.push(format!("{key} changed: that takes a restart"));
             }
         }
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Current::new(config, policy, tls));
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Current::new(config, policy, tls, auth));
         notes
     }
 
@@ -194,12 +226,12 @@ impl Server {
     }
 
     /// Accepts on every listener until the process ends; one thread per listener.
-    pub fn serve(self: Arc<Self>, listeners: Vec<TcpListener>) {
+    pub fn serve(self: Arc<Self>, listeners: Vec<(TcpListener, Mode)>) {
         let handles: Vec<_> = listeners
             .into_iter()
-            .map(|listener| {
+            .map(|(listener, mode)| {
                 let server = Arc::clone(&self);
-                thread::spawn(move || server.accept_loop(&listener))
+                thread::spawn(move || server.accept_loop(&listener, mode))
             })
             .collect();
         for h in handles {
@@ -207,7 +239,7 @@ impl Server {
         }
     }
 
-    fn accept_loop(self: &Arc<Self>, listener: &TcpListener) {
+    fn accept_loop(self: &Arc<Self>, listener: &TcpListener, mode: Mode) {
         let mut backoff = Duration::from_millis(10);
         // Held so that, with every other descriptor in use, one client at a time can still be
         // accepted and told 421 rather than left waiting in the backlog with no greeting.
@@ -216,7 +248,7 @@ impl Server {
             match listener.accept() {
                 Ok((stream, peer)) => {
                     backoff = Duration::from_millis(10);
-                    self.admit(stream, peer);
+                    self.admit(stream, peer, mode);
                 }
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) && spare.is_some() => {
                     drop(spare.take()); // frees one descriptor for the accept below
@@ -245,14 +277,14 @@ impl Server {
 
     /// Hands the connection to a session thread: one that finished its last session and is
     /// waiting, or a new one. Each thread runs one session at a time.
-    fn admit(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+    fn admit(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr, mode: Mode) {
         let ip = peer.ip().to_canonical(); // IPv4-mapped IPv6 (dual stack) as IPv4
         let slot = match self.take_slot(ip) {
             Ok(slot) => slot,
             Err(reply) => return refuse_connection(stream, &reply, ip),
         };
         self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(slot.id, stream.as_raw_fd());
-        let Some(job) = self.waiting.offer(Job { stream, ip, slot }) else { return };
+        let Some(job) = self.waiting.offer(Job { stream, ip, slot, mode }) else { return };
         // A failed spawn drops the job and its slot; this handle is left to say 421 with.
         let spare = job.stream.try_clone();
         let server = Arc::clone(self);
@@ -271,8 +303,8 @@ impl Server {
     /// Serves a session, then waits a while for another before the thread ends.
     fn session_thread(&self, first: Job) {
         let mut job = Some(first);
-        while let Some(Job { stream, ip, slot }) = job {
-            self.serve_tcp(stream, ip, slot);
+        while let Some(Job { stream, ip, slot, mode }) = job {
+            self.serve_tcp(stream, ip, slot, mode);
             job = self.waiting.take(THREAD_LINGER);
         }
     }
@@ -306,7 +338,7 @@ impl Server {
         }
     }
 
-    fn serve_tcp(&self, stream: TcpStream, ip: IpAddr, slot: Slot) {
+    fn serve_tcp(&self, stream: TcpStream, ip: IpAddr, slot: Slot, mode: Mode) {
         if self.stopping.load(Ordering::SeqCst) {
             let _ = stream.shutdown(Shutdown::Read);
         }
@@ -316,22 +348,24 @@ impl Server {
         // Declared after `conn`, so dropped before it, even while a panic unwinds: the live
         // entry goes before the socket is closed.
         let _slot = slot;
-        self.run_session(&mut conn, Some(ip));
+        self.run_session(&mut conn, Some(ip), mode);
     }
 
-    /// One session on standard input and output (inetd, systemd `Accept=yes`).
-    pub fn serve_inetd(&self) {
+    /// One session on standard input and output (inetd, systemd `Accept=yes`), served as `mode`.
+    pub fn serve_inetd(&self, mode: Mode) {
         if sys::is_socket(0) {
             let stream = sys::stream_from_stdin();
             let ip = stream.peer_addr().ok().map(|a| a.ip().to_canonical());
             let _ = stream.set_write_timeout(Some(self.current().config.command_timeout));
-            self.run_session(&mut Conn::new(Transport::Tcp(stream)), ip);
+            self.run_session(&mut Conn::new(Transport::Tcp(stream)), ip, mode);
         } else {
             // A pipe: the peer is unknown, so it is never trusted.
             let input = dup_std(0);
             let output = dup_std(1);
             match (input, output) {
-                (Ok(input), Ok(output)) => self.run_session(&mut Conn::new(Transport::Pipe { input, output }), None),
+                (Ok(input), Ok(output)) => {
+                    self.run_session(&mut Conn::new(Transport::Pipe { input, output }), None, mode)
+                }
                 _ => log::error!("inetd mode: cannot use standard input and output"),
             }
         }
@@ -343,23 +377,44 @@ impl Server {
     pub fn serve_local_user(mut self) {
         self.local_submission = true;
         match (dup_std(0), dup_std(1)) {
-            (Ok(input), Ok(output)) => self.run_session(&mut Conn::new(Transport::Pipe { input, output }), None),
+            (Ok(input), Ok(output)) => {
+                self.run_session(&mut Conn::new(Transport::Pipe { input, output }), None, Mode::Mta)
+            }
             _ => log::error!("-bs: cannot use standard input and output"),
         }
     }
 
-    fn run_session(&self, conn: &mut Conn, client: Option<IpAddr>) {
+    fn run_session(&self, conn: &mut Conn, client: Option<IpAddr>, mode: Mode) {
         let cur = self.current();
-        // TLS needs a socket; a pipe session is not offered STARTTLS.
-        let session_config = match conn.transport {
-            Transport::Pipe { .. } => {
-                SessionConfig { tls_available: false, local_submission: self.local_submission, ..cur.session.clone() }
-            }
-            _ => cur.session.clone(),
-        };
-        let (mut session, mut step) = Session::new(&session_config, &cur.policy, client);
         let peer = client_name(client);
         log::info!("connect from {peer}");
+        // TLS needs a socket; a pipe session is not offered STARTTLS.
+        let pipe = matches!(conn.transport, Transport::Pipe { .. });
+        let session_config = SessionConfig {
+            tls_available: cur.session.tls_available && !pipe,
+            local_submission: pipe && self.local_submission,
+            submission: mode != Mode::Mta,
+            auth_plaintext: cur.config.auth_plaintext_loopback && client.is_some_and(|ip| ip.is_loopback()),
+            ..cur.session.clone()
+        };
+        if mode == Mode::Smtps {
+            // RFC 8314 §3.3: TLS from the first byte, before the greeting.
+            let mut none = LineBuffer::new(0);
+            if let Err(e) = self.start_tls(conn, &mut none) {
+                log::info!("TLS handshake with {peer} failed: {e}");
+                conn.shutdown();
+                log::info!("disconnect from {peer}");
+                return;
+            }
+        }
+        let auth = cur.auth.as_ref().map(|(users, senders)| Auth { users, senders, lockout: &self.lockout });
+        let (mut session, mut step) = Session::new(&session_config, &cur.policy, client);
+        if let Some(auth) = &auth {
+            session = session.with_authenticator(auth);
+        }
+        if mode == Mode::Smtps {
+            session = session.tls_from_start();
+        }
         let mut lines = LineBuffer::new(READ_BUFFER);
         loop {
             if let Some(reply) = &step.reply {
@@ -371,9 +426,19 @@ impl Server {
                 }
             }
             step = match step.action {
-                Action::ReadLine => match self.read_command(conn, &mut lines) {
+                Action::ReadLine => match self.read_command(conn, &mut lines, session.line_limit()) {
                     Some(Ok(line)) => {
                         let step = session.handle(Input::Line(&line));
+                        if let Some(e) = session.take_auth_event() {
+                            match e.ok {
+                                true => log::info!("{peer}: sasl_method={}, sasl_username={}", e.mechanism, e.user),
+                                false => log::warn!(
+                                    "{peer}: SASL {} authentication failed, sasl_username={}",
+                                    e.mechanism,
+                                    crate::spool::envelope::escape(&e.user)
+                                ),
+                            }
+                        }
                         if let Some(r) = session.take_rejection() {
                             // Postfix's shape, which log summarisers count.
                             log::info!(
@@ -390,7 +455,7 @@ impl Server {
                     Some(Err(input)) => session.handle(input),
                     None => self.stopped_or_gone(),
                 },
-                Action::ReceiveData(request) => match self.receive(conn, &mut lines, &request, client) {
+                Action::ReceiveData(request) => match self.receive(conn, &mut lines, &request, client, auth.as_ref()) {
                     Received::Done(result) => session.handle(Input::DataEnd(result)),
                     Received::TimedOut => session.handle(Input::Timeout),
                     Received::Lost => self.stopped_or_gone(),
@@ -442,10 +507,16 @@ impl Server {
     }
 
     /// One command line, or the input that stands for what happened instead; `None` when the peer is gone.
-    fn read_command(&self, conn: &mut Conn, lines: &mut LineBuffer) -> Option<Result<Vec<u8>, Input<'static>>> {
+    fn read_command(
+        &self,
+        conn: &mut Conn,
+        lines: &mut LineBuffer,
+        limit: usize,
+    ) -> Option<Result<Vec<u8>, Input<'static>>> {
         conn.deadline = Some(later(Instant::now(), self.current().config.command_timeout));
-        match lines.read_line(conn, MAX_COMMAND_LINE) {
+        match lines.read_line(conn, limit) {
             Ok(Line::Complete(line)) => Some(Ok(line)),
+            Ok(Line::TooLong) if limit > MAX_COMMAND_LINE => Some(Err(Input::ResponseTooLong)),
             Ok(Line::TooLong) => Some(Err(Input::LineTooLong)),
             Ok(Line::BareLf) => Some(Err(Input::BareLf)),
             Ok(Line::Eof) => None,
@@ -456,7 +527,14 @@ impl Server {
 
     /// Reads the message text to the final dot, streaming it into a spool draft,
     /// and commits it when nothing is wrong. Memory stays bounded whatever the size.
-    fn receive(&self, conn: &mut Conn, lines: &mut LineBuffer, req: &DataRequest, client: Option<IpAddr>) -> Received {
+    fn receive(
+        &self,
+        conn: &mut Conn,
+        lines: &mut LineBuffer,
+        req: &DataRequest,
+        client: Option<IpAddr>,
+        auth: Option<&Auth<'_>>,
+    ) -> Received {
         let cur = self.current();
         let started = Instant::now();
         let arrived = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -497,10 +575,21 @@ impl Server {
             }
         }
         let header_len = draft.as_ref().map_or(0, |(_, h)| *h);
+        let not_owned = match (&req.user, auth) {
+            (Some(user), Some(auth)) => {
+                let from = head.headers().addresses("from");
+                from.into_iter()
+                    .find(|a| !auth.may_send_as(user, a))
+                    .map(|address| DataError::FromNotOwned { address, user: user.clone() })
+            }
+            _ => None,
+        };
         let result = match (reader.error(), draft) {
             (Some(TextError::BareLineEnding), _) => Err(DataError::BareLineEnding),
             (Some(TextError::TooBig), _) => Err(DataError::TooBig),
             (None, _) if hops.hops() >= MAX_HOPS => Err(DataError::TooManyHops),
+            // RFC 6409 §8.1: the submission server may refuse a From: the user does not own.
+            (None, _) if not_owned.is_some() => Err(not_owned.unwrap_or(DataError::WriteFailed)),
             (None, Err(e)) => Err(storage_error(&e)),
             (None, Ok((d, _))) => d.commit(header_len + reader.size()).map_err(|e| storage_error(&e)),
         };
@@ -532,6 +621,8 @@ impl Server {
             protocol: req.protocol.to_string(),
             body: req.params.body,
             smtputf8: req.params.smtputf8,
+            auth: req.user.clone(),
+            submitted: req.submitted,
             from: req.from.clone(),
             rcpts: req.rcpts.clone(),
             size: 0,
@@ -552,7 +643,10 @@ impl Server {
     fn log_data_end(&self, result: &Result<QueueId, DataError>, req: &DataRequest, client: Option<IpAddr>, size: u64) {
         let peer = client_name(client);
         match result {
-            Ok(id) => log::info!("{id}: client={peer}, from={}, size={size}, nrcpt={}", req.from, req.rcpts.len()),
+            Ok(id) => {
+                let user = req.user.as_ref().map_or(String::new(), |u| format!(", sasl_username={}", escape(u)));
+                log::info!("{id}: client={peer}{user}, from={}, size={size}, nrcpt={}", req.from, req.rcpts.len())
+            }
             Err(e) => log::info!(
                 "NOQUEUE: reject: DATA from {peer}: {}; from={} proto={} helo=<{}>",
                 reply_text(e),

@@ -31,8 +31,13 @@ impl MailParams {
 pub enum Command {
     Helo(String),
     Ehlo(String),
-    Mail { from: ReversePath, params: MailParams },
-    Rcpt { to: ForwardPath },
+    Mail {
+        from: ReversePath,
+        params: MailParams,
+    },
+    Rcpt {
+        to: ForwardPath,
+    },
     Data,
     Rset,
     Noop,
@@ -42,6 +47,11 @@ pub enum Command {
     Expn(String),
     Verb,
     StartTls,
+    /// RFC 4954 §4 `AUTH mechanism [initial-response]`; the response as sent (base64 or `=`).
+    Auth {
+        mechanism: String,
+        initial: Option<Vec<u8>>,
+    },
 }
 
 impl Command {
@@ -74,6 +84,8 @@ impl Command {
             Command::Expn(what) => format!("EXPN {what}"),
             Command::Verb => "VERB".into(),
             Command::StartTls => "STARTTLS".into(),
+            Command::Auth { mechanism, initial: None } => format!("AUTH {mechanism}"),
+            Command::Auth { mechanism, initial: Some(r) } => format!("AUTH {mechanism} {}", String::from_utf8_lossy(r)),
         }
         .into_bytes();
         line.extend_from_slice(b"\r\n");
@@ -118,7 +130,8 @@ pub fn parse_command(line: &[u8]) -> Result<Command, SyntaxError> {
         b"EXPN" => text_arg(args, "EXPN list").map(Command::Expn),
         b"VERB" => Ok(Command::Verb),
         b"STARTTLS" => no_args(args, Command::StartTls, "STARTTLS"),
-        b"TURN" | b"ETRN" | b"ATRN" | b"BDAT" | b"SEND" | b"SOML" | b"SAML" | b"AUTH" => {
+        b"AUTH" => parse_auth(args),
+        b"TURN" | b"ETRN" | b"ATRN" | b"BDAT" | b"SEND" | b"SOML" | b"SAML" => {
             Err(SyntaxError::NotImplemented(not_implemented_name(&upper)))
         }
         _ => Err(SyntaxError::Unrecognized),
@@ -131,9 +144,26 @@ fn not_implemented_name(verb: &[u8]) -> &'static str {
         b"ETRN" => "ETRN",
         b"ATRN" => "ATRN",
         b"BDAT" => "BDAT",
-        b"AUTH" => "AUTH",
         _ => "command",
     }
+}
+
+/// RFC 4954 §4: `AUTH SP sasl-mech [SP initial-response]`; a mechanism name is 1 to 20
+/// of `A-Z 0-9 - _`, and the response is base64 or `=`.
+fn parse_auth(args: &[u8]) -> Result<Command, SyntaxError> {
+    const USAGE: &str = "AUTH mechanism [initial-response]";
+    let mut words = args.split(|&b| b == b' ').filter(|w| !w.is_empty());
+    let mechanism = words.next().ok_or(SyntaxError::Usage(USAGE))?;
+    let initial = words.next();
+    if words.next().is_some()
+        || mechanism.len() > 20
+        || !mechanism.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        || initial.is_some_and(|r| !r.iter().all(|&b| b.is_ascii_alphanumeric() || b"+/=".contains(&b)))
+    {
+        return Err(SyntaxError::Usage(USAGE));
+    }
+    let mechanism = String::from_utf8_lossy(mechanism).to_ascii_uppercase();
+    Ok(Command::Auth { mechanism, initial: initial.map(<[u8]>::to_vec) })
 }
 
 fn no_args(args: &[u8], cmd: Command, usage: &'static str) -> Result<Command, SyntaxError> {
@@ -232,12 +262,34 @@ fn parse_mail_params(text: &[u8]) -> Result<MailParams, SyntaxError> {
                 return Err(SyntaxError::UnknownParameter("BODY=BINARYMIME".into()));
             }
             ("SMTPUTF8", None) => params.smtputf8 = true,
-            ("SIZE" | "BODY" | "SMTPUTF8", _) => return Err(SyntaxError::BadParameter),
+            // RFC 4954 §5: the server may ignore the identity it is given; it is checked
+            // to be xtext (RFC 3461 §4) and then dropped, never stored.
+            ("AUTH", Some(v)) if is_xtext(v) => {}
+            ("SIZE" | "BODY" | "SMTPUTF8" | "AUTH", _) => return Err(SyntaxError::BadParameter),
             _ => return Err(SyntaxError::UnknownParameter(name)),
         }
         seen.push(name);
     }
     Ok(params)
+}
+
+/// RFC 3461 §4 xtext: printable ASCII but `+` and `=`, with `+XX` for any other byte.
+fn is_xtext(v: &[u8]) -> bool {
+    let mut i = 0;
+    while i < v.len() {
+        match v[i] {
+            b'+' => {
+                let hex = v.get(i + 1..i + 3).unwrap_or(b"");
+                if hex.len() != 2 || !hex.iter().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(b)) {
+                    return false;
+                }
+                i += 3;
+            }
+            b'!'..=b'~' if v[i] != b'=' => i += 1,
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// RFC 1870 `size-value = 1*20DIGIT`; anything larger than u64 becomes u64::MAX.
@@ -275,6 +327,8 @@ mod tests {
             Command::Expn("staff".into()),
             Command::Verb,
             Command::StartTls,
+            Command::Auth { mechanism: "PLAIN".into(), initial: None },
+            Command::Auth { mechanism: "LOGIN".into(), initial: Some(b"YWxpY2U=".to_vec()) },
         ];
         for command in commands {
             let line = command.to_line();
@@ -354,5 +408,22 @@ mod tests {
         assert_eq!(mail("STARTTLS foo"), Err(SyntaxError::Usage("STARTTLS")));
         assert_eq!(mail("BDAT 18446744073709551616"), Err(SyntaxError::NotImplemented("BDAT")));
         assert_eq!(mail("VRFY"), Err(SyntaxError::Usage("VRFY address")));
+    }
+
+    #[test]
+    fn auth_commands() {
+        let auth = |m: &str, r: Option<&str>| Ok(Command::Auth { mechanism: m.into(), initial: r.map(|r| r.into()) });
+        assert_eq!(mail("auth plain"), auth("PLAIN", None));
+        assert_eq!(mail("AUTH PLAIN AGFsaWNlAHB3"), auth("PLAIN", Some("AGFsaWNlAHB3")));
+        assert_eq!(mail("AUTH PLAIN ="), auth("PLAIN", Some("=")));
+        assert_eq!(mail("AUTH CRAM-MD5"), auth("CRAM-MD5", None));
+        for bad in ["AUTH", "AUTH PLAIN a b", "AUTH PL\u{e9}IN", "AUTH PLAIN !!!!", "AUTH AAAAAAAAAAAAAAAAAAAAAAAAA"] {
+            assert_eq!(mail(bad), Err(SyntaxError::Usage("AUTH mechanism [initial-response]")), "{bad}");
+        }
+        assert!(matches!(mail("MAIL FROM:<a@b.test> AUTH=<>"), Ok(Command::Mail { .. })));
+        assert!(matches!(mail("MAIL FROM:<a@b.test> AUTH=alice+40example.test"), Ok(Command::Mail { .. })));
+        for bad in ["AUTH=x+0", "AUTH", "AUTH=a+0a", "AUTH=a=b"] {
+            assert_eq!(mail(&format!("MAIL FROM:<a@b.test> {bad}")), Err(SyntaxError::BadParameter), "{bad}");
+        }
     }
 }

@@ -5,3 +5,4 @@ pub mod client;
 pub mod command;
 pub mod line;
 pub mod reply;
+pub mod sasl;

@@ -361,6 +361,15 @@ impl Reply {
         Reply::new(454, es(4, 7, 0), "TLS not available due to temporary reason")
     }
 
+    /// RFC 4954 §4: `334 ` and the base64 challenge (empty for PLAIN's first).
+    pub fn challenge(text: &str) -> Reply {
+        Reply::plain(334, vec![text.to_string()])
+    }
+
+    pub fn authenticated() -> Reply {
+        Reply::new(235, es(2, 7, 0), "Authentication successful")
+    }
+
     pub fn tls_already_active() -> Reply {
         Reply::new(554, es(5, 5, 1), "Error: TLS already active")
     }

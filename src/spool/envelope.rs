@@ -8,12 +8,16 @@
 //! protocol: ESMTP
 //! body: 8bitmime
 //! smtputf8: no
+//! auth: alice
+//! submitted: yes
 //! from: <a@b.example>
 //! rcpt: <c@d.example>
 //! size: 000000000004096
 //!
 //! ```
-//! Keys come in this order; the loader is strict. `size` is fixed-width so it can be
+//! Keys come in this order; the loader is strict. `auth` (the user who logged in, RFC 4954)
+//! and `submitted` (mail of our own users: authenticated, trusted or local, which delivery
+//! signs) appear only when they apply. `size` is fixed-width so it can be
 //! written last, once the message is complete, and it lets a truncated file be found.
 
 use std::net::IpAddr;
@@ -38,6 +42,10 @@ pub struct Envelope {
     pub protocol: String,
     pub body: BodyType,
     pub smtputf8: bool,
+    /// The authenticated user, when the client logged in.
+    pub auth: Option<String>,
+    /// Our own users' mail (authenticated, trusted network, local), not mail that arrived for us.
+    pub submitted: bool,
     pub from: ReversePath,
     pub rcpts: Vec<ForwardPath>,
     /// Octets of message after the blank line.
@@ -67,7 +75,19 @@ impl Envelope {
     /// A local submission's envelope (`sendmail`): no peer, protocol `LOCAL`; the size is
     /// set when it is written.
     pub fn local(arrived: u64, from: ReversePath, rcpts: Vec<ForwardPath>, body: BodyType, smtputf8: bool) -> Envelope {
-        Envelope { arrived, client: None, helo: None, protocol: "LOCAL".into(), body, smtputf8, from, rcpts, size: 0 }
+        Envelope {
+            arrived,
+            client: None,
+            helo: None,
+            protocol: "LOCAL".into(),
+            body,
+            smtputf8,
+            auth: None,
+            submitted: true,
+            from,
+            rcpts,
+            size: 0,
+        }
     }
 
     /// The envelope block, and the offset of the size digits in it.
@@ -76,7 +96,14 @@ impl Envelope {
         let client = self.client.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
         t += &format!("client: {client}\nhelo: {}\n", escape(self.helo.as_deref().unwrap_or("")));
         t += &format!("protocol: {}\nbody: {}\n", self.protocol, body_name(self.body));
-        t += &format!("smtputf8: {}\nfrom: {}\n", if self.smtputf8 { "yes" } else { "no" }, self.from);
+        t += &format!("smtputf8: {}\n", if self.smtputf8 { "yes" } else { "no" });
+        if let Some(user) = &self.auth {
+            t += &format!("auth: {}\n", escape(user));
+        }
+        if self.submitted {
+            t += "submitted: yes\n";
+        }
+        t += &format!("from: {}\n", self.from);
         for r in &self.rcpts {
             t += &format!("rcpt: {r}\n");
         }
@@ -126,6 +153,31 @@ impl Envelope {
             "no" => false,
             _ => return Err(EnvelopeError::BadLine(n, "smtputf8")),
         };
+        let mut optional = |key: &str| match lines.peek() {
+            Some(&(n, l)) => match l.strip_prefix(key).and_then(|r| r.strip_prefix(": ")) {
+                Some(v) => {
+                    lines.next();
+                    Some((n, v))
+                }
+                None => None,
+            },
+            None => None,
+        };
+        let auth = match optional("auth") {
+            Some((n, v)) => Some(unescape(v).filter(|u| !u.is_empty()).ok_or(EnvelopeError::BadLine(n, "auth"))?),
+            None => None,
+        };
+        let submitted = match optional("submitted") {
+            Some((_, "yes")) => true,
+            Some((n, _)) => return Err(EnvelopeError::BadLine(n, "submitted")),
+            None => false,
+        };
+        let mut field = |key: &'static str| -> Result<(usize, &str), EnvelopeError> {
+            let (n, line) = lines.next().ok_or(EnvelopeError::BadLine(0, key))?;
+            let value =
+                line.strip_prefix(key).and_then(|r| r.strip_prefix(": ")).ok_or(EnvelopeError::BadLine(n, key))?;
+            Ok((n, value))
+        };
         let (n, v) = field("from")?;
         let from = parse_bracketed(v, ReversePath::parse).ok_or(EnvelopeError::BadLine(n, "from"))?;
         let mut rcpts = Vec::new();
@@ -144,7 +196,7 @@ impl Envelope {
         if rcpts.is_empty() {
             return Err(EnvelopeError::BadLine(0, "rcpt"));
         }
-        let envelope = Envelope { arrived, client, helo, protocol, body, smtputf8, from, rcpts, size };
+        let envelope = Envelope { arrived, client, helo, protocol, body, smtputf8, auth, submitted, from, rcpts, size };
         Ok((envelope, head_end + 1))
     }
 }
@@ -213,6 +265,8 @@ mod tests {
             protocol: "ESMTP".into(),
             body: BodyType::EightBitMime,
             smtputf8: false,
+            auth: None,
+            submitted: false,
             from: ReversePath::parse(b"a@b.test").unwrap(),
             rcpts: vec![ForwardPath::parse(b"c@d.test").unwrap(), ForwardPath::Postmaster],
             size: 42,
@@ -234,6 +288,22 @@ mod tests {
         let env = Envelope { from: ReversePath::Null, helo: None, client: None, ..sample() };
         let (text, _) = env.to_text();
         assert_eq!(Envelope::parse(text.as_bytes()).unwrap().0, env);
+    }
+
+    #[test]
+    fn the_user_and_the_submitted_mark_round_trip() {
+        let env = Envelope { auth: Some("alice@example.test".into()), submitted: true, ..sample() };
+        let (text, _) = env.to_text();
+        assert!(
+            text.contains("\nsmtputf8: no\nauth: alice@example.test\nsubmitted: yes\nfrom: <a@b.test>\n"),
+            "{text}"
+        );
+        assert_eq!(Envelope::parse(text.as_bytes()).unwrap().0, env);
+        let odd = Envelope { auth: Some("x\nrcpt: <evil@x.test>".into()), ..sample() };
+        let (text, _) = odd.to_text();
+        assert_eq!(Envelope::parse(text.as_bytes()).unwrap().0, odd, "{text}");
+        let bad = sample().to_text().0.replace("from:", "submitted: no\nfrom:");
+        assert!(Envelope::parse(bad.as_bytes()).is_err());
     }
 
     #[test]

@@ -557,6 +557,8 @@ mod tests {
             protocol: "ESMTP".into(),
             body: BodyType::SevenBit,
             smtputf8: false,
+            auth: None,
+            submitted: false,
             from: ReversePath::Null,
             rcpts: vec![ForwardPath::Postmaster],
             size: 0,

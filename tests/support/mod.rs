@@ -79,7 +79,10 @@ pub fn config_with(dir: &Path, extra: &str) -> String {
 /// A running `postern-smtpd`, killed when dropped.
 pub struct Server {
     pub child: Child,
+    /// The first listener's address.
     pub addr: SocketAddr,
+    /// Every listener: its address and mode (`smtp`, `submission`, `smtps`), in `listen` order.
+    pub listeners: Vec<(SocketAddr, String)>,
     pub dir: TempDir,
     log: Arc<Mutex<Vec<String>>>,
 }
@@ -128,10 +131,21 @@ impl Server {
                 sink.lock().unwrap().push(line);
             }
         });
-        let addr = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| {
-            panic!("server did not start: {:?}", log.lock().unwrap());
-        });
-        Server { child, addr: addr.parse().unwrap(), dir, log }
+        let wanted = config
+            .lines()
+            .find_map(|l| l.strip_prefix("listen = "))
+            .map_or(1, |v| v.split(',').filter(|e| !e.trim().is_empty()).count());
+        let mut listeners = Vec::new();
+        while listeners.len() < wanted {
+            let line: String = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| {
+                panic!("server did not start: {:?}", log.lock().unwrap());
+            });
+            let mut words = line.split_whitespace();
+            let addr: SocketAddr = words.next().unwrap().parse().unwrap();
+            let mode = words.next().unwrap_or("(smtp)").trim_matches(['(', ')']).to_string();
+            listeners.push((addr, mode));
+        }
+        Server { child, addr: listeners[0].0, listeners, dir, log }
     }
 
     /// Kills the server with SIGKILL and hands back its directory.
@@ -141,6 +155,11 @@ impl Server {
         let dir = std::mem::replace(&mut self.dir, TempDir(PathBuf::new()));
         std::mem::forget(self);
         dir
+    }
+
+    /// The address of the first listener serving `mode`.
+    pub fn port_for(&self, mode: &str) -> SocketAddr {
+        self.listeners.iter().find(|(_, m)| m == mode).map(|(a, _)| *a).expect("a listener in that mode")
     }
 
     pub fn spool(&self) -> PathBuf {
@@ -466,6 +485,8 @@ pub fn inject(
         protocol: "ESMTP".into(),
         body,
         smtputf8: false,
+        auth: None,
+        submitted: false,
         from: ReversePath::parse(from.as_bytes()).unwrap(),
         rcpts: to.iter().map(|t| ForwardPath::parse(t.as_bytes()).unwrap()).collect(),
         size: 0,
@@ -619,4 +640,37 @@ pub fn config_logging_to(dir: &Path, sink: &SyslogSink, extra: &str) -> String {
 /// Whether a program is on the PATH.
 pub fn have(tool: &str) -> bool {
     Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success())
+}
+
+/// A fresh self-signed certificate and key for `mail.example.test` (EC P-256), written into
+/// `dir` as `cert.pem` and `key.pem`; nothing of it is kept in the repository.
+pub fn test_certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    use openssl::asn1::Asn1Time;
+    use openssl::bn::BigNum;
+    use openssl::ec::{EcGroup, EcKey};
+    use openssl::hash::MessageDigest;
+    use openssl::nid::Nid;
+    use openssl::pkey::PKey;
+    use openssl::x509::extension::SubjectAlternativeName;
+    use openssl::x509::{X509, X509NameBuilder};
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+    let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
+    let mut name = X509NameBuilder::new().unwrap();
+    name.append_entry_by_nid(Nid::COMMONNAME, "mail.example.test").unwrap();
+    let name = name.build();
+    let mut cert = X509::builder().unwrap();
+    cert.set_version(2).unwrap();
+    cert.set_serial_number(&BigNum::from_u32(1).unwrap().to_asn1_integer().unwrap()).unwrap();
+    cert.set_subject_name(&name).unwrap();
+    cert.set_issuer_name(&name).unwrap();
+    cert.set_pubkey(&key).unwrap();
+    cert.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
+    cert.set_not_after(&Asn1Time::days_from_now(2).unwrap()).unwrap();
+    let san = SubjectAlternativeName::new().dns("mail.example.test").build(&cert.x509v3_context(None, None)).unwrap();
+    cert.append_extension(san).unwrap();
+    cert.sign(&key, MessageDigest::sha256()).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.build().to_pem().unwrap()).unwrap();
+    std::fs::write(&key_path, key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+    (cert_path, key_path)
 }

@@ -1,0 +1,491 @@
+//! DKIM signing (RFC 6376) with RSA-SHA256 and Ed25519-SHA256 (RFC 8463): the `dkim_keys`
+//! table, relaxed/relaxed canonicalization, the `DKIM-Signature:` field, and new keys with
+//! the DNS record to publish. The signature itself is the `openssl` crate's, already linked
+//! for TLS; the canonicalization is ours, checked against independent verifiers in the tests.
+//!
+//! Delivery signs, not acceptance (doc/postern.conf.5 says why): a copy of our own users'
+//! mail (`submitted` in its envelope) leaving for another host, whose `From:` domain has a key.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use openssl::hash::{Hasher, MessageDigest, hash};
+use openssl::pkey::{Id, PKey, Private};
+use openssl::sign::Signer as OpensslSigner;
+
+use crate::message::Headers;
+use crate::table::TableError;
+
+/// The fields signed when present (RFC 6376 §5.4.1), each instance of each; `From` once more
+/// than it appears, so that no `From:` can be added after signing (§8.15).
+const SIGNED: [&str; 14] = [
+    "from",
+    "reply-to",
+    "subject",
+    "date",
+    "to",
+    "cc",
+    "message-id",
+    "in-reply-to",
+    "references",
+    "mime-version",
+    "content-type",
+    "content-transfer-encoding",
+    "content-disposition",
+    "list-unsubscribe",
+];
+
+/// RFC 8301 §3.2: RSA keys shorter than this must not be used to sign.
+pub const MIN_RSA_BITS: u32 = 2048;
+
+#[derive(Clone)]
+pub struct Key {
+    pub domain: String,
+    pub selector: String,
+    pub path: PathBuf,
+    pkey: PKey<Private>,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Key({} {} {})", self.domain, self.selector, self.path.display())
+    }
+}
+
+impl Key {
+    /// `rsa-sha256` or `ed25519-sha256`, as the key is.
+    pub fn algorithm(&self) -> &'static str {
+        if self.pkey.id() == Id::ED25519 { "ed25519-sha256" } else { "rsa-sha256" }
+    }
+
+    /// Reads a PEM private key: RSA of at least 2048 bits, or Ed25519.
+    pub fn load(domain: &str, selector: &str, path: &Path) -> Result<Key, String> {
+        let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let pkey =
+            PKey::private_key_from_pem(&pem).map_err(|_| format!("{}: not a PEM private key", path.display()))?;
+        check_kind(&pkey).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Key { domain: domain.to_lowercase(), selector: selector.to_string(), path: path.to_path_buf(), pkey })
+    }
+
+    /// The TXT record (RFC 6376 §3.6.1, RFC 8463 §4.2) to publish at `selector._domainkey.domain`.
+    pub fn dns_record(&self) -> Result<String, String> {
+        dns_record(&self.pkey)
+    }
+}
+
+fn check_kind(pkey: &PKey<Private>) -> Result<(), String> {
+    match pkey.id() {
+        Id::RSA if pkey.bits() >= MIN_RSA_BITS => Ok(()),
+        Id::RSA => Err(format!("an RSA key of {} bits; DKIM needs {MIN_RSA_BITS} or more", pkey.bits())),
+        Id::ED25519 => Ok(()),
+        _ => Err("neither RSA nor Ed25519".into()),
+    }
+}
+
+fn dns_record(pkey: &PKey<Private>) -> Result<String, String> {
+    let e = |e: openssl::error::ErrorStack| e.to_string();
+    let (kind, public) = match pkey.id() {
+        Id::ED25519 => ("ed25519", pkey.raw_public_key().map_err(e)?),
+        _ => ("rsa", pkey.public_key_to_der().map_err(e)?),
+    };
+    Ok(format!("v=DKIM1; k={kind}; p={}", openssl::base64::encode_block(&public)))
+}
+
+/// The `dkim_keys` file: `domain selector /path/key.pem` per line, `#` comments; one key per
+/// domain.
+#[derive(Debug, Default, Clone)]
+pub struct Keys {
+    by_domain: HashMap<String, Key>,
+}
+
+impl Keys {
+    pub fn load(path: &Path) -> Result<Keys, TableError> {
+        let file = path.display().to_string();
+        let error = |line, message: String| TableError { file: file.clone(), line, message };
+        let text = std::fs::read_to_string(path).map_err(|e| error(0, e.to_string()))?;
+        let mut by_domain = HashMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let [domain, selector, key] = words[..] else {
+                return Err(error(i + 1, "expected `domain selector /path/to/key.pem`".into()));
+            };
+            crate::smtp::address::Domain::parse(domain)
+                .map_err(|_| error(i + 1, format!("`{domain}` is not a domain")))?;
+            if !selector.split('.').all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')) {
+                return Err(error(i + 1, format!("`{selector}` is not a selector")));
+            }
+            let key = Key::load(domain, selector, Path::new(key)).map_err(|e| error(i + 1, e))?;
+            if by_domain.insert(key.domain.clone(), key).is_some() {
+                return Err(error(i + 1, format!("{domain} has a key already")));
+            }
+        }
+        Ok(Keys { by_domain })
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_domain.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_domain.is_empty()
+    }
+
+    pub fn for_domain(&self, domain: &str) -> Option<&Key> {
+        self.by_domain.get(&domain.to_lowercase())
+    }
+}
+
+/// RFC 6376 §3.4.2: a header field in relaxed form: the name in lower case, unfolded, each
+/// run of white space one space, none at the ends of the value, then CRLF.
+pub fn relaxed_header(name: &str, value: &[u8]) -> Vec<u8> {
+    let mut out = name.trim_end_matches([' ', '\t']).to_ascii_lowercase().into_bytes();
+    out.push(b':');
+    let mut space = false;
+    for &b in value {
+        match b {
+            b'\r' | b'\n' => {}
+            b' ' | b'\t' => space = true,
+            _ => {
+                if space && out.last() != Some(&b':') {
+                    out.push(b' ');
+                }
+                space = false;
+                out.push(b);
+            }
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// RFC 6376 §3.4.4: the body in relaxed form, fed in pieces: white space at line ends
+/// removed, runs of it one space, empty lines at the end removed, and a non-empty body
+/// ended with CRLF. Only the hash and a count of held-back empty lines are kept.
+pub struct RelaxedBody {
+    hasher: Hasher,
+    /// The current line, not yet complete.
+    line: Vec<u8>,
+    /// Empty lines seen but not yet written: they count only if more text follows.
+    empty_lines: u64,
+}
+
+impl RelaxedBody {
+    pub fn new() -> RelaxedBody {
+        // SHA-256 is always available in OpenSSL; a failure here is a broken library.
+        let hasher = Hasher::new(MessageDigest::sha256()).unwrap_or_else(|e| panic!("SHA-256: {e}"));
+        RelaxedBody { hasher, line: Vec::new(), empty_lines: 0 }
+    }
+
+    pub fn feed(&mut self, mut bytes: &[u8]) -> Result<(), String> {
+        while let Some(i) = bytes.iter().position(|&b| b == b'\n') {
+            self.line.extend_from_slice(&bytes[..i]);
+            self.end_line()?;
+            bytes = &bytes[i + 1..];
+        }
+        self.line.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn end_line(&mut self) -> Result<(), String> {
+        let mut canonical = Vec::with_capacity(self.line.len());
+        let mut space = false;
+        for &b in self.line.strip_suffix(b"\r").unwrap_or(&self.line) {
+            if b == b' ' || b == b'\t' {
+                space = true;
+            } else {
+                if space {
+                    canonical.push(b' ');
+                }
+                space = false;
+                canonical.push(b);
+            }
+        }
+        self.line.clear();
+        if canonical.is_empty() {
+            self.empty_lines += 1;
+            return Ok(());
+        }
+        let e = |e: openssl::error::ErrorStack| e.to_string();
+        for _ in 0..std::mem::take(&mut self.empty_lines) {
+            self.hasher.update(b"\r\n").map_err(e)?;
+        }
+        canonical.extend_from_slice(b"\r\n");
+        self.hasher.update(&canonical).map_err(e)
+    }
+
+    /// The body hash (`bh=`).
+    pub fn finish(mut self) -> Result<Vec<u8>, String> {
+        if !self.line.is_empty() {
+            self.end_line()?; // the last line had no CRLF
+        }
+        Ok(self.hasher.finish().map_err(|e| e.to_string())?.to_vec())
+    }
+}
+
+impl Default for RelaxedBody {
+    fn default() -> Self {
+        RelaxedBody::new()
+    }
+}
+
+/// The header section of a message, and where its body starts.
+fn split_header(message: &[u8]) -> (&[u8], &[u8]) {
+    let (_, at) = Headers::parse(message);
+    (&message[..at], &message[at..])
+}
+
+/// The fields of a header section as (name, value) in order; the value keeps its folding
+/// (the CRLF inside it), not the CRLF that ends the field.
+fn fields(header: &[u8]) -> Vec<(String, &[u8])> {
+    let mut out: Vec<(String, &[u8])> = Vec::new();
+    // (name, where the value starts, where the field's last line ends)
+    let mut current: Option<(String, usize, usize)> = None;
+    let mut pos = 0;
+    let finish = |c: (String, usize, usize)| -> (String, &[u8]) {
+        let value = &header[c.1..c.2];
+        let value = value.strip_suffix(b"\n").unwrap_or(value);
+        (c.0, value.strip_suffix(b"\r").unwrap_or(value))
+    };
+    for line in header.split_inclusive(|&b| b == b'\n') {
+        let end = pos + line.len();
+        if line.first().is_some_and(|&b| b == b' ' || b == b'\t') {
+            if let Some(c) = &mut current {
+                c.2 = end;
+            }
+        } else {
+            if let Some(c) = current.take() {
+                out.push(finish(c));
+            }
+            if let Some(colon) = line.iter().position(|&b| b == b':') {
+                current = Some((String::from_utf8_lossy(&line[..colon]).into_owned(), pos + colon + 1, end));
+            }
+        }
+        pos = end;
+    }
+    if let Some(c) = current.take() {
+        out.push(finish(c));
+    }
+    out
+}
+
+/// The `DKIM-Signature:` field, CRLF-ended and folded, for `message` (header and body, CRLF
+/// lines), signed with `key` at time `now`.
+pub fn sign(key: &Key, message: impl Read, now: u64) -> Result<String, String> {
+    let mut message = message;
+    let mut head = Vec::new();
+    let mut body = RelaxedBody::new();
+    // The header section is read whole (up to 1 MB, far past any real one); the body is streamed.
+    let mut buf = vec![0u8; 64 * 1024];
+    let ended = |h: &[u8]| {
+        h.starts_with(b"\r\n")
+            || h.starts_with(b"\n")
+            || h.windows(2).any(|w| w == b"\n\n")
+            || h.windows(3).any(|w| w == b"\n\r\n")
+    };
+    let mut in_body = false;
+    loop {
+        let n = message.read(&mut buf).map_err(|e| format!("reading the message: {e}"))?;
+        if in_body {
+            body.feed(&buf[..n])?;
+        } else {
+            head.extend_from_slice(&buf[..n]);
+            if n == 0 || ended(&head) || head.len() > 1 << 20 {
+                in_body = true;
+                let at = split_header(&head).0.len();
+                body.feed(&head[at..])?;
+                head.truncate(at);
+            }
+        }
+        if n == 0 {
+            break;
+        }
+    }
+    let bh = openssl::base64::encode_block(&body.finish()?);
+    let fields = fields(&head);
+    // §5.4.2: several instances of a name are signed from the bottom up.
+    let mut names = Vec::new();
+    let mut data = Vec::new();
+    for name in SIGNED {
+        let instances: Vec<&(String, &[u8])> =
+            fields.iter().filter(|(n, _)| n.trim_end().eq_ignore_ascii_case(name)).collect();
+        for (n, value) in instances.iter().rev() {
+            names.push(name);
+            data.extend_from_slice(&relaxed_header(n, value));
+        }
+        if name == "from" {
+            names.push("from"); // over-signed: the null instance (§5.4.2)
+        }
+    }
+    // Each tag is atoms that folding may separate: h= may fold before each colon (§3.5).
+    let mut h_atoms = vec![format!("h={}", names.first().unwrap_or(&"from"))];
+    h_atoms.extend(names.iter().skip(1).map(|n| format!(":{n}")));
+    let tags: Vec<Vec<String>> = vec![
+        vec!["v=1".to_string()],
+        vec![format!("a={}", key.algorithm())],
+        vec!["c=relaxed/relaxed".into()],
+        vec![format!("d={}", key.domain)],
+        vec![format!("s={}", key.selector)],
+        vec![format!("t={now}")],
+        h_atoms,
+        vec![format!("bh={bh}")],
+        vec!["b=".into()],
+    ];
+    let mut field = String::from("DKIM-Signature:");
+    let mut width = field.len();
+    for (i, tag) in tags.iter().enumerate() {
+        let last = tag.len() - 1;
+        for (j, atom) in tag.iter().enumerate() {
+            let text = if j == last && i + 1 < tags.len() { format!("{atom};") } else { atom.clone() };
+            let gap = usize::from(j == 0);
+            if width + gap + text.len() > 78 {
+                field += "\r\n\t";
+                width = 1;
+            } else if j == 0 {
+                field.push(' ');
+                width += 1;
+            }
+            field += &text;
+            width += text.len();
+        }
+    }
+    let value = field.split_once(':').map_or("", |(_, v)| v);
+    let mut signed = data;
+    let mut own = relaxed_header("DKIM-Signature", value.as_bytes());
+    own.truncate(own.len() - 2); // §3.7: without its CRLF
+    signed.extend_from_slice(&own);
+    let signature = signature(&key.pkey, &signed)?;
+    let b = openssl::base64::encode_block(&signature);
+    // The signature folded in lines of 72, which verifiers unfold (§3.5: FWS in b= is ignored).
+    let mut out = field;
+    let mut rest = b.as_str();
+    let first = 78usize.saturating_sub(out.rsplit("\r\n\t").next().map_or(0, str::len) + 1).max(8);
+    let mut take = first.min(rest.len());
+    while !rest.is_empty() {
+        out += &rest[..take];
+        rest = &rest[take..];
+        if !rest.is_empty() {
+            out += "\r\n\t";
+        }
+        take = 70.min(rest.len());
+    }
+    out += "\r\n";
+    Ok(out)
+}
+
+fn signature(pkey: &PKey<Private>, data: &[u8]) -> Result<Vec<u8>, String> {
+    let e = |e: openssl::error::ErrorStack| e.to_string();
+    if pkey.id() == Id::ED25519 {
+        // RFC 8463 §3: PureEdDSA over the SHA-256 hash of the data.
+        let digest = hash(MessageDigest::sha256(), data).map_err(e)?;
+        let mut signer = OpensslSigner::new_without_digest(pkey).map_err(e)?;
+        return signer.sign_oneshot_to_vec(&digest).map_err(e);
+    }
+    let mut signer = OpensslSigner::new(MessageDigest::sha256(), pkey).map_err(e)?;
+    signer.update(data).map_err(e)?;
+    signer.sign_to_vec().map_err(e)
+}
+
+/// A new private key (RSA of `bits`, or Ed25519) in PEM, and its DNS record.
+pub fn generate(ed25519: bool, bits: u32) -> Result<(Vec<u8>, String), String> {
+    let e = |e: openssl::error::ErrorStack| e.to_string();
+    let pkey = if ed25519 {
+        PKey::generate_ed25519().map_err(e)?
+    } else {
+        if bits < MIN_RSA_BITS {
+            return Err(format!("RSA keys for DKIM have {MIN_RSA_BITS} bits or more"));
+        }
+        PKey::from_rsa(openssl::rsa::Rsa::generate(bits).map_err(e)?).map_err(e)?
+    };
+    let pem = pkey.private_key_to_pem_pkcs8().map_err(e)?;
+    Ok((pem, dns_record(&pkey)?))
+}
+
+/// The record as a zone file line, in strings of at most 255 octets (RFC 1035 §3.3.14).
+pub fn zone_line(domain: &str, selector: &str, record: &str) -> String {
+    let strings: Vec<String> =
+        record.as_bytes().chunks(255).map(|c| format!("\"{}\"", String::from_utf8_lossy(c))).collect();
+    format!("{selector}._domainkey.{domain}. IN TXT ( {} )", strings.join(" "))
+}
+
+/// The address of a `From:` field's first mailbox, for finding its domain's key.
+pub fn from_domain(message_head: &[u8]) -> Option<String> {
+    let (headers, _) = Headers::parse(message_head);
+    let from = headers.addresses("from").into_iter().next()?;
+    let (_, domain) = from.rsplit_once('@')?;
+    Some(domain.trim_end_matches('>').to_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body_hash(body: &[u8]) -> String {
+        let mut b = RelaxedBody::new();
+        b.feed(body).unwrap();
+        openssl::base64::encode_block(&b.finish().unwrap())
+    }
+
+    #[test]
+    fn relaxed_body_examples() {
+        // RFC 6376 §3.4.6's example body, relaxed: " C \r\nD E\r\n".
+        assert_eq!(body_hash(b" C \r\nD \t E\r\n\r\n\r\n"), body_hash(b" C\r\nD E\r\n"));
+        // The empty body hashes as nothing at all (the well-known value).
+        assert_eq!(body_hash(b""), "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=");
+        assert_eq!(body_hash(b"\r\n\r\n"), body_hash(b""));
+        assert_eq!(body_hash(b"x"), body_hash(b"x\r\n"), "a last line without CRLF gets one");
+        // Fed in any pieces, the hash is the same.
+        let text = b"a  b \r\n\r\nc\t\r\n\r\n";
+        let mut pieces = RelaxedBody::new();
+        for chunk in text.chunks(3) {
+            pieces.feed(chunk).unwrap();
+        }
+        assert_eq!(openssl::base64::encode_block(&pieces.finish().unwrap()), body_hash(text));
+    }
+
+    #[test]
+    fn relaxed_header_examples() {
+        // RFC 6376 §3.4.6: "A: X" and "B : Y\t\r\n\tZ  " become "a:X" and "b:Y Z".
+        assert_eq!(relaxed_header("A", b" X"), b"a:X\r\n");
+        assert_eq!(relaxed_header("B ", b" Y\t\r\n\tZ  "), b"b:Y Z\r\n");
+    }
+
+    #[test]
+    fn fields_keep_their_folding() {
+        let head = b"From: a@b.test\r\nSubject: one\r\n two\r\nX-Empty:\r\n\r\n";
+        let f = fields(head);
+        let names: Vec<&str> = f.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["From", "Subject", "X-Empty"]);
+        assert_eq!(f[1].1, b" one\r\n two");
+        assert_eq!(f[2].1, b"");
+    }
+
+    #[test]
+    fn signature_fields_are_well_formed_for_both_key_types() {
+        for ed25519 in [false, true] {
+            let (pem, record) = generate(ed25519, 2048).unwrap();
+            let pkey = PKey::private_key_from_pem(&pem).unwrap();
+            let key = Key { domain: "example.test".into(), selector: "s1".into(), path: PathBuf::new(), pkey };
+            let message = b"From: Alice <alice@example.test>\r\nTo: bob@remote.test\r\nSubject: hi\r\n\r\nbody\r\n";
+            let field = sign(&key, &message[..], 1_800_000_000).unwrap();
+            assert!(field.starts_with("DKIM-Signature: v=1; a="), "{field}");
+            assert!(field.contains("h=from:from:subject:to;") || field.contains("h=from:from:subject:to"), "{field}");
+            assert!(field.lines().all(|l| l.len() <= 78), "{field}");
+            assert!(record.starts_with(if ed25519 { "v=DKIM1; k=ed25519; p=" } else { "v=DKIM1; k=rsa; p=" }));
+            assert_eq!(from_domain(message), Some("example.test".into()));
+        }
+    }
+
+    #[test]
+    fn short_rsa_keys_are_refused() {
+        let pkey = PKey::from_rsa(openssl::rsa::Rsa::generate(1024).unwrap()).unwrap();
+        assert!(check_kind(&pkey).unwrap_err().contains("1024 bits"));
+        assert!(generate(false, 1024).is_err());
+        let zone = zone_line("example.test", "s1", &"x".repeat(300));
+        assert!(zone.starts_with("s1._domainkey.example.test. IN TXT ( \"xxx") && zone.contains("\" \"x"), "{zone}");
+    }
+}
