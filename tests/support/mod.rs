@@ -326,6 +326,14 @@ impl Client {
         assert!(r.starts_with("354"), "DATA: {r}");
     }
 
+    /// The message text after DATA's 354, already dot-stuffed; then the final dot, on a line
+    /// of its own; returns the reply to it.
+    pub fn mail_text(&mut self, text: &[u8]) -> String {
+        self.send(text);
+        self.send(if text.is_empty() || text.ends_with(b"\r\n") { b".\r\n" } else { b"\r\n.\r\n" });
+        self.reply()
+    }
+
     /// A whole transaction; returns the reply to the final dot.
     pub fn mail(&mut self, from: &str, to: &[&str], body: &[u8]) -> String {
         self.open_data(from, to);
