@@ -62,9 +62,13 @@ impl Key {
     /// Reads a PEM private key: RSA of at least 2048 bits, or Ed25519.
     pub fn load(domain: &str, selector: &str, path: &Path) -> Result<Key, String> {
         let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let pkey =
-            PKey::private_key_from_pem(&pem).map_err(|_| format!("{}: not a PEM private key", path.display()))?;
-        check_kind(&pkey).map_err(|e| format!("{}: {e}", path.display()))?;
+        Key::from_pem(domain, selector, path, &pem).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// A key from PEM text; `path` is only where it came from.
+    pub fn from_pem(domain: &str, selector: &str, path: &Path, pem: &[u8]) -> Result<Key, String> {
+        let pkey = PKey::private_key_from_pem(pem).map_err(|_| "not a PEM private key".to_string())?;
+        check_kind(&pkey)?;
         Ok(Key { domain: domain.to_lowercase(), selector: selector.to_string(), path: path.to_path_buf(), pkey })
     }
 

@@ -34,6 +34,24 @@ impl HeaderScan {
     pub fn headers(&self) -> Headers<'_> {
         Headers::parse(&self.head).0
     }
+
+    /// The whole header section has been seen (or as much of it as the cap allows).
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+}
+
+/// The `Date:` and `Message-ID:` fields a message lacks (RFC 5322 §3.6: `Date:` is required,
+/// `Message-ID:` should be there), as the submission server adds them (RFC 6409 §8.2, §8.3).
+pub fn missing_fields(headers: &Headers<'_>, time: u64, id: &str, hostname: &str) -> String {
+    let mut out = String::new();
+    if !headers.has("Date") {
+        out += &format!("Date: {}\r\n", crate::trace::rfc5322_date(time));
+    }
+    if !headers.has("Message-ID") {
+        out += &format!("Message-ID: <{id}@{hostname}>\r\n");
+    }
+    out
 }
 
 /// Where the header section ends (after its blank line), searching from `from`.

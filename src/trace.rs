@@ -8,6 +8,8 @@ use crate::smtp::address::Host;
 pub struct Trace<'a> {
     pub helo: &'a str,
     pub client: Option<IpAddr>,
+    /// The client's address is left out on purpose: no `(unknown ...)` comment at all.
+    pub hidden: bool,
     pub hostname: &'a str,
     /// RFC 3848: SMTP, ESMTP, ESMTPS, LOCAL.
     pub protocol: &'a str,
@@ -26,7 +28,10 @@ pub fn received(t: &Trace<'_>) -> String {
         Some(ip) => format!("unknown {}", Host::Literal(ip.to_canonical())),
         None => "unknown".to_string(),
     };
-    let mut h = format!("Received: from {} ({peer})", t.helo);
+    let mut h = match t.hidden {
+        true => format!("Received: from {}", t.helo),
+        false => format!("Received: from {} ({peer})", t.helo),
+    };
     if let Some(tls) = &t.tls {
         h += &format!("\r\n\t(using {tls})"); // §4.4: a comment in the from clause
     }
@@ -117,6 +122,7 @@ mod tests {
         let t = Trace {
             helo: "client.test",
             client: Some("::ffff:127.0.0.1".parse().unwrap()),
+            hidden: false,
             hostname: "mail.example.test",
             protocol: "ESMTP",
             tls: None,
@@ -137,5 +143,10 @@ mod tests {
             "Received: from client.test (unknown [IPv6:::1])\r\n\t(using TLSv1.3 with cipher TLS_AES_128_GCM_SHA256)\r\n\t\
              by mail.example.test (postern) with ESMTPS id ABC;\r\n"
         ));
+        let hidden = Trace { client: None, hidden: true, protocol: "ESMTPSA", tls: None, ..tls };
+        assert!(
+            received(&hidden)
+                .starts_with("Received: from client.test\r\n\tby mail.example.test (postern) with ESMTPSA")
+        );
     }
 }

@@ -446,3 +446,51 @@ fn the_users_file_must_not_be_readable_by_everyone() {
     let out = Command::new(support::smtpd_binary()).arg("--check").arg("-c").arg(&conf).output().unwrap();
     assert!(out.status.success(), "{}", said(&out));
 }
+
+#[test]
+fn submitted_mail_gets_date_and_message_id_and_can_hide_the_client() {
+    let s = setup("auth_plaintext = loopback\nsubmission_hide_client = on\n");
+    let good = postern::smtp::client::base64(format!("\0alice\0{PASSWORD}").as_bytes());
+    let mut c = Client::greeted(s.submission());
+    c.cmd("EHLO laptop.home.test");
+    assert_eq!(code(&c.cmd(&format!("AUTH PLAIN {good}"))), "235 2.7.0");
+    c.open_data("alice@example.test", &["friend@remote.test"]);
+    assert!(c.mail_text(b"From: alice@example.test\r\nSubject: bare\r\n\r\nno date, no id\r\n").starts_with("250 "));
+    c.open_data("alice@example.test", &["friend@remote.test"]);
+    let full =
+        b"From: alice@example.test\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <mine@laptop>\r\n\r\nx\r\n";
+    assert!(c.mail_text(full).starts_with("250 "));
+    // Mail that arrives on the MTA port for a local user is left as it came.
+    let mut mta = Client::greeted(s.server.addr);
+    mta.cmd("EHLO stranger.test");
+    assert!(
+        mta.mail("someone@remote.test", &["alice@example.test"], b"Subject: inbound\r\n\r\nhi").starts_with("250 ")
+    );
+    let queued = s.queued_text();
+    assert_eq!(queued.len(), 3);
+    let bare = queued.iter().find(|q| q.contains("Subject: bare")).unwrap();
+    let id = s
+        .server
+        .queued()
+        .iter()
+        .find(|p| std::fs::read_to_string(p).unwrap().contains("Subject: bare"))
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        bare.contains("\r\nDate: ") && bare.contains(&format!("\r\nMessage-ID: <{id}@mail.example.test>\r\n")),
+        "{bare}"
+    );
+    assert!(bare.contains("Received: from laptop.home.test\r\n\tby mail.example.test"), "{bare}");
+    assert!(!bare.contains("127.0.0.1]"), "the client's address is left out: {bare}");
+    let kept = queued.iter().find(|q| q.contains("<mine@laptop>")).unwrap();
+    assert_eq!(kept.matches("Date: ").count(), 1, "{kept}");
+    assert_eq!(kept.matches("Message-ID: ").count(), 1, "{kept}");
+    let inbound = queued.iter().find(|q| q.contains("Subject: inbound")).unwrap();
+    assert!(!inbound.contains("\r\nDate: ") && !inbound.contains("Message-ID:"), "{inbound}");
+    assert!(inbound.contains("(unknown [127.0.0.1])"), "{inbound}");
+    // What was queued is whole: the delivery run sends both submitted messages out.
+    assert_eq!(s.deliver().len(), 2);
+}

@@ -23,7 +23,7 @@ use crate::session::{Action, DataError, DataRequest, Input, MAX_HOPS, Session, S
 use crate::smtp::line::{DotReader, HopCounter, Line, LineBuffer, MAX_COMMAND_LINE, TextError};
 use crate::smtp::reply::Reply;
 use crate::spool::envelope::escape;
-use crate::spool::{Envelope, QueueId, Spool, SpoolError};
+use crate::spool::{Draft, Envelope, QueueId, Spool, SpoolError};
 use crate::{sys, trace};
 
 mod conn;
@@ -548,6 +548,17 @@ impl Server {
         let mut hops = HopCounter::default();
         let mut head = HeaderScan::new(64 * 1024);
         let mut out = Vec::with_capacity(READ_BUFFER);
+        // Submitted mail is held back until its header is known, so that a missing Date: or
+        // Message-ID: can go in front of it (RFC 6409 §8); at most the header scan's cap.
+        let mut held: Option<Vec<u8>> = req.submitted.then(Vec::new);
+        let mut added = 0u64;
+        let write = |draft: &mut Result<(Draft<'_>, u64), SpoolError>, bytes: &[u8]| {
+            if let Ok((d, _)) = draft
+                && let Err(e) = d.write(bytes)
+            {
+                *draft = Err(e);
+            }
+        };
         loop {
             // The deadline grows with the bytes received: a slow trickle is cut off.
             let allowance = Duration::from_secs(reader.size() / cur.config.min_data_rate.max(1));
@@ -564,17 +575,23 @@ impl Server {
             lines.consume(used);
             hops.scan(&out);
             head.feed(&out);
-            if let Ok((d, _)) = &mut draft
-                && let Err(e) = d.write(&out)
-            {
-                draft = Err(e);
+            match &mut held {
+                Some(h) => h.extend_from_slice(&out),
+                None => write(&mut draft, &out),
             }
             out.clear();
+            if held.is_some() && (head.is_done() || done) {
+                let id = draft.as_ref().map_or(String::new(), |(d, _)| d.id().to_string());
+                let fields = crate::message::missing_fields(&head.headers(), arrived, &id, &cur.config.hostname);
+                added = fields.len() as u64;
+                write(&mut draft, fields.as_bytes());
+                write(&mut draft, &held.take().unwrap_or_default());
+            }
             if done {
                 break;
             }
         }
-        let header_len = draft.as_ref().map_or(0, |(_, h)| *h);
+        let header_len = draft.as_ref().map_or(0, |(_, h)| *h) + added;
         let not_owned = match (&req.user, auth) {
             (Some(user), Some(auth)) => {
                 let from = head.headers().addresses("from");
@@ -627,9 +644,12 @@ impl Server {
             rcpts: req.rcpts.clone(),
             size: 0,
         };
+        // A logged-in user's own address (a laptop at home) need not travel with each message.
+        let hidden = req.user.is_some() && self.current().config.submission_hide_client;
         let header = trace::received(&trace::Trace {
             helo: &req.helo,
-            client,
+            client: if hidden { None } else { client },
+            hidden,
             hostname: &self.current().config.hostname,
             protocol: req.protocol,
             tls,
