@@ -149,6 +149,10 @@ pub struct Config {
     pub submission_hide_client: bool,
     /// `domain selector /path/key.pem` lines: DKIM keys for our users' outgoing mail.
     pub dkim_keys: Option<PathBuf>,
+    /// Look up each client's name (forward-confirmed) for the log and `Received:`.
+    pub reverse_dns: bool,
+    /// The whole of that lookup, at most.
+    pub reverse_dns_timeout: Duration,
     pub min_backoff: Duration,
     pub max_backoff: Duration,
     pub max_queue_lifetime: Duration,
@@ -244,6 +248,8 @@ impl Config {
             auth_lockout_time: Duration::from_secs(600),
             submission_hide_client: false,
             dkim_keys: None,
+            reverse_dns: true,
+            reverse_dns_timeout: Duration::from_secs(2),
             min_backoff: Duration::from_secs(300),
             max_backoff: Duration::from_secs(3600),
             max_queue_lifetime: Duration::from_secs(5 * 86400),
@@ -390,6 +396,8 @@ impl Config {
             "auth_lockout_time" => self.auth_lockout_time = bounded(positive(duration(v)?)?, DAY)?,
             "submission_hide_client" => self.submission_hide_client = switch(v)?,
             "dkim_keys" => self.dkim_keys = Some(path(v)?),
+            "reverse_dns" => self.reverse_dns = switch(v)?,
+            "reverse_dns_timeout" => self.reverse_dns_timeout = bounded(positive(duration(v)?)?, MINUTE)?,
             "min_backoff" => self.min_backoff = bounded(positive(duration(v)?)?, 30 * DAY)?,
             "max_backoff" => self.max_backoff = bounded(positive(duration(v)?)?, 30 * DAY)?,
             "max_queue_lifetime" => self.max_queue_lifetime = bounded(positive(duration(v)?)?, 100 * DAY)?,

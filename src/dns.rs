@@ -195,6 +195,50 @@ impl DnsLookup {
     }
 }
 
+impl DnsLookup {
+    /// The client's name, when forward-confirmed (FCrDNS): a PTR name of `ip` whose A or AAAA
+    /// records include `ip` again. `None` when none does, or when DNS does not answer within
+    /// `within` for the whole check; the caller then says `unknown`.
+    pub fn confirmed_name(&self, ip: IpAddr, within: Duration) -> Option<String> {
+        let ip = ip.to_canonical();
+        let check = async {
+            let ptr = self.resolver.reverse_lookup(ip).await.ok()?;
+            let names: Vec<String> = ptr
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::PTR(name) => Some(name.0.to_ascii().trim_end_matches('.').to_lowercase()),
+                    _ => None,
+                })
+                .take(MAX_PTR_NAMES)
+                .collect();
+            let mut candidates = Vec::new();
+            for name in names {
+                let addrs = match self.resolver.lookup_ip(absolute(&name)).await {
+                    Ok(found) => found.iter().collect(),
+                    Err(_) => Vec::new(),
+                };
+                candidates.push((name, addrs));
+            }
+            confirm(ip, candidates)
+        };
+        // The timer is made inside the runtime, which it needs.
+        self.runtime.block_on(async { tokio::time::timeout(within, check).await }).ok().flatten()
+    }
+}
+
+/// PTR names checked at most, so that a zone with many cannot hold a session long.
+const MAX_PTR_NAMES: usize = 3;
+
+/// The first of the PTR names (each with its addresses) that points back at `ip`, and is a
+/// valid host name (it goes into the log and a `Received:` field).
+pub fn confirm(ip: IpAddr, candidates: Vec<(String, Vec<IpAddr>)>) -> Option<String> {
+    candidates.into_iter().find_map(|(name, addrs)| {
+        let valid = crate::smtp::address::Domain::parse(&name).is_ok() && name.contains('.');
+        (valid && addrs.iter().any(|a| a.to_canonical() == ip)).then_some(name)
+    })
+}
+
 fn name_server(addr: SocketAddr) -> NameServerConfig {
     let mut server = NameServerConfig::udp_and_tcp(addr.ip());
     for connection in &mut server.connections {
@@ -245,6 +289,24 @@ mod tests {
 
     type MxAnswer = Result<Vec<(u16, String)>, DnsFailure>;
     type MxEntry<'a> = (&'static str, Result<Vec<(u16, &'a str)>, DnsFailure>);
+
+    #[test]
+    fn a_name_counts_only_when_it_points_back() {
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let back = |n: &str, a: &[&str]| (n.to_string(), a.iter().map(|a| a.parse().unwrap()).collect::<Vec<_>>());
+        assert_eq!(confirm(ip, vec![back("mx.example.test", &["192.0.2.7"])]), Some("mx.example.test".into()));
+        assert_eq!(confirm(ip, vec![back("liar.example.test", &["192.0.2.8"])]), None);
+        assert_eq!(
+            confirm(
+                ip,
+                vec![back("liar.example.test", &["192.0.2.8"]), back("ok.example.test", &["::ffff:192.0.2.7"])]
+            ),
+            Some("ok.example.test".into())
+        );
+        assert_eq!(confirm(ip, vec![back("bad name\n.test", &["192.0.2.7"])]), None, "not a host name");
+        assert_eq!(confirm(ip, vec![back("localhost", &["192.0.2.7"])]), None, "not qualified");
+        assert_eq!(confirm(ip, Vec::new()), None);
+    }
 
     #[derive(Default)]
     struct Zone {

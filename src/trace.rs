@@ -8,6 +8,8 @@ use crate::smtp::address::Host;
 pub struct Trace<'a> {
     pub helo: &'a str,
     pub client: Option<IpAddr>,
+    /// The client's forward-confirmed name, when it has one.
+    pub client_name: Option<&'a str>,
     /// The client's address is left out on purpose: no `(unknown ...)` comment at all.
     pub hidden: bool,
     pub hostname: &'a str,
@@ -25,7 +27,7 @@ pub struct Trace<'a> {
 pub fn received(t: &Trace<'_>) -> String {
     let peer = match t.client {
         // An address literal as §4.1.3 writes it: `[192.0.2.1]`, `[IPv6:2001:db8::1]`.
-        Some(ip) => format!("unknown {}", Host::Literal(ip.to_canonical())),
+        Some(ip) => format!("{} {}", t.client_name.unwrap_or("unknown"), Host::Literal(ip.to_canonical())),
         None => "unknown".to_string(),
     };
     let mut h = match t.hidden {
@@ -122,6 +124,7 @@ mod tests {
         let t = Trace {
             helo: "client.test",
             client: Some("::ffff:127.0.0.1".parse().unwrap()),
+            client_name: None,
             hidden: false,
             hostname: "mail.example.test",
             protocol: "ESMTP",
@@ -143,6 +146,8 @@ mod tests {
             "Received: from client.test (unknown [IPv6:::1])\r\n\t(using TLSv1.3 with cipher TLS_AES_128_GCM_SHA256)\r\n\t\
              by mail.example.test (postern) with ESMTPS id ABC;\r\n"
         ));
+        let named = Trace { client_name: Some("mx.client.test"), single_recipient: None, tls: None, ..t };
+        assert!(received(&named).starts_with("Received: from client.test (mx.client.test [127.0.0.1])\r\n"));
         let hidden = Trace { client: None, hidden: true, protocol: "ESMTPSA", tls: None, ..tls };
         assert!(
             received(&hidden)

@@ -49,7 +49,15 @@ fn a_relayhost_gets_every_message_over_one_connection_byte_for_byte() {
     let receiver = Server::start("trusted_networks = 127.0.0.0/8\n");
     let sender = Sender::new(&format!("relayhost = [127.0.0.1]:{}\nmax_delivery_threads = 1\n", receiver.addr.port()));
     let bodies: Vec<Vec<u8>> = (0..3)
-        .map(|n| format!("Subject: {n}\r\n\r\n.dot line\r\n{}\r\nlast line\r\n", "long ".repeat(400)).into_bytes())
+        // With Date: and Message-ID:, which the trusting receiver would otherwise add (RFC 6409 §8).
+        .map(|n| {
+            format!(
+                "Subject: {n}\r\nDate: Fri, 4 Dec 2026 02:46:45 +0000\r\nMessage-ID: <{n}@example.test>\r\n\r\n\
+                 .dot line\r\n{}\r\nlast line\r\n",
+                "long ".repeat(400)
+            )
+            .into_bytes()
+        })
         .collect();
     for body in &bodies {
         sender.queue("alice@example.test", &["bob@remote.test", "Carol@Other.Test"], body);
@@ -197,11 +205,11 @@ fn a_message_over_the_servers_size_is_bounced_without_sending_it() {
 
 #[test]
 fn relayhost_tls_encrypt_needs_starttls() {
-    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let (cert, key) = support::shared_certificate();
     let tls_receiver = Server::start(&format!(
         "trusted_networks = 127.0.0.0/8\ntls_cert = {}\ntls_key = {}\n",
-        data.join("tls-cert.pem").display(),
-        data.join("tls-key.pem").display()
+        cert.display(),
+        key.display()
     ));
     let sender =
         Sender::new(&format!("relayhost = [127.0.0.1]:{}\nrelayhost_tls = encrypt\n", tls_receiver.addr.port()));
@@ -295,12 +303,9 @@ fn auth_relayhost(
     password: &'static str,
 ) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
     use std::io::{BufRead, BufReader, Read, Write};
-    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
-    let identity = native_tls::Identity::from_pkcs8(
-        &std::fs::read(data.join("tls-cert.pem")).unwrap(),
-        &std::fs::read(data.join("tls-key.pem")).unwrap(),
-    )
-    .unwrap();
+    let (cert, key) = support::shared_certificate();
+    let identity =
+        native_tls::Identity::from_pkcs8(&std::fs::read(cert).unwrap(), &std::fs::read(key).unwrap()).unwrap();
     let acceptor = Arc::new(native_tls::TlsAcceptor::new(identity).unwrap());
     let listener = std::net::TcpListener::bind("127.0.0.3:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -421,11 +426,11 @@ fn wrong_credentials_defer_and_loose_files_are_refused() {
 
 #[test]
 fn relayhost_tls_verify_refuses_a_self_signed_certificate() {
-    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let (cert, key) = support::shared_certificate();
     let receiver = Server::start(&format!(
         "trusted_networks = 127.0.0.0/8\ntls_cert = {}\ntls_key = {}\n",
-        data.join("tls-cert.pem").display(),
-        data.join("tls-key.pem").display()
+        cert.display(),
+        key.display()
     ));
     let sender = Sender::new(&format!("relayhost = [127.0.0.1]:{}\nrelayhost_tls = verify\n", receiver.addr.port()));
     sender.queue("alice@example.test", &["bob@remote.test"], b"x\r\n");

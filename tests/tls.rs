@@ -16,8 +16,8 @@ fn tls_files(cert: &Path, key: &Path) -> String {
 }
 
 fn tls_server(extra: &str) -> Server {
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
-    Server::start(&(tls_files(&data.join("tls-cert.pem"), &data.join("tls-key.pem")) + extra))
+    let (cert, key) = support::shared_certificate();
+    Server::start(&(tls_files(&cert, &key) + extra))
 }
 
 /// A client that can switch to TLS mid-session.

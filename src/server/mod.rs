@@ -15,6 +15,7 @@ use openssl::ssl::{SslAcceptor, SslMethod};
 
 use crate::auth::{Auth, Lockout, Senders, Users};
 use crate::config::{Config, Mode};
+use crate::dns::DnsLookup;
 use crate::launch::Launcher;
 use crate::message::{HeaderScan, message_id};
 use crate::policy::Authenticator;
@@ -95,7 +96,12 @@ pub struct Server {
     launcher: Option<Arc<Launcher>>,
     /// Failed logins by address; kept across reloads.
     lockout: Lockout,
+    /// Resolvers for clients' names, kept for the next session (each drives its own runtime).
+    resolvers: Mutex<Vec<(Vec<SocketAddr>, DnsLookup)>>,
 }
+
+/// Resolvers kept idle at most.
+const IDLE_RESOLVERS: usize = 8;
 
 #[derive(Default)]
 struct Counts {
@@ -168,6 +174,7 @@ impl Server {
         let lockout = Lockout::new(config.auth_failure_limit, config.auth_lockout_time);
         Server {
             lockout,
+            resolvers: Mutex::new(Vec::new()),
             current: RwLock::new(Arc::new(Current::new(config, policy, tls, auth))),
             local_submission: false,
             spool,
@@ -217,6 +224,33 @@ impl Server {
         }
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Current::new(config, policy, tls, auth));
         notes
+    }
+
+    /// The client's forward-confirmed name (FCrDNS), within `reverse_dns_timeout`; `None` when
+    /// it does not confirm or DNS is slow. It never decides whether mail is accepted.
+    fn confirmed_name(&self, ip: IpAddr, config: &Config) -> Option<String> {
+        let servers = config.dns_servers.clone();
+        let kept = {
+            let mut idle = self.resolvers.lock().unwrap_or_else(|e| e.into_inner());
+            let at = idle.iter().position(|(s, _)| *s == servers);
+            at.map(|i| idle.swap_remove(i).1)
+        };
+        let dns = match kept {
+            Some(dns) => dns,
+            None => match DnsLookup::new(&servers, config.reverse_dns_timeout) {
+                Ok(dns) => dns,
+                Err(e) => {
+                    log::warn!("client names are not looked up: {e}");
+                    return None;
+                }
+            },
+        };
+        let name = dns.confirmed_name(ip, config.reverse_dns_timeout);
+        let mut idle = self.resolvers.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < IDLE_RESOLVERS {
+            idle.push((servers, dns));
+        }
+        name
     }
 
     /// Each message committed from now on is delivered at once by `launcher`.
@@ -386,10 +420,16 @@ impl Server {
 
     fn run_session(&self, conn: &mut Conn, client: Option<IpAddr>, mode: Mode) {
         let cur = self.current();
-        let peer = client_name(client);
-        log::info!("connect from {peer}");
         // TLS needs a socket; a pipe session is not offered STARTTLS.
         let pipe = matches!(conn.transport, Transport::Pipe { .. });
+        // RFC 6761 §6.3: loopback names are not DNS's to answer; such a client stays unknown.
+        let name = match client {
+            Some(ip) if !pipe && cur.config.reverse_dns && !ip.is_loopback() => self.confirmed_name(ip, &cur.config),
+            _ => None,
+        };
+        let name = name.as_deref();
+        let peer = client_name(client, name);
+        log::info!("connect from {peer}");
         let session_config = SessionConfig {
             tls_available: cur.session.tls_available && !pipe,
             local_submission: pipe && self.local_submission,
@@ -455,11 +495,13 @@ impl Server {
                     Some(Err(input)) => session.handle(input),
                     None => self.stopped_or_gone(),
                 },
-                Action::ReceiveData(request) => match self.receive(conn, &mut lines, &request, client, auth.as_ref()) {
-                    Received::Done(result) => session.handle(Input::DataEnd(result)),
-                    Received::TimedOut => session.handle(Input::Timeout),
-                    Received::Lost => self.stopped_or_gone(),
-                },
+                Action::ReceiveData(request) => {
+                    match self.receive(conn, &mut lines, &request, (client, name), auth.as_ref()) {
+                        Received::Done(result) => session.handle(Input::DataEnd(result)),
+                        Received::TimedOut => session.handle(Input::Timeout),
+                        Received::Lost => self.stopped_or_gone(),
+                    }
+                }
                 Action::StartTls => match self.start_tls(conn, &mut lines) {
                     Ok(()) => session.handle(Input::TlsStarted),
                     Err(e) => {
@@ -532,14 +574,14 @@ impl Server {
         conn: &mut Conn,
         lines: &mut LineBuffer,
         req: &DataRequest,
-        client: Option<IpAddr>,
+        (client, name): (Option<IpAddr>, Option<&str>),
         auth: Option<&Auth<'_>>,
     ) -> Received {
         let cur = self.current();
         let started = Instant::now();
         let arrived = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let mut draft = self.spool.draft().and_then(|mut d| {
-            let (envelope, header) = self.envelope_and_trace(req, client, arrived, d.id(), conn.tls_summary());
+            let (envelope, header) = self.envelope_and_trace(req, (client, name), arrived, d.id(), conn.tls_summary());
             d.begin(&envelope)?;
             d.write(header.as_bytes())?;
             Ok((d, header.len() as u64))
@@ -611,7 +653,7 @@ impl Server {
             (None, Ok((d, _))) => d.commit(header_len + reader.size()).map_err(|e| storage_error(&e)),
         };
         let size = header_len.saturating_add(reader.size());
-        self.log_data_end(&result, req, client, size);
+        self.log_data_end(&result, req, client_name(client, name), size);
         if let Ok(id) = &result
             && let Some(message_id) = head.headers().get("message-id").as_deref().and_then(message_id)
         {
@@ -626,7 +668,7 @@ impl Server {
     fn envelope_and_trace(
         &self,
         req: &DataRequest,
-        client: Option<IpAddr>,
+        (client, name): (Option<IpAddr>, Option<&str>),
         arrived: u64,
         id: &QueueId,
         tls: Option<String>,
@@ -649,6 +691,7 @@ impl Server {
         let header = trace::received(&trace::Trace {
             helo: &req.helo,
             client: if hidden { None } else { client },
+            client_name: if hidden { None } else { name },
             hidden,
             hostname: &self.current().config.hostname,
             protocol: req.protocol,
@@ -660,8 +703,7 @@ impl Server {
         (envelope, header)
     }
 
-    fn log_data_end(&self, result: &Result<QueueId, DataError>, req: &DataRequest, client: Option<IpAddr>, size: u64) {
-        let peer = client_name(client);
+    fn log_data_end(&self, result: &Result<QueueId, DataError>, req: &DataRequest, peer: String, size: u64) {
         match result {
             Ok(id) => {
                 let user = req.user.as_ref().map_or(String::new(), |u| format!(", sasl_username={}", escape(u)));
@@ -685,9 +727,11 @@ fn later(from: Instant, wait: Duration) -> Instant {
     from.checked_add(wait.min(YEAR)).unwrap_or(from)
 }
 
-/// A client as the log names it: `unknown[192.0.2.7]` (no name is looked up yet).
-fn client_name(client: Option<IpAddr>) -> String {
-    client.map_or_else(|| "unknown[unknown]".to_string(), |ip| format!("unknown[{}]", ip.to_canonical()))
+/// A client as the log names it: `mx.example.net[192.0.2.7]` when its name is confirmed,
+/// else `unknown[192.0.2.7]`.
+fn client_name(client: Option<IpAddr>, name: Option<&str>) -> String {
+    let name = name.unwrap_or("unknown");
+    client.map_or_else(|| format!("{name}[unknown]"), |ip| format!("{name}[{}]", ip.to_canonical()))
 }
 
 /// What the client is told of a spool failure: a full disk, or any other write failure.

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
 
 use hickory_proto::op::{Message, MessageType, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, PTR};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 /// What the zone says for one name and type.
@@ -16,6 +16,8 @@ pub enum Answer {
     Mx(Vec<(u16, &'static str)>),
     Ip(Vec<&'static str>),
     Cname(&'static str),
+    /// PTR records (for `N.N.N.N.in-addr.arpa` names).
+    Ptr(Vec<&'static str>),
     NxDomain,
     ServFail,
     /// No reply at all: the resolver times out.
@@ -97,6 +99,11 @@ fn respond(
                         _ => continue,
                     };
                     response.answers.push(Record::from_rdata(name(&current), 60, rdata));
+                }
+            }
+            Some(Answer::Ptr(list)) => {
+                for target in list {
+                    response.answers.push(Record::from_rdata(name(&current), 60, RData::PTR(PTR(name(target)))));
                 }
             }
             Some(Answer::Cname(target)) => {

@@ -682,3 +682,15 @@ pub fn test_certificate(dir: &Path) -> (PathBuf, PathBuf) {
     std::fs::write(&key_path, key.private_key_to_pem_pkcs8().unwrap()).unwrap();
     (cert_path, key_path)
 }
+
+/// One certificate and key for the whole test program, made on first use (see
+/// `test_certificate`), in a directory of its own under the system's temp directory.
+pub fn shared_certificate() -> (PathBuf, PathBuf) {
+    static MADE: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
+    MADE.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("postern-certificate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        test_certificate(&dir)
+    })
+    .clone()
+}
