@@ -217,6 +217,8 @@ impl Server {
             ("listen", old.config.listen == config.listen),
             ("spool", old.config.spool == config.spool),
             ("user", old.config.user == config.user),
+            ("auth_failure_limit", old.config.auth_failure_limit == config.auth_failure_limit),
+            ("auth_lockout_time", old.config.auth_lockout_time == config.auth_lockout_time),
         ] {
             if !same {
                 notes.push(format!("{key} changed: that takes a restart"));
@@ -471,11 +473,13 @@ impl Server {
                         let step = session.handle(Input::Line(&line));
                         if let Some(e) = session.take_auth_event() {
                             match e.ok {
-                                true => log::info!("{peer}: sasl_method={}, sasl_username={}", e.mechanism, e.user),
+                                true => {
+                                    log::info!("{peer}: sasl_method={}, sasl_username={}", e.mechanism, escape(&e.user))
+                                }
                                 false => log::warn!(
                                     "{peer}: SASL {} authentication failed, sasl_username={}",
                                     e.mechanism,
-                                    crate::spool::envelope::escape(&e.user)
+                                    escape(&e.user)
                                 ),
                             }
                         }
