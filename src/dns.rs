@@ -227,6 +227,49 @@ impl DnsLookup {
     }
 }
 
+/// The client's forward-confirmed name (FCrDNS), for the log and `Received:`; the server
+/// holds one as a trait object, so a program that never names clients does not link DNS.
+pub trait ClientNamer: Send + Sync {
+    /// The name, or `None` when it does not confirm or DNS is slow; never a verdict on mail.
+    fn confirmed_name(&self, ip: IpAddr, config: &crate::config::Config) -> Option<String>;
+}
+
+/// The server's client names: resolvers for `dns_servers`, each kept for the next session.
+#[derive(Default)]
+pub struct ClientNames {
+    idle: std::sync::Mutex<Vec<(Vec<SocketAddr>, DnsLookup)>>,
+}
+
+/// Resolvers kept idle at most.
+const IDLE_RESOLVERS: usize = 8;
+
+impl ClientNamer for ClientNames {
+    fn confirmed_name(&self, ip: IpAddr, config: &crate::config::Config) -> Option<String> {
+        let servers = config.dns_servers.clone();
+        let kept = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let at = idle.iter().position(|(s, _)| *s == servers);
+            at.map(|i| idle.swap_remove(i).1)
+        };
+        let dns = match kept {
+            Some(dns) => dns,
+            None => match DnsLookup::new(&servers, config.reverse_dns_timeout) {
+                Ok(dns) => dns,
+                Err(e) => {
+                    log::warn!("client names are not looked up: {e}");
+                    return None;
+                }
+            },
+        };
+        let name = dns.confirmed_name(ip, config.reverse_dns_timeout);
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < IDLE_RESOLVERS {
+            idle.push((servers, dns));
+        }
+        name
+    }
+}
+
 /// PTR names checked at most, so that a zone with many cannot hold a session long.
 const MAX_PTR_NAMES: usize = 3;
 

@@ -494,3 +494,42 @@ fn submitted_mail_gets_date_and_message_id_and_can_hide_the_client() {
     // What was queued is whole: the delivery run sends both submitted messages out.
     assert_eq!(s.deliver().len(), 2);
 }
+
+/// systemd passes 25 and 587 to one process; FileDescriptorName= says which is which.
+#[test]
+fn socket_activation_takes_each_sockets_mode_from_its_name() {
+    if skip_unless(have("systemd-socket-activate"), "systemd-socket-activate is not installed") {
+        return;
+    }
+    let dir = TempDir::new("activate-modes");
+    let (cert, key) = support::test_certificate(dir.path());
+    let users = dir.path().join("users");
+    std::fs::write(&users, hash_line("alice", PASSWORD, "sha512")).unwrap();
+    std::fs::set_permissions(&users, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let conf = dir.path().join("postern.conf");
+    let extra =
+        format!("tls_cert = {}\ntls_key = {}\nauth_users = {}\n", cert.display(), key.display(), users.display());
+    std::fs::write(&conf, config_with(dir.path(), &extra)).unwrap();
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (mta, submission) = (free(), free());
+    let mut child = Command::new("systemd-socket-activate")
+        .args(["-l", &mta.to_string(), "-l", &submission.to_string(), "--fdname=smtp:submission"])
+        .arg(support::smtpd_binary())
+        .arg("-c")
+        .arg(&conf)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(mta).is_err() && started.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut c = Client::greeted(mta);
+    assert!(!c.cmd("EHLO x").contains("AUTH"));
+    assert_eq!(code(&c.cmd("MAIL FROM:<someone@remote.test>")), "250 2.1.0");
+    let mut s = Client::greeted(submission);
+    assert!(s.cmd("EHLO x").contains("STARTTLS"));
+    assert_eq!(code(&s.cmd("MAIL FROM:<alice@example.test>")), "530 5.7.0", "587 is a submission port");
+    let _ = child.kill();
+    let _ = child.wait();
+}

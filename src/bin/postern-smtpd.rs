@@ -149,7 +149,9 @@ fn run(args: &Args) -> Result<(), String> {
         log::warn!("{problem} (that alias waits; everything else is delivered)");
     }
     let config_copy = config.clone();
-    let server = Server::new(config, policy, spool, tls, auth).with_launcher(launcher.clone());
+    let server = Server::new(config, policy, spool, tls, auth)
+        .with_launcher(launcher.clone())
+        .with_client_names(Box::new(postern::dns::ClientNames::default()));
     if args.inetd {
         server.serve_inetd(args.mode);
         return Ok(());

@@ -15,7 +15,7 @@ use openssl::ssl::{SslAcceptor, SslMethod};
 
 use crate::auth::{Auth, Lockout, Senders, Users};
 use crate::config::{Config, Mode};
-use crate::dns::DnsLookup;
+use crate::dns::ClientNamer;
 use crate::launch::Launcher;
 use crate::message::{HeaderScan, message_id};
 use crate::policy::Authenticator;
@@ -96,12 +96,10 @@ pub struct Server {
     launcher: Option<Arc<Launcher>>,
     /// Failed logins by address; kept across reloads.
     lockout: Lockout,
-    /// Resolvers for clients' names, kept for the next session (each drives its own runtime).
-    resolvers: Mutex<Vec<(Vec<SocketAddr>, DnsLookup)>>,
+    /// Who names clients by DNS; postern-smtpd sets it (`dns::ClientNames`), and a program
+    /// that serves only pipes (`sendmail -bs`) leaves it out, and the resolver with it.
+    names: Option<Box<dyn ClientNamer>>,
 }
-
-/// Resolvers kept idle at most.
-const IDLE_RESOLVERS: usize = 8;
 
 #[derive(Default)]
 struct Counts {
@@ -174,7 +172,7 @@ impl Server {
         let lockout = Lockout::new(config.auth_failure_limit, config.auth_lockout_time);
         Server {
             lockout,
-            resolvers: Mutex::new(Vec::new()),
+            names: None,
             current: RwLock::new(Arc::new(Current::new(config, policy, tls, auth))),
             local_submission: false,
             spool,
@@ -228,31 +226,10 @@ impl Server {
         notes
     }
 
-    /// The client's forward-confirmed name (FCrDNS), within `reverse_dns_timeout`; `None` when
-    /// it does not confirm or DNS is slow. It never decides whether mail is accepted.
-    fn confirmed_name(&self, ip: IpAddr, config: &Config) -> Option<String> {
-        let servers = config.dns_servers.clone();
-        let kept = {
-            let mut idle = self.resolvers.lock().unwrap_or_else(|e| e.into_inner());
-            let at = idle.iter().position(|(s, _)| *s == servers);
-            at.map(|i| idle.swap_remove(i).1)
-        };
-        let dns = match kept {
-            Some(dns) => dns,
-            None => match DnsLookup::new(&servers, config.reverse_dns_timeout) {
-                Ok(dns) => dns,
-                Err(e) => {
-                    log::warn!("client names are not looked up: {e}");
-                    return None;
-                }
-            },
-        };
-        let name = dns.confirmed_name(ip, config.reverse_dns_timeout);
-        let mut idle = self.resolvers.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < IDLE_RESOLVERS {
-            idle.push((servers, dns));
-        }
-        name
+    /// Clients are named by `names` (forward-confirmed reverse DNS).
+    pub fn with_client_names(mut self, names: Box<dyn ClientNamer>) -> Server {
+        self.names = Some(names);
+        self
     }
 
     /// Each message committed from now on is delivered at once by `launcher`.
@@ -426,7 +403,9 @@ impl Server {
         let pipe = matches!(conn.transport, Transport::Pipe { .. });
         // RFC 6761 §6.3: loopback names are not DNS's to answer; such a client stays unknown.
         let name = match client {
-            Some(ip) if !pipe && cur.config.reverse_dns && !ip.is_loopback() => self.confirmed_name(ip, &cur.config),
+            Some(ip) if !pipe && cur.config.reverse_dns && !ip.is_loopback() => {
+                self.names.as_ref().and_then(|n| n.confirmed_name(ip, &cur.config))
+            }
             _ => None,
         };
         let name = name.as_deref();
