@@ -74,8 +74,8 @@ fn known_scheme(hash: &str) -> bool {
     ["$6$", "$5$", "$2b$", "$2y$", "$2a$", "$y$"].iter().any(|p| hash.starts_with(p))
 }
 
-/// Checked for a user who does not exist, so that the answer takes as long as for one
-/// who does (the password is "unknown user"; nobody can log in with it, there is no user).
+/// Checked for a user who does not exist when no user is listed at all (the password is
+/// "unknown user"; nobody can log in with it, there is no user).
 const DUMMY_HASH: &str =
     "$6$LjUQBjAnFJsL7YlW$8UjCltvgLny94mcBNhxrJlz4B0Fz.eQdHWlIC7XMeni/qVLevKvHHuXu2HAnON5ld1MPr1HgkQ2VaP2kH9ucg.";
 
@@ -136,12 +136,15 @@ impl Users {
         self.hashes.is_empty()
     }
 
-    /// Whether the password is the user's. The work is the same for an unknown user.
+    /// Whether the password is the user's. For an unknown user the password is checked
+    /// against a listed user's hash and refused whatever the result, so the answer takes as
+    /// long as for a user who exists (with the same scheme and cost).
     pub fn verify(&self, user: &str, password: &[u8]) -> bool {
         match self.hashes.get(user) {
             Some(hash) => verify_password(hash, password),
             None => {
-                verify_password(DUMMY_HASH, password);
+                let stand_in = self.hashes.values().next().map_or(DUMMY_HASH, String::as_str);
+                verify_password(stand_in, password);
                 false
             }
         }
@@ -306,6 +309,7 @@ mod tests {
         assert_eq!(users.len(), 2);
         assert!(users.verify("alice", b"pw") && users.verify("bob@example.test", b"pw"));
         assert!(!users.verify("alice", b"px") && !users.verify("carol", b"pw") && !users.verify("Alice", b"pw"));
+        assert!(!Users::default().verify("carol", b"unknown user"), "nobody exists in an empty file");
         assert_eq!(Users::parse("alice:secret\n").unwrap_err().0, 1);
         assert_eq!(Users::parse(&format!("alice:{hash}\nalice:{hash}\n")).unwrap_err().0, 2);
         assert!(Users::parse("al ice:$6$x$y\n").is_err() && Users::parse("nocolon\n").is_err());
