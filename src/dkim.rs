@@ -237,89 +237,69 @@ impl Default for RelaxedBody {
     }
 }
 
-/// The header section of a message, and where its body starts.
-fn split_header(message: &[u8]) -> (&[u8], &[u8]) {
-    let (_, at) = Headers::parse(message);
-    (&message[..at], &message[at..])
-}
-
-/// The fields of a header section as (name, value) in order; the value keeps its folding
-/// (the CRLF inside it), not the CRLF that ends the field.
-fn fields(header: &[u8]) -> Vec<(String, &[u8])> {
-    let mut out: Vec<(String, &[u8])> = Vec::new();
-    // (name, where the value starts, where the field's last line ends)
-    let mut current: Option<(String, usize, usize)> = None;
-    let mut pos = 0;
-    let finish = |c: (String, usize, usize)| -> (String, &[u8]) {
-        let value = &header[c.1..c.2];
-        let value = value.strip_suffix(b"\n").unwrap_or(value);
-        (c.0, value.strip_suffix(b"\r").unwrap_or(value))
-    };
-    for line in header.split_inclusive(|&b| b == b'\n') {
-        let end = pos + line.len();
-        if line.first().is_some_and(|&b| b == b' ' || b == b'\t') {
-            if let Some(c) = &mut current {
-                c.2 = end;
-            }
-        } else {
-            if let Some(c) = current.take() {
-                out.push(finish(c));
-            }
-            if let Some(colon) = line.iter().position(|&b| b == b':') {
-                current = Some((String::from_utf8_lossy(&line[..colon]).into_owned(), pos + colon + 1, end));
-            }
+/// Reads a message's header section whole (up to 1 MB, far past any real one), feeding
+/// whatever of the body came with it to `body`. The section ends where `Headers::parse`
+/// ends it, so the fields signed are the fields every other part of postern reads.
+fn read_head(message: &mut impl Read, buf: &mut [u8], body: &mut RelaxedBody) -> Result<Vec<u8>, String> {
+    let mut head = Vec::new();
+    loop {
+        let n = message.read(buf).map_err(|e| format!("reading the message: {e}"))?;
+        let before = head.len();
+        head.extend_from_slice(&buf[..n]);
+        if n == 0 || crate::message::header_end(&head, before.saturating_sub(3)).is_some() || head.len() > 1 << 20 {
+            let (_, at) = Headers::parse(&head);
+            body.feed(&head[at..])?;
+            head.truncate(at);
+            return Ok(head);
         }
-        pos = end;
     }
-    if let Some(c) = current.take() {
-        out.push(finish(c));
-    }
-    out
 }
 
 /// The `DKIM-Signature:` field, CRLF-ended and folded, for `message` (header and body, CRLF
 /// lines), signed with `key` at time `now`.
-pub fn sign(key: &Key, message: impl Read, now: u64) -> Result<String, String> {
-    let mut message = message;
-    let mut head = Vec::new();
-    let mut body = RelaxedBody::new();
-    // The header section is read whole (up to 1 MB, far past any real one); the body is streamed.
-    let mut buf = vec![0u8; 64 * 1024];
-    let ended = |h: &[u8]| {
-        h.starts_with(b"\r\n")
-            || h.starts_with(b"\n")
-            || h.windows(2).any(|w| w == b"\n\n")
-            || h.windows(3).any(|w| w == b"\n\r\n")
-    };
-    let mut in_body = false;
+pub fn sign(key: &Key, mut message: impl Read, now: u64) -> Result<String, String> {
+    let (mut buf, mut body) = (vec![0u8; 64 * 1024], RelaxedBody::new());
+    let head = read_head(&mut message, &mut buf, &mut body)?;
+    sign_rest(key, &head, body, message, &mut buf, now)
+}
+
+impl Keys {
+    /// The field for `message` with the key of its `From:` domain, and that key; `None`, read
+    /// no further than the header, when the domain has none.
+    pub fn sign(&self, mut message: impl Read, now: u64) -> Result<Option<(String, &Key)>, String> {
+        let (mut buf, mut body) = (vec![0u8; 64 * 1024], RelaxedBody::new());
+        let head = read_head(&mut message, &mut buf, &mut body)?;
+        let Some(key) = from_domain(&head).and_then(|d| self.for_domain(&d)) else { return Ok(None) };
+        Ok(Some((sign_rest(key, &head, body, message, &mut buf, now)?, key)))
+    }
+}
+
+/// The signature once the header is read: the rest of the body streamed into its hash.
+fn sign_rest(
+    key: &Key,
+    head: &[u8],
+    mut body: RelaxedBody,
+    mut message: impl Read,
+    buf: &mut [u8],
+    now: u64,
+) -> Result<String, String> {
     loop {
-        let n = message.read(&mut buf).map_err(|e| format!("reading the message: {e}"))?;
-        if in_body {
-            body.feed(&buf[..n])?;
-        } else {
-            head.extend_from_slice(&buf[..n]);
-            if n == 0 || ended(&head) || head.len() > 1 << 20 {
-                in_body = true;
-                let at = split_header(&head).0.len();
-                body.feed(&head[at..])?;
-                head.truncate(at);
-            }
-        }
+        let n = message.read(buf).map_err(|e| format!("reading the message: {e}"))?;
         if n == 0 {
             break;
         }
+        body.feed(&buf[..n])?;
     }
     let bh = openssl::base64::encode_block(&body.finish()?);
-    let fields = fields(&head);
+    let (headers, _) = Headers::parse(head);
     // §5.4.2: several instances of a name are signed from the bottom up.
     let mut names = Vec::new();
     let mut data = Vec::new();
     for name in SIGNED {
-        let instances: Vec<&(String, &[u8])> =
-            fields.iter().filter(|(n, _)| n.trim_end().eq_ignore_ascii_case(name)).collect();
-        for (n, value) in instances.iter().rev() {
+        let instances: Vec<_> = headers.fields.iter().filter(|f| f.name.eq_ignore_ascii_case(name)).collect();
+        for field in instances.iter().rev() {
             names.push(name);
-            data.extend_from_slice(&relaxed_header(n, value));
+            data.extend_from_slice(&relaxed_header(field.name, field.raw));
         }
         if name == "from" {
             names.push("from"); // over-signed: the null instance (§5.4.2)
@@ -461,11 +441,24 @@ mod tests {
     #[test]
     fn fields_keep_their_folding() {
         let head = b"From: a@b.test\r\nSubject: one\r\n two\r\nX-Empty:\r\n\r\n";
-        let f = fields(head);
-        let names: Vec<&str> = f.iter().map(|(n, _)| n.as_str()).collect();
+        let (headers, _) = Headers::parse(head);
+        let names: Vec<&str> = headers.fields.iter().map(|f| f.name).collect();
         assert_eq!(names, ["From", "Subject", "X-Empty"]);
-        assert_eq!(f[1].1, b" one\r\n two");
-        assert_eq!(f[2].1, b"");
+        assert_eq!(headers.fields[1].raw, b" one\r\n two");
+        assert_eq!(headers.fields[2].raw, b"");
+    }
+
+    #[test]
+    fn a_domain_without_a_key_is_not_signed_and_one_with_is() {
+        let (pem, _) = generate(true, 0).unwrap();
+        let key = Key::from_pem("example.test", "s1", Path::new("k"), &pem).unwrap();
+        let keys = Keys { by_domain: HashMap::from([("example.test".to_string(), key)]) };
+        let signed = keys.sign(&b"From: a@example.test\r\n\r\nx\r\n"[..], 0).unwrap();
+        assert_eq!(
+            signed.map(|(f, k)| (f.starts_with("DKIM-Signature: "), k.selector.clone())),
+            Some((true, "s1".into()))
+        );
+        assert!(keys.sign(&b"From: a@other.test\r\n\r\nx\r\n"[..], 0).unwrap().is_none());
     }
 
     #[test]

@@ -54,8 +54,9 @@ pub fn missing_fields(headers: &Headers<'_>, time: u64, id: &str, hostname: &str
     out
 }
 
-/// Where the header section ends (after its blank line), searching from `from`.
-fn header_end(bytes: &[u8], from: usize) -> Option<usize> {
+/// Where the header section ends (after its blank line), searching from `from`: a caller
+/// that feeds octets in pieces searches only from three octets before the new ones.
+pub fn header_end(bytes: &[u8], from: usize) -> Option<usize> {
     if bytes.starts_with(b"\r\n") {
         return Some(2);
     }

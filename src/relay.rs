@@ -186,17 +186,15 @@ impl<'a> Relay<'a> {
         if !(q.envelope.submitted || q.envelope.protocol == "LOCAL") {
             return None;
         }
-        let mut head = Vec::with_capacity(8192);
-        std::io::Read::read_to_end(&mut std::io::Read::take(q.message(), 64 * 1024), &mut head).ok()?;
-        let key = keys.for_domain(&crate::dkim::from_domain(&head)?)?;
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        match crate::dkim::sign(key, q.message(), now) {
-            Ok(field) => {
+        match keys.sign(q.message(), now) {
+            Ok(Some((field, key))) => {
                 log::info!("{}: DKIM-Signature d={} s={} a={}", q.id, key.domain, key.selector, key.algorithm());
                 Some(field)
             }
+            Ok(None) => None,
             Err(e) => {
-                log::warn!("{}: not signed with the key for {}: {e}", q.id, key.domain);
+                log::warn!("{}: not signed: {e}", q.id);
                 None
             }
         }

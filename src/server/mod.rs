@@ -418,10 +418,10 @@ impl Server {
             auth_plaintext: cur.config.auth_plaintext_loopback && client.is_some_and(|ip| ip.is_loopback()),
             ..cur.session.clone()
         };
+        let mut lines = LineBuffer::new(READ_BUFFER);
         if mode == Mode::Smtps {
             // RFC 8314 §3.3: TLS from the first byte, before the greeting.
-            let mut none = LineBuffer::new(0);
-            if let Err(e) = self.start_tls(conn, &mut none) {
+            if let Err(e) = self.start_tls(conn, &mut lines) {
                 log::info!("TLS handshake with {peer} failed: {e}");
                 conn.shutdown();
                 log::info!("disconnect from {peer}");
@@ -436,7 +436,6 @@ impl Server {
         if mode == Mode::Smtps {
             session = session.tls_from_start();
         }
-        let mut lines = LineBuffer::new(READ_BUFFER);
         loop {
             if let Some(reply) = &step.reply {
                 if step.delay {
