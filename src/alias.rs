@@ -166,7 +166,9 @@ impl LocalUsers {
         }
         match &self.mailboxes {
             Some(map) if map.contains_key(name) => true,
-            _ if self.system => is_safe_mailbox_name(name) && sys::account_named(name).ok().flatten().is_some(),
+            _ if self.system => {
+                is_safe_mailbox_name(name) && sys::account_named(name).ok().flatten().is_some_and(|a| receives_mail(&a))
+            }
             Some(_) => false,
             None => is_safe_mailbox_name(name),
         }
@@ -307,6 +309,30 @@ impl LocalUsers {
     }
 }
 
+/// `local_users = system`: whether an account receives mail of its own. A person's account
+/// has a login shell (one of /etc/shells, or not nologin/false where that file is missing) and
+/// a home directory that exists and is its own; `www-data`, `nobody` and `daemon` have not, so
+/// mail for them is refused at RCPT (or bounced at once) instead of waiting days for a
+/// maildir nobody can write. They, root and postmaster still receive through aliases.
+pub fn receives_mail(account: &sys::Account) -> bool {
+    let shell = account.shell.as_os_str();
+    let login_shell = shell.is_empty() || is_login_shell(&account.shell, std::fs::read_to_string("/etc/shells").ok());
+    let own_home = std::fs::metadata(&account.home).is_ok_and(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.is_dir() && m.uid() == account.uid
+    });
+    login_shell && own_home
+}
+
+/// getusershell(3): the shells /etc/shells lists; without that file, anything but the usual
+/// no-login stand-ins.
+fn is_login_shell(shell: &Path, shells: Option<String>) -> bool {
+    match shells {
+        Some(list) => list.lines().map(str::trim).any(|l| !l.starts_with('#') && Path::new(l) == shell),
+        None => !matches!(shell.file_name().and_then(|n| n.to_str()), Some("nologin" | "false")),
+    }
+}
+
 fn push_unique(out: &mut Vec<Target>, target: Target) {
     if !out.contains(&target) {
         out.push(target);
@@ -380,6 +406,36 @@ pub fn is_safe_mailbox_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn login_shells_are_those_etc_shells_lists() {
+        let shells = Some("# /etc/shells\n/bin/sh\n/bin/bash\n/usr/bin/zsh\n".to_string());
+        assert!(is_login_shell(Path::new("/bin/bash"), shells.clone()));
+        for service in ["/usr/sbin/nologin", "/bin/false", "/bin/sync"] {
+            assert!(!is_login_shell(Path::new(service), shells.clone()), "{service}");
+        }
+        assert!(is_login_shell(Path::new("/bin/sync"), None), "without /etc/shells only nologin and false are out");
+        assert!(!is_login_shell(Path::new("/sbin/nologin"), None));
+    }
+
+    #[test]
+    fn system_accounts_without_a_home_of_their_own_receive_nothing() {
+        let account = |home: &str, shell: &str| sys::Account {
+            name: "x".into(),
+            uid: if home == "/" { sys::effective_uid() + 1 } else { sys::effective_uid() },
+            gid: 0,
+            full_name: None,
+            home: home.into(),
+            shell: shell.into(),
+        };
+        let own = std::env::temp_dir().join(format!("postern-home-{}", std::process::id()));
+        std::fs::create_dir_all(&own).unwrap();
+        assert!(receives_mail(&account(own.to_str().unwrap(), "")));
+        assert!(!receives_mail(&account("/nonexistent", "")), "no such home");
+        assert!(!receives_mail(&account(own.to_str().unwrap(), "/usr/sbin/nologin")));
+        assert!(!receives_mail(&account("/", "")), "a home that is not its own");
+        std::fs::remove_dir(&own).unwrap();
+    }
 
     fn users(mailboxes: Option<&[&str]>, aliases: &[(&str, &[&str])]) -> LocalUsers {
         LocalUsers {

@@ -71,6 +71,31 @@ pub fn check(config: &Config, program: Program) -> Findings {
             }
         }
     }
+    if let Some(path) = &config.dkim_keys {
+        let keys = crate::dkim::Keys::load(path);
+        f.problems.extend(keys.problems().iter().map(|p| format!("dkim_keys: {p}")));
+        if let Some(ids) = user.filter(|_| sys::is_root()) {
+            let name = config.user.as_deref().unwrap_or_default();
+            for key in keys.paths() {
+                if let Err(why) = readable_by(key, ids, name) {
+                    f.problems.push(format!("dkim_keys: {why}"));
+                }
+            }
+        }
+    }
+    // Run as root, the check itself could read what the service user cannot.
+    if let Some(ids) = user.filter(|_| sys::is_root()) {
+        let name = config.user.as_deref().unwrap_or_default();
+        let files =
+            [config.path(), config.aliases.as_deref(), config.mailboxes.as_deref(), config.dkim_keys.as_deref()];
+        let delivery_files = [config.relayhost_auth_file.as_deref()];
+        let files = files.into_iter().chain(delivery_files.into_iter().filter(|_| program == Program::Deliver));
+        for path in files.flatten() {
+            if let Err(why) = readable_by(path, ids, name) {
+                f.problems.push(why);
+            }
+        }
+    }
     match program {
         Program::Smtpd => {
             if let Err(e) = crate::server::load_tls(config) {
@@ -123,7 +148,8 @@ fn check_spool(spool: &Path, user: Option<UserIds>, name: Option<&str>, f: &mut 
             format!("{}, where it would be made,", existing.display())
         };
         f.problems.push(format!(
-            "spool {}: {what} is not writable by {who} (owner uid {}, mode {:o})",
+            "spool {}: {what} is not writable by {who} (owner uid {}, mode {:o}); as root, `postern-queue init` \
+             makes it the service user's",
             spool.display(),
             meta.uid(),
             mode & 0o7777
@@ -131,6 +157,48 @@ fn check_spool(spool: &Path, user: Option<UserIds>, name: Option<&str>, f: &mut 
     }
     if let Some(warning) = crate::spool::filesystem_warning(existing) {
         f.warnings.push(warning);
+    }
+}
+
+/// Whether user `name` (`ids`) may read `path`: search permission on every directory above
+/// it and read permission on the file, by the owner, group and other bits (the user's own
+/// group and the groups the group database puts it in).
+fn readable_by(path: &Path, ids: UserIds, name: &str) -> Result<(), String> {
+    let groups = sys::groups_of(name, ids.gid).unwrap_or_else(|_| vec![ids.gid]);
+    let allowed = |meta: &std::fs::Metadata, bit: u32| {
+        let mode = meta.mode();
+        if meta.uid() == ids.uid {
+            mode & (bit << 6) != 0
+        } else if groups.contains(&meta.gid()) {
+            mode & (bit << 3) != 0
+        } else {
+            mode & bit != 0
+        }
+    };
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    for dir in absolute.ancestors().skip(1) {
+        if let Ok(meta) = std::fs::metadata(dir)
+            && !allowed(&meta, 0o1)
+        {
+            return Err(format!(
+                "{}: user `{name}` cannot reach it: {} is closed to it",
+                path.display(),
+                dir.display()
+            ));
+        }
+    }
+    match std::fs::metadata(path) {
+        Ok(meta) if allowed(&meta, 0o4) => Ok(()),
+        Ok(meta) => Err(format!(
+            "{}: user `{name}` cannot read it (owner uid {}, group {}, mode {:o}); the delivery runs and the \
+             server read it as that user",
+            path.display(),
+            meta.uid(),
+            meta.gid(),
+            meta.mode() & 0o7777
+        )),
+        // A file that is missing is said by what loads it.
+        Err(_) => Ok(()),
     }
 }
 

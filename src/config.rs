@@ -303,25 +303,27 @@ impl Config {
     pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
         let mut config = Config::builtin();
         config.source = source.to_string();
-        let mut seen: Vec<String> = Vec::new();
+        // Each key given, with the line that gave it.
+        let mut seen: Vec<(String, usize)> = Vec::new();
         for (i, raw) in text.lines().enumerate() {
-            let line = raw.trim();
-            if line.is_empty() || line.starts_with('#') {
+            let line = without_comment(raw).trim();
+            if line.is_empty() {
                 continue;
             }
             let err = |key: &str, msg: String| ConfigError(format!("{source}:{}: {key}: {msg}", i + 1));
             let (key, value) = line.split_once('=').ok_or_else(|| err(line, "expected `key = value`".into()))?;
             let (key, value) = (key.trim(), value.trim());
-            if seen.iter().any(|k| k == key) {
-                return Err(err(key, "given twice".into()));
+            if let Some((_, first)) = seen.iter().find(|(k, _)| k == key) {
+                return Err(err(key, format!("given twice (first on line {first}); keep one")));
             }
             config.set(key, value).map_err(|msg| err(key, msg))?;
-            seen.push(key.to_string());
+            seen.push((key.to_string(), i + 1));
         }
-        if !seen.iter().any(|k| k == "local_domains") {
+        let given = |key: &str| seen.iter().any(|(k, _)| k == key);
+        if !given("local_domains") {
             config.local_domains = default_local_domains(&config.hostname, &crate::sys::hostname());
         }
-        if config.system_users && !seen.iter().any(|k| k == "mailbox_template") {
+        if config.system_users && !given("mailbox_template") {
             config.mailbox_template = "~/Maildir/".into();
         }
         if !config.system_users && config.mailbox_template.starts_with("~/") {
@@ -503,6 +505,19 @@ impl Config {
             &self.local_domains[0]
         }
     }
+}
+
+/// A line without its comment: from a `#` that starts the line or follows white space
+/// (`hostname = mx.example.org   # the public name`) to its end.
+fn without_comment(line: &str) -> &str {
+    let mut prev = ' ';
+    for (at, c) in line.char_indices() {
+        if c == '#' && prev.is_whitespace() {
+            return &line[..at];
+        }
+        prev = c;
+    }
+    line
 }
 
 /// `local_domains` when not given: the host name, the kernel's own name when it is the first
@@ -744,9 +759,18 @@ mod tests {
         let e = Config::parse("\nfrobnicate = yes\n", "t.conf").unwrap_err();
         assert_eq!(e.0, "t.conf:2: frobnicate: unknown key");
         let e = Config::parse("vrfy = on\nvrfy = off\n", "t.conf").unwrap_err();
-        assert_eq!(e.0, "t.conf:2: vrfy: given twice");
+        assert_eq!(e.0, "t.conf:2: vrfy: given twice (first on line 1); keep one");
         assert!(Config::parse("message_size_limit = 10X\n", "t").is_err());
         assert!(Config::parse("tls_cert = /x\n", "t").is_err());
+    }
+
+    #[test]
+    fn a_comment_after_a_value_is_no_part_of_it() {
+        let c = Config::parse("hostname = mx.example.org   # the public name\n  # indented\n", "t");
+        let c = c.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.hostname, "mx.example.org");
+        let e = Config::parse("vrfy = on#off\n", "t").unwrap_err();
+        assert!(e.0.contains("vrfy"), "a # inside a word is no comment: {}", e.0);
     }
 
     #[test]

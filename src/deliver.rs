@@ -94,7 +94,7 @@ pub struct Runner<'a> {
 
 impl<'a> Runner<'a> {
     pub fn new(config: &'a Config, options: Options) -> Result<Runner<'a>, String> {
-        let spool = Spool::open(&config.spool).map_err(|e| format!("spool {}: {e}", config.spool.display()))?;
+        let spool = Spool::open_or_explain(&config.spool)?;
         let users = LocalUsers::load(config).map_err(|e| e.to_string())?;
         let retry = RetryPolicy::of(config);
         let now =

@@ -97,51 +97,120 @@ fn dns_record(pkey: &PKey<Private>) -> Result<String, String> {
 }
 
 /// The `dkim_keys` file: `domain selector /path/key.pem` per line, `#` comments; one key per
-/// domain.
+/// domain. A key that cannot be used holds its own domain's outgoing mail (it waits, with the
+/// reason), never anyone else's: a copy of ours never leaves unsigned because a file broke.
 #[derive(Debug, Default, Clone)]
 pub struct Keys {
-    by_domain: HashMap<String, Key>,
+    by_domain: HashMap<String, Result<Key, String>>,
+    /// The file itself could not be read: every copy of ours waits, whatever its domain.
+    unreadable: Option<String>,
+    problems: Vec<TableError>,
+    /// Every key file the lines name, for `--check`.
+    paths: Vec<PathBuf>,
+}
+
+/// What signing a copy came to.
+pub enum Signing<'a> {
+    /// The field, made with this key.
+    Signed(String, &'a Key),
+    /// Its `From:` domain has no key: the copy goes as it is.
+    NoKey,
+    /// Its domain's key (or the whole file) cannot be used: the copy waits.
+    KeyUnusable(String),
 }
 
 impl Keys {
-    pub fn load(path: &Path) -> Result<Keys, TableError> {
+    /// Reads the file; each problem is kept (for `--check` and the log) and costs only the
+    /// domain on its line.
+    pub fn load(path: &Path) -> Keys {
         let file = path.display().to_string();
-        let error = |line, message: String| TableError { file: file.clone(), line, message };
-        let text = std::fs::read_to_string(path).map_err(|e| error(0, e.to_string()))?;
-        let mut by_domain = HashMap::new();
+        let mut keys = Keys::default();
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => {
+                let problem = TableError { file, line: 0, message: e.to_string() };
+                keys.unreadable = Some(format!("dkim_keys {problem}"));
+                keys.problems.push(problem);
+                return keys;
+            }
+        };
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let words: Vec<&str> = line.split_whitespace().collect();
-            let [domain, selector, key] = words[..] else {
-                return Err(error(i + 1, "expected `domain selector /path/to/key.pem`".into()));
+            if let Some(path) = line.split_whitespace().nth(2) {
+                keys.paths.push(PathBuf::from(path));
+            }
+            let (domain, key) = parse_key_line(line);
+            let Some(domain) = domain else {
+                let message = key.err().unwrap_or_default();
+                keys.problems.push(TableError { file: file.clone(), line: i + 1, message });
+                continue;
             };
-            crate::smtp::address::Domain::parse(domain)
-                .map_err(|_| error(i + 1, format!("`{domain}` is not a domain")))?;
-            if !selector.split('.').all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')) {
-                return Err(error(i + 1, format!("`{selector}` is not a selector")));
+            if keys.by_domain.contains_key(&domain) {
+                let message = format!("{domain} has a key already");
+                keys.problems.push(TableError { file: file.clone(), line: i + 1, message });
+                continue;
             }
-            let key = Key::load(domain, selector, Path::new(key)).map_err(|e| error(i + 1, e))?;
-            if by_domain.insert(key.domain.clone(), key).is_some() {
-                return Err(error(i + 1, format!("{domain} has a key already")));
+            let key = key.map_err(|message| TableError { file: file.clone(), line: i + 1, message });
+            if let Err(problem) = &key {
+                keys.problems.push(problem.clone());
             }
+            keys.by_domain.insert(domain, key.map_err(|p| format!("DKIM key for this domain unusable: {p}")));
         }
-        Ok(Keys { by_domain })
+        keys
     }
 
+    /// What is wrong in the file, line by line.
+    pub fn problems(&self) -> &[TableError] {
+        &self.problems
+    }
+
+    /// The key files the lines name.
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.paths
+    }
+
+    /// Keys that can be used.
     pub fn len(&self) -> usize {
-        self.by_domain.len()
+        self.by_domain.values().filter(|k| k.is_ok()).count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_domain.is_empty()
+        self.len() == 0
     }
 
     pub fn for_domain(&self, domain: &str) -> Option<&Key> {
-        self.by_domain.get(&domain.to_lowercase())
+        self.by_domain.get(&domain.to_lowercase()).and_then(|k| k.as_ref().ok())
     }
+
+    /// Why mail from `domain` cannot be signed now, when it has a key that cannot be used.
+    fn unusable(&self, domain: Option<&str>) -> Option<String> {
+        if let Some(why) = &self.unreadable {
+            return Some(why.clone());
+        }
+        match self.by_domain.get(&domain?.to_lowercase()) {
+            Some(Err(why)) => Some(why.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// One line: the domain it is for (when that much parses), and its key or what is wrong.
+fn parse_key_line(line: &str) -> (Option<String>, Result<Key, String>) {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let [domain, selector, key] = words[..] else {
+        return (None, Err("expected `domain selector /path/to/key.pem`".into()));
+    };
+    if crate::smtp::address::Domain::parse(domain).is_err() {
+        return (None, Err(format!("`{domain}` is not a domain")));
+    }
+    let folded = Some(domain.to_lowercase());
+    if !selector.split('.').all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')) {
+        return (folded, Err(format!("`{selector}` is not a selector")));
+    }
+    (folded, Key::load(domain, selector, Path::new(key)))
 }
 
 /// RFC 6376 §3.4.2: a header field in relaxed form: the name in lower case, unfolded, each
@@ -264,13 +333,17 @@ pub fn sign(key: &Key, mut message: impl Read, now: u64) -> Result<String, Strin
 }
 
 impl Keys {
-    /// The field for `message` with the key of its `From:` domain, and that key; `None`, read
+    /// The field for `message` with the key of its `From:` domain, and that key; `NoKey`, read
     /// no further than the header, when the domain has none.
-    pub fn sign(&self, mut message: impl Read, now: u64) -> Result<Option<(String, &Key)>, String> {
+    pub fn sign(&self, mut message: impl Read, now: u64) -> Result<Signing<'_>, String> {
         let (mut buf, mut body) = (vec![0u8; 64 * 1024], RelaxedBody::new());
         let head = read_head(&mut message, &mut buf, &mut body)?;
-        let Some(key) = from_domain(&head).and_then(|d| self.for_domain(&d)) else { return Ok(None) };
-        Ok(Some((sign_rest(key, &head, body, message, &mut buf, now)?, key)))
+        let domain = from_domain(&head);
+        if let Some(why) = self.unusable(domain.as_deref()) {
+            return Ok(Signing::KeyUnusable(why));
+        }
+        let Some(key) = domain.and_then(|d| self.for_domain(&d)) else { return Ok(Signing::NoKey) };
+        Ok(Signing::Signed(sign_rest(key, &head, body, message, &mut buf, now)?, key))
     }
 }
 
@@ -450,15 +523,33 @@ mod tests {
 
     #[test]
     fn a_domain_without_a_key_is_not_signed_and_one_with_is() {
+        let dir = std::env::temp_dir().join(format!("postern-dkim-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
         let (pem, _) = generate(true, 0).unwrap();
-        let key = Key::from_pem("example.test", "s1", Path::new("k"), &pem).unwrap();
-        let keys = Keys { by_domain: HashMap::from([("example.test".to_string(), key)]) };
-        let signed = keys.sign(&b"From: a@example.test\r\n\r\nx\r\n"[..], 0).unwrap();
-        assert_eq!(
-            signed.map(|(f, k)| (f.starts_with("DKIM-Signature: "), k.selector.clone())),
-            Some((true, "s1".into()))
+        std::fs::write(dir.join("k.pem"), &pem).unwrap();
+        let file = dir.join("keys");
+        let lines = format!(
+            "example.test s1 {0}/k.pem\nbroken.test s1 {0}/missing.pem\nbad line\nexample.test s2 {0}/k.pem\n",
+            dir.display()
         );
-        assert!(keys.sign(&b"From: a@other.test\r\n\r\nx\r\n"[..], 0).unwrap().is_none());
+        std::fs::write(&file, lines).unwrap();
+        let keys = Keys::load(&file);
+        let lines: Vec<usize> = keys.problems().iter().map(|p| p.line).collect();
+        assert_eq!(lines, [2, 3, 4], "{:?}", keys.problems());
+        assert_eq!(keys.len(), 1);
+        let sign = |from: &str| keys.sign(format!("From: a@{from}\r\n\r\nx\r\n").as_bytes(), 0).unwrap();
+        match sign("example.test") {
+            Signing::Signed(field, key) => assert!(field.starts_with("DKIM-Signature: ") && key.selector == "s1"),
+            _ => panic!("not signed"),
+        }
+        assert!(matches!(sign("other.test"), Signing::NoKey));
+        match sign("broken.test") {
+            Signing::KeyUnusable(why) => assert!(why.contains("missing.pem: No such file"), "{why}"),
+            _ => panic!("a domain whose key is unusable must wait"),
+        }
+        let none = Keys::load(&dir.join("no-such-file"));
+        assert!(matches!(none.sign(&b"From: a@other.test\r\n\r\nx\r\n"[..], 0).unwrap(), Signing::KeyUnusable(_)));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

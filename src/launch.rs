@@ -58,10 +58,15 @@ impl Launcher {
     /// For a daemon started as root that is about to give root up: a launcher process that
     /// keeps it (`postern-deliver --launcher`), asked for each delivery. The daemon can make
     /// it do nothing but start deliveries of queue IDs, at most `MAX_RUNNING` at once.
-    pub fn keeping_root(config: &Config) -> Option<Arc<Launcher>> {
-        let mut launcher = Launcher::build(config, true)?;
+    /// `inherit_stderr` as for `new`: a command that exits at once (root's `sendmail`) passes
+    /// false, so that its caller does not wait for the launcher's children.
+    pub fn keeping_root(config: &Config, inherit_stderr: bool) -> Option<Arc<Launcher>> {
+        let mut launcher = Launcher::build(config, inherit_stderr)?;
         let mut command = Command::new(&launcher.program);
         command.args(&launcher.config_args).arg("--launcher").stdin(Stdio::piped()).stdout(Stdio::null());
+        if !inherit_stderr {
+            command.stderr(Stdio::null());
+        }
         match command.spawn() {
             Ok(mut child) => launcher.root = child.stdin.take().map(Mutex::new),
             Err(e) => log::warn!(

@@ -30,6 +30,8 @@ pub enum Event<'a> {
     Route(&'a RouteError, &'a str),
     /// The relayhost is not configured or its name does not resolve.
     Relayhost(&'a str),
+    /// A copy that must be DKIM-signed, whose key cannot be used.
+    Signing(&'a str),
     /// An address literal that is this host (RFC 5321 §5.1).
     LiteralLoop(IpAddr),
     /// Written into the maildir, at this path.
@@ -70,6 +72,8 @@ pub fn judge(event: Event<'_>) -> Verdict {
         Event::Connect(e) | Event::Transaction(e) => of_client_error(e),
         Event::Route(e, domain) => of_route(e, domain),
         Event::Relayhost(why) => verdict(es(4, 4, 3), why),
+        // X.3.5: the system is not configured to deliver this; fixed, a retry sends it signed.
+        Event::Signing(why) => verdict(es(4, 3, 5), why),
         Event::LiteralLoop(ip) => verdict(es(5, 4, 6), format!("mail for [{ip}] loops back to myself")),
         Event::Delivered(path) => verdict(es(2, 0, 0), format!("delivered to {path}")),
         Event::Maildir(MaildirError::Loop) => verdict(es(5, 4, 6), "mail forwarding loop"),

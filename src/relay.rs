@@ -8,6 +8,7 @@ use std::sync::{Condvar, Mutex};
 
 use crate::client::{ClientError, Dial, Session, Timeouts, TlsPolicy};
 use crate::config::{Config, TlsMode};
+use crate::dkim::Signing;
 use crate::dns::{DnsLookup, RouteError, route_domain, shuffle_seed};
 use crate::outcome::{Event, judge};
 use crate::smtp::address::{ForwardPath, Host, Mailbox};
@@ -57,6 +58,8 @@ pub enum Execution {
     NoSession(Where, ClientError),
     /// A transaction ran with this server.
     Ran(Where, Result<Vec<RecipientResult>, ClientError>),
+    /// The copy must be signed and its key cannot be used: it waits.
+    NotSigned(String),
 }
 
 /// The run's remote side, shared by its delivery threads: open sessions kept for the next
@@ -97,7 +100,13 @@ fn load_credentials(config: &Config) -> Result<Option<(String, String)>, String>
 impl<'a> Relay<'a> {
     pub fn new(config: &'a Config) -> Result<Relay<'a>, String> {
         let dkim = match &config.dkim_keys {
-            Some(path) => Some(crate::dkim::Keys::load(path).map_err(|e| format!("dkim_keys: {e}"))?),
+            Some(path) => {
+                let keys = crate::dkim::Keys::load(path);
+                for problem in keys.problems() {
+                    log::warn!("dkim_keys: {problem} (mail of that domain waits; the rest is delivered)");
+                }
+                Some(keys)
+            }
             None => None,
         };
         Ok(Relay {
@@ -155,11 +164,14 @@ impl<'a> Relay<'a> {
             Ok(d) => d,
             Err(no) => return Execution::NoRoute(no),
         };
+        let signature = match self.dkim_signature(q) {
+            Ok(s) => s.unwrap_or_default(),
+            Err(why) => return Execution::NotSigned(why),
+        };
         let (name, addr, mut session) = match self.connect(&dest) {
             Ok(found) => found,
             Err((place, e)) => return Execution::NoSession(place, e),
         };
-        let signature = self.dkim_signature(q).unwrap_or_default();
         let envelope = Envelope {
             from: q.envelope.from.clone(),
             recipients: rcpts.iter().map(|m| ForwardPath::Mailbox((*m).clone())).collect(),
@@ -180,22 +192,25 @@ impl<'a> Relay<'a> {
 
     /// The `DKIM-Signature:` field for a copy of our own users' mail (authenticated, trusted,
     /// local) whose `From:` domain has a key; never for mail that came in for someone here
-    /// and is forwarded on. A signature that cannot be made is logged, and the copy goes unsigned.
-    fn dkim_signature(&self, q: &Queued) -> Option<String> {
-        let keys = self.dkim.as_ref()?;
+    /// and is forwarded on. A signature that cannot be made is logged, and the copy goes
+    /// unsigned; a key that cannot be used holds the copy (`Err`, why), so that it is signed
+    /// once the key is fixed.
+    fn dkim_signature(&self, q: &Queued) -> Result<Option<String>, String> {
+        let Some(keys) = self.dkim.as_ref() else { return Ok(None) };
         if !(q.envelope.submitted || q.envelope.protocol == "LOCAL") {
-            return None;
+            return Ok(None);
         }
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         match keys.sign(q.message(), now) {
-            Ok(Some((field, key))) => {
+            Ok(Signing::Signed(field, key)) => {
                 log::info!("{}: DKIM-Signature d={} s={} a={}", q.id, key.domain, key.selector, key.algorithm());
-                Some(field)
+                Ok(Some(field))
             }
-            Ok(None) => None,
+            Ok(Signing::NoKey) => Ok(None),
+            Ok(Signing::KeyUnusable(why)) => Err(why),
             Err(e) => {
                 log::warn!("{}: not signed: {e}", q.id);
-                None
+                Ok(None)
             }
         }
     }
@@ -368,6 +383,7 @@ pub fn record(execution: &Execution, keys: &[String], now: u64) -> Vec<Attempt> 
         Execution::NoRoute(NoRoute::Relayhost(why)) => all(&Where::Nowhere, Event::Relayhost(why)),
         Execution::NoRoute(NoRoute::LiteralLoop(ip)) => all(&Where::Nowhere, Event::LiteralLoop(*ip)),
         Execution::NoSession(place, e) => all(place, Event::Connect(e)),
+        Execution::NotSigned(why) => all(&Where::Nowhere, Event::Signing(why)),
         Execution::Ran(place, Err(e)) => all(place, Event::Transaction(e)),
         Execution::Ran(place, Ok(results)) if results.len() != keys.len() => {
             all(place, Event::Transaction(&ClientError::Smtp(SmtpError::Unexpected)))

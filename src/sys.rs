@@ -325,6 +325,13 @@ pub fn block_control_signals() -> io::Result<()> {
     if rc == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(rc)) }
 }
 
+/// For a program that only prints (a queue listing): a reader that stops early (`mailq |
+/// head`) ends it quietly, as it ends `ls`, instead of a failed write on a closed pipe.
+pub fn end_quietly_on_closed_pipe() {
+    // SAFETY: installs the default action for one signal; no handler code runs.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
 /// Waits for SIGTERM, SIGINT or SIGHUP (blocked beforehand) and returns its number.
 pub fn wait_control_signal() -> i32 {
     let set = control_set();
@@ -404,6 +411,8 @@ pub struct Account {
     pub gid: u32,
     pub full_name: Option<String>,
     pub home: std::path::PathBuf,
+    /// The login shell; empty means /bin/sh (passwd(5)).
+    pub shell: std::path::PathBuf,
 }
 
 /// The account of `uid`.
@@ -450,6 +459,7 @@ fn account_from(rc: i32, pwd: &libc::passwd, result: *mut libc::passwd) -> io::R
         gid: pwd.pw_gid,
         full_name,
         home: text(pwd.pw_dir).unwrap_or_default().into(),
+        shell: text(pwd.pw_shell).unwrap_or_default().into(),
     }))
 }
 

@@ -10,7 +10,7 @@ pub struct Entry {
     pub line: usize,
 }
 
-/// Why a table file was refused: the file, the line and what is wrong.
+/// Why a table file was refused: the file, the line (0: the file as a whole) and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableError {
     pub file: String,
@@ -20,7 +20,10 @@ pub struct TableError {
 
 impl std::fmt::Display for TableError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}: {}", self.file, self.line, self.message)
+        match self.line {
+            0 => write!(f, "{}: {}", self.file, self.message),
+            n => write!(f, "{}:{n}: {}", self.file, self.message),
+        }
     }
 }
 
@@ -82,6 +85,12 @@ pub fn parse_lenient(text: &str) -> (Vec<Entry>, Vec<(usize, String)>) {
             problems.push((n, format!("bad name `{name}`")));
             continue;
         }
+        if name.contains('@') {
+            // Keys are local parts; a full address or `@domain` would never match one.
+            let what = if name.starts_with('@') { "a whole domain" } else { "a full address" };
+            problems.push((n, format!("`{name}`: a key for {what} is not supported; keys are local names (`alice:`)")));
+            continue;
+        }
         if entries.iter().any(|e| e.name == name) {
             problems.push((n, format!("`{name}` is listed twice; the first entry counts")));
             continue;
@@ -133,5 +142,19 @@ mod tests {
         assert_eq!(parse("a: b\nA: c\n").unwrap_err().0, 2);
         assert_eq!(parse("a:\n").unwrap_err().0, 1);
         assert_eq!(parse("  x\n").unwrap_err().0, 1);
+    }
+
+    #[test]
+    fn keys_by_address_or_domain_are_refused_with_their_line() {
+        let (entries, problems) = parse_lenient("a: x\nbob@example.org: alice\n@example.org: alice\n");
+        assert_eq!(entries.len(), 1);
+        assert_eq!(problems.iter().map(|p| p.0).collect::<Vec<_>>(), [2, 3]);
+        assert!(problems[0].1.contains("full address") && problems[1].1.contains("whole domain"), "{problems:?}");
+    }
+
+    #[test]
+    fn a_file_level_problem_names_no_line() {
+        let e = load(Path::new("/nonexistent/aliases")).unwrap_err();
+        assert_eq!(e.to_string(), "/nonexistent/aliases: No such file or directory (os error 2)");
     }
 }

@@ -351,3 +351,53 @@ fn swaks_on_587_with_tls_and_auth_arrives_signed_and_verified() {
     let verdicts = dkimpy(&[("swaks".into(), unstuff(&got[0]))], &s.records, dir.path());
     assert!(verdicts[0].ends_with(" pass"), "{verdicts:?}: {}", String::from_utf8_lossy(&got[0]));
 }
+
+/// A key the delivery run cannot read holds its own domain's outgoing mail, with the reason
+/// in `postern-queue list` and `--check`; local copies and other domains' mail go on, and
+/// once the key is back the waiting copy leaves signed.
+#[test]
+fn an_unusable_key_holds_its_own_domain_alone() {
+    let s = setup();
+    let dir = s.server.dir.path();
+    let ed_key = dir.join("ed1.pem");
+    let saved = dir.join("ed1.saved");
+    std::fs::rename(&ed_key, &saved).unwrap();
+    let token = postern::smtp::client::base64(format!("\0alice\0{PASSWORD}").as_bytes());
+    let mut c = Client::greeted(s.server.port_for("submission"));
+    c.cmd("EHLO laptop.test");
+    assert_eq!(code(&c.cmd(&format!("AUTH PLAIN {token}"))), "235 2.7.0");
+    c.open_data("alice@ed.test", &["friend@remote.test", "alice@example.test"]);
+    assert!(c.mail_text(b"From: alice@ed.test\r\nSubject: ed\r\n\r\nwaits").starts_with("250 "));
+    c.open_data("alice@example.test", &["friend@remote.test"]);
+    assert!(c.mail_text(b"From: alice@example.test\r\nSubject: rsa\r\n\r\nleaves").starts_with("250 "));
+
+    let log = support::deliver(&s.conf, None, &[]);
+    let out = s.sink.messages();
+    assert_eq!(out.len(), 1, "only the example.test copy leaves: {log}");
+    assert!(
+        String::from_utf8_lossy(&out[0]).starts_with("DKIM-Signature: ")
+            && String::from_utf8_lossy(&out[0]).contains("Subject: rsa")
+    );
+    assert_eq!(support::maildir(&dir.join("maildirs/alice")).len(), 1, "the local copy is delivered");
+    assert!(log.contains("ed1.pem") && log.contains("dsn=4.3.5") && log.contains("status=deferred"), "{log}");
+    let listed = Command::new(env!("CARGO_BIN_EXE_postern-queue")).arg("-c").arg(&s.conf).arg("list").output().unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(listed.contains("ed1.pem: No such file or directory"), "{listed}");
+    let check =
+        Command::new(env!("CARGO_BIN_EXE_postern-deliver")).arg("-c").arg(&s.conf).arg("--check").output().unwrap();
+    let said = String::from_utf8_lossy(&check.stderr).to_string();
+    assert!(!check.status.success() && said.contains("dkim_keys") && said.contains("dkim_keys:3: "), "{said}");
+
+    std::fs::rename(&saved, &ed_key).unwrap();
+    support::deliver(
+        &s.conf,
+        None,
+        &["--id", &support::waiting(&dir.join("spool"))[0].file_name().unwrap().to_string_lossy()],
+    );
+    let out = s.sink.messages();
+    assert_eq!(out.len(), 2, "{}", s.server.log());
+    assert!(
+        String::from_utf8_lossy(&out[1]).starts_with("DKIM-Signature: ")
+            && String::from_utf8_lossy(&out[1]).contains("d=ed.test")
+    );
+}

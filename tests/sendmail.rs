@@ -243,6 +243,44 @@ fn q_runs_delivery_and_newaliases_checks_the_file() {
     let out = run(Command::new(&newaliases).env("POSTERN_CONF", &conf), b"");
     assert_eq!(out.status.code(), Some(65), "{}", text(&out));
     assert!(text(&out).contains("aliases:1"), "names the file and line: {}", text(&out));
+    // Keys by full address or by domain never match a local part: said, with their lines,
+    // by newaliases and by --check.
+    std::fs::write(dir.path().join("aliases"), "root: alice\nbob@example.test: alice\n@example.test: alice\n").unwrap();
+    let out = run(Command::new(&newaliases).env("POSTERN_CONF", &conf), b"");
+    assert_eq!(out.status.code(), Some(65), "{}", text(&out));
+    assert!(
+        text(&out).contains("aliases:2: `bob@example.test`: a key for a full address is not supported"),
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains("aliases:3: `@example.test`: a key for a whole domain"), "{}", text(&out));
+    let check =
+        Command::new(env!("CARGO_BIN_EXE_postern-deliver")).arg("-c").arg(&conf).arg("--check").output().unwrap();
+    assert!(!check.status.success() && text(&check).contains("aliases:2: "), "{}", text(&check));
+    // A file-level problem names no line 0.
+    std::fs::remove_file(dir.path().join("aliases")).unwrap();
+    let out = run(Command::new(&newaliases).env("POSTERN_CONF", &conf), b"");
+    assert!(!out.status.success() && text(&out).contains("aliases: No such file or directory"), "{}", text(&out));
+}
+
+/// `mailq | head` and the like: a reader that stops early ends the listing quietly, never
+/// with a panic (exit 101) on the closed pipe.
+#[test]
+fn a_listing_into_a_closed_pipe_ends_quietly() {
+    let (_dir, conf) = setup("pipe", "");
+    assert!(sendmail(&conf, &["bob@remote.test"], b"Subject: waits\n\nx\n").status.success());
+    let mailq = [SENDMAIL, "-bp"];
+    let list = [QUEUE, "list"];
+    let dry_run = [env!("CARGO_BIN_EXE_postern-deliver"), "--dry-run"];
+    for argv in [&mailq[..], &list[..], &dry_run[..]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let mut command = Command::new(argv[0]);
+        let out = command.args(&argv[1..]).env("POSTERN_CONF", &conf).stdout(writer).stderr(Stdio::piped()).output();
+        let out = out.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.code() != Some(101) && !stderr.contains("panicked"), "{argv:?}: {:?} {stderr}", out.status);
+    }
 }
 
 #[test]
@@ -518,7 +556,7 @@ fn system_users_get_their_mail_in_their_own_home_written_as_themselves() {
     let mut accounts = vec![Account { user: service.clone(), groups: vec![service.clone(), group.clone()] }];
     for name in [&alice, &bob] {
         let mut useradd = Command::new("useradd");
-        useradd.args(["--create-home", "--shell", "/bin/false", "--home-dir"]).arg(homes.join(name)).arg(name);
+        useradd.args(["--create-home", "--shell", "/bin/sh", "--home-dir"]).arg(homes.join(name)).arg(name);
         let out = useradd.output().unwrap();
         assert!(out.status.success(), "{}", text(&out));
         accounts.push(Account { user: name.clone(), groups: Vec::new() });
@@ -527,6 +565,8 @@ fn system_users_get_their_mail_in_their_own_home_written_as_themselves() {
     std::fs::create_dir(&bin).unwrap();
     let setgid_copy = bin.join("postern-sendmail");
     std::fs::copy(SENDMAIL, &setgid_copy).unwrap();
+    // Installed beside it, as `make install` does: sendmail starts deliveries with it.
+    std::fs::copy(env!("CARGO_BIN_EXE_postern-deliver"), bin.join("postern-deliver")).unwrap();
     let mut init = Command::new(QUEUE);
     init.arg("-c").arg(&conf).args(["init", "--group", &group, "--sendmail"]).arg(&setgid_copy);
     let out = init.output().unwrap();
@@ -578,6 +618,60 @@ fn system_users_get_their_mail_in_their_own_home_written_as_themselves() {
     owned_by(&bob, 2);
     assert!(took < std::time::Duration::from_secs(1), "from sendmail to bob's maildir: {took:?}\n{}", daemon.log());
     drop(daemon);
+
+    // Root through the setgid copy, as root's cron and `mail -s` run it, with no daemon: the
+    // queue file is the service user's, and the copy lands in bob's maildir at once, as bob.
+    let spool = dir.path().join("spool");
+    let (service_uid, _) = ids(&service);
+    let queue_owners = || {
+        let files: Vec<PathBuf> = ["new", "cur"].iter().flat_map(|d| list(&spool.join(d))).collect();
+        files.iter().map(|f| std::fs::metadata(f).unwrap().uid()).collect::<Vec<u32>>()
+    };
+    let started = std::time::Instant::now();
+    let out = run(Command::new(&setgid_copy).arg(&bob).env("POSTERN_CONF", &live_conf), b"Subject: root\n\ncron\n");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(queue_owners().iter().all(|&uid| uid == service_uid), "queued as the service user");
+    while list(&home_maildir(&bob).join("new")).len() < 3 && started.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    owned_by(&bob, 3);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "root's mail waited for a run");
+
+    // A queue file an older sendmail left as root is given back to the service user by init.
+    let out = run(Command::new(&setgid_copy).arg(&bob).env("POSTERN_CONF", &conf), b"Subject: old\n\nroot's\n");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(queue_owners(), [service_uid]);
+    let queued = list(&spool.join("new")).remove(0);
+    let drop_gid = postern::sys::lookup_group(&group).unwrap().unwrap();
+    std::os::unix::fs::chown(&queued, Some(0), Some(drop_gid)).unwrap();
+    let out = init.output().unwrap();
+    assert!(out.status.success() && text(&out).contains("gave 1 queue file"), "{}", text(&out));
+    assert_eq!(queue_owners(), [service_uid]);
+    deliver(&conf, None, &[]);
+    owned_by(&bob, 4);
+
+    // Accounts that are no person's (no login shell, no home of their own) are no recipients:
+    // refused at RCPT, and bounced at once when mail for them is queued locally.
+    let session = b"HELO localhost\r\nMAIL FROM:<>\r\nRCPT TO:<daemon@example.test>\r\n\
+                    RCPT TO:<nobody@example.test>\r\nRCPT TO:<{service}@example.test>\r\nRCPT TO:<{alice}@example.test>\r\nQUIT\r\n";
+    let session = String::from_utf8_lossy(session).replace("{service}", &service).replace("{alice}", &alice);
+    let out = sendmail(&conf, &["-bs"], session.as_bytes());
+    let replies: Vec<&str> = std::str::from_utf8(&out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(" 5.1.1") || l.contains(" 2.1.5"))
+        .collect();
+    assert!(replies.len() == 4 && replies[..3].iter().all(|r| r.starts_with("550 5.1.1")), "{}", text(&out));
+    assert!(replies[3].starts_with("250 2.1.5"), "{}", text(&out));
+    assert!(sendmail(&conf, &["daemon"], b"Subject: to daemon\n\nx\n").status.success());
+    deliver(&conf, None, &[]);
+    assert!(support::waiting(&spool).is_empty(), "bounced at once, not deferred");
+    let reports = list(&home_maildir(&alice).join("new"));
+    let report = std::fs::read_to_string(
+        reports.iter().max_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap()).unwrap(),
+    )
+    .unwrap();
+    assert!(report.contains("Status: 5.1.1") && report.contains("daemon@example.test"), "{report}");
     drop(accounts);
 }
 

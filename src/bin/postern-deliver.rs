@@ -206,6 +206,10 @@ fn main() -> ExitCode {
             None => {}
         }
     }
+    if args.options.dry_run {
+        // It only prints; `--dry-run | head` ends it quietly.
+        postern::sys::end_quietly_on_closed_pipe();
+    }
     let runner = match Runner::new(&config, args.options) {
         Ok(r) => r.with_writer(writer),
         Err(e) => {

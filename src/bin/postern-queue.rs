@@ -1,7 +1,7 @@
 //! postern-queue: list, show, retry, hold, release and delete queued mail, and `init`, which
 //! sets up the service user, the drop group and the spool.
 
-use std::os::unix::fs::{PermissionsExt, chown};
+use std::os::unix::fs::{MetadataExt, PermissionsExt, chown};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -147,9 +147,12 @@ fn run(args: &Args) -> Result<(), Fail> {
     if !root.join("new").is_dir() {
         return Err(Fail(1, format!("{}: no spool here (`postern-queue init` makes one)", root.display())));
     }
-    let spool = Spool::open(root).map_err(|e| format!("spool {}: {e}", root.display()))?;
+    let spool = Spool::open_or_explain(root)?;
     let who = sys::real_uid();
     let acted = |id: &QueueId, what: &str| log::info!("{id}: {what} by the operator (uid {who})");
+    if matches!(args.command, Command::List { .. } | Command::Show(_)) {
+        sys::end_quietly_on_closed_pipe();
+    }
     match &args.command {
         Command::List { json } => {
             let entries = queue::list(&spool, &RetryPolicy::of(&config), now());
@@ -281,6 +284,12 @@ fn init(config: &Config, group: &str, sendmail: Option<&Path>) -> Result<(), Fai
         spool.display(),
         maildrop::DIR
     ));
+    let repaired = repair_owners(spool, &["tmp", "new", "cur", "hold", "corrupt"], ids.uid, ids.gid)?;
+    if repaired > 0 {
+        say(format!(
+            "gave {repaired} queue file(s) another user had written back to {user}, so delivery can read them"
+        ));
+    }
     // An aliases file named but missing would stop the server: start one, with the line
     // the administrator must complete (mail for root is never written as root).
     if let Some(aliases) = config.aliases.as_ref().filter(|p| !p.exists()) {
@@ -306,6 +315,25 @@ fn init(config: &Config, group: &str, sendmail: Option<&Path>) -> Result<(), Fai
         ));
     }
     Ok(())
+}
+
+/// Makes every file in the queue directories the service user's: a queue file written as
+/// root (by an older `sendmail` run as root) cannot be read by the delivery runs.
+fn repair_owners(spool: &Path, dirs: &[&str], uid: u32, gid: u32) -> Result<usize, Fail> {
+    let mut repaired = 0;
+    for dir in dirs {
+        let dir = spool.join(dir);
+        let entries = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+            if meta.is_file() && meta.uid() != uid {
+                chown(&path, Some(uid), Some(gid)).map_err(|e| format!("{}: {e}", path.display()))?;
+                repaired += 1;
+            }
+        }
+    }
+    Ok(repaired)
 }
 
 fn run_tool(tool: &str, args: &[&str]) -> Result<(), Fail> {

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use postern::alias::LocalUsers;
 use postern::config::Config;
+use postern::launch::Launcher;
 use postern::policy::LocalPolicy;
 use postern::server::Server;
 use postern::spool::maildrop::{self, drop_message};
@@ -259,7 +261,9 @@ enum Access {
 }
 
 fn access(config: &Config) -> Result<Access, Fail> {
-    if sys::is_root() && !sys::is_set_id() {
+    // Root writes as the service user, through the setgid copy too (root's real ID is still
+    // 0 there): a queue file root owned could not be read by the delivery runs.
+    if sys::real_uid() == 0 {
         sys::become_user(config.user.as_deref()).map_err(|e| Fail(EX_OSERR, e))?;
     }
     let root = &config.spool;
@@ -268,7 +272,7 @@ fn access(config: &Config) -> Result<Access, Fail> {
     if direct {
         return Spool::open(root)
             .map(Access::Direct)
-            .map_err(|e| Fail(EX_CANTCREAT, format!("spool {}: {e}", root.display())));
+            .map_err(|e| Fail(EX_CANTCREAT, postern::spool::open_error(root, &e)));
     }
     match std::fs::symlink_metadata(root.join(maildrop::DIR)) {
         Ok(m) if m.is_dir() => Ok(Access::Drop),
@@ -301,6 +305,12 @@ fn queue(args: &Args, config: &Config) -> Result<(), Fail> {
     if message.len() as u64 > limit {
         return Err(Fail(EX_DATAERR, format!("the message is larger than message_size_limit ({limit} octets)")));
     }
+    // Root's mail to system users is written as those users by a delivery that keeps root:
+    // its launcher starts before root is given up (src/launch.rs).
+    let root_launcher = match sys::real_uid() == 0 && config.user.is_some() {
+        true if LocalUsers::load(config).is_ok_and(|u| u.needs_root_helper()) => Launcher::keeping_root(config, false),
+        _ => None,
+    };
     let access = access(config)?;
     let mut draft = match &access {
         Access::Direct(spool) => Some(spool.draft().map_err(|e| spool_error(&e))?),
@@ -344,7 +354,10 @@ fn queue(args: &Args, config: &Config) -> Result<(), Fail> {
                 envelope.from,
                 envelope.rcpts.len()
             );
-            postern::launch::deliver_detached(config, &id);
+            match root_launcher {
+                Some(launcher) => launcher.deliver(&id),
+                None => postern::launch::deliver_detached(config, &id),
+            }
         }
         None => {
             let dropped = drop_message(&config.spool, &id, &envelope, &prepared.message);
@@ -400,6 +413,7 @@ fn smtp_session(config: &Config) -> Result<(), Fail> {
 /// -bp (mailq): the queue in the traditional shape. The queue is private to the service,
 /// so this needs root or the spool's owner.
 fn list_queue(config: &Config) -> Result<(), Fail> {
+    sys::end_quietly_on_closed_pipe();
     let Access::Direct(spool) = access(config)? else {
         return Err(Fail(EX_NOPERM, "the queue can be listed by root or the spool's owner only".into()));
     };

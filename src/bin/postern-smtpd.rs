@@ -133,13 +133,13 @@ fn run(args: &Args) -> Result<(), String> {
     // root is given up (src/launch.rs). Otherwise the children are this process's own.
     let needs_root = postern::alias::LocalUsers::load(&config).is_ok_and(|u| u.needs_root_helper());
     let launcher = if !args.inetd && needs_root && sys::is_root() && config.user.is_some() {
-        postern::launch::Launcher::keeping_root(&config)
+        postern::launch::Launcher::keeping_root(&config, true)
     } else {
         // Under inetd stderr may be the client's socket: a child's never is.
         postern::launch::Launcher::new(&config, !args.inetd)
     };
     drop_privileges(&config)?;
-    let spool = Spool::open(&config.spool).map_err(|e| format!("spool {}: {e}", config.spool.display()))?;
+    let spool = Spool::open_or_explain(&config.spool)?;
     if let Some(warning) = spool.filesystem_warning() {
         log::warn!("{warning}");
     }
@@ -206,7 +206,7 @@ fn reload(server: &Server, builtin: bool, explicit: Option<&std::path::Path>) {
 
 /// Mail that local users left in maildrop/ is queued as soon as it lands there.
 fn start_pickup(config: &Config, launcher: Option<Arc<postern::launch::Launcher>>) -> Result<(), String> {
-    let spool = Spool::open(&config.spool).map_err(|e| format!("spool {}: {e}", config.spool.display()))?;
+    let spool = Spool::open_or_explain(&config.spool)?;
     let (hostname, max_size) = (config.hostname.clone(), config.message_size_limit);
     let queued = move |ids: Vec<postern::spool::QueueId>| {
         if let Some(l) = &launcher {

@@ -150,6 +150,8 @@ pub fn load_tls(config: &Config) -> Result<Option<SslAcceptor>, String> {
     let (cert, key) = (&credential("tls_cert", cert), &credential("tls_key", key));
     let mut builder =
         SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).map_err(|e| format!("TLS setup: {e}"))?;
+    // OpenSSL's own error for a missing or unreadable file does not say which it is.
+    std::fs::File::open(cert).map_err(|e| format!("{}: {e}", cert.display()))?;
     builder
         .set_certificate_chain_file(cert)
         .map_err(|e| format!("{}: not a PEM certificate chain: {e}", cert.display()))?;
@@ -799,6 +801,13 @@ pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_certificate_is_named_with_the_system_error() {
+        let config = Config::parse("tls_cert = /nonexistent/cert.pem\ntls_key = /nonexistent/key.pem\n", "t").unwrap();
+        let e = load_tls(&config).err().unwrap_or_default();
+        assert_eq!(e, "/nonexistent/cert.pem: No such file or directory (os error 2)");
+    }
 
     #[test]
     fn deadlines_never_overflow() {

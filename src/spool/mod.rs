@@ -39,6 +39,19 @@ pub enum SpoolError {
     Corrupt(String),
 }
 
+/// Why the spool could not be opened, and for a permission problem, the fix.
+pub fn open_error(root: &Path, e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EACCES | libc::EPERM | libc::EROFS) => format!(
+            "spool {}: {e}: this program runs as uid {}, which cannot write there; as root, \
+             `postern-queue init` makes the spool the service user's (`user` in the configuration)",
+            root.display(),
+            sys::effective_uid()
+        ),
+        _ => format!("spool {}: {e}", root.display()),
+    }
+}
+
 /// ENOSPC or EDQUOT: the filesystem (or the user's quota) has no room.
 pub fn is_disk_full(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
@@ -170,6 +183,11 @@ impl Spool {
         }
         let new_dir = File::open(root.join("new"))?;
         Ok(Spool { root: root.to_path_buf(), new_dir, data_sync: GroupSync::default(), dir_sync: GroupSync::default() })
+    }
+
+    /// `open`, with an error that says what to do about it.
+    pub fn open_or_explain(root: &Path) -> Result<Spool, String> {
+        Spool::open(root).map_err(|e| open_error(root, &e))
     }
 
     pub fn root(&self) -> &Path {
@@ -539,6 +557,15 @@ impl Drop for Draft<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spool_this_user_cannot_write_points_at_init() {
+        let denied = io::Error::from_raw_os_error(libc::EACCES);
+        let said = open_error(Path::new("/var/spool/postern"), &denied);
+        assert!(said.starts_with("spool /var/spool/postern: Permission denied") && said.contains("postern-queue init"));
+        let other = open_error(Path::new("/x"), &io::Error::from_raw_os_error(libc::EIO));
+        assert!(!other.contains("init"), "{other}");
+    }
     use crate::smtp::address::{ForwardPath, ReversePath};
     use crate::smtp::command::BodyType;
     use std::os::unix::fs::PermissionsExt;
