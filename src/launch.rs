@@ -67,6 +67,7 @@ impl Launcher {
         if !inherit_stderr {
             command.stderr(Stdio::null());
         }
+        crate::logging::pass_to(&mut command);
         match command.spawn() {
             Ok(mut child) => launcher.root = child.stdin.take().map(Mutex::new),
             Err(e) => log::warn!(
@@ -107,6 +108,7 @@ impl Launcher {
         if !self.inherit_stderr {
             command.stderr(Stdio::null());
         }
+        crate::logging::pass_to(&mut command);
         let child = match command.spawn() {
             Ok(c) => c,
             Err(e) => {
@@ -161,6 +163,7 @@ pub fn deliver_detached(config: &Config, id: &QueueId) {
     let mut command = Command::new(&launcher.program);
     command.args(&launcher.config_args).args(["--id", id.as_str(), "--if-queued"]);
     command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    crate::logging::pass_to(&mut command);
     if let Err(e) = command.spawn() {
         log::warn!("instant delivery: cannot start {}: {e}", launcher.program.display());
     }

@@ -51,8 +51,10 @@ impl Writer {
     /// Starts the helper; called as root, before root is given up.
     pub fn start(config: &Config) -> io::Result<Writer> {
         let (exe, args) = program(config)?;
-        let mut child =
-            Command::new(exe).args(args).arg("--local-writer").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
+        let mut command = Command::new(exe);
+        command.args(args).arg("--local-writer").stdin(Stdio::piped()).stdout(Stdio::piped());
+        crate::logging::pass_to(&mut command);
+        let mut child = command.spawn()?;
         let (Some(input), Some(output)) = (child.stdin.take(), child.stdout.take()) else {
             return Err(io::Error::other("local writer: no pipes"));
         };

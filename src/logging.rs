@@ -4,19 +4,24 @@
 //! tools that read Postfix logs read ours given the name (`pflogsumm --syslog-name=postern`).
 //!
 //! - **journal**: stderr is the journal's stream (`JOURNAL_STREAM` names it). Each line is
-//!   `<N>text` (sd-daemon(3) priority prefix) and carries no tag: the journal adds the unit's
-//!   `SyslogIdentifier=`, and the units set `SyslogFacility=mail`.
+//!   one datagram to the journal's own socket with `SYSLOG_IDENTIFIER=postern/NAME`, so a
+//!   daemon's children keep their own tag (the journal's native protocol); where that socket
+//!   cannot be reached, `<N>text` on stderr (sd-daemon(3) priority prefix), which the journal
+//!   tags with the unit's `SyslogIdentifier=` (the units set `SyslogFacility=mail`).
 //! - **syslog**: datagrams to `/dev/log` (or `syslog_socket`), `<PRI>postern/NAME[pid]: text`
 //!   with facility mail (RFC 3164 §4.1.1). Warnings and errors are also printed on stderr,
 //!   so a person or cron sees what went wrong, and nothing else.
 //! - **stderr**: `postern/NAME[pid]: text`.
 //!
 //! The start-up destination is the automatic one; `configure` applies the `log` key once the
-//! configuration is read.
+//! configuration is read. A postern program started by another (instant delivery, the root
+//! launcher, the local writer) logs where its parent does, at its parent's levels, under its
+//! own tag: the parent names its destination in `POSTERN_LOG_INHERIT` (`child_env`). Each line
+//! is written with one write(2) or one datagram, so lines of several processes never merge.
 
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
 /// What kind of program logs: it decides the automatic destination and what stderr shows.
@@ -45,8 +50,10 @@ enum Sink {
     Stderr,
     /// Nowhere to write (inetd without syslog, stderr the client's socket).
     Discard,
-    Journal,
-    Syslog(UnixDatagram),
+    /// The journal: its native socket when it can be reached, else its stream on stderr.
+    Journal(Option<UnixDatagram>),
+    /// The socket and its path (which a child is told).
+    Syslog(UnixDatagram, PathBuf),
 }
 
 struct State {
@@ -56,6 +63,13 @@ struct State {
     /// With syslog: what is also printed on stderr.
     console: log::LevelFilter,
 }
+
+/// Where a parent logs, as its children are told: `stderr`, `journal`, `discard` or
+/// `syslog:PATH`, then the level and the console level.
+pub const INHERIT_ENV: &str = "POSTERN_LOG_INHERIT";
+
+/// The journal's native socket (systemd.journal-fields(7), the native protocol).
+const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 
 struct Logger {
     program: &'static str,
@@ -76,6 +90,45 @@ pub fn start(program: &'static str, role: Role, verbose: bool) {
         // Lines below the level are dropped by the `log` macros themselves, lock-free.
         log::set_max_level(level);
     }
+}
+
+/// The variable and value that make a child postern program log as this one does; `None`
+/// before logging started.
+pub fn child_env() -> Option<(&'static str, String)> {
+    let logger = LOGGER.get()?;
+    let state = logger.state.read().ok()?;
+    let sink = match &state.sink {
+        Sink::Stderr => "stderr".to_string(),
+        Sink::Discard => "discard".to_string(),
+        Sink::Journal(_) => "journal".to_string(),
+        Sink::Syslog(_, path) => format!("syslog:{}", path.display()),
+    };
+    Some((INHERIT_ENV, format!("{} {} {sink}", state.level, state.console)))
+}
+
+/// Tells a postern program about to be started to log as this one does.
+pub fn pass_to(command: &mut std::process::Command) {
+    if let Some((name, value)) = child_env() {
+        command.env(name, value);
+    }
+}
+
+/// What a parent said in `INHERIT_ENV`, when it parses.
+fn inherited() -> Option<State> {
+    let value = std::env::var(INHERIT_ENV).ok()?;
+    let mut words = value.splitn(3, ' ');
+    let level = parse_level(words.next()?)?;
+    let console = parse_level(words.next()?)?;
+    let sink = match words.next()? {
+        "stderr" => Sink::Stderr,
+        "discard" => Sink::Discard,
+        "journal" => Sink::Journal(journal_socket()),
+        other => {
+            let path = Path::new(other.strip_prefix("syslog:")?);
+            syslog_socket(path).map_or(Sink::Stderr, |s| Sink::Syslog(s, path.to_path_buf()))
+        }
+    };
+    Some(State { sink, level, console })
 }
 
 /// Applies the configuration's `log` and `syslog_socket` keys.
@@ -101,25 +154,38 @@ pub fn fatal(program: &str, text: &str) {
 
 const DEV_LOG: &str = "/dev/log";
 
+/// A stalled syslog or journal holds a line up for a second at most, never the mail behind it.
+fn syslog_socket(path: &Path) -> Option<UnixDatagram> {
+    let s = UnixDatagram::unbound().ok().filter(|s| s.connect(path).is_ok())?;
+    s.set_write_timeout(Some(std::time::Duration::from_secs(1))).ok()?;
+    Some(s)
+}
+
+fn journal_socket() -> Option<UnixDatagram> {
+    syslog_socket(Path::new(JOURNAL_SOCKET))
+}
+
 fn choose(role: Role, choice: Choice, socket: &Path, verbose: bool) -> State {
+    // A child logs as its parent does, whatever its own role would choose.
+    if role == Role::Command
+        && !verbose
+        && let Some(state) = inherited()
+    {
+        return state;
+    }
     let level = match std::env::var("RUST_LOG").ok().as_deref().and_then(parse_level) {
         Some(level) => level,
         None if verbose => log::LevelFilter::Debug,
         None => log::LevelFilter::Info,
     };
-    // A stalled syslog holds a line up for a second at most, never the mail behind it.
-    let syslog = || {
-        let s = UnixDatagram::unbound().ok().filter(|s| s.connect(socket).is_ok())?;
-        s.set_write_timeout(Some(std::time::Duration::from_secs(1))).ok()?;
-        Some(s)
-    };
+    let syslog = || syslog_socket(socket).map(|s| Sink::Syslog(s, socket.to_path_buf()));
     let sink = match choice {
         Choice::Stderr => Sink::Stderr,
-        Choice::Syslog => syslog().map_or(Sink::Stderr, Sink::Syslog),
-        Choice::Auto if journal_stream_is_stderr() => Sink::Journal,
+        Choice::Syslog => syslog().unwrap_or(Sink::Stderr),
+        Choice::Auto if journal_stream_is_stderr() => Sink::Journal(journal_socket()),
         Choice::Auto => match role {
             Role::Daemon => Sink::Stderr,
-            Role::Inetd | Role::Command => syslog().map_or(Sink::Stderr, Sink::Syslog),
+            Role::Inetd | Role::Command => syslog().unwrap_or(Sink::Stderr),
         },
     };
     // Under a classic inetd stderr is the client's socket: no log line may go into the session.
@@ -198,6 +264,16 @@ fn prefix(level: log::Level) -> &'static str {
     }
 }
 
+/// One line as a datagram of the journal's native protocol: `KEY=value` lines, the text
+/// free of line ends already.
+fn journal_datagram(program: &str, pid: u32, level: log::Level, text: &str) -> String {
+    format!(
+        "PRIORITY={}\nSYSLOG_FACILITY={FACILITY_MAIL}\nSYSLOG_IDENTIFIER={program}\nSYSLOG_PID={pid}\nMESSAGE={}{text}\n",
+        severity(level),
+        prefix(level)
+    )
+}
+
 /// How a destination writes a line.
 #[derive(Clone, Copy)]
 enum Shape {
@@ -240,14 +316,24 @@ impl log::Log for Logger {
         // tools that count by program name.
         let program = if record.target().starts_with("postern/") { record.target() } else { self.program };
         let line = |shape| format_line(shape, program, pid, record.level(), &text);
+        // The whole line and its end in one write(2): stderr is unbuffered, and `writeln!`
+        // would write the line end apart, where another process's line could come between.
         let to_stderr = |shape| {
-            let _ = writeln!(std::io::stderr().lock(), "{}", line(shape));
+            let mut whole = line(shape);
+            whole.push('\n');
+            let _ = std::io::stderr().lock().write_all(whole.as_bytes());
         };
         match &state.sink {
             Sink::Discard => {}
             Sink::Stderr => to_stderr(Shape::Tagged),
-            Sink::Journal => to_stderr(Shape::Journal),
-            Sink::Syslog(socket) => {
+            Sink::Journal(Some(socket)) => {
+                let datagram = journal_datagram(program, pid, record.level(), &text);
+                if socket.send(datagram.as_bytes()).is_err() {
+                    to_stderr(Shape::Journal);
+                }
+            }
+            Sink::Journal(None) => to_stderr(Shape::Journal),
+            Sink::Syslog(socket, _) => {
                 let _ = socket.send(line(Shape::Syslog).as_bytes());
                 if record.level() <= state.console {
                     to_stderr(Shape::Tagged);
@@ -272,6 +358,15 @@ mod tests {
         assert_eq!(shape(Shape::Syslog, "postern/smtpd", e, "x"), "<19>postern/smtpd[7]: error: x");
         assert_eq!(shape(Shape::Syslog, "postern/deliver", log::Level::Info, "x"), "<22>postern/deliver[7]: x");
         assert_eq!(shape(Shape::Journal, "postern/smtpd", log::Level::Warn, "x"), "<4>warning: x");
+    }
+
+    #[test]
+    fn a_journal_line_names_its_own_program() {
+        let datagram = journal_datagram("postern/deliver", 7, log::Level::Warn, "x: deferred");
+        assert_eq!(
+            datagram,
+            "PRIORITY=4\nSYSLOG_FACILITY=2\nSYSLOG_IDENTIFIER=postern/deliver\nSYSLOG_PID=7\nMESSAGE=warning: x: deferred\n"
+        );
     }
 
     #[test]

@@ -175,3 +175,132 @@ fn pflogsumm_counts_what_happened() {
     assert_eq!(count(&report, "bounced"), Some(1), "{report}\n{log}");
     assert_eq!(count(&report, "rejected"), Some(2), "{report}\n{log}");
 }
+
+/// A day of the daemon in the foreground (`make run`), with instant delivery: its own lines
+/// and those of the delivery children it starts reach its stderr, each whole, and pflogsumm
+/// counts what was received, delivered and rejected. Then the same under syslog.
+#[test]
+fn the_daemons_children_log_where_it_does() {
+    let dir = TempDir::new("foreground");
+    let config = support::instant(&support::config_with(dir.path(), ""));
+    let server = support::Server::start_in(dir, &config);
+    let mut c = support::Client::greeted(server.addr);
+    c.cmd("EHLO client.test");
+    c.open_data("someone@remote.test", &["alice@example.test"]);
+    assert!(c.mail_text(b"Subject: one\r\n\r\nx").starts_with("250 "));
+    c.cmd("MAIL FROM:<someone@remote.test>");
+    assert!(c.cmd("RCPT TO:<nobody@example.test>").starts_with("550 5.1.1"));
+    c.cmd("QUIT");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !server.log().contains("status=sent") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // A message handed to sendmail, whose pickup line is counted as received too.
+    let conf = server.dir.path().join("postern.conf");
+    let mut sendmail = Command::new(env!("CARGO_BIN_EXE_postern-sendmail"));
+    sendmail.arg("-C").arg(&conf).arg("alice").stdin(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = sendmail.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"Subject: two\n\nfrom cron\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let pickup = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success() && pickup.starts_with("postern/pickup["), "{pickup}");
+    let log = server.log() + "\n" + pickup.trim_end();
+    let sent = log.lines().find(|l| l.contains("status=sent")).unwrap_or_else(|| panic!("no delivery line: {log}"));
+    assert!(sent.starts_with("postern/deliver[") && sent.contains("to=<alice@example.test>"), "{sent}");
+    let tagged = |l: &&str| l.starts_with("postern/") && l.split_once("]: ").is_some();
+    assert!(log.lines().all(|l| tagged(&l)), "every line whole and tagged: {log}");
+    if !support::skip_unless(support::have("pflogsumm"), "pflogsumm is not installed") {
+        let lines: Vec<String> = log.lines().map(|l| format!("<22>{l}")).collect();
+        let log_file = server.dir.path().join("mail.log");
+        std::fs::write(&log_file, as_mail_log(&lines)).unwrap();
+        let report = Command::new("pflogsumm").arg("--syslog-name=postern").arg(&log_file).output().unwrap();
+        let report = String::from_utf8_lossy(&report.stdout).to_string();
+        assert_eq!(count(&report, "received"), Some(2), "{report}\n{log}");
+        assert_eq!(count(&report, "delivered"), Some(1), "{report}\n{log}");
+        assert_eq!(count(&report, "rejected"), Some(1), "{report}\n{log}");
+    }
+    drop(server);
+
+    // Under syslog (an inetd session here), the children's lines reach the same socket.
+    let dir = TempDir::new("syslog-children");
+    let sink = SyslogSink::bind(dir.path());
+    let conf = dir.path().join("postern.conf");
+    std::fs::write(&conf, support::instant(&config_logging_to(dir.path(), &sink, "log = syslog\n"))).unwrap();
+    let replies = inetd_session(
+        &conf,
+        "HELO a\nMAIL FROM:<someone@remote.test>\nRCPT TO:<alice@example.test>\nDATA\nx\n.\nQUIT\n",
+    );
+    assert!(replies.contains("queued as"), "{replies}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &String| l.contains("status=sent")) && std::time::Instant::now() < deadline {
+        lines = sink.lines();
+    }
+    let sent = lines.iter().find(|l| l.contains("status=sent")).unwrap_or_else(|| panic!("{lines:?}"));
+    assert!(sent.starts_with("<22>postern/deliver["), "{sent}");
+}
+
+/// Under the journal, the daemon and the delivery children it starts write to the journal's
+/// own socket, each line under its own program's tag. The journal here is a socket the test
+/// binds, put where the journal's is in a mount namespace of the daemon's own.
+#[test]
+fn under_the_journal_each_program_keeps_its_own_tag() {
+    if support::skip_unless_root("mount a stand-in for the journal's socket")
+        || support::skip_unless(support::have("unshare"), "unshare is missing")
+    {
+        return;
+    }
+    let dir = TempDir::new("journal-native");
+    let journal_dir = dir.path().join("journal");
+    std::fs::create_dir(&journal_dir).unwrap();
+    let socket = std::os::unix::net::UnixDatagram::bind(journal_dir.join("socket")).unwrap();
+    socket.set_read_timeout(Some(std::time::Duration::from_millis(200))).unwrap();
+    let conf = dir.path().join("postern.conf");
+    let config = support::instant(&support::config_with(dir.path(), "")).replace("log = stderr\n", "");
+    std::fs::write(&conf, config).unwrap();
+    let script = format!(
+        "mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal && mount --bind {} /run/systemd/journal && \
+         JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2) exec {SMTPD} -c {}",
+        journal_dir.display(),
+        conf.display()
+    );
+    let mut daemon = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut datagrams: Vec<String> = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut receive = |until: &dyn Fn(&[String]) -> bool, datagrams: &mut Vec<String>| {
+        while !until(datagrams) && std::time::Instant::now() < deadline {
+            if let Ok(n) = socket.recv(&mut buf) {
+                datagrams.push(String::from_utf8_lossy(&buf[..n]).to_string());
+            }
+        }
+    };
+    receive(&|d| d.iter().any(|g| g.contains("listening on")), &mut datagrams);
+    let listening = datagrams.iter().find(|g| g.contains("listening on")).cloned();
+    let Some(listening) = listening else {
+        let _ = daemon.kill();
+        let out = daemon.wait_with_output().unwrap();
+        panic!("{datagrams:?} {}", String::from_utf8_lossy(&out.stderr));
+    };
+    assert!(listening.contains("SYSLOG_IDENTIFIER=postern/smtpd\n") && listening.contains("PRIORITY=6\n"));
+    let addr: std::net::SocketAddr =
+        listening.split("listening on ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    let mut c = support::Client::greeted(addr);
+    c.cmd("EHLO client.test");
+    c.open_data("someone@remote.test", &["alice@example.test"]);
+    assert!(c.mail_text(b"Subject: journal\r\n\r\nx").starts_with("250 "));
+    c.cmd("QUIT");
+    receive(&|d| d.iter().any(|g| g.contains("status=sent")), &mut datagrams);
+    let _ = daemon.kill();
+    let out = daemon.wait_with_output().unwrap();
+    let sent = datagrams.iter().find(|g| g.contains("status=sent"));
+    let sent = sent.unwrap_or_else(|| panic!("{datagrams:?} {}", String::from_utf8_lossy(&out.stderr)));
+    assert!(sent.contains("SYSLOG_IDENTIFIER=postern/deliver\n") && sent.contains("SYSLOG_FACILITY=2\n"), "{sent}");
+    assert!(out.stderr.is_empty(), "nothing on the stream: {}", String::from_utf8_lossy(&out.stderr));
+}

@@ -261,13 +261,9 @@ impl Spool {
             }
             Err(e) => return Err(e),
         }
-        ::log::info!(
-            target: "postern/pickup",
-            "{id}: uid={} from={}, size={size}, nrcpt={}",
-            meta.uid(),
-            envelope.from,
-            envelope.rcpts.len()
-        );
+        // Postfix's pickup shape, which log summarisers count as received; the size and the
+        // recipients follow in the delivery run's `from=..., size=..., nrcpt=...` line.
+        ::log::info!(target: "postern/pickup", "{id}: uid={} from={}", meta.uid(), envelope.from);
         crate::fault::crash_point("after-pickup-queued");
         self.finish(path)?;
         Ok(One::Queued)
