@@ -62,6 +62,10 @@ install-files:
 		else ln -sf $(PREFIX)/sbin/postern-sendmail $(DESTDIR)$$l; fi; \
 	done
 	test -e $(DESTDIR)/etc/postern/postern.conf || install -m 0644 postern.conf.example $(DESTDIR)/etc/postern/postern.conf
+	@# Delivery runs from cron where there is no systemd (the line does nothing under systemd).
+	install -d $(DESTDIR)/etc/cron.d
+	test -e $(DESTDIR)/etc/cron.d/postern || sed 's#@SBINDIR@#$(PREFIX)/sbin#' contrib/cron.d/postern > $(DESTDIR)/etc/cron.d/postern
+	chmod 0644 $(DESTDIR)/etc/cron.d/postern
 	@# Crossed by everyone to reach maildrop/; each queue directory in it is the service's, 0700.
 	install -d -m 0755 $(DESTDIR)/var/spool/postern
 	install -d $(DESTDIR)$(PREFIX)/share/man/man8 $(DESTDIR)$(PREFIX)/share/man/man5
@@ -82,6 +86,7 @@ uninstall:
 	for m in doc/*.8; do rm -f $(DESTDIR)$(PREFIX)/share/man/man8/$$(basename $$m); done
 	for m in doc/*.5; do rm -f $(DESTDIR)$(PREFIX)/share/man/man5/$$(basename $$m); done
 	for u in contrib/systemd/*; do rm -f $(DESTDIR)$(PREFIX)/lib/systemd/system/$$(basename $$u); done
+	rm -f $(DESTDIR)/etc/cron.d/postern
 	@echo "make uninstall: left /etc/postern and /var/spool/postern (the configuration, and any mail still queued)"
 
 # A Debian package (target/postern_VERSION_ARCH.deb) that provides mail-transport-agent, so
@@ -97,7 +102,7 @@ deb-files:
 	$(MAKE) install-files DESTDIR=$(abspath $(DEB_ROOT)) PREFIX=/usr
 	install -d $(DEB_ROOT)/DEBIAN
 	sed 's/@VERSION@/$(VERSION)/; s/@ARCH@/$(ARCH)/' contrib/debian/control.in > $(DEB_ROOT)/DEBIAN/control
-	echo /etc/postern/postern.conf > $(DEB_ROOT)/DEBIAN/conffiles
+	printf '/etc/postern/postern.conf\n/etc/cron.d/postern\n' > $(DEB_ROOT)/DEBIAN/conffiles
 	install -m 0755 contrib/debian/postinst $(DEB_ROOT)/DEBIAN/postinst
 	dpkg-deb --root-owner-group --build $(DEB_ROOT) $(DEB_OUT)/postern_$(VERSION)_$(ARCH).deb
 

@@ -603,6 +603,36 @@ fn make_install_puts_everything_under_destdir() {
     assert!(d.join("etc/postern/postern.conf").is_file());
     let spool = std::fs::metadata(d.join("var/spool/postern")).unwrap();
     assert_eq!(std::os::unix::fs::PermissionsExt::mode(&spool.permissions()) & 0o777, 0o755);
+    // Where there is no systemd, cron runs delivery: the line cron reads, and what it runs.
+    let cron = std::fs::read_to_string(d.join("etc/cron.d/postern")).unwrap();
+    let line = cron.lines().find(|l| !l.starts_with('#') && !l.trim().is_empty()).unwrap();
+    let fields: Vec<&str> = line.splitn(7, ' ').collect();
+    assert_eq!(fields[..6], ["*", "*", "*", "*", "*", "root"], "{line}");
+    let command = fields[6];
+    assert_eq!(command, "[ -d /run/systemd/system ] || /usr/sbin/postern-deliver -c /etc/postern/postern.conf");
+    if !Path::new("/run/systemd/system").exists() {
+        // The command as cron's shell runs it, with the installed program and a test
+        // configuration in place of /usr and /etc: what waits is delivered, nothing printed.
+        let (spool_dir, conf) = support::configured("cron-run", "");
+        // As installed: `log` left to its default (syslog for a command).
+        let text = std::fs::read_to_string(&conf).unwrap().replace("log = stderr\n", "");
+        std::fs::write(&conf, text).unwrap();
+        let now = support::now();
+        support::inject(
+            &spool_dir.path().join("spool"),
+            "someone@remote.test",
+            &["alice@example.test"],
+            now,
+            Default::default(),
+            b"x\r\n",
+        );
+        let command = command
+            .replace("/usr/sbin/", &format!("{}/usr/sbin/", d.display()))
+            .replace("/etc/postern/postern.conf", &conf.display().to_string());
+        let out = Command::new("/bin/sh").arg("-c").arg(&command).output().unwrap();
+        assert!(out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
+        assert_eq!(support::maildir(&spool_dir.path().join("maildirs/alice")).len(), 1);
+    }
     let unit = std::fs::read_to_string(d.join("usr/lib/systemd/system/postern-smtpd.service")).unwrap();
     assert!(unit.contains("ExecStart=/usr/sbin/postern-smtpd -c /etc/postern/postern.conf"), "{unit}");
     let installed = Command::new(d.join("usr/sbin/postern-smtpd"))
@@ -698,9 +728,12 @@ fn make_deb_builds_a_package_that_is_the_boxs_mta() {
         "./usr/share/man/man8/postern-sendmail.8",
         "./usr/lib/systemd/system/postern-deliver.timer",
         "./etc/postern/postern.conf",
+        "./etc/cron.d/postern",
     ] {
         assert!(listing.contains(entry), "{entry} in\n{listing}");
     }
+    let conffiles = Command::new("dpkg-deb").arg("--info").arg(&deb).arg("conffiles").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&conffiles.stdout), "/etc/postern/postern.conf\n/etc/cron.d/postern\n");
     let control = Command::new("dpkg-deb").arg("--info").arg(&deb).output().unwrap();
     let control = String::from_utf8_lossy(&control.stdout).to_string();
     assert!(control.contains("postinst") && control.contains("conffiles"), "{control}");
