@@ -8,7 +8,8 @@
 //! - `session`: the SMTP server state machine, no I/O
 //! - `policy`: the questions the session asks (local? exists? may relay? who logged in?)
 //! - `auth`: the `auth_users` and `auth_senders` files, password hashes, the login lockout
-//! - `server`: listeners, threads, deadlines, DATA into the spool (`conn`, `handoff` inside)
+//! - `server`: listeners, threads, deadlines, DATA into the spool (`conn`, `handoff`,
+//!   `tls_files` inside)
 //! - `spool`: queue files and the commit that makes them durable; `maildrop/` for local users
 //! - `submit`: a message handed over on stdin turned into an envelope and a message (pure)
 //! - `deliver`: one delivery run: lock, expand, deliver, log, bounce

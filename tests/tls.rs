@@ -283,3 +283,65 @@ fn a_key_passed_as_a_systemd_credential_is_used_instead_of_the_configured_path()
     assert!(tls.cmd("EHLO x").starts_with("250-"));
     assert!(server.log().contains("tls_key: the credential systemd passed"), "{}", server.log());
 }
+
+/// The certificate a server presents after STARTTLS, as DER.
+fn presented_certificate(addr: std::net::SocketAddr) -> Vec<u8> {
+    let mut c = Client::greeted(addr);
+    c.cmd("EHLO x");
+    assert_eq!(code(&c.cmd("STARTTLS")), "220 2.0.0");
+    let tls = TlsClient::upgrade(c);
+    tls.reader.get_ref().peer_certificate().unwrap().unwrap().to_der().unwrap()
+}
+
+/// certbot's case: the daemon starts as root and runs as its user, the key is readable by
+/// root alone, the files are renewed in place and the daemon told to reload. The renewed
+/// certificate is the one presented next.
+#[test]
+fn a_renewed_root_only_certificate_is_taken_up_by_a_reload() {
+    use std::os::unix::fs::PermissionsExt;
+    if support::skip_unless_root("start the server as root with a service user") {
+        return;
+    }
+    let service = format!("pstn-t{}", std::process::id() % 100_000);
+    let added = std::process::Command::new("useradd").args(["--system", "--no-create-home", &service]).output();
+    assert!(added.unwrap().status.success());
+    struct Removed(String);
+    impl Drop for Removed {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("userdel").arg(&self.0).output();
+        }
+    }
+    let _user = Removed(service.clone());
+    let ids = postern::sys::lookup_user(&service).unwrap().unwrap();
+    let dir = support::TempDir::new("tls-renewed");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let live = dir.path().join("live");
+    std::fs::create_dir(&live).unwrap();
+    std::fs::set_permissions(&live, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let (cert, key) = support::test_certificate(&live);
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::create_dir(dir.path().join("spool")).unwrap();
+    std::os::unix::fs::chown(dir.path().join("spool"), Some(ids.uid), Some(ids.gid)).unwrap();
+    let config = support::config_with(dir.path(), &(tls_files(&cert, &key) + &format!("user = {service}\n")));
+    let server = Server::start_in(dir, &config);
+    let before = presented_certificate(server.addr);
+    assert_eq!(before, openssl::x509::X509::from_pem(&std::fs::read(&cert).unwrap()).unwrap().to_der().unwrap());
+
+    // Renewed: new files written beside the old and renamed over them, as certbot does.
+    let renewed = server.dir.path().join("renewed");
+    std::fs::create_dir(&renewed).unwrap();
+    let (new_cert, new_key) = support::test_certificate(&renewed);
+    std::fs::rename(&new_cert, &cert).unwrap();
+    std::fs::rename(&new_key, &key).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::process::Command::new("kill").arg("-HUP").arg(server.pid().to_string()).status().unwrap();
+    let expected = openssl::x509::X509::from_pem(&std::fs::read(&cert).unwrap()).unwrap().to_der().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server.log().contains("reloaded ") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let after = presented_certificate(server.addr);
+    assert_ne!(after, before, "{}", server.log());
+    assert_eq!(after, expected, "{}", server.log());
+    assert!(!server.log().contains("TLS files not reloaded"), "{}", server.log());
+}

@@ -37,10 +37,13 @@ struct Args {
     check: bool,
     /// `--hash-password`: the scheme, and the user to name in the line.
     hash: Option<(Scheme, Option<String>)>,
+    /// `--read-tls-files CERT KEY`: the TLS file reader a daemon started as root keeps.
+    tls_files: Option<(PathBuf, PathBuf)>,
 }
 
 fn parse_args() -> Result<Args, Exit> {
-    let mut args = Args { config: None, builtin: false, inetd: false, mode: Mode::Mta, check: false, hash: None };
+    let mut args =
+        Args { config: None, builtin: false, inetd: false, mode: Mode::Mta, check: false, hash: None, tls_files: None };
     let mut it = std::env::args().skip(1);
     let mut scheme = None;
     let mut user = None;
@@ -58,6 +61,11 @@ fn parse_args() -> Result<Args, Exit> {
             other if args.hash.is_some() && user.is_none() && !other.starts_with('-') => user = Some(other.to_string()),
             "-c" => args.config = Some(it.next().ok_or("-c needs a file")?.into()),
             "--builtin-config" => args.builtin = true,
+            "--read-tls-files" => {
+                let (cert, key) = (it.next(), it.next());
+                let both = cert.zip(key).ok_or("--read-tls-files needs the certificate and the key")?;
+                args.tls_files = Some((both.0.into(), both.1.into()));
+            }
             "--inetd" => args.inetd = true,
             "--check" => args.check = true,
             "-h" | "--help" => return Err(Exit::Say(USAGE.into())),
@@ -80,6 +88,11 @@ fn main() -> ExitCode {
     };
     if let Some((scheme, user)) = &args.hash {
         return hash_password(*scheme, user.as_deref());
+    }
+    if let Some((cert, key)) = &args.tls_files {
+        logging::start("postern/smtpd", logging::Role::Command, false);
+        postern::server::tls_files::serve(cert, key);
+        return ExitCode::SUCCESS;
     }
     let role = if args.inetd { logging::Role::Inetd } else { logging::Role::Daemon };
     logging::start("postern/smtpd", role, false);
@@ -138,6 +151,17 @@ fn run(args: &Args) -> Result<(), String> {
         // Under inetd stderr may be the client's socket: a child's never is.
         postern::launch::Launcher::new(&config, !args.inetd)
     };
+    // A renewed certificate whose key root alone may read is taken up by a reload through a
+    // reader that keeps root (src/server/tls_files.rs).
+    let tls_keeper = match postern::server::tls_paths(&config) {
+        Some((cert, key)) if !args.inetd && sys::is_root() && config.user.is_some() => {
+            let program = std::env::current_exe().map_err(|e| e.to_string())?;
+            postern::server::tls_files::Keeper::start(&program, &cert, &key)
+                .inspect_err(|e| log::warn!("TLS files: no reader kept as root ({e}); a reload reads them as the user"))
+                .ok()
+        }
+        _ => None,
+    };
     drop_privileges(&config)?;
     let spool = Spool::open_or_explain(&config.spool)?;
     if let Some(warning) = spool.filesystem_warning() {
@@ -151,6 +175,7 @@ fn run(args: &Args) -> Result<(), String> {
     let config_copy = config.clone();
     let server = Server::new(config, policy, spool, tls, auth)
         .with_launcher(launcher.clone())
+        .with_tls_keeper(tls_keeper)
         .with_client_names(Box::new(postern::dns::ClientNames::default()));
     if args.inetd {
         server.serve_inetd(args.mode);

@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread;
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openssl::pkey::PKey;
 use openssl::ssl::{SslAcceptor, SslMethod};
+use openssl::x509::X509;
 
 use crate::auth::{Auth, Lockout, Senders, Users};
 use crate::config::{Config, Mode};
@@ -29,6 +31,7 @@ use crate::{sys, trace};
 
 mod conn;
 mod handoff;
+pub mod tls_files;
 
 use conn::{Conn, Transport, is_timeout};
 use handoff::{Handoff, Job, THREAD_LINGER};
@@ -94,6 +97,7 @@ pub struct Server {
     waiting: Handoff,
     /// Instant delivery of each committed message, unless it is off.
     launcher: Option<Arc<Launcher>>,
+    tls_keeper: Option<tls_files::Keeper>,
     /// Failed logins by address; kept across reloads.
     lockout: Lockout,
     /// Who names clients by DNS; postern-smtpd sets it (`dns::ClientNames`), and a program
@@ -128,39 +132,52 @@ impl Drop for Slot {
     }
 }
 
+/// The TLS files a configuration names, the credentials systemd passed taking their place
+/// (`LoadCredential=tls_cert:...`); `None` without TLS.
+pub fn tls_paths(config: &Config) -> Option<(PathBuf, PathBuf)> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else { return None };
+    let credential = |name: &str, configured: &Path| {
+        let passed = std::env::var_os("CREDENTIALS_DIRECTORY").map(|d| Path::new(&d).join(name));
+        passed.filter(|p| p.exists()).unwrap_or_else(|| configured.to_path_buf())
+    };
+    Some((credential("tls_cert", cert), credential("tls_key", key)))
+}
+
 /// Loads `tls_cert` (PEM, the server's certificate first, then its chain) and `tls_key` (PEM:
-/// PKCS#8, PKCS#1 RSA or SEC1 EC) into an acceptor offering TLS 1.3 and 1.2 with the
-/// ciphers of today's intermediate profile (RFC 8996: nothing older than 1.2).
+/// PKCS#8, PKCS#1 RSA or SEC1 EC), read by this process, into an acceptor offering TLS 1.3 and
+/// 1.2 with the ciphers of today's intermediate profile (RFC 8996: nothing older than 1.2).
 ///
 /// Under systemd with `LoadCredential=tls_cert:...` and `LoadCredential=tls_key:...`, the
 /// copies systemd passes in `$CREDENTIALS_DIRECTORY` are read instead of the configured paths,
 /// so the key can stay readable by root alone while the service runs as its own user.
 pub fn load_tls(config: &Config) -> Result<Option<SslAcceptor>, String> {
-    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else { return Ok(None) };
-    let credential = |name: &str, configured: &std::path::Path| {
-        let passed = std::env::var_os("CREDENTIALS_DIRECTORY").map(|d| std::path::Path::new(&d).join(name));
-        match passed.filter(|p| p.exists()) {
-            Some(p) => {
-                log::info!("{name}: the credential systemd passed ({}), not {}", p.display(), configured.display());
-                p
-            }
-            None => configured.to_path_buf(),
+    let Some((cert, key)) = tls_paths(config) else { return Ok(None) };
+    for (name, used, configured) in [("tls_cert", &cert, &config.tls_cert), ("tls_key", &key, &config.tls_key)] {
+        if Some(used) != configured.as_ref() {
+            log::info!("{name}: the credential systemd passed ({}), not the configured file", used.display());
         }
-    };
-    let (cert, key) = (&credential("tls_cert", cert), &credential("tls_key", key));
+    }
+    let pem = tls_files::read_both(&cert, &key)?;
+    tls_from_pem(&cert, &key, &pem).map(Some)
+}
+
+/// A TLS context from the certificate chain (leaf first) and the key, as PEM text.
+fn tls_from_pem(cert: &Path, key: &Path, pem: &tls_files::Pem) -> Result<SslAcceptor, String> {
     let mut builder =
         SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).map_err(|e| format!("TLS setup: {e}"))?;
-    // OpenSSL's own error for a missing or unreadable file does not say which it is.
-    std::fs::File::open(cert).map_err(|e| format!("{}: {e}", cert.display()))?;
-    builder
-        .set_certificate_chain_file(cert)
-        .map_err(|e| format!("{}: not a PEM certificate chain: {e}", cert.display()))?;
-    let pem = std::fs::read(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let pkey = PKey::private_key_from_pem(&pem)
+    let chain =
+        X509::stack_from_pem(&pem.cert).map_err(|e| format!("{}: not a PEM certificate chain: {e}", cert.display()))?;
+    let mut chain = chain.into_iter();
+    let leaf = chain.next().ok_or(format!("{}: not a PEM certificate chain: no certificate in it", cert.display()))?;
+    builder.set_certificate(&leaf).map_err(|e| format!("{}: {e}", cert.display()))?;
+    for extra in chain {
+        builder.add_extra_chain_cert(extra).map_err(|e| format!("{}: {e}", cert.display()))?;
+    }
+    let pkey = PKey::private_key_from_pem(&pem.key)
         .map_err(|e| format!("{}: not a PEM private key (PKCS#8, RSA or EC): {e}", key.display()))?;
     builder.set_private_key(&pkey).map_err(|_| format!("{} does not match {}", key.display(), cert.display()))?;
     builder.check_private_key().map_err(|_| format!("{} does not match {}", key.display(), cert.display()))?;
-    Ok(Some(builder.build()))
+    Ok(builder.build())
 }
 
 impl Server {
@@ -184,6 +201,7 @@ impl Server {
             next_session: AtomicU64::new(0),
             waiting: Handoff::default(),
             launcher: None,
+            tls_keeper: None,
         }
     }
 
@@ -199,7 +217,7 @@ impl Server {
     pub fn reload(&self, config: Config, policy: LocalPolicy) -> Vec<String> {
         let old = self.current();
         let mut notes = Vec::new();
-        let tls = match load_tls(&config) {
+        let tls = match self.reload_tls(&config) {
             Ok(tls) => tls,
             Err(e) => {
                 notes.push(format!("TLS files not reloaded ({e}); the ones loaded before stay in use"));
@@ -226,6 +244,23 @@ impl Server {
         }
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Current::new(config, policy, tls, auth));
         notes
+    }
+
+    /// The TLS files again: through the keeper that kept root when the files are the ones it
+    /// reads, else read by this process.
+    fn reload_tls(&self, config: &Config) -> Result<Option<SslAcceptor>, String> {
+        match (tls_paths(config), &self.tls_keeper) {
+            (Some((cert, key)), Some(keeper)) if keeper.cert == cert && keeper.key == key => {
+                tls_from_pem(&cert, &key, &keeper.read()?).map(Some)
+            }
+            _ => load_tls(config),
+        }
+    }
+
+    /// A reload reads the TLS files through `keeper` (a process that kept root).
+    pub fn with_tls_keeper(mut self, keeper: Option<tls_files::Keeper>) -> Server {
+        self.tls_keeper = keeper;
+        self
     }
 
     /// Clients are named by `names` (forward-confirmed reverse DNS).
