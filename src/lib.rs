@@ -14,6 +14,7 @@
 //! - `submit`: a message handed over on stdin turned into an envelope and a message (pure)
 //! - `deliver`: one delivery run: lock, expand, deliver, log, bounce
 //! - `queue`: the queue as the operator reads it: `postern-queue list`, `mailq` (pure shapes)
+//! - `showq`: the queue listing a running server gives local users who cannot read the spool
 //! - `schedule`: what is due when, from the delivery log (pure)
 //! - `launch`: instant delivery, a bounded number of `postern-deliver --id` children
 //! - `relay`: remote routes, sessions kept per server, each transaction executed then recorded
@@ -61,6 +62,7 @@ pub mod relay;
 pub mod schedule;
 pub mod server;
 pub mod session;
+pub mod showq;
 pub mod smtp;
 pub mod spool;
 pub mod submit;

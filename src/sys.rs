@@ -530,6 +530,28 @@ pub fn drop_set_group() -> io::Result<()> {
     Ok(())
 }
 
+/// Runs `f` with `gid` as the effective group, then goes back to the real group: a setgid
+/// program that keeps its group only as the saved one takes it up for one step at a time.
+pub fn with_effective_group<T>(gid: u32, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    // SAFETY: plain system call on an integer.
+    if unsafe { libc::setegid(gid) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let result = f();
+    lower_set_group()?;
+    result
+}
+
+/// A setgid program's group becomes its saved group only: the effective group is the
+/// caller's, until `with_effective_group` takes it up again.
+pub fn lower_set_group() -> io::Result<()> {
+    // SAFETY: plain system call on an integer.
+    if unsafe { libc::setegid(real_gid()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// An inotify descriptor that becomes readable when a name is moved into `dir` (a maildrop
 /// writer's rename); non-blocking, closed on exec.
 pub fn watch_moves_into(dir: &std::path::Path) -> io::Result<std::os::fd::OwnedFd> {

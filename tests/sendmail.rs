@@ -445,10 +445,35 @@ fn an_unprivileged_user_sends_through_maildrop() {
         .unwrap();
     assert!(!peek.status.success(), "maildrop/ is not listable: {}", text(&peek));
 
-    // The delivery run (as root, so as the service user) picks it up and delivers it.
+    // mailq with no server running: it says where the listing comes from (sysexits 69).
+    let out = as_user(&setgid_copy, &["-bp"], &conf);
+    assert_eq!(out.status.code(), Some(69), "{}", text(&out));
+    assert!(text(&out).contains("running postern-smtpd") && text(&out).contains("showq"), "{}", text(&out));
+
+    // A `-bs` session killed right after its message is committed into maildrop/, before
+    // the 250: the client heard nothing (it will send again), and the message is complete
+    // there for the pickup, so it is delivered (at worst twice, never lost).
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid", &uid.to_string(), "--regid", &gid.to_string(), "--clear-groups"])
+        .arg(&setgid_copy)
+        .arg("-bs")
+        .env("POSTERN_CONF", &conf)
+        .env("POSTERN_CRASH_AT", "after-drop-commit");
+    let session =
+        "HELO app\r\nMAIL FROM:<>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\nSubject: crash\r\n\r\nx\r\n.\r\n";
+    let out = run(&mut c, session.as_bytes());
+    assert!(!out.status.success() && !text(&out).contains("queued as"), "{}", text(&out));
+    assert!(text(&out).contains("crash point after-drop-commit"), "{}", text(&out));
+    let in_maildrop = || std::fs::read_dir(spool.join("maildrop")).unwrap().count();
+    assert_eq!(in_maildrop(), 2, "the first message and the crashed session's");
+
+    // The delivery run (as root, so as the service user) picks both up and delivers them.
     deliver(&conf, None, &[]);
     assert!(!spool.join("maildrop").join(&id).exists());
-    let got = mailbox(dir.path(), "alice");
+    assert_eq!(in_maildrop(), 0);
+    let mut got = mailbox(dir.path(), "alice");
+    assert_eq!(got.len(), 2);
+    got.retain(|m| !m.contains("Subject: crash"));
     assert_eq!(got.len(), 1);
     assert!(
         got[0].contains(&format!("Received: by mail.example.test (postern, from userid {uid})\n\tid {id};")),
@@ -466,12 +491,49 @@ fn an_unprivileged_user_sends_through_maildrop() {
     let started = std::time::Instant::now();
     let out = as_user(&setgid_copy, &["alice"], &live_conf);
     assert!(out.status.success(), "{}", text(&out));
-    while mailbox(dir.path(), "alice").len() < 2 && started.elapsed() < std::time::Duration::from_secs(5) {
+    while mailbox(dir.path(), "alice").len() < 3 && started.elapsed() < std::time::Duration::from_secs(5) {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     let took = started.elapsed();
-    assert_eq!(mailbox(dir.path(), "alice").len(), 2, "{}", daemon.log());
+    assert_eq!(mailbox(dir.path(), "alice").len(), 3, "{}", daemon.log());
     assert!(took < std::time::Duration::from_secs(1), "from sendmail to the maildir: {took:?}");
+
+    // The user lists the queue (mail that waits for a remote server) as Postfix allows.
+    let out = as_user(&setgid_copy, &["-v", "friend@remote.test"], &live_conf);
+    assert!(out.status.success(), "{}", text(&out));
+    let waiting = String::from_utf8_lossy(&out.stdout).trim().trim_start_matches("queued as ").to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut listed = String::new();
+    while !listed.contains("friend@remote.test") && std::time::Instant::now() < deadline {
+        let out = as_user(&setgid_copy, &["-bp"], &live_conf);
+        assert!(out.status.success(), "{}", text(&out));
+        listed = String::from_utf8_lossy(&out.stdout).to_string();
+    }
+    assert!(listed.contains(&waiting) && listed.contains(&format!("{sender_name}@example.test")), "{listed}");
+
+    // `sendmail -bs` as the user (Symfony Mailer's default): an SMTP session whose message
+    // goes through maildrop/ and lands at once.
+    let session = "EHLO app.example.test\r\nMAIL FROM:<>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n\
+                   Subject: from php\r\n\r\nvia -bs\r\n.\r\nQUIT\r\n";
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid", &uid.to_string(), "--regid", &gid.to_string(), "--clear-groups"])
+        .arg(&setgid_copy)
+        .arg("-bs")
+        .env("POSTERN_CONF", &live_conf);
+    let out = run(&mut c, session.as_bytes());
+    let replies = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success() && replies.contains("250 2.0.0 Ok: queued as"), "{}", text(&out));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while mailbox(dir.path(), "alice").len() < 4 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let got = mailbox(dir.path(), "alice");
+    assert!(
+        got.iter().any(|m| m.contains("via -bs") && m.contains(&format!("from userid {uid}"))),
+        "{got:?}\n{}",
+        daemon.log()
+    );
+    assert!(!list(&spool.join("maildrop")).iter().any(|p| p.to_string_lossy().ends_with(".part")));
 }
 
 /// postern-smtpd in the background, killed when dropped; what it logged.

@@ -196,8 +196,8 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    // Only the drop itself needs the drop group.
-    if args.mode != Mode::Queue
+    // Only the drop itself needs the drop group (-bs keeps it as its saved group, for drops).
+    if !matches!(args.mode, Mode::Queue | Mode::Smtp)
         && sys::is_set_id()
         && let Err(e) = sys::drop_set_group()
     {
@@ -395,26 +395,43 @@ fn drop_error(e: &std::io::Error, spool: &Path) -> Fail {
     }
 }
 
-/// -bs: one SMTP session with the local user on stdin and stdout. It needs the spool
-/// itself (root or the spool's owner).
+/// -bs: one SMTP session with the local user on stdin and stdout (Symfony Mailer's default
+/// transport, for one). Root and the spool's owner commit into the spool; anyone else's
+/// messages are committed into `maildrop/`, the drop group taken up only for that.
 fn smtp_session(config: &Config) -> Result<(), Fail> {
-    let Access::Direct(spool) = access(config)? else {
-        return Err(Fail(EX_NOPERM, "-bs needs write access to the spool (root or its owner)".into()));
+    let spool = match access(config)? {
+        Access::Direct(spool) => {
+            if sys::is_set_id() {
+                sys::drop_set_group().map_err(|e| Fail(EX_OSERR, format!("cannot give up the drop group: {e}")))?;
+            }
+            spool
+        }
+        Access::Drop if !sys::is_set_id() => {
+            let denied = std::io::Error::from_raw_os_error(libc::EACCES);
+            return Err(drop_error(&denied, &config.spool));
+        }
+        Access::Drop => {
+            let group = sys::effective_gid();
+            sys::lower_set_group().map_err(|e| Fail(EX_OSERR, format!("cannot lower the drop group: {e}")))?;
+            Spool::maildrop(&config.spool, Some(group))
+        }
     };
     let policy = LocalPolicy::load(config).map_err(|e| Fail(EX_CONFIG, e.to_string()))?;
     Server::new(config.clone(), policy, spool, None, None).serve_local_user();
     Ok(())
 }
 
-/// -bp (mailq): the queue in the traditional shape. The queue is private to the service,
-/// so this needs root or the spool's owner.
+/// -bp (mailq): the queue in the traditional shape. Root and the spool's owner read the spool;
+/// anyone else asks the running server, as Postfix's mailq asks its showq service.
 fn list_queue(config: &Config) -> Result<(), Fail> {
     sys::end_quietly_on_closed_pipe();
-    let Access::Direct(spool) = access(config)? else {
-        return Err(Fail(EX_NOPERM, "the queue can be listed by root or the spool's owner only".into()));
+    let text = match access(config)? {
+        Access::Direct(spool) => {
+            postern::queue::mailq(&postern::queue::list(&spool, &postern::schedule::RetryPolicy::of(config), now()))
+        }
+        Access::Drop => postern::showq::fetch(&config.spool).map_err(|e| Fail(EX_UNAVAILABLE, e))?,
     };
-    let entries = postern::queue::list(&spool, &postern::schedule::RetryPolicy::of(config), now());
-    print!("{}", postern::queue::mailq(&entries));
+    print!("{text}");
     Ok(())
 }
 

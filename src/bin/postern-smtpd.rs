@@ -181,8 +181,13 @@ fn run(args: &Args) -> Result<(), String> {
         server.serve_inetd(args.mode);
         return Ok(());
     }
+    // Set up for local users (`postern-queue init`): their drops are picked up, and they
+    // may list the queue.
     if config_copy.spool.join(postern::spool::maildrop::DIR).is_dir() {
         start_pickup(&config_copy, launcher)?;
+        if let Err(e) = start_queue_listing(&config_copy) {
+            log::warn!("{e}; mailq works for root and the spool's owner only");
+        }
     }
     let server = Arc::new(server);
     let signals = Arc::clone(&server);
@@ -242,6 +247,19 @@ fn start_pickup(config: &Config, launcher: Option<Arc<postern::launch::Launcher>
         .name("pickup".into())
         .spawn(move || postern::spool::maildrop::watch(&spool, &hostname, max_size, Duration::from_secs(60), queued))
         .map_err(|e| format!("pickup thread: {e}"))?;
+    Ok(())
+}
+
+/// `mailq` for users who cannot read the spool: the listing on a socket in the spool.
+fn start_queue_listing(config: &Config) -> Result<(), String> {
+    let spool = Spool::open_or_explain(&config.spool)?;
+    let socket = postern::showq::socket_path(&config.spool);
+    let listener = postern::showq::bind(&config.spool).map_err(|e| format!("{}: {e}", socket.display()))?;
+    let retry = postern::schedule::RetryPolicy::of(config);
+    std::thread::Builder::new()
+        .name("showq".into())
+        .spawn(move || postern::showq::serve(&listener, &spool, &retry))
+        .map_err(|e| format!("queue listing thread: {e}"))?;
     Ok(())
 }
 

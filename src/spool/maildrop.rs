@@ -17,7 +17,7 @@ use super::{Envelope, QueueId, Spool, SpoolError, is_same_file};
 use crate::sys;
 
 pub const DIR: &str = "maildrop";
-const PART: &str = ".part";
+pub(crate) const PART: &str = ".part";
 
 /// Writes a message into `root/maildrop/` under `id` (the ID it keeps in the queue, which
 /// its `Message-ID:` may already name) and makes it durable. Used by a caller that cannot

@@ -17,7 +17,7 @@ pub mod manage;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 
@@ -80,11 +80,23 @@ impl std::fmt::Display for SpoolError {
 
 pub struct Spool {
     root: PathBuf,
-    new_dir: File,
+    /// Where a committed draft goes.
+    target: Target,
     /// Makes drafts durable before they are linked into `new/`.
     data_sync: GroupSync,
     /// Makes links in `new/` durable before 250 is sent.
     dir_sync: GroupSync,
+}
+
+/// Where a spool's drafts are committed.
+enum Target {
+    /// `new/`, opened for its fsync: the queue itself.
+    Queue { new_dir: File },
+    /// `maildrop/`, for a local user who cannot write the queue (`sendmail -bs`): each draft is
+    /// `maildrop/ID.part`, renamed to `maildrop/ID` and made durable, for the pickup to queue
+    /// (doc/queue.md, "S0"). `group`: the drop group, taken up only while a name is made,
+    /// renamed or removed there.
+    Maildrop { group: Option<u32> },
 }
 
 /// Group commit: one flush that starts after a caller's write covers that caller, so
@@ -182,7 +194,24 @@ impl Spool {
             builder.create(root.join(sub))?;
         }
         let new_dir = File::open(root.join("new"))?;
-        Ok(Spool { root: root.to_path_buf(), new_dir, data_sync: GroupSync::default(), dir_sync: GroupSync::default() })
+        let target = Target::Queue { new_dir };
+        Ok(Spool { root: root.to_path_buf(), target, data_sync: GroupSync::default(), dir_sync: GroupSync::default() })
+    }
+
+    /// The spool as a local user without access to it sees it: drafts are committed into
+    /// `maildrop/`, with `group` (the drop group of a setgid program) taken up for each name
+    /// made, renamed or removed there.
+    pub fn maildrop(root: &Path, group: Option<u32>) -> Spool {
+        let target = Target::Maildrop { group };
+        Spool { root: root.to_path_buf(), target, data_sync: GroupSync::default(), dir_sync: GroupSync::default() }
+    }
+
+    /// Runs `f` with the drop group taken up, when this spool is the maildrop of a setgid run.
+    fn in_drop_group<T>(&self, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        match self.target {
+            Target::Maildrop { group: Some(gid) } => sys::with_effective_group(gid, f),
+            _ => f(),
+        }
     }
 
     /// `open`, with an error that says what to do about it.
@@ -221,14 +250,32 @@ impl Spool {
     /// A draft under a given ID (a pickup keeps the ID its writer chose); `Collision` when
     /// tmp/ID exists or is swept before it could be locked.
     pub fn draft_as(&self, id: QueueId) -> Result<Draft<'_>, SpoolError> {
-        let path = self.path("tmp", &id);
-        let file =
-            OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(&path)?;
-        if sys::try_lock_exclusive(&file)? && is_same_file(&file, &path) {
-            let file = BufWriter::with_capacity(64 * 1024, file);
-            return Ok(Draft { spool: self, id, path, file, size_offset: 0, moved: false });
+        let (path, mode) = match self.target {
+            Target::Queue { .. } => (self.path("tmp", &id), 0o600),
+            // Readable by the spool's owner, who picks it up, whatever the caller's umask.
+            Target::Maildrop { .. } => (self.root.join(maildrop::DIR).join(format!("{id}{}", maildrop::PART)), 0o644),
+        };
+        // The name is looked up again to check the lock, which in maildrop/ takes the group too.
+        let locked = self.in_drop_group(|| {
+            let file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)?;
+            if matches!(self.target, Target::Maildrop { .. }) {
+                file.set_permissions(fs::Permissions::from_mode(mode))?;
+            }
+            let locked = sys::try_lock_exclusive(&file)? && is_same_file(&file, &path);
+            Ok(locked.then_some(file))
+        })?;
+        match locked {
+            Some(file) => {
+                let file = BufWriter::with_capacity(64 * 1024, file);
+                Ok(Draft { spool: self, id, path, file, size_offset: 0, moved: false })
+            }
+            None => Err(SpoolError::Collision),
         }
-        Err(SpoolError::Collision)
     }
 
     /// Removes files in `tmp/` whose writer is gone (their lock is free); returns how many.
@@ -510,8 +557,24 @@ impl Draft<'_> {
         &self.id
     }
 
-    /// Writes the envelope block; its size is filled in by `commit`.
+    /// Writes the envelope block; its size is filled in by `commit`. Into `maildrop/`, the
+    /// envelope is a local submission's, which is all the pickup takes.
     pub fn begin(&mut self, envelope: &Envelope) -> Result<(), SpoolError> {
+        let dropped;
+        let envelope = match self.spool.target {
+            Target::Queue { .. } => envelope,
+            Target::Maildrop { .. } => {
+                let local = Envelope::local(
+                    envelope.arrived,
+                    envelope.from.clone(),
+                    envelope.rcpts.clone(),
+                    envelope.body,
+                    envelope.smtputf8,
+                );
+                dropped = local;
+                &dropped
+            }
+        };
         let (text, offset) = envelope.to_text();
         self.size_offset = offset as u64;
         self.file.write_all(text.as_bytes())?;
@@ -531,12 +594,16 @@ impl Draft<'_> {
         let file = self.file.get_ref();
         file.write_all_at(Envelope::size_digits(size).as_bytes(), self.size_offset)?;
         self.spool.data_sync.sync(|batch| if batch == 1 { file.sync_data() } else { sys::sync_filesystem(file) })?;
+        let new_dir = match &self.spool.target {
+            Target::Queue { new_dir } => new_dir,
+            Target::Maildrop { .. } => return self.commit_to_maildrop(),
+        };
         let queued = self.spool.path("new", &self.id);
         self.moved = sys::rename_no_replace(&self.path, &queued)?;
         if !self.moved {
             fs::hard_link(&self.path, &queued)?;
         }
-        if let Err(e) = self.spool.dir_sync.sync(|_| self.spool.new_dir.sync_all()) {
+        if let Err(e) = self.spool.dir_sync.sync(|_| new_dir.sync_all()) {
             // Not durable, so not accepted: the client will hear 4xx and must not find it queued.
             let _ = fs::remove_file(&queued);
             return Err(e.into());
@@ -545,11 +612,27 @@ impl Draft<'_> {
     }
 }
 
+impl Draft<'_> {
+    /// The commit into `maildrop/` (its data synced already): the complete name, then a
+    /// syncfs, since maildrop/ cannot be opened to fsync it (its writers may not read it).
+    fn commit_to_maildrop(mut self) -> Result<QueueId, SpoolError> {
+        let dropped = self.spool.root.join(maildrop::DIR).join(self.id.as_str());
+        let (part, spool) = (self.path.clone(), self.spool);
+        self.moved = spool.in_drop_group(|| sys::rename_no_replace(&part, &dropped))?;
+        if !self.moved {
+            spool.in_drop_group(|| fs::hard_link(&part, &dropped))?;
+        }
+        sys::sync_filesystem(self.file.get_ref())?;
+        crate::fault::crash_point("after-drop-commit");
+        Ok(self.id.clone())
+    }
+}
+
 impl Drop for Draft<'_> {
     fn drop(&mut self) {
         // Before a commit the draft is abandoned; after one made by link, the tmp/ name goes.
         if !self.moved {
-            let _ = fs::remove_file(&self.path);
+            let _ = self.spool.in_drop_group(|| fs::remove_file(&self.path));
         }
     }
 }
