@@ -451,7 +451,7 @@ impl<'a> Runner<'a> {
         };
         Some(match deliver_to_maildir(maildir, &stamp, || Ok(q.message())) {
             Ok(path) => attempt(Where::Maildir, Event::Delivered(&path.display().to_string())),
-            Err(e) => attempt(Where::Maildir, Event::Maildir(&e)),
+            Err(e) => attempt(Where::Maildir, Event::Maildir(&e.into_temporary())),
         })
     }
 

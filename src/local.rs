@@ -137,6 +137,7 @@ fn reply(result: &Result<PathBuf, MaildirError>) -> String {
         Err(MaildirError::Loop) => "err\tloop\t-\n".to_string(),
         Err(MaildirError::Io(t)) => format!("err\tio\t{}\n", clean(t)),
         Err(MaildirError::Refused(t)) => format!("err\trefused\t{}\n", clean(t)),
+        Err(MaildirError::Denied(t)) => format!("err\tdenied\t{}\n", clean(t)),
     }
 }
 
@@ -148,6 +149,7 @@ fn parse_reply(line: &str) -> Result<PathBuf, MaildirError> {
         (Some("err"), Some("unsafe"), Some(t)) => Err(MaildirError::Unsafe(t.to_string())),
         (Some("err"), Some("loop"), _) => Err(MaildirError::Loop),
         (Some("err"), Some("refused"), Some(t)) => Err(MaildirError::Refused(t.to_string())),
+        (Some("err"), Some("denied"), Some(t)) => Err(MaildirError::Denied(t.to_string())),
         (Some("err"), Some(_), Some(t)) => Err(MaildirError::Io(t.to_string())),
         _ => Err(MaildirError::Io(format!("local writer: unreadable reply `{}`", line.trim()))),
     }
@@ -483,6 +485,7 @@ mod tests {
             Err(MaildirError::Unsafe("link".into())),
             Err(MaildirError::Loop),
             Err(MaildirError::Io("gone".into())),
+            Err(MaildirError::Denied("/home/a/Maildir/tmp: Permission denied".into())),
         ] {
             let back = parse_reply(&reply(&r));
             // A tab in a text would split the line: it comes back as a space.

@@ -26,6 +26,10 @@ pub enum MaildirError {
     Io(String),
     /// Refused for good: a command that exited with a permanent status (5.3.0).
     Refused(String),
+    /// Permission denied. Written as a system user, that user cannot write its own mailbox
+    /// (a home or maildir it does not own): permanent (5.2.1). Written as the service user,
+    /// it is the administrator's to fix, and waits (`into_temporary`).
+    Denied(String),
 }
 
 impl MaildirError {
@@ -33,7 +37,16 @@ impl MaildirError {
         let text = format!("{}: {e}", what.display());
         match e.raw_os_error() {
             Some(libc::ENOSPC | libc::EDQUOT) => MaildirError::Full(text),
+            Some(libc::EACCES | libc::EPERM) => MaildirError::Denied(text),
             _ => MaildirError::Io(text),
+        }
+    }
+
+    /// The same failure as a temporary one: a maildir the service user writes.
+    pub fn into_temporary(self) -> MaildirError {
+        match self {
+            MaildirError::Denied(text) => MaildirError::Io(text),
+            other => other,
         }
     }
 }

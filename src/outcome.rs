@@ -82,6 +82,8 @@ pub fn judge(event: Event<'_>) -> Verdict {
         Event::Maildir(MaildirError::Unsafe(why) | MaildirError::Io(why)) => verdict(es(4, 3, 0), why.clone()),
         // X.3.0: a command alias that said no for good (a sysexits code that is not temporary).
         Event::Maildir(MaildirError::Refused(why)) => verdict(es(5, 3, 0), why.clone()),
+        // X.2.1: the user cannot write its own mailbox; retries for days would not change it.
+        Event::Maildir(MaildirError::Denied(why)) => verdict(es(5, 2, 1), format!("{why} (the user's own mailbox)")),
         Event::Alias(ExpandError::UnknownUser(who)) => verdict(es(5, 1, 1), format!("{who}: no such user here")),
         Event::Alias(ExpandError::Loop(who)) => verdict(es(5, 4, 6), format!("{who}: aliases loop")),
         // X.3.5: the system is not configured to deliver this; fixed, a retry delivers it.

@@ -734,6 +734,19 @@ fn system_users_get_their_mail_in_their_own_home_written_as_themselves() {
     )
     .unwrap();
     assert!(report.contains("Status: 5.1.1") && report.contains("daemon@example.test"), "{report}");
+
+    // A person whose ~/Maildir is not theirs (root made it): the copy cannot be written as
+    // them, now or in five days, so it is bounced at once.
+    let carol = format!("pstn-c{tag}");
+    let mut useradd = Command::new("useradd");
+    useradd.args(["--create-home", "--shell", "/bin/sh", "--home-dir"]).arg(homes.join(&carol)).arg(&carol);
+    assert!(useradd.output().unwrap().status.success());
+    accounts.push(Account { user: carol.clone(), groups: Vec::new() });
+    std::fs::create_dir(homes.join(&carol).join("Maildir")).unwrap();
+    assert!(sendmail(&conf, &[&carol], b"Subject: to carol\n\nx\n").status.success());
+    let log = deliver(&conf, None, &[]);
+    assert!(support::waiting(&spool).is_empty(), "bounced at once, not deferred: {log}");
+    assert!(log.contains("dsn=5.2.1") && log.contains("status=bounced"), "{log}");
     drop(accounts);
 }
 
