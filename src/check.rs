@@ -219,3 +219,32 @@ pub fn report(program: &str, config: &Config, findings: &Findings) -> bool {
         false
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn what_another_user_may_read_is_judged_by_the_bits_on_the_way() {
+        let dir = std::env::temp_dir().join(format!("postern-readable-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let file = dir.join("key.pem");
+        std::fs::write(&file, "x").unwrap();
+        // Someone who owns neither the file nor its directory, in none of their groups.
+        let other = UserIds { uid: sys::effective_uid() + 4321, gid: sys::effective_gid() + 4321 };
+        let name = "postern-no-such-user";
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let said = readable_by(&file, other, name).unwrap_err();
+        assert!(said.contains("cannot read it") && said.contains("mode 600"), "{said}");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(readable_by(&file, other, name), Ok(()));
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let said = readable_by(&file, other, name).unwrap_err();
+        assert!(said.contains("cannot reach it"), "{said}");
+        let owner = UserIds { uid: sys::effective_uid(), gid: sys::effective_gid() };
+        assert_eq!(readable_by(&file, owner, name), Ok(()), "the owner reads through its own directory");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
