@@ -309,13 +309,22 @@ impl Default for RelaxedBody {
 /// Reads a message's header section whole (up to 1 MB, far past any real one), feeding
 /// whatever of the body came with it to `body`. The section ends where `Headers::parse`
 /// ends it, so the fields signed are the fields every other part of postern reads.
+/// The largest header section signed: what the server checked (`MAX_HEADER_SECTION`) and the
+/// trace and added fields it put on top. A larger one is not signed: its `From:` may lie past
+/// what the server checked.
+const MAX_SIGNED_HEADER: usize = crate::message::MAX_HEADER_SECTION + 16 * 1024;
+
 fn read_head(message: &mut impl Read, buf: &mut [u8], body: &mut RelaxedBody) -> Result<Vec<u8>, String> {
     let mut head = Vec::new();
     loop {
         let n = message.read(buf).map_err(|e| format!("reading the message: {e}"))?;
         let before = head.len();
         head.extend_from_slice(&buf[..n]);
-        if n == 0 || crate::message::header_end(&head, before.saturating_sub(3)).is_some() || head.len() > 1 << 20 {
+        let end = crate::message::header_end(&head, before.saturating_sub(3));
+        if end.is_none_or(|at| at > MAX_SIGNED_HEADER) && head.len() > MAX_SIGNED_HEADER {
+            return Err(format!("a header section larger than {MAX_SIGNED_HEADER} octets is not signed"));
+        }
+        if n == 0 || end.is_some() {
             let (_, at) = Headers::parse(&head);
             body.feed(&head[at..])?;
             head.truncate(at);

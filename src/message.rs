@@ -1,6 +1,12 @@
 //! The header section of a message (RFC 5322 §2.2, §3.6), as pure functions over bytes:
 //! collect it from a stream, find a field, read the addresses of To/Cc/Bcc.
 
+/// The largest header section postern reads: the server checks a submitted message's whole
+/// header section within it (the `From:` fields, the `Date:` and `Message-ID:` it lacks) and
+/// refuses one that is larger, and delivery signs no header section larger than it plus the
+/// trace fields the server adds, so both always read the same fields.
+pub const MAX_HEADER_SECTION: usize = 64 * 1024;
+
 /// Collects the header section from a stream of message octets, up to `cap` octets.
 pub struct HeaderScan {
     head: Vec<u8>,
@@ -38,6 +44,11 @@ impl HeaderScan {
     /// The whole header section has been seen (or as much of it as the cap allows).
     pub fn is_done(&self) -> bool {
         self.done
+    }
+
+    /// The cap was reached before the header section ended: its fields were not all seen.
+    pub fn overflowed(&self) -> bool {
+        self.done && self.head.len() >= self.cap && header_end(&self.head, 0).is_none()
     }
 }
 
@@ -278,6 +289,13 @@ mod tests {
         let mut capped = HeaderScan::new(10);
         capped.feed(m);
         assert!(capped.headers().get("subject").is_none());
+        assert!(capped.overflowed(), "the header section went past the cap");
+        let mut whole = HeaderScan::new(m.len());
+        whole.feed(m);
+        assert!(whole.is_done() && !whole.overflowed());
+        let mut bodyless = HeaderScan::new(1024);
+        bodyless.feed(b"Subject: no body\r\n");
+        assert!(!bodyless.overflowed(), "a short message without a body is whole");
     }
 
     #[test]

@@ -109,6 +109,9 @@ pub enum DataError {
     DiskFull,
     /// The queue file could not be written or made durable (`451 4.3.0`).
     WriteFailed,
+    /// Mail of ours whose header section is larger than postern checks (`552 5.3.4`): its
+    /// fields past the limit could not be checked, so it is not taken.
+    HeaderTooLarge,
     /// An authenticated user's `From:` names an address that is not theirs (`553 5.7.1`).
     FromNotOwned {
         address: String,
@@ -122,6 +125,7 @@ impl From<&DataError> for Reply {
         match e {
             DataError::TooBig => Reply::new(552, es(5, 3, 4), "Error: message size exceeds fixed limit"),
             DataError::BareLineEnding => Reply::new(550, es(5, 5, 2), "Error: bare <CR> or <LF> received"),
+            DataError::HeaderTooLarge => Reply::new(552, es(5, 3, 4), "Error: header section too large to check"),
             DataError::TooManyHops => Reply::new(554, es(5, 4, 6), "Error: too many hops, this message is looping"),
             DataError::DiskFull => Reply::new(452, es(4, 3, 1), "Error: insufficient system storage"),
             DataError::WriteFailed => Reply::new(451, es(4, 3, 0), "Error: queue file write error"),
@@ -876,7 +880,7 @@ mod tests {
         use DataError as D;
         use SequenceError as S;
         let _exhaustive = |e: &DataError| match e {
-            D::TooBig | D::BareLineEnding | D::TooManyHops | D::DiskFull | D::WriteFailed => (),
+            D::TooBig | D::BareLineEnding | D::TooManyHops | D::DiskFull | D::WriteFailed | D::HeaderTooLarge => (),
             D::FromNotOwned { .. } => (),
         };
         let _exhaustive = |e: &SequenceError| match e {
@@ -884,6 +888,7 @@ mod tests {
         };
         let data = [
             (D::TooBig, "552 5.3.4"),
+            (D::HeaderTooLarge, "552 5.3.4"),
             (D::BareLineEnding, "550 5.5.2"),
             (D::TooManyHops, "554 5.4.6"),
             (D::DiskFull, "452 4.3.1"),
@@ -910,6 +915,7 @@ mod tests {
         for (error, want) in [
             (DataError::BareLineEnding, "550 5.5.2"),
             (DataError::TooBig, "552 5.3.4"),
+            (DataError::HeaderTooLarge, "552 5.3.4"),
             (DataError::TooManyHops, "554 5.4.6"),
             (DataError::DiskFull, "452 4.3.1"),
             (DataError::WriteFailed, "451 4.3.0"),

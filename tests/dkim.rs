@@ -401,3 +401,33 @@ fn an_unusable_key_holds_its_own_domain_alone() {
             && String::from_utf8_lossy(&out[1]).contains("d=ed.test")
     );
 }
+
+/// A `From:` hidden past the header the server checks is never signed as someone else: a
+/// submitted header section larger than the check reads is refused, and nothing leaves.
+#[test]
+fn a_from_past_the_checked_header_is_refused_not_signed() {
+    let s = setup();
+    let token = postern::smtp::client::base64(format!("\0alice\0{PASSWORD}").as_bytes());
+    let mut c = Client::greeted(s.server.port_for("submission"));
+    c.cmd("EHLO laptop.test");
+    assert_eq!(code(&c.cmd(&format!("AUTH PLAIN {token}"))), "235 2.7.0");
+    let padding = "X-Padding: ".to_string() + &"p".repeat(60) + "\r\n";
+    let message =
+        |lines: usize| format!("{}From: CEO <ceo@example.test>\r\nSubject: pay\r\n\r\nnow\r\n", padding.repeat(lines));
+    // Within the check, the forged From: is seen and refused.
+    c.open_data("alice@example.test", &["friend@remote.test"]);
+    assert_eq!(code(&c.mail_text(message(100).as_bytes())), "553 5.7.1");
+    // Past it, the whole message is refused: its fields could not all be checked.
+    c.open_data("alice@example.test", &["friend@remote.test"]);
+    let reply = c.mail_text(message(1000).as_bytes());
+    assert_eq!(code(&reply), "552 5.3.4", "{reply}");
+    assert!(reply.contains("header section too large"), "{reply}");
+    // The session goes on, and an honest message still goes out signed.
+    c.open_data("alice@example.test", &["friend@remote.test"]);
+    assert!(c.mail_text(b"From: alice@example.test\r\nSubject: ok\r\n\r\nfine\r\n").starts_with("250 "));
+    support::deliver(&s.conf, None, &[]);
+    let out = s.sink.messages();
+    assert_eq!(out.len(), 1, "{}", s.server.log());
+    let sent = String::from_utf8_lossy(&out[0]);
+    assert!(sent.starts_with("DKIM-Signature: ") && !sent.contains("ceo@"), "{sent}");
+}

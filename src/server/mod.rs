@@ -607,7 +607,7 @@ impl Server {
         });
         let mut reader = DotReader::new(req.max_size);
         let mut hops = HopCounter::default();
-        let mut head = HeaderScan::new(64 * 1024);
+        let mut head = HeaderScan::new(crate::message::MAX_HEADER_SECTION);
         let mut out = Vec::with_capacity(READ_BUFFER);
         // Submitted mail is held back until its header is known, so that a missing Date: or
         // Message-ID: can go in front of it (RFC 6409 §8); at most the header scan's cap.
@@ -666,6 +666,9 @@ impl Server {
             (Some(TextError::BareLineEnding), _) => Err(DataError::BareLineEnding),
             (Some(TextError::TooBig), _) => Err(DataError::TooBig),
             (None, _) if hops.hops() >= MAX_HOPS => Err(DataError::TooManyHops),
+            // Mail of ours may be signed as it leaves: every field of its header is checked,
+            // so a header section larger than the check reads is refused, not waved through.
+            (None, _) if req.submitted && head.overflowed() => Err(DataError::HeaderTooLarge),
             // RFC 6409 §8.1: the submission server may refuse a From: the user does not own.
             (None, _) if not_owned.is_some() => Err(not_owned.unwrap_or(DataError::WriteFailed)),
             (None, Err(e)) => Err(storage_error(&e)),
