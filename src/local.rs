@@ -306,8 +306,22 @@ fn run_command(config: &Config, users: &LocalUsers, req: &Request) -> Result<Pat
     let feeder = std::thread::spawn(move || {
         let _ = stdin.write_all(&input);
     });
-    let out = child.stdout.take().map(|p| std::thread::spawn(move || tail(p)));
-    let err = child.stderr.take().map(|p| std::thread::spawn(move || tail(p)));
+    // What it prints, read until its pipes close: when the command ends, or when whatever it
+    // left behind (`sleep 86400 &`) ends or is killed.
+    let (said_tx, said_rx) = std::sync::mpsc::channel();
+    for pipe in [
+        child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+        child.stderr.take().map(|p| Box::new(p) as _),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let tx = said_tx.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(tail(pipe));
+        });
+    }
+    drop(said_tx);
     let deadline = std::time::Instant::now() + config.alias_timeout;
     let status = loop {
         match child.try_wait().map_err(io)? {
@@ -320,8 +334,33 @@ fn run_command(config: &Config, users: &LocalUsers, req: &Request) -> Result<Pat
             None => std::thread::sleep(std::time::Duration::from_millis(10)),
         }
     };
+    // The timeout covers the command's process group and its pipes, not only the command:
+    // what it left running past the deadline is killed, so it holds nothing (RFC 5321 §6.1
+    // asks for the message to be delivered or reported, never held without end).
+    let mut printed = Vec::new();
+    let mut killed = status.is_none();
+    while printed.len() < 2 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match said_rx.recv_timeout(if killed { std::time::Duration::from_secs(1) } else { left }) {
+            Ok(text) => printed.push(text),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !killed => {
+                sys::kill_group(child.id());
+                killed = true;
+            }
+            Err(_) => break,
+        }
+    }
+    // The message is fed whole, or to a reader that is gone; one left behind that never
+    // reads holds the feeder until the deadline, then is killed too.
+    while !feeder.is_finished() && !killed {
+        if std::time::Instant::now() >= deadline {
+            sys::kill_group(child.id());
+            killed = true;
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
     let _ = feeder.join();
-    let printed: Vec<String> = [out, err].into_iter().flatten().filter_map(|h| h.join().ok()).collect();
     let said = printed.join(" ").split_whitespace().collect::<Vec<_>>().join(" ");
     let what = |how: String| if said.is_empty() { how } else { format!("{how}: {said}") };
     let name = format!("|{}", req.user);

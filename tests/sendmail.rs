@@ -810,4 +810,17 @@ fn aliases_to_commands_files_and_include_lists() {
     );
     let report = mailbox(dir.path(), "alice").into_iter().find(|m| m.contains("multipart/report")).unwrap_or_default();
     assert!(report.contains("Final-Recipient: rfc822; refuses@example.test"), "{report}");
+
+    // A command that leaves a process behind holding its pipes holds the delivery no longer
+    // than alias_timeout: what it left is killed, and the copy counts as delivered.
+    std::fs::write(dir.path().join("aliases"), "root: alice
+postmaster: alice
+bg: \"|sleep 20 &\"\n").unwrap();
+    assert!(sendmail(&conf, &["bg"], b"Subject: bg\n\nx\n").status.success());
+    let started = std::time::Instant::now();
+    let log = deliver(&conf, None, &[]);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "held {:?}: {log}", started.elapsed());
+    assert!(log.contains("to=<bg@example.test>, relay=local,") && log.contains("status=sent"), "{log}");
+    let left = Command::new("pgrep").args(["-u", "nobody", "-f", "sleep 20"]).output().unwrap();
+    assert!(left.stdout.is_empty(), "nothing it left behind lives on");
 }
