@@ -102,6 +102,9 @@ pub struct Listen {
 pub struct Config {
     /// The file read, or "embedded default".
     pub source: String,
+    /// A digest of the text it was read from: a program started by another checks that it
+    /// reads the configuration its parent holds (`DIGEST_ENV`).
+    pub digest: String,
     pub hostname: String,
     pub listen: Vec<Listen>,
     pub spool: PathBuf,
@@ -209,6 +212,7 @@ impl Config {
     fn builtin() -> Config {
         Config {
             source: String::new(),
+            digest: String::new(),
             hostname: crate::sys::fqdn(),
             listen: vec![Listen { addr: SocketAddr::from(([127, 0, 0, 1], 2525)), mode: Mode::Mta }],
             spool: PathBuf::from("./spool"),
@@ -293,9 +297,18 @@ impl Config {
         Config::parse(EMBEDDED_DEFAULT, EMBEDDED_SOURCE)
     }
 
+    /// Reads a configuration file. One that sets nothing is refused: it is most often a file
+    /// cut short while it was being written (postern.conf(5): replace it by a rename), and
+    /// its built-in values (no local domain of this host's, `./spool`) would be no one's.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError(format!("{name}: {e}")))?;
+        if text.lines().all(|l| without_comment(l).trim().is_empty()) {
+            return Err(ConfigError(format!(
+                "{name}: sets nothing (empty, or cut short while written?); write the new file beside it \
+                 and rename it over the old one"
+            )));
+        }
         Config::parse(&text, &name)
     }
 
@@ -303,6 +316,7 @@ impl Config {
     pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
         let mut config = Config::builtin();
         config.source = source.to_string();
+        config.digest = digest(text);
         // Each key given, with the line that gave it.
         let mut seen: Vec<(String, usize)> = Vec::new();
         for (i, raw) in text.lines().enumerate() {
@@ -505,6 +519,16 @@ impl Config {
             &self.local_domains[0]
         }
     }
+}
+
+/// The variable in which a daemon tells the delivery children it starts the digest of the
+/// configuration it holds; a child whose file reads otherwise (changed since, or a reload
+/// refused) does not deliver with it, and says so.
+pub const DIGEST_ENV: &str = "POSTERN_CONFIG_DIGEST";
+
+/// SHA-256 of the configuration text, in hex (16 octets are plenty to tell two files apart).
+fn digest(text: &str) -> String {
+    openssl::sha::sha256(text.as_bytes()).iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
 /// A line without its comment: from a `#` that starts the line or follows white space

@@ -530,6 +530,19 @@ pub fn drop_set_group() -> io::Result<()> {
     Ok(())
 }
 
+/// Makes writes to `fd` return WouldBlock instead of waiting (a pipe to a process that
+/// may be stopped).
+pub fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
+    // SAFETY: fcntl on a descriptor the caller owns, with integer arguments.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Runs `f` with `gid` as the effective group, then goes back to the real group: a setgid
 /// program that keeps its group only as the saved one takes it up for one step at a time.
 pub fn with_effective_group<T>(gid: u32, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {

@@ -738,3 +738,66 @@ fn make_deb_builds_a_package_that_is_the_boxs_mta() {
     let control = String::from_utf8_lossy(&control.stdout).to_string();
     assert!(control.contains("postinst") && control.contains("conffiles"), "{control}");
 }
+
+/// Mail arrives while the configuration file is replaced by a broken one, an empty one, one
+/// that moves the spool, and a good one again, each followed by SIGHUP: every message is
+/// accepted, every local recipient kept, and every message delivered.
+#[test]
+fn a_loaded_reload_of_broken_empty_and_good_files_loses_nothing() {
+    let dir = TempDir::new("hup-under-load");
+    let config = support::instant(&support::config_with(dir.path(), ""));
+    let server = Server::start_in(dir, &config);
+    let conf = server.dir.path().join("postern.conf");
+    const MESSAGES: usize = 120;
+    let addr = server.addr;
+    let sender = std::thread::spawn(move || {
+        let mut replies = Vec::new();
+        let mut c = Client::greeted(addr);
+        c.cmd("EHLO client.test");
+        for i in 0..MESSAGES {
+            c.open_data("someone@remote.test", &["alice@example.test"]);
+            replies.push(c.mail_text(format!("Subject: load {i}\r\n\r\nbody\r\n").as_bytes()));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        c.cmd("QUIT");
+        replies
+    });
+    let hup = |text: &str| {
+        std::fs::write(&conf, text).unwrap();
+        Command::new("kill").arg("-HUP").arg(server.pid().to_string()).status().unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+    };
+    let moved = config.replace("/spool\n", "/elsewhere\n");
+    for text in ["no_such_key = 1\n", "", "# only a comment\n", moved.as_str(), config.as_str()] {
+        hup(text);
+    }
+    let replies = sender.join().unwrap();
+    assert!(
+        replies.iter().all(|r| r.starts_with("250 ")),
+        "{:?}\n{}",
+        replies.iter().find(|r| !r.starts_with("250 ")),
+        server.log()
+    );
+    let log = server.log();
+    assert_eq!(log.matches("reload failed, the configuration in use is kept").count(), 3, "{log}");
+    assert!(log.contains("sets nothing"), "{log}");
+    assert!(
+        log.contains("reload refused, the configuration in use is kept: spool changed, which takes a restart"),
+        "{log}"
+    );
+    // Whatever instant delivery could not deliver under a broken file is delivered once the
+    // good one is in.
+    let alice = server.dir.path().join("maildirs/alice");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while support::maildir(&alice).len() < MESSAGES && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut subjects: Vec<String> = support::maildir(&alice)
+        .iter()
+        .filter_map(|m| m.lines().find(|l| l.starts_with("Subject: ")).map(str::to_string))
+        .collect();
+    subjects.sort();
+    subjects.dedup();
+    assert_eq!(subjects.len(), MESSAGES, "{}", server.log());
+    assert!(!server.dir.path().join("elsewhere").exists(), "the spool did not move");
+}

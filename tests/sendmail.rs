@@ -813,9 +813,13 @@ fn aliases_to_commands_files_and_include_lists() {
 
     // A command that leaves a process behind holding its pipes holds the delivery no longer
     // than alias_timeout: what it left is killed, and the copy counts as delivered.
-    std::fs::write(dir.path().join("aliases"), "root: alice
+    std::fs::write(
+        dir.path().join("aliases"),
+        "root: alice
 postmaster: alice
-bg: \"|sleep 20 &\"\n").unwrap();
+bg: \"|sleep 20 &\"\n",
+    )
+    .unwrap();
     assert!(sendmail(&conf, &["bg"], b"Subject: bg\n\nx\n").status.success());
     let started = std::time::Instant::now();
     let log = deliver(&conf, None, &[]);
@@ -823,4 +827,88 @@ bg: \"|sleep 20 &\"\n").unwrap();
     assert!(log.contains("to=<bg@example.test>, relay=local,") && log.contains("status=sent"), "{log}");
     let left = Command::new("pgrep").args(["-u", "nobody", "-f", "sleep 20"]).output().unwrap();
     assert!(left.stdout.is_empty(), "nothing it left behind lives on");
+}
+
+/// The launcher a daemon started as root keeps for instant delivery: stopped, it holds no
+/// session's 250 (the messages wait for a run); killed, it is reaped, said in the log, and
+/// instant delivery goes on without it.
+#[test]
+fn a_stopped_or_killed_root_launcher_holds_no_reply() {
+    if skip_unless_root("start the server as root with a service user") {
+        return;
+    }
+    let service = format!("pstn-l{}", std::process::id() % 100_000);
+    let _account = Account { user: service.clone(), groups: vec![service.clone()] };
+    let out = Command::new("useradd").args(["--system", "--user-group", "--no-create-home", &service]).output();
+    assert!(out.unwrap().status.success());
+    let (uid, gid) = ids(&service);
+    let dir = TempDir::new("root-launcher");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for sub in ["spool", "maildirs"] {
+        std::fs::create_dir(dir.path().join(sub)).unwrap();
+        std::os::unix::fs::chown(dir.path().join(sub), Some(uid), Some(gid)).unwrap();
+    }
+    // An alias command makes the daemon keep a launcher as root (they run as alias_user).
+    let config = support::instant(&support::config_with(dir.path(), &format!("user = {service}\n")));
+    std::fs::write(dir.path().join("aliases"), "postmaster: alice\nbot: |cat > /dev/null\n").unwrap();
+    let server = support::Server::start_in(dir, &config);
+    let launcher = || {
+        support::children(server.pid()).into_iter().find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("--launcher"))
+        })
+    };
+    // It starts just after the listeners are bound.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while launcher().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let pid = launcher().unwrap_or_else(|| panic!("a launcher kept as root: {}", server.log()));
+    let signal = |name: &str, pid: u32| {
+        Command::new("kill").args([name, &pid.to_string()]).status().unwrap();
+    };
+
+    // Stopped: more messages than its input pipe holds IDs, each answered at once.
+    signal("-STOP", pid);
+    const MESSAGES: usize = 3000;
+    let addr = server.addr;
+    let senders: Vec<_> = (0..4)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut c = support::Client::greeted(addr);
+                c.cmd("EHLO client.test");
+                (0..MESSAGES / 4)
+                    .map(|i| {
+                        c.open_data("someone@remote.test", &["alice@example.test"]);
+                        c.mail_text(format!("Subject: {t}.{i}\r\n\r\nx\r\n").as_bytes())
+                    })
+                    .filter(|r| !r.starts_with("250 "))
+                    .count()
+            })
+        })
+        .collect();
+    let refused: usize = senders.into_iter().map(|s| s.join().unwrap()).sum();
+    assert_eq!(refused, 0, "{}", server.log());
+    assert!(server.log().contains("the delivery launcher is not reading"), "{}", server.log());
+    signal("-CONT", pid);
+
+    // Killed: reaped, said, and the next message is delivered by the daemon's own child.
+    signal("-KILL", pid);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !server.log().contains("launcher kept as root ended") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(server.log().contains("launcher kept as root ended"), "{}", server.log());
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "reaped, not a zombie");
+    let mut c = support::Client::greeted(addr);
+    c.cmd("EHLO client.test");
+    c.open_data("someone@remote.test", &["alice@example.test"]);
+    assert!(c.mail_text(b"Subject: after\r\n\r\nx\r\n").starts_with("250 "));
+    let alice = server.dir.path().join("maildirs/alice");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !support::maildir(&alice).iter().any(|m| m.contains("Subject: after")) && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(support::maildir(&alice).iter().any(|m| m.contains("Subject: after")), "{}", server.log());
 }

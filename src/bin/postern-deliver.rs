@@ -150,6 +150,18 @@ fn main() -> ExitCode {
         }
     };
     logging::configure(config.log, &config.syslog_socket);
+    // Started by a daemon: deliver only with the configuration it holds. A file changed since
+    // (a refused reload, a file cut short) makes this delivery wait, said, for a later run.
+    if let Some(expected) = std::env::var_os(postern::config::DIGEST_ENV)
+        && expected.to_str() != Some(config.digest.as_str())
+    {
+        log::warn!(
+            "{} reads otherwise than the configuration postern-smtpd holds (changed since, or a reload was \
+             refused): this delivery waits for a run with the configuration in use",
+            config.source
+        );
+        return ExitCode::from(75);
+    }
     if args.launcher {
         postern::launch::serve(&config);
         return ExitCode::SUCCESS;

@@ -149,7 +149,7 @@ fn run(args: &Args) -> Result<(), String> {
         postern::launch::Launcher::keeping_root(&config, true)
     } else {
         // Under inetd stderr may be the client's socket: a child's never is.
-        postern::launch::Launcher::new(&config, !args.inetd)
+        postern::launch::Launcher::for_daemon(&config, !args.inetd)
     };
     // A renewed certificate whose key root alone may read is taken up by a reload through a
     // reader that keeps root (src/server/tls_files.rs).
@@ -183,13 +183,13 @@ fn run(args: &Args) -> Result<(), String> {
     }
     // Set up for local users (`postern-queue init`): their drops are picked up, and they
     // may list the queue.
+    let server = Arc::new(server);
     if config_copy.spool.join(postern::spool::maildrop::DIR).is_dir() {
-        start_pickup(&config_copy, launcher)?;
+        start_pickup(&config_copy, Arc::clone(&server), launcher)?;
         if let Err(e) = start_queue_listing(&config_copy) {
             log::warn!("{e}; mailq works for root and the spool's owner only");
         }
     }
-    let server = Arc::new(server);
     let signals = Arc::clone(&server);
     let (builtin, explicit) = (args.builtin, args.config.clone());
     std::thread::spawn(move || {
@@ -225,19 +225,32 @@ fn reload(server: &Server, builtin: bool, explicit: Option<&std::path::Path>) {
                 log::warn!("{problem} (that alias waits; everything else is delivered)");
             }
             let source = config.source.clone();
-            for note in server.reload(config, policy) {
-                log::warn!("reload: {note}");
+            match server.reload(config, policy) {
+                Ok(notes) => {
+                    for note in notes {
+                        log::warn!("reload: {note}");
+                    }
+                    log::info!("reloaded {source}");
+                }
+                Err(e) => log::error!("reload refused, the configuration in use is kept: {e}"),
             }
-            log::info!("reloaded {source}");
         }
         Err(e) => log::error!("reload failed, the configuration in use is kept: {e}"),
     }
 }
 
 /// Mail that local users left in maildrop/ is queued as soon as it lands there.
-fn start_pickup(config: &Config, launcher: Option<Arc<postern::launch::Launcher>>) -> Result<(), String> {
+fn start_pickup(
+    config: &Config,
+    server: Arc<Server>,
+    launcher: Option<Arc<postern::launch::Launcher>>,
+) -> Result<(), String> {
     let spool = Spool::open_or_explain(&config.spool)?;
-    let (hostname, max_size) = (config.hostname.clone(), config.message_size_limit);
+    // The host name and size limit of the configuration in use, which a reload may change.
+    let settings = move || {
+        let current = server.current();
+        (current.config.hostname.clone(), current.config.message_size_limit)
+    };
     let queued = move |ids: Vec<postern::spool::QueueId>| {
         if let Some(l) = &launcher {
             ids.iter().for_each(|id| l.deliver(id));
@@ -245,7 +258,7 @@ fn start_pickup(config: &Config, launcher: Option<Arc<postern::launch::Launcher>
     };
     std::thread::Builder::new()
         .name("pickup".into())
-        .spawn(move || postern::spool::maildrop::watch(&spool, &hostname, max_size, Duration::from_secs(60), queued))
+        .spawn(move || postern::spool::maildrop::watch(&spool, settings, Duration::from_secs(60), queued))
         .map_err(|e| format!("pickup thread: {e}"))?;
     Ok(())
 }

@@ -212,10 +212,23 @@ impl Server {
 
     /// SIGHUP: the new configuration, with its aliases and mailboxes (loaded by the caller),
     /// for every session from now on; open sessions finish under the old one. TLS files
-    /// that cannot be read now (a key only root may read) keep the old ones. Returns what
-    /// changed that takes a restart.
-    pub fn reload(&self, config: Config, policy: LocalPolicy) -> Vec<String> {
+    /// that cannot be read now keep the old ones. A configuration that changes what cannot
+    /// change while the server runs (`listen`, `spool`, `user`) is refused whole, and the one
+    /// in use kept: half of it would strand the mail written to the old spool. Returns what
+    /// the operator should know, or why nothing changed.
+    pub fn reload(&self, config: Config, policy: LocalPolicy) -> Result<Vec<String>, String> {
         let old = self.current();
+        let fixed: Vec<&str> = [
+            ("listen", old.config.listen == config.listen),
+            ("spool", old.config.spool == config.spool),
+            ("user", old.config.user == config.user),
+        ]
+        .into_iter()
+        .filter_map(|(key, same)| (!same).then_some(key))
+        .collect();
+        if !fixed.is_empty() {
+            return Err(format!("{} changed, which takes a restart", fixed.join(", ")));
+        }
         let mut notes = Vec::new();
         let tls = match self.reload_tls(&config) {
             Ok(tls) => tls,
@@ -232,9 +245,6 @@ impl Server {
             }
         };
         for (key, same) in [
-            ("listen", old.config.listen == config.listen),
-            ("spool", old.config.spool == config.spool),
-            ("user", old.config.user == config.user),
             ("auth_failure_limit", old.config.auth_failure_limit == config.auth_failure_limit),
             ("auth_lockout_time", old.config.auth_lockout_time == config.auth_lockout_time),
         ] {
@@ -242,8 +252,14 @@ impl Server {
                 notes.push(format!("{key} changed: that takes a restart"));
             }
         }
+        if let Some(launcher) = &self.launcher {
+            launcher.reconfigure(&config);
+            // What instant delivery could not deliver (a configuration that did not load)
+            // is delivered now that one does.
+            launcher.deliver_owed();
+        }
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Current::new(config, policy, tls, auth));
-        notes
+        Ok(notes)
     }
 
     /// The TLS files again: through the keeper that kept root when the files are the ones it

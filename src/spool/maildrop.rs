@@ -65,11 +65,12 @@ fn write_whole(mut file: &File, envelope: &Envelope, message: &[u8]) -> io::Resu
 
 /// A daemon's pickup: picks up whenever a writer renames a message into maildrop/, and every
 /// `every` in any case (a watch that could not be set, a name moved in while picking up).
-/// `queued` hears the IDs of each pickup. Runs for as long as the process does.
+/// `settings` gives the host name and size limit of the configuration in use at each pickup
+/// (a reload may change them); `queued` hears the IDs of each pickup. Runs for as long as
+/// the process does.
 pub fn watch(
     spool: &Spool,
-    hostname: &str,
-    max_size: u64,
+    settings: impl Fn() -> (String, u64),
     every: std::time::Duration,
     mut queued: impl FnMut(Vec<QueueId>),
 ) {
@@ -84,7 +85,8 @@ pub fn watch(
     let mut retry = RETRY_FIRST;
     loop {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let picked = spool.pickup(&PickupSettings { hostname, max_size, now });
+        let (hostname, max_size) = settings();
+        let picked = spool.pickup(&PickupSettings { hostname: &hostname, max_size, now });
         if !picked.queued.is_empty() {
             queued(picked.queued);
         }
