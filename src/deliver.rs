@@ -191,6 +191,8 @@ impl<'a> Runner<'a> {
                 summary.corrupt += 1;
                 return Vec::new();
             }
+            // Finished by another run (an instant delivery) since this one listed it.
+            Err(OpenError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
             Err(OpenError::Io(e)) => {
                 log::warn!("{id}: cannot open: {e}");
                 return Vec::new();
@@ -549,7 +551,8 @@ impl<'a> Runner<'a> {
             helo: None,
             protocol: "LOCAL".into(),
             body: BodyType::EightBitMime,
-            smtputf8: false,
+            // RFC 6533 §3: a report to an address that needs SMTPUTF8 goes with SMTPUTF8.
+            smtputf8: q.envelope.smtputf8 || !to_text.is_ascii(),
             auth: None,
             submitted: true,
             from: ReversePath::Null,

@@ -8,7 +8,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::smtp::address::ReversePath;
 
@@ -92,7 +92,30 @@ pub fn deliver_to_maildir<R: Read>(
         let _ = fs::remove_file(&tmp_path);
         MaildirError::from_io(&e, &new_path)
     })?;
+    // About one delivery in SWEEP_EVERY also clears what killed writers left in tmp/, so
+    // that the cost stays off nearly every delivery.
+    let now = SystemTime::now();
+    if now.duration_since(UNIX_EPOCH).is_ok_and(|d| d.subsec_nanos() % SWEEP_EVERY == 0) {
+        sweep_tmp(&tmp, now);
+    }
     Ok(new_path)
+}
+
+const SWEEP_EVERY: u32 = 32;
+
+/// How old a file in a maildir's `tmp/` is before it counts as a killed writer's (the maildir
+/// convention: 36 hours).
+pub const TMP_LEFTOVER_AGE: Duration = Duration::from_secs(36 * 3600);
+
+/// Removes the files in `tmp/` older than `TMP_LEFTOVER_AGE` at `now`; returns how many.
+pub fn sweep_tmp(tmp: &Path, now: SystemTime) -> usize {
+    let Ok(entries) = fs::read_dir(tmp) else { return 0 };
+    let old = |m: &fs::Metadata| m.is_file() && m.modified().is_ok_and(|t| t + TMP_LEFTOVER_AGE < now);
+    entries
+        .flatten()
+        .filter(|e| e.metadata().is_ok_and(|m| old(&m)))
+        .filter(|e| fs::remove_file(e.path()).is_ok())
+        .count()
 }
 
 /// Makes the maildir and its `tmp/`, `new/`, `cur/` (mode 0700) when missing, and refuses a
@@ -223,6 +246,23 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("postern-maildir-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         dir
+    }
+
+    #[test]
+    fn what_killed_writers_left_in_tmp_is_swept_after_36_hours() {
+        let tmp = temp("sweep").join("tmp");
+        fs::create_dir_all(&tmp).unwrap();
+        let now = SystemTime::now();
+        for (name, age) in [("old", 37 * 3600), ("young", 35 * 3600), ("new", 0)] {
+            let file = File::create(tmp.join(name)).unwrap();
+            file.set_modified(now - Duration::from_secs(age)).unwrap();
+        }
+        assert_eq!(sweep_tmp(&tmp, now), 1);
+        let mut left: Vec<String> =
+            fs::read_dir(&tmp).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        assert_eq!(left, ["new", "young"]);
+        fs::remove_dir_all(tmp.parent().unwrap()).unwrap();
     }
 
     fn stamp<'a>(from: &'a ReversePath) -> Stamp<'a> {

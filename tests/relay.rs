@@ -498,3 +498,36 @@ fn a_kept_connection_the_server_closed_is_replaced_not_used() {
     assert_eq!(log.matches("status=sent").count(), 3, "{log}");
     assert_eq!(mx.connections(), 3);
 }
+
+/// A report to a sender whose address needs SMTPUTF8 is sent with SMTPUTF8 (RFC 6533 §3).
+#[test]
+fn a_report_to_an_smtputf8_sender_goes_with_smtputf8() {
+    use postern::smtp::address::{ForwardPath, ReversePath};
+    let receiver = FakeMx::start("127.0.0.1:0", |command| {
+        command
+            .to_ascii_uppercase()
+            .starts_with("EHLO")
+            .then(|| "250-fake.test\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250 SMTPUTF8".to_string())
+    });
+    let sender = Sender::new(&format!("relayhost = [127.0.0.1]:{}\n", receiver.addr.port()));
+    let envelope = postern::spool::Envelope {
+        arrived: now(),
+        client: Some("192.0.2.1".parse().unwrap()),
+        helo: Some("client.test".into()),
+        protocol: "ESMTP".into(),
+        body: BodyType::EightBitMime,
+        smtputf8: true,
+        auth: None,
+        submitted: false,
+        from: ReversePath::parse("jörg@bücher.test".as_bytes()).unwrap(),
+        rcpts: vec![ForwardPath::parse(b"nobody@example.test").unwrap()],
+        size: 0,
+    };
+    let spool = postern::spool::Spool::open(&sender.dir.path().join("spool")).unwrap();
+    spool.inject(&envelope, "Subject: grüße\r\n\r\nhallo\r\n".as_bytes()).unwrap();
+    let log = sender.deliver();
+    let commands = receiver.commands();
+    let mail = commands.iter().find(|c| c.starts_with("MAIL FROM:<>")).unwrap_or_else(|| panic!("{commands:?}\n{log}"));
+    assert!(mail.contains("SMTPUTF8"), "{mail}");
+    assert!(commands.iter().any(|c| c.starts_with("RCPT TO:<jörg@bücher.test>")), "{commands:?}");
+}

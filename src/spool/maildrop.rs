@@ -250,7 +250,13 @@ impl Spool {
             size: (received.len() + body.len()) as u64,
             ..dropped
         };
-        let mut draft = self.draft_as(id.clone())?;
+        let mut draft = match self.draft_as(id.clone()) {
+            Ok(d) => d,
+            // A run's sweep of tmp/ took the new name before it was locked: look again soon,
+            // not after a whole minute.
+            Err(SpoolError::Collision) => return Ok(One::Busy),
+            Err(e) => return Err(e),
+        };
         draft.begin(&envelope)?;
         draft.write(received.as_bytes())?;
         draft.write(body)?;
