@@ -127,7 +127,18 @@ impl Spool {
         if found == Found::Held {
             return Err(ActionError::Wrong(found));
         }
+        let _log = self.lock_log_for_move(id)?;
         self.move_locked(&path, Found::Held, id)
+    }
+
+    /// The log's lock for the length of a move (see `Spool::lock_log`); a sweep holds it for
+    /// a moment at most.
+    fn lock_log_for_move(&self, id: &QueueId) -> Result<Option<File>, ActionError> {
+        let log = self.lock_log(id, std::time::Duration::from_secs(1))?;
+        if log.is_none() && self.log_path(id).exists() {
+            return Err(ActionError::Busy);
+        }
+        Ok(log)
     }
 
     /// hold/ -> cur/ (when it has a delivery log) or new/: it is delivered as before.
@@ -136,7 +147,8 @@ impl Spool {
         if found != Found::Held {
             return Err(ActionError::Wrong(found));
         }
-        let to = if self.log_path(id).exists() { Found::Waiting } else { Found::New };
+        let log = self.lock_log_for_move(id)?;
+        let to = if log.is_some() { Found::Waiting } else { Found::New };
         self.move_locked(&path, to, id)?;
         Ok(to)
     }
@@ -203,6 +215,33 @@ mod tests {
         assert_eq!(spool.delete(&id).unwrap(), Found::New);
         assert_eq!(spool.find(&id), None);
         assert!(matches!(spool.delete(&id), Err(ActionError::Unknown)));
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_sweep_never_takes_the_log_of_a_message_being_released() {
+        let (root, spool) = spool("release-sweep");
+        let id = queue_one(&spool);
+        fs::write(spool.log_path(&id), "1 sent <b@example.test> 2.0.0 - ok\n").unwrap();
+        spool.hold(&id).unwrap();
+        let spool = std::sync::Arc::new(spool);
+        let sweeper = std::sync::Arc::clone(&spool);
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = std::sync::Arc::clone(&done);
+        let sweeps = std::thread::spawn(move || {
+            let mut removed = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                removed += sweeper.sweep_orphan_logs();
+            }
+            removed
+        });
+        for _ in 0..10_000 {
+            spool.release(&id).unwrap();
+            spool.hold(&id).unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(sweeps.join().unwrap(), 0, "a live delivery log was swept");
+        assert!(spool.log_path(&id).exists());
         fs::remove_dir_all(root).unwrap();
     }
 

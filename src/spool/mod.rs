@@ -20,6 +20,7 @@ use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
+use std::time::Duration;
 
 pub use envelope::Envelope;
 pub use id::QueueId;
@@ -439,6 +440,27 @@ impl Spool {
         self.root.join("cur").join(format!("{id}.log"))
     }
 
+    /// Takes the flock of a message's delivery log, waiting up to `wait`: held by whoever
+    /// moves a message between hold/ and the queue, and by the sweep of logs left without
+    /// their message, so that the sweep never finds a message in the middle of a move.
+    /// `Ok(None)`: the message has no log, or the lock was not had in time.
+    pub(crate) fn lock_log(&self, id: &QueueId, wait: Duration) -> io::Result<Option<File>> {
+        let path = self.log_path(id);
+        let file = match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let deadline = std::time::Instant::now() + wait;
+        while !sys::try_lock_exclusive(&file)? {
+            if std::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(is_same_file(&file, &path).then_some(file))
+    }
+
     /// Opens, locks (without waiting) and checks one queued message (two runs never share a message; a truncated file is never delivered).
     pub fn open_queued(&self, place: Place, id: &QueueId) -> Result<Queued, OpenError> {
         let path = self.path(place.dir(), id);
@@ -508,7 +530,10 @@ impl Spool {
             let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".log")).and_then(QueueId::parse) else {
                 continue;
             };
-            let exists = ["new", "cur", "hold"].iter().any(|dir| self.path(dir, &id).exists());
+            // The log's lock keeps the operator's hold and release from moving the message
+            // while it is looked for; a run's own move (new -> cur) goes the way it is looked.
+            let Ok(Some(_log)) = self.lock_log(&id, Duration::ZERO) else { continue };
+            let exists = ["hold", "new", "cur"].iter().any(|dir| self.path(dir, &id).exists());
             if !exists && fs::remove_file(entry.path()).is_ok() {
                 ::log::info!("{id}: removed a delivery log left without its message");
                 removed += 1;
