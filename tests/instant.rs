@@ -77,3 +77,34 @@ fn mail_from_sendmail_is_delivered_at_once_without_a_daemon() {
     let took = arrival(&dir.path().join("maildirs/alice"), Duration::from_secs(5));
     assert!(took.is_some_and(|t| t < Duration::from_secs(1)), "{took:?}");
 }
+
+/// `instant_delivery` follows a reload: off at start, a message waits in the queue; turned
+/// on by SIGHUP, the next one lands at once.
+#[test]
+fn a_reload_turns_instant_delivery_on() {
+    let server = support::Server::start("");
+    let conf = server.dir.path().join("postern.conf");
+    let send = |subject: &str| {
+        let mut c = support::Client::greeted(server.addr);
+        c.cmd("EHLO client.test");
+        c.open_data("someone@remote.test", &["alice@example.test"]);
+        assert!(c.mail_text(format!("Subject: {subject}\r\n\r\nx\r\n").as_bytes()).starts_with("250 "));
+    };
+    let alice = server.dir.path().join("maildirs/alice");
+    send("waits");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(support::maildir(&alice).is_empty(), "instant delivery is off");
+    std::fs::write(&conf, support::instant(&std::fs::read_to_string(&conf).unwrap())).unwrap();
+    std::process::Command::new("kill").arg("-HUP").arg(server.pid().to_string()).status().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !server.log().contains("reloaded ") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    send("at once");
+    while !support::maildir(&alice).iter().any(|m| m.contains("Subject: at once"))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(support::maildir(&alice).iter().any(|m| m.contains("Subject: at once")), "{}", server.log());
+}
