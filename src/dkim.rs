@@ -139,10 +139,7 @@ impl Keys {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            if let Some(path) = line.split_whitespace().nth(2) {
-                keys.paths.push(PathBuf::from(path));
-            }
-            let (domain, key) = parse_key_line(line);
+            let (domain, key) = parse_key_line(line, &mut keys.paths);
             let Some(domain) = domain else {
                 let message = key.err().unwrap_or_default();
                 keys.problems.push(TableError { file: file.clone(), line: i + 1, message });
@@ -197,12 +194,14 @@ impl Keys {
     }
 }
 
-/// One line: the domain it is for (when that much parses), and its key or what is wrong.
-fn parse_key_line(line: &str) -> (Option<String>, Result<Key, String>) {
+/// One line: the domain it is for (when that much parses), and its key or what is wrong; the
+/// key file it names goes into `paths`.
+fn parse_key_line(line: &str, paths: &mut Vec<PathBuf>) -> (Option<String>, Result<Key, String>) {
     let words: Vec<&str> = line.split_whitespace().collect();
     let [domain, selector, key] = words[..] else {
         return (None, Err("expected `domain selector /path/to/key.pem`".into()));
     };
+    paths.push(PathBuf::from(key));
     if crate::smtp::address::Domain::parse(domain).is_err() {
         return (None, Err(format!("`{domain}` is not a domain")));
     }

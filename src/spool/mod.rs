@@ -530,11 +530,16 @@ impl Spool {
             let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".log")).and_then(QueueId::parse) else {
                 continue;
             };
-            // The log's lock keeps the operator's hold and release from moving the message
-            // while it is looked for; a run's own move (new -> cur) goes the way it is looked.
+            let exists = || ["hold", "new", "cur"].iter().any(|dir| self.path(dir, &id).exists());
+            // Most logs have their message: only a log that seems alone is looked at again,
+            // under its lock, which keeps the operator's hold and release from moving the
+            // message while it is looked for (a run's own move, new -> cur, goes the way it
+            // is looked). Every run starts with this sweep: no lock is taken for the rest.
+            if exists() {
+                continue;
+            }
             let Ok(Some(_log)) = self.lock_log(&id, Duration::ZERO) else { continue };
-            let exists = ["hold", "new", "cur"].iter().any(|dir| self.path(dir, &id).exists());
-            if !exists && fs::remove_file(entry.path()).is_ok() {
+            if !exists() && fs::remove_file(entry.path()).is_ok() {
                 ::log::info!("{id}: removed a delivery log left without its message");
                 removed += 1;
             }
