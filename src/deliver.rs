@@ -230,7 +230,7 @@ impl<'a> Runner<'a> {
             log::info!("{}: from={}, size={}, nrcpt={nrcpt} (queue active)", q.id, q.envelope.from, q.envelope.size);
         }
         let mut log = DeliveryLog::open(&log_path).map_err(|e| self.spool_failure(&q.id, &log_path, e))?;
-        let mut failed = self.deliver_due(q, &expanded, &plan, &mut log, summary)?;
+        let mut failed = self.deliver_due(q, &expanded, &plan, &history, &mut log, summary)?;
         failed.splice(0..0, plan.owed_report.iter().cloned());
         let mut made = Vec::new();
         if !failed.is_empty() {
@@ -270,6 +270,7 @@ impl<'a> Runner<'a> {
         q: &Queued,
         expanded: &[Expanded],
         plan: &Plan,
+        history: &[Attempt],
         log: &mut DeliveryLog,
         summary: &mut Summary,
     ) -> Result<Vec<Attempt>, String> {
@@ -280,8 +281,9 @@ impl<'a> Runner<'a> {
                 remote.push((self.relay.route(m), item, m));
                 continue;
             }
-            self.reserve(q, log, 1)?;
-            if let Some(attempt) = self.attempt(q, item) {
+            // The outcome, and a `copying` line before it.
+            self.reserve(q, log, 2)?;
+            if let Some(attempt) = self.attempt(q, item, interrupted_copy(history, &item.key()), log) {
                 crate::fault::crash_point("after-local-copy");
                 self.record(q, log, item, attempt, summary, &mut failed)?;
             }
@@ -416,7 +418,16 @@ impl<'a> Runner<'a> {
     }
 
     /// Delivers to one local recipient; `None` when it is remote (see `relay`).
-    fn attempt(&self, q: &Queued, item: &Expanded) -> Option<Attempt> {
+    /// One local copy. A maildir copy is named and its name noted in the log first; when an
+    /// earlier run noted a copy (`interrupted`) and was killed before its outcome, the copy
+    /// is looked for under that name, and one that is there is recorded, not made again.
+    fn attempt(
+        &self,
+        q: &Queued,
+        item: &Expanded,
+        interrupted: Option<&str>,
+        log: &mut DeliveryLog,
+    ) -> Option<Attempt> {
         let attempt = |place: Where, event: Event<'_>| {
             let v = judge(event);
             let (recipient, status) = (item.key(), Some(v.status));
@@ -440,10 +451,39 @@ impl<'a> Runner<'a> {
                     .attempt_as(q, &to, Where::Local, attempt, |w, m| w.append(path, &q.envelope.from, alias, m));
             }
         };
+        if let Some(name) = interrupted {
+            let found = match owner {
+                Some(user) => self.writer.as_ref().and_then(|w| w.look(user, name)),
+                None => crate::maildir::find_copy(maildir, name),
+            };
+            if let Some(path) = found {
+                log::info!("{}: <{address}>: the copy a killed run made is there; not copied again", q.id);
+                return Some(attempt(Where::Maildir, Event::Delivered(&path.display().to_string())));
+            }
+        }
+        if owner.is_some() && self.writer.is_none() {
+            log::info!("{}: <{address}> is left for a delivery run started as root", q.id);
+            return None;
+        }
+        let name = crate::maildir::new_name(&self.config.hostname);
+        let note = Attempt {
+            time: self.now,
+            outcome: Outcome::Copying,
+            recipient: item.key(),
+            status: None,
+            relay: Where::Maildir,
+            text: name.clone(),
+        };
+        if let Err(e) = log.note(&note) {
+            // Only the chance to recognise this copy after a crash is lost.
+            log::warn!("{}: {}: {e}", q.id, self.spool.log_path(&q.id).display());
+        }
+        crate::fault::crash_point("local-copy-noted");
         if let Some(user) = owner {
             let to = format!("<{address}>");
-            return self
-                .attempt_as(q, &to, Where::Maildir, attempt, |w, m| w.write(user, &q.envelope.from, address, m));
+            return self.attempt_as(q, &to, Where::Maildir, attempt, |w, m| {
+                w.write(user, &q.envelope.from, address, &name, m)
+            });
         }
         let stamp = Stamp {
             return_path: &q.envelope.from,
@@ -451,7 +491,7 @@ impl<'a> Runner<'a> {
             hostname: &self.config.hostname,
             follow_symlinks: self.config.follow_maildir_symlinks,
         };
-        Some(match deliver_to_maildir(maildir, &stamp, || Ok(q.message())) {
+        Some(match deliver_to_maildir(maildir, &stamp, &name, || Ok(q.message())) {
             Ok(path) => attempt(Where::Maildir, Event::Delivered(&path.display().to_string())),
             Err(e) => attempt(Where::Maildir, Event::Maildir(&e.into_temporary())),
         })
@@ -493,13 +533,7 @@ impl<'a> Runner<'a> {
         if a.recipient.starts_with('<') && item.original.to_string() != a.recipient {
             let _ = write!(line, ", orig_to={}", item.original);
         }
-        let status = match a.outcome {
-            Outcome::Sent => "sent",
-            Outcome::Deferred => "deferred",
-            Outcome::Bounced => "bounced",
-            Outcome::Warned => "warned",
-            Outcome::Reported => "reported",
-        };
+        let status = a.outcome.name();
         let delay = self.now.saturating_sub(q.envelope.arrived);
         let dsn = a.status_text();
         log::info!("{line}, relay={}, delay={delay}, dsn={dsn}, status={status} ({})", a.relay, a.text);
@@ -644,7 +678,7 @@ fn count(summary: &mut Summary, outcome: Outcome) {
         Outcome::Sent => summary.sent += 1,
         Outcome::Deferred => summary.deferred += 1,
         Outcome::Bounced => summary.bounced += 1,
-        Outcome::Warned | Outcome::Reported => {}
+        Outcome::Warned | Outcome::Reported | Outcome::Copying => {}
     }
 }
 
@@ -696,4 +730,11 @@ fn read_headers(q: &Queued) -> Vec<u8> {
     let mut head = Vec::new();
     let _ = q.message().take(64 * 1024).read_to_end(&mut head);
     head
+}
+
+/// The name of the maildir copy an earlier run noted for `key` and did not record an
+/// outcome for (it was killed in between).
+fn interrupted_copy<'a>(history: &'a [Attempt], key: &str) -> Option<&'a str> {
+    let last = history.iter().rev().find(|a| a.recipient == key)?;
+    (last.outcome == Outcome::Copying).then_some(last.text.as_str())
 }

@@ -14,8 +14,11 @@
 //! `alias_user`: only commands and files the aliases name, so the run cannot choose others.
 //!
 //! Requests and replies are one line each, fields split by tabs:
-//! `mailbox|command|file<TAB>USER|COMMAND|PATH<TAB>RETURN-PATH<TAB>DELIVERED-TO<TAB>SIZE`
+//! `mailbox|command|file|look<TAB>USER|COMMAND|PATH<TAB>RETURN-PATH<TAB>DELIVERED-TO<TAB>NAME<TAB>SIZE`
 //! then SIZE octets of message; `ok<TAB>WHERE` or `err<TAB>full|unsafe|loop|io|refused<TAB>TEXT`.
+//! NAME is the maildir file name the run chose and recorded for a `mailbox` copy (`-` for
+//! the others); `look` asks whether USER's maildir has a copy under NAME (`ok<TAB>WHERE`, or
+//! `none<TAB>-`), after a run was killed between a copy and its record.
 
 use std::ffi::OsString;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -61,15 +64,21 @@ impl Writer {
         Ok(Writer { inner: Mutex::new(Helper { child, input: Some(input), output: BufReader::new(output) }) })
     }
 
-    /// One copy into `user`'s maildir, written as `user`.
+    /// One copy into `user`'s maildir under `name` (`maildir::new_name`), written as `user`.
     pub fn write(
         &self,
         user: &str,
         return_path: &ReversePath,
         delivered_to: &str,
+        name: &str,
         message: &[u8],
     ) -> Result<PathBuf, MaildirError> {
-        self.ask("mailbox", user, return_path, delivered_to, message)
+        self.ask(["mailbox", user, &return_path.to_string(), delivered_to, name], message)
+    }
+
+    /// Where `user`'s maildir has the copy named `name`, if it has it (`maildir::find_copy`).
+    pub fn look(&self, user: &str, name: &str) -> Option<PathBuf> {
+        self.ask(["look", user, "<>", "-", name], b"").ok()
     }
 
     /// One copy to an alias's command, run as `alias_user`.
@@ -80,7 +89,7 @@ impl Writer {
         alias: &str,
         message: &[u8],
     ) -> Result<PathBuf, MaildirError> {
-        self.ask("command", command, from, alias, message)
+        self.ask(["command", command, &from.to_string(), alias, "-"], message)
     }
 
     /// One copy appended to an alias's mbox file, as `alias_user`.
@@ -91,23 +100,18 @@ impl Writer {
         alias: &str,
         message: &[u8],
     ) -> Result<PathBuf, MaildirError> {
-        self.ask("file", &path.display().to_string(), from, alias, message)
+        self.ask(["file", &path.display().to_string(), &from.to_string(), alias, "-"], message)
     }
 
-    fn ask(
-        &self,
-        kind: &str,
-        who: &str,
-        return_path: &ReversePath,
-        delivered_to: &str,
-        message: &[u8],
-    ) -> Result<PathBuf, MaildirError> {
-        if [who, delivered_to].iter().any(|f| f.contains(['\t', '\n', '\r'])) {
+    /// One request: kind, who, return path, delivered-to and name, then the message.
+    fn ask(&self, fields: [&str; 5], message: &[u8]) -> Result<PathBuf, MaildirError> {
+        let who = fields[1];
+        if fields.iter().any(|f| f.contains(['\t', '\n', '\r'])) {
             return Err(MaildirError::Unsafe(format!("`{}`: a tab or line end in it", who.escape_default())));
         }
         let mut helper = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let helper = &mut *helper;
-        let request = format!("{kind}\t{who}\t{return_path}\t{delivered_to}\t{}\n", message.len());
+        let request = format!("{}\t{}\n", fields.join("\t"), message.len());
         let Some(input) = helper.input.as_mut() else { return Err(MaildirError::Io("local writer: closed".into())) };
         let sent = input.write_all(request.as_bytes()).and_then(|()| input.write_all(message));
         sent.and_then(|()| input.flush()).map_err(|e| MaildirError::Io(format!("local writer for {who}: {e}")))?;
@@ -145,6 +149,7 @@ fn parse_reply(line: &str) -> Result<PathBuf, MaildirError> {
     let mut fields = line.trim_end_matches('\n').splitn(3, '\t');
     match (fields.next(), fields.next(), fields.next()) {
         (Some("ok"), Some(path), None) => Ok(PathBuf::from(path)),
+        (Some("none"), Some("-"), None) => Err(MaildirError::Io("no such copy".into())),
         (Some("err"), Some("full"), Some(t)) => Err(MaildirError::Full(t.to_string())),
         (Some("err"), Some("unsafe"), Some(t)) => Err(MaildirError::Unsafe(t.to_string())),
         (Some("err"), Some("loop"), _) => Err(MaildirError::Loop),
@@ -161,6 +166,8 @@ struct Request {
     user: String,
     return_path: ReversePath,
     delivered_to: String,
+    /// The maildir file name of a `mailbox` or `look` request.
+    name: String,
     message: Vec<u8>,
 }
 
@@ -171,7 +178,7 @@ fn read_request(input: &mut impl BufRead, max: u64) -> io::Result<Option<Request
     }
     let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("bad request: {what}"));
     let fields: Vec<&str> = line.trim_end_matches('\n').split('\t').collect();
-    let [kind, user, return_path, delivered_to, size] = fields[..] else { return Err(bad("fields")) };
+    let [kind, user, return_path, delivered_to, name, size] = fields[..] else { return Err(bad("fields")) };
     let size: u64 = size.parse().map_err(|_| bad("size"))?;
     if size > max {
         return Err(bad("too large"));
@@ -186,8 +193,8 @@ fn read_request(input: &mut impl BufRead, max: u64) -> io::Result<Option<Request
     if message.len() as u64 != size {
         return Err(bad("short message"));
     }
-    let (kind, user, delivered_to) = (kind.to_string(), user.to_string(), delivered_to.to_string());
-    Ok(Some(Request { kind, user, return_path, delivered_to, message }))
+    let (kind, user, delivered_to, name) = (kind.to_string(), user.to_string(), delivered_to.to_string(), name.into());
+    Ok(Some(Request { kind, user, return_path, delivered_to, name, message }))
 }
 
 /// `--local-writer`: the helper's loop, as root, until its input closes.
@@ -201,6 +208,15 @@ pub fn serve(config: &Config) -> Result<(), String> {
     while let Some(req) = read_request(&mut input, max).map_err(|e| e.to_string())? {
         let result = match req.kind.as_str() {
             "mailbox" => write_one(config, &users, &exe, &req),
+            "look" => {
+                let found =
+                    mailbox_of(config, &users, &req.user).map(|(_, m)| crate::maildir::find_copy(&m, &req.name));
+                output
+                    .write_all(look_reply(found).as_bytes())
+                    .and_then(|()| output.flush())
+                    .map_err(|e| e.to_string())?;
+                continue;
+            }
             "command" => run_command(config, &users, &req),
             "file" => append_file(config, &users, &exe, &req),
             other => Err(MaildirError::Unsafe(format!("unknown request `{other}`"))),
@@ -210,21 +226,38 @@ pub fn serve(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-fn write_one(config: &Config, users: &LocalUsers, exe: &Path, req: &Request) -> Result<PathBuf, MaildirError> {
+/// A local system user's account and maildir; never root's, never another kind of user's.
+fn mailbox_of(config: &Config, users: &LocalUsers, user: &str) -> Result<(sys::Account, PathBuf), MaildirError> {
     let unsafe_ = |why: String| Err(MaildirError::Unsafe(why));
     // Only the system's users get copies written as themselves, and only local users.
-    if !config.system_users || users.lookup_name(&req.user).as_deref() != Some(req.user.as_str()) {
-        return unsafe_(format!("{}: not a local system user", req.user));
+    if !config.system_users || users.lookup_name(user).as_deref() != Some(user) {
+        return unsafe_(format!("{user}: not a local system user"));
     }
-    let account = match sys::account_named(&req.user) {
+    let account = match sys::account_named(user) {
         Ok(Some(a)) => a,
-        Ok(None) => return unsafe_(format!("{}: no such account", req.user)),
-        Err(e) => return Err(MaildirError::Io(format!("{}: {e}", req.user))),
+        Ok(None) => return unsafe_(format!("{user}: no such account")),
+        Err(e) => return Err(MaildirError::Io(format!("{user}: {e}"))),
     };
     if account.uid == 0 {
-        return unsafe_(format!("{}: never delivered as root", req.user));
+        return unsafe_(format!("{user}: never delivered as root"));
     }
-    let Some(maildir) = users.maildir(&req.user) else { return unsafe_(format!("{}: no mailbox", req.user)) };
+    match users.maildir(user) {
+        Some(maildir) => Ok((account, maildir)),
+        None => unsafe_(format!("{user}: no mailbox")),
+    }
+}
+
+/// The reply to `look`: where the copy is, or that there is none (also when the user has
+/// no maildir to look in: the copy is then made, and refused, as before).
+fn look_reply(found: Result<Option<PathBuf>, MaildirError>) -> String {
+    match found {
+        Ok(Some(path)) => reply(&Ok(path)),
+        _ => "none\t-\n".to_string(),
+    }
+}
+
+fn write_one(config: &Config, users: &LocalUsers, exe: &Path, req: &Request) -> Result<PathBuf, MaildirError> {
+    let (account, maildir) = mailbox_of(config, users, &req.user)?;
     let groups = sys::groups_of(&account.name, account.gid).map_err(|e| MaildirError::Io(e.to_string()))?;
     let mut command = Command::new(exe);
     command
@@ -234,6 +267,7 @@ fn write_one(config: &Config, users: &LocalUsers, exe: &Path, req: &Request) -> 
         .arg(&req.delivered_to)
         .arg(&config.hostname)
         .arg(if config.follow_maildir_symlinks { "follow" } else { "nofollow" })
+        .arg(&req.name)
         .env_clear()
         .current_dir("/")
         .stdin(Stdio::piped())
@@ -490,11 +524,11 @@ fn write_mbox(path: &Path, sender: &ReversePath, copy: &[u8]) -> io::Result<()> 
     Ok(())
 }
 
-/// `--write-maildir DIR RETURN-PATH DELIVERED-TO HOSTNAME follow|nofollow`: one copy, as the
-/// user this process already is; the reply on stdout.
+/// `--write-maildir DIR RETURN-PATH DELIVERED-TO HOSTNAME follow|nofollow NAME`: one copy
+/// under NAME, as the user this process already is; the reply on stdout.
 pub fn write_maildir(args: &[String]) -> bool {
     let result = (|| {
-        let [dir, return_path, delivered_to, hostname, follow] = args else {
+        let [dir, return_path, delivered_to, hostname, follow, name] = args else {
             return Err(MaildirError::Io("--write-maildir: wrong arguments".into()));
         };
         let return_path = match return_path.as_str() {
@@ -505,7 +539,7 @@ pub fn write_maildir(args: &[String]) -> bool {
         let mut message = Vec::new();
         io::stdin().read_to_end(&mut message).map_err(|e| MaildirError::Io(e.to_string()))?;
         let stamp = Stamp { return_path: &return_path, delivered_to, hostname, follow_symlinks: follow == "follow" };
-        deliver_to_maildir(Path::new(dir), &stamp, || Ok(&message[..]))
+        deliver_to_maildir(Path::new(dir), &stamp, name, || Ok(&message[..]))
     })();
     let ok = result.is_ok();
     let _ = io::stdout().write_all(reply(&result).as_bytes());
@@ -535,13 +569,13 @@ mod tests {
 
     #[test]
     fn requests_are_read_whole_or_refused() {
-        let mut ok = &b"mailbox\talice\t<a@b.test>\talice@example.test\t3\nabcrest"[..];
+        let mut ok = &b"mailbox\talice\t<a@b.test>\talice@example.test\t1.M1P1Q0.h\t3\nabcrest"[..];
         let req = read_request(&mut ok, 100).unwrap().unwrap();
         assert_eq!((req.kind.as_str(), req.user.as_str(), req.message.as_slice()), ("mailbox", "alice", &b"abc"[..]));
-        assert_eq!(req.delivered_to, "alice@example.test");
-        let mut null = &b"command\t/bin/true\t<>\tbob@example.test\t0\n"[..];
+        assert_eq!((req.delivered_to.as_str(), req.name.as_str()), ("alice@example.test", "1.M1P1Q0.h"));
+        let mut null = &b"command\t/bin/true\t<>\tbob@example.test\t-\t0\n"[..];
         assert_eq!(read_request(&mut null, 100).unwrap().unwrap().return_path, ReversePath::Null);
-        for bad in [&b"mailbox\talice\t<a@b.test>\tx\t9\nabc"[..], b"alice\tx\n", b"file\ta\t<>\tb\t1000\n"] {
+        for bad in [&b"mailbox\talice\t<a@b.test>\tx\t-\t9\nabc"[..], b"alice\tx\n", b"file\ta\t<>\tb\t-\t1000\n"] {
             let mut input = bad;
             assert!(read_request(&mut input, 100).is_err(), "{}", String::from_utf8_lossy(bad));
         }

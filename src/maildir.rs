@@ -60,20 +60,24 @@ pub struct Stamp<'a> {
     pub follow_symlinks: bool,
 }
 
-/// Delivers the message read from `open()` (CRLF lines, as spooled) into `maildir`.
-/// `open` is called once for the loop check and once for the copy.
+/// Delivers the message read from `open()` (CRLF lines, as spooled) into `maildir`, under
+/// `name` (from `new_name`, which the caller may have recorded first). `open` is called once
+/// for the loop check and once for the copy.
 pub fn deliver_to_maildir<R: Read>(
     maildir: &Path,
     stamp: &Stamp<'_>,
+    name: &str,
     mut open: impl FnMut() -> io::Result<R>,
 ) -> Result<PathBuf, MaildirError> {
+    if !is_plain_name(name) {
+        return Err(MaildirError::Unsafe(format!("`{}`: not a maildir file name", name.escape_default())));
+    }
     let io_err = |e: io::Error| MaildirError::from_io(&e, maildir);
     if has_delivered_to(open().map_err(io_err)?, stamp.delivered_to).map_err(io_err)? {
         return Err(MaildirError::Loop);
     }
     let (tmp, new) = prepare(maildir, stamp.follow_symlinks)?;
-    let name = unique_name(stamp.hostname);
-    let tmp_path = tmp.join(&name);
+    let tmp_path = tmp.join(name);
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -86,7 +90,7 @@ pub fn deliver_to_maildir<R: Read>(
         let _ = fs::remove_file(&tmp_path);
         return Err(MaildirError::from_io(&e, &tmp_path));
     }
-    let new_path = new.join(&name);
+    let new_path = new.join(name);
     let moved = fs::rename(&tmp_path, &new_path).and_then(|()| File::open(&new)?.sync_all());
     moved.map_err(|e| {
         let _ = fs::remove_file(&tmp_path);
@@ -155,8 +159,35 @@ fn open_directory(dir: &Path, follow_symlinks: bool) -> Result<File, MaildirErro
     })
 }
 
+/// The copy named `name` when it is in the maildir: in `new/`, or in `cur/` where a reader
+/// moved it and added its info (`NAME:2,S`, or Dovecot's `NAME,S=1234,W=1250:2,S`). Only
+/// after a run was killed between a copy and its record, so reading `cur/` is rare.
+pub fn find_copy(maildir: &Path, name: &str) -> Option<PathBuf> {
+    if !is_plain_name(name) {
+        return None;
+    }
+    let maildir: PathBuf = maildir.components().collect();
+    let new = maildir.join("new").join(name);
+    if fs::symlink_metadata(&new).is_ok() {
+        return Some(new);
+    }
+    let cur = maildir.join("cur");
+    fs::read_dir(&cur).ok()?.flatten().map(|e| e.file_name()).find_map(|file| {
+        let rest = file.to_str()?.strip_prefix(name)?;
+        (rest.is_empty() || rest.starts_with([':', ',', ';'])).then(|| cur.join(&file))
+    })
+}
+
+/// A name a maildir file can have: no `/`, not hidden, printable, not too long.
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_graphic() && b != b'/')
+}
+
 /// `1795431945.M123456P4242Q7.mail.example.test`, unique per host, process and delivery.
-fn unique_name(hostname: &str) -> String {
+pub fn new_name(hostname: &str) -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let count = DELIVERIES.fetch_add(1, Ordering::Relaxed);
     let host = hostname.replace('/', "\\057").replace(':', "\\072");
@@ -274,7 +305,8 @@ mod tests {
         let dir = temp("ok");
         let from = ReversePath::parse(b"sender@remote.test").unwrap();
         let message = b"Received: x\r\nSubject: hi\r\n\r\nbody\r\n".to_vec();
-        let path = deliver_to_maildir(&dir.join("alice"), &stamp(&from), || Ok(&message[..])).unwrap();
+        let name = new_name("a:b/c");
+        let path = deliver_to_maildir(&dir.join("alice"), &stamp(&from), &name, || Ok(&message[..])).unwrap();
         let text = fs::read_to_string(&path).unwrap();
         assert_eq!(
             text,
@@ -292,10 +324,39 @@ mod tests {
     fn two_deliveries_make_two_files() {
         let dir = temp("two");
         let from = ReversePath::Null;
-        let a = deliver_to_maildir(&dir, &stamp(&from), || Ok(&b"x\r\n"[..])).unwrap();
-        let b = deliver_to_maildir(&dir, &stamp(&from), || Ok(&b"x\r\n"[..])).unwrap();
+        let a = deliver_to_maildir(&dir, &stamp(&from), &new_name("h.test"), || Ok(&b"x\r\n"[..])).unwrap();
+        let b = deliver_to_maildir(&dir, &stamp(&from), &new_name("h.test"), || Ok(&b"x\r\n"[..])).unwrap();
         assert_ne!(a, b);
         assert!(fs::read_to_string(a).unwrap().starts_with("Return-Path: <>\n"));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_copy_is_found_by_its_name_in_new_or_where_a_reader_moved_it() {
+        let dir = temp("find");
+        let from = ReversePath::Null;
+        let name = new_name("h.test");
+        assert_eq!(find_copy(&dir, &name), None, "no maildir yet");
+        let made = deliver_to_maildir(&dir, &stamp(&from), &name, || Ok(&b"x\r\n"[..])).unwrap();
+        assert_eq!(find_copy(&dir, &name), Some(made.clone()));
+        assert_eq!(find_copy(&dir, &new_name("h.test")), None, "another name");
+        let mut at = made;
+        for moved in [format!("{name}:2,S"), format!("{name},S=1234,W=1250:2,RS"), name.clone()] {
+            let to = dir.join("cur").join(&moved);
+            fs::rename(&at, &to).unwrap();
+            assert_eq!(find_copy(&dir, &name), Some(to.clone()), "{moved}");
+            at = to;
+        }
+        // A longer name that begins with this one is another message.
+        fs::rename(&at, dir.join("cur").join(format!("{name}x"))).unwrap();
+        assert_eq!(find_copy(&dir, &name), None);
+        for bad in ["", "../x", ".hidden", "a/b", "a b"] {
+            assert_eq!(find_copy(&dir, bad), None, "{bad}");
+            assert!(matches!(
+                deliver_to_maildir(&dir, &stamp(&from), bad, || Ok(&b"x\r\n"[..])),
+                Err(MaildirError::Unsafe(_))
+            ));
+        }
         fs::remove_dir_all(dir).unwrap();
     }
 
@@ -304,9 +365,12 @@ mod tests {
         let dir = temp("loop");
         let from = ReversePath::Null;
         let looping = b"Delivered-To: Alice@Example.Test\r\n\r\nx\r\n";
-        assert_eq!(deliver_to_maildir(&dir, &stamp(&from), || Ok(&looping[..])), Err(MaildirError::Loop));
+        assert_eq!(
+            deliver_to_maildir(&dir, &stamp(&from), &new_name("h.test"), || Ok(&looping[..])),
+            Err(MaildirError::Loop)
+        );
         let in_body = b"Subject: x\r\n\r\nDelivered-To: alice@example.test\r\n";
-        assert!(deliver_to_maildir(&dir, &stamp(&from), || Ok(&in_body[..])).is_ok());
+        assert!(deliver_to_maildir(&dir, &stamp(&from), &new_name("h.test"), || Ok(&in_body[..])).is_ok());
         fs::remove_dir_all(dir).unwrap();
     }
 
@@ -317,11 +381,11 @@ mod tests {
         fs::create_dir_all(dir.join("alice")).unwrap();
         std::os::unix::fs::symlink(dir.join("elsewhere"), dir.join("alice/new")).unwrap();
         let from = ReversePath::Null;
-        let result = deliver_to_maildir(&dir.join("alice"), &stamp(&from), || Ok(&b"x\r\n"[..]));
+        let result = deliver_to_maildir(&dir.join("alice"), &stamp(&from), &new_name("h.test"), || Ok(&b"x\r\n"[..]));
         assert!(matches!(result, Err(MaildirError::Unsafe(_))), "{result:?}");
         assert_eq!(fs::read_dir(dir.join("elsewhere")).unwrap().count(), 0);
         let allowed = Stamp { follow_symlinks: true, ..stamp(&from) };
-        assert!(deliver_to_maildir(&dir.join("alice"), &allowed, || Ok(&b"x\r\n"[..])).is_ok());
+        assert!(deliver_to_maildir(&dir.join("alice"), &allowed, &new_name("h.test"), || Ok(&b"x\r\n"[..])).is_ok());
         assert_eq!(fs::read_dir(dir.join("elsewhere")).unwrap().count(), 1, "configured: followed");
         fs::remove_dir_all(dir).unwrap();
     }
@@ -334,12 +398,16 @@ mod tests {
         let from = ReversePath::Null;
         let base = dir.join("bob").display().to_string();
         for spelling in [base.clone(), format!("{base}/"), format!("{base}//"), format!("{base}/.")] {
-            let result = deliver_to_maildir(Path::new(&spelling), &stamp(&from), || Ok(&b"x\r\n"[..]));
+            let result =
+                deliver_to_maildir(Path::new(&spelling), &stamp(&from), &new_name("h.test"), || Ok(&b"x\r\n"[..]));
             assert!(matches!(result, Err(MaildirError::Unsafe(_))), "{spelling}: {result:?}");
         }
         assert_eq!(fs::read_dir(dir.join("target")).unwrap().count(), 0, "nothing made through the link");
         let allowed = Stamp { follow_symlinks: true, ..stamp(&from) };
-        assert!(deliver_to_maildir(Path::new(&format!("{base}/")), &allowed, || Ok(&b"x\r\n"[..])).is_ok());
+        assert!(
+            deliver_to_maildir(Path::new(&format!("{base}/")), &allowed, &new_name("h.test"), || Ok(&b"x\r\n"[..]))
+                .is_ok()
+        );
         assert_eq!(fs::read_dir(dir.join("target/new")).unwrap().count(), 1);
         fs::remove_dir_all(dir).unwrap();
     }

@@ -161,7 +161,7 @@ mod tests {
             Outcome::Sent => "sent",
             Outcome::Deferred => "deferred",
             Outcome::Bounced => "bounced",
-            Outcome::Warned | Outcome::Reported => "other",
+            Outcome::Warned | Outcome::Reported | Outcome::Copying => "other",
         };
         format!("{outcome} {}", v.status)
     }

@@ -273,6 +273,34 @@ fn two_overlapping_runs_deliver_each_message_once() {
 }
 
 #[test]
+fn a_message_delivered_by_another_run_since_the_listing_is_passed_over_quietly() {
+    // The whole run holds its listing while it waits on a slow relay; meanwhile an instant
+    // delivery (`--id`) delivers the second message, which the run then finds gone.
+    let slow = support::FakeMx::start("127.0.0.1:0", |line| {
+        (line == "CONNECT").then(|| std::thread::sleep(std::time::Duration::from_millis(1500)));
+        None
+    });
+    let s = Setup::new(&format!("max_delivery_threads = 1\nrelayhost = [127.0.0.1]:{}\n", slow.addr.port()));
+    s.queue("sender@remote.test", &["bob@remote.test"], now(), "Subject: slow\r\n\r\nx\r\n");
+    let local = s.queue("sender@remote.test", &["alice@example.test"], now(), "Subject: local\r\n\r\nx\r\n");
+    let conf = s.conf.clone();
+    let whole = std::thread::spawn(move || support::deliver_with(&conf, &[], &[]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while slow.connections() == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(slow.connections(), 1, "the whole run is at the relay");
+    s.deliver(now(), &["--id", &local]);
+    assert_eq!(maildir_messages(&s.alice()).len(), 1);
+    let (status, log) = whole.join().unwrap();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("cannot open"), "a false warning: {log}");
+    assert_eq!(slow.messages().len(), 1, "{log}");
+    assert_eq!(maildir_messages(&s.alice()).len(), 1, "{log}");
+    assert!(s.queued().is_empty(), "{log}");
+}
+
+#[test]
 fn a_truncated_queue_file_is_put_aside_not_delivered() {
     let s = Setup::new("");
     let id = s.queue("sender@remote.test", &["alice@example.test"], now(), "Subject: whole\r\n\r\nsome text here\r\n");

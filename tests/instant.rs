@@ -108,3 +108,85 @@ fn a_reload_turns_instant_delivery_on() {
     }
     assert!(support::maildir(&alice).iter().any(|m| m.contains("Subject: at once")), "{}", server.log());
 }
+
+/// The server and every process it started, stopped first so that none starts another,
+/// then killed with SIGKILL, as a crash or an OOM kill of the whole group leaves them.
+fn kill_everything(server: Server) -> TempDir {
+    let pid = server.pid();
+    let signal = |sig: &str, pid: u32| {
+        let _ = Command::new("kill").arg(sig).arg(pid.to_string()).status();
+    };
+    signal("-STOP", pid);
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        let below = support::children(all[i]);
+        below.iter().for_each(|&c| signal("-STOP", c));
+        all.extend(below);
+        i += 1;
+    }
+    all[1..].iter().for_each(|&c| signal("-KILL", c));
+    server.kill9()
+}
+
+/// The crash the queue's copies are made for: the server and its deliveries in flight are
+/// killed at once, three times, under load. Every acknowledged message reaches alice's
+/// maildir exactly once: a copy made but not yet recorded is found by the next run under
+/// the name its run noted, not made a second time (doc/queue.md).
+#[test]
+fn killed_with_deliveries_in_flight_nothing_is_lost_or_copied_twice() {
+    let mut dir = TempDir::new("instant-kill");
+    let config = instant(&config_with(dir.path(), "max_connections = 100\nmax_per_ip = 100\n"));
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    for round in 0..3 {
+        let server = Server::start_in(dir, &config);
+        let addr = server.addr;
+        let stop = Instant::now() + Duration::from_millis(1200);
+        let clients: Vec<_> = (0..8)
+            .map(|t| {
+                let acknowledged = std::sync::Arc::clone(&acknowledged);
+                std::thread::spawn(move || {
+                    let mut c = Client::greeted(addr);
+                    let mut say = |line: &str| {
+                        let _ = c.stream.write_all(line.as_bytes());
+                        c.reply()
+                    };
+                    say("EHLO crash.test\r\n");
+                    for n in 0..5000 {
+                        if Instant::now() > stop + Duration::from_secs(5) {
+                            return;
+                        }
+                        let subject = format!("r{round}-t{t}-n{n}");
+                        let sent = say("MAIL FROM:<a@remote.test>\r\n").starts_with("250")
+                            && say("RCPT TO:<alice@example.test>\r\n").starts_with("250")
+                            && say("DATA\r\n").starts_with("354")
+                            && say(&format!("Subject: {subject}\r\n\r\nbody\r\n.\r\n")).starts_with("250 ");
+                        if !sent {
+                            return;
+                        }
+                        acknowledged.lock().unwrap().push(subject);
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(stop - Instant::now());
+        dir = kill_everything(server);
+        for c in clients {
+            c.join().unwrap();
+        }
+    }
+    // What the kills left in the queue goes in one whole run.
+    support::deliver(&dir.path().join("postern.conf"), None, &[]);
+    assert!(support::waiting(&dir.path().join("spool")).is_empty());
+    let mut copies = std::collections::HashMap::<String, usize>::new();
+    for message in support::maildir(&dir.path().join("maildirs/alice")) {
+        let subject = message.lines().find_map(|l| l.strip_prefix("Subject: ")).unwrap_or("").to_string();
+        *copies.entry(subject).or_default() += 1;
+    }
+    let acknowledged = acknowledged.lock().unwrap();
+    assert!(acknowledged.len() > 100, "too few messages before the kills: {}", acknowledged.len());
+    let lost: Vec<&String> = acknowledged.iter().filter(|s| !copies.contains_key(*s)).collect();
+    let twice: Vec<(&String, &usize)> = copies.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(lost.is_empty(), "{} acknowledged messages lost: {lost:?}", lost.len());
+    assert!(twice.is_empty(), "{} messages copied more than once: {twice:?}", twice.len());
+}

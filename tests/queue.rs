@@ -8,7 +8,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 
 use postern::smtp::command::BodyType;
-use support::{FakeMx, SmallFs, TempDir, deliver_with, list, maildir, now, waiting};
+use support::{FakeMx, Server, SmallFs, TempDir, deliver_with, list, maildir, now, waiting};
 
 const HOUR: u64 = 3600;
 
@@ -154,14 +154,38 @@ fn setup(extra: &str) -> Crashed {
 }
 
 #[test]
-fn killed_after_a_local_copy_the_next_run_delivers_it_at_worst_twice() {
+fn killed_after_a_local_copy_the_next_run_finds_it_and_makes_no_second() {
     let c = setup("");
+    let cur = c.dir.path().join("maildirs/alice/cur");
     queue(c.dir.path(), "sender@remote.test", &["alice@example.test"], now());
     crash_at(&c.conf, "after-local-copy", now());
     assert_eq!(alice(c.dir.path()).len(), 1, "the copy was made before the crash");
-    run_ok(&c.conf, now());
-    let copies = alice(c.dir.path()).len();
-    assert_eq!(copies, 2, "the copy was not recorded, so it is made again (the window doc/queue.md names)");
+    let log = run_ok(&c.conf, now());
+    assert_eq!(alice(c.dir.path()).len(), 1, "{log}");
+    assert!(log.contains("the copy a killed run made is there; not copied again"), "{log}");
+    assert!(log.contains("status=sent"), "{log}");
+    assert_queue_empty(c.dir.path());
+
+    // A reader moved the copy to cur/ (Dovecot's name) before the next run: found there.
+    queue(c.dir.path(), "sender@remote.test", &["alice@example.test"], now());
+    crash_at(&c.conf, "after-local-copy", now());
+    let new = list(&c.dir.path().join("maildirs/alice/new"));
+    assert_eq!(new.len(), 2);
+    for copy in new {
+        let name = copy.file_name().unwrap().to_str().unwrap().to_string();
+        std::fs::rename(&copy, cur.join(format!("{name},S=120,W=125:2,S"))).unwrap();
+    }
+    let log = run_ok(&c.conf, now());
+    assert_eq!(alice(c.dir.path()).len() + list(&cur).len(), 2, "{log}");
+    assert_queue_empty(c.dir.path());
+
+    // Killed after the name was noted, before the copy: the copy is made once.
+    queue(c.dir.path(), "sender@remote.test", &["alice@example.test"], now());
+    crash_at(&c.conf, "local-copy-noted", now());
+    assert!(alice(c.dir.path()).is_empty());
+    let log = run_ok(&c.conf, now());
+    assert_eq!(alice(c.dir.path()).len(), 1, "{log}");
+    assert!(!log.contains("not copied again"), "{log}");
     assert_queue_empty(c.dir.path());
 }
 
@@ -253,6 +277,10 @@ fn a_message_left_under_two_names_is_delivered_once() {
 
 /// A message a local user left in maildrop/ (as the setgid postern-sendmail leaves it).
 fn drop_one(dir: &Path) -> String {
+    drop_text(dir, b"Subject: dropped\r\n\r\nbody\r\n")
+}
+
+fn drop_text(dir: &Path, text: &[u8]) -> String {
     use postern::smtp::address::{ForwardPath, ReversePath};
     let maildrop = dir.join("spool/maildrop");
     std::fs::create_dir_all(&maildrop).unwrap();
@@ -260,7 +288,6 @@ fn drop_one(dir: &Path) -> String {
         (ReversePath::parse(b"carol@example.test").unwrap(), ForwardPath::parse(b"alice@example.test").unwrap());
     let envelope = postern::spool::Envelope::local(now(), from, vec![to], BodyType::SevenBit, false);
     let id = postern::spool::QueueId::generate();
-    let text = b"Subject: dropped\r\n\r\nbody\r\n";
     postern::spool::maildrop::drop_message(&dir.join("spool"), &id, &envelope, text).unwrap();
     id.to_string()
 }
@@ -283,4 +310,69 @@ fn killed_after_a_pickup_queued_a_message_the_next_run_delivers_it_once() {
     run_ok(&c.conf, now());
     assert_eq!(alice(c.dir.path()).len(), 2);
     assert!(alice(c.dir.path()).iter().all(|m| m.contains("Received: by mail.example.test (postern, from userid 0)")));
+}
+
+#[test]
+fn a_pickup_killed_while_writing_is_redone_by_the_daemon_not_lost() {
+    let server = daemon_with_maildrop("pickup");
+    let (dir, conf) = (server.dir.path(), server.dir.path().join("postern.conf"));
+    let spool = dir.join("spool");
+    // The daemon is held so that a cron run, killed mid-pickup, leaves its draft in tmp/ for
+    // the daemon's next pickup to meet (the daemon sweeps tmp/ only when it starts).
+    let signal = |sig: &str| {
+        assert!(std::process::Command::new("kill").arg(sig).arg(server.pid().to_string()).status().unwrap().success())
+    };
+    signal("-STOP");
+    let id = drop_one(dir);
+    crash_at(&conf, "pickup-draft-written", now());
+    assert!(spool.join("tmp").join(&id).exists(), "the killed pickup's draft");
+    signal("-CONT");
+    wait_gone(&spool.join("maildrop").join(&id));
+    assert!(spool.join("new").join(&id).exists(), "queued by the daemon's pickup: {}", server.log());
+    assert!(!spool.join("maildrop").join(&id).exists(), "{}", server.log());
+    let log = run_ok(&conf, now());
+    assert_eq!(alice(dir).len(), 1, "{log}");
+    assert_queue_empty(dir);
+}
+
+/// A daemon started with `maildrop/` in place, as `postern-queue init` leaves it.
+fn daemon_with_maildrop(tag: &str) -> Server {
+    let dir = TempDir::new(tag);
+    std::fs::create_dir_all(dir.path().join("spool/maildrop")).unwrap();
+    let config = support::config_with(dir.path(), "");
+    Server::start_in(dir, &config)
+}
+
+/// Waits (bounded) until `path` is gone.
+fn wait_gone(path: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while path.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_reload_gives_the_daemons_pickup_its_new_host_name_and_size_limit() {
+    let server = daemon_with_maildrop("pickup-reload");
+    let (dir, conf) = (server.dir.path(), server.dir.path().join("postern.conf"));
+    let spool = dir.join("spool");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    let changed =
+        text.replace("hostname = mail.example.test\n", "hostname = mx2.example.test\nmessage_size_limit = 200\n");
+    assert_ne!(text, changed);
+    std::fs::write(&conf, changed).unwrap();
+    std::process::Command::new("kill").arg("-HUP").arg(server.pid().to_string()).status().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !server.log().contains("reloaded ") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(server.log().contains("reloaded "), "{}", server.log());
+    let small = drop_one(dir);
+    wait_gone(&spool.join("maildrop").join(&small));
+    let queued = String::from_utf8_lossy(&std::fs::read(spool.join("new").join(&small)).unwrap()).into_owned();
+    assert!(queued.contains("Received: by mx2.example.test (postern, from userid"), "{queued}");
+    let big = drop_text(dir, format!("Subject: big\r\n\r\n{}\r\n", "x".repeat(300)).as_bytes());
+    wait_gone(&spool.join("maildrop").join(&big));
+    assert!(spool.join("corrupt").join(format!("maildrop-{big}")).exists(), "{}", server.log());
+    assert!(server.log().contains("over message_size_limit"), "{}", server.log());
 }

@@ -712,6 +712,17 @@ fn system_users_get_their_mail_in_their_own_home_written_as_themselves() {
     deliver(&conf, None, &[]);
     owned_by(&bob, 4);
 
+    // A run killed between bob's copy and its record: the next run asks the helper, which
+    // looks as root under the name the run noted, finds the copy and makes no second one.
+    assert!(sendmail(&conf, &[bob.as_str()], b"Subject: killed\n\nonce\n").status.success());
+    let (status, log) = support::deliver_with(&conf, &[("POSTERN_CRASH_AT", "after-local-copy")], &[]);
+    assert!(!status.success() && log.contains("crash point after-local-copy"), "{log}");
+    owned_by(&bob, 5);
+    let log = deliver(&conf, None, &[]);
+    assert!(log.contains("the copy a killed run made is there"), "{log}");
+    owned_by(&bob, 5);
+    assert!(support::waiting(&spool).is_empty(), "{log}");
+
     // Accounts that are no person's (no login shell, no home of their own) are no recipients:
     // refused at RCPT, and bounced at once when mail for them is queued locally.
     let session = b"HELO localhost\r\nMAIL FROM:<>\r\nRCPT TO:<daemon@example.test>\r\n\

@@ -6,6 +6,7 @@
 //! 1795433745 warned - 4.0.0 - delay%20warning%20sent
 //! 1795433745 bounced <carol@remote.test> 5.1.1 mx.remote.test[192.0.2.7]:25 550%205.1.1%20unknown
 //! 1795433745 reported - - - report%20ID2%20to%20<alice@example.test>
+//! 1795433745 copying <alice@example.test> - maildir 1795433745.M5P42Q0.mail.example.test
 //! ```
 //! Fields are separated by one space and %-escaped, so any text round-trips. A last line
 //! without its newline was torn by a crash and is ignored. A line is at most `MAX_LINE`
@@ -38,6 +39,10 @@ pub enum Outcome {
     /// The report for every `bounced` line above this one is queued, or none is owed
     /// (recipient field `-`). Until then a bounced recipient still owes its sender a report.
     Reported,
+    /// A maildir copy is being made under the name in the text field. Written before the
+    /// copy and not synced: when no outcome for that recipient follows it (the run was
+    /// killed), the next run looks for the name in the maildir before it copies again.
+    Copying,
 }
 
 impl Outcome {
@@ -49,6 +54,7 @@ impl Outcome {
             Outcome::Bounced => "bounced",
             Outcome::Warned => "warned",
             Outcome::Reported => "reported",
+            Outcome::Copying => "copying",
         }
     }
 
@@ -59,6 +65,7 @@ impl Outcome {
             "bounced" => Some(Outcome::Bounced),
             "warned" => Some(Outcome::Warned),
             "reported" => Some(Outcome::Reported),
+            "copying" => Some(Outcome::Copying),
             _ => None,
         }
     }
@@ -255,6 +262,17 @@ impl DeliveryLog {
         self.len += line.len() as u64;
         self.reserved_to = self.reserved_to.max(self.len);
         self.appended.push(attempt.clone());
+        Ok(())
+    }
+
+    /// Appends a `copying` line without a sync: it must outlive a killed run, which the
+    /// page cache does, not a power cut, after which a copy may be made twice (doc/queue.md).
+    /// It takes reserved space, like any line, and is not among `appended`.
+    pub fn note(&mut self, attempt: &Attempt) -> io::Result<()> {
+        let line = attempt.to_line();
+        self.file.write_all(line.as_bytes())?;
+        self.len += line.len() as u64;
+        self.reserved_to = self.reserved_to.max(self.len);
         Ok(())
     }
 

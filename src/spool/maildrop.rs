@@ -74,7 +74,7 @@ pub fn watch(
     every: std::time::Duration,
     mut queued: impl FnMut(Vec<QueueId>),
 ) {
-    let watch = match sys::watch_moves_into(&spool.root.join(DIR)) {
+    let mut watch = match sys::watch_moves_into(&spool.root.join(DIR)) {
         Ok(fd) => Some(fd),
         Err(e) => {
             ::log::warn!("{}/: cannot watch it ({e}); picking up every {}s", DIR, every.as_secs());
@@ -84,6 +84,10 @@ pub fn watch(
     // A file whose writer has not finished is looked at again soon, then less and less often.
     let mut retry = RETRY_FIRST;
     loop {
+        // maildrop/ made after the start (`postern-queue init` run later) is watched from then on.
+        if watch.is_none() {
+            watch = sys::watch_moves_into(&spool.root.join(DIR)).ok();
+        }
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let (hostname, max_size) = settings();
         let picked = spool.pickup(&PickupSettings { hostname: &hostname, max_size, now });
@@ -223,7 +227,9 @@ impl Spool {
         if !is_same_file(&file, path) {
             return Ok(One::Nothing);
         }
-        if ["tmp", "new", "cur", "hold", "corrupt"].iter().any(|d| self.path(d, id).exists()) {
+        // Not tmp/: a draft there is a pickup that died before its commit, and nothing of it
+        // is queued (it is swept below).
+        if ["new", "cur", "hold", "corrupt"].iter().any(|d| self.path(d, id).exists()) {
             // An earlier pickup queued it and stopped before removing this name.
             self.finish(path)?;
             return Ok(One::Nothing);
@@ -252,14 +258,20 @@ impl Spool {
         };
         let mut draft = match self.draft_as(id.clone()) {
             Ok(d) => d,
-            // A run's sweep of tmp/ took the new name before it was locked: look again soon,
-            // not after a whole minute.
+            // tmp/ID is the draft of a pickup that died (its lock is free: it goes, and this
+            // pickup writes its own), or a run's sweep of tmp/ took the new name before it
+            // was locked: look again soon, not after a whole minute.
+            Err(SpoolError::Collision) if self.sweep_draft(&self.path("tmp", id)) => match self.draft_as(id.clone()) {
+                Err(SpoolError::Collision) => return Ok(One::Busy),
+                other => other?,
+            },
             Err(SpoolError::Collision) => return Ok(One::Busy),
             Err(e) => return Err(e),
         };
         draft.begin(&envelope)?;
         draft.write(received.as_bytes())?;
         draft.write(body)?;
+        crate::fault::crash_point("pickup-draft-written");
         let size = envelope.size;
         match draft.commit(size) {
             Ok(_) => {}
@@ -357,6 +369,29 @@ mod tests {
         assert!(root.join("corrupt").join(format!("maildrop-{id2}")).exists());
         assert!(!part.exists());
         assert_eq!(fs::read_dir(root.join("new")).unwrap().count(), 0);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_pickup_that_died_while_writing_leaves_a_draft_the_next_one_replaces() {
+        let (root, spool) = spool("died");
+        let id = QueueId::generate();
+        drop_message(&root, &id, &envelope(), b"hi\r\n").unwrap();
+        // As a pickup killed before its commit leaves it: a partial draft, its lock gone.
+        fs::write(spool.path("tmp", &id), b"postern-envelope 1\n").unwrap();
+        assert_eq!(spool.pickup(&settings()).queued, vec![id.clone()]);
+        assert!(!spool.in_maildrop(&id));
+        assert!(!spool.path("tmp", &id).exists());
+        let queued = fs::read(spool.path("new", &id)).unwrap();
+        assert!(queued.ends_with(b"hi\r\n"), "the whole message, not the dead draft");
+        // A draft whose writer is alive is left to it, and the pickup tries again later.
+        let id = QueueId::generate();
+        drop_message(&root, &id, &envelope(), b"hi\r\n").unwrap();
+        let live = File::create(spool.path("tmp", &id)).unwrap();
+        assert!(sys::try_lock_exclusive(&live).unwrap());
+        assert_eq!(spool.pickup(&settings()), Picked { queued: vec![], busy: 1 });
+        assert!(spool.in_maildrop(&id), "its maildrop name stays until it is queued");
+        drop(live);
         fs::remove_dir_all(root).unwrap();
     }
 

@@ -285,17 +285,18 @@ impl Spool {
         let Ok(entries) = fs::read_dir(self.root.join("tmp")) else {
             return 0;
         };
-        let mut removed = 0;
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let Ok(file) = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path) else { continue };
-            let unlocked = sys::try_lock_exclusive(&file).unwrap_or(false) && is_same_file(&file, &path);
-            if unlocked && fs::remove_file(&path).is_ok() {
-                ::log::info!("removed leftover {}", path.display());
-                removed += 1;
-            }
+        entries.flatten().filter(|entry| self.sweep_draft(&entry.path())).count()
+    }
+
+    /// Removes one file in `tmp/` when its writer is gone (its lock is free); whether it did.
+    pub(crate) fn sweep_draft(&self, path: &Path) -> bool {
+        let Ok(file) = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path) else { return false };
+        let unlocked = sys::try_lock_exclusive(&file).unwrap_or(false) && is_same_file(&file, path);
+        if unlocked && fs::remove_file(path).is_ok() {
+            ::log::info!("removed leftover {}", path.display());
+            return true;
         }
-        removed
+        false
     }
 
     /// What a killed run or server can leave, put right before a delivery run: drafts whose
