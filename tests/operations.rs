@@ -705,6 +705,41 @@ fn sighup_reloads_the_configuration_and_aliases_and_keeps_them_when_broken() {
     assert!(server.child.try_wait().unwrap().is_none(), "SIGHUP never stops the daemon");
 }
 
+/// A session keeps the configuration it began with: a reload between its greeting and its
+/// DATA does not change the name it wrote into `Received:`; the next session has the new one.
+#[test]
+fn a_session_keeps_the_configuration_it_began_with_across_a_reload() {
+    let server = Server::start("");
+    let conf = server.dir.path().join("postern.conf");
+    let mut old = Client::connect(server.addr);
+    assert!(old.reply().contains("mail.example.test"));
+    assert!(old.cmd("EHLO client.test").starts_with("250"));
+    let config = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(&conf, config.replace("hostname = mail.example.test\n", "hostname = mx2.example.test\n")).unwrap();
+    Command::new("kill").arg("-HUP").arg(server.pid().to_string()).status().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !server.log().contains("reloaded ") {
+        assert!(std::time::Instant::now() < deadline, "no reload: {}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut new = Client::connect(server.addr);
+    assert!(new.reply().contains("mx2.example.test"), "the next session greets with the new name");
+    assert!(new.cmd("EHLO client.test").starts_with("250"));
+    assert!(old.mail("someone@remote.test", &["alice@example.test"], b"Subject: old\r\n\r\nx").starts_with("250"));
+    assert!(new.mail("someone@remote.test", &["alice@example.test"], b"Subject: new\r\n\r\nx").starts_with("250"));
+    let texts: Vec<String> =
+        server.queued().iter().map(|f| String::from_utf8_lossy(&support::message_of(f)).into_owned()).collect();
+    assert_eq!(texts.len(), 2);
+    for (subject, host) in [("Subject: old", "mail.example.test"), ("Subject: new", "mx2.example.test")] {
+        let text = texts.iter().find(|t| t.contains(subject)).expect(subject);
+        let received = text.lines().next().unwrap();
+        assert!(received.starts_with("Received:"), "{text}");
+        assert!(text.contains(&format!("by {host} ")), "{subject}: {text}");
+        let other = if host == "mail.example.test" { "mx2.example.test" } else { "mail.example.test" };
+        assert!(!text.contains(other), "{subject} names one host only: {text}");
+    }
+}
+
 #[test]
 fn make_deb_builds_a_package_that_is_the_boxs_mta() {
     if support::skip_unless(support::have("dpkg-deb"), "dpkg-deb is not installed") {

@@ -409,28 +409,30 @@ impl Server {
             let _ = stream.shutdown(Shutdown::Read);
         }
         let _ = stream.set_nodelay(true);
-        let _ = stream.set_write_timeout(Some(self.current().config.command_timeout));
+        let cur = self.current();
+        let _ = stream.set_write_timeout(Some(cur.config.command_timeout));
         let mut conn = Conn::new(Transport::Tcp(stream));
         // Declared after `conn`, so dropped before it, even while a panic unwinds: the live
         // entry goes before the socket is closed.
         let _slot = slot;
-        self.run_session(&mut conn, Some(ip), mode);
+        self.run_session(&cur, &mut conn, Some(ip), mode);
     }
 
     /// One session on standard input and output (inetd, systemd `Accept=yes`), served as `mode`.
     pub fn serve_inetd(&self, mode: Mode) {
+        let cur = self.current();
         if sys::is_socket(0) {
             let stream = sys::stream_from_stdin();
             let ip = stream.peer_addr().ok().map(|a| a.ip().to_canonical());
-            let _ = stream.set_write_timeout(Some(self.current().config.command_timeout));
-            self.run_session(&mut Conn::new(Transport::Tcp(stream)), ip, mode);
+            let _ = stream.set_write_timeout(Some(cur.config.command_timeout));
+            self.run_session(&cur, &mut Conn::new(Transport::Tcp(stream)), ip, mode);
         } else {
             // A pipe: the peer is unknown, so it is never trusted.
             let input = dup_std(0);
             let output = dup_std(1);
             match (input, output) {
                 (Ok(input), Ok(output)) => {
-                    self.run_session(&mut Conn::new(Transport::Pipe { input, output }), None, mode)
+                    self.run_session(&cur, &mut Conn::new(Transport::Pipe { input, output }), None, mode)
                 }
                 _ => log::error!("inetd mode: cannot use standard input and output"),
             }
@@ -442,16 +444,18 @@ impl Server {
     /// so its peer address is not used and STARTTLS is not offered).
     pub fn serve_local_user(mut self) {
         self.local_submission = true;
+        let cur = self.current();
         match (dup_std(0), dup_std(1)) {
             (Ok(input), Ok(output)) => {
-                self.run_session(&mut Conn::new(Transport::Pipe { input, output }), None, Mode::Mta)
+                self.run_session(&cur, &mut Conn::new(Transport::Pipe { input, output }), None, Mode::Mta)
             }
             _ => log::error!("-bs: cannot use standard input and output"),
         }
     }
 
-    fn run_session(&self, conn: &mut Conn, client: Option<IpAddr>, mode: Mode) {
-        let cur = self.current();
+    /// One session, with the configuration it started with (`cur`) to its end, whatever
+    /// SIGHUP brings meanwhile: one host name from the greeting to the `Received:` field.
+    fn run_session(&self, cur: &Current, conn: &mut Conn, client: Option<IpAddr>, mode: Mode) {
         // TLS needs a socket; a pipe session is not offered STARTTLS.
         let pipe = matches!(conn.transport, Transport::Pipe { .. });
         // RFC 6761 §6.3: loopback names are not DNS's to answer; such a client stays unknown.
@@ -474,7 +478,7 @@ impl Server {
         let mut lines = LineBuffer::new(READ_BUFFER);
         if mode == Mode::Smtps {
             // RFC 8314 §3.3: TLS from the first byte, before the greeting.
-            if let Err(e) = self.start_tls(conn, &mut lines) {
+            if let Err(e) = self.start_tls(cur, conn, &mut lines) {
                 log::info!("TLS handshake with {peer} failed: {e}");
                 conn.shutdown();
                 log::info!("disconnect from {peer}");
@@ -499,7 +503,7 @@ impl Server {
                 }
             }
             step = match step.action {
-                Action::ReadLine => match self.read_command(conn, &mut lines, session.line_limit()) {
+                Action::ReadLine => match self.read_command(cur, conn, &mut lines, session.line_limit()) {
                     Some(Ok(line)) => {
                         let step = session.handle(Input::Line(&line));
                         if let Some(e) = session.take_auth_event() {
@@ -528,16 +532,16 @@ impl Server {
                         step
                     }
                     Some(Err(input)) => session.handle(input),
-                    None => self.stopped_or_gone(),
+                    None => self.stopped_or_gone(cur),
                 },
                 Action::ReceiveData(request) => {
-                    match self.receive(conn, &mut lines, &request, (client, name), auth.as_ref()) {
+                    match self.receive(cur, conn, &mut lines, &request, (client, name), auth.as_ref()) {
                         Received::Done(result) => session.handle(Input::DataEnd(result)),
                         Received::TimedOut => session.handle(Input::Timeout),
-                        Received::Lost => self.stopped_or_gone(),
+                        Received::Lost => self.stopped_or_gone(cur),
                     }
                 }
-                Action::StartTls => match self.start_tls(conn, &mut lines) {
+                Action::StartTls => match self.start_tls(cur, conn, &mut lines) {
                     Ok(()) => session.handle(Input::TlsStarted),
                     Err(e) => {
                         log::info!("TLS handshake with {peer} failed: {e}");
@@ -556,28 +560,27 @@ impl Server {
 
     /// The input ended: the peer left, or shutdown woke the session. In the latter case the
     /// client hears why (RFC 5321 §3.8: 421, then close).
-    fn stopped_or_gone(&self) -> Step {
-        let reply = self.stopping.load(Ordering::SeqCst).then(|| Reply::shutting_down(&self.current().config.hostname));
+    fn stopped_or_gone(&self, cur: &Current) -> Step {
+        let reply = self.stopping.load(Ordering::SeqCst).then(|| Reply::shutting_down(&cur.config.hostname));
         Step { reply, action: Action::Close, delay: false }
     }
 
     /// RFC 3207 §4.2: plaintext read along with STARTTLS is thrown away, never acted on.
     /// The handshake has its own deadline, so a stalled client cannot hold the thread.
-    fn start_tls(&self, conn: &mut Conn, lines: &mut LineBuffer) -> Result<(), String> {
+    fn start_tls(&self, cur: &Current, conn: &mut Conn, lines: &mut LineBuffer) -> Result<(), String> {
         conn.flush().map_err(|e| e.to_string())?;
         lines.clear();
-        let current = self.current();
-        let acceptor = current.tls.as_ref().ok_or("no TLS configured")?;
+        let acceptor = cur.tls.as_ref().ok_or("no TLS configured")?;
         let Transport::Tcp(stream) = std::mem::replace(&mut conn.transport, Transport::Closed) else {
             return Err("TLS over a pipe".into());
         };
-        let timeout = Some(self.current().config.starttls_timeout);
+        let timeout = Some(cur.config.starttls_timeout);
         stream.set_read_timeout(timeout).and_then(|()| stream.set_write_timeout(timeout)).map_err(|e| e.to_string())?;
         let tls = acceptor.accept(stream).map_err(|e| match e {
             openssl::ssl::HandshakeError::WouldBlock(_) => "timed out".to_string(),
             other => other.to_string(),
         })?;
-        let _ = tls.get_ref().set_write_timeout(Some(self.current().config.command_timeout));
+        let _ = tls.get_ref().set_write_timeout(Some(cur.config.command_timeout));
         conn.transport = Transport::Tls(Box::new(tls));
         conn.read_timeout = timeout;
         Ok(())
@@ -586,11 +589,12 @@ impl Server {
     /// One command line, or the input that stands for what happened instead; `None` when the peer is gone.
     fn read_command(
         &self,
+        cur: &Current,
         conn: &mut Conn,
         lines: &mut LineBuffer,
         limit: usize,
     ) -> Option<Result<Vec<u8>, Input<'static>>> {
-        conn.deadline = Some(later(Instant::now(), self.current().config.command_timeout));
+        conn.deadline = Some(later(Instant::now(), cur.config.command_timeout));
         match lines.read_line(conn, limit) {
             Ok(Line::Complete(line)) => Some(Ok(line)),
             Ok(Line::TooLong) if limit > MAX_COMMAND_LINE => Some(Err(Input::ResponseTooLong)),
@@ -606,17 +610,17 @@ impl Server {
     /// and commits it when nothing is wrong. Memory stays bounded whatever the size.
     fn receive(
         &self,
+        cur: &Current,
         conn: &mut Conn,
         lines: &mut LineBuffer,
         req: &DataRequest,
         (client, name): (Option<IpAddr>, Option<&str>),
         auth: Option<&Auth<'_>>,
     ) -> Received {
-        let cur = self.current();
         let started = Instant::now();
         let arrived = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let mut draft = self.spool.draft().and_then(|mut d| {
-            let (envelope, header) = self.envelope_and_trace(req, (client, name), arrived, d.id(), conn.tls_summary());
+            let (envelope, header) = envelope_and_trace(cur, req, (client, name), arrived, d.id(), conn.tls_summary());
             d.begin(&envelope)?;
             d.write(header.as_bytes())?;
             Ok((d, header.len() as u64))
@@ -702,45 +706,48 @@ impl Server {
         }
         Received::Done(result)
     }
+}
 
-    fn envelope_and_trace(
-        &self,
-        req: &DataRequest,
-        (client, name): (Option<IpAddr>, Option<&str>),
-        arrived: u64,
-        id: &QueueId,
-        tls: Option<String>,
-    ) -> (Envelope, String) {
-        let envelope = Envelope {
-            arrived,
-            client,
-            helo: Some(req.helo.clone()),
-            protocol: req.protocol.to_string(),
-            body: req.params.body,
-            smtputf8: req.params.smtputf8,
-            auth: req.user.clone(),
-            submitted: req.submitted,
-            from: req.from.clone(),
-            rcpts: req.rcpts.clone(),
-            size: 0,
-        };
-        // A logged-in user's own address (a laptop at home) need not travel with each message.
-        let hidden = req.user.is_some() && self.current().config.submission_hide_client;
-        let header = trace::received(&trace::Trace {
-            helo: &req.helo,
-            client: if hidden { None } else { client },
-            client_name: if hidden { None } else { name },
-            hidden,
-            hostname: &self.current().config.hostname,
-            protocol: req.protocol,
-            tls,
-            id: id.as_str(),
-            single_recipient: (req.rcpts.len() == 1).then(|| req.rcpts[0].to_string()),
-            time: arrived,
-        });
-        (envelope, header)
-    }
+/// The queue file's envelope, and the `Received:` field on top of the message.
+fn envelope_and_trace(
+    cur: &Current,
+    req: &DataRequest,
+    (client, name): (Option<IpAddr>, Option<&str>),
+    arrived: u64,
+    id: &QueueId,
+    tls: Option<String>,
+) -> (Envelope, String) {
+    let envelope = Envelope {
+        arrived,
+        client,
+        helo: Some(req.helo.clone()),
+        protocol: req.protocol.to_string(),
+        body: req.params.body,
+        smtputf8: req.params.smtputf8,
+        auth: req.user.clone(),
+        submitted: req.submitted,
+        from: req.from.clone(),
+        rcpts: req.rcpts.clone(),
+        size: 0,
+    };
+    // A logged-in user's own address (a laptop at home) need not travel with each message.
+    let hidden = req.user.is_some() && cur.config.submission_hide_client;
+    let header = trace::received(&trace::Trace {
+        helo: &req.helo,
+        client: if hidden { None } else { client },
+        client_name: if hidden { None } else { name },
+        hidden,
+        hostname: &cur.config.hostname,
+        protocol: req.protocol,
+        tls,
+        id: id.as_str(),
+        single_recipient: (req.rcpts.len() == 1).then(|| req.rcpts[0].to_string()),
+        time: arrived,
+    });
+    (envelope, header)
+}
 
+impl Server {
     fn log_data_end(&self, result: &Result<QueueId, DataError>, req: &DataRequest, peer: String, size: u64) {
         match result {
             Ok(id) => {
