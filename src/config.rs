@@ -156,6 +156,17 @@ pub struct Config {
     pub reverse_dns: bool,
     /// The whole of that lookup, at most.
     pub reverse_dns_timeout: Duration,
+    /// On MTA ports, refuse a sender in `local_domains` from a client neither trusted nor
+    /// logged in (550 5.7.1).
+    pub reject_local_senders: bool,
+    /// Check SPF (RFC 7208) at MAIL for clients neither trusted nor logged in.
+    pub spf: bool,
+    /// What an SPF `fail` gets: refused (550 5.7.23) or only recorded.
+    pub spf_fail_reject: bool,
+    /// What an SPF `temperror` gets: accepted and recorded, or deferred (451 4.7.24).
+    pub spf_temperror_defer: bool,
+    /// All the DNS questions of one SPF check, at most (RFC 7208 §4.6.4).
+    pub spf_timeout: Duration,
     pub min_backoff: Duration,
     pub max_backoff: Duration,
     pub max_queue_lifetime: Duration,
@@ -254,6 +265,11 @@ impl Config {
             dkim_keys: None,
             reverse_dns: true,
             reverse_dns_timeout: Duration::from_secs(2),
+            reject_local_senders: true,
+            spf: true,
+            spf_fail_reject: true,
+            spf_temperror_defer: false,
+            spf_timeout: Duration::from_secs(20),
             min_backoff: Duration::from_secs(300),
             max_backoff: Duration::from_secs(3600),
             max_queue_lifetime: Duration::from_secs(5 * 86400),
@@ -413,6 +429,23 @@ impl Config {
             "submission_hide_client" => self.submission_hide_client = switch(v)?,
             "dkim_keys" => self.dkim_keys = Some(path(v)?),
             "reverse_dns" => self.reverse_dns = switch(v)?,
+            "reject_local_senders" => self.reject_local_senders = switch(v)?,
+            "spf" => self.spf = switch(v)?,
+            "spf_fail" => {
+                self.spf_fail_reject = match v {
+                    "reject" => true,
+                    "accept" => false,
+                    _ => return Err("expected reject or accept".into()),
+                }
+            }
+            "spf_temperror" => {
+                self.spf_temperror_defer = match v {
+                    "defer" => true,
+                    "accept" => false,
+                    _ => return Err("expected accept or defer".into()),
+                }
+            }
+            "spf_timeout" => self.spf_timeout = bounded(positive(duration(v)?)?, 5 * MINUTE)?,
             "reverse_dns_timeout" => self.reverse_dns_timeout = bounded(positive(duration(v)?)?, MINUTE)?,
             "min_backoff" => self.min_backoff = bounded(positive(duration(v)?)?, 30 * DAY)?,
             "max_backoff" => self.max_backoff = bounded(positive(duration(v)?)?, 30 * DAY)?,

@@ -5,7 +5,7 @@
 //! always queried fully qualified, with no search list (§5.1: no guessing of partial names).
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
@@ -195,78 +195,184 @@ impl DnsLookup {
     }
 }
 
-impl DnsLookup {
-    /// The client's name, when forward-confirmed (FCrDNS): a PTR name of `ip` whose A or AAAA
-    /// records include `ip` again. `None` when none does, or when DNS does not answer within
-    /// `within` for the whole check; the caller then says `unknown`.
-    pub fn confirmed_name(&self, ip: IpAddr, within: Duration) -> Option<String> {
-        let ip = ip.to_canonical();
-        let check = async {
-            let ptr = self.resolver.reverse_lookup(ip).await.ok()?;
-            let names: Vec<String> = ptr
-                .answers()
-                .iter()
-                .filter_map(|r| match &r.data {
-                    RData::PTR(name) => Some(name.0.to_ascii().trim_end_matches('.').to_lowercase()),
-                    _ => None,
-                })
-                .take(MAX_PTR_NAMES)
-                .collect();
-            let mut candidates = Vec::new();
-            for name in names {
-                let addrs = match self.resolver.lookup_ip(absolute(&name)).await {
-                    Ok(found) => found.iter().collect(),
-                    Err(_) => Vec::new(),
-                };
-                candidates.push((name, addrs));
-            }
-            confirm(ip, candidates)
-        };
-        // The timer is made inside the runtime, which it needs.
-        self.runtime.block_on(async { tokio::time::timeout(within, check).await }).ok().flatten()
-    }
+/// The questions the server's checks ask DNS: SPF (RFC 7208 §4.4, §5) and a client's
+/// name. Each answer must come before `until`, else it is a temporary failure: the checks
+/// of one message share one budget of time. Pure code asks through this trait, so that
+/// tests feed it answers.
+pub trait Resolve {
+    /// TXT records, each one's strings joined (RFC 7208 §3.3).
+    fn txt(&self, name: &str, until: Instant) -> Result<Vec<Vec<u8>>, DnsFailure>;
+    /// A records (`v6` false) or AAAA records (`v6` true), CNAMEs followed.
+    fn ips(&self, name: &str, v6: bool, until: Instant) -> Result<Vec<IpAddr>, DnsFailure>;
+    /// MX records as (preference, exchange without the final dot).
+    fn mx(&self, name: &str, until: Instant) -> Result<Vec<(u16, String)>, DnsFailure>;
+    /// PTR names of an address, without the final dot.
+    fn ptr(&self, ip: IpAddr, until: Instant) -> Result<Vec<String>, DnsFailure>;
 }
 
-/// The client's forward-confirmed name (FCrDNS), for the log and `Received:`; the server
-/// holds one as a trait object, so a program that never names clients does not link DNS.
-pub trait ClientNamer: Send + Sync {
-    /// The name, or `None` when it does not confirm or DNS is slow; never a verdict on mail.
-    fn confirmed_name(&self, ip: IpAddr, config: &crate::config::Config) -> Option<String>;
+/// Where a session's checks get their resolver. The server holds one as a trait object, so
+/// that a program serving pipes only (`sendmail -bs`) does not link DNS.
+pub trait Resolvers: Send + Sync {
+    /// A resolver asking `config`'s `dns_servers` (the system's when none are named).
+    fn resolver<'a>(&'a self, config: &'a crate::config::Config) -> Box<dyn Resolve + 'a>;
 }
 
-/// The server's client names: resolvers for `dns_servers`, each kept for the next session.
+/// The client's name, when forward-confirmed (FCrDNS): a PTR name of `ip` whose A or AAAA
+/// records include `ip` again. `None` when none does, or when DNS does not answer before
+/// `until`; the caller then says `unknown`. Never a verdict on mail.
+pub fn confirmed_name(dns: &dyn Resolve, ip: IpAddr, until: Instant) -> Option<String> {
+    let ip = ip.to_canonical();
+    let names = dns.ptr(ip, until).ok()?;
+    let candidates = names
+        .into_iter()
+        .take(MAX_PTR_NAMES)
+        .map(|name| {
+            let addrs = dns.ips(&name, ip.is_ipv6(), until).unwrap_or_default();
+            (name, addrs)
+        })
+        .collect();
+    confirm(ip, candidates)
+}
+
+/// The server's resolvers: one per `dns_servers` list, each lent for one question and kept
+/// for the next (a resolver holds a runtime and sockets; a session does not keep one).
 #[derive(Default)]
-pub struct ClientNames {
+pub struct ResolverPool {
     idle: std::sync::Mutex<Vec<(Vec<SocketAddr>, DnsLookup)>>,
 }
 
 /// Resolvers kept idle at most.
 const IDLE_RESOLVERS: usize = 8;
 
-impl ClientNamer for ClientNames {
-    fn confirmed_name(&self, ip: IpAddr, config: &crate::config::Config) -> Option<String> {
-        let servers = config.dns_servers.clone();
+impl Resolvers for ResolverPool {
+    fn resolver<'a>(&'a self, config: &'a crate::config::Config) -> Box<dyn Resolve + 'a> {
+        Box::new(Pooled { pool: self, config })
+    }
+}
+
+struct Pooled<'a> {
+    pool: &'a ResolverPool,
+    config: &'a crate::config::Config,
+}
+
+impl Pooled<'_> {
+    fn with<T>(&self, ask: impl FnOnce(&DnsLookup) -> Result<T, DnsFailure>) -> Result<T, DnsFailure> {
+        let servers = &self.config.dns_servers;
         let kept = {
-            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            let at = idle.iter().position(|(s, _)| *s == servers);
+            let mut idle = self.pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let at = idle.iter().position(|(s, _)| s == servers);
             at.map(|i| idle.swap_remove(i).1)
         };
         let dns = match kept {
             Some(dns) => dns,
-            None => match DnsLookup::new(&servers, config.reverse_dns_timeout) {
-                Ok(dns) => dns,
-                Err(e) => {
-                    log::warn!("client names are not looked up: {e}");
-                    return None;
-                }
-            },
+            None => DnsLookup::new(servers, self.config.dns_timeout).map_err(DnsFailure::Temporary)?,
         };
-        let name = dns.confirmed_name(ip, config.reverse_dns_timeout);
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let answer = ask(&dns);
+        let mut idle = self.pool.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < IDLE_RESOLVERS {
-            idle.push((servers, dns));
+            idle.push((servers.clone(), dns));
         }
-        name
+        answer
+    }
+}
+
+impl Resolve for Pooled<'_> {
+    fn txt(&self, name: &str, until: Instant) -> Result<Vec<Vec<u8>>, DnsFailure> {
+        self.with(|dns| dns.txt(name, until))
+    }
+    fn ips(&self, name: &str, v6: bool, until: Instant) -> Result<Vec<IpAddr>, DnsFailure> {
+        self.with(|dns| dns.ips(name, v6, until))
+    }
+    fn mx(&self, name: &str, until: Instant) -> Result<Vec<(u16, String)>, DnsFailure> {
+        self.with(|dns| dns.mx_until(name, until))
+    }
+    fn ptr(&self, ip: IpAddr, until: Instant) -> Result<Vec<String>, DnsFailure> {
+        self.with(|dns| dns.ptr(ip, until))
+    }
+}
+
+impl DnsLookup {
+    /// One question of `kind` about `name`, answered before `until`; the records of that kind.
+    fn ask(&self, name: &str, kind: RecordType, until: Instant) -> Result<Vec<RData>, DnsFailure> {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(DnsFailure::Temporary("out of time for DNS".into()));
+        }
+        if name.len() > 253 || name.split('.').any(|label| label.is_empty() || label.len() > 63) {
+            return Err(DnsFailure::NotFound); // not a name DNS can hold
+        }
+        let question = self.resolver.lookup(absolute(name), kind);
+        let answer = self.runtime.block_on(async { tokio::time::timeout(left, question).await });
+        let lookup = match answer {
+            Err(_) => return Err(DnsFailure::Temporary("timed out".into())),
+            Ok(found) => found.map_err(|e| classify(&e))?,
+        };
+        let records: Vec<RData> =
+            lookup.answers().iter().filter(|r| r.record_type() == kind).map(|r| r.data.clone()).collect();
+        if records.is_empty() { Err(DnsFailure::NoData) } else { Ok(records) }
+    }
+
+    fn txt(&self, name: &str, until: Instant) -> Result<Vec<Vec<u8>>, DnsFailure> {
+        let records = self.ask(name, RecordType::TXT, until)?;
+        Ok(records
+            .into_iter()
+            .filter_map(|r| match r {
+                RData::TXT(txt) => Some(txt.txt_data.iter().flat_map(|s| s.iter().copied()).collect()),
+                _ => None,
+            })
+            .collect())
+    }
+
+    fn ips(&self, name: &str, v6: bool, until: Instant) -> Result<Vec<IpAddr>, DnsFailure> {
+        let kind = if v6 { RecordType::AAAA } else { RecordType::A };
+        let records = self.ask(name, kind, until)?;
+        Ok(records
+            .into_iter()
+            .filter_map(|r| match r {
+                RData::A(a) => Some(IpAddr::V4(a.0)),
+                RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    fn mx_until(&self, name: &str, until: Instant) -> Result<Vec<(u16, String)>, DnsFailure> {
+        let records = self.ask(name, RecordType::MX, until)?;
+        Ok(records
+            .into_iter()
+            .filter_map(|r| match r {
+                RData::MX(mx) => Some((mx.preference, mx.exchange.to_ascii().trim_end_matches('.').to_lowercase())),
+                _ => None,
+            })
+            .collect())
+    }
+
+    fn ptr(&self, ip: IpAddr, until: Instant) -> Result<Vec<String>, DnsFailure> {
+        let records = self.ask(&reverse_name(ip), RecordType::PTR, until)?;
+        Ok(records
+            .into_iter()
+            .filter_map(|r| match r {
+                RData::PTR(name) => Some(name.0.to_ascii().trim_end_matches('.').to_lowercase()),
+                _ => None,
+            })
+            .collect())
+    }
+}
+
+/// The name PTR records of `ip` live under (RFC 1035 §3.5, RFC 3596 §2.5).
+pub fn reverse_name(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            format!("{d}.{c}.{b}.{a}.in-addr.arpa")
+        }
+        IpAddr::V6(v6) => {
+            let mut name = String::with_capacity(72);
+            for byte in v6.octets().iter().rev() {
+                name.push_str(&format!("{:x}.{:x}.", byte & 0xf, byte >> 4));
+            }
+            name + "ip6.arpa"
+        }
     }
 }
 

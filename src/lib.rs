@@ -6,7 +6,9 @@
 //! - `smtp`: the SMTP wire language, bytes in and typed values out, no I/O; the client's
 //!   state machines too (`smtp::client`)
 //! - `session`: the SMTP server state machine, no I/O
-//! - `policy`: the questions the session asks (local? exists? may relay? who logged in?)
+//! - `policy`: the checks the session makes, in one place: client, sender (our own domains,
+//!   SPF), recipient (local? exists? may relay?), end of data; the fields they add
+//! - `spf`: SPF's `check_host()` over `dns::Resolve` (pure: tests feed the answers)
 //! - `auth`: the `auth_users` and `auth_senders` files, password hashes, the login lockout
 //! - `server`: listeners, threads, deadlines, DATA into the spool (`conn`, `handoff`,
 //!   `tls_files` inside)
@@ -19,7 +21,7 @@
 //! - `launch`: instant delivery, a bounded number of `postern-deliver --id` children
 //! - `relay`: remote routes, sessions kept per server, each transaction executed then recorded
 //! - `client`: the SMTP client's TCP and TLS loop around `smtp::client`
-//! - `dns`: MX lookup and the hosts for a domain
+//! - `dns`: MX lookup and the hosts for a domain; the `Resolve` trait the checks ask through
 //! - `outcome`: what any delivery error means (sent, deferred, bounced, status), in one place
 //! - `alias`: local users, aliases and where each mailbox is
 //! - `local`: copies written as the system user they are for (a root helper, a writer per copy)
@@ -64,6 +66,7 @@ pub mod server;
 pub mod session;
 pub mod showq;
 pub mod smtp;
+pub mod spf;
 pub mod spool;
 pub mod submit;
 pub mod sys;

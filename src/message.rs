@@ -248,6 +248,155 @@ pub fn addresses(value: &str) -> Vec<String> {
         .collect()
 }
 
+/// Removes from a stream of message octets the header fields of one name that a test
+/// rejects (`Authentication-Results:` fields bearing our name, RFC 8601 §5); everything else
+/// passes unchanged, the body at once. Other fields are never held; a field of that name is
+/// held until it ends, at most `FIELD_CAP` octets, and judged on what was held.
+pub struct FieldFilter<F: Fn(&[u8]) -> bool> {
+    /// The field name, lower case, without the colon.
+    name: &'static str,
+    /// Whether a field's value (what follows the colon) goes.
+    remove: F,
+    mode: Mode,
+    held: Vec<u8>,
+    at_line_start: bool,
+    /// The empty line that ends the header section has begun.
+    ending: bool,
+    done: bool,
+    removed: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Passed on as it comes.
+    Pass,
+    /// A field's first octets, until its name is known.
+    Name,
+    /// A field of the name, held until it ends.
+    Held,
+    /// A field of the name judged on its first `FIELD_CAP` octets: dropped to its end.
+    Drop,
+}
+
+/// The most of one such field held to judge it.
+pub const FIELD_CAP: usize = 8 * 1024;
+
+impl<F: Fn(&[u8]) -> bool> FieldFilter<F> {
+    pub fn new(name: &'static str, remove: F) -> FieldFilter<F> {
+        FieldFilter {
+            name,
+            remove,
+            mode: Mode::Pass,
+            held: Vec::new(),
+            at_line_start: true,
+            ending: false,
+            done: false,
+            removed: 0,
+        }
+    }
+
+    /// How many fields were removed.
+    pub fn removed(&self) -> usize {
+        self.removed
+    }
+
+    /// Takes the next octets; appends what passes to `out`.
+    pub fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
+        while !input.is_empty() {
+            if self.done {
+                out.extend_from_slice(input);
+                return;
+            }
+            if self.at_line_start {
+                self.at_line_start = false;
+                match input[0] {
+                    b' ' | b'\t' => {} // a folded line: the same field goes on
+                    b'\r' | b'\n' => {
+                        self.end_field(out);
+                        self.ending = true;
+                    }
+                    _ => {
+                        self.end_field(out);
+                        self.mode = Mode::Name;
+                    }
+                }
+            }
+            let (line, line_ends) = match input.iter().position(|&b| b == b'\n') {
+                Some(at) => (&input[..=at], true),
+                None => (input, false),
+            };
+            input = &input[line.len()..];
+            match self.mode {
+                Mode::Pass => out.extend_from_slice(line),
+                Mode::Drop => {}
+                Mode::Held => {
+                    let room = line.len().min(FIELD_CAP.saturating_sub(self.held.len()));
+                    self.held.extend_from_slice(&line[..room]);
+                    if self.held.len() >= FIELD_CAP {
+                        self.judge(out, Mode::Drop);
+                        if self.mode == Mode::Pass {
+                            out.extend_from_slice(&line[room..]);
+                        }
+                    }
+                }
+                Mode::Name => {
+                    self.held.extend_from_slice(line);
+                    if let Some(colon) = self.held.iter().position(|&b| b == b':') {
+                        let name = self.held[..colon].trim_ascii_end();
+                        if name.eq_ignore_ascii_case(self.name.as_bytes()) {
+                            self.mode = Mode::Held;
+                            if self.held.len() >= FIELD_CAP {
+                                self.judge(out, Mode::Drop);
+                            }
+                        } else {
+                            self.release(out);
+                        }
+                    } else if line_ends || self.held.len() > 256 {
+                        self.release(out); // no name: not a field of ours to judge
+                    }
+                }
+            }
+            if line_ends {
+                self.at_line_start = true;
+                if self.ending {
+                    self.done = true;
+                }
+            }
+        }
+    }
+
+    /// The message ended: a field still held is judged.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        self.end_field(out);
+    }
+
+    fn end_field(&mut self, out: &mut Vec<u8>) {
+        match self.mode {
+            Mode::Held => self.judge(out, Mode::Pass),
+            Mode::Name => self.release(out),
+            Mode::Pass | Mode::Drop => self.mode = Mode::Pass,
+        }
+    }
+
+    /// Judges the held field: removed, or passed on; then `next` (what follows of a field
+    /// judged early).
+    fn judge(&mut self, out: &mut Vec<u8>, next: Mode) {
+        let colon = self.held.iter().position(|&b| b == b':').map_or(0, |c| c + 1);
+        if (self.remove)(&self.held[colon..]) {
+            self.removed += 1;
+            self.held.clear();
+            self.mode = next;
+        } else {
+            self.release(out);
+        }
+    }
+
+    fn release(&mut self, out: &mut Vec<u8>) {
+        out.append(&mut self.held);
+        self.mode = Mode::Pass;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,5 +465,42 @@ mod tests {
         // A route with nothing after it is no address (found by the fuzz target).
         assert_eq!(addresses("a1D.<@D:"), Vec::<String>::new());
         assert_eq!(addresses(""), Vec::<String>::new());
+    }
+    fn filtered(message: &[u8], piece: usize) -> (String, usize) {
+        let mut filter = FieldFilter::new("authentication-results", |v: &[u8]| v.trim_ascii().starts_with(b"us;"));
+        let mut out = Vec::new();
+        for chunk in message.chunks(piece.max(1)) {
+            filter.feed(chunk, &mut out);
+        }
+        filter.finish(&mut out);
+        (String::from_utf8(out).unwrap(), filter.removed())
+    }
+
+    #[test]
+    fn a_field_filter_removes_only_the_fields_it_judges_in_any_pieces() {
+        let message = b"Received: from x\r\n\tby y\r\nAuthentication-Results: us; spf=pass\r\n\
+                        authentication-results : them; none\r\nAUTHENTICATION-RESULTS:\r\n us;\r\n  dkim=pass\r\n\
+                        Subject: hi\r\n\r\nAuthentication-Results: us; body\r\n";
+        let want = "Received: from x\r\n\tby y\r\nauthentication-results : them; none\r\n\
+                    Subject: hi\r\n\r\nAuthentication-Results: us; body\r\n";
+        for piece in [1, 2, 3, 7, 64, 4096] {
+            assert_eq!(filtered(message, piece), (want.to_string(), 2), "pieces of {piece}");
+        }
+        // The last field, with no body after it, is judged at the end.
+        assert_eq!(filtered(b"A: b\r\nAuthentication-Results: us; x\r\n", 5), ("A: b\r\n".into(), 1));
+        // No header section at all.
+        assert_eq!(filtered(b"\r\nAuthentication-Results: us;\r\n", 1).1, 0);
+    }
+
+    #[test]
+    fn a_field_too_long_to_hold_is_judged_on_its_start() {
+        let mut ours = b"Authentication-Results: us; ".to_vec();
+        ours.extend(std::iter::repeat_n(b'x', FIELD_CAP * 2));
+        ours.extend(b"\r\nSubject: s\r\n\r\nbody\r\n");
+        assert_eq!(filtered(&ours, 1000), ("Subject: s\r\n\r\nbody\r\n".into(), 1));
+        let mut theirs = b"Authentication-Results: them; ".to_vec();
+        theirs.extend(std::iter::repeat_n(b'x', FIELD_CAP * 2));
+        theirs.extend(b"\r\n\r\nbody\r\n");
+        assert_eq!(filtered(&theirs, 1000), (String::from_utf8(theirs.clone()).unwrap(), 0));
     }
 }

@@ -14,7 +14,9 @@
 
 use std::net::IpAddr;
 
-use crate::policy::{Authenticator, Policy, Refusal};
+use crate::dns::Resolve;
+use crate::policy::authres::Findings;
+use crate::policy::{Authenticator, Client, Policy, Refusal};
 use crate::smtp::address::{ForwardPath, ReversePath};
 use crate::smtp::command::{Command, MailParams, parse_command};
 use crate::smtp::line::MAX_COMMAND_LINE;
@@ -89,6 +91,8 @@ pub struct DataRequest {
     /// Mail a client of ours submitted (authenticated, trusted or local), not mail that
     /// arrived for us: it gets the submission fixes, and DKIM signing at delivery.
     pub submitted: bool,
+    /// What the checks at MAIL found: the fields written above `Received:`.
+    pub findings: Findings,
 }
 
 /// One reply (if any) and the next action. `delay` asks for the error sleep (§7.8 tarpit).
@@ -112,11 +116,8 @@ pub enum DataError {
     /// Mail of ours whose header section is larger than postern checks (`552 5.3.4`): its
     /// fields past the limit could not be checked, so it is not taken.
     HeaderTooLarge,
-    /// An authenticated user's `From:` names an address that is not theirs (`553 5.7.1`).
-    FromNotOwned {
-        address: String,
-        user: String,
-    },
+    /// The checks at the end of data refused it (`policy::check_message`).
+    Refused(Refusal),
 }
 
 impl From<&DataError> for Reply {
@@ -129,9 +130,7 @@ impl From<&DataError> for Reply {
             DataError::TooManyHops => Reply::new(554, es(5, 4, 6), "Error: too many hops, this message is looping"),
             DataError::DiskFull => Reply::new(452, es(4, 3, 1), "Error: insufficient system storage"),
             DataError::WriteFailed => Reply::new(451, es(4, 3, 0), "Error: queue file write error"),
-            DataError::FromNotOwned { address, user } => {
-                Reply::new(553, es(5, 7, 1), format!("<{address}>: From: address rejected: not owned by user {user}"))
-            }
+            DataError::Refused(refusal) => Reply::from(refusal),
         }
     }
 }
@@ -227,6 +226,7 @@ struct Helo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Transaction {
     from: ReversePath,
+    findings: Box<Findings>,
     params: MailParams,
     rcpts: Vec<ForwardPath>,
     refused: u32,
@@ -241,12 +241,14 @@ enum State {
     Closed,
 }
 
-/// A refused recipient, for the log (`NOQUEUE: reject: RCPT from ...`).
+/// A refused sender or recipient, for the log (`NOQUEUE: reject: RCPT from ...`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
+    /// `MAIL` or `RCPT`.
+    pub stage: &'static str,
     pub reply: Reply,
     pub from: ReversePath,
-    pub to: ForwardPath,
+    pub to: Option<ForwardPath>,
     pub helo: String,
     pub protocol: &'static str,
 }
@@ -257,6 +259,8 @@ pub struct Session<'p> {
     rejected: Option<Rejection>,
     policy: &'p dyn Policy,
     auth: Option<&'p dyn Authenticator>,
+    /// Where the checks ask DNS; without it, nothing that needs DNS is checked.
+    dns: Option<&'p dyn Resolve>,
     client: Option<IpAddr>,
     /// Trusted network or local user: may relay without AUTH.
     trusted: bool,
@@ -284,6 +288,7 @@ impl<'p> Session<'p> {
             policy,
             rejected: None,
             auth: None,
+            dns: None,
             client,
             trusted: config.local_submission || policy.is_trusted(client),
             user: None,
@@ -301,6 +306,12 @@ impl<'p> Session<'p> {
     /// Who checks passwords; without one, AUTH is not offered.
     pub fn with_authenticator(mut self, auth: &'p dyn Authenticator) -> Session<'p> {
         self.auth = Some(auth);
+        self
+    }
+
+    /// The checks ask DNS through `dns`.
+    pub fn with_dns(mut self, dns: &'p dyn Resolve) -> Session<'p> {
+        self.dns = Some(dns);
         self
     }
 
@@ -519,7 +530,29 @@ impl<'p> Session<'p> {
             let error = AuthError::SenderNotOwned { address: address.to_string(), user: user.clone() };
             return self.refuse(Reply::from(&error));
         }
-        let tx = Transaction { from, params, rcpts: Vec::new(), refused: 0 };
+        let client = Client {
+            ip: self.client,
+            helo: &helo.name,
+            trusted: self.trusted,
+            user: self.user.as_deref(),
+            mta: !self.config.submission,
+        };
+        let verdict = self.policy.check_sender(&client, &from, self.dns);
+        if let Some(refusal) = verdict.refusal {
+            let reply = Reply::from(&refusal);
+            let protocol = protocol(helo.extended, self.tls, self.user.is_some());
+            self.rejected = Some(Rejection {
+                stage: "MAIL",
+                reply: reply.clone(),
+                from,
+                to: None,
+                helo: helo.name.clone(),
+                protocol,
+            });
+            self.state = State::Ready { helo };
+            return self.refuse(reply);
+        }
+        let tx = Transaction { from, findings: Box::new(verdict.findings), params, rcpts: Vec::new(), refused: 0 };
         self.state = State::InTransaction { helo, tx };
         self.reply(Reply::sender_ok())
     }
@@ -544,7 +577,14 @@ impl<'p> Session<'p> {
             tx.refused += 1;
             let reply = Reply::from(&refusal);
             let (from, protocol) = (tx.from.clone(), protocol(helo.extended, tls, authenticated));
-            self.rejected = Some(Rejection { reply: reply.clone(), from, to, helo: helo.name.clone(), protocol });
+            self.rejected = Some(Rejection {
+                stage: "RCPT",
+                reply: reply.clone(),
+                from,
+                to: Some(to),
+                helo: helo.name.clone(),
+                protocol,
+            });
             return self.refuse(reply);
         }
         if !tx.rcpts.contains(&to) {
@@ -581,6 +621,7 @@ impl<'p> Session<'p> {
             max_size: self.config.message_size_limit,
             user: self.user.clone(),
             submitted,
+            findings: *tx.findings,
         };
         self.state = State::Data { helo, rcpts: tx.rcpts };
         Step { reply: Some(Reply::start_data()), action: Action::ReceiveData(Box::new(request)), delay: false }
@@ -804,7 +845,7 @@ mod tests {
         for (client, verdict) in [("198.51.100.1", "554 5.7.1"), ("192.0.2.7", "250 2.1.5"), ("none", "554 5.7.1")] {
             let mut h = Harness::new(&c, &p, client);
             h.send("EHLO example.test");
-            h.send("MAIL FROM:<alice@example.test>");
+            h.send("MAIL FROM:<bob@remote.test>");
             assert_eq!(h.send("RCPT TO:<relaytest@remote.test>"), verdict, "{client}");
             assert_eq!(h.send("RCPT TO:<alice@example.test>"), "250 2.1.5");
         }
@@ -820,7 +861,7 @@ mod tests {
         let plain = config();
         let mut h = Harness::new(&plain, &p, "none");
         h.send("EHLO localhost");
-        h.send("MAIL FROM:<alice@example.test>");
+        h.send("MAIL FROM:<bob@remote.test>");
         assert_eq!(h.send("RCPT TO:<relaytest@remote.test>"), "554 5.7.1", "a pipe alone is no local user");
     }
 
@@ -881,7 +922,7 @@ mod tests {
         use SequenceError as S;
         let _exhaustive = |e: &DataError| match e {
             D::TooBig | D::BareLineEnding | D::TooManyHops | D::DiskFull | D::WriteFailed | D::HeaderTooLarge => (),
-            D::FromNotOwned { .. } => (),
+            D::Refused(_) => (),
         };
         let _exhaustive = |e: &SequenceError| match e {
             S::NeedHelo | S::NestedMail | S::NeedMail | S::NeedRcpt | S::InTransaction => (),
@@ -893,7 +934,7 @@ mod tests {
             (D::TooManyHops, "554 5.4.6"),
             (D::DiskFull, "452 4.3.1"),
             (D::WriteFailed, "451 4.3.0"),
-            (D::FromNotOwned { address: "b@x.test".into(), user: "a".into() }, "553 5.7.1"),
+            (D::Refused(Refusal::FromNotOwned { address: "b@x.test".into(), user: "a".into() }), "553 5.7.1"),
         ];
         let sequence = [S::NeedHelo, S::NestedMail, S::NeedMail, S::NeedRcpt, S::InTransaction];
         let replies = data
@@ -1075,5 +1116,96 @@ mod tests {
         let (mut session, _) = Session::new(&c, &p, None);
         let step = session.handle(Input::Timeout);
         assert_eq!((summary(&step), step.action), ("421 4.4.2".into(), Action::Close));
+    }
+    /// A zone with one TXT answer for every name, or a temporary failure.
+    struct OneRecord(Option<&'static str>);
+
+    impl Resolve for OneRecord {
+        fn txt(&self, _: &str, _: std::time::Instant) -> Result<Vec<Vec<u8>>, crate::dns::DnsFailure> {
+            match self.0 {
+                Some(text) => Ok(vec![text.as_bytes().to_vec()]),
+                None => Err(crate::dns::DnsFailure::Temporary("SERVFAIL".into())),
+            }
+        }
+        fn ips(&self, _: &str, _: bool, _: std::time::Instant) -> Result<Vec<IpAddr>, crate::dns::DnsFailure> {
+            Err(crate::dns::DnsFailure::NotFound)
+        }
+        fn mx(&self, _: &str, _: std::time::Instant) -> Result<Vec<(u16, String)>, crate::dns::DnsFailure> {
+            Err(crate::dns::DnsFailure::NotFound)
+        }
+        fn ptr(&self, _: IpAddr, _: std::time::Instant) -> Result<Vec<String>, crate::dns::DnsFailure> {
+            Err(crate::dns::DnsFailure::NotFound)
+        }
+    }
+
+    #[test]
+    fn our_own_domains_are_not_for_strangers_on_the_mta_port() {
+        let c = config();
+        let p = policy("192.0.2.0/24");
+        let mut h = Harness::new(&c, &p, "198.51.100.1");
+        h.send("EHLO mx.remote.test");
+        assert_eq!(h.send("MAIL FROM:<boss@EXAMPLE.test>"), "550 5.7.1");
+        let r = h.session.take_rejection().expect("logged");
+        assert_eq!((r.stage, r.to), ("MAIL", None));
+        assert_eq!(h.send("RCPT TO:<alice@example.test>"), "503 5.5.1", "no transaction began");
+        assert_eq!(h.send("MAIL FROM:<>"), "250 2.1.0", "the null sender is nobody's");
+        let mut h = Harness::new(&c, &p, "192.0.2.7");
+        h.send("EHLO gateway.example.test");
+        assert_eq!(h.send("MAIL FROM:<boss@example.test>"), "250 2.1.0", "a trusted client");
+        let off = policy_with("reject_local_senders = off\n");
+        let mut h = Harness::new(&c, &off, "198.51.100.1");
+        h.send("EHLO mx.remote.test");
+        assert_eq!(h.send("MAIL FROM:<boss@example.test>"), "250 2.1.0", "turned off");
+    }
+
+    fn policy_with(extra: &str) -> LocalPolicy {
+        let text = format!("local_domains = example.test\nrecipient_delimiter = +\n{extra}");
+        LocalPolicy::load(&Config::parse(&text, "test").unwrap()).unwrap()
+    }
+
+    /// MAIL from `ip` with SPF answers from `dns`: the reply, and what DATA would carry.
+    fn spf_mail(dns: &OneRecord, policy: &LocalPolicy, ip: &str, from: &str) -> (String, Option<Findings>) {
+        let config = config();
+        let (session, _) = Session::new(&config, policy, ip.parse().ok());
+        let mut h = Harness { session: session.with_dns(dns) };
+        h.send("EHLO mx.remote.test");
+        let step = h.session.handle(Input::Line(format!("MAIL FROM:<{from}>").as_bytes()));
+        let reply = format!("{} {}", summary(&step), step.reply.unwrap().lines().join(" "));
+        if !reply.starts_with("250") {
+            return (reply, None);
+        }
+        assert_eq!(h.send("RCPT TO:<alice@example.test>"), "250 2.1.5");
+        let step = h.session.handle(Input::Line(b"DATA"));
+        let Action::ReceiveData(request) = step.action else { panic!("{:?}", step.action) };
+        (reply, Some(request.findings))
+    }
+
+    #[test]
+    fn spf_is_asked_at_mail_and_its_verdict_kept_for_the_message() {
+        use crate::spf::SpfResult;
+        let fail = OneRecord(Some("v=spf1 ip4:192.0.2.0/24 -all"));
+        let down = OneRecord(None);
+        let p = policy_with("");
+        let (reply, _) = spf_mail(&fail, &p, "198.51.100.1", "a@remote.test");
+        assert!(reply.starts_with("550 5.7.23 "), "{reply}");
+        assert!(reply.contains("198.51.100.1 is not allowed to send mail from remote.test"), "{reply}");
+        let (_, found) = spf_mail(&fail, &p, "192.0.2.9", "a@remote.test");
+        assert_eq!(found.and_then(|f| f.spf()), Some(SpfResult::Pass));
+        // The null sender: the HELO name is checked.
+        assert!(spf_mail(&fail, &p, "198.51.100.1", "").0.starts_with("550 5.7.23"));
+        // spf_fail = accept records the fail; temperror is accepted unless deferred.
+        let accept = policy_with("spf_fail = accept\n");
+        let (reply, found) = spf_mail(&fail, &accept, "198.51.100.1", "a@remote.test");
+        assert_eq!((reply.get(..3), found.and_then(|f| f.spf())), (Some("250"), Some(SpfResult::Fail)));
+        let (reply, found) = spf_mail(&down, &p, "198.51.100.1", "a@remote.test");
+        assert_eq!((reply.get(..3), found.and_then(|f| f.spf())), (Some("250"), Some(SpfResult::TempError)));
+        let defer = policy_with("spf_temperror = defer\n");
+        assert!(spf_mail(&down, &defer, "198.51.100.1", "a@remote.test").0.starts_with("451 4.7.24"));
+        // Loopback clients are not checked, nor anyone with SPF off; the fields say so.
+        let (reply, found) = spf_mail(&fail, &p, "127.0.0.1", "a@remote.test");
+        assert_eq!((reply.get(..3), found.and_then(|f| f.spf())), (Some("250"), None));
+        let off = policy_with("spf = off\n");
+        let (reply, found) = spf_mail(&fail, &off, "198.51.100.1", "a@remote.test");
+        assert_eq!((reply.get(..3), found.and_then(|f| f.spf())), (Some("250"), None));
     }
 }

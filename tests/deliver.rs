@@ -93,7 +93,8 @@ fn mail_accepted_by_smtpd_reaches_alices_maildir() {
     let m = &delivered[0];
     assert!(
         m.starts_with(
-            "Return-Path: <sender@remote.test>\nDelivered-To: alice@example.test\nReceived: from client.test"
+            "Return-Path: <sender@remote.test>\nDelivered-To: alice@example.test\n\
+             Authentication-Results: mail.example.test (loopback client, not checked); none\nReceived: from client.test"
         ),
         "{m}"
     );

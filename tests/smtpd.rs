@@ -186,7 +186,8 @@ fn spool_holds_exactly_what_was_sent() {
     assert!(text.contains("\nfrom: <sender@remote.test>\nrcpt: <alice@example.test>\n"), "{text}");
     let received = String::from_utf8(support::message_of(&files[0])).unwrap();
     assert!(received.starts_with(
-        "Received: from client.test (unknown [127.0.0.1])\r\n\tby mail.example.test (postern) with ESMTP id "
+        "Authentication-Results: mail.example.test (loopback client, not checked); none\r\n\
+         Received: from client.test (unknown [127.0.0.1])\r\n\tby mail.example.test (postern) with ESMTP id "
     ));
     assert!(received.contains(&format!("id {id}\r\n\tfor <alice@example.test>;\r\n\t")));
 }
@@ -735,4 +736,72 @@ fn when_accept_runs_out_of_descriptors_the_client_still_hears_421() {
     let (greeted, refused) = first_lines_of_held_clients(server.addr, 40);
     assert!(greeted > 0 && refused > 0, "{greeted} greeted, {refused} refused");
     assert!(server.log().contains("a client was told 421"), "{}", server.log());
+}
+
+/// A stranger on port 25 who names one of our domains as the sender is refused at MAIL, and
+/// the log has Postfix's NOQUEUE line; a trusted client, or the same stranger with the guard
+/// off, is not.
+#[test]
+fn our_own_domains_are_refused_as_senders_from_strangers() {
+    let server = Server::start("");
+    let mut c = Client::greeted(server.addr);
+    c.cmd("EHLO mx.remote.test");
+    let reply = c.cmd("MAIL FROM:<boss@Example.Test>");
+    assert_eq!(reply, "550 5.7.1 <boss@Example.Test>: Sender address rejected: not logged in");
+    assert_eq!(code(&c.cmd("RCPT TO:<alice@example.test>")), "503 5.5.1");
+    assert_eq!(code(&c.cmd("MAIL FROM:<boss@remote.test>")), "250 2.1.0", "the session goes on");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let log = server.log();
+        if let Some(line) = log.lines().find(|l| l.contains("NOQUEUE: reject: MAIL from")) {
+            break line.to_string();
+        }
+        assert!(Instant::now() < deadline, "{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        line.ends_with(
+            "NOQUEUE: reject: MAIL from unknown[127.0.0.1]: 550 5.7.1 <boss@Example.Test>: Sender address \
+             rejected: not logged in; from=<boss@Example.Test> proto=ESMTP helo=<mx.remote.test>"
+        ),
+        "{line}"
+    );
+    for extra in ["trusted_networks = 127.0.0.0/8\n", "reject_local_senders = off\n"] {
+        let server = Server::start(extra);
+        let mut c = Client::greeted(server.addr);
+        c.cmd("EHLO mail.example.test");
+        assert_eq!(code(&c.cmd("MAIL FROM:<boss@example.test>")), "250 2.1.0", "{extra}");
+    }
+}
+
+/// RFC 8601 §5: an Authentication-Results: field naming this host that the client wrote is
+/// gone from what is queued; ours is on top, and a field naming another host stays.
+#[test]
+fn a_forged_authentication_results_field_is_removed() {
+    let server = Server::start("");
+    let mut c = Client::greeted(server.addr);
+    c.cmd("EHLO client.test");
+    let forged = "Authentication-Results: MAIL.example.test;\r\n\tspf=pass smtp.mailfrom=boss@example.test\r\n\
+                  Authentication-Results: mx.other.test; spf=fail smtp.mailfrom=a@remote.test\r\n\
+                  authentication-results: (ours, they say) mail.example.test; dkim=pass\r\n\
+                  Subject: trust me\r\n\r\nAuthentication-Results: mail.example.test; in the body\r\n";
+    let reply = c.mail("a@remote.test", &["alice@example.test"], forged.as_bytes());
+    assert_eq!(code(&reply), "250 2.0.0");
+    let message = String::from_utf8(support::message_of(&server.queued()[0])).unwrap();
+    assert!(message.starts_with("Authentication-Results: mail.example.test (loopback client, not checked); none\r\n"));
+    assert_eq!(message.matches("Authentication-Results:").count(), 3, "{message}");
+    assert!(message.contains("\r\nAuthentication-Results: mx.other.test; spf=fail"), "{message}");
+    assert!(!message.contains("spf=pass") && !message.contains("dkim=pass"), "{message}");
+    assert!(message.contains("\r\n\r\nAuthentication-Results: mail.example.test; in the body\r\n"), "{message}");
+    let size: u64 = std::fs::read_to_string(&server.queued()[0])
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("size: ").map(|s| s.trim().parse().unwrap()))
+        .unwrap();
+    assert_eq!(size, message.len() as u64, "the envelope's size is what was written");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server.log().contains("removed 2 Authentication-Results field(s) naming this host") {
+        assert!(Instant::now() < deadline, "{}", server.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

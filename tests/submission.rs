@@ -399,7 +399,8 @@ fn a_successful_login_resets_nothing_for_others_and_relays_only_for_that_session
     // Nor is a session on the MTA port.
     let mut mta = Client::greeted(s.server.addr);
     mta.cmd("EHLO x");
-    mta.cmd("MAIL FROM:<alice@example.test>");
+    assert_eq!(code(&mta.cmd("MAIL FROM:<alice@example.test>")), "550 5.7.1", "our own domain, from a stranger");
+    mta.cmd("MAIL FROM:<alice@remote.test>");
     assert_eq!(code(&mta.cmd("RCPT TO:<friend@remote.test>")), "554 5.7.1");
 }
 

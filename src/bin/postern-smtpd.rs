@@ -16,6 +16,7 @@ use postern::{logging, sys};
 
 const USAGE: &str = "usage: postern-smtpd [-c FILE | --builtin-config] [--inetd [--mode MODE]] [--check]
        postern-smtpd --hash-password [--scheme sha512|bcrypt|yescrypt] [USER]
+       postern-smtpd [-c FILE] --test-sender IP HELO MAIL-FROM [MESSAGE-FILE]
   -c FILE            configuration file (default: $POSTERN_CONF, /etc/postern/postern.conf, built-in)
   --builtin-config   use the built-in configuration and ignore every file (what `make run` does)
   --inetd            one session on standard input and output (inetd, systemd Accept=yes)
@@ -24,6 +25,11 @@ const USAGE: &str = "usage: postern-smtpd [-c FILE | --builtin-config] [--inetd 
                      tables), print each problem, and exit 0 only when there is none
   --hash-password    read a password on standard input and print the auth_users line
                      (USER:hash; SHA-512-crypt unless --scheme says otherwise)
+  --test-sender      run the checks the server makes on port 25 for a stranger at IP who
+                     says HELO and MAIL FROM (a bare address, or '' for <>), and with
+                     MESSAGE-FILE those that read the message; print the header fields
+                     the server would add and `verdict: accept|reject ...|defer ...`.
+                     Asks dns_servers; stores, sends and changes nothing
   -h, --help         this text;  -V, --version  the version
 Sockets passed by systemd (LISTEN_FDS) are used instead of `listen`; each serves the mode
 its FileDescriptorName= names (smtp, submission, smtps), else that of the `listen` entry
@@ -39,11 +45,28 @@ struct Args {
     hash: Option<(Scheme, Option<String>)>,
     /// `--read-tls-files CERT KEY`: the TLS file reader a daemon started as root keeps.
     tls_files: Option<(PathBuf, PathBuf)>,
+    /// `--test-sender IP HELO MAIL-FROM [MESSAGE-FILE]`.
+    trial: Option<Trial>,
+}
+
+struct Trial {
+    ip: std::net::IpAddr,
+    helo: String,
+    from: postern::smtp::address::ReversePath,
+    message: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, Exit> {
-    let mut args =
-        Args { config: None, builtin: false, inetd: false, mode: Mode::Mta, check: false, hash: None, tls_files: None };
+    let mut args = Args {
+        config: None,
+        builtin: false,
+        inetd: false,
+        mode: Mode::Mta,
+        check: false,
+        hash: None,
+        tls_files: None,
+        trial: None,
+    };
     let mut it = std::env::args().skip(1);
     let mut scheme = None;
     let mut user = None;
@@ -68,6 +91,18 @@ fn parse_args() -> Result<Args, Exit> {
             }
             "--inetd" => args.inetd = true,
             "--check" => args.check = true,
+            "--test-sender" => {
+                let need = "--test-sender needs IP HELO MAIL-FROM [MESSAGE-FILE]";
+                let ip = it.next().ok_or(need)?;
+                let ip = ip.parse().map_err(|_| format!("--test-sender: {ip}: not an IP address"))?;
+                let helo = it.next().ok_or(need)?;
+                let from = it.next().ok_or(need)?;
+                let bare = from.trim_start_matches('<').trim_end_matches('>');
+                let from = postern::smtp::address::ReversePath::parse(bare.as_bytes())
+                    .map_err(|e| format!("--test-sender: {from}: not an address: {e}"))?;
+                let message = it.next().map(PathBuf::from);
+                args.trial = Some(Trial { ip, helo, from, message });
+            }
             "-h" | "--help" => return Err(Exit::Say(USAGE.into())),
             "-V" | "--version" => return Err(cli::version("postern-smtpd")),
             other => return Err(Exit::Usage(format!("unknown argument `{other}`\n{USAGE}"))),
@@ -84,10 +119,14 @@ fn parse_args() -> Result<Args, Exit> {
 fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
-        Err(exit) => return exit.finish(2),
+        // sysexits(3): EX_USAGE for the admin's tool, as its page says.
+        Err(exit) => return exit.finish(if std::env::args().any(|a| a == "--test-sender") { 64 } else { 2 }),
     };
     if let Some((scheme, user)) = &args.hash {
         return hash_password(*scheme, user.as_deref());
+    }
+    if let Some(trial) = &args.trial {
+        return test_sender(&args, trial);
     }
     if let Some((cert, key)) = &args.tls_files {
         logging::start("postern/smtpd", logging::Role::Command, false);
@@ -176,7 +215,7 @@ fn run(args: &Args) -> Result<(), String> {
     let server = Server::new(config, policy, spool, tls, auth)
         .with_launcher(launcher.clone())
         .with_tls_keeper(tls_keeper)
-        .with_client_names(Box::new(postern::dns::ClientNames::default()));
+        .with_resolvers(Box::new(postern::dns::ResolverPool::default()));
     if args.inetd {
         server.serve_inetd(args.mode);
         return Ok(());
@@ -335,4 +374,63 @@ fn drop_privileges(config: &Config) -> Result<(), String> {
         log::info!("running as {} (uid {}, gid {})", config.user.as_deref().unwrap_or(""), ids.uid, ids.gid);
     }
     Ok(())
+}
+
+/// `--test-sender`: the checks of a session on port 25 from a stranger at `trial.ip`, then
+/// those that read the message, with nothing stored. Exit 0 whenever they ran; 78
+/// (EX_CONFIG) when the configuration or what it names cannot be used.
+fn test_sender(args: &Args, trial: &Trial) -> ExitCode {
+    use postern::policy::{Client, Policy};
+    use postern::session::DataError;
+    use postern::smtp::reply::Reply;
+    let config = match Config::choose(args.builtin, args.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("postern-smtpd: {e}");
+            return ExitCode::from(78);
+        }
+    };
+    let policy = match LocalPolicy::load(&config) {
+        Ok(policy) => policy,
+        Err(e) => {
+            eprintln!("postern-smtpd: {e}");
+            return ExitCode::from(78);
+        }
+    };
+    let message = match &trial.message {
+        Some(path) => match std::fs::read(path) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                eprintln!("postern-smtpd: {}: {e}", path.display());
+                return ExitCode::from(66); // EX_NOINPUT
+            }
+        },
+        None => None,
+    };
+    let pool = postern::dns::ResolverPool::default();
+    let dns = postern::dns::Resolvers::resolver(&pool, &config);
+    let client = Client { ip: Some(trial.ip), helo: &trial.helo, trusted: false, user: None, mta: true };
+    let verdict = policy.check_sender(&client, &trial.from, Some(dns.as_ref()));
+    print!("{}", verdict.findings.fields(&config.hostname).replace("\r\n", "\n"));
+    let refused = match verdict.refusal {
+        Some(refusal) => Some(Reply::from(&refusal)),
+        None => message.as_deref().and_then(|text| {
+            let mut hops = postern::smtp::line::HopCounter::default();
+            hops.scan(text);
+            let error = if text.len() as u64 > config.message_size_limit {
+                Some(DataError::TooBig)
+            } else if hops.hops() >= postern::session::MAX_HOPS {
+                Some(DataError::TooManyHops)
+            } else {
+                None
+            };
+            error.map(|e| Reply::from(&e))
+        }),
+    };
+    match refused {
+        None => println!("verdict: accept"),
+        Some(reply) if reply.code() >= 500 => println!("verdict: reject {}", reply.summary()),
+        Some(reply) => println!("verdict: defer {}", reply.summary()),
+    }
+    ExitCode::SUCCESS
 }

@@ -17,11 +17,10 @@ use openssl::x509::X509;
 
 use crate::auth::{Auth, Lockout, Senders, Users};
 use crate::config::{Config, Mode};
-use crate::dns::ClientNamer;
+use crate::dns::{Resolve, Resolvers};
 use crate::launch::Launcher;
-use crate::message::{HeaderScan, message_id};
-use crate::policy::Authenticator;
-use crate::policy::LocalPolicy;
+use crate::message::{FieldFilter, HeaderScan, message_id};
+use crate::policy::{self, Authenticator, LocalPolicy};
 use crate::session::{Action, DataError, DataRequest, Input, MAX_HOPS, Session, SessionConfig, Step};
 use crate::smtp::line::{DotReader, HopCounter, Line, LineBuffer, MAX_COMMAND_LINE, TextError};
 use crate::smtp::reply::Reply;
@@ -100,9 +99,10 @@ pub struct Server {
     tls_keeper: Option<tls_files::Keeper>,
     /// Failed logins by address; kept across reloads.
     lockout: Lockout,
-    /// Who names clients by DNS; postern-smtpd sets it (`dns::ClientNames`), and a program
-    /// that serves only pipes (`sendmail -bs`) leaves it out, and the resolver with it.
-    names: Option<Box<dyn ClientNamer>>,
+    /// Where the checks ask DNS (client names, SPF); postern-smtpd sets it
+    /// (`dns::ResolverPool`), and a program that serves only pipes (`sendmail -bs`) leaves it
+    /// out, and the resolver with it.
+    dns: Option<Box<dyn Resolvers>>,
 }
 
 #[derive(Default)]
@@ -191,7 +191,7 @@ impl Server {
         let lockout = Lockout::new(config.auth_failure_limit, config.auth_lockout_time);
         Server {
             lockout,
-            names: None,
+            dns: None,
             current: RwLock::new(Arc::new(Current::new(config, policy, tls, auth))),
             local_submission: false,
             spool,
@@ -279,9 +279,9 @@ impl Server {
         self
     }
 
-    /// Clients are named by `names` (forward-confirmed reverse DNS).
-    pub fn with_client_names(mut self, names: Box<dyn ClientNamer>) -> Server {
-        self.names = Some(names);
+    /// The checks ask DNS through `dns`: client names (forward-confirmed), SPF.
+    pub fn with_resolvers(mut self, dns: Box<dyn Resolvers>) -> Server {
+        self.dns = Some(dns);
         self
     }
 
@@ -458,11 +458,10 @@ impl Server {
     fn run_session(&self, cur: &Current, conn: &mut Conn, client: Option<IpAddr>, mode: Mode) {
         // TLS needs a socket; a pipe session is not offered STARTTLS.
         let pipe = matches!(conn.transport, Transport::Pipe { .. });
-        // RFC 6761 §6.3: loopback names are not DNS's to answer; such a client stays unknown.
+        let resolver = self.dns.as_ref().map(|d| d.resolver(&cur.config));
+        let resolver: Option<&dyn Resolve> = resolver.as_deref();
         let name = match client {
-            Some(ip) if !pipe && cur.config.reverse_dns && !ip.is_loopback() => {
-                self.names.as_ref().and_then(|n| n.confirmed_name(ip, &cur.config))
-            }
+            Some(ip) if !pipe => policy::client_name(&cur.config, resolver, ip),
             _ => None,
         };
         let name = name.as_deref();
@@ -493,6 +492,9 @@ impl Server {
         if mode == Mode::Smtps {
             session = session.tls_from_start();
         }
+        if let Some(dns) = resolver {
+            session = session.with_dns(dns);
+        }
         loop {
             if let Some(reply) = &step.reply {
                 if step.delay {
@@ -520,11 +522,12 @@ impl Server {
                         }
                         if let Some(r) = session.take_rejection() {
                             // Postfix's shape, which log summarisers count.
+                            let to = r.to.map_or(String::new(), |to| format!(" to={to}"));
                             log::info!(
-                                "NOQUEUE: reject: RCPT from {peer}: {}; from={} to={} proto={} helo=<{}>",
+                                "NOQUEUE: reject: {} from {peer}: {}; from={}{to} proto={} helo=<{}>",
+                                r.stage,
                                 r.reply.summary(),
                                 r.from,
-                                r.to,
                                 r.protocol,
                                 r.helo
                             );
@@ -626,6 +629,13 @@ impl Server {
             Ok((d, header.len() as u64))
         });
         let mut reader = DotReader::new(req.max_size);
+        // RFC 8601 §5: an Authentication-Results: field under our name is not the client's to write.
+        let hostname = cur.config.hostname.as_str();
+        let mut forged =
+            FieldFilter::new("authentication-results", |value: &[u8]| policy::authres::names_us(value, hostname));
+        let mut text = Vec::with_capacity(READ_BUFFER);
+        // What of the message text went into the draft, after the filter.
+        let mut passed = 0u64;
         let mut hops = HopCounter::default();
         let mut head = HeaderScan::new(crate::message::MAX_HEADER_SECTION);
         let mut out = Vec::with_capacity(READ_BUFFER);
@@ -652,8 +662,14 @@ impl Server {
                     Err(_) => return Received::Lost,
                 }
             }
-            let (used, done) = reader.feed(lines.buffered(), &mut out);
+            let (used, done) = reader.feed(lines.buffered(), &mut text);
             lines.consume(used);
+            forged.feed(&text, &mut out);
+            if done {
+                forged.finish(&mut out);
+            }
+            text.clear();
+            passed += out.len() as u64;
             hops.scan(&out);
             head.feed(&out);
             match &mut held {
@@ -673,15 +689,10 @@ impl Server {
             }
         }
         let header_len = draft.as_ref().map_or(0, |(_, h)| *h) + added;
-        let not_owned = match (&req.user, auth) {
-            (Some(user), Some(auth)) => {
-                let from = head.headers().addresses("from");
-                from.into_iter()
-                    .find(|a| !auth.may_send_as(user, a))
-                    .map(|address| DataError::FromNotOwned { address, user: user.clone() })
-            }
-            _ => None,
-        };
+        let written = header_len + passed;
+        let removed = forged.removed() as u64;
+        let auth = auth.map(|a| a as &dyn Authenticator);
+        let not_owned = policy::check_message(req.user.as_deref(), auth, &head.headers()).err().map(DataError::Refused);
         let result = match (reader.error(), draft) {
             (Some(TextError::BareLineEnding), _) => Err(DataError::BareLineEnding),
             (Some(TextError::TooBig), _) => Err(DataError::TooBig),
@@ -692,9 +703,14 @@ impl Server {
             // RFC 6409 §8.1: the submission server may refuse a From: the user does not own.
             (None, _) if not_owned.is_some() => Err(not_owned.unwrap_or(DataError::WriteFailed)),
             (None, Err(e)) => Err(storage_error(&e)),
-            (None, Ok((d, _))) => d.commit(header_len + reader.size()).map_err(|e| storage_error(&e)),
+            (None, Ok((d, _))) => d.commit(written).map_err(|e| storage_error(&e)),
         };
-        let size = header_len.saturating_add(reader.size());
+        let size = written;
+        if removed > 0
+            && let Ok(id) = &result
+        {
+            log::info!("{id}: removed {removed} Authentication-Results field(s) naming this host");
+        }
         self.log_data_end(&result, req, client_name(client, name), size);
         if let Ok(id) = &result
             && let Some(message_id) = head.headers().get("message-id").as_deref().and_then(message_id)
@@ -708,7 +724,10 @@ impl Server {
     }
 }
 
-/// The queue file's envelope, and the `Received:` field on top of the message.
+/// The queue file's envelope, and the fields on top of the message: what the checks at MAIL
+/// found (`Authentication-Results:`, `Received-SPF:`), then `Received:`. All of them are
+/// known before the first octet of the text arrives, so they are written first, and the
+/// draft is never rewritten (doc/queue.md, S1).
 fn envelope_and_trace(
     cur: &Current,
     req: &DataRequest,
@@ -744,7 +763,7 @@ fn envelope_and_trace(
         single_recipient: (req.rcpts.len() == 1).then(|| req.rcpts[0].to_string()),
         time: arrived,
     });
-    (envelope, header)
+    (envelope, req.findings.fields(&cur.config.hostname) + &header)
 }
 
 impl Server {

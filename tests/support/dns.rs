@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
 
 use hickory_proto::op::{Message, MessageType, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, PTR};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, PTR, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 /// What the zone says for one name and type.
@@ -18,6 +18,8 @@ pub enum Answer {
     Cname(&'static str),
     /// PTR records (for `N.N.N.N.in-addr.arpa` names).
     Ptr(Vec<&'static str>),
+    /// TXT records, each cut into strings of 255 octets as DNS needs.
+    Txt(Vec<&'static str>),
     NxDomain,
     ServFail,
     /// No reply at all: the resolver times out.
@@ -104,6 +106,13 @@ fn respond(
             Some(Answer::Ptr(list)) => {
                 for target in list {
                     response.answers.push(Record::from_rdata(name(&current), 60, RData::PTR(PTR(name(target)))));
+                }
+            }
+            Some(Answer::Txt(list)) => {
+                for text in list {
+                    let strings: Vec<&[u8]> = text.as_bytes().chunks(255).collect();
+                    let rdata = RData::TXT(TXT::from_bytes(if strings.is_empty() { vec![b""] } else { strings }));
+                    response.answers.push(Record::from_rdata(name(&current), 60, rdata));
                 }
             }
             Some(Answer::Cname(target)) => {

@@ -232,18 +232,23 @@ pub fn message_of(spool_file: &Path) -> Vec<u8> {
     bytes[at + 2..].to_vec()
 }
 
-/// The message without our Received header (what the client sent, un-stuffed).
+/// The message without the fields the server put on top (`Authentication-Results:`,
+/// `Received-SPF:`, then our `Received:`): what the client sent, un-stuffed.
 pub fn body_of(spool_file: &Path) -> Vec<u8> {
     let message = message_of(spool_file);
     let text = String::from_utf8_lossy(&message);
-    assert!(text.starts_with("Received: from "), "{text}");
-    // Our header is folded; it ends at the first line that does not start with a tab.
     let mut at = 0;
-    for (i, line) in message.split_inclusive(|&b| b == b'\n').enumerate() {
-        if i > 0 && !line.starts_with(b"\t") {
-            break;
+    let mut fields = message.split_inclusive(|&b| b == b'\n').peekable();
+    for name in ["Authentication-Results:", "Received-SPF:", "Received: from "] {
+        if !fields.peek().is_some_and(|l| l.starts_with(name.as_bytes())) {
+            assert!(name != "Received: from ", "no Received: of ours on top: {text}");
+            continue;
         }
-        at += line.len();
+        // Each is folded: it ends at the first line that does not start with a tab.
+        at += fields.next().unwrap().len();
+        while let Some(line) = fields.next_if(|l| l.starts_with(b"\t")) {
+            at += line.len();
+        }
     }
     message[at..].to_vec()
 }

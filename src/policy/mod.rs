@@ -1,12 +1,23 @@
-//! What the SMTP session asks before it accepts a recipient: is the domain ours, does the user exist, may this client relay.
+//! The checks a session makes, in one place: the client (its name), the sender (our own
+//! domains are not for strangers; SPF), each recipient (is the domain ours, does the user
+//! exist, may this client relay), and the end of data (a logged-in user's `From:`). Each is
+//! a step the session or the server carries out; DNS is asked through `dns::Resolve`, so
+//! tests feed the answers. What the sender checks found goes at the top of the message
+//! (`authres`).
 
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use crate::alias::LocalUsers;
 use crate::config::Config;
-use crate::smtp::address::ForwardPath;
+use crate::dns::Resolve;
+use crate::message::Headers;
+use crate::smtp::address::{ForwardPath, Host, ReversePath};
 use crate::smtp::reply::{EnhancedStatus, Reply};
+use crate::spf::{self, SpfResult};
 use crate::table::TableError;
+
+pub mod authres;
 
 /// Why a recipient or transaction is refused; `smtp::reply` turns each into its reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +36,15 @@ pub enum Refusal {
     MessageTooBig,
     /// An ESMTP parameter after HELO, which offers none (`555 5.5.4`).
     NotOffered(&'static str),
+    /// A sender in one of our own domains from a stranger (`550 5.7.1`).
+    LocalSender(String),
+    /// SPF said `fail` (`550 5.7.23`, RFC 7372 §3.2), with the domain's explanation.
+    SpfFail(String),
+    /// SPF could not be checked for now (`451 4.7.24`, RFC 7372 §3.2).
+    SpfTempError(String),
+    /// A logged-in user's `From:` names an address that is not theirs (`553 5.7.1`,
+    /// RFC 6409 §8.1).
+    FromNotOwned { address: String, user: String },
 }
 
 impl From<&Refusal> for Reply {
@@ -42,6 +62,14 @@ impl From<&Refusal> for Reply {
             Refusal::NotOffered(name) => {
                 Reply::new(555, es(5, 5, 4), format!("Error: {name} was not offered; use EHLO"))
             }
+            Refusal::LocalSender(who) => {
+                Reply::new(550, es(5, 7, 1), format!("{who}: Sender address rejected: not logged in"))
+            }
+            Refusal::SpfFail(why) => Reply::new(550, es(5, 7, 23), format!("SPF: {why}")),
+            Refusal::SpfTempError(why) => Reply::new(451, es(4, 7, 24), format!("SPF: {why}; try again later")),
+            Refusal::FromNotOwned { address, user } => {
+                Reply::new(553, es(5, 7, 1), format!("<{address}>: From: address rejected: not owned by user {user}"))
+            }
         }
     }
 }
@@ -53,9 +81,33 @@ pub enum Destination {
     Relay,
 }
 
+/// The client as the sender checks see it.
+#[derive(Debug, Clone, Copy)]
+pub struct Client<'a> {
+    pub ip: Option<IpAddr>,
+    /// The HELO/EHLO argument.
+    pub helo: &'a str,
+    /// In `trusted_networks`, or a local user on a pipe.
+    pub trusted: bool,
+    /// The user, once logged in.
+    pub user: Option<&'a str>,
+    /// On an MTA port (25), not a submission port.
+    pub mta: bool,
+}
+
+/// What the sender checks found, and whether they refuse the sender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SenderVerdict {
+    pub findings: authres::Findings,
+    pub refusal: Option<Refusal>,
+}
+
 /// The questions the session asks; `LocalPolicy` answers them from the configuration.
 pub trait Policy: Send + Sync {
     fn is_trusted(&self, client: Option<IpAddr>) -> bool;
+    /// At MAIL: our own domains from strangers, then SPF (RFC 7208 §2.4, and §2.3 for the
+    /// null sender), asked through `dns`; without it SPF is not checked.
+    fn check_sender(&self, client: &Client<'_>, from: &ReversePath, dns: Option<&dyn Resolve>) -> SenderVerdict;
     fn check_recipient(&self, to: &ForwardPath, may_relay: bool) -> Result<Destination, Refusal>;
     /// VRFY: the full address of a local user, when the name is one.
     fn verify(&self, name: &str) -> Option<String>;
@@ -97,6 +149,10 @@ impl Policy for LocalPolicy {
         self.config.is_trusted(client)
     }
 
+    fn check_sender(&self, client: &Client<'_>, from: &ReversePath, dns: Option<&dyn Resolve>) -> SenderVerdict {
+        check_sender(&self.config, &self.users, client, from, dns)
+    }
+
     fn check_recipient(&self, to: &ForwardPath, may_relay: bool) -> Result<Destination, Refusal> {
         let mailbox = match to {
             ForwardPath::Postmaster => return Ok(Destination::Local), // §4.5.1
@@ -130,6 +186,117 @@ impl Policy for LocalPolicy {
     }
 }
 
+/// The sender checks of `Policy::check_sender`.
+fn check_sender(
+    config: &Config,
+    users: &LocalUsers,
+    client: &Client<'_>,
+    from: &ReversePath,
+    dns: Option<&dyn Resolve>,
+) -> SenderVerdict {
+    use authres::{Findings, Unchecked};
+    let verdict = |findings, refusal| SenderVerdict { findings, refusal };
+    if let Some(user) = client.user {
+        return verdict(Findings::Unchecked(Unchecked::User(user.to_string())), None);
+    }
+    if client.trusted {
+        return verdict(Findings::Unchecked(Unchecked::Trusted), None);
+    }
+    // Our own domains are ours to send from: a stranger on port 25 who claims one is
+    // forging it (our users log in, our own hosts are trusted).
+    if let ReversePath::Mailbox(mailbox) = from
+        && client.mta
+        && config.reject_local_senders
+        && users.is_local_domain(mailbox.host())
+    {
+        return verdict(Findings::Unchecked(Unchecked::Refused), Some(Refusal::LocalSender(from.to_string())));
+    }
+    let Some(ip) = client.ip else { return verdict(Findings::Unchecked(Unchecked::NoAddress), None) };
+    if !config.spf {
+        return verdict(Findings::Unchecked(Unchecked::Off), None);
+    }
+    // A loopback client is a program on this host (a filter handing mail back): no
+    // domain's policy lists it.
+    if ip.to_canonical().is_loopback() {
+        return verdict(Findings::Unchecked(Unchecked::Loopback), None);
+    }
+    let Some(dns) = dns else { return verdict(Findings::Unchecked(Unchecked::Off), None) };
+    let spf = check_spf(dns, ip, client.helo, from, &config.hostname, config.spf_timeout);
+    let refusal = match spf.outcome.result {
+        SpfResult::Fail if config.spf_fail_reject => {
+            let default = format!("{} is not allowed to send mail from {}", spf.ip, spf.domain);
+            Some(Refusal::SpfFail(spf.outcome.explanation.clone().unwrap_or(default)))
+        }
+        SpfResult::TempError if config.spf_temperror_defer => {
+            Some(Refusal::SpfTempError(format!("temporary error checking {}", spf.domain)))
+        }
+        _ => None,
+    };
+    verdict(Findings::Spf(spf), refusal)
+}
+
+/// RFC 7208 §2.4: the MAIL FROM identity; for the null sender, §2.3: the HELO identity,
+/// `postmaster@` the HELO name. The whole check is bounded by `within`.
+pub fn check_spf(
+    dns: &dyn Resolve,
+    ip: IpAddr,
+    helo: &str,
+    from: &ReversePath,
+    receiver: &str,
+    within: Duration,
+) -> authres::SpfFinding {
+    let ip = ip.to_canonical();
+    let (identity, local, domain) = match from.mailbox() {
+        Some(mailbox) => {
+            let domain = match mailbox.host() {
+                Host::Domain(d) => d.as_str().to_string(),
+                Host::Literal(_) => String::new(), // §4.3: no domain, no policy: none
+            };
+            let local = mailbox.local_part_text();
+            // §4.3: a sender without a local part is postmaster@domain.
+            let local = if local.is_empty() { "postmaster".to_string() } else { local };
+            (spf::Identity::MailFrom, local, domain)
+        }
+        None => (spf::Identity::Helo, "postmaster".to_string(), helo.to_string()),
+    };
+    let deadline = Instant::now().checked_add(within).unwrap_or_else(Instant::now);
+    let request = spf::Request { ip, helo, local: &local, domain: &domain, receiver, deadline };
+    let outcome = spf::check_host(dns, &request);
+    authres::SpfFinding {
+        identity,
+        outcome,
+        ip,
+        helo: helo.to_string(),
+        sender: from.mailbox().map(|m| m.to_string()),
+        domain,
+        receiver: receiver.to_string(),
+    }
+}
+
+/// At the end of data (RFC 6409 §8.1): the `From:` addresses of a logged-in user's mail must
+/// be theirs to send as.
+pub fn check_message(
+    user: Option<&str>,
+    auth: Option<&dyn Authenticator>,
+    headers: &Headers<'_>,
+) -> Result<(), Refusal> {
+    let (Some(user), Some(auth)) = (user, auth) else { return Ok(()) };
+    match headers.addresses("from").into_iter().find(|a| !auth.may_send_as(user, a)) {
+        Some(address) => Err(Refusal::FromNotOwned { address, user: user.to_string() }),
+        None => Ok(()),
+    }
+}
+
+/// The client's name for the log and `Received:`: forward-confirmed, when `reverse_dns` is
+/// on; never for a loopback address (RFC 6761 §6.3: not DNS's to answer).
+pub fn client_name(config: &Config, dns: Option<&dyn Resolve>, ip: IpAddr) -> Option<String> {
+    if !config.reverse_dns || ip.to_canonical().is_loopback() {
+        return None;
+    }
+    let until = Instant::now().checked_add(config.reverse_dns_timeout).unwrap_or_else(Instant::now);
+    crate::dns::confirmed_name(dns?, ip, until)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +308,7 @@ mod tests {
         let _exhaustive = |e: &Refusal| match e {
             R::UnknownUser(_) | R::RelayDenied(_) | R::TooManyRecipients | R::NoValidRecipients => (),
             R::NeedsSmtputf8 | R::MessageTooBig | R::NotOffered(_) => (),
+            R::LocalSender(_) | R::SpfFail(_) | R::SpfTempError(_) | R::FromNotOwned { .. } => (),
         };
         for (refusal, want) in [
             (R::UnknownUser("bob".into()), "550 5.1.1"),
@@ -150,6 +318,10 @@ mod tests {
             (R::NeedsSmtputf8, "553 5.6.7"),
             (R::MessageTooBig, "552 5.3.4"),
             (R::NotOffered("SIZE"), "555 5.5.4"),
+            (R::LocalSender("<boss@example.test>".into()), "550 5.7.1"),
+            (R::SpfFail("no".into()), "550 5.7.23"),
+            (R::SpfTempError("later".into()), "451 4.7.24"),
+            (R::FromNotOwned { address: "a@b.test".into(), user: "u".into() }, "553 5.7.1"),
         ] {
             let reply = Reply::from(&refusal);
             let EnhancedStatus(a, b, c) = reply.status().expect("an enhanced code");
