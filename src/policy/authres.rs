@@ -57,7 +57,8 @@ impl Findings {
                     Unchecked::Trusted => " (trusted client, not checked); none".into(),
                     Unchecked::Loopback => " (loopback client, not checked); none".into(),
                     Unchecked::Off => " (SPF not checked); none".into(),
-                    Unchecked::NoAddress | Unchecked::Refused => " (client address unknown, not checked); none".into(),
+                    Unchecked::NoAddress => " (client address unknown, not checked); none".into(),
+                    Unchecked::Refused => " (sender refused, not checked); none".into(),
                 };
                 format!("Authentication-Results: {authserv_id}{result}\r\n")
             }
