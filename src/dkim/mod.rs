@@ -1,6 +1,6 @@
 //! DKIM signing (RFC 6376) with RSA-SHA256 and Ed25519-SHA256 (RFC 8463): the `dkim_keys`
 //! table, relaxed/relaxed canonicalization, the `DKIM-Signature:` field, and new keys with
-//! the DNS record to publish. The signature itself is the `openssl` crate's, already linked
+//! the DNS record to publish. Verification is in `verify`; both use `canon`. The signature itself is the `openssl` crate's, already linked
 //! for TLS; the canonicalization is ours, checked against independent verifiers in the tests.
 //!
 //! Delivery signs, not acceptance (doc/postern.conf.5 says why): a copy of our own users'
@@ -10,12 +10,18 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use openssl::hash::{Hasher, MessageDigest, hash};
+use openssl::hash::{MessageDigest, hash};
 use openssl::pkey::{Id, PKey, Private};
 use openssl::sign::Signer as OpensslSigner;
 
 use crate::message::Headers;
 use crate::table::TableError;
+
+pub mod canon;
+pub mod verify;
+
+pub use canon::relaxed_header;
+use canon::{Body, Canon};
 
 /// The fields signed when present (RFC 6376 §5.4.1), each instance of each; `From` once more
 /// than it appears, so that no `From:` can be added after signing (§8.15).
@@ -212,99 +218,6 @@ fn parse_key_line(line: &str, paths: &mut Vec<PathBuf>) -> (Option<String>, Resu
     (folded, Key::load(domain, selector, Path::new(key)))
 }
 
-/// RFC 6376 §3.4.2: a header field in relaxed form: the name in lower case, unfolded, each
-/// run of white space one space, none at the ends of the value, then CRLF.
-pub fn relaxed_header(name: &str, value: &[u8]) -> Vec<u8> {
-    let mut out = name.trim_end_matches([' ', '\t']).to_ascii_lowercase().into_bytes();
-    out.push(b':');
-    let mut space = false;
-    for &b in value {
-        match b {
-            b'\r' | b'\n' => {}
-            b' ' | b'\t' => space = true,
-            _ => {
-                if space && out.last() != Some(&b':') {
-                    out.push(b' ');
-                }
-                space = false;
-                out.push(b);
-            }
-        }
-    }
-    out.extend_from_slice(b"\r\n");
-    out
-}
-
-/// RFC 6376 §3.4.4: the body in relaxed form, fed in pieces: white space at line ends
-/// removed, runs of it one space, empty lines at the end removed, and a non-empty body
-/// ended with CRLF. Only the hash and a count of held-back empty lines are kept.
-pub struct RelaxedBody {
-    hasher: Hasher,
-    /// The current line, not yet complete.
-    line: Vec<u8>,
-    /// Empty lines seen but not yet written: they count only if more text follows.
-    empty_lines: u64,
-}
-
-impl RelaxedBody {
-    pub fn new() -> RelaxedBody {
-        // SHA-256 is always available in OpenSSL; a failure here is a broken library.
-        let hasher = Hasher::new(MessageDigest::sha256()).unwrap_or_else(|e| panic!("SHA-256: {e}"));
-        RelaxedBody { hasher, line: Vec::new(), empty_lines: 0 }
-    }
-
-    pub fn feed(&mut self, mut bytes: &[u8]) -> Result<(), String> {
-        while let Some(i) = bytes.iter().position(|&b| b == b'\n') {
-            self.line.extend_from_slice(&bytes[..i]);
-            self.end_line()?;
-            bytes = &bytes[i + 1..];
-        }
-        self.line.extend_from_slice(bytes);
-        Ok(())
-    }
-
-    fn end_line(&mut self) -> Result<(), String> {
-        let mut canonical = Vec::with_capacity(self.line.len());
-        let mut space = false;
-        for &b in self.line.strip_suffix(b"\r").unwrap_or(&self.line) {
-            if b == b' ' || b == b'\t' {
-                space = true;
-            } else {
-                if space {
-                    canonical.push(b' ');
-                }
-                space = false;
-                canonical.push(b);
-            }
-        }
-        self.line.clear();
-        if canonical.is_empty() {
-            self.empty_lines += 1;
-            return Ok(());
-        }
-        let e = |e: openssl::error::ErrorStack| e.to_string();
-        for _ in 0..std::mem::take(&mut self.empty_lines) {
-            self.hasher.update(b"\r\n").map_err(e)?;
-        }
-        canonical.extend_from_slice(b"\r\n");
-        self.hasher.update(&canonical).map_err(e)
-    }
-
-    /// The body hash (`bh=`).
-    pub fn finish(mut self) -> Result<Vec<u8>, String> {
-        if !self.line.is_empty() {
-            self.end_line()?; // the last line had no CRLF
-        }
-        Ok(self.hasher.finish().map_err(|e| e.to_string())?.to_vec())
-    }
-}
-
-impl Default for RelaxedBody {
-    fn default() -> Self {
-        RelaxedBody::new()
-    }
-}
-
 /// Reads a message's header section whole (up to 1 MB, far past any real one), feeding
 /// whatever of the body came with it to `body`. The section ends where `Headers::parse`
 /// ends it, so the fields signed are the fields every other part of postern reads.
@@ -313,7 +226,7 @@ impl Default for RelaxedBody {
 /// what the server checked.
 const MAX_SIGNED_HEADER: usize = crate::message::MAX_HEADER_SECTION + 16 * 1024;
 
-fn read_head(message: &mut impl Read, buf: &mut [u8], body: &mut RelaxedBody) -> Result<Vec<u8>, String> {
+fn read_head(message: &mut impl Read, buf: &mut [u8], body: &mut Body) -> Result<Vec<u8>, String> {
     let mut head = Vec::new();
     loop {
         let n = message.read(buf).map_err(|e| format!("reading the message: {e}"))?;
@@ -335,7 +248,7 @@ fn read_head(message: &mut impl Read, buf: &mut [u8], body: &mut RelaxedBody) ->
 /// The `DKIM-Signature:` field, CRLF-ended and folded, for `message` (header and body, CRLF
 /// lines), signed with `key` at time `now`.
 pub fn sign(key: &Key, mut message: impl Read, now: u64) -> Result<String, String> {
-    let (mut buf, mut body) = (vec![0u8; 64 * 1024], RelaxedBody::new());
+    let (mut buf, mut body) = (vec![0u8; 64 * 1024], Body::new(Canon::Relaxed, None));
     let head = read_head(&mut message, &mut buf, &mut body)?;
     sign_rest(key, &head, body, message, &mut buf, now)
 }
@@ -344,7 +257,7 @@ impl Keys {
     /// The field for `message` with the key of its `From:` domain, and that key; `NoKey`, read
     /// no further than the header, when the domain has none.
     pub fn sign(&self, mut message: impl Read, now: u64) -> Result<Signing<'_>, String> {
-        let (mut buf, mut body) = (vec![0u8; 64 * 1024], RelaxedBody::new());
+        let (mut buf, mut body) = (vec![0u8; 64 * 1024], Body::new(Canon::Relaxed, None));
         let head = read_head(&mut message, &mut buf, &mut body)?;
         let domain = from_domain(&head);
         if let Some(why) = self.unusable(domain.as_deref()) {
@@ -359,7 +272,7 @@ impl Keys {
 fn sign_rest(
     key: &Key,
     head: &[u8],
-    mut body: RelaxedBody,
+    mut body: Body,
     mut message: impl Read,
     buf: &mut [u8],
     now: u64,
@@ -371,7 +284,7 @@ fn sign_rest(
         }
         body.feed(&buf[..n])?;
     }
-    let bh = openssl::base64::encode_block(&body.finish()?);
+    let bh = openssl::base64::encode_block(&body.finish()?.0);
     let (headers, _) = Headers::parse(head);
     // §5.4.2: several instances of a name are signed from the bottom up.
     let mut names = Vec::new();
@@ -488,36 +401,6 @@ pub fn from_domain(message_head: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn body_hash(body: &[u8]) -> String {
-        let mut b = RelaxedBody::new();
-        b.feed(body).unwrap();
-        openssl::base64::encode_block(&b.finish().unwrap())
-    }
-
-    #[test]
-    fn relaxed_body_examples() {
-        // RFC 6376 §3.4.6's example body, relaxed: " C \r\nD E\r\n".
-        assert_eq!(body_hash(b" C \r\nD \t E\r\n\r\n\r\n"), body_hash(b" C\r\nD E\r\n"));
-        // The empty body hashes as nothing at all (the well-known value).
-        assert_eq!(body_hash(b""), "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=");
-        assert_eq!(body_hash(b"\r\n\r\n"), body_hash(b""));
-        assert_eq!(body_hash(b"x"), body_hash(b"x\r\n"), "a last line without CRLF gets one");
-        // Fed in any pieces, the hash is the same.
-        let text = b"a  b \r\n\r\nc\t\r\n\r\n";
-        let mut pieces = RelaxedBody::new();
-        for chunk in text.chunks(3) {
-            pieces.feed(chunk).unwrap();
-        }
-        assert_eq!(openssl::base64::encode_block(&pieces.finish().unwrap()), body_hash(text));
-    }
-
-    #[test]
-    fn relaxed_header_examples() {
-        // RFC 6376 §3.4.6: "A: X" and "B : Y\t\r\n\tZ  " become "a:X" and "b:Y Z".
-        assert_eq!(relaxed_header("A", b" X"), b"a:X\r\n");
-        assert_eq!(relaxed_header("B ", b" Y\t\r\n\tZ  "), b"b:Y Z\r\n");
-    }
 
     #[test]
     fn fields_keep_their_folding() {

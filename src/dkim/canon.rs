@@ -1,0 +1,220 @@
+//! DKIM canonicalization (RFC 6376 §3.4), one for signing and verifying: header fields
+//! simple or relaxed, and the body fed in pieces into its hash, simple or relaxed, with the
+//! body length limit of `l=` (§3.5).
+
+use openssl::hash::{Hasher, MessageDigest};
+
+/// A canonicalization algorithm (§3.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Canon {
+    Simple,
+    Relaxed,
+}
+
+impl Canon {
+    pub fn name(self) -> &'static str {
+        match self {
+            Canon::Simple => "simple",
+            Canon::Relaxed => "relaxed",
+        }
+    }
+}
+
+/// §3.4.1 and §3.4.2: one header field as it is hashed, CRLF-ended. `name` and `value` as
+/// the header parser gives them: the name as written, the value from after the colon to
+/// before the field's last CRLF, folding kept.
+pub fn header(canon: Canon, name: &str, value: &[u8]) -> Vec<u8> {
+    match canon {
+        Canon::Simple => {
+            let mut out = Vec::with_capacity(name.len() + value.len() + 3);
+            out.extend_from_slice(name.as_bytes());
+            out.push(b':');
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+            out
+        }
+        Canon::Relaxed => relaxed_header(name, value),
+    }
+}
+
+/// §3.4.2: a header field in relaxed form: the name in lower case, unfolded, each run of
+/// white space one space, none at the ends of the value, then CRLF.
+pub fn relaxed_header(name: &str, value: &[u8]) -> Vec<u8> {
+    let mut out = name.trim_end_matches([' ', '\t']).to_ascii_lowercase().into_bytes();
+    out.push(b':');
+    let mut space = false;
+    for &b in value {
+        match b {
+            b'\r' | b'\n' => {}
+            b' ' | b'\t' => space = true,
+            _ => {
+                if space && out.last() != Some(&b':') {
+                    out.push(b' ');
+                }
+                space = false;
+                out.push(b);
+            }
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// A body fed in pieces (CRLF lines, a last line without one allowed) into SHA-256 of its
+/// canonical form (§3.4.3, §3.4.4): empty lines at the end removed; relaxed also removes
+/// white space at line ends and makes each run of it one space. Only the hash, the line in
+/// progress and a count of held-back empty lines are kept.
+pub struct Body {
+    canon: Canon,
+    hasher: Hasher,
+    /// `l=`: octets of the canonical body hashed at most.
+    limit: Option<u64>,
+    /// Canonical octets so far (also those past `limit`, which are not hashed).
+    length: u64,
+    /// The current line, not yet complete.
+    line: Vec<u8>,
+    /// Empty lines seen but not yet written: they count only if more text follows.
+    empty_lines: u64,
+    /// Anything but held-back empty lines was seen (a simple empty body is one CRLF).
+    text: bool,
+}
+
+impl Body {
+    pub fn new(canon: Canon, limit: Option<u64>) -> Body {
+        // SHA-256 is always available in OpenSSL; a failure here is a broken library.
+        let hasher = Hasher::new(MessageDigest::sha256()).unwrap_or_else(|e| panic!("SHA-256: {e}"));
+        Body { canon, hasher, limit, length: 0, line: Vec::new(), empty_lines: 0, text: false }
+    }
+
+    pub fn feed(&mut self, mut bytes: &[u8]) -> Result<(), String> {
+        while let Some(i) = bytes.iter().position(|&b| b == b'\n') {
+            self.line.extend_from_slice(&bytes[..i]);
+            self.end_line()?;
+            bytes = &bytes[i + 1..];
+        }
+        self.line.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    /// Hashes `bytes` of the canonical body, up to `limit`.
+    fn emit(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let room = match self.limit {
+            Some(limit) => usize::try_from(limit.saturating_sub(self.length)).unwrap_or(usize::MAX),
+            None => usize::MAX,
+        };
+        self.length = self.length.saturating_add(bytes.len() as u64);
+        let take = &bytes[..bytes.len().min(room)];
+        if take.is_empty() {
+            return Ok(());
+        }
+        self.hasher.update(take).map_err(|e| e.to_string())
+    }
+
+    fn end_line(&mut self) -> Result<(), String> {
+        let raw = std::mem::take(&mut self.line);
+        let raw = raw.strip_suffix(b"\r").unwrap_or(&raw);
+        let mut canonical = Vec::with_capacity(raw.len() + 2);
+        match self.canon {
+            Canon::Simple => canonical.extend_from_slice(raw),
+            Canon::Relaxed => {
+                let mut space = false;
+                for &b in raw {
+                    if b == b' ' || b == b'\t' {
+                        space = true;
+                    } else {
+                        if space {
+                            canonical.push(b' ');
+                        }
+                        space = false;
+                        canonical.push(b);
+                    }
+                }
+            }
+        }
+        if canonical.is_empty() {
+            self.empty_lines += 1;
+            return Ok(());
+        }
+        for _ in 0..std::mem::take(&mut self.empty_lines) {
+            self.emit(b"\r\n")?;
+        }
+        self.text = true;
+        canonical.extend_from_slice(b"\r\n");
+        self.emit(&canonical)
+    }
+
+    /// The body hash (`bh=`), and the length of the whole canonical body.
+    pub fn finish(mut self) -> Result<(Vec<u8>, u64), String> {
+        if !self.line.is_empty() {
+            self.end_line()?; // the last line had no CRLF: it gets one
+        }
+        if self.canon == Canon::Simple && !self.text {
+            // §3.4.3: an empty body is one CRLF.
+            self.emit(b"\r\n")?;
+        }
+        let hash = self.hasher.finish().map_err(|e| e.to_string())?.to_vec();
+        Ok((hash, self.length))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash(canon: Canon, limit: Option<u64>, body: &[u8]) -> String {
+        let mut b = Body::new(canon, limit);
+        b.feed(body).unwrap();
+        openssl::base64::encode_block(&b.finish().unwrap().0)
+    }
+
+    fn sha(data: &[u8]) -> String {
+        openssl::base64::encode_block(&openssl::hash::hash(MessageDigest::sha256(), data).unwrap())
+    }
+
+    #[test]
+    fn relaxed_body_examples() {
+        let r = |b: &[u8]| hash(Canon::Relaxed, None, b);
+        // §3.4.6's example body, relaxed: " C\r\nD E\r\n".
+        assert_eq!(r(b" C \r\nD \t E\r\n\r\n\r\n"), sha(b" C\r\nD E\r\n"));
+        // The empty body hashes as nothing at all (the well-known value).
+        assert_eq!(r(b""), "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=");
+        assert_eq!(r(b"\r\n\r\n"), r(b""));
+        assert_eq!(r(b"x"), r(b"x\r\n"), "a last line without CRLF gets one");
+        let text = b"a  b \r\n\r\nc\t\r\n\r\n";
+        let mut pieces = Body::new(Canon::Relaxed, None);
+        for chunk in text.chunks(3) {
+            pieces.feed(chunk).unwrap();
+        }
+        assert_eq!(openssl::base64::encode_block(&pieces.finish().unwrap().0), r(text));
+    }
+
+    #[test]
+    fn simple_body_examples() {
+        let s = |b: &[u8]| hash(Canon::Simple, None, b);
+        // §3.4.6's example body, simple: " C \r\nD \t E\r\n".
+        assert_eq!(s(b" C \r\nD \t E\r\n\r\n\r\n"), sha(b" C \r\nD \t E\r\n"));
+        // §3.4.3: an empty body is CRLF (the well-known value).
+        assert_eq!(s(b""), "frcCV1k9oG9oKj3dpUqdJg1PxRT2RSN/XKdLCPjaYaY=");
+        assert_eq!(s(b"\r\n\r\n"), s(b""));
+        assert_eq!(s(b"x"), sha(b"x\r\n"));
+        assert_eq!(s(b" \r\n"), sha(b" \r\n"), "a line of white space is not empty in simple");
+    }
+
+    #[test]
+    fn the_length_limit_hashes_a_prefix_and_counts_all() {
+        let mut b = Body::new(Canon::Simple, Some(5));
+        b.feed(b"hello world\r\n").unwrap();
+        let (h, length) = b.finish().unwrap();
+        assert_eq!(openssl::base64::encode_block(&h), sha(b"hello"));
+        assert_eq!(length, 13);
+        assert_eq!(hash(Canon::Relaxed, Some(0), b"x\r\n"), sha(b""));
+    }
+
+    #[test]
+    fn header_examples() {
+        // §3.4.6: "A: X" and "B : Y\t\r\n\tZ  " become "a:X" and "b:Y Z".
+        assert_eq!(header(Canon::Relaxed, "A", b" X"), b"a:X\r\n");
+        assert_eq!(header(Canon::Relaxed, "B ", b" Y\t\r\n\tZ  "), b"b:Y Z\r\n");
+        assert_eq!(header(Canon::Simple, "B ", b" Y\t\r\n\tZ  "), b"B : Y\t\r\n\tZ  \r\n");
+    }
+}
