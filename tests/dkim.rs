@@ -102,6 +102,8 @@ fn cases(from: &str) -> Vec<(&'static str, String)> {
               Content-Transfer-Encoding: 8bit\r\n\r\nGr\u{fc}\u{df}e aus K\u{f6}ln \u{2014} \u{fc}ber alles\r\n",
         ),
         ("dots", head("dots") + "\r\n.leading dot\r\n..two\r\n.\r\nend\r\n"),
+        // Relaxed keeps the space after a colon inside a value (RFC 6376 §3.4.2).
+        ("colons", head("colons: Re:  a reply : here") + "Date: Sat, 5 Dec 2026 06:00:00 +0000\r\n\r\nbody\r\n"),
     ]
 }
 

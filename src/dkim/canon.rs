@@ -42,16 +42,19 @@ pub fn header(canon: Canon, name: &str, value: &[u8]) -> Vec<u8> {
 pub fn relaxed_header(name: &str, value: &[u8]) -> Vec<u8> {
     let mut out = name.trim_end_matches([' ', '\t']).to_ascii_lowercase().into_bytes();
     out.push(b':');
-    let mut space = false;
+    // White space before the value's first character goes (§3.4.2), and only there: a colon
+    // inside the value keeps the space after it.
+    let (mut space, mut started) = (false, false);
     for &b in value {
         match b {
             b'\r' | b'\n' => {}
             b' ' | b'\t' => space = true,
             _ => {
-                if space && out.last() != Some(&b':') {
+                if space && started {
                     out.push(b' ');
                 }
                 space = false;
+                started = true;
                 out.push(b);
             }
         }
@@ -216,5 +219,7 @@ mod tests {
         assert_eq!(header(Canon::Relaxed, "A", b" X"), b"a:X\r\n");
         assert_eq!(header(Canon::Relaxed, "B ", b" Y\t\r\n\tZ  "), b"b:Y Z\r\n");
         assert_eq!(header(Canon::Simple, "B ", b" Y\t\r\n\tZ  "), b"B : Y\t\r\n\tZ  \r\n");
+        // A colon inside the value keeps the space after it.
+        assert_eq!(header(Canon::Relaxed, "Subject", b" Re:  hi : there"), b"subject:Re: hi : there\r\n");
     }
 }

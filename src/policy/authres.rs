@@ -4,6 +4,7 @@
 
 use std::net::IpAddr;
 
+use crate::dkim::verify::Verdict;
 use crate::spf::{Identity, Outcome, SpfResult};
 
 /// What the sender checks found.
@@ -50,8 +51,18 @@ impl Findings {
     /// The fields to write at the top of the message, above `Received:`, each ending CRLF:
     /// `Authentication-Results:` first, then `Received-SPF:` when SPF was checked.
     pub fn fields(&self, authserv_id: &str) -> String {
-        match self {
-            Findings::Unchecked(why) => {
+        self.fields_with(authserv_id, None)
+    }
+
+    /// The same, with the results of the checks that read the message: `dkim`, one verdict
+    /// per signature checked (`Some(&[])`: the message has none), `None` when not checked.
+    pub fn fields_with(&self, authserv_id: &str, dkim: Option<&[Verdict]>) -> String {
+        let dkim = dkim.map(dkim_results);
+        match (self, dkim) {
+            (Findings::Unchecked(Unchecked::Off), Some(dkim)) => {
+                format!("Authentication-Results: {authserv_id} (SPF not checked);\r\n\t{dkim}\r\n")
+            }
+            (Findings::Unchecked(why), _) => {
                 let result = match why {
                     Unchecked::User(user) => format!(";\r\n\tauth=pass smtp.auth={}", value(user)),
                     Unchecked::Trusted => " (trusted client, not checked); none".into(),
@@ -62,18 +73,26 @@ impl Findings {
                 };
                 format!("Authentication-Results: {authserv_id}{result}\r\n")
             }
-            Findings::Spf(spf) => {
+            (Findings::Spf(spf), dkim) => {
                 let property = match &spf.sender {
                     Some(sender) => format!("smtp.mailfrom={}", pvalue(sender)),
                     None => format!("smtp.helo={}", value(&spf.helo)),
                 };
+                let dkim = dkim.map(|d| format!(";\r\n\t{d}")).unwrap_or_default();
                 format!(
-                    "Authentication-Results: {authserv_id};\r\n\tspf={} {property}\r\n{}",
+                    "Authentication-Results: {authserv_id};\r\n\tspf={} {property}{dkim}\r\n{}",
                     spf.outcome.result,
                     received_spf(spf)
                 )
             }
         }
+    }
+
+    /// Whether the checks that read the message run for this client: not for our own users
+    /// and clients, which were not checked either (RFC 8601 §2.7.4, and mail relayed by our
+    /// own gateway must not fail its own domain's checks).
+    pub fn checks_message(&self) -> bool {
+        matches!(self, Findings::Spf(_) | Findings::Unchecked(Unchecked::Off))
     }
 
     /// The SPF result, when SPF was checked.
@@ -83,6 +102,32 @@ impl Findings {
             Findings::Unchecked(_) => None,
         }
     }
+}
+
+/// RFC 8601 §2.7.1: `dkim=` once per signature, with `reason=` when it is not a pass and
+/// the signing domain and selector (`header.d=`, `header.s=`), each on a line of its own;
+/// `dkim=none` when the message has no signature.
+pub fn dkim_results(verdicts: &[Verdict]) -> String {
+    if verdicts.is_empty() {
+        return "dkim=none".into();
+    }
+    let results: Vec<String> = verdicts
+        .iter()
+        .map(|v| {
+            let mut text = format!("dkim={}", v.result);
+            if let Some(reason) = &v.reason {
+                text += &format!(" reason={}", quoted(reason));
+            }
+            if !v.domain.is_empty() {
+                text += &format!(" header.d={}", value(&v.domain));
+            }
+            if !v.selector.is_empty() {
+                text += &format!(" header.s={}", value(&v.selector));
+            }
+            text
+        })
+        .collect();
+    results.join(";\r\n\t")
 }
 
 /// RFC 7208 §9.1: the result, a comment a person reads, then the key-value pairs.
@@ -258,6 +303,41 @@ mod tests {
             domain: "sender.test".into(),
             receiver: "mail.example.test".into(),
         }
+    }
+
+    #[test]
+    fn dkim_results_one_per_signature() {
+        use crate::dkim::verify::DkimResult;
+        let verdict = |result, domain: &str, reason: Option<&str>| Verdict {
+            result,
+            domain: domain.into(),
+            selector: "s1".into(),
+            reason: reason.map(String::from),
+            testing: false,
+        };
+        let spf = Findings::Spf(finding(SpfResult::Pass, Some("boss@sender.test")));
+        let two = [
+            verdict(DkimResult::Pass, "sender.test", None),
+            verdict(DkimResult::Fail, "x.test", Some("body hash did not verify")),
+        ];
+        let text = spf.fields_with("mx.test", Some(&two));
+        assert!(
+            text.starts_with(
+                "Authentication-Results: mx.test;\r\n\tspf=pass smtp.mailfrom=boss@sender.test;\r\n\t\
+                 dkim=pass header.d=sender.test header.s=s1;\r\n\t\
+                 dkim=fail reason=\"body hash did not verify\" header.d=x.test header.s=s1\r\nReceived-SPF: pass"
+            ),
+            "{text}"
+        );
+        assert!(spf.fields_with("mx.test", Some(&[])).contains("\tdkim=none\r\n"));
+        let off = Findings::Unchecked(Unchecked::Off);
+        assert_eq!(
+            off.fields_with("mx.test", Some(&[])),
+            "Authentication-Results: mx.test (SPF not checked);\r\n\tdkim=none\r\n"
+        );
+        let user = Findings::Unchecked(Unchecked::User("alice".into()));
+        assert!(!user.checks_message());
+        assert_eq!(user.fields_with("mx.test", Some(&two)), user.fields("mx.test"));
     }
 
     #[test]

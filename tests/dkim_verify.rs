@@ -1,0 +1,321 @@
+//! DKIM verification (RFC 6376 §6, RFC 8463, RFC 8301) against independent implementations.
+//!
+//! Messages are signed by Python's dkimpy (RSA and Ed25519) and Perl's Mail::DKIM (RSA); the
+//! keys are served by a DNS server on loopback. `postern-smtpd --test-sender` with the message
+//! gives one `dkim=` result per signature, and dkimpy, asking the same server, verifies each
+//! signature too: the two must agree on which signatures pass. Where dkimpy departs from the
+//! RFC, the case says what the RFC requires and why, and postern must give that.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use hickory_proto::rr::RecordType::TXT;
+use openssl::pkey::PKey;
+use openssl::rsa::Rsa;
+use support::dns::{Answer, FakeDns};
+use support::{TempDir, config_with, skip_unless};
+
+const MESSAGE: &str = "From: Alice <alice@example.test>\r\nTo: bob@example.org\r\nSubject: a test\r\n\
+                       Date: Sat, 5 Dec 2026 06:00:00 +0000\r\nMessage-ID: <1@example.test>\r\n\r\n\
+                       Hello  there \r\n\r\nBye\r\n";
+
+fn python() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin/python")
+}
+
+fn have_dkimpy() -> bool {
+    Command::new(python()).args(["-c", "import dkim, nacl, dns.resolver"]).output().is_ok_and(|o| o.status.success())
+}
+
+fn have_mail_dkim() -> bool {
+    Command::new("perl")
+        .args(["-MMail::DKIM::Signer", "-MMail::DKIM::TextWrap", "-e1"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn leak(text: String) -> &'static str {
+    Box::leak(text.into_boxed_str())
+}
+
+/// A signing key: what dkimpy takes (PKCS#1 PEM, or an Ed25519 seed in base64), the PEM
+/// Mail::DKIM takes, and the record to publish.
+struct Key {
+    private: PathBuf,
+    algorithm: &'static str,
+    record: &'static str,
+}
+
+fn rsa_key(dir: &Path, bits: u32) -> Key {
+    let rsa = Rsa::generate(bits).unwrap();
+    let private = dir.join(format!("rsa{bits}.pem"));
+    std::fs::write(&private, rsa.private_key_to_pem().unwrap()).unwrap();
+    let public = PKey::from_rsa(rsa).unwrap().public_key_to_der().unwrap();
+    let record = leak(format!("v=DKIM1; k=rsa; p={}", openssl::base64::encode_block(&public)));
+    Key { private, algorithm: "rsa-sha256", record }
+}
+
+fn ed25519_key(dir: &Path) -> Key {
+    let pkey = PKey::generate_ed25519().unwrap();
+    let private = dir.join("ed25519.seed");
+    std::fs::write(&private, openssl::base64::encode_block(&pkey.raw_private_key().unwrap())).unwrap();
+    let record =
+        leak(format!("v=DKIM1; k=ed25519; p={}", openssl::base64::encode_block(&pkey.raw_public_key().unwrap())));
+    Key { private, algorithm: "ed25519-sha256", record }
+}
+
+/// `message` with a signature by dkimpy on top.
+fn dkimpy_sign(message: &[u8], key: &Key, selector: &str, canon: &str, algorithm: &str, length: bool) -> Vec<u8> {
+    let (h, b) = canon.split_once('/').unwrap();
+    let script = format!(
+        "import sys, dkim\n\
+         msg = sys.stdin.buffer.read()\n\
+         key = open(sys.argv[1], 'rb').read().strip()\n\
+         sig = dkim.sign(msg, b'{selector}', b'example.test', key, canonicalize=(b'{h}', b'{b}'),\n\
+         \x20   signature_algorithm=b'{algorithm}', length={length},\n\
+         \x20   include_headers=[b'from', b'to', b'subject', b'date', b'message-id'])\n\
+         sys.stdout.buffer.write(sig + msg)\n",
+        length = if length { "True" } else { "False" }
+    );
+    run(Command::new(python()).arg("-c").arg(script).arg(&key.private), message)
+}
+
+/// `message` with a signature by Mail::DKIM on top.
+fn mail_dkim_sign(message: &[u8], key: &Key, selector: &str, canon: &str) -> Vec<u8> {
+    let script = "use Mail::DKIM::Signer; use Mail::DKIM::TextWrap;\n\
+        my ($key, $selector, $canon) = @ARGV;\n\
+        my $signer = Mail::DKIM::Signer->new(Algorithm => 'rsa-sha256', Method => $canon,\n\
+          Domain => 'example.test', Selector => $selector, KeyFile => $key);\n\
+        binmode STDIN; my $msg = do { local $/; <STDIN> };\n\
+        $signer->PRINT($msg); $signer->CLOSE;\n\
+        my $sig = $signer->signature->as_string; $sig =~ s/\\r?\\n/\\r\\n/g;\n\
+        binmode STDOUT; print $sig, \"\\r\\n\", $msg;\n";
+    run(Command::new("perl").arg("-e").arg(script).arg(&key.private).args([selector, canon]), message)
+}
+
+fn run(command: &mut Command, input: &[u8]) -> Vec<u8> {
+    let mut child = command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+/// dkimpy's verdict on each signature of each message, asking `dns`: "pass", "fail" or
+/// "temperror" (its DNS timeout).
+fn dkimpy_verify(dns: &FakeDns, paths: &[PathBuf]) -> Vec<Vec<String>> {
+    let script = format!(
+        "import sys, json, dkim, dns.resolver\n\
+         r = dns.resolver.Resolver(configure=False)\n\
+         r.nameservers = ['{ip}']\nr.port = {port}\nr.timeout = 1\nr.lifetime = 2\n\
+         dns.resolver.default_resolver = r\n\
+         for path in sys.argv[1:]:\n\
+         \x20   msg = open(path, 'rb').read()\n\
+         \x20   d = dkim.DKIM(msg, minkey=1024, timeout=2)\n\
+         \x20   n = sum(1 for h in d.headers if h[0].lower() == b'dkim-signature')\n\
+         \x20   out = []\n\
+         \x20   for i in range(n):\n\
+         \x20       try:\n\
+         \x20           out.append('pass' if d.verify(idx=i) else 'fail')\n\
+         \x20       except dkim.DnsTimeoutError:\n\
+         \x20           out.append('temperror')\n\
+         \x20       except dkim.DKIMException:\n\
+         \x20           out.append('fail')\n\
+         \x20   print(json.dumps(out), flush=True)\n",
+        ip = dns.addr.ip(),
+        port = dns.addr.port()
+    );
+    let out = Command::new(python()).arg("-c").arg(script).args(paths).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    text.lines()
+        .map(|l| {
+            l.trim_matches(['[', ']'])
+                .split(", ")
+                .filter(|s| !s.is_empty())
+                .map(|s| s.trim_matches('"').to_string())
+                .collect()
+        })
+        .collect()
+}
+
+/// postern-smtpd --test-sender's `dkim=` results for the message in `path`, in order, and
+/// its verdict line.
+fn postern(conf: &Path, path: &Path) -> (Vec<String>, String) {
+    let out = Command::new(support::smtpd_binary())
+        .arg("-c")
+        .arg(conf)
+        .args(["--test-sender", "192.0.2.1", "mx.remote.test", "sender@remote.test"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let results =
+        text.split("dkim=").skip(1).map(|r| r.split([' ', ';', '\n']).next().unwrap_or("").to_string()).collect();
+    (results, text.lines().last().unwrap_or("").to_string())
+}
+
+struct Case {
+    name: &'static str,
+    message: Vec<u8>,
+    /// postern's results, one per signature from the top.
+    want: Vec<&'static str>,
+    /// Where dkimpy departs from the RFC: its result and why the RFC's is right.
+    departs: Option<(&'static str, &'static str)>,
+}
+
+#[test]
+fn signatures_by_dkimpy_and_mail_dkim_verify_as_dkimpy_and_the_rfc_say() {
+    if skip_unless(have_dkimpy(), "dkimpy is not in target/venv (make test-deps installs it)") {
+        return;
+    }
+    let dir = TempDir::new("dkim-verify");
+    let (rsa, ed, short, k1024) =
+        (rsa_key(dir.path(), 2048), ed25519_key(dir.path()), rsa_key(dir.path(), 512), rsa_key(dir.path(), 1024));
+    let name = |s: &str| leak(format!("{s}._domainkey.example.test"));
+    let dns = FakeDns::start(&[
+        (name("rsa"), TXT, Answer::Txt(vec![rsa.record])),
+        (name("ed"), TXT, Answer::Txt(vec![ed.record])),
+        (name("short"), TXT, Answer::Txt(vec![short.record])),
+        (name("k1024"), TXT, Answer::Txt(vec![k1024.record])),
+        (name("revoked"), TXT, Answer::Txt(vec!["v=DKIM1; k=rsa; p="])),
+        (name("slow"), TXT, Answer::Silence),
+    ]);
+    let conf = dir.path().join("postern.conf");
+    std::fs::write(&conf, config_with(dir.path(), &format!("dns_servers = {}\nspf_timeout = 3s\n", dns.addr))).unwrap();
+
+    let m = MESSAGE.as_bytes();
+    let edit = |signed: &[u8], from: &str, to: &str| {
+        let text = String::from_utf8(signed.to_vec()).unwrap();
+        assert!(text.contains(from), "{from}");
+        text.replacen(from, to, 1).into_bytes()
+    };
+    let sign = |key: &Key, selector, canon| dkimpy_sign(m, key, selector, canon, key.algorithm, false);
+    let case = |name, message, want: &[&'static str]| Case { name, message, want: want.to_vec(), departs: None };
+    let relaxed = sign(&rsa, "rsa", "relaxed/relaxed");
+    let simple = sign(&rsa, "rsa", "simple/simple");
+    let mut cases = vec![
+        case("rsa relaxed/simple", sign(&rsa, "rsa", "relaxed/simple"), &["pass"]),
+        case("rsa simple/simple", simple.clone(), &["pass"]),
+        case("rsa relaxed/relaxed", relaxed.clone(), &["pass"]),
+        case("ed25519 relaxed/relaxed", sign(&ed, "ed", "relaxed/relaxed"), &["pass"]),
+        case("ed25519 simple/simple", sign(&ed, "ed", "simple/simple"), &["pass"]),
+        case("rsa 1024 bits", sign(&k1024, "k1024", "relaxed/simple"), &["pass"]),
+        case("tampered body", edit(&relaxed, "Bye", "Bye!"), &["fail"]),
+        case("tampered header", edit(&relaxed, "Subject: a test", "Subject: a toast"), &["fail"]),
+        case("ed25519 tampered body", edit(&sign(&ed, "ed", "relaxed/relaxed"), "Bye", "Hi"), &["fail"]),
+        case("revoked key", sign(&rsa, "revoked", "relaxed/simple"), &["fail"]),
+        case("no key", sign(&rsa, "missing", "relaxed/simple"), &["permerror"]),
+        case("512-bit key (RFC 8301 §3.2)", sign(&short, "short", "relaxed/simple"), &["fail"]),
+        case(
+            "relaxed white space",
+            edit(&edit(&relaxed, "Hello  there ", "Hello \t there"), "Subject: a test", "Subject:  a   test"),
+            &["pass"],
+        ),
+        case("simple white space", edit(&simple, "Hello  there ", "Hello there "), &["fail"]),
+        case("trailing empty lines, simple", [simple.as_slice(), b"\r\n\r\n"].concat(), &["pass"]),
+        case("trailing empty lines, relaxed", [relaxed.as_slice(), b"\r\n\r\n\r\n"].concat(), &["pass"]),
+        case(
+            "l= with text appended",
+            [dkimpy_sign(m, &rsa, "rsa", "relaxed/simple", "rsa-sha256", true).as_slice(), b"appended\r\n"].concat(),
+            &["pass"],
+        ),
+        case(
+            "two signatures, one good",
+            dkimpy_sign(&relaxed, &rsa, "missing", "relaxed/simple", "rsa-sha256", false),
+            &["permerror", "pass"],
+        ),
+    ];
+    cases.push(Case {
+        name: "DNS timeout",
+        message: sign(&rsa, "slow", "relaxed/simple"),
+        want: vec!["temperror"],
+        departs: Some(("fail", "RFC 6376 §6.1.2: a key query that gets no answer is TEMPFAIL, to try again later")),
+    });
+    cases.push(Case {
+        name: "rsa-sha1",
+        message: dkimpy_sign(m, &rsa, "rsa", "relaxed/simple", "rsa-sha1", false),
+        want: vec!["fail"],
+        departs: Some(("pass", "RFC 8301 §3.1: verifiers must not consider rsa-sha1 signatures valid")),
+    });
+    if have_mail_dkim() {
+        cases.push(case("Mail::DKIM relaxed/relaxed", mail_dkim_sign(m, &rsa, "rsa", "relaxed/relaxed"), &["pass"]));
+        cases.push(case("Mail::DKIM simple/simple", mail_dkim_sign(m, &rsa, "rsa", "simple/simple"), &["pass"]));
+        cases.push(case(
+            "Mail::DKIM tampered",
+            edit(&mail_dkim_sign(m, &rsa, "rsa", "relaxed/simple"), "Bye", "Bye."),
+            &["fail"],
+        ));
+    } else {
+        eprintln!("SKIP: Mail::DKIM is missing: its three cases are not run");
+    }
+
+    let paths: Vec<PathBuf> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let path = dir.path().join(format!("m{i}.eml"));
+            std::fs::write(&path, &c.message).unwrap();
+            path
+        })
+        .collect();
+    let theirs = dkimpy_verify(&dns, &paths);
+    assert_eq!(theirs.len(), cases.len());
+    let mut wrong = Vec::new();
+    for ((case, path), theirs) in cases.iter().zip(&paths).zip(&theirs) {
+        let (ours, verdict) = postern(&conf, path);
+        eprintln!("{}: postern {ours:?}, dkimpy {theirs:?}", case.name);
+        assert_eq!(verdict, "verdict: accept", "{}: DKIM alone never refuses (RFC 6376 §6.3)", case.name);
+        if ours != case.want {
+            wrong.push(format!("{}: postern {ours:?}, want {:?}", case.name, case.want));
+        }
+        // dkimpy says pass or fail (it folds permerror into fail), or temperror.
+        let ours_as_theirs: Vec<&str> =
+            ours.iter().map(|r| if r == "permerror" { "fail" } else { r.as_str() }).collect();
+        match case.departs {
+            None if ours_as_theirs != *theirs => {
+                wrong.push(format!("{}: postern {ours:?}, dkimpy {theirs:?}", case.name))
+            }
+            Some((theirs_departs, why)) => {
+                assert_eq!(
+                    theirs,
+                    &[theirs_departs],
+                    "{}: dkimpy agrees with the RFC now; drop the note ({why})",
+                    case.name
+                )
+            }
+            None => {}
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn an_unsigned_message_is_dkim_none_and_without_a_message_nothing_reads_it() {
+    let dir = TempDir::new("dkim-none");
+    let dns = FakeDns::start(&[]);
+    let conf = dir.path().join("postern.conf");
+    std::fs::write(&conf, config_with(dir.path(), &format!("dns_servers = {}\nspf_timeout = 3s\n", dns.addr))).unwrap();
+    let path = dir.path().join("m.eml");
+    std::fs::write(&path, MESSAGE).unwrap();
+    let (ours, verdict) = postern(&conf, &path);
+    assert_eq!(ours, ["none"]);
+    assert_eq!(verdict, "verdict: accept");
+    // No message file: nothing that reads the message is run.
+    let out = Command::new(support::smtpd_binary())
+        .arg("-c")
+        .arg(&conf)
+        .args(["--test-sender", "192.0.2.1", "mx.remote.test", "sender@remote.test"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && !text.contains("dkim="), "{text}");
+}
