@@ -49,6 +49,7 @@ pub mod client;
 pub mod config;
 pub mod deliver;
 pub mod dkim;
+pub mod dmarc;
 pub mod dns;
 pub mod dsn;
 pub mod fault;

@@ -413,15 +413,25 @@ fn test_sender(args: &Args, trial: &Trial) -> ExitCode {
     let verdict = policy.check_sender(&client, &trial.from, Some(dns.as_ref()));
     // The checks that read the message, with a budget of their own (the server's is counted
     // from the end of the data).
-    let dkim = match &message {
+    let checked = match &message {
         Some(text) if verdict.refusal.is_none() && verdict.findings.checks_message() => {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
             let until = std::time::Instant::now() + config.spf_timeout;
-            Some(postern::dkim::verify::verify(text, dns.as_ref(), now, until))
+            let dkim = postern::dkim::verify::verify(text, dns.as_ref(), now, until);
+            let (_, body) = postern::message::Headers::parse(text);
+            let mut roll = [0u8; 2];
+            let _ = openssl::rand::rand_bytes(&mut roll);
+            let roll = (u16::from_le_bytes(roll) % 100) as u8;
+            Some(postern::policy::check_author(&verdict.findings, &text[..body], dkim, dns.as_ref(), until, roll))
         }
         _ => None,
     };
-    print!("{}", verdict.findings.fields_with(&config.hostname, dkim.as_deref()).replace("\r\n", "\n"));
+    let fields = verdict.findings.fields_with(
+        &config.hostname,
+        checked.as_ref().map(|c| c.dkim.as_slice()),
+        checked.as_ref().and_then(|c| c.dmarc.as_ref()),
+    );
+    print!("{}", fields.replace("\r\n", "\n"));
     let refused = match verdict.refusal {
         Some(refusal) => Some(Reply::from(&refusal)),
         None => message.as_deref().and_then(|text| {
@@ -434,10 +444,13 @@ fn test_sender(args: &Args, trial: &Trial) -> ExitCode {
             } else {
                 None
             };
-            error.map(|e| Reply::from(&e))
+            let refusal = checked.as_ref().and_then(|c| c.refusal.as_ref());
+            error.map(|e| Reply::from(&e)).or_else(|| refusal.map(Reply::from))
         }),
     };
+    let quarantine = checked.as_ref().is_some_and(|c| c.quarantine);
     match refused {
+        None if quarantine => println!("verdict: quarantine"),
         None => println!("verdict: accept"),
         Some(reply) if reply.code() >= 500 => println!("verdict: reject {}", reply.summary()),
         Some(reply) => println!("verdict: defer {}", reply.summary()),

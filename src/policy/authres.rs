@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 
 use crate::dkim::verify::Verdict;
+use crate::dmarc::Evaluation;
 use crate::spf::{Identity, Outcome, SpfResult};
 
 /// What the sender checks found.
@@ -51,13 +52,17 @@ impl Findings {
     /// The fields to write at the top of the message, above `Received:`, each ending CRLF:
     /// `Authentication-Results:` first, then `Received-SPF:` when SPF was checked.
     pub fn fields(&self, authserv_id: &str) -> String {
-        self.fields_with(authserv_id, None)
+        self.fields_with(authserv_id, None, None)
     }
 
     /// The same, with the results of the checks that read the message: `dkim`, one verdict
-    /// per signature checked (`Some(&[])`: the message has none), `None` when not checked.
-    pub fn fields_with(&self, authserv_id: &str, dkim: Option<&[Verdict]>) -> String {
-        let dkim = dkim.map(dkim_results);
+    /// per signature checked (`Some(&[])`: the message has none), `None` when not checked;
+    /// then DMARC's, when it was evaluated.
+    pub fn fields_with(&self, authserv_id: &str, dkim: Option<&[Verdict]>, dmarc: Option<&Evaluation>) -> String {
+        let dkim = dkim.map(|d| match dmarc {
+            Some(e) => format!("{};\r\n\t{}", dkim_results(d), dmarc_result(e)),
+            None => dkim_results(d),
+        });
         match (self, dkim) {
             (Findings::Unchecked(Unchecked::Off), Some(dkim)) => {
                 format!("Authentication-Results: {authserv_id} (SPF not checked);\r\n\t{dkim}\r\n")
@@ -102,6 +107,15 @@ impl Findings {
             Findings::Unchecked(_) => None,
         }
     }
+
+    /// The SPF result and the domain it was about (the MAIL FROM's, or the HELO name for
+    /// the null sender), as DMARC aligns it (RFC 7489 §4.1).
+    pub fn spf_identity(&self) -> Option<(SpfResult, &str)> {
+        match self {
+            Findings::Spf(spf) => Some((spf.outcome.result, spf.domain.as_str())),
+            Findings::Unchecked(_) => None,
+        }
+    }
 }
 
 /// RFC 8601 §2.7.1: `dkim=` once per signature, with `reason=` when it is not a pass and
@@ -128,6 +142,19 @@ pub fn dkim_results(verdicts: &[Verdict]) -> String {
         })
         .collect();
     results.join(";\r\n\t")
+}
+
+/// RFC 7489 §11.2: `dmarc=` with the policy published in a comment, the reason when there is
+/// one, and `header.from=`.
+pub fn dmarc_result(e: &Evaluation) -> String {
+    let mut text = format!("dmarc={}", e.result);
+    if let Some(policy) = e.published {
+        text += &format!(" (p={} dis={})", policy.name(), e.applied.name());
+    }
+    if let Some(reason) = &e.reason {
+        text += &format!(" reason={}", quoted(reason));
+    }
+    text + &format!(" header.from={}", value(&e.from))
 }
 
 /// RFC 7208 §9.1: the result, a comment a person reads, then the key-value pairs.
@@ -320,7 +347,7 @@ mod tests {
             verdict(DkimResult::Pass, "sender.test", None),
             verdict(DkimResult::Fail, "x.test", Some("body hash did not verify")),
         ];
-        let text = spf.fields_with("mx.test", Some(&two));
+        let text = spf.fields_with("mx.test", Some(&two), None);
         assert!(
             text.starts_with(
                 "Authentication-Results: mx.test;\r\n\tspf=pass smtp.mailfrom=boss@sender.test;\r\n\t\
@@ -329,15 +356,15 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(spf.fields_with("mx.test", Some(&[])).contains("\tdkim=none\r\n"));
+        assert!(spf.fields_with("mx.test", Some(&[]), None).contains("\tdkim=none\r\n"));
         let off = Findings::Unchecked(Unchecked::Off);
         assert_eq!(
-            off.fields_with("mx.test", Some(&[])),
+            off.fields_with("mx.test", Some(&[]), None),
             "Authentication-Results: mx.test (SPF not checked);\r\n\tdkim=none\r\n"
         );
         let user = Findings::Unchecked(Unchecked::User("alice".into()));
         assert!(!user.checks_message());
-        assert_eq!(user.fields_with("mx.test", Some(&two)), user.fields("mx.test"));
+        assert_eq!(user.fields_with("mx.test", Some(&two), None), user.fields("mx.test"));
     }
 
     #[test]

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use crate::alias::LocalUsers;
 use crate::config::Config;
+use crate::dkim::verify::Verdict;
+use crate::dmarc::{self, Evaluation};
 use crate::dns::Resolve;
 use crate::message::Headers;
 use crate::smtp::address::{ForwardPath, Host, ReversePath};
@@ -45,6 +47,12 @@ pub enum Refusal {
     /// A logged-in user's `From:` names an address that is not theirs (`553 5.7.1`,
     /// RFC 6409 §8.1).
     FromNotOwned { address: String, user: String },
+    /// From a stranger, a `From:` with no address or several: DMARC cannot name the author
+    /// (`550 5.7.1`, RFC 7489 §6.6.1).
+    FromCount(usize),
+    /// The `From:` domain's DMARC policy is reject, and the message failed it (`550 5.7.26`,
+    /// RFC 7489 §6.6.4, RFC 7372 §3.3).
+    DmarcReject(String),
 }
 
 impl From<&Refusal> for Reply {
@@ -70,6 +78,15 @@ impl From<&Refusal> for Reply {
             Refusal::FromNotOwned { address, user } => {
                 Reply::new(553, es(5, 7, 1), format!("<{address}>: From: address rejected: not owned by user {user}"))
             }
+            Refusal::FromCount(0) => Reply::new(550, es(5, 7, 1), "Message rejected: no author address in From:"),
+            Refusal::FromCount(n) => {
+                Reply::new(550, es(5, 7, 1), format!("Message rejected: {n} author addresses in From:; one is needed"))
+            }
+            Refusal::DmarcReject(domain) => Reply::new(
+                550,
+                es(5, 7, 26),
+                format!("DMARC: {domain} refuses mail that fails its SPF and DKIM alignment"),
+            ),
         }
     }
 }
@@ -287,6 +304,55 @@ pub fn check_message(
     }
 }
 
+/// What the checks that read a stranger's message found: one DKIM verdict per signature,
+/// the DMARC evaluation of its `From:` domain, and what follows from them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageVerdict {
+    pub dkim: Vec<Verdict>,
+    pub dmarc: Option<Evaluation>,
+    pub refusal: Option<Refusal>,
+    /// Taken, but into the recipient's Junk folder (DMARC `quarantine`).
+    pub quarantine: bool,
+}
+
+/// DMARC (RFC 7489) for a message whose sender checks found `findings` and whose DKIM
+/// signatures gave `dkim`: only for strangers (`Findings::checks_message`), whose `From:`
+/// must hold exactly one address (§6.6.1). `roll` is a random number below 100 for `pct`.
+pub fn check_author(
+    findings: &authres::Findings,
+    head: &[u8],
+    dkim: Vec<Verdict>,
+    dns: &dyn Resolve,
+    until: Instant,
+    roll: u8,
+) -> MessageVerdict {
+    let mut verdict = MessageVerdict { dkim, dmarc: None, refusal: None, quarantine: false };
+    if !findings.checks_message() {
+        return verdict;
+    }
+    let (headers, _) = Headers::parse(head);
+    let authors = headers.addresses("from");
+    let [author] = authors.as_slice() else {
+        verdict.refusal = Some(Refusal::FromCount(authors.len()));
+        return verdict;
+    };
+    let domain = author.rsplit_once('@').map_or("", |(_, d)| d.trim_end_matches('>'));
+    if domain.is_empty() {
+        verdict.refusal = Some(Refusal::FromCount(0));
+        return verdict;
+    }
+    let evaluation = dmarc::evaluate(domain, findings.spf_identity(), &verdict.dkim, dns, until, roll);
+    if evaluation.result == "fail" {
+        match evaluation.applied {
+            dmarc::Policy::Reject => verdict.refusal = Some(Refusal::DmarcReject(evaluation.from.clone())),
+            dmarc::Policy::Quarantine => verdict.quarantine = true,
+            dmarc::Policy::None => {}
+        }
+    }
+    verdict.dmarc = Some(evaluation);
+    verdict
+}
+
 /// The client's name for the log and `Received:`: forward-confirmed, when `reverse_dns` is
 /// on; never for a loopback address (RFC 6761 §6.3: not DNS's to answer).
 pub fn client_name(config: &Config, dns: Option<&dyn Resolve>, ip: IpAddr) -> Option<String> {
@@ -309,6 +375,7 @@ mod tests {
             R::UnknownUser(_) | R::RelayDenied(_) | R::TooManyRecipients | R::NoValidRecipients => (),
             R::NeedsSmtputf8 | R::MessageTooBig | R::NotOffered(_) => (),
             R::LocalSender(_) | R::SpfFail(_) | R::SpfTempError(_) | R::FromNotOwned { .. } => (),
+            R::FromCount(_) | R::DmarcReject(_) => (),
         };
         for (refusal, want) in [
             (R::UnknownUser("bob".into()), "550 5.1.1"),
@@ -322,6 +389,9 @@ mod tests {
             (R::SpfFail("no".into()), "550 5.7.23"),
             (R::SpfTempError("later".into()), "451 4.7.24"),
             (R::FromNotOwned { address: "a@b.test".into(), user: "u".into() }, "553 5.7.1"),
+            (R::FromCount(0), "550 5.7.1"),
+            (R::FromCount(2), "550 5.7.1"),
+            (R::DmarcReject("example.test".into()), "550 5.7.26"),
         ] {
             let reply = Reply::from(&refusal);
             let EnhancedStatus(a, b, c) = reply.status().expect("an enhanced code");
