@@ -69,12 +69,25 @@ fn ed25519_key(dir: &Path) -> Key {
 
 /// `message` with a signature by dkimpy on top.
 fn dkimpy_sign(message: &[u8], key: &Key, selector: &str, canon: &str, algorithm: &str, length: bool) -> Vec<u8> {
+    dkimpy_sign_as(message, key, "example.test", selector, canon, algorithm, length)
+}
+
+/// `message` with a signature by dkimpy for `domain` on top.
+fn dkimpy_sign_as(
+    message: &[u8],
+    key: &Key,
+    domain: &str,
+    selector: &str,
+    canon: &str,
+    algorithm: &str,
+    length: bool,
+) -> Vec<u8> {
     let (h, b) = canon.split_once('/').unwrap();
     let script = format!(
         "import sys, dkim\n\
          msg = sys.stdin.buffer.read()\n\
          key = open(sys.argv[1], 'rb').read().strip()\n\
-         sig = dkim.sign(msg, b'{selector}', b'example.test', key, canonicalize=(b'{h}', b'{b}'),\n\
+         sig = dkim.sign(msg, b'{selector}', b'{domain}', key, canonicalize=(b'{h}', b'{b}'),\n\
          \x20   signature_algorithm=b'{algorithm}', length={length},\n\
          \x20   include_headers=[b'from', b'to', b'subject', b'date', b'message-id'])\n\
          sys.stdout.buffer.write(sig + msg)\n",
@@ -420,5 +433,141 @@ fn dmarc_policies_decide_the_verdict() {
         let last = text.lines().last().unwrap_or("");
         assert!(last.starts_with(verdict), "{name}: {last}\n{text}");
         assert!(text.contains(field), "{name}: no {field:?} in\n{text}");
+    }
+}
+
+fn have_pydmarc() -> bool {
+    Command::new(python()).args(["-c", "import dkim, dmarc, publicsuffix2"]).output().is_ok_and(|o| o.status.success())
+}
+
+/// Python's dmarc library on each case: (From: domain, the record found, the domain it was
+/// found at when that is not the From: domain, SPF's result and domain, DKIM's results and
+/// domains) -> (result, disposition). Its organizational domains come from the public suffix
+/// list (publicsuffix2), with the list's default rule `*` for a name no rule matches
+/// (publicsuffix2 itself answers the bare top-level label there, which would align everything).
+fn pydmarc(cases: &[String]) -> Vec<(String, String)> {
+    let script = "import sys, json, dmarc, publicsuffix2\n\
+        psl = publicsuffix2.PublicSuffixList()\n\
+        class Org:\n\
+        \x20   def get_public_suffix(self, d):\n\
+        \x20       return psl.get_sld(d, strict=True) or '.'.join(d.split('.')[-2:])\n\
+        for line in sys.stdin:\n\
+        \x20   frm, record, org, spf, spf_domain, dkims = json.loads(line)\n\
+        \x20   policy = dmarc.DMARCPolicy(record=record, domain=frm, org_domain=org, publicsuffix=Org())\n\
+        \x20   results = [dmarc.SPF(spf_domain, dmarc.SPFResult(spf))]\n\
+        \x20   results += [dmarc.DKIM(d, dmarc.DKIMResult(r)) for r, d in dkims]\n\
+        \x20   try:\n\
+        \x20       policy.verify(auth_results=results)\n\
+        \x20   except dmarc.PolicyError:\n\
+        \x20       pass\n\
+        \x20   print(json.dumps([policy.result.result.value, policy.result.disposition.name.lower()]), flush=True)\n";
+    let input: String = cases.iter().map(|c| format!("{c}\n")).collect();
+    let out = run(Command::new(python()).arg("-c").arg(script), input.as_bytes());
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let parts: Vec<&str> = l.trim_matches(['[', ']']).split(", ").map(|s| s.trim_matches('"')).collect();
+            (parts[0].to_string(), parts.get(1).unwrap_or(&"").to_string())
+        })
+        .collect()
+}
+
+/// The value of `key=` in postern's output, up to the next space, semicolon or line end.
+fn after<'a>(text: &'a str, key: &str) -> Vec<&'a str> {
+    text.split(key).skip(1).map(|r| r.split([' ', ';', '\n', ')']).next().unwrap_or("")).collect()
+}
+
+#[test]
+fn dmarc_agrees_with_python_dmarc_on_alignment_and_policy() {
+    if skip_unless(have_pydmarc(), "dkimpy or dmarc is not in target/venv (make test-deps installs them)") {
+        return;
+    }
+    let dir = TempDir::new("dmarc-oracle");
+    let rsa = rsa_key(dir.path(), 2048);
+    let orgs = [
+        ("org1.test", "v=DMARC1; p=reject"),
+        ("org2.test", "v=DMARC1; p=quarantine; sp=reject; adkim=s; aspf=s"),
+        ("org3.test", "v=DMARC1; p=none; sp=quarantine; aspf=s"),
+    ];
+    let mut zone = vec![("s._domainkey.other.test", TXT, Answer::Txt(vec![rsa.record]))];
+    let spf_pass = Answer::Txt(vec!["v=spf1 ip4:192.0.2.1 -all"]);
+    zone.push(("other.test", TXT, spf_pass.clone()));
+    for (org, record) in orgs {
+        zone.push((leak(format!("_dmarc.{org}")), TXT, Answer::Txt(vec![record])));
+        for host in [org.to_string(), format!("mail.{org}")] {
+            zone.push((leak(format!("s._domainkey.{host}")), TXT, Answer::Txt(vec![rsa.record])));
+            zone.push((leak(host), TXT, spf_pass.clone()));
+        }
+        zone.push((leak(format!("bad.{org}")), TXT, Answer::Txt(vec!["v=spf1 -all"])));
+    }
+    let dns = FakeDns::start(&zone);
+    let conf = dir.path().join("postern.conf");
+    std::fs::write(
+        &conf,
+        config_with(dir.path(), &format!("dns_servers = {}\nspf_timeout = 3s\nspf_fail = accept\n", dns.addr)),
+    )
+    .unwrap();
+
+    let mut ours = Vec::new();
+    let mut inputs = Vec::new();
+    let mut names = Vec::new();
+    for (org, record) in orgs {
+        for author in [org.to_string(), format!("news.{org}")] {
+            let message = MESSAGE.replace("alice@example.test", &format!("alice@{author}"));
+            for signer in ["", org, leak(format!("mail.{org}")), "other.test"] {
+                let signed = if signer.is_empty() {
+                    message.clone().into_bytes()
+                } else {
+                    dkimpy_sign_as(message.as_bytes(), &rsa, signer, "s", "relaxed/relaxed", "rsa-sha256", false)
+                };
+                let path = dir.path().join(format!("o{}.eml", names.len()));
+                std::fs::write(&path, &signed).unwrap();
+                for sender in
+                    [format!("b@{org}"), format!("b@mail.{org}"), "b@other.test".into(), format!("b@bad.{org}")]
+                {
+                    let text = test_sender(&conf, &sender, &path);
+                    let spf = after(&text, "\tspf=").first().unwrap_or_else(|| panic!("{text}")).to_string();
+                    let spf_domain = sender.split('@').nth(1).unwrap().to_string();
+                    let dkim: Vec<String> = after(&text, "dkim=")
+                        .iter()
+                        .zip(after(&text, "header.d=").iter().chain(std::iter::repeat(&"")))
+                        .filter(|(r, _)| **r != "none")
+                        .map(|(r, d)| format!("[\"{r}\", \"{d}\"]"))
+                        .collect();
+                    let dmarc = after(&text, "dmarc=")[0].to_string();
+                    let dis = after(&text, " dis=").first().copied().unwrap_or("").to_string();
+                    let org_domain = if author == org { "null".to_string() } else { format!("\"{org}\"") };
+                    inputs.push(format!(
+                        "[\"{author}\", \"{record}\", {org_domain}, \"{spf}\", \"{spf_domain}\", [{}]]",
+                        dkim.join(", ")
+                    ));
+                    ours.push((dmarc, dis, text.lines().last().unwrap_or("").to_string()));
+                    names.push(format!("From {author}, signed by {signer:?}, MAIL FROM {sender}"));
+                }
+            }
+        }
+    }
+    let theirs = pydmarc(&inputs);
+    assert_eq!(theirs.len(), ours.len());
+    let mut wrong = Vec::new();
+    let mut tally = std::collections::BTreeMap::new();
+    for ((name, (dmarc, dis, verdict)), (their_result, their_dis)) in names.iter().zip(&ours).zip(&theirs) {
+        *tally.entry(format!("{dmarc} {dis}")).or_insert(0) += 1;
+        if dmarc != their_result || (dmarc == "fail" && dis != their_dis) {
+            wrong.push(format!("{name}: postern {dmarc} {dis}, dmarc library {their_result} {their_dis}"));
+        }
+        let want = match (dmarc.as_str(), dis.as_str()) {
+            ("fail", "reject") => "verdict: reject 550 5.7.26 ",
+            ("fail", "quarantine") => "verdict: quarantine",
+            _ => "verdict: accept",
+        };
+        assert!(verdict.starts_with(want), "{name}: {verdict}");
+    }
+    eprintln!("{} cases: {tally:?}", names.len());
+    assert!(tally.keys().any(|k| k.starts_with("pass")), "{tally:?}");
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    for seen in ["pass none", "fail reject", "fail quarantine", "fail none"] {
+        assert!(tally.contains_key(seen), "no case gave {seen}: {tally:?}");
     }
 }
