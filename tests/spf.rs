@@ -520,8 +520,14 @@ fn test_sender_says_its_verdict_and_exits_as_its_page_says() {
     let (_, out) = run(&["192.0.2.2", "x.test", "a@open.test", looping.to_str().unwrap()]);
     assert!(out.ends_with("verdict: reject 554 5.4.6 Error: too many hops, this message is looping\n"), "{out}");
     let fine = dir.path().join("fine.eml");
-    std::fs::write(&fine, "Subject: hi\n\nx\n").unwrap();
-    assert!(run(&["192.0.2.2", "x.test", "a@open.test", fine.to_str().unwrap()]).1.ends_with("verdict: accept\n"));
+    std::fs::write(&fine, "From: a@open.test\nSubject: hi\n\nx\n").unwrap();
+    let (_, out) = run(&["192.0.2.2", "x.test", "a@open.test", fine.to_str().unwrap()]);
+    assert!(out.contains("\tdmarc=none header.from=open.test\n") && out.ends_with("verdict: accept\n"), "{out}");
+    // No author: DMARC cannot tell whose mail it is (RFC 7489 §6.6.1).
+    let anonymous = dir.path().join("anonymous.eml");
+    std::fs::write(&anonymous, "Subject: hi\n\nx\n").unwrap();
+    let (_, out) = run(&["192.0.2.2", "x.test", "a@open.test", anonymous.to_str().unwrap()]);
+    assert!(out.ends_with("verdict: reject 550 5.7.1 Message rejected: no author address in From:\n"), "{out}");
     assert_eq!(run(&["not-an-ip", "x.test", "a@open.test"]).0, Some(64));
     assert_eq!(run(&["192.0.2.2", "x.test"]).0, Some(64));
     assert_eq!(run(&["192.0.2.2", "x.test", "a@open.test", "/nonexistent/message"]).0, Some(66));

@@ -51,7 +51,7 @@ pub enum Refusal {
     /// (`550 5.7.1`, RFC 7489 §6.6.1).
     FromCount(usize),
     /// The `From:` domain's DMARC policy is reject, and the message failed it (`550 5.7.26`,
-    /// RFC 7489 §6.6.4, RFC 7372 §3.3).
+    /// RFC 7489 §6.3, RFC 7372 §3.4).
     DmarcReject(String),
 }
 
