@@ -276,28 +276,19 @@ pub fn evaluate(
 mod tests {
     use super::*;
     use crate::dkim::verify::DkimResult;
+    use crate::dns::TxtZone;
     use std::collections::HashMap;
-    use std::net::IpAddr;
     use std::time::Duration;
 
     struct Zone(HashMap<&'static str, Result<Vec<&'static str>, DnsFailure>>);
 
-    impl Resolve for Zone {
-        fn txt(&self, name: &str, _: Instant) -> Result<Vec<Vec<u8>>, DnsFailure> {
+    impl Zone {
+        fn txt(&self, name: &str) -> Result<Vec<Vec<u8>>, DnsFailure> {
             match self.0.get(name) {
                 Some(Ok(records)) => Ok(records.iter().map(|r| r.as_bytes().to_vec()).collect()),
                 Some(Err(e)) => Err(e.clone()),
                 None => Err(DnsFailure::NotFound),
             }
-        }
-        fn ips(&self, _: &str, _: bool, _: Instant) -> Result<Vec<IpAddr>, DnsFailure> {
-            Err(DnsFailure::NotFound)
-        }
-        fn mx(&self, _: &str, _: Instant) -> Result<Vec<(u16, String)>, DnsFailure> {
-            Err(DnsFailure::NotFound)
-        }
-        fn ptr(&self, _: IpAddr, _: Instant) -> Result<Vec<String>, DnsFailure> {
-            Err(DnsFailure::NotFound)
         }
     }
 
@@ -316,7 +307,7 @@ mod tests {
         dkim: &[Verdict],
         roll: u8,
     ) -> (&'static str, Policy) {
-        let e = evaluate(from, spf, dkim, z, Instant::now() + Duration::from_secs(5), roll);
+        let e = evaluate(from, spf, dkim, &TxtZone(|n: &str| z.txt(n)), Instant::now() + Duration::from_secs(5), roll);
         (e.result, e.applied)
     }
 
@@ -386,7 +377,8 @@ mod tests {
             ("_dmarc.a.suffix.test", "v=DMARC1; p=reject"),
             ("_dmarc.b.suffix.test", "v=DMARC1; p=reject"),
         ]);
-        let mut w = Walker { dns: &z, until: Instant::now() + Duration::from_secs(5), asked: Vec::new() };
+        let dns = TxtZone(|n: &str| z.txt(n));
+        let mut w = Walker { dns: &dns, until: Instant::now() + Duration::from_secs(5), asked: Vec::new() };
         assert_eq!(w.organizational("x.y.example.test").unwrap(), "example.test");
         assert_eq!(w.organizational("mail.a.suffix.test").unwrap(), "a.suffix.test");
         assert_eq!(w.organizational("unknown.test").unwrap(), "unknown.test");

@@ -217,6 +217,25 @@ pub trait Resolvers: Send + Sync {
     fn resolver<'a>(&'a self, config: &'a crate::config::Config) -> Box<dyn Resolve + 'a>;
 }
 
+/// A zone of TXT records only, answered by a function of the name: what the DKIM and DMARC
+/// checks ask, for their tests and fuzz targets. Every other question is NXDOMAIN.
+pub struct TxtZone<F: Fn(&str) -> Result<Vec<Vec<u8>>, DnsFailure>>(pub F);
+
+impl<F: Fn(&str) -> Result<Vec<Vec<u8>>, DnsFailure>> Resolve for TxtZone<F> {
+    fn txt(&self, name: &str, _: Instant) -> Result<Vec<Vec<u8>>, DnsFailure> {
+        (self.0)(name)
+    }
+    fn ips(&self, _: &str, _: bool, _: Instant) -> Result<Vec<IpAddr>, DnsFailure> {
+        Err(DnsFailure::NotFound)
+    }
+    fn mx(&self, _: &str, _: Instant) -> Result<Vec<(u16, String)>, DnsFailure> {
+        Err(DnsFailure::NotFound)
+    }
+    fn ptr(&self, _: IpAddr, _: Instant) -> Result<Vec<String>, DnsFailure> {
+        Err(DnsFailure::NotFound)
+    }
+}
+
 /// The client's name, when forward-confirmed (FCrDNS): a PTR name of `ip` whose A or AAAA
 /// records include `ip` again. `None` when none does, or when DNS does not answer before
 /// `until`; the caller then says `unknown`. Never a verdict on mail.

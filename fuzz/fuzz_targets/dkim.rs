@@ -7,25 +7,7 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use postern::dkim::verify::DkimResult;
 use postern::dkim::{Key, generate, relaxed_header, sign};
-use postern::dns::{DnsFailure, Resolve};
-
-/// Every selector's key is the one record.
-struct OneKey(Vec<u8>);
-
-impl Resolve for OneKey {
-    fn txt(&self, _: &str, _: std::time::Instant) -> Result<Vec<Vec<u8>>, DnsFailure> {
-        Ok(vec![self.0.clone()])
-    }
-    fn ips(&self, _: &str, _: bool, _: std::time::Instant) -> Result<Vec<std::net::IpAddr>, DnsFailure> {
-        Err(DnsFailure::NotFound)
-    }
-    fn mx(&self, _: &str, _: std::time::Instant) -> Result<Vec<(u16, String)>, DnsFailure> {
-        Err(DnsFailure::NotFound)
-    }
-    fn ptr(&self, _: std::net::IpAddr, _: std::time::Instant) -> Result<Vec<String>, DnsFailure> {
-        Err(DnsFailure::NotFound)
-    }
-}
+use postern::dns::TxtZone;
 
 fn key() -> &'static Key {
     static KEY: OnceLock<Key> = OnceLock::new();
@@ -46,7 +28,12 @@ fuzz_target!(|data: &[u8]| {
         message.extend_from_slice(data);
         let record = key().dns_record().unwrap();
         let until = std::time::Instant::now() + std::time::Duration::from_secs(1);
-        let verdicts = postern::dkim::verify::verify(&message, &OneKey(record.into_bytes()), 1_800_000_000, until);
+        let verdicts = postern::dkim::verify::verify(
+            &message,
+            &TxtZone(|_: &str| Ok(vec![record.clone().into_bytes()])),
+            1_800_000_000,
+            until,
+        );
         let ours = verdicts.first().map(|v| (v.result, v.reason.clone()));
         assert_eq!(ours, Some((DkimResult::Pass, None)), "{:?}", String::from_utf8_lossy(&message));
     }

@@ -552,29 +552,20 @@ pub fn verify(message: &[u8], dns: &dyn Resolve, now: u64, until: Instant) -> Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dns::TxtZone;
     use std::collections::HashMap;
-    use std::net::IpAddr;
     use std::time::Duration;
 
     /// TXT records by name; a name mapped to `None` times out.
     struct Zone(HashMap<String, Option<Vec<Vec<u8>>>>);
 
-    impl Resolve for Zone {
-        fn txt(&self, name: &str, _: Instant) -> Result<Vec<Vec<u8>>, DnsFailure> {
+    impl Zone {
+        fn txt(&self, name: &str) -> Result<Vec<Vec<u8>>, DnsFailure> {
             match self.0.get(name) {
                 Some(Some(records)) => Ok(records.clone()),
                 Some(None) => Err(DnsFailure::Temporary("timed out".into())),
                 None => Err(DnsFailure::NotFound),
             }
-        }
-        fn ips(&self, _: &str, _: bool, _: Instant) -> Result<Vec<IpAddr>, DnsFailure> {
-            Err(DnsFailure::NotFound)
-        }
-        fn mx(&self, _: &str, _: Instant) -> Result<Vec<(u16, String)>, DnsFailure> {
-            Err(DnsFailure::NotFound)
-        }
-        fn ptr(&self, _: IpAddr, _: Instant) -> Result<Vec<String>, DnsFailure> {
-            Err(DnsFailure::NotFound)
         }
     }
 
@@ -600,7 +591,7 @@ mod tests {
 
     fn results(message: &[u8], zone: &Zone) -> Vec<(DkimResult, Option<String>)> {
         let until = Instant::now() + Duration::from_secs(5);
-        verify(message, zone, NOW, until).into_iter().map(|v| (v.result, v.reason)).collect()
+        verify(message, &TxtZone(|n: &str| zone.txt(n)), NOW, until).into_iter().map(|v| (v.result, v.reason)).collect()
     }
 
     fn one(message: &[u8], zone: &Zone) -> (DkimResult, String) {
@@ -614,7 +605,8 @@ mod tests {
     fn our_own_signatures_verify_and_tampering_fails() {
         for ed25519 in [false, true] {
             let (message, zone, _) = signed(ed25519);
-            let verdicts = verify(&message, &zone, NOW, Instant::now() + Duration::from_secs(5));
+            let verdicts =
+                verify(&message, &TxtZone(|n: &str| zone.txt(n)), NOW, Instant::now() + Duration::from_secs(5));
             assert_eq!(verdicts.len(), 1);
             assert_eq!(
                 (verdicts[0].result, verdicts[0].domain.as_str(), verdicts[0].selector.as_str()),
@@ -685,7 +677,12 @@ mod tests {
         assert_eq!(with("v=1;", "v=1; v=1;").0, DkimResult::PermError);
         assert_eq!(with("v=1;", "v=1; x=1700000000;").0, DkimResult::PermError, "x= before t=");
         let expiring = text.replacen("v=1;", &format!("v=1; x={};", NOW + 1), 1);
-        let later = verify(expiring.as_bytes(), &zone, NOW + 2, Instant::now() + Duration::from_secs(5));
+        let later = verify(
+            expiring.as_bytes(),
+            &TxtZone(|n: &str| zone.txt(n)),
+            NOW + 2,
+            Instant::now() + Duration::from_secs(5),
+        );
         assert_eq!((later[0].result, later[0].reason.as_deref()), (DkimResult::Fail, Some("signature expired")));
         assert_eq!(
             with("v=1;", "v=1; i=@mail.example.test;").0,
