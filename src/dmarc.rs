@@ -297,7 +297,7 @@ mod tests {
     }
 
     fn pass(domain: &str) -> Verdict {
-        Verdict { result: DkimResult::Pass, domain: domain.into(), selector: "s".into(), reason: None, testing: false }
+        Verdict { result: DkimResult::Pass, domain: domain.into(), selector: "s".into(), reason: None }
     }
 
     fn eval(

@@ -180,6 +180,13 @@ pub fn message_id(value: &str) -> Option<String> {
     id.bytes().all(|b| (33..=126).contains(&b)).then(|| id.to_string())
 }
 
+/// The domain of an address from `addresses`, in lower case ("" after a bare `@`); `None`
+/// without an `@`.
+pub fn domain_of(address: &str) -> Option<String> {
+    let (_, domain) = address.rsplit_once('@')?;
+    Some(domain.trim_end_matches('>').to_lowercase())
+}
+
 /// The addr-specs of an address list (RFC 5322 §3.4): `a@b`, `Name <a@b>`, `"Q, N" <a@b>`,
 /// `a@b (comment)`, groups `team: a@b, c@d;`. A bare name (`root`) is kept as written.
 pub fn addresses(value: &str) -> Vec<String> {

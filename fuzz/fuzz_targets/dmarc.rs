@@ -26,13 +26,8 @@ fuzz_target!(|data: &[u8]| {
     for record in &records {
         let _ = parse_record(record);
     }
-    let signer = Verdict {
-        result: DkimResult::Pass,
-        domain: format!("mail.{from}"),
-        selector: "s".into(),
-        reason: None,
-        testing: false,
-    };
+    let signer =
+        Verdict { result: DkimResult::Pass, domain: format!("mail.{from}"), selector: "s".into(), reason: None };
     let until = Instant::now() + Duration::from_secs(1);
     let roll = data.len() as u8 % 100;
     let e = evaluate(

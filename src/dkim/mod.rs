@@ -393,9 +393,7 @@ pub fn zone_line(domain: &str, selector: &str, record: &str) -> String {
 /// The address of a `From:` field's first mailbox, for finding its domain's key.
 pub fn from_domain(message_head: &[u8]) -> Option<String> {
     let (headers, _) = Headers::parse(message_head);
-    let from = headers.addresses("from").into_iter().next()?;
-    let (_, domain) = from.rsplit_once('@')?;
-    Some(domain.trim_end_matches('>').to_lowercase())
+    crate::message::domain_of(headers.addresses("from").first()?)
 }
 
 #[cfg(test)]

@@ -65,8 +65,6 @@ pub struct Verdict {
     pub selector: String,
     /// Why it is not a pass, for the `reason=` of `Authentication-Results:`.
     pub reason: Option<String>,
-    /// The key record's `t=y`: the domain is testing DKIM (§3.6.1).
-    pub testing: bool,
 }
 
 /// §3.2: a tag-list as (name, value) pairs, each value with white space at its ends removed
@@ -161,12 +159,8 @@ struct Unusable {
 }
 
 fn parse_signature(value: &[u8], now: u64) -> Result<Signature, Unusable> {
-    let tags = parse_tags(value).map_err(|reason| Unusable {
-        result: DkimResult::PermError,
-        domain: String::new(),
-        selector: String::new(),
-        reason: format!("signature: {reason}"),
-    })?;
+    let tags = parse_tags(value)
+        .map_err(|reason| Unusable::anonymous(DkimResult::PermError, format!("signature: {reason}")))?;
     let domain = tag(&tags, "d").unwrap_or("").to_ascii_lowercase();
     let selector = tag(&tags, "s").unwrap_or("").to_string();
     let refuse =
@@ -281,7 +275,6 @@ struct KeyRecord {
     key: PKey<Public>,
     /// `t=s`: `i=` must be in `d=` itself, not a subdomain.
     strict: bool,
-    testing: bool,
 }
 
 fn parse_key(record: &[u8], algorithm: Algorithm) -> Result<KeyRecord, (DkimResult, String)> {
@@ -336,7 +329,7 @@ fn parse_key(record: &[u8], algorithm: Algorithm) -> Result<KeyRecord, (DkimResu
         }
         key
     };
-    Ok(KeyRecord { key, strict: flags.iter().any(|f| f == "s"), testing: flags.iter().any(|f| f == "y") })
+    Ok(KeyRecord { key, strict: flags.iter().any(|f| f == "s") })
 }
 
 /// The `DKIM-Signature:` field's value with the value of its `b=` tag removed, white space
@@ -364,11 +357,33 @@ fn without_b(value: &[u8]) -> Vec<u8> {
 pub struct Verifier {
     head: Vec<u8>,
     checks: Vec<Check>,
+    /// One body hash for each canonicalization and `l=` the signatures ask for: signatures
+    /// that ask the same (a sender's and its provider's, both relaxed) share one pass.
+    bodies: Vec<BodyHash>,
 }
 
 enum Check {
     Unusable(Unusable),
-    Hashing { signature: Box<Signature>, field: usize, body: Body },
+    /// `body`: its index in `bodies`.
+    Hashing {
+        signature: Box<Signature>,
+        field: usize,
+        body: usize,
+    },
+}
+
+struct BodyHash {
+    canon: Canon,
+    limit: Option<u64>,
+    /// `Err` once the hash library failed (then no signature on it can be checked).
+    body: Result<Body, String>,
+}
+
+impl Unusable {
+    /// A field that says nothing usable about its signer.
+    fn anonymous(result: DkimResult, reason: String) -> Unusable {
+        Unusable { result, domain: String::new(), selector: String::new(), reason }
+    }
 }
 
 impl Verifier {
@@ -377,6 +392,7 @@ impl Verifier {
     pub fn new(head: &[u8], now: u64) -> Verifier {
         let (headers, _) = Headers::parse(head);
         let mut checks = Vec::new();
+        let mut bodies: Vec<BodyHash> = Vec::new();
         for (i, field) in headers.fields.iter().enumerate() {
             if !field.name.trim_end_matches([' ', '\t']).eq_ignore_ascii_case("dkim-signature") {
                 continue;
@@ -384,25 +400,31 @@ impl Verifier {
             if checks.len() == MAX_SIGNATURES {
                 break;
             }
-            let check = if field.raw.len() > MAX_FIELD {
-                Check::Unusable(Unusable {
-                    result: DkimResult::PermError,
-                    domain: String::new(),
-                    selector: String::new(),
-                    reason: "signature field too large".into(),
-                })
-            } else {
-                match parse_signature(field.raw, now) {
-                    Ok(signature) => {
-                        let body = Body::new(signature.body_canon, signature.limit);
-                        Check::Hashing { signature: Box::new(signature), field: i, body }
-                    }
-                    Err(unusable) => Check::Unusable(unusable),
+            if field.raw.len() > MAX_FIELD {
+                checks.push(Check::Unusable(Unusable::anonymous(
+                    DkimResult::PermError,
+                    "signature field too large".into(),
+                )));
+                continue;
+            }
+            let signature = match parse_signature(field.raw, now) {
+                Ok(signature) => signature,
+                Err(unusable) => {
+                    checks.push(Check::Unusable(unusable));
+                    continue;
                 }
             };
-            checks.push(check);
+            let (canon, limit) = (signature.body_canon, signature.limit);
+            let body = match bodies.iter().position(|b| b.canon == canon && b.limit == limit) {
+                Some(at) => at,
+                None => {
+                    bodies.push(BodyHash { canon, limit, body: Ok(Body::new(canon, limit)) });
+                    bodies.len() - 1
+                }
+            };
+            checks.push(Check::Hashing { signature: Box::new(signature), field: i, body });
         }
-        Verifier { head: head.to_vec(), checks }
+        Verifier { head: head.to_vec(), checks, bodies }
     }
 
     /// Whether the message has any signature to check.
@@ -412,17 +434,11 @@ impl Verifier {
 
     /// The next piece of the body.
     pub fn feed(&mut self, bytes: &[u8]) {
-        for check in &mut self.checks {
-            if let Check::Hashing { body, .. } = check
+        for hash in &mut self.bodies {
+            if let Ok(body) = &mut hash.body
                 && let Err(e) = body.feed(bytes)
             {
-                // Only a broken hash library fails here; the signature cannot be checked.
-                *check = Check::Unusable(Unusable {
-                    result: DkimResult::TempError,
-                    domain: String::new(),
-                    selector: String::new(),
-                    reason: e,
-                });
+                hash.body = Err(e);
             }
         }
     }
@@ -431,31 +447,21 @@ impl Verifier {
     /// before `until`. No signature: no verdicts (the caller says `dkim=none`).
     pub fn finish(self, dns: &dyn Resolve, until: Instant) -> Vec<Verdict> {
         let (headers, _) = Headers::parse(&self.head);
+        let hashes: Vec<Result<Vec<u8>, String>> =
+            self.bodies.into_iter().map(|h| h.body.and_then(|b| b.finish()).map(|(hash, _)| hash)).collect();
         self.checks
             .into_iter()
             .map(|check| match check {
-                Check::Unusable(u) => Verdict {
-                    result: u.result,
-                    domain: u.domain,
-                    selector: u.selector,
-                    reason: Some(u.reason),
-                    testing: false,
-                },
+                Check::Unusable(u) => {
+                    Verdict { result: u.result, domain: u.domain, selector: u.selector, reason: Some(u.reason) }
+                }
                 Check::Hashing { signature, field, body } => {
-                    let mut verdict = Verdict {
-                        result: DkimResult::Pass,
-                        domain: signature.domain.clone(),
-                        selector: signature.selector.clone(),
-                        reason: None,
-                        testing: false,
+                    let outcome = check_one(&signature, &headers, field, &hashes[body], dns, until);
+                    let (result, reason) = match outcome {
+                        Ok(()) => (DkimResult::Pass, None),
+                        Err((result, reason)) => (result, Some(reason)),
                     };
-                    if let Err((result, reason)) =
-                        check_one(&signature, &headers, field, body, dns, until, &mut verdict.testing)
-                    {
-                        verdict.result = result;
-                        verdict.reason = Some(reason);
-                    }
-                    verdict
+                    Verdict { result, domain: signature.domain, selector: signature.selector, reason }
                 }
             })
             .collect()
@@ -467,10 +473,9 @@ fn check_one(
     signature: &Signature,
     headers: &Headers<'_>,
     field: usize,
-    body: Body,
+    body_hash: &Result<Vec<u8>, String>,
     dns: &dyn Resolve,
     until: Instant,
-    testing: &mut bool,
 ) -> Result<(), (DkimResult, String)> {
     let perm = |reason: &str| (DkimResult::PermError, reason.to_string());
     let name = format!("{}._domainkey.{}", signature.selector, signature.domain);
@@ -492,12 +497,11 @@ fn check_one(
         }
     }
     let key = key.ok_or(problem)?;
-    *testing = key.testing;
     if key.strict && signature.agent_domain != signature.domain {
         return Err(perm("key requires i= in d= itself (t=s)"));
     }
-    let (body_hash, _) = body.finish().map_err(|e| (DkimResult::TempError, e))?;
-    if body_hash != signature.body_hash {
+    let body_hash = body_hash.as_ref().map_err(|e| (DkimResult::TempError, e.clone()))?;
+    if *body_hash != signature.body_hash {
         return Err((DkimResult::Fail, "body hash did not verify".into()));
     }
     let data = signed_data(signature, headers, field);

@@ -59,13 +59,12 @@ impl Findings {
     /// per signature checked (`Some(&[])`: the message has none), `None` when not checked;
     /// then DMARC's, when it was evaluated.
     pub fn fields_with(&self, authserv_id: &str, dkim: Option<&[Verdict]>, dmarc: Option<&Evaluation>) -> String {
-        let dkim = dkim.map(|d| match dmarc {
-            Some(e) => format!("{};\r\n\t{}", dkim_results(d), dmarc_result(e)),
-            None => dkim_results(d),
-        });
-        match (self, dkim) {
-            (Findings::Unchecked(Unchecked::Off), Some(dkim)) => {
-                format!("Authentication-Results: {authserv_id} (SPF not checked);\r\n\t{dkim}\r\n")
+        // The results that read the message, one resinfo each (RFC 8601 §2.2).
+        let read: Vec<String> = dkim.map(dkim_results).into_iter().chain(dmarc.map(dmarc_result)).collect();
+        let read = (!read.is_empty()).then(|| read.join(";\r\n\t"));
+        match (self, read) {
+            (Findings::Unchecked(Unchecked::Off), Some(read)) => {
+                format!("Authentication-Results: {authserv_id} (SPF not checked);\r\n\t{read}\r\n")
             }
             (Findings::Unchecked(why), _) => {
                 let result = match why {
@@ -78,14 +77,14 @@ impl Findings {
                 };
                 format!("Authentication-Results: {authserv_id}{result}\r\n")
             }
-            (Findings::Spf(spf), dkim) => {
+            (Findings::Spf(spf), read) => {
                 let property = match &spf.sender {
                     Some(sender) => format!("smtp.mailfrom={}", pvalue(sender)),
                     None => format!("smtp.helo={}", value(&spf.helo)),
                 };
-                let dkim = dkim.map(|d| format!(";\r\n\t{d}")).unwrap_or_default();
+                let read = read.map(|r| format!(";\r\n\t{r}")).unwrap_or_default();
                 format!(
-                    "Authentication-Results: {authserv_id};\r\n\tspf={} {property}{dkim}\r\n{}",
+                    "Authentication-Results: {authserv_id};\r\n\tspf={} {property}{read}\r\n{}",
                     spf.outcome.result,
                     received_spf(spf)
                 )
@@ -340,7 +339,6 @@ mod tests {
             domain: domain.into(),
             selector: "s1".into(),
             reason: reason.map(String::from),
-            testing: false,
         };
         let spf = Findings::Spf(finding(SpfResult::Pass, Some("boss@sender.test")));
         let two = [

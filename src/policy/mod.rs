@@ -336,12 +336,11 @@ pub fn check_author(
         verdict.refusal = Some(Refusal::FromCount(authors.len()));
         return verdict;
     };
-    let domain = author.rsplit_once('@').map_or("", |(_, d)| d.trim_end_matches('>'));
-    if domain.is_empty() {
+    let Some(domain) = crate::message::domain_of(author).filter(|d| !d.is_empty()) else {
         verdict.refusal = Some(Refusal::FromCount(0));
         return verdict;
-    }
-    let evaluation = dmarc::evaluate(domain, findings.spf_identity(), &verdict.dkim, dns, until, roll);
+    };
+    let evaluation = dmarc::evaluate(&domain, findings.spf_identity(), &verdict.dkim, dns, until, roll);
     if evaluation.result == "fail" {
         match evaluation.applied {
             dmarc::Policy::Reject => verdict.refusal = Some(Refusal::DmarcReject(evaluation.from.clone())),
