@@ -165,8 +165,16 @@ pub struct Config {
     pub spf_fail_reject: bool,
     /// What an SPF `temperror` gets: accepted and recorded, or deferred (451 4.7.24).
     pub spf_temperror_defer: bool,
-    /// All the DNS questions of one SPF check, at most (RFC 7208 §4.6.4).
+    /// All the DNS questions of one SPF check, at most (RFC 7208 §4.6.4); also those of the
+    /// checks at the end of data (DKIM keys, the DMARC policy).
     pub spf_timeout: Duration,
+    /// Verify each DKIM signature (RFC 6376) of a stranger's message at the end of data.
+    pub dkim_verify: bool,
+    /// Apply the `From:` domain's DMARC policy (RFC 7489) to a stranger's message.
+    pub dmarc: bool,
+    /// The Maildir++ folder a quarantined message is delivered into, where postern writes
+    /// the maildir.
+    pub junk_folder: String,
     pub min_backoff: Duration,
     pub max_backoff: Duration,
     pub max_queue_lifetime: Duration,
@@ -270,6 +278,9 @@ impl Config {
             spf_fail_reject: true,
             spf_temperror_defer: false,
             spf_timeout: Duration::from_secs(20),
+            dkim_verify: true,
+            dmarc: true,
+            junk_folder: "Junk".into(),
             min_backoff: Duration::from_secs(300),
             max_backoff: Duration::from_secs(3600),
             max_queue_lifetime: Duration::from_secs(5 * 86400),
@@ -445,6 +456,9 @@ impl Config {
                     _ => return Err("expected accept or defer".into()),
                 }
             }
+            "dkim_verify" => self.dkim_verify = switch(v)?,
+            "dmarc" => self.dmarc = switch(v)?,
+            "junk_folder" => self.junk_folder = folder(v)?,
             "spf_timeout" => self.spf_timeout = bounded(positive(duration(v)?)?, 5 * MINUTE)?,
             "reverse_dns_timeout" => self.reverse_dns_timeout = bounded(positive(duration(v)?)?, MINUTE)?,
             "min_backoff" => self.min_backoff = bounded(positive(duration(v)?)?, 30 * DAY)?,
@@ -670,6 +684,14 @@ fn delimiter(v: &str) -> Result<String, String> {
     if v.chars().all(|c| "+-_=".contains(c)) { Ok(v.to_string()) } else { Err("only + - _ = can be delimiters".into()) }
 }
 
+/// A Maildir++ folder's name (`maildir::is_folder_name`).
+fn folder(v: &str) -> Result<String, String> {
+    if !crate::maildir::is_folder_name(v) {
+        return Err("expected a folder name such as Junk (letters, digits, - and _; dots between words)".into());
+    }
+    Ok(v.to_string())
+}
+
 fn switch(v: &str) -> Result<bool, String> {
     match v {
         "on" | "yes" => Ok(true),
@@ -819,6 +841,18 @@ mod tests {
         assert_eq!(e.0, "t.conf:2: vrfy: given twice (first on line 1); keep one");
         assert!(Config::parse("message_size_limit = 10X\n", "t").is_err());
         assert!(Config::parse("tls_cert = /x\n", "t").is_err());
+    }
+
+    #[test]
+    fn a_junk_folder_is_a_maildir_plus_plus_name() {
+        for good in ["Junk", "Spam", "Junk.Old", "Bulk_mail-2"] {
+            let c = Config::parse(&format!("junk_folder = {good}\n"), "t").unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(c.junk_folder, good);
+        }
+        for bad in ["", ".Junk", "Junk.", "../x", "a/b", "Junk..Old", "J unk", "Ünk"] {
+            let e = Config::parse(&format!("junk_folder = {bad}\n"), "t");
+            assert!(e.is_err(), "{bad:?} is no folder name");
+        }
     }
 
     #[test]

@@ -381,6 +381,7 @@ impl<'a> Runner<'a> {
         crate::fault::crash_point("after-report-queued");
         let text = match &queued {
             Some((id, to)) => format!("report {id} to {to}"),
+            None if q.envelope.quarantine => QUARANTINED.into(),
             None => "no report: the sender is <> and the postmaster cannot be told".into(),
         };
         let line = Attempt::about_message(self.now, Outcome::Reported, None, text);
@@ -451,10 +452,12 @@ impl<'a> Runner<'a> {
                     .attempt_as(q, &to, Where::Local, attempt, |w, m| w.append(path, &q.envelope.from, alias, m));
             }
         };
+        // A quarantined message goes into the Junk folder where postern writes the maildir.
+        let folder = q.envelope.quarantine.then_some(self.config.junk_folder.as_str());
         if let Some(name) = interrupted {
             let found = match owner {
                 Some(user) => self.writer.as_ref().and_then(|w| w.look(user, name)),
-                None => crate::maildir::find_copy(maildir, name),
+                None => crate::maildir::find_copy(maildir, folder, name),
             };
             if let Some(path) = found {
                 log::info!("{}: <{address}>: the copy a killed run made is there; not copied again", q.id);
@@ -482,7 +485,7 @@ impl<'a> Runner<'a> {
         if let Some(user) = owner {
             let to = format!("<{address}>");
             return self.attempt_as(q, &to, Where::Maildir, attempt, |w, m| {
-                w.write(user, &q.envelope.from, address, &name, m)
+                w.write(user, &q.envelope.from, address, &name, folder.is_some(), m)
             });
         }
         let stamp = Stamp {
@@ -490,6 +493,7 @@ impl<'a> Runner<'a> {
             delivered_to: address,
             hostname: &self.config.hostname,
             follow_symlinks: self.config.follow_maildir_symlinks,
+            folder,
         };
         Some(match deliver_to_maildir(maildir, &stamp, &name, || Ok(q.message())) {
             Ok(path) => attempt(Where::Maildir, Event::Delivered(&path.display().to_string())),
@@ -547,6 +551,11 @@ impl<'a> Runner<'a> {
         failed: &[Failure],
         action: Action,
     ) -> Result<Option<(QueueId, ForwardPath)>, SpoolError> {
+        // Its sender failed the author domain's DMARC: most likely forged, and not to be told.
+        if q.envelope.quarantine {
+            log::info!("{}: {QUARANTINED}", q.id);
+            return Ok(None);
+        }
         let to = match (&q.envelope.from, action) {
             (ReversePath::Mailbox(m), _) => ForwardPath::Mailbox(m.clone()),
             // §6.1: no report to a null sender. A failed report itself goes to the postmaster,
@@ -589,6 +598,7 @@ impl<'a> Runner<'a> {
             smtputf8: q.envelope.smtputf8 || !to_text.is_ascii(),
             auth: None,
             submitted: true,
+            quarantine: false,
             from: ReversePath::Null,
             rcpts: vec![to.clone()],
             size: 0,
@@ -625,7 +635,8 @@ impl<'a> Runner<'a> {
         };
         crate::fault::crash_point("after-warning-queued");
         let status = Some(EnhancedStatus::new(4, 0, 0));
-        let warned = Attempt::about_message(self.now, Outcome::Warned, status, "delay warning sent".into());
+        let text = if q.envelope.quarantine { "no delay warning: quarantined" } else { "delay warning sent" };
+        let warned = Attempt::about_message(self.now, Outcome::Warned, status, text.into());
         log.append(&warned).map_err(|e| self.spool_failure(&q.id, &self.spool.log_path(&q.id), e))?;
         Ok(made)
     }
@@ -665,6 +676,9 @@ impl<'a> Runner<'a> {
 }
 
 /// `5 days`, `6 hours`, `90 minutes`: the lifetime in the unit a person would use.
+/// Why a quarantined message's failures are reported to nobody.
+const QUARANTINED: &str = "no report: the message was quarantined (it failed its author domain's DMARC policy)";
+
 fn lifetime_text(secs: u64) -> String {
     match secs {
         s if s >= 86400 && s % 86400 == 0 => format!("{} days", s / 86400),

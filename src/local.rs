@@ -14,11 +14,13 @@
 //! `alias_user`: only commands and files the aliases name, so the run cannot choose others.
 //!
 //! Requests and replies are one line each, fields split by tabs:
-//! `mailbox|command|file|look<TAB>USER|COMMAND|PATH<TAB>RETURN-PATH<TAB>DELIVERED-TO<TAB>NAME<TAB>SIZE`
+//! `mailbox|junk|command|file|look<TAB>USER|COMMAND|PATH<TAB>RETURN-PATH<TAB>DELIVERED-TO<TAB>NAME<TAB>SIZE`
 //! then SIZE octets of message; `ok<TAB>WHERE` or `err<TAB>full|unsafe|loop|io|refused<TAB>TEXT`.
-//! NAME is the maildir file name the run chose and recorded for a `mailbox` copy (`-` for
-//! the others); `look` asks whether USER's maildir has a copy under NAME (`ok<TAB>WHERE`, or
-//! `none<TAB>-`), after a run was killed between a copy and its record.
+//! NAME is the maildir file name the run chose and recorded for a `mailbox` or `junk` copy
+//! (`-` for the others); `junk` is a `mailbox` copy into the maildir's `junk_folder`, which
+//! the helper reads from its own configuration; `look` asks whether USER's maildir has a copy
+//! under NAME, in its inbox or its Junk folder (`ok<TAB>WHERE`, or `none<TAB>-`), after a run
+//! was killed between a copy and its record.
 
 use std::ffi::OsString;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -64,16 +66,19 @@ impl Writer {
         Ok(Writer { inner: Mutex::new(Helper { child, input: Some(input), output: BufReader::new(output) }) })
     }
 
-    /// One copy into `user`'s maildir under `name` (`maildir::new_name`), written as `user`.
+    /// One copy into `user`'s maildir under `name` (`maildir::new_name`), written as `user`;
+    /// into its Junk folder when `junk`.
     pub fn write(
         &self,
         user: &str,
         return_path: &ReversePath,
         delivered_to: &str,
         name: &str,
+        junk: bool,
         message: &[u8],
     ) -> Result<PathBuf, MaildirError> {
-        self.ask(["mailbox", user, &return_path.to_string(), delivered_to, name], message)
+        let kind = if junk { "junk" } else { "mailbox" };
+        self.ask([kind, user, &return_path.to_string(), delivered_to, name], message)
     }
 
     /// Where `user`'s maildir has the copy named `name`, if it has it (`maildir::find_copy`).
@@ -207,10 +212,15 @@ pub fn serve(config: &Config) -> Result<(), String> {
     let max = config.message_size_limit.saturating_mul(2).saturating_add(1 << 20);
     while let Some(req) = read_request(&mut input, max).map_err(|e| e.to_string())? {
         let result = match req.kind.as_str() {
-            "mailbox" => write_one(config, &users, &exe, &req),
+            "mailbox" => write_one(config, &users, &exe, &req, None),
+            "junk" => write_one(config, &users, &exe, &req, Some(&config.junk_folder)),
             "look" => {
-                let found =
-                    mailbox_of(config, &users, &req.user).map(|(_, m)| crate::maildir::find_copy(&m, &req.name));
+                let find = |m: &Path| {
+                    let junk = Some(config.junk_folder.as_str());
+                    crate::maildir::find_copy(m, None, &req.name)
+                        .or_else(|| crate::maildir::find_copy(m, junk, &req.name))
+                };
+                let found = mailbox_of(config, &users, &req.user).map(|(_, m)| find(&m));
                 output
                     .write_all(look_reply(found).as_bytes())
                     .and_then(|()| output.flush())
@@ -256,7 +266,13 @@ fn look_reply(found: Result<Option<PathBuf>, MaildirError>) -> String {
     }
 }
 
-fn write_one(config: &Config, users: &LocalUsers, exe: &Path, req: &Request) -> Result<PathBuf, MaildirError> {
+fn write_one(
+    config: &Config,
+    users: &LocalUsers,
+    exe: &Path,
+    req: &Request,
+    folder: Option<&str>,
+) -> Result<PathBuf, MaildirError> {
     let (account, maildir) = mailbox_of(config, users, &req.user)?;
     let groups = sys::groups_of(&account.name, account.gid).map_err(|e| MaildirError::Io(e.to_string()))?;
     let mut command = Command::new(exe);
@@ -268,6 +284,7 @@ fn write_one(config: &Config, users: &LocalUsers, exe: &Path, req: &Request) -> 
         .arg(&config.hostname)
         .arg(if config.follow_maildir_symlinks { "follow" } else { "nofollow" })
         .arg(&req.name)
+        .arg(folder.unwrap_or("-"))
         .env_clear()
         .current_dir("/")
         .stdin(Stdio::piped())
@@ -332,8 +349,13 @@ fn run_command(config: &Config, users: &LocalUsers, req: &Request) -> Result<Pat
     sys::run_as(&mut command, account.uid, account.gid, groups);
     let io = |e: io::Error| MaildirError::Io(format!("|{}: {e}", req.user));
     let mut child = command.spawn().map_err(io)?;
-    let stamp =
-        Stamp { return_path: &req.return_path, delivered_to: &req.delivered_to, hostname: "", follow_symlinks: false };
+    let stamp = Stamp {
+        return_path: &req.return_path,
+        delivered_to: &req.delivered_to,
+        hostname: "",
+        follow_symlinks: false,
+        folder: None,
+    };
     let input = crate::maildir::local_copy(&stamp, &req.message);
     let mut stdin = child.stdin.take().ok_or_else(|| MaildirError::Io("no pipe".into()))?;
     // A command that stops reading is judged by its exit, not by the broken pipe.
@@ -476,7 +498,8 @@ pub fn append_mbox(args: &[String]) -> bool {
         if crate::maildir::delivered_to(&message, delivered_to) {
             return Err(MaildirError::Loop);
         }
-        let stamp = Stamp { return_path: &return_path, delivered_to, hostname: "", follow_symlinks: false };
+        let stamp =
+            Stamp { return_path: &return_path, delivered_to, hostname: "", follow_symlinks: false, folder: None };
         let copy = crate::maildir::local_copy(&stamp, &message);
         let path = Path::new(path);
         write_mbox(path, &return_path, &copy).map_err(|e| match e.raw_os_error() {
@@ -524,11 +547,12 @@ fn write_mbox(path: &Path, sender: &ReversePath, copy: &[u8]) -> io::Result<()> 
     Ok(())
 }
 
-/// `--write-maildir DIR RETURN-PATH DELIVERED-TO HOSTNAME follow|nofollow NAME`: one copy
-/// under NAME, as the user this process already is; the reply on stdout.
+/// `--write-maildir DIR RETURN-PATH DELIVERED-TO HOSTNAME follow|nofollow NAME FOLDER|-`: one
+/// copy under NAME, into the maildir's FOLDER or its inbox (`-`), as the user this process
+/// already is; the reply on stdout.
 pub fn write_maildir(args: &[String]) -> bool {
     let result = (|| {
-        let [dir, return_path, delivered_to, hostname, follow, name] = args else {
+        let [dir, return_path, delivered_to, hostname, follow, name, folder] = args else {
             return Err(MaildirError::Io("--write-maildir: wrong arguments".into()));
         };
         let return_path = match return_path.as_str() {
@@ -538,7 +562,13 @@ pub fn write_maildir(args: &[String]) -> bool {
         };
         let mut message = Vec::new();
         io::stdin().read_to_end(&mut message).map_err(|e| MaildirError::Io(e.to_string()))?;
-        let stamp = Stamp { return_path: &return_path, delivered_to, hostname, follow_symlinks: follow == "follow" };
+        let stamp = Stamp {
+            return_path: &return_path,
+            delivered_to,
+            hostname,
+            follow_symlinks: follow == "follow",
+            folder: (folder != "-").then_some(folder.as_str()),
+        };
         deliver_to_maildir(Path::new(dir), &stamp, name, || Ok(&message[..]))
     })();
     let ok = result.is_ok();

@@ -58,6 +58,9 @@ pub struct Stamp<'a> {
     pub hostname: &'a str,
     /// `follow_maildir_symlinks`: a symlinked maildir is used instead of refused.
     pub follow_symlinks: bool,
+    /// A Maildir++ folder of the maildir to deliver into instead of its inbox (`junk_folder`
+    /// for a quarantined message); made when missing.
+    pub folder: Option<&'a str>,
 }
 
 /// Delivers the message read from `open()` (CRLF lines, as spooled) into `maildir`, under
@@ -76,7 +79,10 @@ pub fn deliver_to_maildir<R: Read>(
     if has_delivered_to(open().map_err(io_err)?, stamp.delivered_to).map_err(io_err)? {
         return Err(MaildirError::Loop);
     }
-    let (tmp, new) = prepare(maildir, stamp.follow_symlinks)?;
+    let (mut tmp, mut new) = prepare(maildir, stamp.follow_symlinks)?;
+    if let Some(folder) = stamp.folder {
+        (tmp, new) = prepare_folder(maildir, folder, stamp.follow_symlinks)?;
+    }
     let tmp_path = tmp.join(name);
     let mut file = OpenOptions::new()
         .write(true)
@@ -147,6 +153,36 @@ fn prepare(maildir: &Path, follow_symlinks: bool) -> Result<(PathBuf, PathBuf), 
     Ok((maildir.join("tmp"), maildir.join("new")))
 }
 
+/// A Maildir++ folder's name (`Junk`, `Junk.Old`): the maildir's subdirectory `.NAME`. Words
+/// of letters, digits, `-` and `_`, with dots only between them, so it never names a path
+/// outside the maildir.
+pub fn is_folder_name(name: &str) -> bool {
+    let word = |w: &str| !w.is_empty() && w.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    name.len() <= 100 && name.split('.').all(word)
+}
+
+/// The folder `.NAME` of a maildir (Maildir++), made like a maildir when missing, with the
+/// empty `maildirfolder` file that marks it as a folder for IMAP servers.
+fn prepare_folder(maildir: &Path, folder: &str, follow_symlinks: bool) -> Result<(PathBuf, PathBuf), MaildirError> {
+    if !is_folder_name(folder) {
+        return Err(MaildirError::Unsafe(format!("`{}`: not a folder name", folder.escape_default())));
+    }
+    let maildir: PathBuf = maildir.components().collect();
+    let path = maildir.join(format!(".{folder}"));
+    let made = prepare(&path, follow_symlinks)?;
+    let marker = path.join("maildirfolder");
+    if fs::symlink_metadata(&marker).is_err() {
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&marker)
+            .map_err(|e| MaildirError::from_io(&e, &marker))?;
+    }
+    Ok(made)
+}
+
 /// Opens `dir` as a directory, not through a symlink unless `follow_symlinks`.
 fn open_directory(dir: &Path, follow_symlinks: bool) -> Result<File, MaildirError> {
     let flags = if follow_symlinks { libc::O_DIRECTORY } else { libc::O_DIRECTORY | libc::O_NOFOLLOW };
@@ -161,12 +197,16 @@ fn open_directory(dir: &Path, follow_symlinks: bool) -> Result<File, MaildirErro
 
 /// The copy named `name` when it is in the maildir: in `new/`, or in `cur/` where a reader
 /// moved it and added its info (`NAME:2,S`, or Dovecot's `NAME,S=1234,W=1250:2,S`). Only
-/// after a run was killed between a copy and its record, so reading `cur/` is rare.
-pub fn find_copy(maildir: &Path, name: &str) -> Option<PathBuf> {
-    if !is_plain_name(name) {
+/// after a run was killed between a copy and its record, so reading `cur/` is rare. With a
+/// `folder`, in that folder of the maildir.
+pub fn find_copy(maildir: &Path, folder: Option<&str>, name: &str) -> Option<PathBuf> {
+    if !is_plain_name(name) || folder.is_some_and(|f| !is_folder_name(f)) {
         return None;
     }
-    let maildir: PathBuf = maildir.components().collect();
+    let mut maildir: PathBuf = maildir.components().collect();
+    if let Some(folder) = folder {
+        maildir = maildir.join(format!(".{folder}"));
+    }
     let new = maildir.join("new").join(name);
     if fs::symlink_metadata(&new).is_ok() {
         return Some(new);
@@ -297,7 +337,13 @@ mod tests {
     }
 
     fn stamp<'a>(from: &'a ReversePath) -> Stamp<'a> {
-        Stamp { return_path: from, delivered_to: "alice@example.test", hostname: "a:b/c", follow_symlinks: false }
+        Stamp {
+            return_path: from,
+            delivered_to: "alice@example.test",
+            hostname: "a:b/c",
+            follow_symlinks: false,
+            folder: None,
+        }
     }
 
     #[test]
@@ -332,26 +378,50 @@ mod tests {
     }
 
     #[test]
+    fn a_folder_is_made_as_maildir_plus_plus_has_it_and_only_inside_the_maildir() {
+        let dir = temp("folder");
+        let from = ReversePath::Null;
+        let name = new_name("h.test");
+        let junk = Stamp { folder: Some("Junk"), ..stamp(&from) };
+        let made = deliver_to_maildir(&dir, &junk, &name, || Ok(&b"x\r\n"[..])).unwrap();
+        assert_eq!(made, dir.join(".Junk").join("new").join(&name));
+        for sub in ["tmp", "new", "cur", ".Junk/tmp", ".Junk/cur"] {
+            assert!(dir.join(sub).is_dir(), "{sub}");
+        }
+        assert_eq!(fs::read(dir.join(".Junk").join("maildirfolder")).unwrap(), b"");
+        assert_eq!(fs::read_dir(dir.join("new")).unwrap().count(), 0, "nothing in the inbox");
+        assert_eq!(find_copy(&dir, Some("Junk"), &name), Some(made));
+        assert_eq!(find_copy(&dir, None, &name), None);
+        for bad in ["../../etc", "a/b", ".", "", "Junk..x"] {
+            let odd = Stamp { folder: Some(bad), ..stamp(&from) };
+            let e = deliver_to_maildir(&dir, &odd, &new_name("h.test"), || Ok(&b"x\r\n"[..]));
+            assert!(matches!(e, Err(MaildirError::Unsafe(_))), "{bad}: {e:?}");
+            assert_eq!(find_copy(&dir, Some(bad), &name), None);
+        }
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn a_copy_is_found_by_its_name_in_new_or_where_a_reader_moved_it() {
         let dir = temp("find");
         let from = ReversePath::Null;
         let name = new_name("h.test");
-        assert_eq!(find_copy(&dir, &name), None, "no maildir yet");
+        assert_eq!(find_copy(&dir, None, &name), None, "no maildir yet");
         let made = deliver_to_maildir(&dir, &stamp(&from), &name, || Ok(&b"x\r\n"[..])).unwrap();
-        assert_eq!(find_copy(&dir, &name), Some(made.clone()));
-        assert_eq!(find_copy(&dir, &new_name("h.test")), None, "another name");
+        assert_eq!(find_copy(&dir, None, &name), Some(made.clone()));
+        assert_eq!(find_copy(&dir, None, &new_name("h.test")), None, "another name");
         let mut at = made;
         for moved in [format!("{name}:2,S"), format!("{name},S=1234,W=1250:2,RS"), name.clone()] {
             let to = dir.join("cur").join(&moved);
             fs::rename(&at, &to).unwrap();
-            assert_eq!(find_copy(&dir, &name), Some(to.clone()), "{moved}");
+            assert_eq!(find_copy(&dir, None, &name), Some(to.clone()), "{moved}");
             at = to;
         }
         // A longer name that begins with this one is another message.
         fs::rename(&at, dir.join("cur").join(format!("{name}x"))).unwrap();
-        assert_eq!(find_copy(&dir, &name), None);
+        assert_eq!(find_copy(&dir, None, &name), None);
         for bad in ["", "../x", ".hidden", "a/b", "a b"] {
-            assert_eq!(find_copy(&dir, bad), None, "{bad}");
+            assert_eq!(find_copy(&dir, None, bad), None, "{bad}");
             assert!(matches!(
                 deliver_to_maildir(&dir, &stamp(&from), bad, || Ok(&b"x\r\n"[..])),
                 Err(MaildirError::Unsafe(_))

@@ -19,10 +19,11 @@ impl HeaderScan {
         HeaderScan { head: Vec::new(), cap, done: false }
     }
 
-    /// Takes the next octets of the message; stops at the blank line or at the cap.
-    pub fn feed(&mut self, bytes: &[u8]) {
+    /// Takes the next octets of the message; stops at the blank line or at the cap. Returns
+    /// how many of them it took: the rest are the body's (or past the cap).
+    pub fn feed(&mut self, bytes: &[u8]) -> usize {
         if self.done {
-            return;
+            return 0;
         }
         let room = self.cap.saturating_sub(self.head.len());
         let take = &bytes[..bytes.len().min(room)];
@@ -35,6 +36,12 @@ impl HeaderScan {
         } else if self.head.len() >= self.cap {
             self.done = true;
         }
+        self.head.len().saturating_sub(before)
+    }
+
+    /// The header section as collected, with its empty line once it is complete.
+    pub fn bytes(&self) -> &[u8] {
+        &self.head
     }
 
     pub fn headers(&self) -> Headers<'_> {

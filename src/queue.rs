@@ -245,6 +245,7 @@ mod tests {
             smtputf8: false,
             auth: None,
             submitted: false,
+            quarantine: false,
             from: ReversePath::parse(b"alice@example.test").unwrap(),
             rcpts: vec![
                 ForwardPath::parse(b"bob@remote.test").unwrap(),

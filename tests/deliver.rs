@@ -410,3 +410,49 @@ fn logs_left_without_their_message_are_swept_but_held_ones_kept() {
     assert!(cur.join(format!("{held}.log")).exists());
     assert!(log.contains("removed a delivery log left without its message"));
 }
+
+/// A message the server quarantined (DMARC): each maildir copy goes into the Junk folder,
+/// and neither a delay warning nor a report is sent when another recipient fails, since its
+/// sender is most likely forged.
+#[test]
+fn a_quarantined_message_goes_to_junk_and_its_failures_are_reported_to_nobody() {
+    let s = Setup::new("max_queue_lifetime = 5d\ndelay_warning_time = 1h\njunk_folder = Spam\n");
+    std::fs::write(s.dir.path().join("aliases"), "postmaster: alice\nbob: carol\n").unwrap();
+    std::fs::write(
+        s.dir.path().join("mailboxes"),
+        format!("alice: {}/\ncarol: /proc/no/such/maildir/\n", s.alice().display()),
+    )
+    .unwrap();
+    let t0 = now() - 5 * 24 * HOUR + 600;
+    let envelope = postern::spool::Envelope {
+        arrived: t0,
+        client: Some("192.0.2.1".parse().unwrap()),
+        helo: Some("client.test".into()),
+        protocol: "ESMTP".into(),
+        body: BodyType::SevenBit,
+        smtputf8: false,
+        auth: None,
+        submitted: false,
+        quarantine: true,
+        from: postern::smtp::address::ReversePath::parse(b"alice@example.test").unwrap(),
+        rcpts: ["alice@example.test", "bob@example.test"]
+            .iter()
+            .map(|t| postern::smtp::address::ForwardPath::parse(t.as_bytes()).unwrap())
+            .collect(),
+        size: 0,
+    };
+    let spool = postern::spool::Spool::open(&s.dir.path().join("spool")).unwrap();
+    let id = spool.inject(&envelope, b"X-Spam: Yes\r\nSubject: phish\r\n\r\nx\r\n").unwrap().to_string();
+    let log = s.deliver(t0, &[]);
+    assert!(log.contains("/maildirs/alice/.Spam/new/"), "{log}");
+    let log = s.deliver(t0 + 2 * HOUR, &[]);
+    assert!(log.contains(&format!("{id}: no report: the message was quarantined")), "no warning: {log}");
+    let log = s.deliver(t0 + 5 * 24 * HOUR, &[]);
+    assert!(log.contains("status=bounced"), "{log}");
+    assert!(log.contains(&format!("{id}: no report: the message was quarantined")), "{log}");
+    assert!(maildir_messages(&s.alice()).is_empty(), "nothing in the inbox: no copy, no warning, no report");
+    let junk = maildir_messages(&s.alice().join(".Spam"));
+    assert_eq!(junk.len(), 1);
+    assert!(junk[0].contains("Subject: phish"), "{}", junk[0]);
+    assert!(s.queued().is_empty(), "{log}");
+}

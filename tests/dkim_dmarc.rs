@@ -16,7 +16,8 @@ use hickory_proto::rr::RecordType::TXT;
 use openssl::pkey::PKey;
 use openssl::rsa::Rsa;
 use support::dns::{Answer, FakeDns};
-use support::{TempDir, config_with, skip_unless};
+use support::netns::Netns;
+use support::{Server, TempDir, config_with, instant, skip_unless};
 
 const MESSAGE: &str = "From: Alice <alice@example.test>\r\nTo: bob@example.org\r\nSubject: a test\r\n\
                        Date: Sat, 5 Dec 2026 06:00:00 +0000\r\nMessage-ID: <1@example.test>\r\n\r\n\
@@ -570,4 +571,184 @@ fn dmarc_agrees_with_python_dmarc_on_alignment_and_policy() {
     for seen in ["pass none", "fail reject", "fail quarantine", "fail none"] {
         assert!(tally.contains_key(seen), "no case gave {seen}: {tally:?}");
     }
+}
+
+/// `message` sent from inside the namespace with MAIL FROM `from` to alice; what DATA (or
+/// the command that failed) was answered.
+fn send_in(ns: &Netns, server: &Server, from: &str, message: &[u8]) -> String {
+    let file = server.dir.path().join(format!("out-{}.eml", message.len()));
+    std::fs::write(&file, message).unwrap();
+    let script = format!(
+        "import smtplib\ns = smtplib.SMTP('{host}', {port}, timeout=30)\ns.ehlo('mx.sender.test')\n\
+         msg = open('{file}', 'rb').read()\n\
+         try:\n    s.sendmail('{from}', ['alice@example.test'], msg)\n    print('DATA 250')\n\
+         except smtplib.SMTPDataError as e:\n    print('DATA', e.smtp_code, e.smtp_error.decode())\n\
+         except smtplib.SMTPServerDisconnected as e:\n    print('lost', e)\n",
+        host = ns.host,
+        port = server.addr.port(),
+        file = file.display()
+    );
+    ns.python(&script)
+}
+
+/// A message from `author`, with a body of `body` octets.
+fn authored(author: &str, body: usize) -> Vec<u8> {
+    let mut text = MESSAGE.replace("Alice <alice@example.test>", author).into_bytes();
+    text.extend((0..body).map(|i| if i % 70 == 69 { b'\n' } else { b'a' + (i % 26) as u8 }).flat_map(|b| match b {
+        b'\n' => vec![b'\r', b'\n'],
+        b => vec![b],
+    }));
+    text.extend_from_slice(b"\r\n");
+    text
+}
+
+/// End to end over SMTP, from a client that is neither on loopback nor trusted: a p=reject
+/// failure is refused after the final dot and nothing is kept; a p=quarantine failure (large
+/// enough to be written before the checks end) lands in the recipient's Junk folder marked
+/// X-Spam; a forwarded message whose DKIM signature still verifies passes DMARC though its
+/// SPF does not; an author count other than one is refused; a trusted client is not checked.
+#[test]
+fn through_smtp_dmarc_refuses_quarantines_into_junk_and_lets_a_signed_forward_through() {
+    if skip_unless(have_dkimpy(), "dkimpy is not in target/venv (make test-deps installs it)") {
+        return;
+    }
+    let Some(ns) = Netns::new(21) else { return };
+    let dir = TempDir::new("dmarc-smtp");
+    let rsa = rsa_key(dir.path(), 2048);
+    let dns = FakeDns::start(&[
+        ("reject.test", TXT, Answer::Txt(vec!["v=spf1 ~all"])),
+        ("_dmarc.reject.test", TXT, Answer::Txt(vec!["v=DMARC1; p=reject"])),
+        ("quarantine.test", TXT, Answer::Txt(vec!["v=spf1 ~all"])),
+        ("_dmarc.quarantine.test", TXT, Answer::Txt(vec!["v=DMARC1; p=quarantine"])),
+        ("forwarded.test", TXT, Answer::Txt(vec!["v=spf1 ip4:192.0.2.1 ~all"])),
+        ("_dmarc.forwarded.test", TXT, Answer::Txt(vec!["v=DMARC1; p=reject"])),
+        ("sel._domainkey.forwarded.test", TXT, Answer::Txt(vec![rsa.record])),
+    ]);
+    let extra = format!("dns_servers = {}\nreverse_dns = off\ntrusted_networks = {}/32\n", dns.addr, ns.host);
+    let config = instant(&config_with(dir.path(), &extra))
+        .replace("listen = 127.0.0.1:0\n", &format!("listen = {}:0\n", ns.host));
+    let server = Server::start_in(dir, &config);
+    let inbox = server.dir.path().join("maildirs/alice");
+
+    let said = send_in(&ns, &server, "boss@reject.test", &authored("boss@reject.test", 100));
+    assert!(said.contains("DATA 550 5.7.26 DMARC: reject.test refuses mail"), "{said}");
+    let said = send_in(&ns, &server, "boss@quarantine.test", &authored("a@quarantine.test, b@quarantine.test", 10));
+    assert!(said.contains("DATA 550 5.7.1 Message rejected: 2 author addresses in From:"), "{said}");
+
+    // Larger than what a draft holds in memory: its fields come with a second draft.
+    let big = authored("Boss <boss@quarantine.test>", 200 * 1024);
+    let said = send_in(&ns, &server, "boss@quarantine.test", &big);
+    assert!(said.contains("DATA 250"), "{said}");
+    let junk = inbox.join(".Junk");
+    wait_until(|| !support::maildir(&junk).is_empty());
+    let copies = support::maildir(&junk);
+    assert_eq!(copies.len(), 1, "{}", server.log());
+    let copy = copies[0].replace('\n', "\r\n");
+    assert!(
+        copy.contains("\tdmarc=fail (p=quarantine dis=quarantine) reason=\"no aligned SPF or DKIM pass\""),
+        "{copy}"
+    );
+    assert!(copy.contains("\tmechanism=\"~all\";\r\nX-Spam: Yes\r\nReceived: from mx.sender.test"), "{copy}");
+    assert!(copy.ends_with(std::str::from_utf8(&big).unwrap()), "the message follows its fields whole");
+    assert!(junk.join("maildirfolder").exists());
+
+    // A forward: its SPF fails (softfail) but the author domain's signature verifies.
+    let signed = dkimpy_sign_as(
+        &authored("Boss <boss@forwarded.test>", 500),
+        &rsa,
+        "forwarded.test",
+        "sel",
+        "relaxed/relaxed",
+        "rsa-sha256",
+        false,
+    );
+    let said = send_in(&ns, &server, "boss@forwarded.test", &signed);
+    assert!(said.contains("DATA 250"), "{said}");
+    wait_until(|| !support::maildir(&inbox).is_empty());
+    let copies = support::maildir(&inbox);
+    assert_eq!(copies.len(), 1, "{}", server.log());
+    let copy = copies[0].replace('\n', "\r\n");
+    for want in [
+        "\tspf=softfail smtp.mailfrom=boss@forwarded.test;\r\n",
+        "\tdkim=pass header.d=forwarded.test header.s=sel;\r\n",
+        "\tdmarc=pass (p=reject dis=none) header.from=forwarded.test\r\n",
+    ] {
+        assert!(copy.contains(want), "no {want:?} in\n{copy}");
+    }
+    assert!(!copy.contains("X-Spam"), "{copy}");
+
+    // A trusted client (this side of the link) is not checked: the p=reject author passes.
+    let mut client = support::Client::greeted(server.addr);
+    assert!(client.cmd("EHLO trusted.test").starts_with("250"));
+    let reply = client.mail("boss@reject.test", &["alice@example.test"], &authored("boss@reject.test", 10));
+    assert!(reply.starts_with("250 "), "{reply}");
+
+    let log = server.log();
+    assert!(log.contains("NOQUEUE: reject: DATA from unknown["), "{log}");
+    assert!(log.contains("550 5.7.26 DMARC: reject.test refuses mail"), "{log}");
+    assert!(log.contains(": dkim=none, dmarc=fail (quarantine.test, p=quarantine), quarantined"), "{log}");
+    assert!(log.contains(": dkim=pass (forwarded.test), dmarc=pass (forwarded.test, p=reject)"), "{log}");
+    // The refused messages left nothing behind; the others were delivered, and are gone.
+    let spool = server.spool();
+    assert!(wait_until(|| support::waiting(&spool).is_empty() && support::maildir(&inbox).len() == 2), "{log}");
+    let trusted: Vec<String> = support::maildir(&inbox).into_iter().filter(|m| m.contains("reject.test")).collect();
+    assert_eq!(trusted.len(), 1, "only the trusted client's copy");
+    assert!(!trusted[0].contains("dmarc="), "{}", trusted[0]);
+    assert_eq!(support::maildir(&junk).len(), 1);
+}
+
+/// Whether `done` came true within ten seconds (instant delivery runs apart from the reply).
+fn wait_until(done: impl Fn() -> bool) -> bool {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        if std::time::Instant::now() > until {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    true
+}
+
+/// The boundary a second draft adds (doc/queue.md, S1): killed once the copy with the
+/// checks' fields on top is written and before the first draft is removed, the server
+/// leaves both drafts in `tmp/`, answers nothing, and queues nothing; started again, it
+/// sweeps both, and the client's second try is taken.
+#[test]
+fn killed_while_a_second_draft_is_written_nothing_is_queued_and_both_drafts_are_swept() {
+    let Some(ns) = Netns::new(22) else { return };
+    let dir = TempDir::new("second-draft");
+    let dns = FakeDns::start(&[
+        ("quarantine.test", TXT, Answer::Txt(vec!["v=spf1 ~all"])),
+        ("_dmarc.quarantine.test", TXT, Answer::Txt(vec!["v=DMARC1; p=quarantine"])),
+    ]);
+    let extra = format!("dns_servers = {}\nreverse_dns = off\n", dns.addr);
+    let config =
+        config_with(dir.path(), &extra).replace("listen = 127.0.0.1:0\n", &format!("listen = {}:0\n", ns.host));
+    let mut server = Server::start_wrapped(dir, &config, &["env", "POSTERN_CRASH_AT=second-draft-written"]);
+    let spool = server.spool();
+    let big = authored("boss@quarantine.test", 100 * 1024);
+    let said = send_in(&ns, &server, "boss@quarantine.test", &big);
+    assert!(said.contains("lost") && !said.contains("DATA 250"), "{said}");
+    assert!(server.exits_within(std::time::Duration::from_secs(10)), "the crash point stops the server");
+    let mut left: Vec<String> = support::list(&spool.join("tmp"))
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert_eq!(left[1], format!("{}.1", left[0]), "the first draft and its second");
+    assert!(support::waiting(&spool).is_empty(), "nothing queued");
+
+    let dir = server.kill9();
+    let server = Server::start_in(dir, &config);
+    // The sweep runs as the server starts, once its listeners are open.
+    let swept = wait_until(|| server.log().matches("removed leftover").count() == 2);
+    assert!(swept && support::list(&spool.join("tmp")).is_empty(), "both swept at start: {}", server.log());
+    let said = send_in(&ns, &server, "boss@quarantine.test", &big);
+    assert!(said.contains("DATA 250"), "{said}");
+    let queued = server.queued();
+    assert_eq!(queued.len(), 1);
+    let text = std::fs::read(&queued[0]).unwrap();
+    assert!(String::from_utf8_lossy(&text).contains("\nquarantine: yes\n"), "the envelope says so");
+    assert!(text.ends_with(&big), "the message whole after its fields");
 }

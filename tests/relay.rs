@@ -519,6 +519,7 @@ fn a_report_to_an_smtputf8_sender_goes_with_smtputf8() {
         smtputf8: true,
         auth: None,
         submitted: false,
+        quarantine: false,
         from: ReversePath::parse("jörg@bücher.test".as_bytes()).unwrap(),
         rcpts: vec![ForwardPath::parse(b"nobody@example.test").unwrap()],
         size: 0,

@@ -659,6 +659,36 @@ fn system_users_get_their_mail_in_their_own_home_written_as_themselves() {
     owned_by(&bob, 1);
     assert!(support::waiting(&dir.path().join("spool")).is_empty(), "{log}");
 
+    // A message the server quarantined goes into bob's Junk folder, made by bob's writer.
+    let spool = dir.path().join("spool");
+    let quarantined = postern::spool::Envelope {
+        arrived: support::now(),
+        client: Some("192.0.2.1".parse().unwrap()),
+        helo: Some("mx.remote.test".into()),
+        protocol: "ESMTP".into(),
+        body: postern::smtp::command::BodyType::SevenBit,
+        smtputf8: false,
+        auth: None,
+        submitted: false,
+        quarantine: true,
+        from: postern::smtp::address::ReversePath::parse(b"phish@remote.test").unwrap(),
+        rcpts: vec![postern::smtp::address::ForwardPath::parse(format!("{bob}@example.test").as_bytes()).unwrap()],
+        size: 0,
+    };
+    let id = postern::spool::Spool::open(&spool).unwrap().inject(&quarantined, b"X-Spam: Yes\r\n\r\nx\r\n").unwrap();
+    let (service_uid, service_gid) = ids(&service);
+    std::os::unix::fs::chown(spool.join("new").join(id.as_str()), Some(service_uid), Some(service_gid)).unwrap();
+    let log = deliver(&conf, None, &[]);
+    let junk = home_maildir(&bob).join(".Junk");
+    let files = list(&junk.join("new"));
+    assert_eq!(files.len(), 1, "{log}");
+    let (uid, gid) = ids(&bob);
+    for path in [&files[0], &junk, &junk.join("maildirfolder")] {
+        let meta = std::fs::metadata(path).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (uid, gid), "{} is bob's own", path.display());
+    }
+    owned_by(&bob, 1);
+
     // With postern-smtpd running (started as root): `mail -s` by alice herself lands in her
     // own maildir at once, written as her.
     let live_conf = dir.path().join("live.conf");
@@ -683,8 +713,6 @@ fn system_users_get_their_mail_in_their_own_home_written_as_themselves() {
 
     // Root through the setgid copy, as root's cron and `mail -s` run it, with no daemon: the
     // queue file is the service user's, and the copy lands in bob's maildir at once, as bob.
-    let spool = dir.path().join("spool");
-    let (service_uid, _) = ids(&service);
     let queue_owners = || {
         let files: Vec<PathBuf> = ["new", "cur"].iter().flat_map(|d| list(&spool.join(d))).collect();
         files.iter().map(|f| std::fs::metadata(f).unwrap().uid()).collect::<Vec<u32>>()

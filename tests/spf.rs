@@ -423,7 +423,7 @@ fn send_from(ns: &Netns, server: &Server, from: &str) -> String {
     let script = format!(
         "import smtplib\ns = smtplib.SMTP('{host}', {port}, timeout=20)\ns.ehlo('mx.sender.test')\n\
          code, text = s.mail('{from}')\nprint('MAIL', code, text.decode())\n\
-         if code == 250:\n    s.rcpt('alice@example.test')\n    print('DATA', *s.data(b'Subject: spf\\r\\n\\r\\nhi\\r\\n'))\n\
+         if code == 250:\n    s.rcpt('alice@example.test')\n    print('DATA', *s.data(b'From: {from}\\r\\nSubject: spf\\r\\n\\r\\nhi\\r\\n'))\n\
          s.quit()\n",
         host = ns.host,
         port = server.addr.port()
@@ -461,15 +461,16 @@ fn through_smtp_a_fail_is_refused_with_its_explanation_and_a_pass_is_recorded() 
     assert_eq!(messages.len(), 2, "{log}");
     let pass = messages.iter().find(|m| m.contains("boss@pass.test")).expect("the pass");
     let top = format!(
-        "Authentication-Results: mail.example.test;\r\n\tspf=pass smtp.mailfrom=boss@pass.test\r\n\
+        "Authentication-Results: mail.example.test;\r\n\tspf=pass smtp.mailfrom=boss@pass.test;\r\n\
+         \tdkim=none;\r\n\tdmarc=none header.from=pass.test\r\n\
          Received-SPF: pass (mail.example.test: domain of boss@pass.test designates {peer} as permitted sender)\r\n\
          \tclient-ip={peer}; envelope-from=\"boss@pass.test\"; helo=mx.sender.test;\r\n\
          \treceiver=mail.example.test; identity=mailfrom; mechanism=\"ip4:{peer}\";\r\n\
          Received: from mx.sender.test (unknown [{peer}])\r\n"
     );
-    assert!(pass.starts_with(&top), "{pass}");
+    assert!(pass.starts_with(&top), "{pass}\n{top}");
     let down = messages.iter().find(|m| m.contains("boss@down.test")).expect("the temperror");
-    assert!(down.contains("\tspf=temperror smtp.mailfrom=boss@down.test\r\n"), "{down}");
+    assert!(down.contains("\tspf=temperror smtp.mailfrom=boss@down.test;\r\n"), "{down}");
     assert!(down.contains("problem=\"down.test: "), "{down}");
     // With spf_temperror = defer, the same sender is told to come back.
     let dir = TempDir::new("spf-defer");

@@ -411,26 +411,22 @@ fn test_sender(args: &Args, trial: &Trial) -> ExitCode {
     let dns = postern::dns::Resolvers::resolver(&pool, &config);
     let client = Client { ip: Some(trial.ip), helo: &trial.helo, trusted: false, user: None, mta: true };
     let verdict = policy.check_sender(&client, &trial.from, Some(dns.as_ref()));
-    // The checks that read the message, with a budget of their own (the server's is counted
-    // from the end of the data).
+    // The checks that read the message, as the server makes them after the final dot.
     let checked = match &message {
-        Some(text) if verdict.refusal.is_none() && verdict.findings.checks_message() => {
+        Some(text) if verdict.refusal.is_none() => {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            let until = std::time::Instant::now() + config.spf_timeout;
-            let dkim = postern::dkim::verify::verify(text, dns.as_ref(), now, until);
-            let (_, body) = postern::message::Headers::parse(text);
-            let mut roll = [0u8; 2];
-            let _ = openssl::rand::rand_bytes(&mut roll);
-            let roll = (u16::from_le_bytes(roll) % 100) as u8;
-            Some(postern::policy::check_author(&verdict.findings, &text[..body], dkim, dns.as_ref(), until, roll))
+            postern::policy::MessageChecks::new(&config, &verdict.findings, now).map(|mut checks| {
+                checks.feed(text);
+                let until = std::time::Instant::now() + config.spf_timeout;
+                checks.finish(&verdict.findings, dns.as_ref(), until, postern::policy::pct_roll())
+            })
         }
         _ => None,
     };
-    let fields = verdict.findings.fields_with(
-        &config.hostname,
-        checked.as_ref().map(|c| c.dkim.as_slice()),
-        checked.as_ref().and_then(|c| c.dmarc.as_ref()),
-    );
+    let fields = match &checked {
+        Some(checked) => checked.fields(&verdict.findings, &config.hostname),
+        None => verdict.findings.fields(&config.hostname),
+    };
     print!("{}", fields.replace("\r\n", "\n"));
     let refused = match verdict.refusal {
         Some(refusal) => Some(Reply::from(&refusal)),

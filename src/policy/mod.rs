@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use crate::alias::LocalUsers;
 use crate::config::Config;
-use crate::dkim::verify::Verdict;
+use crate::dkim::verify::{DkimResult, Verdict, Verifier};
 use crate::dmarc::{self, Evaluation};
 use crate::dns::Resolve;
-use crate::message::Headers;
+use crate::message::{HeaderScan, Headers};
 use crate::smtp::address::{ForwardPath, Host, ReversePath};
 use crate::smtp::reply::{EnhancedStatus, Reply};
 use crate::spf::{self, SpfResult};
@@ -309,6 +309,8 @@ pub fn check_message(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageVerdict {
     pub dkim: Vec<Verdict>,
+    /// Whether DKIM was verified (`dkim_verify`): else `dkim` is empty, and says nothing.
+    pub dkim_checked: bool,
     pub dmarc: Option<Evaluation>,
     pub refusal: Option<Refusal>,
     /// Taken, but into the recipient's Junk folder (DMARC `quarantine`).
@@ -326,7 +328,7 @@ pub fn check_author(
     until: Instant,
     roll: u8,
 ) -> MessageVerdict {
-    let mut verdict = MessageVerdict { dkim, dmarc: None, refusal: None, quarantine: false };
+    let mut verdict = MessageVerdict { dkim, dkim_checked: true, dmarc: None, refusal: None, quarantine: false };
     if !findings.checks_message() {
         return verdict;
     }
@@ -350,6 +352,116 @@ pub fn check_author(
     }
     verdict.dmarc = Some(evaluation);
     verdict
+}
+
+/// The checks that read a stranger's message (DKIM, RFC 6376 §6; DMARC, RFC 7489), fed the
+/// text as it streams in: the header section is kept (bounded), each signature's body hash
+/// grows with the body, and `finish` asks DNS after the final dot.
+pub struct MessageChecks {
+    head: HeaderScan,
+    /// `None` until the header section is complete, and when DKIM is not verified.
+    verifier: Option<Verifier>,
+    dkim: bool,
+    dmarc: bool,
+    now: u64,
+}
+
+impl MessageChecks {
+    /// The checks the configuration asks for, for a client whose sender checks found
+    /// `findings`: none for our own users and clients (`Findings::checks_message`).
+    pub fn new(config: &Config, findings: &authres::Findings, now: u64) -> Option<MessageChecks> {
+        let wanted = findings.checks_message() && (config.dkim_verify || config.dmarc);
+        wanted.then(|| MessageChecks {
+            head: HeaderScan::new(crate::message::MAX_HEADER_SECTION),
+            verifier: None,
+            dkim: config.dkim_verify,
+            dmarc: config.dmarc,
+            now,
+        })
+    }
+
+    /// The next octets of the message, as it will be stored.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if let Some(verifier) = &mut self.verifier {
+            return verifier.feed(bytes);
+        }
+        if self.head.is_done() {
+            return;
+        }
+        let taken = self.head.feed(bytes);
+        if self.dkim && self.head.is_done() && !self.head.overflowed() {
+            let mut verifier = Verifier::new(self.head.bytes(), self.now);
+            verifier.feed(&bytes[taken..]);
+            self.verifier = Some(verifier);
+        }
+    }
+
+    /// After the final dot: each signature's verdict, then the `From:` domain's policy, the
+    /// questions asked of `dns` before `until`. `roll`: a number below 100 for `pct`.
+    pub fn finish(self, findings: &authres::Findings, dns: &dyn Resolve, until: Instant, roll: u8) -> MessageVerdict {
+        let dkim = match self.verifier {
+            Some(verifier) => verifier.finish(dns, until),
+            // A header section past the bound is not read to its end (RFC 6376 §3.4: no
+            // canonical form of an unread field); its signatures cannot be checked.
+            None if self.dkim && self.head.overflowed() => vec![Verdict {
+                result: DkimResult::PermError,
+                domain: String::new(),
+                selector: String::new(),
+                reason: Some("header section too large to verify".into()),
+            }],
+            None => Vec::new(),
+        };
+        let mut verdict = match self.dmarc {
+            true => check_author(findings, self.head.bytes(), dkim, dns, until, roll),
+            false => MessageVerdict { dkim, dkim_checked: true, dmarc: None, refusal: None, quarantine: false },
+        };
+        verdict.dkim_checked = self.dkim;
+        verdict
+    }
+}
+
+impl MessageVerdict {
+    /// The fields on top of the message: `Authentication-Results:` with the SPF, DKIM and
+    /// DMARC results, `Received-SPF:`, and `X-Spam: Yes` on a quarantined message.
+    pub fn fields(&self, findings: &authres::Findings, authserv_id: &str) -> String {
+        let dkim = self.dkim_checked.then_some(self.dkim.as_slice());
+        let mut fields = findings.fields_with(authserv_id, dkim, self.dmarc.as_ref());
+        if self.quarantine {
+            fields += "X-Spam: Yes\r\n";
+        }
+        fields
+    }
+
+    /// One line for the log: each DKIM result with its domain, and DMARC's.
+    pub fn summary(&self) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        if self.dkim_checked {
+            match self.dkim.as_slice() {
+                [] => parts.push("dkim=none".into()),
+                verdicts => parts.extend(verdicts.iter().map(|v| match v.domain.as_str() {
+                    "" => format!("dkim={}", v.result),
+                    domain => format!("dkim={} ({domain})", v.result),
+                })),
+            }
+        }
+        if let Some(e) = &self.dmarc {
+            parts.push(match e.published {
+                Some(policy) => format!("dmarc={} ({}, p={})", e.result, e.from, policy.name()),
+                None => format!("dmarc={} ({})", e.result, e.from),
+            });
+        }
+        if self.quarantine {
+            parts.push("quarantined".into());
+        }
+        parts.join(", ")
+    }
+}
+
+/// A number below 100 for DMARC's `pct` (RFC 7489 §6.6.4), from the system's random source.
+pub fn pct_roll() -> u8 {
+    let mut roll = [0u8; 2];
+    let _ = openssl::rand::rand_bytes(&mut roll);
+    (u16::from_le_bytes(roll) % 100) as u8
 }
 
 /// The client's name for the log and `Received:`: forward-confirmed, when `reverse_dns` is
@@ -397,6 +509,96 @@ mod tests {
             assert_eq!(format!("{} {a}.{b}.{c}", reply.code()), want, "{refusal:?}");
             assert!(reply.agrees() && reply.is_error(), "{refusal:?}");
         }
+    }
+
+    /// A stranger's findings: SPF softfail for `domain`, which DMARC cannot align.
+    fn softfail(domain: &str) -> authres::Findings {
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        let outcome = spf::Outcome {
+            result: SpfResult::SoftFail,
+            mechanism: Some("~all".into()),
+            explanation: None,
+            problem: None,
+        };
+        authres::Findings::Spf(authres::SpfFinding {
+            identity: spf::Identity::MailFrom,
+            outcome,
+            ip,
+            helo: "mx.remote.test".into(),
+            sender: Some(format!("a@{domain}")),
+            domain: domain.into(),
+            receiver: "mail.example.test".into(),
+        })
+    }
+
+    #[test]
+    fn the_checks_after_the_dot_read_a_message_in_any_pieces() {
+        use crate::dns::{DnsFailure, TxtZone};
+        const NOW: u64 = 1_800_000_000;
+        let text = b"From: Boss <boss@signed.test>\r\nSubject: hi\r\n\r\nbody  text\r\n\r\n";
+        let (pem, record) = crate::dkim::generate(false, 2048).unwrap();
+        let dir = std::env::temp_dir().join(format!("postern-checks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("k.pem"), &pem).unwrap();
+        let key = crate::dkim::Key::load("signed.test", "s1", &dir.join("k.pem")).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let mut signed = crate::dkim::sign(&key, &text[..], NOW).unwrap().into_bytes();
+        signed.extend_from_slice(text);
+        let zone = |name: &str| -> Result<Vec<Vec<u8>>, DnsFailure> {
+            match name {
+                "s1._domainkey.signed.test" => Ok(vec![record.clone().into_bytes()]),
+                "_dmarc.signed.test" | "_dmarc.junk.test" => Ok(vec![b"v=DMARC1; p=quarantine".to_vec()]),
+                _ => Err(DnsFailure::NotFound),
+            }
+        };
+        let dns = TxtZone(zone);
+        let config = Config::parse("hostname = mail.example.test\n", "t").unwrap();
+        let until = Instant::now() + Duration::from_secs(5);
+        let run = |message: &[u8], piece: usize, findings: &authres::Findings| {
+            let mut checks = MessageChecks::new(&config, findings, NOW).expect("a stranger is checked");
+            message.chunks(piece).for_each(|c| checks.feed(c));
+            checks.finish(findings, &dns, until, 0)
+        };
+        for piece in [1, 2, 3, 7, 64, 4096] {
+            // Signed by its author's domain: a pass though SPF did not align.
+            let v = run(&signed, piece, &softfail("remote.test"));
+            assert_eq!(v.dkim.iter().map(|d| d.result).collect::<Vec<_>>(), [DkimResult::Pass], "{piece}");
+            assert_eq!(v.dmarc.as_ref().map(|e| e.result), Some("pass"), "{piece}");
+            assert!(!v.quarantine && v.refusal.is_none());
+            let fields = v.fields(&softfail("remote.test"), "mail.example.test");
+            assert!(fields.contains(";\r\n\tdkim=pass header.d=signed.test header.s=s1;\r\n"), "{fields}");
+            assert!(!fields.contains("X-Spam"), "{fields}");
+            // Its body changed on the way: the signature fails, and so does DMARC.
+            let mut changed = signed.clone();
+            changed.extend_from_slice(b"added\r\n");
+            let v = run(&changed, piece, &softfail("remote.test"));
+            assert_eq!(v.dkim[0].result, DkimResult::Fail, "{piece}");
+            assert!(v.quarantine, "{piece}");
+            let fields = v.fields(&softfail("remote.test"), "mail.example.test");
+            assert!(fields.ends_with("\r\nX-Spam: Yes\r\n"), "{fields}");
+            assert_eq!(v.summary(), "dkim=fail (signed.test), dmarc=fail (signed.test, p=quarantine), quarantined");
+        }
+        // Our own users and clients are not read; with both checks off, nobody is.
+        let trusted = authres::Findings::Unchecked(authres::Unchecked::Trusted);
+        assert!(MessageChecks::new(&config, &trusted, NOW).is_none());
+        let off = Config::parse("hostname = mail.example.test\ndkim_verify = off\ndmarc = off\n", "t").unwrap();
+        assert!(MessageChecks::new(&off, &softfail("remote.test"), NOW).is_none());
+        // DMARC alone: no dkim= result is written, and DMARC sees no DKIM pass.
+        let dmarc_only = Config::parse("hostname = mail.example.test\ndkim_verify = off\n", "t").unwrap();
+        let mut checks = MessageChecks::new(&dmarc_only, &softfail("remote.test"), NOW).unwrap();
+        checks.feed(&signed);
+        let v = checks.finish(&softfail("remote.test"), &dns, until, 0);
+        assert!(v.quarantine && !v.fields(&softfail("remote.test"), "h").contains("dkim="));
+        // A header section past the bound cannot be verified: permerror, never a panic.
+        let mut huge = signed.clone();
+        let at = huge.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 2;
+        let filler: Vec<u8> =
+            (0..2000).flat_map(|i| format!("X-Filler-{i}: {}\r\n", "y".repeat(40)).into_bytes()).collect();
+        huge.splice(at..at, filler);
+        let v = run(&huge, 4096, &softfail("remote.test"));
+        assert_eq!(v.dkim.len(), 1);
+        assert_eq!(v.dkim[0].result, DkimResult::PermError);
+        assert_eq!(v.dkim[0].reason.as_deref(), Some("header section too large to verify"));
     }
 
     fn policy(extra: &str, mailboxes: Option<&[&str]>, aliases: &[(&str, &str)]) -> LocalPolicy {

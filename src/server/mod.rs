@@ -538,7 +538,7 @@ impl Server {
                     None => self.stopped_or_gone(cur),
                 },
                 Action::ReceiveData(request) => {
-                    match self.receive(cur, conn, &mut lines, &request, (client, name), auth.as_ref()) {
+                    match self.receive(cur, conn, &mut lines, &request, (client, name), (auth.as_ref(), resolver)) {
                         Received::Done(result) => session.handle(Input::DataEnd(result)),
                         Received::TimedOut => session.handle(Input::Timeout),
                         Received::Lost => self.stopped_or_gone(cur),
@@ -611,6 +611,8 @@ impl Server {
 
     /// Reads the message text to the final dot, streaming it into a spool draft,
     /// and commits it when nothing is wrong. Memory stays bounded whatever the size.
+    /// `auth` checks a logged-in user's `From:`; `dns` answers the checks that read a
+    /// stranger's message.
     fn receive(
         &self,
         cur: &Current,
@@ -618,14 +620,19 @@ impl Server {
         lines: &mut LineBuffer,
         req: &DataRequest,
         (client, name): (Option<IpAddr>, Option<&str>),
-        auth: Option<&Auth<'_>>,
+        (auth, dns): (Option<&Auth<'_>>, Option<&dyn Resolve>),
     ) -> Received {
         let started = Instant::now();
         let arrived = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let mut checks =
+            dns.and_then(|dns| Some((policy::MessageChecks::new(&cur.config, &req.findings, arrived)?, dns)));
+        let mut envelope = None;
         let mut draft = self.spool.draft().and_then(|mut d| {
-            let (envelope, header) = envelope_and_trace(cur, req, (client, name), arrived, d.id(), conn.tls_summary());
-            d.begin(&envelope)?;
+            let tls = conn.tls_summary();
+            let (e, header) = envelope_and_trace(cur, req, (client, name), arrived, d.id(), tls, checks.is_none());
+            d.begin(&e)?;
             d.write(header.as_bytes())?;
+            envelope = Some(e);
             Ok((d, header.len() as u64))
         });
         let mut reader = DotReader::new(req.max_size);
@@ -672,6 +679,9 @@ impl Server {
             passed += out.len() as u64;
             hops.scan(&out);
             head.feed(&out);
+            if let Some((checks, _)) = &mut checks {
+                checks.feed(&out);
+            }
             match &mut held {
                 Some(h) => h.extend_from_slice(&out),
                 None => write(&mut draft, &out),
@@ -693,25 +703,52 @@ impl Server {
         let removed = forged.removed() as u64;
         let auth = auth.map(|a| a as &dyn Authenticator);
         let not_owned = policy::check_message(req.user.as_deref(), auth, &head.headers()).err().map(DataError::Refused);
-        let result = match (reader.error(), draft) {
-            (Some(TextError::BareLineEnding), _) => Err(DataError::BareLineEnding),
-            (Some(TextError::TooBig), _) => Err(DataError::TooBig),
-            (None, _) if hops.hops() >= MAX_HOPS => Err(DataError::TooManyHops),
+        let refused = match reader.error() {
+            Some(TextError::BareLineEnding) => Some(DataError::BareLineEnding),
+            Some(TextError::TooBig) => Some(DataError::TooBig),
+            None if hops.hops() >= MAX_HOPS => Some(DataError::TooManyHops),
             // Mail of ours may be signed as it leaves: every field of its header is checked,
             // so a header section larger than the check reads is refused, not waved through.
-            (None, _) if req.submitted && head.overflowed() => Err(DataError::HeaderTooLarge),
+            None if req.submitted && head.overflowed() => Some(DataError::HeaderTooLarge),
             // RFC 6409 §8.1: the submission server may refuse a From: the user does not own.
-            (None, _) if not_owned.is_some() => Err(not_owned.unwrap_or(DataError::WriteFailed)),
-            (None, Err(e)) => Err(storage_error(&e)),
-            (None, Ok((d, _))) => d.commit(written).map_err(|e| storage_error(&e)),
+            None => not_owned,
         };
-        let size = written;
+        let mut size = written;
+        let mut verdict = None;
+        let result = match (refused, draft) {
+            (Some(e), _) => Err(e),
+            (None, Err(e)) => Err(storage_error(&e)),
+            (None, Ok((mut d, _))) => {
+                // After the final dot, the checks that read the message (RFC 6376 §6, RFC
+                // 7489 §6.6): what they found goes on top, or the message is refused.
+                verdict = checks.map(|(checks, dns)| {
+                    let until = later(Instant::now(), cur.config.spf_timeout);
+                    checks.finish(&req.findings, dns, until, policy::pct_roll())
+                });
+                let on_top = match (&verdict, envelope) {
+                    (Some(v), Some(e)) => match &v.refusal {
+                        Some(refusal) => Err(DataError::Refused(refusal.clone())),
+                        None => {
+                            let fields = v.fields(&req.findings, &cur.config.hostname);
+                            size += fields.len() as u64;
+                            let e = Envelope { quarantine: v.quarantine, ..e };
+                            d.put_on_top(&e, fields.as_bytes()).map_err(|e| storage_error(&e))
+                        }
+                    },
+                    _ => Ok(()),
+                };
+                on_top.and_then(|()| d.commit(size).map_err(|e| storage_error(&e)))
+            }
+        };
         if removed > 0
             && let Ok(id) = &result
         {
             log::info!("{id}: removed {removed} Authentication-Results field(s) naming this host");
         }
         self.log_data_end(&result, req, client_name(client, name), size);
+        if let (Ok(id), Some(verdict)) = (&result, &verdict) {
+            log::info!("{id}: {}", verdict.summary());
+        }
         if let Ok(id) = &result
             && let Some(message_id) = head.headers().get("message-id").as_deref().and_then(message_id)
         {
@@ -725,9 +762,9 @@ impl Server {
 }
 
 /// The queue file's envelope, and the fields on top of the message: what the checks at MAIL
-/// found (`Authentication-Results:`, `Received-SPF:`), then `Received:`. All of them are
-/// known before the first octet of the text arrives, so they are written first, and the
-/// draft is never rewritten (doc/queue.md, S1).
+/// found (`Authentication-Results:`, `Received-SPF:`), then `Received:`. With `findings`
+/// off, only `Received:`: the checks that read the message put the others on top of it
+/// once they are done (doc/queue.md, S1).
 fn envelope_and_trace(
     cur: &Current,
     req: &DataRequest,
@@ -735,6 +772,7 @@ fn envelope_and_trace(
     arrived: u64,
     id: &QueueId,
     tls: Option<String>,
+    findings: bool,
 ) -> (Envelope, String) {
     let envelope = Envelope {
         arrived,
@@ -745,6 +783,7 @@ fn envelope_and_trace(
         smtputf8: req.params.smtputf8,
         auth: req.user.clone(),
         submitted: req.submitted,
+        quarantine: false,
         from: req.from.clone(),
         rcpts: req.rcpts.clone(),
         size: 0,
@@ -763,7 +802,10 @@ fn envelope_and_trace(
         single_recipient: (req.rcpts.len() == 1).then(|| req.rcpts[0].to_string()),
         time: arrived,
     });
-    (envelope, req.findings.fields(&cur.config.hostname) + &header)
+    match findings {
+        true => (envelope, req.findings.fields(&cur.config.hostname) + &header),
+        false => (envelope, header),
+    }
 }
 
 impl Server {
@@ -807,8 +849,7 @@ fn storage_error(e: &SpoolError) -> DataError {
 }
 
 fn reply_text(e: &DataError) -> String {
-    let reply = Reply::from(e);
-    format!("{} {}", reply.code(), reply.lines().join(" "))
+    Reply::from(e).summary()
 }
 
 enum Received {

@@ -10,6 +10,7 @@
 //! smtputf8: no
 //! auth: alice
 //! submitted: yes
+//! quarantine: yes
 //! from: <a@b.example>
 //! rcpt: <c@d.example>
 //! size: 000000000004096
@@ -17,7 +18,9 @@
 //! ```
 //! Keys come in this order; the loader is strict. `auth` (the user who logged in, RFC 4954)
 //! and `submitted` (mail of our own users: authenticated, trusted or local, which delivery
-//! signs) appear only when they apply. `size` is fixed-width so it can be
+//! signs) appear only when they apply, and so does `quarantine` (a stranger's message that
+//! failed its author domain's DMARC policy of quarantine, RFC 7489 §6.3: delivered into the
+//! recipient's Junk folder, and never the cause of a report). `size` is fixed-width so it can be
 //! written last, once the message is complete, and it lets a truncated file be found.
 
 use std::net::IpAddr;
@@ -46,6 +49,8 @@ pub struct Envelope {
     pub auth: Option<String>,
     /// Our own users' mail (authenticated, trusted network, local), not mail that arrived for us.
     pub submitted: bool,
+    /// Taken, but for the recipient's Junk folder (DMARC quarantine); no report is sent for it.
+    pub quarantine: bool,
     pub from: ReversePath,
     pub rcpts: Vec<ForwardPath>,
     /// Octets of message after the blank line.
@@ -84,6 +89,7 @@ impl Envelope {
             smtputf8,
             auth: None,
             submitted: true,
+            quarantine: false,
             from,
             rcpts,
             size: 0,
@@ -102,6 +108,9 @@ impl Envelope {
         }
         if self.submitted {
             t += "submitted: yes\n";
+        }
+        if self.quarantine {
+            t += "quarantine: yes\n";
         }
         t += &format!("from: {}\n", self.from);
         for r in &self.rcpts {
@@ -172,6 +181,11 @@ impl Envelope {
             Some((n, _)) => return Err(EnvelopeError::BadLine(n, "submitted")),
             None => false,
         };
+        let quarantine = match optional("quarantine") {
+            Some((_, "yes")) => true,
+            Some((n, _)) => return Err(EnvelopeError::BadLine(n, "quarantine")),
+            None => false,
+        };
         let mut field = |key: &'static str| -> Result<(usize, &str), EnvelopeError> {
             let (n, line) = lines.next().ok_or(EnvelopeError::BadLine(0, key))?;
             let value =
@@ -196,7 +210,20 @@ impl Envelope {
         if rcpts.is_empty() {
             return Err(EnvelopeError::BadLine(0, "rcpt"));
         }
-        let envelope = Envelope { arrived, client, helo, protocol, body, smtputf8, auth, submitted, from, rcpts, size };
+        let envelope = Envelope {
+            arrived,
+            client,
+            helo,
+            protocol,
+            body,
+            smtputf8,
+            auth,
+            submitted,
+            quarantine,
+            from,
+            rcpts,
+            size,
+        };
         Ok((envelope, head_end + 1))
     }
 }
@@ -267,6 +294,7 @@ mod tests {
             smtputf8: false,
             auth: None,
             submitted: false,
+            quarantine: false,
             from: ReversePath::parse(b"a@b.test").unwrap(),
             rcpts: vec![ForwardPath::parse(b"c@d.test").unwrap(), ForwardPath::Postmaster],
             size: 42,
@@ -299,6 +327,12 @@ mod tests {
             "{text}"
         );
         assert_eq!(Envelope::parse(text.as_bytes()).unwrap().0, env);
+        let junk = Envelope { quarantine: true, ..sample() };
+        let (text, _) = junk.to_text();
+        assert!(text.contains("\nsmtputf8: no\nquarantine: yes\nfrom: <a@b.test>\n"), "{text}");
+        assert_eq!(Envelope::parse(text.as_bytes()).unwrap().0, junk);
+        let bad = text.replace("quarantine: yes", "quarantine: no");
+        assert_eq!(Envelope::parse(bad.as_bytes()), Err(EnvelopeError::BadLine(8, "quarantine")));
         let odd = Envelope { auth: Some("x\nrcpt: <evil@x.test>".into()), ..sample() };
         let (text, _) = odd.to_text();
         assert_eq!(Envelope::parse(text.as_bytes()).unwrap().0, odd, "{text}");

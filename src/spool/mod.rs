@@ -16,7 +16,7 @@ pub mod maildrop;
 pub mod manage;
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
@@ -258,7 +258,9 @@ impl Spool {
         };
         // The name is looked up again to check the lock, which in maildrop/ takes the group too.
         let locked = self.in_drop_group(|| {
+            // Read too: a draft that gains fields at its end is copied (`put_on_top`).
             let file = OpenOptions::new()
+                .read(true)
                 .write(true)
                 .create_new(true)
                 .mode(mode)
@@ -271,10 +273,17 @@ impl Spool {
             Ok(locked.then_some(file))
         })?;
         match locked {
-            Some(file) => {
-                let file = BufWriter::with_capacity(64 * 1024, file);
-                Ok(Draft { spool: self, id, path, file, size_offset: 0, moved: false })
-            }
+            Some(file) => Ok(Draft {
+                spool: self,
+                id,
+                path,
+                file,
+                buf: Vec::with_capacity(DRAFT_BUFFER),
+                flushed: 0,
+                head_len: 0,
+                size_offset: 0,
+                moved: false,
+            }),
             None => Err(SpoolError::Collision),
         }
     }
@@ -572,12 +581,21 @@ fn read_envelope(file: &File, len: u64) -> io::Result<Result<(Envelope, usize), 
     Ok(parsed)
 }
 
+/// What a draft holds in memory before it writes: a message that fits is written in one
+/// piece at its commit, and fields decided at the end of data can still go on its top.
+const DRAFT_BUFFER: usize = 64 * 1024;
+
 /// A message being written in `tmp/`; dropped without `commit`, it is removed.
 pub struct Draft<'a> {
     spool: &'a Spool,
     id: QueueId,
     path: PathBuf,
-    file: BufWriter<File>,
+    file: File,
+    /// Written, not yet in the file, which holds the `flushed` octets before these.
+    buf: Vec<u8>,
+    flushed: u64,
+    /// The envelope block's length: the message starts there.
+    head_len: usize,
     size_offset: u64,
     /// The tmp/ name is gone (renamed into new/).
     moved: bool,
@@ -607,13 +625,87 @@ impl Draft<'_> {
             }
         };
         let (text, offset) = envelope.to_text();
-        self.size_offset = offset as u64;
-        self.file.write_all(text.as_bytes())?;
-        Ok(())
+        self.size_offset = (self.flushed + self.buf.len() as u64) + offset as u64;
+        self.head_len = text.len();
+        self.write(text.as_bytes())
     }
 
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
-        Ok(self.file.write_all(bytes)?)
+        if self.buf.len() + bytes.len() > DRAFT_BUFFER {
+            self.spill()?;
+        }
+        if bytes.len() >= DRAFT_BUFFER {
+            self.file.write_all(bytes)?;
+            self.flushed += bytes.len() as u64;
+        } else {
+            self.buf.extend_from_slice(bytes);
+        }
+        Ok(())
+    }
+
+    /// What is held in memory goes into the file.
+    fn spill(&mut self) -> io::Result<()> {
+        self.file.write_all(&self.buf)?;
+        self.flushed += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Replaces the envelope and puts `fields` on top of the message, for what is known only
+    /// once the whole text is in (a check that reads the message). A message still held in
+    /// memory is rearranged there; one already in the file is copied into a second draft,
+    /// `tmp/ID.1`, which takes the first one's place (doc/queue.md, "S1").
+    pub fn put_on_top(&mut self, envelope: &Envelope, fields: &[u8]) -> Result<(), SpoolError> {
+        let (text, offset) = envelope.to_text();
+        if self.flushed == 0 {
+            let mut next = Vec::with_capacity(DRAFT_BUFFER.max(text.len() + fields.len() + self.buf.len()));
+            next.extend_from_slice(text.as_bytes());
+            next.extend_from_slice(fields);
+            next.extend_from_slice(&self.buf[self.head_len.min(self.buf.len())..]);
+            self.buf = next;
+        } else {
+            if !matches!(self.spool.target, Target::Queue { .. }) {
+                return Err(SpoolError::Io("a dropped message gets no fields at its end".into()));
+            }
+            self.spill()?;
+            let path = self.spool.root.join("tmp").join(format!("{}.1", self.id));
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)?;
+            if !(sys::try_lock_exclusive(&file)? && is_same_file(&file, &path)) {
+                return Err(SpoolError::Collision);
+            }
+            // From here, the second draft goes with this one if anything fails.
+            let second = SecondDraft(&path);
+            let mut out = io::BufWriter::with_capacity(DRAFT_BUFFER, &file);
+            out.write_all(text.as_bytes())?;
+            out.write_all(fields)?;
+            let mut chunk = vec![0u8; DRAFT_BUFFER];
+            let mut at = self.head_len as u64;
+            while at < self.flushed {
+                let n = self.file.read_at(&mut chunk[..DRAFT_BUFFER.min((self.flushed - at) as usize)], at)?;
+                if n == 0 {
+                    return Err(SpoolError::Io("the draft is shorter than was written".into()));
+                }
+                out.write_all(&chunk[..n])?;
+                at += n as u64;
+            }
+            out.flush()?;
+            drop(out);
+            crate::fault::crash_point("second-draft-written");
+            let _ = fs::remove_file(&self.path);
+            std::mem::forget(second);
+            self.flushed = (text.len() + fields.len()) as u64 + (self.flushed - self.head_len as u64);
+            self.file = file;
+            self.path = path;
+        }
+        self.head_len = text.len();
+        self.size_offset = offset as u64;
+        Ok(())
     }
 
     /// The commit point: fill in the size, make the file durable, move it into `new/`
@@ -621,8 +713,8 @@ impl Draft<'_> {
     /// Alone, a commit uses fdatasync and fsync; commits that arrive together share one
     /// syncfs for their files, then one fsync of `new/`.
     pub fn commit(mut self, size: u64) -> Result<QueueId, SpoolError> {
-        self.file.flush()?;
-        let file = self.file.get_ref();
+        self.spill()?;
+        let file = &self.file;
         file.write_all_at(Envelope::size_digits(size).as_bytes(), self.size_offset)?;
         self.spool.data_sync.sync(|batch| if batch == 1 { file.sync_data() } else { sys::sync_filesystem(file) })?;
         let new_dir = match &self.spool.target {
@@ -643,6 +735,15 @@ impl Draft<'_> {
     }
 }
 
+/// A second draft being made: removed if its making fails.
+struct SecondDraft<'p>(&'p Path);
+
+impl Drop for SecondDraft<'_> {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(self.0);
+    }
+}
+
 impl Draft<'_> {
     /// The commit into `maildrop/` (its data synced already): the complete name, then a
     /// syncfs, since maildrop/ cannot be opened to fsync it (its writers may not read it).
@@ -653,7 +754,7 @@ impl Draft<'_> {
         if !self.moved {
             spool.in_drop_group(|| fs::hard_link(&part, &dropped))?;
         }
-        sys::sync_filesystem(self.file.get_ref())?;
+        sys::sync_filesystem(&self.file)?;
         crate::fault::crash_point("after-drop-commit");
         Ok(self.id.clone())
     }
@@ -700,6 +801,7 @@ mod tests {
             smtputf8: false,
             auth: None,
             submitted: false,
+            quarantine: false,
             from: ReversePath::Null,
             rcpts: vec![ForwardPath::Postmaster],
             size: 0,
@@ -721,6 +823,42 @@ mod tests {
         let mode = fs::metadata(dir.join("new").join(id.as_str())).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(fs::metadata(dir.join("new")).unwrap().permissions().mode() & 0o777, 0o700);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn fields_decided_at_the_end_go_on_top_whatever_the_size() {
+        let (spool, dir) = temp_spool("on-top");
+        // Held in memory, and spilled into the file (a second draft takes its place).
+        for body_len in [100, 3 * DRAFT_BUFFER + 17] {
+            let mut draft = spool.draft().unwrap();
+            draft.begin(&envelope()).unwrap();
+            let mut text = b"Received: by here\r\n\r\n".to_vec();
+            text.extend((0..body_len).map(|i| b"abcdefghij\r\n"[i % 12]));
+            for piece in text.chunks(1000) {
+                draft.write(piece).unwrap();
+            }
+            let late = Envelope { quarantine: true, ..envelope() };
+            let top = b"Authentication-Results: here; dmarc=fail\r\nX-Spam: Yes\r\n";
+            draft.put_on_top(&late, top).unwrap();
+            let size = (top.len() + text.len()) as u64;
+            let id = draft.commit(size).unwrap();
+            let bytes = fs::read(dir.join("new").join(id.as_str())).unwrap();
+            let (env, head) = Envelope::parse(&bytes).unwrap();
+            assert_eq!(env, Envelope { size, ..late }, "{body_len}");
+            assert!(bytes[head..].starts_with(top), "{body_len}");
+            assert_eq!(&bytes[head + top.len()..], &text[..], "{body_len}");
+            let left: Vec<_> = fs::read_dir(dir.join("tmp")).unwrap().map(|e| e.unwrap().path()).collect();
+            assert!(left.is_empty(), "{left:?}");
+        }
+        // A second draft dropped before its commit leaves nothing either.
+        let mut draft = spool.draft().unwrap();
+        draft.begin(&envelope()).unwrap();
+        draft.write(&vec![b'x'; 2 * DRAFT_BUFFER]).unwrap();
+        draft.put_on_top(&envelope(), b"X-Spam: Yes\r\n").unwrap();
+        assert!(dir.join("tmp").join(format!("{}.1", draft.id())).exists());
+        drop(draft);
+        assert_eq!(fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -149,6 +149,18 @@ impl Server {
         Server { child, addr: listeners[0].0, listeners, dir, log }
     }
 
+    /// Whether the server exited by itself within `within` (a crash point, a fatal error).
+    pub fn exits_within(&mut self, within: Duration) -> bool {
+        let until = std::time::Instant::now() + within;
+        while std::time::Instant::now() < until {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     /// Kills the server with SIGKILL and hands back its directory.
     pub fn kill9(mut self) -> TempDir {
         let _ = self.child.kill();
@@ -501,6 +513,7 @@ pub fn inject(
         smtputf8: false,
         auth: None,
         submitted: false,
+        quarantine: false,
         from: ReversePath::parse(from.as_bytes()).unwrap(),
         rcpts: to.iter().map(|t| ForwardPath::parse(t.as_bytes()).unwrap()).collect(),
         size: 0,

@@ -67,7 +67,7 @@ impl Netns {
     pub fn send(&self, server: &Server) -> String {
         let script = format!(
             "import smtplib\ns = smtplib.SMTP('{}', {}, timeout=20)\ns.ehlo('client.test')\n\
-             s.sendmail('someone@remote.test', ['alice@example.test'], 'Subject: names\\r\\n\\r\\nhi\\r\\n')\n\
+             s.sendmail('someone@remote.test', ['alice@example.test'], 'From: someone@remote.test\\r\\nSubject: names\\r\\n\\r\\nhi\\r\\n')\n\
              s.quit()\nprint('sent')\n",
             self.host,
             server.addr.port()
