@@ -8,6 +8,7 @@
 //! feed it. A message is fed in two steps, its header section, then its body in pieces, so
 //! that the server hashes the body as it streams.
 
+use std::sync::Mutex;
 use std::time::Instant;
 
 use openssl::hash::{MessageDigest, hash};
@@ -311,12 +312,14 @@ fn parse_key(record: &[u8], algorithm: Algorithm) -> Result<KeyRecord, (DkimResu
         return Err((DkimResult::Fail, "key revoked".into()));
     }
     let key = if kind == "ed25519" {
-        PKey::public_key_from_raw_bytes(&data, Id::ED25519)
+        decoded(Id::ED25519, &data, || PKey::public_key_from_raw_bytes(&data, Id::ED25519))
             .map_err(|_| perm("key record's p= is not an Ed25519 key"))?
     } else {
-        let key = PKey::public_key_from_der(&data)
-            .or_else(|_| openssl::rsa::Rsa::public_key_from_der_pkcs1(&data).and_then(PKey::from_rsa))
-            .map_err(|_| perm("key record's p= is not an RSA key"))?;
+        let key = decoded(Id::RSA, &data, || {
+            PKey::public_key_from_der(&data)
+                .or_else(|_| openssl::rsa::Rsa::public_key_from_der_pkcs1(&data).and_then(PKey::from_rsa))
+        })
+        .map_err(|_| perm("key record's p= is not an RSA key"))?;
         if key.id() != Id::RSA {
             return Err(perm("key record's p= is not an RSA key"));
         }
@@ -330,6 +333,32 @@ fn parse_key(record: &[u8], algorithm: Algorithm) -> Result<KeyRecord, (DkimResu
         key
     };
     Ok(KeyRecord { key, strict: flags.iter().any(|f| f == "s") })
+}
+
+/// Public keys decoded lately, by their kind and `p=` octets: decoding one costs more than
+/// the signature check itself, and a busy sender signs every message with the same key.
+static DECODED: Mutex<Vec<Decoded>> = Mutex::new(Vec::new());
+type Decoded = (Id, Vec<u8>, PKey<Public>);
+const DECODED_KEYS: usize = 32;
+
+/// The key of `kind` that `data` decodes to, from `DECODED` or by `decode` (then kept, the
+/// oldest going).
+fn decoded(
+    kind: Id,
+    data: &[u8],
+    decode: impl FnOnce() -> Result<PKey<Public>, openssl::error::ErrorStack>,
+) -> Result<PKey<Public>, openssl::error::ErrorStack> {
+    let lock = || DECODED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, _, key)) = lock().iter().find(|(k, d, _)| *k == kind && d == data) {
+        return Ok(key.clone());
+    }
+    let key = decode()?;
+    let mut keys = lock();
+    if keys.len() == DECODED_KEYS {
+        keys.remove(0);
+    }
+    keys.push((kind, data.to_vec(), key.clone()));
+    Ok(key)
 }
 
 /// The `DKIM-Signature:` field's value with the value of its `b=` tag removed, white space
@@ -713,6 +742,24 @@ mod tests {
         let many = format!("{}{text}", broken.repeat(MAX_SIGNATURES + 3));
         assert_eq!(results(many.as_bytes(), &zone).len(), MAX_SIGNATURES);
         assert!(results(MESSAGE, &zone).is_empty(), "no signature: no verdict");
+    }
+
+    #[test]
+    fn a_decoded_key_is_kept_for_its_kind_only() {
+        let (_, record) = crate::dkim::generate(false, 2048).unwrap();
+        let rsa = parse_key(record.as_bytes(), Algorithm::RsaSha256).map(|k| k.key.bits());
+        assert_eq!(rsa.ok(), Some(2048));
+        assert_eq!(parse_key(record.as_bytes(), Algorithm::RsaSha256).map(|k| k.key.bits()).ok(), Some(2048));
+        // The same p= as an Ed25519 key is no key, kept RSA key or not.
+        let as_ed25519 = record.replace("k=rsa", "k=ed25519");
+        let e = parse_key(as_ed25519.as_bytes(), Algorithm::Ed25519Sha256).err();
+        assert_eq!(e, Some((DkimResult::PermError, "key record's p= is not an Ed25519 key".into())));
+        // More keys than are kept: each is decoded again, and still right.
+        for _ in 0..DECODED_KEYS + 2 {
+            let (_, other) = crate::dkim::generate(true, 0).unwrap();
+            assert!(parse_key(other.as_bytes(), Algorithm::Ed25519Sha256).is_ok());
+        }
+        assert_eq!(parse_key(record.as_bytes(), Algorithm::RsaSha256).map(|k| k.key.bits()).ok(), Some(2048));
     }
 
     #[test]
