@@ -416,9 +416,11 @@ fn test_sender(args: &Args, trial: &Trial) -> ExitCode {
         Some(text) if verdict.refusal.is_none() => {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
             postern::policy::MessageChecks::new(&config, &verdict.findings, now).map(|mut checks| {
-                checks.feed(text);
+                let mut head = postern::message::HeaderScan::new(postern::message::MAX_HEADER_SECTION);
+                let taken = head.feed(text);
+                checks.feed(&head, &text[taken..]);
                 let until = std::time::Instant::now() + config.spf_timeout;
-                checks.finish(&verdict.findings, dns.as_ref(), until, postern::policy::pct_roll())
+                checks.finish(&head, &verdict.findings, dns.as_ref(), until, postern::policy::pct_roll())
             })
         }
         _ => None,

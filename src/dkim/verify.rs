@@ -609,11 +609,7 @@ mod tests {
     /// `MESSAGE` signed with a new key, and the zone publishing that key's record.
     fn signed(ed25519: bool) -> (Vec<u8>, Zone, String) {
         let (pem, record) = crate::dkim::generate(ed25519, 2048).unwrap();
-        let dir = std::env::temp_dir().join(format!("postern-dkim-verify-{}-{ed25519}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("k.pem"), &pem).unwrap();
-        let key = crate::dkim::Key::load("example.test", "s1", &dir.join("k.pem")).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
+        let key = crate::dkim::Key::from_pem("example.test", "s1", std::path::Path::new("k.pem"), &pem).unwrap();
         let field = crate::dkim::sign(&key, MESSAGE, NOW).unwrap();
         let mut message = field.into_bytes();
         message.extend_from_slice(MESSAGE);

@@ -355,10 +355,10 @@ pub fn check_author(
 }
 
 /// The checks that read a stranger's message (DKIM, RFC 6376 §6; DMARC, RFC 7489), fed the
-/// text as it streams in: the header section is kept (bounded), each signature's body hash
-/// grows with the body, and `finish` asks DNS after the final dot.
+/// text as it streams in: each signature's body hash grows with the body, and `finish` asks
+/// DNS after the final dot. The header section is the caller's `HeaderScan`, which the
+/// server keeps for its own checks anyway.
 pub struct MessageChecks {
-    head: HeaderScan,
     /// `None` until the header section is complete, and when DKIM is not verified.
     verifier: Option<Verifier>,
     dkim: bool,
@@ -371,39 +371,37 @@ impl MessageChecks {
     /// `findings`: none for our own users and clients (`Findings::checks_message`).
     pub fn new(config: &Config, findings: &authres::Findings, now: u64) -> Option<MessageChecks> {
         let wanted = findings.checks_message() && (config.dkim_verify || config.dmarc);
-        wanted.then(|| MessageChecks {
-            head: HeaderScan::new(crate::message::MAX_HEADER_SECTION),
-            verifier: None,
-            dkim: config.dkim_verify,
-            dmarc: config.dmarc,
-            now,
-        })
+        wanted.then_some(MessageChecks { verifier: None, dkim: config.dkim_verify, dmarc: config.dmarc, now })
     }
 
-    /// The next octets of the message, as it will be stored.
-    pub fn feed(&mut self, bytes: &[u8]) {
+    /// The next octets of the message past what `head` took of them (`HeaderScan::feed`),
+    /// `head` being fed the same text.
+    pub fn feed(&mut self, head: &HeaderScan, body: &[u8]) {
         if let Some(verifier) = &mut self.verifier {
-            return verifier.feed(bytes);
+            return verifier.feed(body);
         }
-        if self.head.is_done() {
-            return;
-        }
-        let taken = self.head.feed(bytes);
-        if self.dkim && self.head.is_done() && !self.head.overflowed() {
-            let mut verifier = Verifier::new(self.head.bytes(), self.now);
-            verifier.feed(&bytes[taken..]);
+        if self.dkim && head.is_done() && !head.overflowed() {
+            let mut verifier = Verifier::new(head.bytes(), self.now);
+            verifier.feed(body);
             self.verifier = Some(verifier);
         }
     }
 
     /// After the final dot: each signature's verdict, then the `From:` domain's policy, the
     /// questions asked of `dns` before `until`. `roll`: a number below 100 for `pct`.
-    pub fn finish(self, findings: &authres::Findings, dns: &dyn Resolve, until: Instant, roll: u8) -> MessageVerdict {
+    pub fn finish(
+        self,
+        head: &HeaderScan,
+        findings: &authres::Findings,
+        dns: &dyn Resolve,
+        until: Instant,
+        roll: u8,
+    ) -> MessageVerdict {
         let dkim = match self.verifier {
             Some(verifier) => verifier.finish(dns, until),
             // A header section past the bound is not read to its end (RFC 6376 §3.4: no
             // canonical form of an unread field); its signatures cannot be checked.
-            None if self.dkim && self.head.overflowed() => vec![Verdict {
+            None if self.dkim && head.overflowed() => vec![Verdict {
                 result: DkimResult::PermError,
                 domain: String::new(),
                 selector: String::new(),
@@ -412,7 +410,7 @@ impl MessageChecks {
             None => Vec::new(),
         };
         let mut verdict = match self.dmarc {
-            true => check_author(findings, self.head.bytes(), dkim, dns, until, roll),
+            true => check_author(findings, head.bytes(), dkim, dns, until, roll),
             false => MessageVerdict { dkim, dkim_checked: true, dmarc: None, refusal: None, quarantine: false },
         };
         verdict.dkim_checked = self.dkim;
@@ -537,11 +535,7 @@ mod tests {
         const NOW: u64 = 1_800_000_000;
         let text = b"From: Boss <boss@signed.test>\r\nSubject: hi\r\n\r\nbody  text\r\n\r\n";
         let (pem, record) = crate::dkim::generate(false, 2048).unwrap();
-        let dir = std::env::temp_dir().join(format!("postern-checks-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("k.pem"), &pem).unwrap();
-        let key = crate::dkim::Key::load("signed.test", "s1", &dir.join("k.pem")).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
+        let key = crate::dkim::Key::from_pem("signed.test", "s1", std::path::Path::new("k.pem"), &pem).unwrap();
         let mut signed = crate::dkim::sign(&key, &text[..], NOW).unwrap().into_bytes();
         signed.extend_from_slice(text);
         let zone = |name: &str| -> Result<Vec<Vec<u8>>, DnsFailure> {
@@ -554,11 +548,17 @@ mod tests {
         let dns = TxtZone(zone);
         let config = Config::parse("hostname = mail.example.test\n", "t").unwrap();
         let until = Instant::now() + Duration::from_secs(5);
-        let run = |message: &[u8], piece: usize, findings: &authres::Findings| {
-            let mut checks = MessageChecks::new(&config, findings, NOW).expect("a stranger is checked");
-            message.chunks(piece).for_each(|c| checks.feed(c));
-            checks.finish(findings, &dns, until, 0)
+        let run_with = |config: &Config, message: &[u8], piece: usize, findings: &authres::Findings| {
+            let mut checks = MessageChecks::new(config, findings, NOW).expect("a stranger is checked");
+            let mut head = HeaderScan::new(crate::message::MAX_HEADER_SECTION);
+            for chunk in message.chunks(piece) {
+                let taken = head.feed(chunk);
+                checks.feed(&head, &chunk[taken..]);
+            }
+            checks.finish(&head, findings, &dns, until, 0)
         };
+        let run =
+            |message: &[u8], piece: usize, findings: &authres::Findings| run_with(&config, message, piece, findings);
         for piece in [1, 2, 3, 7, 64, 4096] {
             // Signed by its author's domain: a pass though SPF did not align.
             let v = run(&signed, piece, &softfail("remote.test"));
@@ -585,9 +585,7 @@ mod tests {
         assert!(MessageChecks::new(&off, &softfail("remote.test"), NOW).is_none());
         // DMARC alone: no dkim= result is written, and DMARC sees no DKIM pass.
         let dmarc_only = Config::parse("hostname = mail.example.test\ndkim_verify = off\n", "t").unwrap();
-        let mut checks = MessageChecks::new(&dmarc_only, &softfail("remote.test"), NOW).unwrap();
-        checks.feed(&signed);
-        let v = checks.finish(&softfail("remote.test"), &dns, until, 0);
+        let v = run_with(&dmarc_only, &signed, 4096, &softfail("remote.test"));
         assert!(v.quarantine && !v.fields(&softfail("remote.test"), "h").contains("dkim="));
         // A header section past the bound cannot be verified: permerror, never a panic.
         let mut huge = signed.clone();

@@ -678,9 +678,9 @@ impl Server {
             text.clear();
             passed += out.len() as u64;
             hops.scan(&out);
-            head.feed(&out);
+            let taken = head.feed(&out);
             if let Some((checks, _)) = &mut checks {
-                checks.feed(&out);
+                checks.feed(&head, &out[taken..]);
             }
             match &mut held {
                 Some(h) => h.extend_from_slice(&out),
@@ -723,7 +723,7 @@ impl Server {
                 // 7489 §6.6): what they found goes on top, or the message is refused.
                 verdict = checks.map(|(checks, dns)| {
                     let until = later(Instant::now(), cur.config.spf_timeout);
-                    checks.finish(&req.findings, dns, until, policy::pct_roll())
+                    checks.finish(&head, &req.findings, dns, until, policy::pct_roll())
                 });
                 let on_top = match (&verdict, envelope) {
                     (Some(v), Some(e)) => match &v.refusal {
@@ -817,7 +817,7 @@ impl Server {
             }
             Err(e) => log::info!(
                 "NOQUEUE: reject: DATA from {peer}: {}; from={} proto={} helo=<{}>",
-                reply_text(e),
+                Reply::from(e).summary(),
                 req.from,
                 req.protocol,
                 req.helo
@@ -846,10 +846,6 @@ fn storage_error(e: &SpoolError) -> DataError {
         SpoolError::DiskFull => DataError::DiskFull,
         SpoolError::Io(_) | SpoolError::Collision | SpoolError::Corrupt(_) => DataError::WriteFailed,
     }
-}
-
-fn reply_text(e: &DataError) -> String {
-    Reply::from(e).summary()
 }
 
 enum Received {
