@@ -602,6 +602,7 @@ impl<'a> Runner<'a> {
             from: ReversePath::Null,
             rcpts: vec![to.clone()],
             size: 0,
+            check: None,
         };
         let id = self.spool.inject(&envelope, &message)?;
         log::info!("{}: sender non-delivery notification: {id} to {to}", q.id);

@@ -252,6 +252,7 @@ mod tests {
                 ForwardPath::parse(b"carol@example.test").unwrap(),
             ],
             size: 2048,
+            check: None,
         }
     }
 

@@ -597,3 +597,40 @@ pub fn drain(fd: &std::os::fd::OwnedFd) {
         }
     }
 }
+
+/// The type name the kernel mounted `path`'s filesystem as (`ext4`, `xfs`, ...), from the
+/// line of /proc/self/mountinfo whose device is `path`'s; `None` when none matches.
+pub fn mount_type(path: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(path).ok()?.dev();
+    let device = format!("{}:{}", libc::major(dev), libc::minor(dev));
+    let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mount_type_in(&table, &device)
+}
+
+/// The type of the last mount of `device` (`MAJOR:MINOR`) in a mountinfo table: a later
+/// mount hides an earlier one (proc(5): field 3, then the type after the ` - ` separator).
+fn mount_type_in(table: &str, device: &str) -> Option<String> {
+    table
+        .lines()
+        .filter(|line| line.split(' ').nth(2) == Some(device))
+        .filter_map(|line| line.split_once(" - ").and_then(|(_, rest)| rest.split(' ').next()))
+        .next_back()
+        .map(str::to_string)
+}
+
+#[cfg(test)]
+mod mount_tests {
+    #[test]
+    fn the_type_of_a_device_in_mountinfo() {
+        let table = "22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n\
+                     30 22 0:25 / /tmp rw - tmpfs tmpfs rw\n\
+                     41 22 7:0 / /mnt/a rw - ext2 /dev/loop0 rw\n\
+                     42 41 7:0 / /mnt/b rw shared:9 master:2 - ext4 /dev/loop0 rw\n";
+        assert_eq!(super::mount_type_in(table, "254:0").as_deref(), Some("ext4"));
+        assert_eq!(super::mount_type_in(table, "0:25").as_deref(), Some("tmpfs"));
+        assert_eq!(super::mount_type_in(table, "7:0").as_deref(), Some("ext4"));
+        assert_eq!(super::mount_type_in(table, "8:1"), None);
+        assert!(super::mount_type(std::path::Path::new("/")).is_some());
+    }
+}

@@ -440,6 +440,7 @@ fn a_quarantined_message_goes_to_junk_and_its_failures_are_reported_to_nobody() 
             .map(|t| postern::smtp::address::ForwardPath::parse(t.as_bytes()).unwrap())
             .collect(),
         size: 0,
+        check: None,
     };
     let spool = postern::spool::Spool::open(&s.dir.path().join("spool")).unwrap();
     let id = spool.inject(&envelope, b"X-Spam: Yes\r\nSubject: phish\r\n\r\nx\r\n").unwrap().to_string();

@@ -237,8 +237,12 @@ fn fifty_sessions_of_twenty_messages_make_a_thousand_files() {
     assert_eq!(server.queued().len(), 1000);
 }
 
+/// The commit as strace sees it: the draft made in tmp/, its size and check written, the
+/// rename into new/ (never a plain rename, which could overwrite), then the fsync of the file
+/// that makes both durable (on this filesystem; others get an fsync of new/ too), and only
+/// then the 250.
 #[test]
-fn the_reply_comes_only_after_file_and_directory_are_synced() {
+fn the_reply_comes_only_after_the_renamed_file_is_synced() {
     require_tool("strace");
     let dir = TempDir::new("strace");
     let trace_dir = TempDir::new("strace-out");
@@ -249,7 +253,7 @@ fn the_reply_comes_only_after_file_and_directory_are_synced() {
         "strace",
         "-f",
         "-e",
-        "trace=openat,fsync,fdatasync,syncfs,link,linkat,rename,renameat2,write,sendto",
+        "trace=openat,pwrite64,fsync,fdatasync,syncfs,link,linkat,rename,renameat2,write,sendto",
         "-o",
         &trace_arg,
     ];
@@ -266,13 +270,35 @@ fn the_reply_comes_only_after_file_and_directory_are_synced() {
         text.lines().enumerate().skip(from).find(|(_, l)| what(l)).map(|(i, _)| i).unwrap_or_else(|| panic!("{text}"))
     };
     let open = position(&|l| l.contains("openat(") && l.contains(&format!("tmp/{id}")) && l.contains("O_EXCL"), 0);
-    let file_sync = position(&|l| ["fdatasync(", "fsync(", "syncfs("].iter().any(|c| l.contains(c)), open);
-    let link =
-        position(&|l| (l.contains("link") || l.contains("rename")) && l.contains(&format!("new/{id}")), file_sync);
+    let fd = text.lines().nth(open).unwrap().rsplit("= ").next().unwrap().trim().to_string();
+    let digits = position(&|l| l.contains(&format!("pwrite64({fd},")) && l.contains("\\ncheck: "), open);
+    let link = position(&|l| (l.contains("link") || l.contains("rename")) && l.contains(&format!("new/{id}")), digits);
     assert!(!text.lines().nth(link).unwrap().contains("rename("), "a plain rename could overwrite");
-    let dir_sync = position(&|l| l.contains("fsync("), link);
+    let file_sync = position(&|l| l.contains(&format!("fsync({fd})")), link);
     let reply_sent = position(&|l| l.contains("250 2.0.0 Ok: queued as"), 0);
-    assert!(open < file_sync && file_sync < link && link < dir_sync && dir_sync < reply_sent, "{text}");
+    assert!(open < digits && digits < link && link < file_sync && file_sync < reply_sent, "{text}");
+}
+
+/// Killed after the rename into new/ and before the fsync that makes it durable (crash point
+/// `after-commit-rename`): the client heard no 250, the message is whole in new/ (all of it
+/// was written before the rename), and the next delivery run delivers it, once.
+#[test]
+fn killed_between_the_rename_and_its_fsync_the_message_is_whole_and_delivered_once() {
+    let dir = TempDir::new("commit-rename");
+    let config = base_config(dir.path());
+    let mut server = Server::start_wrapped(dir, &config, &["env", "POSTERN_CRASH_AT=after-commit-rename"]);
+    let mut c = Client::greeted(server.addr);
+    c.cmd("EHLO x");
+    let reply = c.mail("a@remote.test", &["alice@example.test"], b"Subject: cut\r\n\r\nrenamed, not synced");
+    assert!(!reply.contains("250"), "no 250 before the fsync: {reply}");
+    assert!(server.exits_within(Duration::from_secs(10)), "the crash point stops the server");
+    assert_queue_whole(&server.spool());
+    assert_eq!(server.queued().len(), 1);
+    let out = support::deliver(&server.dir.path().join("postern.conf"), None, &[]);
+    let alice = support::maildir(&server.dir.path().join("maildirs/alice"));
+    assert_eq!(alice.len(), 1, "{out}");
+    assert!(alice[0].trim_end().ends_with("renamed, not synced"), "{}", alice[0]);
+    assert!(server.queued().is_empty() && support::waiting(&server.spool()).is_empty(), "{out}");
 }
 
 #[test]

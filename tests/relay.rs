@@ -523,6 +523,7 @@ fn a_report_to_an_smtputf8_sender_goes_with_smtputf8() {
         from: ReversePath::parse("jörg@bücher.test".as_bytes()).unwrap(),
         rcpts: vec![ForwardPath::parse(b"nobody@example.test").unwrap()],
         size: 0,
+        check: None,
     };
     let spool = postern::spool::Spool::open(&sender.dir.path().join("spool")).unwrap();
     spool.inject(&envelope, "Subject: grüße\r\n\r\nhallo\r\n".as_bytes()).unwrap();

@@ -674,6 +674,7 @@ fn system_users_get_their_mail_in_their_own_home_written_as_themselves() {
         from: postern::smtp::address::ReversePath::parse(b"phish@remote.test").unwrap(),
         rcpts: vec![postern::smtp::address::ForwardPath::parse(format!("{bob}@example.test").as_bytes()).unwrap()],
         size: 0,
+        check: None,
     };
     let id = postern::spool::Spool::open(&spool).unwrap().inject(&quarantined, b"X-Spam: Yes\r\n\r\nx\r\n").unwrap();
     let (service_uid, service_gid) = ids(&service);

@@ -787,6 +787,7 @@ fn envelope_and_trace(
         from: req.from.clone(),
         rcpts: req.rcpts.clone(),
         size: 0,
+        check: None,
     };
     // A logged-in user's own address (a laptop at home) need not travel with each message.
     let hidden = req.user.is_some() && cur.config.submission_hide_client;

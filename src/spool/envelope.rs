@@ -14,6 +14,7 @@
 //! from: <a@b.example>
 //! rcpt: <c@d.example>
 //! size: 000000000004096
+//! check: 5a0c2f13
 //!
 //! ```
 //! Keys come in this order; the loader is strict. `auth` (the user who logged in, RFC 4954)
@@ -21,7 +22,10 @@
 //! signs) appear only when they apply, and so does `quarantine` (a stranger's message that
 //! failed its author domain's DMARC policy of quarantine, RFC 7489 §6.3: delivered into the
 //! recipient's Junk folder, and never the cause of a report). `size` is fixed-width so it can be
-//! written last, once the message is complete, and it lets a truncated file be found.
+//! written last, once the message is complete, and it lets a truncated file be found. `check`
+//! (fixed-width too, written with `size`) is the CRC-32C of the queue ID followed by the message:
+//! it lets a file be found whose blocks a power cut left unwritten or stale (doc/queue.md, "S1 ->
+//! S2"). Files written before it existed have none.
 
 use std::net::IpAddr;
 
@@ -30,6 +34,8 @@ use crate::smtp::command::BodyType;
 
 const MAGIC: &str = "postern-envelope 1";
 const SIZE_DIGITS: usize = 15;
+/// From the size digits to the check digits: the digits, a newline and `check: `.
+pub const CHECK_AFTER_SIZE: usize = SIZE_DIGITS + "\ncheck: ".len();
 /// Enough for thousands of recipients; a longer head is not ours.
 pub const MAX_HEAD: usize = 4 << 20;
 
@@ -55,6 +61,8 @@ pub struct Envelope {
     pub rcpts: Vec<ForwardPath>,
     /// Octets of message after the blank line.
     pub size: u64,
+    /// The CRC-32C of the queue ID and the message, when the file has one.
+    pub check: Option<u32>,
 }
 
 /// Why an envelope block could not be read.
@@ -93,10 +101,12 @@ impl Envelope {
             from,
             rcpts,
             size: 0,
+            check: None,
         }
     }
 
-    /// The envelope block, and the offset of the size digits in it.
+    /// The envelope block, and the offset of the size digits in it (the check digits follow
+    /// at `CHECK_AFTER_SIZE`).
     pub fn to_text(&self) -> (String, usize) {
         let mut t = format!("{MAGIC}\narrived: {}\n", self.arrived);
         let client = self.client.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
@@ -118,13 +128,23 @@ impl Envelope {
         }
         t += "size: ";
         let offset = t.len();
-        t += &format!("{:0width$}\n\n", self.size, width = SIZE_DIGITS);
+        t += &format!(
+            "{:0width$}\ncheck: {}\n\n",
+            self.size,
+            Self::check_digits(self.check.unwrap_or(0)),
+            width = SIZE_DIGITS
+        );
         (t, offset)
     }
 
     /// The size field as written at `offset` once the message is complete.
     pub fn size_digits(size: u64) -> String {
         format!("{size:0SIZE_DIGITS$}")
+    }
+
+    /// The check field as written once the message is complete.
+    pub fn check_digits(check: u32) -> String {
+        format!("{check:08x}")
     }
 
     /// Reads an envelope from the head of a spool file; returns it and the head length.
@@ -204,6 +224,16 @@ impl Envelope {
             .and_then(|(n, l)| l.strip_prefix("size: ").map(|v| (n, v)))
             .ok_or(EnvelopeError::BadLine(0, "size"))?;
         let size = v.parse().map_err(|_| EnvelopeError::BadLine(n, "size"))?;
+        let check = match lines.peek().and_then(|&(n, l)| l.strip_prefix("check: ").map(|v| (n, v))) {
+            Some((n, v)) => {
+                lines.next();
+                if v.len() != 8 || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(EnvelopeError::BadLine(n, "check"));
+                }
+                Some(u32::from_str_radix(v, 16).map_err(|_| EnvelopeError::BadLine(n, "check"))?)
+            }
+            None => None,
+        };
         if let Some((n, _)) = lines.next() {
             return Err(EnvelopeError::BadLine(n, "blank line"));
         }
@@ -223,6 +253,7 @@ impl Envelope {
             from,
             rcpts,
             size,
+            check,
         };
         Ok((envelope, head_end + 1))
     }
@@ -298,6 +329,7 @@ mod tests {
             from: ReversePath::parse(b"a@b.test").unwrap(),
             rcpts: vec![ForwardPath::parse(b"c@d.test").unwrap(), ForwardPath::Postmaster],
             size: 42,
+            check: Some(0x5a0c_2f13),
         }
     }
 
@@ -306,9 +338,21 @@ mod tests {
         let env = sample();
         let (text, offset) = env.to_text();
         assert_eq!(&text[offset..offset + 15], "000000000000042");
+        assert_eq!(&text[offset + CHECK_AFTER_SIZE..offset + CHECK_AFTER_SIZE + 8], "5a0c2f13");
         let mut file = text.clone().into_bytes();
         file.extend_from_slice(b"message");
         assert_eq!(Envelope::parse(&file), Ok((env, text.len())));
+    }
+
+    #[test]
+    fn a_file_from_before_the_check_has_none_and_a_bad_check_is_refused() {
+        let (text, _) = sample().to_text();
+        let old = text.replace("check: 5a0c2f13\n", "");
+        assert_eq!(Envelope::parse(old.as_bytes()).unwrap().0, Envelope { check: None, ..sample() });
+        for bad in ["check: 5a0c2f1", "check: 5a0c2f1x", "check: +a0c2f13"] {
+            let broken = text.replace("check: 5a0c2f13", bad);
+            assert_eq!(Envelope::parse(broken.as_bytes()), Err(EnvelopeError::BadLine(12, "check")), "{bad}");
+        }
     }
 
     #[test]

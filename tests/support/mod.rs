@@ -517,6 +517,7 @@ pub fn inject(
         from: ReversePath::parse(from.as_bytes()).unwrap(),
         rcpts: to.iter().map(|t| ForwardPath::parse(t.as_bytes()).unwrap()).collect(),
         size: 0,
+        check: None,
     };
     postern::spool::Spool::open(spool).unwrap().inject(&envelope, text).unwrap().to_string()
 }
