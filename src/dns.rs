@@ -258,6 +258,34 @@ pub fn confirmed_name(dns: &dyn Resolve, ip: IpAddr, until: Instant) -> Option<S
 #[derive(Default)]
 pub struct ResolverPool {
     idle: std::sync::Mutex<Vec<(Vec<SocketAddr>, DnsLookup)>>,
+    memo: std::sync::Mutex<Memo>,
+}
+
+/// Answers the pool keeps until their TTL runs out, in front of the resolvers' own caches: an
+/// answer from hickory's cache still costs a turn of its runtime, a kept one a map lookup.
+/// Only records are kept (a failure is asked again); at most `MEMO_ENTRIES`.
+#[derive(Default)]
+struct Memo(std::collections::HashMap<MemoKey, (Vec<RData>, Instant)>);
+
+/// The servers asked, the kind of record, the name in lower case.
+type MemoKey = (Vec<SocketAddr>, RecordType, String);
+
+const MEMO_ENTRIES: usize = 4096;
+
+impl Memo {
+    fn get(&self, key: &MemoKey, now: Instant) -> Option<Vec<RData>> {
+        self.0.get(key).filter(|(_, until)| *until > now).map(|(records, _)| records.clone())
+    }
+
+    fn put(&mut self, key: MemoKey, records: Vec<RData>, until: Instant, now: Instant) {
+        if self.0.len() >= MEMO_ENTRIES {
+            self.0.retain(|_, (_, kept)| *kept > now);
+            if self.0.len() >= MEMO_ENTRIES {
+                self.0.clear();
+            }
+        }
+        self.0.insert(key, (records, until));
+    }
 }
 
 /// Resolvers kept idle at most.
@@ -295,24 +323,39 @@ impl Pooled<'_> {
     }
 }
 
+impl Pooled<'_> {
+    /// The records of `kind` for `name`: kept ones while their TTL lasts, else asked.
+    fn records(&self, name: &str, kind: RecordType, until: Instant) -> Result<Vec<RData>, DnsFailure> {
+        let key = (self.config.dns_servers.clone(), kind, name.to_ascii_lowercase());
+        let now = Instant::now();
+        if let Some(records) = self.pool.memo.lock().unwrap_or_else(|e| e.into_inner()).get(&key, now) {
+            return Ok(records);
+        }
+        let (records, valid_until) = self.with(|dns| dns.ask(name, kind, until))?;
+        self.pool.memo.lock().unwrap_or_else(|e| e.into_inner()).put(key, records.clone(), valid_until, now);
+        Ok(records)
+    }
+}
+
 impl Resolve for Pooled<'_> {
     fn txt(&self, name: &str, until: Instant) -> Result<Vec<Vec<u8>>, DnsFailure> {
-        self.with(|dns| dns.txt(name, until))
+        self.records(name, RecordType::TXT, until).map(txt_strings)
     }
     fn ips(&self, name: &str, v6: bool, until: Instant) -> Result<Vec<IpAddr>, DnsFailure> {
-        self.with(|dns| dns.ips(name, v6, until))
+        self.records(name, if v6 { RecordType::AAAA } else { RecordType::A }, until).map(addresses)
     }
     fn mx(&self, name: &str, until: Instant) -> Result<Vec<(u16, String)>, DnsFailure> {
-        self.with(|dns| dns.mx_until(name, until))
+        self.records(name, RecordType::MX, until).map(exchanges)
     }
     fn ptr(&self, ip: IpAddr, until: Instant) -> Result<Vec<String>, DnsFailure> {
-        self.with(|dns| dns.ptr(ip, until))
+        self.records(&reverse_name(ip), RecordType::PTR, until).map(pointers)
     }
 }
 
 impl DnsLookup {
-    /// One question of `kind` about `name`, answered before `until`; the records of that kind.
-    fn ask(&self, name: &str, kind: RecordType, until: Instant) -> Result<Vec<RData>, DnsFailure> {
+    /// One question of `kind` about `name`, answered before `until`: the records of that
+    /// kind, and until when they may be kept (their TTL).
+    fn ask(&self, name: &str, kind: RecordType, until: Instant) -> Result<(Vec<RData>, Instant), DnsFailure> {
         let left = until.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(DnsFailure::Temporary("out of time for DNS".into()));
@@ -328,54 +371,50 @@ impl DnsLookup {
         };
         let records: Vec<RData> =
             lookup.answers().iter().filter(|r| r.record_type() == kind).map(|r| r.data.clone()).collect();
-        if records.is_empty() { Err(DnsFailure::NoData) } else { Ok(records) }
+        if records.is_empty() { Err(DnsFailure::NoData) } else { Ok((records, lookup.valid_until())) }
     }
+}
 
-    fn txt(&self, name: &str, until: Instant) -> Result<Vec<Vec<u8>>, DnsFailure> {
-        let records = self.ask(name, RecordType::TXT, until)?;
-        Ok(records
-            .into_iter()
-            .filter_map(|r| match r {
-                RData::TXT(txt) => Some(txt.txt_data.iter().flat_map(|s| s.iter().copied()).collect()),
-                _ => None,
-            })
-            .collect())
-    }
+/// TXT records, each one's strings joined (RFC 7208 §3.3).
+fn txt_strings(records: Vec<RData>) -> Vec<Vec<u8>> {
+    records
+        .into_iter()
+        .filter_map(|r| match r {
+            RData::TXT(txt) => Some(txt.txt_data.iter().flat_map(|s| s.iter().copied()).collect()),
+            _ => None,
+        })
+        .collect()
+}
 
-    fn ips(&self, name: &str, v6: bool, until: Instant) -> Result<Vec<IpAddr>, DnsFailure> {
-        let kind = if v6 { RecordType::AAAA } else { RecordType::A };
-        let records = self.ask(name, kind, until)?;
-        Ok(records
-            .into_iter()
-            .filter_map(|r| match r {
-                RData::A(a) => Some(IpAddr::V4(a.0)),
-                RData::AAAA(a) => Some(IpAddr::V6(a.0)),
-                _ => None,
-            })
-            .collect())
-    }
+fn addresses(records: Vec<RData>) -> Vec<IpAddr> {
+    records
+        .into_iter()
+        .filter_map(|r| match r {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+            _ => None,
+        })
+        .collect()
+}
 
-    fn mx_until(&self, name: &str, until: Instant) -> Result<Vec<(u16, String)>, DnsFailure> {
-        let records = self.ask(name, RecordType::MX, until)?;
-        Ok(records
-            .into_iter()
-            .filter_map(|r| match r {
-                RData::MX(mx) => Some((mx.preference, mx.exchange.to_ascii().trim_end_matches('.').to_lowercase())),
-                _ => None,
-            })
-            .collect())
-    }
+fn exchanges(records: Vec<RData>) -> Vec<(u16, String)> {
+    records
+        .into_iter()
+        .filter_map(|r| match r {
+            RData::MX(mx) => Some((mx.preference, mx.exchange.to_ascii().trim_end_matches('.').to_lowercase())),
+            _ => None,
+        })
+        .collect()
+}
 
-    fn ptr(&self, ip: IpAddr, until: Instant) -> Result<Vec<String>, DnsFailure> {
-        let records = self.ask(&reverse_name(ip), RecordType::PTR, until)?;
-        Ok(records
-            .into_iter()
-            .filter_map(|r| match r {
-                RData::PTR(name) => Some(name.0.to_ascii().trim_end_matches('.').to_lowercase()),
-                _ => None,
-            })
-            .collect())
-    }
+fn pointers(records: Vec<RData>) -> Vec<String> {
+    records
+        .into_iter()
+        .filter_map(|r| match r {
+            RData::PTR(name) => Some(name.0.to_ascii().trim_end_matches('.').to_lowercase()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The name PTR records of `ip` live under (RFC 1035 §3.5, RFC 3596 §2.5).
@@ -457,6 +496,24 @@ mod tests {
 
     type MxAnswer = Result<Vec<(u16, String)>, DnsFailure>;
     type MxEntry<'a> = (&'static str, Result<Vec<(u16, &'a str)>, DnsFailure>);
+
+    #[test]
+    fn kept_answers_last_their_ttl_and_never_grow_past_the_bound() {
+        let mut memo = Memo::default();
+        let now = Instant::now();
+        let key = |name: &str| (vec!["127.0.0.1:53".parse().unwrap()], RecordType::TXT, name.to_string());
+        let txt = |t: &str| vec![RData::TXT(hickory_resolver::proto::rr::rdata::TXT::new(vec![t.to_string()]))];
+        memo.put(key("a.test"), txt("v=spf1 -all"), now + Duration::from_secs(300), now);
+        assert_eq!(memo.get(&key("a.test"), now).map(txt_strings), Some(vec![b"v=spf1 -all".to_vec()]));
+        assert_eq!(memo.get(&key("a.test"), now + Duration::from_secs(301)), None, "its TTL is over");
+        assert_eq!(memo.get(&key("b.test"), now), None);
+        let other_servers = (vec!["127.0.0.2:53".parse().unwrap()], RecordType::TXT, "a.test".to_string());
+        assert_eq!(memo.get(&other_servers, now), None, "kept per list of servers");
+        for i in 0..2 * MEMO_ENTRIES {
+            memo.put(key(&format!("{i}.test")), txt("x"), now + Duration::from_secs(300), now);
+            assert!(memo.0.len() <= MEMO_ENTRIES);
+        }
+    }
 
     #[test]
     fn a_name_counts_only_when_it_points_back() {

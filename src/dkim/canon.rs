@@ -76,50 +76,85 @@ pub struct Body {
     length: u64,
     /// The current line, not yet complete.
     line: Vec<u8>,
+    /// Canonical octets not yet given to the hash: it is fed in large pieces, not line by line.
+    out: Vec<u8>,
     /// Empty lines seen but not yet written: they count only if more text follows.
     empty_lines: u64,
     /// Anything but held-back empty lines was seen (a simple empty body is one CRLF).
     text: bool,
 }
 
+/// Canonical octets gathered before they go to the hash.
+const HASH_PIECE: usize = 16 * 1024;
+
 impl Body {
     pub fn new(canon: Canon, limit: Option<u64>) -> Body {
         // SHA-256 is always available in OpenSSL; a failure here is a broken library.
         let hasher = Hasher::new(MessageDigest::sha256()).unwrap_or_else(|e| panic!("SHA-256: {e}"));
-        Body { canon, hasher, limit, length: 0, line: Vec::new(), empty_lines: 0, text: false }
+        let (line, out) = (Vec::new(), Vec::new());
+        Body { canon, hasher, limit, length: 0, line, out, empty_lines: 0, text: false }
     }
 
     pub fn feed(&mut self, mut bytes: &[u8]) -> Result<(), String> {
         while let Some(i) = bytes.iter().position(|&b| b == b'\n') {
-            self.line.extend_from_slice(&bytes[..i]);
-            self.end_line()?;
+            if self.line.is_empty() {
+                self.end_line(&bytes[..i])?; // the whole line is here: no copy
+            } else {
+                let mut line = std::mem::take(&mut self.line);
+                line.extend_from_slice(&bytes[..i]);
+                self.end_line(&line)?;
+                line.clear();
+                self.line = line;
+            }
             bytes = &bytes[i + 1..];
         }
         self.line.extend_from_slice(bytes);
+        if self.out.len() >= HASH_PIECE {
+            self.flush()?;
+        }
         Ok(())
     }
 
-    /// Hashes `bytes` of the canonical body, up to `limit`.
-    fn emit(&mut self, bytes: &[u8]) -> Result<(), String> {
+    fn flush(&mut self) -> Result<(), String> {
+        let result = self.hasher.update(&self.out).map_err(|e| e.to_string());
+        self.out.clear();
+        result
+    }
+
+    /// Gives `bytes` of the canonical body to the hash, up to `limit`.
+    fn emit(&mut self, bytes: &[u8]) {
         let room = match self.limit {
             Some(limit) => usize::try_from(limit.saturating_sub(self.length)).unwrap_or(usize::MAX),
             None => usize::MAX,
         };
         self.length = self.length.saturating_add(bytes.len() as u64);
-        let take = &bytes[..bytes.len().min(room)];
-        if take.is_empty() {
-            return Ok(());
-        }
-        self.hasher.update(take).map_err(|e| e.to_string())
+        self.out.extend_from_slice(&bytes[..bytes.len().min(room)]);
     }
 
-    fn end_line(&mut self) -> Result<(), String> {
-        let raw = std::mem::take(&mut self.line);
-        let raw = raw.strip_suffix(b"\r").unwrap_or(&raw);
-        let mut canonical = Vec::with_capacity(raw.len() + 2);
+    /// One line, without its LF.
+    fn end_line(&mut self, raw: &[u8]) -> Result<(), String> {
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let empty = match self.canon {
+            Canon::Simple => raw.is_empty(),
+            Canon::Relaxed => raw.iter().all(|&b| b == b' ' || b == b'\t'),
+        };
+        if empty {
+            self.empty_lines += 1;
+            return Ok(());
+        }
+        for _ in 0..std::mem::take(&mut self.empty_lines) {
+            self.emit(b"\r\n");
+        }
+        self.text = true;
         match self.canon {
-            Canon::Simple => canonical.extend_from_slice(raw),
+            Canon::Simple => self.emit(raw),
+            Canon::Relaxed
+                if !raw.contains(&b'\t') && !raw.windows(2).any(|w| w == b"  ") && raw.last() != Some(&b' ') =>
+            {
+                self.emit(raw) // already relaxed: the common line
+            }
             Canon::Relaxed => {
+                let mut canonical = Vec::with_capacity(raw.len());
                 let mut space = false;
                 for &b in raw {
                     if b == b' ' || b == b'\t' {
@@ -132,29 +167,24 @@ impl Body {
                         canonical.push(b);
                     }
                 }
+                self.emit(&canonical);
             }
         }
-        if canonical.is_empty() {
-            self.empty_lines += 1;
-            return Ok(());
-        }
-        for _ in 0..std::mem::take(&mut self.empty_lines) {
-            self.emit(b"\r\n")?;
-        }
-        self.text = true;
-        canonical.extend_from_slice(b"\r\n");
-        self.emit(&canonical)
+        self.emit(b"\r\n");
+        Ok(())
     }
 
     /// The body hash (`bh=`), and the length of the whole canonical body.
     pub fn finish(mut self) -> Result<(Vec<u8>, u64), String> {
         if !self.line.is_empty() {
-            self.end_line()?; // the last line had no CRLF: it gets one
+            let line = std::mem::take(&mut self.line);
+            self.end_line(&line)?; // the last line had no CRLF: it gets one
         }
         if self.canon == Canon::Simple && !self.text {
             // §3.4.3: an empty body is one CRLF.
-            self.emit(b"\r\n")?;
+            self.emit(b"\r\n");
         }
+        self.flush()?;
         let hash = self.hasher.finish().map_err(|e| e.to_string())?.to_vec();
         Ok((hash, self.length))
     }
@@ -189,6 +219,38 @@ mod tests {
             pieces.feed(chunk).unwrap();
         }
         assert_eq!(openssl::base64::encode_block(&pieces.finish().unwrap().0), r(text));
+    }
+
+    #[test]
+    fn relaxed_lines_hash_as_their_canonical_form_whether_rewritten_or_not() {
+        // §3.4.4: a line already relaxed is hashed as it is, any other rewritten.
+        let lines: [(&[u8], &[u8]); 7] = [
+            (b"plain text", b"plain text"),
+            (b" lead", b" lead"),
+            (b"a  b", b"a b"),
+            (b"a\tb", b"a b"),
+            (b"end ", b"end"),
+            (b"x \t y\t", b"x y"),
+            (b"bare\rcr", b"bare\rcr"),
+        ];
+        for (raw, canonical) in lines {
+            let body = [raw, b"\r\n"].concat();
+            let want = sha(&[canonical, b"\r\n"].concat());
+            assert_eq!(hash(Canon::Relaxed, None, &body), want, "{}", String::from_utf8_lossy(raw));
+        }
+        // A body larger than one piece for the hash, fed in pieces, with a limit inside it.
+        let big: Vec<u8> = (0..3000).flat_map(|i| format!("line {i}  of\tmany \r\n").into_bytes()).collect();
+        let canonical: Vec<u8> = (0..3000).flat_map(|i| format!("line {i} of many\r\n").into_bytes()).collect();
+        for limit in [None, Some(40_000u64)] {
+            let mut body = Body::new(Canon::Relaxed, limit);
+            for piece in big.chunks(1000) {
+                body.feed(piece).unwrap();
+            }
+            let (got, length) = body.finish().unwrap();
+            let hashed = &canonical[..limit.map_or(canonical.len(), |l| l as usize)];
+            assert_eq!(openssl::base64::encode_block(&got), sha(hashed));
+            assert_eq!(length, canonical.len() as u64);
+        }
     }
 
     #[test]
