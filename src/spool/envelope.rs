@@ -105,9 +105,19 @@ impl Envelope {
         }
     }
 
-    /// The envelope block, and the offset of the size digits in it (the check digits follow
-    /// at `CHECK_AFTER_SIZE`).
+    /// The envelope block as it is (a `check:` line when it has a check), and the offset of
+    /// the size digits in it.
     pub fn to_text(&self) -> (String, usize) {
+        self.text(self.check)
+    }
+
+    /// The envelope block of a draft: its `check:` always there, filled in at the commit with
+    /// the size, `CHECK_AFTER_SIZE` octets after the size digits.
+    pub fn draft_text(&self) -> (String, usize) {
+        self.text(Some(self.check.unwrap_or(0)))
+    }
+
+    fn text(&self, check: Option<u32>) -> (String, usize) {
         let mut t = format!("{MAGIC}\narrived: {}\n", self.arrived);
         let client = self.client.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
         t += &format!("client: {client}\nhelo: {}\n", escape(self.helo.as_deref().unwrap_or("")));
@@ -128,12 +138,11 @@ impl Envelope {
         }
         t += "size: ";
         let offset = t.len();
-        t += &format!(
-            "{:0width$}\ncheck: {}\n\n",
-            self.size,
-            Self::check_digits(self.check.unwrap_or(0)),
-            width = SIZE_DIGITS
-        );
+        t += &format!("{:0width$}\n", self.size, width = SIZE_DIGITS);
+        if let Some(check) = check {
+            t += &format!("check: {}\n", Self::check_digits(check));
+        }
+        t += "\n";
         (t, offset)
     }
 
@@ -348,7 +357,10 @@ mod tests {
     fn a_file_from_before_the_check_has_none_and_a_bad_check_is_refused() {
         let (text, _) = sample().to_text();
         let old = text.replace("check: 5a0c2f13\n", "");
-        assert_eq!(Envelope::parse(old.as_bytes()).unwrap().0, Envelope { check: None, ..sample() });
+        let read = Envelope::parse(old.as_bytes()).unwrap().0;
+        assert_eq!(read, Envelope { check: None, ..sample() });
+        assert_eq!(read.to_text().0, old, "written back as it was");
+        assert!(read.draft_text().0.contains("\nsize: 000000000000042\ncheck: 00000000\n\n"));
         for bad in ["check: 5a0c2f1", "check: 5a0c2f1x", "check: +a0c2f13"] {
             let broken = text.replace("check: 5a0c2f13", bad);
             assert_eq!(Envelope::parse(broken.as_bytes()), Err(EnvelopeError::BadLine(12, "check")), "{bad}");

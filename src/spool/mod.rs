@@ -656,7 +656,7 @@ impl Draft<'_> {
                 &dropped
             }
         };
-        let (text, offset) = envelope.to_text();
+        let (text, offset) = envelope.draft_text();
         self.size_offset = (self.flushed + self.buf.len() as u64) + offset as u64;
         self.head_len = text.len();
         self.put(text.as_bytes())
@@ -694,7 +694,7 @@ impl Draft<'_> {
     /// memory is rearranged there; one already in the file is copied into a second draft,
     /// `tmp/ID.1`, which takes the first one's place (doc/queue.md, "S1").
     pub fn put_on_top(&mut self, envelope: &Envelope, fields: &[u8]) -> Result<(), SpoolError> {
-        let (text, offset) = envelope.to_text();
+        let (text, offset) = envelope.draft_text();
         if self.flushed == 0 {
             let mut next = Vec::with_capacity(DRAFT_BUFFER.max(text.len() + fields.len() + self.buf.len()));
             next.extend_from_slice(text.as_bytes());
