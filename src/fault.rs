@@ -16,3 +16,17 @@ pub fn crash_point(name: &str) {
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
 pub fn crash_point(_name: &str) {}
+
+/// Drafts named in `tmp/`, as where the filesystem has no anonymous files (O_TMPFILE), when
+/// `POSTERN_NAMED_DRAFTS` is set: the crash tests that look at what a named draft leaves set
+/// it (fault-injection builds only).
+#[cfg(feature = "fault-injection")]
+pub fn named_drafts() -> bool {
+    std::env::var_os("POSTERN_NAMED_DRAFTS").is_some()
+}
+
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn named_drafts() -> bool {
+    false
+}

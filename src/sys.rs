@@ -619,6 +619,19 @@ fn mount_type_in(table: &str, device: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Gives the anonymous file `file` (opened with O_TMPFILE) the name `to`, never over an
+/// existing name (linkat(2) fails with EEXIST). Through /proc/self/fd, which needs no
+/// privilege, where AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH.
+pub fn link_anonymous(file: &File, to: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let from = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).map_err(|_| io::Error::other("NUL"))?;
+    let to = CString::new(to.as_os_str().as_bytes()).map_err(|_| io::Error::other("NUL in path"))?;
+    // SAFETY: two NUL-terminated paths valid for the call; linkat only reads them.
+    let r =
+        unsafe { libc::linkat(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::AT_SYMLINK_FOLLOW) };
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
 #[cfg(test)]
 mod mount_tests {
     #[test]

@@ -711,11 +711,18 @@ fn wait_until(done: impl Fn() -> bool) -> bool {
 
 /// The boundary a second draft adds (doc/queue.md, S1): killed once the copy with the
 /// checks' fields on top is written and before the first draft is removed, the server
-/// leaves both drafts in `tmp/`, answers nothing, and queues nothing; started again, it
-/// sweeps both, and the client's second try is taken.
+/// answers nothing and queues nothing. Its drafts are anonymous files, which leave nothing
+/// behind; where they are named in `tmp/` (a filesystem without anonymous files), both are
+/// left there, and the server sweeps them when it starts again. The client's second try is
+/// taken.
 #[test]
 fn killed_while_a_second_draft_is_written_nothing_is_queued_and_both_drafts_are_swept() {
     let Some(ns) = Netns::new(22) else { return };
+    killed_while_a_second_draft_is_written(&ns, true);
+    killed_while_a_second_draft_is_written(&ns, false);
+}
+
+fn killed_while_a_second_draft_is_written(ns: &Netns, named: bool) {
     let dir = TempDir::new("second-draft");
     let dns = FakeDns::start(&[
         ("quarantine.test", TXT, Answer::Txt(vec!["v=spf1 ~all"])),
@@ -724,10 +731,14 @@ fn killed_while_a_second_draft_is_written_nothing_is_queued_and_both_drafts_are_
     let extra = format!("dns_servers = {}\nreverse_dns = off\n", dns.addr);
     let config =
         config_with(dir.path(), &extra).replace("listen = 127.0.0.1:0\n", &format!("listen = {}:0\n", ns.host));
-    let mut server = Server::start_wrapped(dir, &config, &["env", "POSTERN_CRASH_AT=second-draft-written"]);
+    let mut wrapper = vec!["env", "POSTERN_CRASH_AT=second-draft-written"];
+    if named {
+        wrapper.push("POSTERN_NAMED_DRAFTS=1");
+    }
+    let mut server = Server::start_wrapped(dir, &config, &wrapper);
     let spool = server.spool();
     let big = authored("boss@quarantine.test", 100 * 1024);
-    let said = send_in(&ns, &server, "boss@quarantine.test", &big);
+    let said = send_in(ns, &server, "boss@quarantine.test", &big);
     assert!(said.contains("lost") && !said.contains("DATA 250"), "{said}");
     assert!(server.exits_within(std::time::Duration::from_secs(10)), "the crash point stops the server");
     let mut left: Vec<String> = support::list(&spool.join("tmp"))
@@ -735,16 +746,20 @@ fn killed_while_a_second_draft_is_written_nothing_is_queued_and_both_drafts_are_
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
     left.sort();
+    assert!(support::waiting(&spool).is_empty(), "nothing queued");
+    if !named {
+        assert!(left.is_empty(), "anonymous drafts leave nothing: {left:?}");
+        return;
+    }
     assert_eq!(left.len(), 2, "{left:?}");
     assert_eq!(left[1], format!("{}.1", left[0]), "the first draft and its second");
-    assert!(support::waiting(&spool).is_empty(), "nothing queued");
 
     let dir = server.kill9();
     let server = Server::start_in(dir, &config);
     // The sweep runs as the server starts, once its listeners are open.
     let swept = wait_until(|| server.log().matches("removed leftover").count() == 2);
     assert!(swept && support::list(&spool.join("tmp")).is_empty(), "both swept at start: {}", server.log());
-    let said = send_in(&ns, &server, "boss@quarantine.test", &big);
+    let said = send_in(ns, &server, "boss@quarantine.test", &big);
     assert!(said.contains("DATA 250"), "{said}");
     let queued = server.queued();
     assert_eq!(queued.len(), 1);

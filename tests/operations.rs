@@ -237,10 +237,10 @@ fn fifty_sessions_of_twenty_messages_make_a_thousand_files() {
     assert_eq!(server.queued().len(), 1000);
 }
 
-/// The commit as strace sees it: the draft made in tmp/, its size and check written, the
-/// rename into new/ (never a plain rename, which could overwrite), then the fsync of the file
-/// that makes both durable (on this filesystem; others get an fsync of new/ too), and only
-/// then the 250.
+/// The commit as strace sees it: the draft made (an anonymous file), its size and check
+/// written, its name in new/ given by linkat (never a plain rename, which could overwrite),
+/// then the fsync of the file that makes both durable (on this filesystem; others get an
+/// fsync of new/ too), and only then the 250.
 #[test]
 fn the_reply_comes_only_after_the_renamed_file_is_synced() {
     require_tool("strace");
@@ -269,7 +269,15 @@ fn the_reply_comes_only_after_the_renamed_file_is_synced() {
     let position = |what: &dyn Fn(&str) -> bool, from: usize| {
         text.lines().enumerate().skip(from).find(|(_, l)| what(l)).map(|(i, _)| i).unwrap_or_else(|| panic!("{text}"))
     };
-    let open = position(&|l| l.contains("openat(") && l.contains(&format!("tmp/{id}")) && l.contains("O_EXCL"), 0);
+    // An anonymous file made in new/ (O_TMPFILE), or one named in tmp/ where there are none.
+    let open = position(
+        &|l| {
+            l.contains("openat(")
+                && ((l.contains("spool/new\"") && l.contains("O_TMPFILE"))
+                    || (l.contains(&format!("tmp/{id}")) && l.contains("O_EXCL")))
+        },
+        0,
+    );
     let fd = text.lines().nth(open).unwrap().rsplit("= ").next().unwrap().trim().to_string();
     let digits = position(&|l| l.contains(&format!("pwrite64({fd},")) && l.contains("\\ncheck: "), open);
     let link = position(&|l| (l.contains("link") || l.contains("rename")) && l.contains(&format!("new/{id}")), digits);
@@ -280,13 +288,13 @@ fn the_reply_comes_only_after_the_renamed_file_is_synced() {
 }
 
 /// Killed after the rename into new/ and before the fsync that makes it durable (crash point
-/// `after-commit-rename`): the client heard no 250, the message is whole in new/ (all of it
+/// `after-commit-name`): the client heard no 250, the message is whole in new/ (all of it
 /// was written before the rename), and the next delivery run delivers it, once.
 #[test]
 fn killed_between_the_rename_and_its_fsync_the_message_is_whole_and_delivered_once() {
     let dir = TempDir::new("commit-rename");
     let config = base_config(dir.path());
-    let mut server = Server::start_wrapped(dir, &config, &["env", "POSTERN_CRASH_AT=after-commit-rename"]);
+    let mut server = Server::start_wrapped(dir, &config, &["env", "POSTERN_CRASH_AT=after-commit-name"]);
     let mut c = Client::greeted(server.addr);
     c.cmd("EHLO x");
     let reply = c.mail("a@remote.test", &["alice@example.test"], b"Subject: cut\r\n\r\nrenamed, not synced");

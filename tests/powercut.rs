@@ -1,6 +1,7 @@
 //! A power cut at the moment the 250 is sent: what the disk had been given by then must hold
 //! the message, whole, under its name in new/ (doc/queue.md, "S1 -> S2": one fsync of the
-//! renamed file, and of new/ too where the filesystem needs it).
+//! file just named in new/, and of new/ too where the filesystem needs it), whether the draft
+//! was an anonymous file given its name or a named one renamed.
 //!
 //! The spool is a filesystem on a loop device. The loop device writes into its image file's
 //! page cache, so a copy of the image taken right after the reply holds every write the
@@ -48,6 +49,12 @@ impl Drop for Mounted {
 /// Makes a `kind` filesystem with `mkfs`, queues one message on it, cuts the power at the
 /// reply, and reads the message back from what the disk held.
 fn survives_a_power_cut_at_the_reply(kind: &str, mkfs: &[&str]) {
+    power_cut_at_the_reply(kind, mkfs, &[]);
+}
+
+/// The same, the server started under `wrapper` (`env POSTERN_NAMED_DRAFTS=1`: drafts named
+/// in tmp/ and renamed at their commit, as where there are no anonymous files).
+fn power_cut_at_the_reply(kind: &str, mkfs: &[&str], wrapper: &[&str]) {
     let disk = TempDir::new("powercut-disk");
     let image = disk.path().join("disk.img");
     std::fs::File::create(&image).unwrap().set_len(320 << 20).unwrap();
@@ -59,7 +66,7 @@ fn survives_a_power_cut_at_the_reply(kind: &str, mkfs: &[&str]) {
     let dir = TempDir::new("powercut");
     let config = base_config(dir.path())
         .replace(&format!("spool = {}/spool", dir.path().display()), &format!("spool = {}", spool.display()));
-    let server = Server::start_in(dir, &config);
+    let server = Server::start_wrapped(dir, &config, wrapper);
     let mut c = Client::greeted(server.addr);
     c.cmd("EHLO client.test");
     std::fs::write(live.at.join("control"), b"written, never synced").unwrap();
@@ -127,5 +134,20 @@ fn xfs_one_fsync() {
 fn ext2_with_the_directory_fsync_too() {
     if !skip("ext2", "mkfs.ext2") {
         survives_a_power_cut_at_the_reply("ext2", &["mkfs.ext2", "-q", "-F"]);
+    }
+}
+
+#[test]
+fn ext4_without_a_journal_named_drafts_one_fsync() {
+    if !skip("ext4", "mkfs.ext4") {
+        let mkfs = ["mkfs.ext4", "-q", "-F", "-O", "^has_journal"];
+        power_cut_at_the_reply("ext4", &mkfs, &["env", "POSTERN_NAMED_DRAFTS=1"]);
+    }
+}
+
+#[test]
+fn xfs_named_drafts_one_fsync() {
+    if !skip("xfs", "mkfs.xfs") {
+        power_cut_at_the_reply("xfs", &["mkfs.xfs", "-q", "-f"], &["env", "POSTERN_NAMED_DRAFTS=1"]);
     }
 }

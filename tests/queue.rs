@@ -137,7 +137,15 @@ fn a_delay_warning_is_recorded_only_once_queued() {
 
 /// Runs postern-deliver so that it dies at `point`, and checks that it did.
 fn crash_at(conf: &Path, point: &str, at: u64) {
-    let (status, log) = deliver_with(conf, &[("POSTERN_CRASH_AT", point), ("POSTERN_NOW", &at.to_string())], &[]);
+    crash_with(conf, point, at, &[]);
+}
+
+/// `crash_at` with more of the environment: `POSTERN_NAMED_DRAFTS` for drafts named in tmp/,
+/// as where the filesystem has no anonymous files.
+fn crash_with(conf: &Path, point: &str, at: u64, env: &[(&str, &str)]) {
+    let at = at.to_string();
+    let env = [&[("POSTERN_CRASH_AT", point), ("POSTERN_NOW", at.as_str())], env].concat();
+    let (status, log) = deliver_with(conf, &env, &[]);
     assert_eq!(status.signal(), Some(libc::SIGABRT), "did not stop at {point}: {log}");
     assert!(log.contains(&format!("crash point {point}")), "{log}");
 }
@@ -225,14 +233,18 @@ fn killed_after_a_report_is_queued_the_sender_is_told_at_worst_twice() {
 
 #[test]
 fn killed_while_writing_a_report_the_draft_goes_and_the_report_is_built_again() {
-    let c = setup("");
-    queue(c.dir.path(), "alice@example.test", &["ghost@example.test"], now());
-    crash_at(&c.conf, "report-draft-written", now());
-    assert_eq!(list(&c.dir.path().join("spool/tmp")).len(), 1, "the draft is left in tmp/");
-    let log = run_ok(&c.conf, now());
-    assert!(log.contains("removed leftover"), "{log}");
-    assert_eq!(reports_for(&alice(c.dir.path()), "carol@example.test", "failed"), 1, "{log}");
-    assert_queue_empty(c.dir.path());
+    for named in [false, true] {
+        let c = setup("");
+        queue(c.dir.path(), "alice@example.test", &["ghost@example.test"], now());
+        let env: &[(&str, &str)] = if named { &[("POSTERN_NAMED_DRAFTS", "1")] } else { &[] };
+        crash_with(&c.conf, "report-draft-written", now(), env);
+        // An anonymous draft is gone with its process; a named one is left in tmp/.
+        assert_eq!(list(&c.dir.path().join("spool/tmp")).len(), usize::from(named), "named drafts: {named}");
+        let log = run_ok(&c.conf, now());
+        assert_eq!(log.contains("removed leftover"), named, "{log}");
+        assert_eq!(reports_for(&alice(c.dir.path()), "carol@example.test", "failed"), 1, "{log}");
+        assert_queue_empty(c.dir.path());
+    }
 }
 
 #[test]
@@ -318,13 +330,15 @@ fn a_pickup_killed_while_writing_is_redone_by_the_daemon_not_lost() {
     let (dir, conf) = (server.dir.path(), server.dir.path().join("postern.conf"));
     let spool = dir.join("spool");
     // The daemon is held so that a cron run, killed mid-pickup, leaves its draft in tmp/ for
-    // the daemon's next pickup to meet (the daemon sweeps tmp/ only when it starts).
+    // the daemon's next pickup to meet (the daemon sweeps tmp/ only when it starts). The
+    // drafts are named, as where anonymous files cannot be made: an anonymous one leaves
+    // nothing to meet.
     let signal = |sig: &str| {
         assert!(std::process::Command::new("kill").arg(sig).arg(server.pid().to_string()).status().unwrap().success())
     };
     signal("-STOP");
     let id = drop_one(dir);
-    crash_at(&conf, "pickup-draft-written", now());
+    crash_with(&conf, "pickup-draft-written", now(), &[("POSTERN_NAMED_DRAFTS", "1")]);
     assert!(spool.join("tmp").join(&id).exists(), "the killed pickup's draft");
     signal("-CONT");
     wait_gone(&spool.join("maildrop").join(&id));

@@ -375,6 +375,8 @@ mod tests {
     #[test]
     fn a_pickup_that_died_while_writing_leaves_a_draft_the_next_one_replaces() {
         let (root, spool) = spool("died");
+        // What a pickup leaves and meets in tmp/ is a named draft's.
+        let spool = spool.with_named_drafts();
         let id = QueueId::generate();
         drop_message(&root, &id, &envelope(), b"hi\r\n").unwrap();
         // As a pickup killed before its commit leaves it: a partial draft, its lock gone.

@@ -20,6 +20,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
@@ -90,6 +91,9 @@ pub struct Spool {
     name_with_file: bool,
     /// Makes names in `new/` durable before 250 is sent, where the file's fsync does not.
     dir_sync: GroupSync,
+    /// Drafts are anonymous files (O_TMPFILE) made in `new/`, named only at their commit; off
+    /// where the filesystem or /proc/self/fd is missing (drafts are then named in `tmp/`).
+    anonymous: AtomicBool,
 }
 
 /// Where a spool's drafts are committed.
@@ -214,7 +218,8 @@ impl Spool {
         let new_dir = File::open(root.join("new"))?;
         let target = Target::Queue { new_dir };
         let name_with_file = syncs_name_with_file(sys::filesystem_magic(root).ok(), sys::mount_type(root).as_deref());
-        Ok(Spool { root: root.to_path_buf(), target, name_with_file, dir_sync: GroupSync::default() })
+        let anonymous = AtomicBool::new(Path::new("/proc/self/fd").is_dir() && !crate::fault::named_drafts());
+        Ok(Spool { root: root.to_path_buf(), target, name_with_file, dir_sync: GroupSync::default(), anonymous })
     }
 
     /// The spool as a local user without access to it sees it: drafts are committed into
@@ -222,7 +227,15 @@ impl Spool {
     /// made, renamed or removed there.
     pub fn maildrop(root: &Path, group: Option<u32>) -> Spool {
         let target = Target::Maildrop { group };
-        Spool { root: root.to_path_buf(), target, name_with_file: false, dir_sync: GroupSync::default() }
+        let anonymous = AtomicBool::new(false);
+        Spool { root: root.to_path_buf(), target, name_with_file: false, dir_sync: GroupSync::default(), anonymous }
+    }
+
+    /// The same spool with its drafts named in `tmp/`, as where anonymous files cannot be made.
+    #[cfg(test)]
+    pub(crate) fn with_named_drafts(self) -> Spool {
+        self.anonymous.store(false, Ordering::Relaxed);
+        self
     }
 
     /// Runs `f` with the drop group taken up, when this spool is the maildrop of a setgid run.
@@ -266,9 +279,43 @@ impl Spool {
         Err(SpoolError::Collision)
     }
 
-    /// A draft under a given ID (a pickup keeps the ID its writer chose); `Collision` when
-    /// tmp/ID exists or is swept before it could be locked.
+    /// A file with no name in `new/`'s filesystem, locked, for a draft; `None` where anonymous
+    /// files cannot be made (then never tried again by this spool).
+    fn anonymous_file(&self) -> io::Result<Option<File>> {
+        if !matches!(self.target, Target::Queue { .. }) || !self.anonymous.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let made = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_TMPFILE)
+            .open(self.root.join("new"));
+        match made {
+            Ok(file) => {
+                sys::try_lock_exclusive(&file)?; // nobody else can reach it yet
+                Ok(Some(file))
+            }
+            // No O_TMPFILE in this kernel (EISDIR) or filesystem (EOPNOTSUPP).
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)) => {
+                if self.anonymous.swap(false, Ordering::Relaxed) {
+                    ::log::info!(
+                        "spool {}: no anonymous files here ({e}): drafts are named in tmp/",
+                        self.root.display()
+                    );
+                }
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A draft under a given ID (a pickup keeps the ID its writer chose): an anonymous file,
+    /// else `tmp/ID`; `Collision` when tmp/ID exists or is swept before it could be locked.
     pub fn draft_as(&self, id: QueueId) -> Result<Draft<'_>, SpoolError> {
+        if let Some(file) = self.anonymous_file()? {
+            return Ok(Draft::new(self, id, None, file));
+        }
         let (path, mode) = match self.target {
             Target::Queue { .. } => (self.path("tmp", &id), 0o600),
             // Readable by the spool's owner, who picks it up, whatever the caller's umask.
@@ -291,18 +338,7 @@ impl Spool {
             Ok(locked.then_some(file))
         })?;
         match locked {
-            Some(file) => Ok(Draft {
-                crc: id_crc(&id),
-                spool: self,
-                id,
-                path,
-                file,
-                buf: Vec::with_capacity(DRAFT_BUFFER),
-                flushed: 0,
-                head_len: 0,
-                size_offset: 0,
-                moved: false,
-            }),
+            Some(file) => Ok(Draft::new(self, id, Some(path), file)),
             None => Err(SpoolError::Collision),
         }
     }
@@ -615,11 +651,13 @@ fn read_envelope(file: &File, len: u64) -> io::Result<Result<(Envelope, usize), 
 /// piece at its commit, and fields decided at the end of data can still go on its top.
 const DRAFT_BUFFER: usize = 64 * 1024;
 
-/// A message being written in `tmp/`; dropped without `commit`, it is removed.
+/// A message being written: an anonymous file, or one in `tmp/`; dropped without `commit`,
+/// it is gone.
 pub struct Draft<'a> {
     spool: &'a Spool,
     id: QueueId,
-    path: PathBuf,
+    /// Its name in `tmp/` (or `maildrop/`); `None` for an anonymous file.
+    path: Option<PathBuf>,
     file: File,
     /// Written, not yet in the file, which holds the `flushed` octets before these.
     buf: Vec<u8>,
@@ -631,6 +669,14 @@ pub struct Draft<'a> {
     crc: Crc32c,
     /// The tmp/ name is gone (renamed into new/).
     moved: bool,
+}
+
+impl<'a> Draft<'a> {
+    fn new(spool: &'a Spool, id: QueueId, path: Option<PathBuf>, file: File) -> Draft<'a> {
+        let crc = id_crc(&id);
+        let (buf, moved) = (Vec::with_capacity(DRAFT_BUFFER), false);
+        Draft { spool, id, path, file, buf, flushed: 0, head_len: 0, size_offset: 0, crc, moved }
+    }
 }
 
 impl Draft<'_> {
@@ -708,19 +754,26 @@ impl Draft<'_> {
                 return Err(SpoolError::Io("a dropped message gets no fields at its end".into()));
             }
             self.spill()?;
-            let path = self.spool.root.join("tmp").join(format!("{}.1", self.id));
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&path)?;
-            if !(sys::try_lock_exclusive(&file)? && is_same_file(&file, &path)) {
-                return Err(SpoolError::Collision);
-            }
-            // From here, the second draft goes with this one if anything fails.
-            let second = SecondDraft(&path);
+            // Anonymous like the first where it can be, else `tmp/ID.1`.
+            let (file, path) = match (&self.path, self.spool.anonymous_file()?) {
+                (None, Some(file)) => (file, None),
+                _ => {
+                    let path = self.spool.root.join("tmp").join(format!("{}.1", self.id));
+                    let file = OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .custom_flags(libc::O_NOFOLLOW)
+                        .open(&path)?;
+                    if !(sys::try_lock_exclusive(&file)? && is_same_file(&file, &path)) {
+                        return Err(SpoolError::Collision);
+                    }
+                    (file, Some(path))
+                }
+            };
+            // From here, a named second draft goes with this one if anything fails.
+            let second = SecondDraft(path.as_deref());
             let mut out = io::BufWriter::with_capacity(DRAFT_BUFFER, &file);
             out.write_all(text.as_bytes())?;
             out.write_all(fields)?;
@@ -740,7 +793,9 @@ impl Draft<'_> {
             out.flush()?;
             drop(out);
             crate::fault::crash_point("second-draft-written");
-            let _ = fs::remove_file(&self.path);
+            if let Some(first) = &self.path {
+                let _ = fs::remove_file(first);
+            }
             std::mem::forget(second);
             self.flushed = (text.len() + fields.len()) as u64 + (self.flushed - self.head_len as u64);
             self.file = file;
@@ -767,11 +822,19 @@ impl Draft<'_> {
             Target::Maildrop { .. } => return self.commit_to_maildrop(),
         };
         let queued = self.spool.path("new", &self.id);
-        self.moved = sys::rename_no_replace(&self.path, &queued)?;
-        if !self.moved {
-            fs::hard_link(&self.path, &queued)?;
+        match &self.path {
+            None => {
+                sys::link_anonymous(&self.file, &queued)?;
+                self.moved = true;
+            }
+            Some(path) => {
+                self.moved = sys::rename_no_replace(path, &queued)?;
+                if !self.moved {
+                    fs::hard_link(path, &queued)?;
+                }
+            }
         }
-        crate::fault::crash_point("after-commit-rename");
+        crate::fault::crash_point("after-commit-name");
         // A link leaves two names, and the file's fsync may write the other directory.
         let name_with_file = self.spool.name_with_file && self.moved;
         let synced = file
@@ -812,12 +875,14 @@ fn check_matches(file: &File, id: &QueueId, offset: u64, size: u64, check: u32) 
     Ok(crc.value() == check)
 }
 
-/// A second draft being made: removed if its making fails.
-struct SecondDraft<'p>(&'p Path);
+/// A second draft being made: removed if its making fails (an anonymous one goes by itself).
+struct SecondDraft<'p>(Option<&'p Path>);
 
 impl Drop for SecondDraft<'_> {
     fn drop(&mut self) {
-        let _ = fs::remove_file(self.0);
+        if let Some(path) = self.0 {
+            let _ = fs::remove_file(path);
+        }
     }
 }
 
@@ -827,7 +892,8 @@ impl Draft<'_> {
     fn commit_to_maildrop(mut self) -> Result<QueueId, SpoolError> {
         self.file.sync_data()?;
         let dropped = self.spool.root.join(maildrop::DIR).join(self.id.as_str());
-        let (part, spool) = (self.path.clone(), self.spool);
+        let Some(part) = self.path.clone() else { return Err(SpoolError::Io("a dropped draft has no name".into())) };
+        let spool = self.spool;
         self.moved = spool.in_drop_group(|| sys::rename_no_replace(&part, &dropped))?;
         if !self.moved {
             spool.in_drop_group(|| fs::hard_link(&part, &dropped))?;
@@ -841,8 +907,8 @@ impl Draft<'_> {
 impl Drop for Draft<'_> {
     fn drop(&mut self) {
         // Before a commit the draft is abandoned; after one made by link, the tmp/ name goes.
-        if !self.moved {
-            let _ = self.spool.in_drop_group(|| fs::remove_file(&self.path));
+        if let (false, Some(path)) = (self.moved, &self.path) {
+            let _ = self.spool.in_drop_group(|| fs::remove_file(path));
         }
     }
 }
@@ -907,7 +973,14 @@ mod tests {
 
     #[test]
     fn fields_decided_at_the_end_go_on_top_whatever_the_size() {
-        let (spool, dir) = temp_spool("on-top");
+        for named in [false, true] {
+            fields_on_top(named);
+        }
+    }
+
+    fn fields_on_top(named: bool) {
+        let (spool, dir) = temp_spool(&format!("on-top-{named}"));
+        let spool = if named { spool.with_named_drafts() } else { spool };
         // Held in memory, and spilled into the file (a second draft takes its place).
         for body_len in [100, 3 * DRAFT_BUFFER + 17] {
             let mut draft = spool.draft().unwrap();
@@ -937,7 +1010,9 @@ mod tests {
         draft.begin(&envelope()).unwrap();
         draft.write(&vec![b'x'; 2 * DRAFT_BUFFER]).unwrap();
         draft.put_on_top(&envelope(), b"X-Spam: Yes\r\n").unwrap();
-        assert!(dir.join("tmp").join(format!("{}.1", draft.id())).exists());
+        // An anonymous draft and its second have no name at all.
+        assert_eq!(dir.join("tmp").join(format!("{}.1", draft.id())).exists(), named);
+        assert_eq!(fs::read_dir(dir.join("tmp")).unwrap().count(), usize::from(named));
         drop(draft);
         assert_eq!(fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
         fs::remove_dir_all(dir).unwrap();
@@ -1028,6 +1103,7 @@ mod tests {
     #[test]
     fn clean_tmp_spares_live_writers() {
         let (spool, dir) = temp_spool("clean");
+        let spool = spool.with_named_drafts();
         let live = spool.draft().unwrap();
         fs::write(dir.join("tmp").join("dead"), b"x").unwrap();
         assert_eq!(spool.clean_tmp(), 1);
