@@ -455,11 +455,13 @@ impl MessageVerdict {
     }
 }
 
-/// A number below 100 for DMARC's `pct` (RFC 7489 §6.6.4), from the system's random source.
+/// A number below 100 for DMARC's `pct` (RFC 7489 §6.6.4), drawn at random.
 pub fn pct_roll() -> u8 {
-    let mut roll = [0u8; 2];
-    let _ = openssl::rand::rand_bytes(&mut roll);
-    (u16::from_le_bytes(roll) % 100) as u8
+    // A sample, not a secret: std's per-thread random hash keys (seeded from the system once,
+    // then stepped at each call) are enough, and cost nothing beside OpenSSL's generator.
+    use std::hash::{BuildHasher, Hasher};
+    let roll = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    (roll % 100) as u8
 }
 
 /// The client's name for the log and `Received:`: forward-confirmed, when `reverse_dns` is
