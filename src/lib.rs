@@ -33,6 +33,7 @@
 //! - `check`: `--check`, what would fail at start or at run time
 //! - `cli`: `--help`, `--version` and bad arguments, the same in every program
 //! - `table`: aliases-style `name: value` files
+//! - `milter`: the milter protocol (rspamd, SpamAssassin, OpenDKIM as filters)
 //! - `trace`: the `Received:` header and dates
 //! - `logging`: stderr or syslog output
 //! - `sys`: the few system calls std lacks
@@ -58,6 +59,7 @@ pub mod local;
 pub mod logging;
 pub mod maildir;
 pub mod message;
+pub mod milter;
 pub mod outcome;
 pub mod policy;
 pub mod queue;
