@@ -86,8 +86,8 @@ pub struct Spool {
     root: PathBuf,
     /// Where a committed draft goes.
     target: Target,
-    /// The fsync of a file renamed into `new/` makes its new name durable too: measured for
-    /// the filesystems named in `syncs_name_with_file`; elsewhere `new/` is fsynced as well.
+    /// The fsync of a file just named in `new/` makes its name durable too: shown for the
+    /// filesystems `syncs_name_with_file` names; elsewhere `new/` is fsynced as well.
     name_with_file: bool,
     /// Makes names in `new/` durable before 250 is sent, where the file's fsync does not.
     dir_sync: GroupSync,
@@ -160,11 +160,11 @@ impl GroupSync {
 
 const SUBDIRS: [&str; 4] = ["tmp", "new", "cur", "hold"];
 
-/// Whether fsync(2) of a file just renamed makes its new name durable with it, on a
-/// filesystem of statfs `magic` mounted as `mount_type`. POSIX asks for an fsync of the
+/// Whether fsync(2) of a file just named (linked or renamed) makes its name durable with it,
+/// on a filesystem of statfs `magic` mounted as `mount_type`. POSIX asks for an fsync of the
 /// directory; these do it within the file's: ext4 and ext3 (the ext4 driver) commit the
-/// journal transaction that holds the rename, and without a journal write the directory
-/// that gained the name; XFS forces its log past the rename. Each is shown by a power cut
+/// journal transaction that holds the new name, and without a journal write the directory
+/// that gained it; XFS forces its log past it. Each is shown by a power cut
 /// test (tests/powercut.rs) on this kernel. Everything else, ext2's own driver included,
 /// gets the directory fsync too.
 fn syncs_name_with_file(magic: Option<i64>, mount_type: Option<&str>) -> bool {
@@ -806,8 +806,8 @@ impl Draft<'_> {
         Ok(())
     }
 
-    /// The commit point: fill in the size and the check, move the file into `new/` (never
-    /// over an existing name), then one fsync makes the file and its new name durable (with
+    /// The commit point: fill in the size and the check, name the file in `new/` (never over
+    /// an existing name), then one fsync makes the file and its name durable (with
     /// an fsync of `new/` too, where the filesystem's file fsync is not known to cover the
     /// name). Only then may 250 be sent. The draft's lock is held throughout, so no delivery
     /// run takes the message before it is durable (doc/queue.md, "S1 -> S2").
