@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use super::protocol::{self, Answer, Garbage, Negotiated, Packets};
+use super::protocol::{self, Answer, Change, Garbage, Negotiated, Packets, Stage};
 
 /// Where a milter listens: `inet:HOST:PORT` or `unix:/PATH`, as Postfix writes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,9 +151,24 @@ impl Milter {
         self.send(packet, deadline)
     }
 
-    /// Sends one step and reads until its verdict: the changes asked for on the way (only at
-    /// the end of a message may there be any), then the answer that ends the step.
-    pub fn ask(&mut self, packet: &[u8], deadline: Instant) -> Result<(Vec<protocol::Change>, Answer), Failure> {
+    /// One step of the transaction as the negotiation says: not sent when the milter asked
+    /// to be left out of it, sent without waiting when it asked not to answer it (rspamd
+    /// answers nothing but the end of the message), else asked. `Continue` when not asked.
+    pub fn step(&mut self, stage: Stage, packet: &[u8], deadline: Instant) -> Result<(Vec<Change>, Answer), Failure> {
+        let (left_out, unanswered) = stage.bits();
+        if self.negotiated.leaves_out(left_out) {
+            return Ok((Vec::new(), Answer::Continue));
+        }
+        if self.negotiated.leaves_out(unanswered) {
+            self.send(packet, deadline)?;
+            return Ok((Vec::new(), Answer::Continue));
+        }
+        self.ask(packet, deadline)
+    }
+
+    /// Sends one packet and reads until its verdict: the changes asked for on the way (only
+    /// at the end of a message may there be any), then the answer that ends the step.
+    pub fn ask(&mut self, packet: &[u8], deadline: Instant) -> Result<(Vec<Change>, Answer), Failure> {
         self.send(packet, deadline)?;
         let mut changes = Vec::new();
         loop {
@@ -207,7 +222,7 @@ fn timed_out(e: io::Error) -> Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::milter::protocol::{Change, cmd, packet};
+    use crate::milter::protocol::{cmd, packet};
     use std::net::TcpListener;
 
     #[test]
@@ -268,6 +283,7 @@ mod tests {
         let address = fake(vec![
             Some(vec![negotiation()]),
             Some(vec![packet(b'c', b"")]),
+            Some(vec![]),
             Some(vec![packet(b'p', b""), packet(b'h', b"X-Spam\0Yes\0"), packet(b'a', b"")]),
         ]);
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -275,6 +291,9 @@ mod tests {
         assert_eq!((m.negotiated.version, m.negotiated.actions), (6, 0x3F));
         assert!(m.negotiated.leaves_out(protocol::step::NO_REPLY_HEADER));
         assert_eq!(m.ask(&protocol::helo("client.test"), deadline).unwrap(), (vec![], Answer::Continue));
+        // Headers go unanswered, as negotiated: the script has no reply for this packet.
+        let unanswered = m.step(Stage::Header, &protocol::header("Subject", b"x"), deadline).unwrap();
+        assert_eq!(unanswered, (vec![], Answer::Continue));
         let (changes, verdict) = m.ask(&protocol::bare(cmd::BODYEOB), deadline).unwrap();
         assert_eq!(changes, vec![Change::AddHeader { name: "X-Spam".into(), value: "Yes".into() }]);
         assert_eq!(verdict, Answer::Accept);

@@ -172,6 +172,37 @@ pub fn body(text: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
     text.chunks(CHUNK).map(|chunk| packet(cmd::BODY, chunk))
 }
 
+/// The steps of a transaction a milter may ask to be left out of, or not to answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Connect,
+    Helo,
+    Mail,
+    Rcpt,
+    Data,
+    Header,
+    EndOfHeaders,
+    Body,
+    Unknown,
+}
+
+impl Stage {
+    /// The negotiation's bits for this step: left out, and sent but not answered.
+    pub fn bits(self) -> (u32, u32) {
+        match self {
+            Stage::Connect => (step::NO_CONNECT, step::NO_REPLY_CONNECT),
+            Stage::Helo => (step::NO_HELO, step::NO_REPLY_HELO),
+            Stage::Mail => (step::NO_MAIL, step::NO_REPLY_MAIL),
+            Stage::Rcpt => (step::NO_RCPT, step::NO_REPLY_RCPT),
+            Stage::Data => (step::NO_DATA, step::NO_REPLY_DATA),
+            Stage::Header => (step::NO_HEADERS, step::NO_REPLY_HEADER),
+            Stage::EndOfHeaders => (step::NO_EOH, step::NO_REPLY_EOH),
+            Stage::Body => (step::NO_BODY, step::NO_REPLY_BODY),
+            Stage::Unknown => (step::NO_UNKNOWN, step::NO_REPLY_UNKNOWN),
+        }
+    }
+}
+
 /// What the milter answered the negotiation with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Negotiated {
