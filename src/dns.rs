@@ -472,15 +472,7 @@ fn absolute(name: &str) -> String {
 impl Lookup for DnsLookup {
     fn mx(&self, domain: &str) -> Result<Vec<(u16, String)>, DnsFailure> {
         let lookup = self.runtime.block_on(self.resolver.mx_lookup(absolute(domain))).map_err(|e| classify(&e))?;
-        Ok(lookup
-            .answers()
-            .iter()
-            .filter(|r| r.record_type() == RecordType::MX)
-            .filter_map(|r| match &r.data {
-                RData::MX(mx) => Some((mx.preference, mx.exchange.to_ascii().trim_end_matches('.').to_lowercase())),
-                _ => None,
-            })
-            .collect())
+        Ok(exchanges(lookup.answers().iter().map(|r| r.data.clone()).collect()))
     }
 
     fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DnsFailure> {

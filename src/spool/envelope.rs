@@ -138,22 +138,19 @@ impl Envelope {
         }
         t += "size: ";
         let offset = t.len();
-        t += &format!("{:0width$}\n", self.size, width = SIZE_DIGITS);
-        if let Some(check) = check {
-            t += &format!("check: {}\n", Self::check_digits(check));
+        match check {
+            Some(check) => t += &Self::size_and_check(self.size, check),
+            None => t += &format!("{:0width$}", self.size, width = SIZE_DIGITS),
         }
-        t += "\n";
+        t += "\n\n";
         (t, offset)
     }
 
-    /// The size field as written at `offset` once the message is complete.
-    pub fn size_digits(size: u64) -> String {
-        format!("{size:0SIZE_DIGITS$}")
-    }
-
-    /// The check field as written once the message is complete.
-    pub fn check_digits(check: u32) -> String {
-        format!("{check:08x}")
+    /// What follows `size: ` in a draft's envelope, written over its place at the commit:
+    /// the size digits, then the check's line without its newline (`CHECK_AFTER_SIZE` octets
+    /// from the size digits to the check digits).
+    pub fn size_and_check(size: u64, check: u32) -> String {
+        format!("{size:0SIZE_DIGITS$}\ncheck: {check:08x}")
     }
 
     /// Reads an envelope from the head of a spool file; returns it and the head length.

@@ -665,7 +665,8 @@ pub struct Draft<'a> {
     /// The envelope block's length: the message starts there.
     head_len: usize,
     size_offset: u64,
-    /// The queue ID and every octet of the message written so far, for `check:`.
+    /// The queue ID and every octet of the message in the file so far (summed as they go
+    /// there, so a draft rearranged in memory is summed once), for `check:`.
     crc: Crc32c,
     /// The tmp/ name is gone (renamed into new/).
     moved: bool,
@@ -705,20 +706,15 @@ impl Draft<'_> {
         let (text, offset) = envelope.draft_text();
         self.size_offset = (self.flushed + self.buf.len() as u64) + offset as u64;
         self.head_len = text.len();
-        self.put(text.as_bytes())
+        self.write(text.as_bytes())
     }
 
-    /// Appends octets of the message.
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
-        self.crc.update(bytes);
-        self.put(bytes)
-    }
-
-    fn put(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
         if self.buf.len() + bytes.len() > DRAFT_BUFFER {
             self.spill()?;
         }
         if bytes.len() >= DRAFT_BUFFER {
+            sum_message(&mut self.crc, self.head_len, self.flushed, bytes);
             self.file.write_all(bytes)?;
             self.flushed += bytes.len() as u64;
         } else {
@@ -729,6 +725,7 @@ impl Draft<'_> {
 
     /// What is held in memory goes into the file.
     fn spill(&mut self) -> io::Result<()> {
+        sum_message(&mut self.crc, self.head_len, self.flushed, &self.buf);
         self.file.write_all(&self.buf)?;
         self.flushed += self.buf.len() as u64;
         self.buf.clear();
@@ -746,8 +743,6 @@ impl Draft<'_> {
             next.extend_from_slice(text.as_bytes());
             next.extend_from_slice(fields);
             next.extend_from_slice(&self.buf[self.head_len.min(self.buf.len())..]);
-            self.crc = id_crc(&self.id);
-            self.crc.update(&next[text.len()..]);
             self.buf = next;
         } else {
             if !matches!(self.spool.target, Target::Queue { .. }) {
@@ -813,8 +808,7 @@ impl Draft<'_> {
     /// run takes the message before it is durable (doc/queue.md, "S1 -> S2").
     pub fn commit(mut self, size: u64) -> Result<QueueId, SpoolError> {
         self.spill()?;
-        // The check digits follow the size digits: `CHECK_AFTER_SIZE` octets after them.
-        let digits = format!("{}\ncheck: {}", Envelope::size_digits(size), Envelope::check_digits(self.crc.value()));
+        let digits = Envelope::size_and_check(size, self.crc.value());
         let file = &self.file;
         file.write_all_at(digits.as_bytes(), self.size_offset)?;
         let new_dir = match &self.spool.target {
@@ -856,6 +850,13 @@ fn id_crc(id: &QueueId) -> Crc32c {
     let mut crc = Crc32c::default();
     crc.update(id.as_str().as_bytes());
     crc
+}
+
+/// Adds to `crc` the octets of the message among `bytes`, which go into a draft's file at
+/// `at`: the envelope, its first `head_len` octets, is not summed.
+fn sum_message(crc: &mut Crc32c, head_len: usize, at: u64, bytes: &[u8]) {
+    let skip = usize::try_from((head_len as u64).saturating_sub(at)).unwrap_or(usize::MAX);
+    crc.update(bytes.get(skip..).unwrap_or_default());
 }
 
 /// Whether the message of a queue file opened as `file` matches its envelope's check.
