@@ -175,6 +175,14 @@ pub struct Config {
     /// The Maildir++ folder a quarantined message is delivered into, where postern writes
     /// the maildir.
     pub junk_folder: String,
+    /// Milters asked, in order, about mail taken in over SMTP (Postfix's `smtpd_milters`).
+    pub milters: Vec<crate::milter::client::Address>,
+    /// Milters asked about mail from postern-sendmail.
+    pub non_smtpd_milters: Vec<crate::milter::client::Address>,
+    /// What a milter that is down, times out or answers garbage gets.
+    pub milter_default_action: MilterDefault,
+    /// How long one reply of a milter may take.
+    pub milter_timeout: Duration,
     pub min_backoff: Duration,
     pub max_backoff: Duration,
     pub max_queue_lifetime: Duration,
@@ -215,6 +223,17 @@ pub enum TlsMode {
     May,
     Encrypt,
     Verify,
+}
+
+/// `milter_default_action`: what a milter that fails gets, for the rest of the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MilterDefault {
+    /// Every later command refused for now (`451 4.7.1`).
+    Tempfail,
+    /// Go on as if the milter were not there.
+    Accept,
+    /// Every later command refused (`550 5.7.1`).
+    Reject,
 }
 
 /// A configuration error: `file:line: key: message`.
@@ -281,6 +300,10 @@ impl Config {
             dkim_verify: true,
             dmarc: true,
             junk_folder: "Junk".into(),
+            milters: Vec::new(),
+            non_smtpd_milters: Vec::new(),
+            milter_default_action: MilterDefault::Tempfail,
+            milter_timeout: Duration::from_secs(30),
             min_backoff: Duration::from_secs(300),
             max_backoff: Duration::from_secs(3600),
             max_queue_lifetime: Duration::from_secs(5 * 86400),
@@ -459,6 +482,17 @@ impl Config {
             "dkim_verify" => self.dkim_verify = switch(v)?,
             "dmarc" => self.dmarc = switch(v)?,
             "junk_folder" => self.junk_folder = folder(v)?,
+            "milters" => self.milters = milters(v)?,
+            "non_smtpd_milters" => self.non_smtpd_milters = milters(v)?,
+            "milter_default_action" => {
+                self.milter_default_action = match v {
+                    "tempfail" => MilterDefault::Tempfail,
+                    "accept" => MilterDefault::Accept,
+                    "reject" => MilterDefault::Reject,
+                    _ => return Err("expected tempfail, accept or reject".into()),
+                }
+            }
+            "milter_timeout" => self.milter_timeout = bounded(positive(duration(v)?)?, 10 * MINUTE)?,
             "spf_timeout" => self.spf_timeout = bounded(positive(duration(v)?)?, 5 * MINUTE)?,
             "reverse_dns_timeout" => self.reverse_dns_timeout = bounded(positive(duration(v)?)?, MINUTE)?,
             "min_backoff" => self.min_backoff = bounded(positive(duration(v)?)?, 30 * DAY)?,
@@ -606,6 +640,11 @@ fn default_local_domains(hostname: &str, kernel: &str) -> Vec<String> {
 
 fn list(v: &str) -> impl Iterator<Item = &str> {
     v.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// `inet:HOST:PORT, unix:/PATH, ...`, in order; empty for none.
+fn milters(v: &str) -> Result<Vec<crate::milter::client::Address>, String> {
+    list(v).map(crate::milter::client::Address::parse).collect()
 }
 
 fn word(v: &str) -> Result<String, String> {
@@ -841,6 +880,24 @@ mod tests {
         assert_eq!(e.0, "t.conf:2: vrfy: given twice (first on line 1); keep one");
         assert!(Config::parse("message_size_limit = 10X\n", "t").is_err());
         assert!(Config::parse("tls_cert = /x\n", "t").is_err());
+    }
+
+    #[test]
+    fn milters_are_addresses_in_order() {
+        let c = Config::parse(
+            "milters = inet:127.0.0.1:11332, unix:/run/opendkim.sock\nmilter_default_action = accept\nmilter_timeout = 5s\n",
+            "t",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<String> = c.milters.iter().map(|m| m.to_string()).collect();
+        assert_eq!(names, ["inet:127.0.0.1:11332", "unix:/run/opendkim.sock"]);
+        assert!(c.non_smtpd_milters.is_empty());
+        assert_eq!(c.milter_default_action, MilterDefault::Accept);
+        assert_eq!(c.milter_timeout, Duration::from_secs(5));
+        for bad in ["milters = 127.0.0.1:11332", "milters = unix:run/x", "milter_default_action = quarantine"] {
+            assert!(Config::parse(&format!("{bad}\n"), "t").is_err(), "{bad}");
+        }
+        assert_eq!(Config::parse("", "t").unwrap().milter_default_action, MilterDefault::Tempfail);
     }
 
     #[test]

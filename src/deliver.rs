@@ -551,7 +551,8 @@ impl<'a> Runner<'a> {
         failed: &[Failure],
         action: Action,
     ) -> Result<Option<(QueueId, ForwardPath)>, SpoolError> {
-        // Its sender failed the author domain's DMARC: most likely forged, and not to be told.
+        // Its sender failed the author domain's DMARC (most likely forged) or a milter marked
+        // it as spam: not to be told.
         if q.envelope.quarantine {
             log::info!("{}: {QUARANTINED}", q.id);
             return Ok(None);
@@ -678,7 +679,7 @@ impl<'a> Runner<'a> {
 
 /// `5 days`, `6 hours`, `90 minutes`: the lifetime in the unit a person would use.
 /// Why a quarantined message's failures are reported to nobody.
-const QUARANTINED: &str = "no report: the message was quarantined (it failed its author domain's DMARC policy)";
+const QUARANTINED: &str = "no report: the message was quarantined (it failed its author domain's DMARC policy, or a milter marked it as spam)";
 
 fn lifetime_text(secs: u64) -> String {
     match secs {

@@ -15,6 +15,7 @@
 use std::net::IpAddr;
 
 use crate::dns::Resolve;
+use crate::milter::chain::Verdict;
 use crate::policy::authres::Findings;
 use crate::policy::{Authenticator, Client, Policy, Refusal};
 use crate::smtp::address::{ForwardPath, ReversePath};
@@ -93,6 +94,21 @@ pub struct DataRequest {
     pub submitted: bool,
     /// What the checks at MAIL found: the fields written above `Received:`.
     pub findings: Findings,
+    /// A milter discarded the message at MAIL, RCPT or DATA: it is read, answered 250, and
+    /// not queued.
+    pub discard: bool,
+}
+
+/// The milters as the session asks them, command by command (`milter::chain`, over the
+/// server's sockets); the end of the message is the server's to send.
+pub trait Filter {
+    fn helo(&self, name: &str, tls: bool) -> Verdict;
+    fn mail(&self, from: &ReversePath, params: &MailParams, user: Option<&str>) -> Verdict;
+    /// A refusal is for this recipient only; a discard is for the message.
+    fn rcpt(&self, to: &ForwardPath) -> Verdict;
+    fn data(&self) -> Verdict;
+    /// The transaction ended before its message (RSET).
+    fn abort(&self);
 }
 
 /// One reply (if any) and the next action. `delay` asks for the error sleep (§7.8 tarpit).
@@ -118,6 +134,8 @@ pub enum DataError {
     HeaderTooLarge,
     /// The checks at the end of data refused it (`policy::check_message`).
     Refused(Refusal),
+    /// A milter refused it, with this reply.
+    Filtered(Reply),
 }
 
 impl From<&DataError> for Reply {
@@ -131,6 +149,7 @@ impl From<&DataError> for Reply {
             DataError::DiskFull => Reply::new(452, es(4, 3, 1), "Error: insufficient system storage"),
             DataError::WriteFailed => Reply::new(451, es(4, 3, 0), "Error: queue file write error"),
             DataError::Refused(refusal) => Reply::from(refusal),
+            DataError::Filtered(reply) => reply.clone(),
         }
     }
 }
@@ -230,6 +249,7 @@ struct Transaction {
     params: MailParams,
     rcpts: Vec<ForwardPath>,
     refused: u32,
+    discard: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,6 +271,8 @@ pub struct Rejection {
     pub to: Option<ForwardPath>,
     pub helo: String,
     pub protocol: &'static str,
+    /// A milter refused it (`milter-reject` in the log).
+    pub milter: bool,
 }
 
 pub struct Session<'p> {
@@ -261,6 +283,9 @@ pub struct Session<'p> {
     auth: Option<&'p dyn Authenticator>,
     /// Where the checks ask DNS; without it, nothing that needs DNS is checked.
     dns: Option<&'p dyn Resolve>,
+    filter: Option<&'p dyn Filter>,
+    /// The milters refused the connection: every command but QUIT, RSET, NOOP and HELP gets this.
+    refusing: Option<Reply>,
     client: Option<IpAddr>,
     /// Trusted network or local user: may relay without AUTH.
     trusted: bool,
@@ -289,6 +314,8 @@ impl<'p> Session<'p> {
             rejected: None,
             auth: None,
             dns: None,
+            filter: None,
+            refusing: None,
             client,
             trusted: config.local_submission || policy.is_trusted(client),
             user: None,
@@ -312,6 +339,15 @@ impl<'p> Session<'p> {
     /// The checks ask DNS through `dns`.
     pub fn with_dns(mut self, dns: &'p dyn Resolve) -> Session<'p> {
         self.dns = Some(dns);
+        self
+    }
+
+    /// The milters are asked at each command; `connected` is what they said of the connection.
+    pub fn with_filter(mut self, filter: &'p dyn Filter, connected: Verdict) -> Session<'p> {
+        self.filter = Some(filter);
+        if let Verdict::Refuse(reply) = connected {
+            self.refusing = Some(reply);
+        }
         self
     }
 
@@ -380,6 +416,11 @@ impl<'p> Session<'p> {
             Ok(c) => c,
             Err(e) => return self.refuse(Reply::from(&e)),
         };
+        if let Some(reply) = &self.refusing
+            && !matches!(command, Command::Quit | Command::Rset | Command::Noop | Command::Help)
+        {
+            return self.filtered(reply.clone());
+        }
         match command {
             Command::Helo(name) => self.helo(name, false),
             Command::Ehlo(name) => self.helo(name, true),
@@ -387,6 +428,9 @@ impl<'p> Session<'p> {
             Command::Rcpt { to } => self.rcpt(to),
             Command::Data => self.data(),
             Command::Rset => {
+                if let Some(filter) = self.filter {
+                    filter.abort();
+                }
                 self.state = match std::mem::replace(&mut self.state, State::Closed) {
                     State::Ready { helo } | State::InTransaction { helo, .. } => State::Ready { helo },
                     other => other,
@@ -477,6 +521,10 @@ impl<'p> Session<'p> {
 
     fn helo(&mut self, name: String, extended: bool) -> Step {
         // §4.1.4: HELO/EHLO also ends any open transaction.
+        if let Some(Verdict::Refuse(reply)) = self.filter.map(|f| f.helo(&name, self.tls)) {
+            self.state = State::Greeted;
+            return self.filtered(reply);
+        }
         self.state = State::Ready { helo: Helo { name, extended } };
         let host = &self.config.hostname;
         if !extended {
@@ -538,8 +586,17 @@ impl<'p> Session<'p> {
             mta: !self.config.submission,
         };
         let verdict = self.policy.check_sender(&client, &from, self.dns);
-        if let Some(refusal) = verdict.refusal {
-            let reply = Reply::from(&refusal);
+        let filtered = match (&verdict.refusal, self.filter) {
+            (None, Some(filter)) => filter.mail(&from, &params, self.user.as_deref()),
+            _ => Verdict::Go,
+        };
+        let discard = filtered == Verdict::Discard;
+        let (reply, milter) = match (verdict.refusal, filtered) {
+            (Some(refusal), _) => (Some(Reply::from(&refusal)), false),
+            (None, Verdict::Refuse(reply)) => (Some(reply), true),
+            (None, _) => (None, false),
+        };
+        if let Some(reply) = reply {
             let protocol = protocol(helo.extended, self.tls, self.user.is_some());
             self.rejected = Some(Rejection {
                 stage: "MAIL",
@@ -548,11 +605,13 @@ impl<'p> Session<'p> {
                 to: None,
                 helo: helo.name.clone(),
                 protocol,
+                milter,
             });
             self.state = State::Ready { helo };
-            return self.refuse(reply);
+            return if milter { self.filtered(reply) } else { self.refuse(reply) };
         }
-        let tx = Transaction { from, findings: Box::new(verdict.findings), params, rcpts: Vec::new(), refused: 0 };
+        let findings = Box::new(verdict.findings);
+        let tx = Transaction { from, findings, params, rcpts: Vec::new(), refused: 0, discard };
         self.state = State::InTransaction { helo, tx };
         self.reply(Reply::sender_ok())
     }
@@ -573,9 +632,21 @@ impl<'p> Session<'p> {
         } else {
             policy.check_recipient(&to, may_relay).err()
         };
-        if let Some(refusal) = refusal {
+        let filtered = match (&refusal, self.filter) {
+            (None, Some(filter)) => filter.rcpt(&to),
+            _ => Verdict::Go,
+        };
+        let (reply, milter) = match (refusal, filtered) {
+            (Some(refusal), _) => (Some(Reply::from(&refusal)), false),
+            (None, Verdict::Refuse(reply)) => (Some(reply), true),
+            (None, Verdict::Discard) => {
+                tx.discard = true;
+                (None, false)
+            }
+            (None, Verdict::Go) => (None, false),
+        };
+        if let Some(reply) = reply {
             tx.refused += 1;
-            let reply = Reply::from(&refusal);
             let (from, protocol) = (tx.from.clone(), protocol(helo.extended, tls, authenticated));
             self.rejected = Some(Rejection {
                 stage: "RCPT",
@@ -584,8 +655,9 @@ impl<'p> Session<'p> {
                 to: Some(to),
                 helo: helo.name.clone(),
                 protocol,
+                milter,
             });
-            return self.refuse(reply);
+            return if milter { self.filtered(reply) } else { self.refuse(reply) };
         }
         if !tx.rcpts.contains(&to) {
             tx.rcpts.push(to);
@@ -611,6 +683,15 @@ impl<'p> Session<'p> {
             }
         };
         let protocol = protocol(helo.extended, self.tls, self.user.is_some());
+        let mut discard = tx.discard;
+        match self.filter.map(|f| f.data()) {
+            Some(Verdict::Refuse(reply)) => {
+                self.state = State::InTransaction { helo, tx };
+                return self.filtered(reply);
+            }
+            Some(Verdict::Discard) => discard = true,
+            _ => {}
+        }
         let submitted = self.may_relay();
         let request = DataRequest {
             from: tx.from,
@@ -622,6 +703,7 @@ impl<'p> Session<'p> {
             user: self.user.clone(),
             submitted,
             findings: *tx.findings,
+            discard,
         };
         self.state = State::Data { helo, rcpts: tx.rcpts };
         Step { reply: Some(Reply::start_data()), action: Action::ReceiveData(Box::new(request)), delay: false }
@@ -644,6 +726,7 @@ impl<'p> Session<'p> {
                 };
                 self.reply(reply)
             }
+            Err(e @ DataError::Filtered(_)) => self.filtered(Reply::from(&e)),
             Err(e) => self.refuse(Reply::from(&e)),
         }
     }
@@ -710,6 +793,14 @@ impl<'p> Session<'p> {
             return self.close(Reply::too_many_errors(&self.config.hostname));
         }
         Step { reply: Some(reply), action: Action::ReadLine, delay: self.errors > self.config.soft_error_limit }
+    }
+
+    /// A milter's refusal: an error like any other, but a `421` ends the session (§3.8).
+    fn filtered(&mut self, reply: Reply) -> Step {
+        match reply.code() {
+            421 => self.close(reply),
+            _ => self.refuse(reply),
+        }
     }
 
     fn close(&mut self, reply: Reply) -> Step {
@@ -922,7 +1013,7 @@ mod tests {
         use SequenceError as S;
         let _exhaustive = |e: &DataError| match e {
             D::TooBig | D::BareLineEnding | D::TooManyHops | D::DiskFull | D::WriteFailed | D::HeaderTooLarge => (),
-            D::Refused(_) => (),
+            D::Refused(_) | D::Filtered(_) => (),
         };
         let _exhaustive = |e: &SequenceError| match e {
             S::NeedHelo | S::NestedMail | S::NeedMail | S::NeedRcpt | S::InTransaction => (),
@@ -935,6 +1026,7 @@ mod tests {
             (D::DiskFull, "452 4.3.1"),
             (D::WriteFailed, "451 4.3.0"),
             (D::Refused(Refusal::FromNotOwned { address: "b@x.test".into(), user: "a".into() }), "553 5.7.1"),
+            (D::Filtered(Reply::new(554, EnhancedStatus::new(5, 7, 1), "Gtube pattern")), "554 5.7.1"),
         ];
         let sequence = [S::NeedHelo, S::NestedMail, S::NeedMail, S::NeedRcpt, S::InTransaction];
         let replies = data
@@ -1207,5 +1299,135 @@ mod tests {
         let off = policy_with("spf = off\n");
         let (reply, found) = spf_mail(&fail, &off, "198.51.100.1", "a@remote.test");
         assert_eq!((reply.get(..3), found.and_then(|f| f.spf())), (Some("250"), None));
+    }
+
+    /// Milters as the session sees them: what each step says, by the argument's text, and
+    /// every call in order.
+    struct ScriptedFilter {
+        calls: std::cell::RefCell<Vec<String>>,
+        answers: Vec<(&'static str, Verdict)>,
+    }
+
+    impl ScriptedFilter {
+        fn answer(&self, call: String) -> Verdict {
+            let verdict = self.answers.iter().find(|(k, _)| call.contains(k)).map_or(Verdict::Go, |(_, v)| v.clone());
+            self.calls.borrow_mut().push(call);
+            verdict
+        }
+    }
+
+    impl Filter for ScriptedFilter {
+        fn helo(&self, name: &str, tls: bool) -> Verdict {
+            self.answer(format!("helo {name} {tls}"))
+        }
+        fn mail(&self, from: &ReversePath, _: &MailParams, user: Option<&str>) -> Verdict {
+            self.answer(format!("mail {from} {user:?}"))
+        }
+        fn rcpt(&self, to: &ForwardPath) -> Verdict {
+            self.answer(format!("rcpt {to}"))
+        }
+        fn data(&self) -> Verdict {
+            self.answer("data".into())
+        }
+        fn abort(&self) {
+            self.calls.borrow_mut().push("abort".into());
+        }
+    }
+
+    fn milter_reply(code: u16, text: &str) -> Verdict {
+        let es = if code >= 500 { EnhancedStatus::new(5, 7, 1) } else { EnhancedStatus::new(4, 7, 1) };
+        Verdict::Refuse(Reply::new(code, es, text))
+    }
+
+    #[test]
+    fn milters_are_asked_after_our_own_checks_and_refuse_with_their_reply() {
+        let (c, p) = (config(), policy(""));
+        let filter = ScriptedFilter {
+            calls: Default::default(),
+            answers: vec![
+                ("rcpt <bad@example.test>", milter_reply(550, "No such luck")),
+                ("rcpt <later@example.test>", milter_reply(451, "Try again")),
+                ("mail <spammer@", milter_reply(554, "Go away")),
+            ],
+        };
+        let (session, _) = Session::new(&c, &p, "198.51.100.1".parse().ok());
+        let mut h = Harness { session: session.with_filter(&filter, Verdict::Go) };
+        assert_eq!(h.send("EHLO client.test"), "250");
+        assert_eq!(h.send("MAIL FROM:<spammer@remote.test>"), "554 5.7.1");
+        let rejected = h.session.take_rejection().unwrap();
+        assert!(rejected.milter && rejected.stage == "MAIL");
+        assert_eq!(h.send("MAIL FROM:<a@remote.test>"), "250 2.1.0");
+        // Our own refusal comes first: the milter is not asked about a relay attempt.
+        assert_eq!(h.send("RCPT TO:<x@elsewhere.test>"), "554 5.7.1");
+        assert!(!h.session.take_rejection().unwrap().milter);
+        assert_eq!(h.send("RCPT TO:<bad@example.test>"), "550 5.7.1");
+        assert_eq!(h.send("RCPT TO:<later@example.test>"), "451 4.7.1");
+        assert_eq!(h.send("RCPT TO:<alice@example.test>"), "250 2.1.5");
+        let step = h.session.handle(Input::Line(b"DATA"));
+        let Action::ReceiveData(request) = step.action else { panic!("{:?}", step.action) };
+        assert_eq!(request.rcpts.len(), 1);
+        assert!(!request.discard);
+        let stop = h.session.handle(Input::DataEnd(Err(DataError::Filtered(Reply::new(
+            554,
+            EnhancedStatus::new(5, 7, 1),
+            "Gtube pattern",
+        )))));
+        assert_eq!(summary(&stop), "554 5.7.1");
+        assert_eq!(h.send("RSET"), "250 2.0.0");
+        assert_eq!(
+            *filter.calls.borrow(),
+            [
+                "helo client.test false",
+                "mail <spammer@remote.test> None",
+                "mail <a@remote.test> None",
+                "rcpt <bad@example.test>",
+                "rcpt <later@example.test>",
+                "rcpt <alice@example.test>",
+                "data",
+                "abort"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_discard_takes_the_message_and_a_421_ends_the_session() {
+        let (c, p) = (config(), policy(""));
+        let filter = ScriptedFilter {
+            calls: Default::default(),
+            answers: vec![("rcpt <bin@", Verdict::Discard), ("helo bye.test", milter_reply(421, "Closing"))],
+        };
+        let (session, _) = Session::new(&c, &p, "198.51.100.1".parse().ok());
+        let mut h = Harness { session: session.with_filter(&filter, Verdict::Go) };
+        assert_eq!(h.send("EHLO client.test"), "250");
+        assert_eq!(h.send("MAIL FROM:<a@remote.test>"), "250 2.1.0");
+        assert_eq!(h.send("RCPT TO:<bin@example.test>"), "250 2.1.5");
+        let step = h.session.handle(Input::Line(b"DATA"));
+        let Action::ReceiveData(request) = step.action else { panic!("{:?}", step.action) };
+        assert!(request.discard);
+        h.session.handle(Input::DataEnd(Ok(QueueId::generate())));
+        let step = h.session.handle(Input::Line(b"EHLO bye.test"));
+        assert_eq!((summary(&step), step.action), ("421 4.7.1".to_string(), Action::Close));
+    }
+
+    #[test]
+    fn a_refused_connection_refuses_every_command_but_quit_rset_noop_and_help() {
+        let (c, p) = (config(), policy(""));
+        let filter = ScriptedFilter { calls: Default::default(), answers: Vec::new() };
+        let (session, _) = Session::new(&c, &p, "198.51.100.1".parse().ok());
+        let mut h = Harness { session: session.with_filter(&filter, milter_reply(451, "Service unavailable")) };
+        for line in
+            ["EHLO client.test", "HELO client.test", "MAIL FROM:<a@remote.test>", "RCPT TO:<alice@example.test>"]
+        {
+            assert_eq!(h.send(line), "451 4.7.1", "{line}");
+        }
+        assert_eq!(h.send("NOOP"), "250 2.0.0");
+        assert_eq!(h.send("QUIT"), "221 2.0.0");
+        assert!(filter.calls.borrow().is_empty());
+        // A refused HELO leaves the session greeted only.
+        let refusing = ScriptedFilter { calls: Default::default(), answers: vec![("helo", milter_reply(550, "No"))] };
+        let (session, _) = Session::new(&c, &p, "198.51.100.1".parse().ok());
+        let mut h = Harness { session: session.with_filter(&refusing, Verdict::Go) };
+        assert_eq!(h.send("EHLO client.test"), "550 5.7.1");
+        assert_eq!(h.send("MAIL FROM:<a@remote.test>"), "503 5.5.1");
     }
 }

@@ -86,6 +86,21 @@ impl Conn {
         Some(format!("{} with cipher {cipher}", s.ssl().version_str()))
     }
 
+    /// `TLSv1.3` and the like, under TLS.
+    pub fn tls_version(&self) -> Option<String> {
+        let Transport::Tls(s) = &self.transport else { return None };
+        Some(s.ssl().version_str().to_string())
+    }
+
+    /// The peer's port, on a socket.
+    pub fn peer_port(&self) -> Option<u16> {
+        match &self.transport {
+            Transport::Tcp(s) => s.peer_addr().ok().map(|a| a.port()),
+            Transport::Tls(s) => s.get_ref().peer_addr().ok().map(|a| a.port()),
+            _ => None,
+        }
+    }
+
     pub fn shutdown(&mut self) {
         match &mut self.transport {
             Transport::Tcp(s) => {

@@ -20,7 +20,9 @@ use crate::config::{Config, Mode};
 use crate::dns::{Resolve, Resolvers};
 use crate::launch::Launcher;
 use crate::message::{FieldFilter, HeaderScan, message_id};
+use crate::milter::chain::{Chain, Connect, Verdict};
 use crate::policy::{self, Authenticator, LocalPolicy};
+use crate::session::Filter;
 use crate::session::{Action, DataError, DataRequest, Input, MAX_HOPS, Session, SessionConfig, Step};
 use crate::smtp::line::{DotReader, HopCounter, Line, LineBuffer, MAX_COMMAND_LINE, TextError};
 use crate::smtp::reply::Reply;
@@ -30,10 +32,12 @@ use crate::{sys, trace};
 
 mod conn;
 mod handoff;
+mod milters;
 pub mod tls_files;
 
 use conn::{Conn, Transport, is_timeout};
 use handoff::{Handoff, Job, THREAD_LINGER};
+use milters::{Fate, Milters};
 
 /// A session thread needs little stack: buffers live on the heap.
 const THREAD_STACK: usize = 256 * 1024;
@@ -485,7 +489,15 @@ impl Server {
             }
         }
         let auth = cur.auth.as_ref().map(|(users, senders)| Auth { users, senders, lockout: &self.lockout });
+        let milters = self.connect_milters(cur, conn, (client, name), session_config.local_submission);
+        if let Some((_, Verdict::Refuse(reply))) = &milters {
+            log::info!("NOQUEUE: milter-reject: CONNECT from {peer}: {}; proto=SMTP", reply.summary());
+        }
         let (mut session, mut step) = Session::new(&session_config, &cur.policy, client);
+        if let Some((m, verdict)) = &milters {
+            session = session.with_filter(m, verdict.clone());
+        }
+        let milters = milters.as_ref().map(|(m, _)| m);
         if let Some(auth) = &auth {
             session = session.with_authenticator(auth);
         }
@@ -524,7 +536,8 @@ impl Server {
                             // Postfix's shape, which log summarisers count.
                             let to = r.to.map_or(String::new(), |to| format!(" to={to}"));
                             log::info!(
-                                "NOQUEUE: reject: {} from {peer}: {}; from={}{to} proto={} helo=<{}>",
+                                "NOQUEUE: {}: {} from {peer}: {}; from={}{to} proto={} helo=<{}>",
+                                if r.milter { "milter-reject" } else { "reject" },
                                 r.stage,
                                 r.reply.summary(),
                                 r.from,
@@ -538,14 +551,25 @@ impl Server {
                     None => self.stopped_or_gone(cur),
                 },
                 Action::ReceiveData(request) => {
-                    match self.receive(cur, conn, &mut lines, &request, (client, name), (auth.as_ref(), resolver)) {
+                    let peer = (client, name);
+                    let received =
+                        self.receive(cur, conn, &mut lines, &request, peer, (auth.as_ref(), resolver, milters));
+                    if let Some(m) = milters {
+                        m.abort(); // for milters the message did not reach (refused before its end)
+                    }
+                    match received {
                         Received::Done(result) => session.handle(Input::DataEnd(result)),
                         Received::TimedOut => session.handle(Input::Timeout),
                         Received::Lost => self.stopped_or_gone(cur),
                     }
                 }
                 Action::StartTls => match self.start_tls(cur, conn, &mut lines) {
-                    Ok(()) => session.handle(Input::TlsStarted),
+                    Ok(()) => {
+                        if let Some(m) = milters {
+                            *m.tls_version.borrow_mut() = conn.tls_version();
+                        }
+                        session.handle(Input::TlsStarted)
+                    }
                     Err(e) => {
                         log::info!("TLS handshake with {peer} failed: {e}");
                         break;
@@ -559,6 +583,30 @@ impl Server {
         }
         conn.shutdown();
         log::info!("disconnect from {peer}");
+    }
+
+    /// The session's milters (`milters`, or `non_smtpd_milters` for a `sendmail -bs`
+    /// session), told of the client; `None` when there are none.
+    fn connect_milters(
+        &self,
+        cur: &Current,
+        conn: &Conn,
+        (client, name): (Option<IpAddr>, Option<&str>),
+        local: bool,
+    ) -> Option<(Milters, Verdict)> {
+        let config = &cur.config;
+        let list = if local { &config.non_smtpd_milters } else { &config.milters };
+        if list.is_empty() {
+            return None;
+        }
+        let mut chain = Chain::new(list, config.milter_timeout, config.milter_default_action);
+        let peer = client.map(|ip| (ip, conn.peer_port().unwrap_or(0)));
+        let daemon = if local { "postern-sendmail" } else { "postern-smtpd" };
+        let connect = Connect { hostname: &config.hostname, client_name: name, peer, daemon };
+        let verdict = chain.connect(&connect, later(Instant::now(), config.command_timeout));
+        let tls_version = std::cell::RefCell::new(conn.tls_version());
+        let milters = Milters { chain: std::cell::RefCell::new(chain), step_time: config.command_timeout, tls_version };
+        Some((milters, verdict))
     }
 
     /// The input ended: the peer left, or shutdown woke the session. In the latter case the
@@ -620,7 +668,7 @@ impl Server {
         lines: &mut LineBuffer,
         req: &DataRequest,
         (client, name): (Option<IpAddr>, Option<&str>),
-        (auth, dns): (Option<&Auth<'_>>, Option<&dyn Resolve>),
+        (auth, dns, milters): (Option<&Auth<'_>>, Option<&dyn Resolve>, Option<&Milters>),
     ) -> Received {
         let started = Instant::now();
         let arrived = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -715,29 +763,56 @@ impl Server {
         };
         let mut size = written;
         let mut verdict = None;
-        let result = match (refused, draft) {
-            (Some(e), _) => Err(e),
-            (None, Err(e)) => Err(storage_error(&e)),
-            (None, Ok((mut d, _))) => {
+        let mut fate_note = None;
+        let result = match (refused, draft, envelope) {
+            (Some(e), _, _) => Err(e),
+            (None, Err(e), _) => Err(storage_error(&e)),
+            (None, Ok(_), None) => Err(DataError::WriteFailed),
+            (None, Ok((mut d, _)), Some(mut e)) => {
                 // After the final dot, the checks that read the message (RFC 6376 §6, RFC
                 // 7489 §6.6): what they found goes on top, or the message is refused.
                 verdict = checks.map(|(checks, dns)| {
                     let until = later(Instant::now(), cur.config.spf_timeout);
                     checks.finish(&head, &req.findings, dns, until, policy::pct_roll())
                 });
-                let on_top = match (&verdict, envelope) {
-                    (Some(v), Some(e)) => match &v.refusal {
+                let on_top = match &verdict {
+                    Some(v) => match &v.refusal {
                         Some(refusal) => Err(DataError::Refused(refusal.clone())),
                         None => {
                             let fields = v.fields(&req.findings, &cur.config.hostname);
-                            size += fields.len() as u64;
-                            let e = Envelope { quarantine: v.quarantine, ..e };
+                            e.quarantine = v.quarantine;
                             d.put_on_top(&e, fields.as_bytes()).map_err(|e| storage_error(&e))
                         }
                     },
-                    _ => Ok(()),
+                    None => Ok(()),
                 };
-                on_top.and_then(|()| d.commit(size).map_err(|e| storage_error(&e)))
+                // Then the milters, which see it as it will be queued, and whose changes
+                // are made before the commit.
+                let fate = on_top.and_then(|()| match milters {
+                    _ if req.discard => Ok(Fate::Discard("milter triggers DISCARD action")),
+                    Some(m) if m.chain.borrow().wants_message() => {
+                        // RFC 5321 §4.5.3.2.6: the client waits 10 minutes for the reply.
+                        let deadline = later(Instant::now(), Duration::from_secs(600));
+                        let mut chain = m.chain.borrow_mut();
+                        milters::end_of_message(&mut chain, &mut d, e, req.max_size, deadline)
+                            .map_err(|e| storage_error(&e))
+                    }
+                    _ => Ok(Fate::Queue),
+                });
+                size = d.message_len();
+                match fate {
+                    Err(e) => Err(e),
+                    Ok(Fate::Queue) => d.commit(size).map_err(|e| storage_error(&e)),
+                    Ok(Fate::Hold(reason)) => {
+                        fate_note = Some(("milter-hold", format!("milter triggers HOLD action: {reason}")));
+                        d.commit_held(size).map_err(|e| storage_error(&e))
+                    }
+                    Ok(Fate::Discard(why)) => {
+                        fate_note = Some(("milter-discard", why.to_string()));
+                        Ok(d.id().clone())
+                    }
+                    Ok(Fate::Refuse(reply)) => Err(DataError::Filtered(reply)),
+                }
             }
         };
         if removed > 0
@@ -746,6 +821,17 @@ impl Server {
             log::info!("{id}: removed {removed} Authentication-Results field(s) naming this host");
         }
         self.log_data_end(&result, req, client_name(client, name), size);
+        if let (Ok(id), Some((what, why))) = (&result, &fate_note) {
+            let peer = client_name(client, name);
+            let to: Vec<String> = req.rcpts.iter().map(|r| r.to_string()).collect();
+            log::info!(
+                "{id}: {what}: END-OF-MESSAGE from {peer}: {why}; from={} to={} proto={} helo=<{}>",
+                req.from,
+                to.join(","),
+                req.protocol,
+                req.helo
+            );
+        }
         if let (Ok(id), Some(verdict)) = (&result, &verdict) {
             log::info!("{id}: {}", verdict.summary());
         }
@@ -754,7 +840,7 @@ impl Server {
         {
             log::info!("{id}: message-id={message_id}");
         }
-        if let (Ok(id), Some(launcher)) = (&result, &self.launcher) {
+        if let (Ok(id), Some(launcher), None) = (&result, &self.launcher, &fate_note) {
             launcher.deliver(id);
         }
         Received::Done(result)
@@ -817,7 +903,8 @@ impl Server {
                 log::info!("{id}: client={peer}{user}, from={}, size={size}, nrcpt={}", req.from, req.rcpts.len())
             }
             Err(e) => log::info!(
-                "NOQUEUE: reject: DATA from {peer}: {}; from={} proto={} helo=<{}>",
+                "NOQUEUE: {} from {peer}: {}; from={} proto={} helo=<{}>",
+                if matches!(e, DataError::Filtered(_)) { "milter-reject: END-OF-MESSAGE" } else { "reject: DATA" },
                 Reply::from(e).summary(),
                 req.from,
                 req.protocol,

@@ -20,8 +20,8 @@
 //! Keys come in this order; the loader is strict. `auth` (the user who logged in, RFC 4954)
 //! and `submitted` (mail of our own users: authenticated, trusted or local, which delivery
 //! signs) appear only when they apply, and so does `quarantine` (a stranger's message that
-//! failed its author domain's DMARC policy of quarantine, RFC 7489 §6.3: delivered into the
-//! recipient's Junk folder, and never the cause of a report). `size` is fixed-width so it can be
+//! failed its author domain's DMARC policy of quarantine, RFC 7489 §6.3, or one a milter
+//! marked as spam: delivered into the recipient's Junk folder, and never the cause of a report). `size` is fixed-width so it can be
 //! written last, once the message is complete, and it lets a truncated file be found. `check`
 //! (fixed-width too, written with `size`) is the CRC-32C of the queue ID followed by the message:
 //! it lets a file be found whose blocks a power cut left unwritten or stale (doc/queue.md, "S1 ->
@@ -55,7 +55,8 @@ pub struct Envelope {
     pub auth: Option<String>,
     /// Our own users' mail (authenticated, trusted network, local), not mail that arrived for us.
     pub submitted: bool,
-    /// Taken, but for the recipient's Junk folder (DMARC quarantine); no report is sent for it.
+    /// Taken, but for the recipient's Junk folder (DMARC quarantine, or spam a milter marked);
+    /// no report is sent for it.
     pub quarantine: bool,
     pub from: ReversePath,
     pub rcpts: Vec<ForwardPath>,

@@ -647,6 +647,14 @@ fn read_envelope(file: &File, len: u64) -> io::Result<Result<(Envelope, usize), 
     Ok(parsed)
 }
 
+/// A piece of a message as `Draft::replace_message` writes it anew.
+#[derive(Debug, Clone, Copy)]
+pub enum Piece<'b> {
+    New(&'b [u8]),
+    /// The octets `from..to` of the message as it was.
+    Old(u64, u64),
+}
+
 /// What a draft holds in memory before it writes: a message that fits is written in one
 /// piece at its commit, and fields decided at the end of data can still go on its top.
 const DRAFT_BUFFER: usize = 64 * 1024;
@@ -732,21 +740,58 @@ impl Draft<'_> {
         Ok(())
     }
 
+    /// The message written so far: its length (what follows the envelope block).
+    pub fn message_len(&self) -> u64 {
+        (self.flushed + self.buf.len() as u64).saturating_sub(self.head_len as u64)
+    }
+
+    /// Reads the message written so far, from its octet `at`, wherever it is (the file, or
+    /// memory); 0 at its end.
+    pub fn read_message_at(&self, at: u64, out: &mut [u8]) -> io::Result<usize> {
+        let pos = self.head_len as u64 + at;
+        if pos < self.flushed {
+            let n = usize::try_from(self.flushed - pos).unwrap_or(usize::MAX).min(out.len());
+            return self.file.read_at(&mut out[..n], pos);
+        }
+        let from = usize::try_from(pos - self.flushed).unwrap_or(usize::MAX);
+        let rest = self.buf.get(from..).unwrap_or_default();
+        let n = rest.len().min(out.len());
+        out[..n].copy_from_slice(&rest[..n]);
+        Ok(n)
+    }
+
     /// Replaces the envelope and puts `fields` on top of the message, for what is known only
-    /// once the whole text is in (a check that reads the message). A message still held in
-    /// memory is rearranged there; one already in the file is copied into a second draft,
-    /// `tmp/ID.1`, which takes the first one's place (doc/queue.md, "S1").
+    /// once the whole text is in (a check that reads the message).
     pub fn put_on_top(&mut self, envelope: &Envelope, fields: &[u8]) -> Result<(), SpoolError> {
+        let len = self.message_len();
+        self.replace_message(envelope, &[Piece::New(fields), Piece::Old(0, len)])
+    }
+
+    /// Replaces the envelope, and the message with `pieces` in order: new octets, or ranges of
+    /// the message as it is (fields on top, a header section a milter changed, a body it
+    /// replaced). A message still held in memory is rearranged there; one already in the file
+    /// is copied into a second draft (anonymous, or `tmp/ID.1`), which takes the first one's
+    /// place (doc/queue.md, "S1").
+    pub fn replace_message(&mut self, envelope: &Envelope, pieces: &[Piece<'_>]) -> Result<(), SpoolError> {
         let (text, offset) = envelope.draft_text();
+        let len = self.message_len();
+        if pieces.iter().any(|p| matches!(*p, Piece::Old(from, to) if from > to || to > len)) {
+            return Err(SpoolError::Io("a piece past the end of the message".into()));
+        }
         if self.flushed == 0 {
-            let mut next = Vec::with_capacity(DRAFT_BUFFER.max(text.len() + fields.len() + self.buf.len()));
+            let old = &self.buf[self.head_len.min(self.buf.len())..];
+            let mut next = Vec::with_capacity(DRAFT_BUFFER.max(text.len() + old.len()));
             next.extend_from_slice(text.as_bytes());
-            next.extend_from_slice(fields);
-            next.extend_from_slice(&self.buf[self.head_len.min(self.buf.len())..]);
+            for piece in pieces {
+                match *piece {
+                    Piece::New(bytes) => next.extend_from_slice(bytes),
+                    Piece::Old(from, to) => next.extend_from_slice(&old[from as usize..to as usize]),
+                }
+            }
             self.buf = next;
         } else {
             if !matches!(self.spool.target, Target::Queue { .. }) {
-                return Err(SpoolError::Io("a dropped message gets no fields at its end".into()));
+                return Err(SpoolError::Io("a dropped message is not rewritten".into()));
             }
             self.spill()?;
             // Anonymous like the first where it can be, else `tmp/ID.1`.
@@ -771,19 +816,31 @@ impl Draft<'_> {
             let second = SecondDraft(path.as_deref());
             let mut out = io::BufWriter::with_capacity(DRAFT_BUFFER, &file);
             out.write_all(text.as_bytes())?;
-            out.write_all(fields)?;
-            self.crc = id_crc(&self.id);
-            self.crc.update(fields);
+            let mut crc = id_crc(&self.id);
+            let mut written = 0u64;
             let mut chunk = vec![0u8; DRAFT_BUFFER];
-            let mut at = self.head_len as u64;
-            while at < self.flushed {
-                let n = self.file.read_at(&mut chunk[..DRAFT_BUFFER.min((self.flushed - at) as usize)], at)?;
-                if n == 0 {
-                    return Err(SpoolError::Io("the draft is shorter than was written".into()));
+            for piece in pieces {
+                match *piece {
+                    Piece::New(bytes) => {
+                        out.write_all(bytes)?;
+                        crc.update(bytes);
+                        written += bytes.len() as u64;
+                    }
+                    Piece::Old(from, to) => {
+                        let mut at = from;
+                        while at < to {
+                            let want = usize::try_from(to - at).unwrap_or(usize::MAX).min(DRAFT_BUFFER);
+                            let n = self.file.read_at(&mut chunk[..want], self.head_len as u64 + at)?;
+                            if n == 0 {
+                                return Err(SpoolError::Io("the draft is shorter than was written".into()));
+                            }
+                            out.write_all(&chunk[..n])?;
+                            crc.update(&chunk[..n]);
+                            at += n as u64;
+                        }
+                        written += to - from;
+                    }
                 }
-                out.write_all(&chunk[..n])?;
-                self.crc.update(&chunk[..n]);
-                at += n as u64;
             }
             out.flush()?;
             drop(out);
@@ -792,7 +849,8 @@ impl Draft<'_> {
                 let _ = fs::remove_file(first);
             }
             std::mem::forget(second);
-            self.flushed = (text.len() + fields.len()) as u64 + (self.flushed - self.head_len as u64);
+            self.crc = crc;
+            self.flushed = text.len() as u64 + written;
             self.file = file;
             self.path = path;
         }
@@ -806,7 +864,17 @@ impl Draft<'_> {
     /// an fsync of `new/` too, where the filesystem's file fsync is not known to cover the
     /// name). Only then may 250 be sent. The draft's lock is held throughout, so no delivery
     /// run takes the message before it is durable (doc/queue.md, "S1 -> S2").
-    pub fn commit(mut self, size: u64) -> Result<QueueId, SpoolError> {
+    pub fn commit(self, size: u64) -> Result<QueueId, SpoolError> {
+        self.commit_into(size, "new")
+    }
+
+    /// The same commit into `hold/`: a message a milter quarantined, for the operator to
+    /// judge (`postern-queue release`); delivery runs leave it alone (doc/queue.md, S1 -> S5).
+    pub fn commit_held(self, size: u64) -> Result<QueueId, SpoolError> {
+        self.commit_into(size, "hold")
+    }
+
+    fn commit_into(mut self, size: u64, dir: &'static str) -> Result<QueueId, SpoolError> {
         self.spill()?;
         let digits = Envelope::size_and_check(size, self.crc.value());
         let file = &self.file;
@@ -815,7 +883,7 @@ impl Draft<'_> {
             Target::Queue { new_dir } => new_dir,
             Target::Maildrop { .. } => return self.commit_to_maildrop(),
         };
-        let queued = self.spool.path("new", &self.id);
+        let queued = self.spool.path(dir, &self.id);
         match &self.path {
             None => {
                 sys::link_anonymous(&self.file, &queued)?;
@@ -831,9 +899,11 @@ impl Draft<'_> {
         crate::fault::crash_point("after-commit-name");
         // A link leaves two names, and the file's fsync may write the other directory.
         let name_with_file = self.spool.name_with_file && self.moved;
-        let synced = file
-            .sync_all()
-            .and_then(|()| if name_with_file { Ok(()) } else { self.spool.dir_sync.sync(|| new_dir.sync_all()) });
+        let synced = file.sync_all().and_then(|()| match (name_with_file, dir) {
+            (true, _) => Ok(()),
+            (false, "new") => self.spool.dir_sync.sync(|| new_dir.sync_all()),
+            (false, _) => File::open(self.spool.root.join(dir)).and_then(|d| d.sync_all()),
+        });
         if let Err(e) = synced {
             // Not durable, so not accepted: the client will hear 4xx and must not find it queued.
             let _ = fs::remove_file(&queued);
@@ -1017,6 +1087,55 @@ mod tests {
         drop(draft);
         assert_eq!(fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
         fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_message_rewritten_from_pieces_is_read_back_summed_and_held_on_request() {
+        for named in [false, true] {
+            let (spool, dir) = temp_spool(&format!("pieces-{named}"));
+            let spool = if named { spool.with_named_drafts() } else { spool };
+            for body_len in [100, 3 * DRAFT_BUFFER + 17] {
+                let mut draft = spool.draft().unwrap();
+                draft.begin(&envelope()).unwrap();
+                let head = b"Received: by here\r\nSubject: hi\r\n\r\n";
+                let mut text = head.to_vec();
+                text.extend((0..body_len).map(|i| b"abcdefghij\r\n"[i % 12]));
+                for piece in text.chunks(1000) {
+                    draft.write(piece).unwrap();
+                }
+                // What was written reads back, from memory or from the file.
+                assert_eq!(draft.message_len(), text.len() as u64);
+                let mut back = vec![0u8; text.len() + 10];
+                let mut got = 0;
+                loop {
+                    let n = draft.read_message_at(got as u64, &mut back[got..]).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    got += n;
+                }
+                assert_eq!(&back[..got], &text[..], "{body_len}");
+                // A new header section over the old body, and a new envelope; held.
+                let new_head = b"Subject: [SPAM] hi\r\nX-Spam: Yes\r\n\r\n";
+                let held = Envelope { quarantine: true, ..envelope() };
+                let len = draft.message_len();
+                let pieces = [Piece::New(new_head), Piece::Old(head.len() as u64, len)];
+                assert!(draft.replace_message(&held, &[Piece::Old(0, len + 1)]).is_err());
+                draft.replace_message(&held, &pieces).unwrap();
+                let size = draft.message_len();
+                assert_eq!(size, (new_head.len() + body_len) as u64);
+                let id = draft.commit_held(size).unwrap();
+                assert!(!dir.join("new").join(id.as_str()).exists());
+                let bytes = fs::read(dir.join("hold").join(id.as_str())).unwrap();
+                let (env, at) = Envelope::parse(&bytes).unwrap();
+                let sum = crc::crc32c(&[id.as_str().as_bytes(), &bytes[at..]].concat());
+                assert_eq!(env, Envelope { size, check: Some(sum), ..held }, "{body_len}");
+                assert_eq!(&bytes[at..at + new_head.len()], new_head);
+                assert_eq!(&bytes[at + new_head.len()..], &text[head.len()..]);
+            }
+            assert_eq!(fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
+            fs::remove_dir_all(dir).unwrap();
+        }
     }
 
     #[test]

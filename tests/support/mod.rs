@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod milter;
 pub mod netns;
 
 use std::io::{BufRead, BufReader, Read, Write};
