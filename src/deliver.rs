@@ -113,10 +113,12 @@ impl<'a> Runner<'a> {
     pub fn run(&self) -> Summary {
         if !self.options.dry_run {
             self.spool.repair();
+            let milters = crate::milter::local::LocalMilters::from_config(self.config);
             let settings = PickupSettings {
                 hostname: &self.config.hostname,
                 max_size: self.config.message_size_limit,
                 now: self.now,
+                filter: milters.as_ref().map(|m| m as &dyn crate::spool::maildrop::PickupFilter),
             };
             self.spool.pickup(&settings);
         }

@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -377,4 +378,91 @@ fn gtube_message(prefix: &str) -> Vec<u8> {
          It was sent from outside the network.\r\n"
     )
     .into_bytes()
+}
+
+/// The stamp a `non_smtpd_milters` milter puts on what it sees.
+fn stamper(command: u8, data: &[u8]) -> Then {
+    match command {
+        b'E' => Then::Send(vec![pkt(b'h', &strings(&["X-Local-Filter", "seen"])), pkt(b'a', b"")]),
+        _ => usual(command, data),
+    }
+}
+
+/// A milter that refuses every recipient with its own reply.
+fn refuser(command: u8, data: &[u8]) -> Then {
+    match command {
+        b'R' => Then::Send(vec![pkt(b'y', b"550 5.7.1 Not from here\0")]),
+        _ => usual(command, data),
+    }
+}
+
+fn sendmail(conf: &Path, args: &[&str], input: &[u8]) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_postern-sendmail"))
+        .args(args)
+        .env("POSTERN_CONF", conf)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn mail_from_sendmail_passes_the_non_smtpd_milters_only() {
+    let (stamp, refuse) = (FakeMilter::start(stamper), FakeMilter::start(refuser));
+    // The SMTP milters are not asked about mail from postern-sendmail.
+    let extra = format!("non_smtpd_milters = {}\nmilters = {}\n", stamp.address, refuse.address);
+    let (dir, conf) = support::configured("milter-sendmail", &extra);
+    let out = sendmail(&conf, &["alice"], b"Subject: from cron\n\nhello\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let queued = list(&dir.path().join("spool/new"));
+    assert_eq!(queued.len(), 1);
+    let message = String::from_utf8(message_of(&queued[0])).unwrap();
+    assert!(message.contains("\r\nX-Local-Filter: seen\r\n\r\nhello\r\n"), "{message}");
+    assert!(refuse.seen.lock().unwrap().is_empty());
+    // Told of a client that is this host, and of no HELO.
+    assert!(stamp.sent(b'C')[0].starts_with(b"localhost\0"), "{:?}", stamp.sent(b'C'));
+    assert!(stamp.sent(b'H').is_empty());
+    assert_eq!(stamp.macro_value("{daemon_name}").as_deref(), Some("postern-sendmail"));
+
+    // A refusal is the caller's to hear: nothing is queued.
+    let (dir, conf) =
+        support::configured("milter-sendmail-refused", &format!("non_smtpd_milters = {}\n", refuse.address));
+    let out = sendmail(&conf, &["alice"], b"Subject: from cron\n\nhello\n");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{said}");
+    assert!(said.contains("refused by a milter: 550 5.7.1 Not from here"), "{said}");
+    assert!(list(&dir.path().join("spool/new")).is_empty());
+}
+
+/// What a user without access to the queue drops into maildrop/ passes them at its pickup:
+/// stamped, or, refused with nobody left to tell, held for the operator.
+#[test]
+fn a_picked_up_message_passes_the_non_smtpd_milters_at_its_pickup() {
+    use postern::smtp::address::{ForwardPath, ReversePath};
+    use postern::spool::{Envelope, QueueId};
+    let (stamp, refuse) = (FakeMilter::start(stamper), FakeMilter::start(refuser));
+    for (milter, delivered) in [(&stamp, true), (&refuse, false)] {
+        let (dir, conf) = support::configured("milter-pickup", &format!("non_smtpd_milters = {}\n", milter.address));
+        let spool = dir.path().join("spool");
+        std::fs::create_dir_all(spool.join("maildrop")).unwrap();
+        let id = QueueId::generate();
+        let from = ReversePath::parse(b"user@example.test").unwrap();
+        let to = vec![ForwardPath::parse(b"alice@example.test").unwrap()];
+        let envelope = Envelope::local(support::now(), from, to, Default::default(), false);
+        postern::spool::maildrop::drop_message(&spool, &id, &envelope, b"Subject: dropped\r\n\r\nhello\r\n").unwrap();
+        let out = support::deliver(&conf, None, &[]);
+        let alice = maildir(&dir.path().join("maildirs/alice"));
+        if delivered {
+            assert_eq!(alice.len(), 1, "{out}");
+            assert!(alice[0].contains("\nX-Local-Filter: seen\n"), "{}", alice[0]);
+        } else {
+            assert!(alice.is_empty(), "{out}");
+            assert_eq!(list(&spool.join("hold")).len(), 1, "{out}");
+            assert!(out.contains("held: refused by a milter: 550 5.7.1 Not from here"), "{out}");
+        }
+        assert!(list(&spool.join("maildrop")).is_empty(), "{out}");
+    }
 }

@@ -16,6 +16,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use postern::alias::LocalUsers;
 use postern::config::Config;
 use postern::launch::Launcher;
+use postern::milter::draft::Fate;
+use postern::milter::local::LocalMilters;
 use postern::policy::LocalPolicy;
 use postern::server::Server;
 use postern::spool::maildrop::{self, drop_message};
@@ -342,12 +344,33 @@ fn queue(args: &Args, config: &Config) -> Result<(), Fail> {
     match draft.take() {
         Some(mut d) => {
             let received = trace::received_local(&config.hostname, uid, id.as_str(), envelope.arrived);
-            let size = (received.len() + prepared.message.len()) as u64;
             d.begin(&envelope)
                 .and_then(|()| d.write(received.as_bytes()))
                 .and_then(|()| d.write(&prepared.message))
                 .map_err(|e| spool_error(&e))?;
-            d.commit(size).map_err(|e| spool_error(&e))?;
+            // non_smtpd_milters: their verdict is the caller's to hear, and their changes
+            // are made before the commit.
+            let fate = match LocalMilters::from_config(config) {
+                Some(m) => m.filter(&mut d, &envelope).map_err(|e| spool_error(&e))?,
+                None => Fate::Queue,
+            };
+            let size = d.message_len();
+            match fate {
+                Fate::Queue => d.commit(size).map(drop).map_err(|e| spool_error(&e))?,
+                Fate::Hold(reason) => {
+                    d.commit_held(size).map_err(|e| spool_error(&e))?;
+                    log::warn!(target: "postern/pickup", "{id}: held: milter triggers HOLD action: {reason}");
+                    return Ok(());
+                }
+                Fate::Discard(why) => {
+                    log::info!(target: "postern/pickup", "{id}: discarded: {why}; from={}", envelope.from);
+                    return Ok(());
+                }
+                Fate::Refuse(reply) => {
+                    let code = if reply.code() >= 500 { EX_UNAVAILABLE } else { EX_TEMPFAIL };
+                    return Err(Fail(code, format!("refused by a milter: {}", reply.summary())));
+                }
+            }
             // The shape of Postfix's pickup line, which log summarisers count as received.
             log::info!(target: "postern/pickup", "{id}: uid={uid} from={}", envelope.from);
             match root_launcher {

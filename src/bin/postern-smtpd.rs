@@ -285,10 +285,12 @@ fn start_pickup(
     launcher: Option<Arc<postern::launch::Launcher>>,
 ) -> Result<(), String> {
     let spool = Spool::open_or_explain(&config.spool)?;
-    // The host name and size limit of the configuration in use, which a reload may change.
+    // The host name, size limit and milters of the configuration in use, which a reload may change.
     let settings = move || {
         let current = server.current();
-        (current.config.hostname.clone(), current.config.message_size_limit)
+        let milters = postern::milter::local::LocalMilters::from_config(&current.config)
+            .map(|m| Box::new(m) as Box<dyn postern::spool::maildrop::PickupFilter>);
+        (current.config.hostname.clone(), current.config.message_size_limit, milters)
     };
     let queued = move |ids: Vec<postern::spool::QueueId>| {
         if let Some(l) = &launcher {

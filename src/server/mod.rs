@@ -35,9 +35,10 @@ mod handoff;
 mod milters;
 pub mod tls_files;
 
+use crate::milter::draft::Fate;
 use conn::{Conn, Transport, is_timeout};
 use handoff::{Handoff, Job, THREAD_LINGER};
-use milters::{Fate, Milters};
+use milters::Milters;
 
 /// A session thread needs little stack: buffers live on the heap.
 const THREAD_STACK: usize = 256 * 1024;
@@ -596,7 +597,9 @@ impl Server {
     ) -> Option<(Milters, Verdict)> {
         let config = &cur.config;
         let list = if local { &config.non_smtpd_milters } else { &config.milters };
-        if list.is_empty() {
+        // A local user's session that drops its messages into maildrop/ leaves them to the
+        // pickup, which asks the same milters.
+        if list.is_empty() || (local && self.spool.drops()) {
             return None;
         }
         let mut chain = Chain::new(list, config.milter_timeout, config.milter_default_action);
@@ -794,7 +797,7 @@ impl Server {
                         // RFC 5321 §4.5.3.2.6: the client waits 10 minutes for the reply.
                         let deadline = later(Instant::now(), Duration::from_secs(600));
                         let mut chain = m.chain.borrow_mut();
-                        milters::end_of_message(&mut chain, &mut d, e, req.max_size, deadline)
+                        crate::milter::draft::end_of_message(&mut chain, &mut d, e, req.max_size, deadline)
                             .map_err(|e| storage_error(&e))
                     }
                     _ => Ok(Fate::Queue),

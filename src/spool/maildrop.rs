@@ -13,7 +13,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use super::{Envelope, QueueId, Spool, SpoolError, is_same_file};
+use super::{Draft, Envelope, QueueId, Spool, SpoolError, is_same_file};
 use crate::sys;
 
 pub const DIR: &str = "maildrop";
@@ -70,7 +70,7 @@ fn write_whole(mut file: &File, envelope: &Envelope, message: &[u8]) -> io::Resu
 /// the process does.
 pub fn watch(
     spool: &Spool,
-    settings: impl Fn() -> (String, u64),
+    settings: impl Fn() -> (String, u64, Option<Box<dyn PickupFilter>>),
     every: std::time::Duration,
     mut queued: impl FnMut(Vec<QueueId>),
 ) {
@@ -89,8 +89,8 @@ pub fn watch(
             watch = sys::watch_moves_into(&spool.root.join(DIR)).ok();
         }
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let (hostname, max_size) = settings();
-        let picked = spool.pickup(&PickupSettings { hostname: &hostname, max_size, now });
+        let (hostname, max_size, filter) = settings();
+        let picked = spool.pickup(&PickupSettings { hostname: &hostname, max_size, now, filter: filter.as_deref() });
         if !picked.queued.is_empty() {
             queued(picked.queued);
         }
@@ -132,11 +132,30 @@ enum One {
 }
 
 /// What a pickup needs to check and stamp a dropped message.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PickupSettings<'a> {
     pub hostname: &'a str,
     pub max_size: u64,
     pub now: u64,
+    /// The filters a message passes before its commit (`non_smtpd_milters`).
+    pub filter: Option<&'a dyn PickupFilter>,
+}
+
+/// What judges and may change a picked-up message in its draft, before the commit.
+pub trait PickupFilter {
+    fn filter(&self, draft: &mut Draft<'_>, envelope: &Envelope) -> Result<Filtered, SpoolError>;
+}
+
+/// What a filter made of a picked-up message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Filtered {
+    Queue,
+    /// Into `hold/`, for the operator: why.
+    Hold(String),
+    /// Thrown away: why.
+    Discard(String),
+    /// Left in `maildrop/` for a later pickup: why.
+    Defer(String),
 }
 
 /// A dropped message that is not well formed: why.
@@ -272,8 +291,29 @@ impl Spool {
         draft.write(received.as_bytes())?;
         draft.write(body)?;
         crate::fault::crash_point("pickup-draft-written");
-        let size = envelope.size;
-        match draft.commit(size) {
+        let filtered = match settings.filter {
+            Some(filter) => filter.filter(&mut draft, &envelope)?,
+            None => Filtered::Queue,
+        };
+        let size = draft.message_len();
+        let committed = match &filtered {
+            Filtered::Queue => draft.commit(size),
+            Filtered::Hold(why) => {
+                ::log::warn!(target: "postern/pickup", "{id}: held: {why}");
+                draft.commit_held(size)
+            }
+            Filtered::Discard(why) => {
+                ::log::info!(target: "postern/pickup", "{id}: discarded: {why}; from={}", envelope.from);
+                drop(draft);
+                self.finish(path)?;
+                return Ok(One::Nothing);
+            }
+            Filtered::Defer(why) => {
+                ::log::warn!(target: "postern/pickup", "{id}: {why}; it stays in maildrop/");
+                return Ok(One::Busy);
+            }
+        };
+        match committed {
             Ok(_) => {}
             Err(SpoolError::Collision) => {
                 self.finish(path)?;
@@ -286,7 +326,7 @@ impl Spool {
         ::log::info!(target: "postern/pickup", "{id}: uid={} from={}", meta.uid(), envelope.from);
         crate::fault::crash_point("after-pickup-queued");
         self.finish(path)?;
-        Ok(One::Queued)
+        Ok(if filtered == Filtered::Queue { One::Queued } else { One::Nothing })
     }
 
     /// The pickup's last step: the maildrop name goes, durably.
@@ -332,7 +372,7 @@ mod tests {
     }
 
     fn settings() -> PickupSettings<'static> {
-        PickupSettings { hostname: "h.test", max_size: 1000, now: 1_795_000_000 }
+        PickupSettings { hostname: "h.test", max_size: 1000, now: 1_795_000_000, filter: None }
     }
 
     #[test]

@@ -231,6 +231,11 @@ impl Spool {
         Spool { root: root.to_path_buf(), target, name_with_file: false, dir_sync: GroupSync::default(), anonymous }
     }
 
+    /// Drafts are committed into `maildrop/` (a local user without access to the queue).
+    pub fn drops(&self) -> bool {
+        matches!(self.target, Target::Maildrop { .. })
+    }
+
     /// The same spool with its drafts named in `tmp/`, as where anonymous files cannot be made.
     #[cfg(test)]
     pub(crate) fn with_named_drafts(self) -> Spool {
