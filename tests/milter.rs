@@ -27,6 +27,18 @@ fn send(server: &Server, to: &[&str], text: &[u8]) -> String {
     reply
 }
 
+/// The server's log once it has `text` (the log is read as the server writes it).
+fn logged(server: &Server, text: &str) -> String {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = server.log();
+        if log.contains(text) || Instant::now() > until {
+            return log;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn eventually(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
     let until = Instant::now() + within;
     while !done() {
@@ -194,7 +206,7 @@ fn refusals_discards_and_quarantine() {
     assert_eq!(code(&c.mail_text(&text)), "250 2.0.0");
     c.cmd("QUIT");
     assert!(server.queued().is_empty());
-    let log = server.log();
+    let log = logged(&server, "milter-discard");
     assert!(log.contains("NOQUEUE: milter-reject: MAIL from unknown[127.0.0.1]: 451 4.7.1"), "{log}");
     assert!(
         log.contains("NOQUEUE: milter-reject: RCPT from unknown[127.0.0.1]: 550 5.7.1 Blocked by the filter;"),
@@ -216,7 +228,7 @@ fn a_quarantined_message_waits_in_the_hold_queue_for_the_operator() {
     let held = list(&server.spool().join("hold"));
     assert_eq!(held.len(), 1, "{}", server.log());
     assert!(server.queued().is_empty());
-    let log = server.log();
+    let log = logged(&server, "milter-hold");
     assert!(
         log.contains(
             "milter-hold: END-OF-MESSAGE from unknown[127.0.0.1]: milter triggers HOLD action: suspicious attachment"
@@ -278,6 +290,32 @@ fn spam_a_milter_marks_goes_to_junk_and_is_never_bounced() {
     assert_eq!(queued, 0, "no report queued: {}", server.log());
 }
 
+/// An alias that forwards off the host forwards the spam as marked; the server there refuses
+/// it, and no report goes back to the sender.
+#[test]
+fn spam_forwarded_by_an_alias_goes_as_marked_and_its_failure_is_not_reported() {
+    let milter = FakeMilter::start(|command, data| match command {
+        b'E' => Then::Send(vec![pkt(b'h', &strings(&["X-Spam-Flag", "YES"])), pkt(b'a', b"")]),
+        _ => usual(command, data),
+    });
+    let remote = support::FakeMx::start("127.0.0.1:0", |cmd| (cmd == ".").then(|| "550 5.7.1 No spam here\r\n".into()));
+    let dir = TempDir::new("milter-forward");
+    let extra = format!("milters = {}\nrelayhost = [127.0.0.1]:{}\n", milter.address, remote.addr.port());
+    let config = instant(&config_with(dir.path(), &extra));
+    let server = Server::start_in(dir, &config);
+    // staff: alice, bob@remote.test (the base aliases).
+    assert_eq!(code(&send(&server, &["staff@example.test"], MESSAGE)), "250 2.0.0");
+    let junk = server.dir.path().join("maildirs/alice/.Junk");
+    eventually("alice's copy in .Junk/", Duration::from_secs(10), || maildir(&junk).len() == 1);
+    eventually("the forwarded copy at the remote server", Duration::from_secs(10), || !remote.messages().is_empty());
+    let forwarded = String::from_utf8_lossy(&remote.messages()[0]).into_owned();
+    assert!(forwarded.contains("\r\nX-Spam-Flag: YES\r\n"), "{forwarded}");
+    eventually("the message finished", Duration::from_secs(10), || support::waiting(&server.spool()).is_empty());
+    assert_eq!(remote.messages().len(), 1, "no report was sent there either");
+    let log = logged(&server, "no report: the message was quarantined");
+    assert!(log.contains("no report: the message was quarantined"), "{log}");
+}
+
 #[test]
 fn a_milter_that_is_down_hangs_or_talks_garbage_gets_the_default_action() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
@@ -294,7 +332,8 @@ fn a_milter_that_is_down_hangs_or_talks_garbage_gets_the_default_action() {
             // Every later command too: the session cannot go on without its filter.
             assert_eq!(code(&c.cmd("MAIL FROM:<bob@remote.test>")), want, "{default}");
         }
-        assert!(server.log().contains(&format!("milter {down}: ")), "{}", server.log());
+        let log = logged(&server, &format!("milter {down}: "));
+        assert!(log.contains(&format!("milter {down}: ")), "{log}");
     }
     // One that hangs at the end of the message, and one that answers garbage at RCPT: each
     // costs at most milter_timeout (2 s here).
@@ -315,7 +354,8 @@ fn a_milter_that_is_down_hangs_or_talks_garbage_gets_the_default_action() {
     c.cmd("EHLO client.remote.test");
     assert!(c.cmd("MAIL FROM:<bob@remote.test>").starts_with("250"));
     assert_eq!(code(&c.cmd("RCPT TO:<alice@example.test>")), "451 4.7.1");
-    assert!(server.log().contains("milter_default_action = tempfail"), "{}", server.log());
+    let log = logged(&server, "milter_default_action = tempfail");
+    assert!(log.contains("milter_default_action = tempfail"), "{log}");
 }
 
 /// rspamd as a public MX's milter, as its own integration guide sets it up, with OpenDKIM
@@ -355,7 +395,8 @@ fn rspamd_and_opendkim_judge_mail_from_strangers() {
     let gtube = gtube_message("XJS");
     let reply = send(&server, &["alice@example.test"], &gtube);
     assert_eq!(reply, "554 5.7.1 Gtube pattern", "{}", rspamd.log());
-    assert!(server.log().contains("NOQUEUE: milter-reject: END-OF-MESSAGE from"), "{}", server.log());
+    let log = logged(&server, "NOQUEUE: milter-reject: END-OF-MESSAGE from");
+    assert!(log.contains("NOQUEUE: milter-reject: END-OF-MESSAGE from"), "{log}");
 
     // rspamd's test pattern for "add header": marked as spam, into .Junk/.
     assert_eq!(code(&send(&server, &["alice@example.test"], &gtube_message("YJS"))), "250 2.0.0");

@@ -158,7 +158,7 @@ impl Chain {
         }
         let verdict = self.each(Stage::Mail, cmd::MAIL, &macros, &protocol::mail(from, params), deadline, false);
         for slot in &mut self.slots {
-            slot.in_message = slot.milter.is_some();
+            slot.in_message = slot.milter.is_some() && slot.done != Done::Connection;
         }
         verdict
     }
