@@ -534,3 +534,37 @@ fn socket_activation_takes_each_sockets_mode_from_its_name() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Milters judge our own users' mail too (as Postfix's smtpd_milters): told who logged in and
+/// over which TLS version.
+#[test]
+fn a_milter_is_told_the_login_and_the_tls_version() {
+    if skip_unless(have("swaks"), "swaks is not installed") {
+        return;
+    }
+    let milter = support::milter::FakeMilter::start(support::milter::usual);
+    let s = setup(&format!("milters = {}\n", milter.address));
+    let p = port(s.submission());
+    let out = swaks(&[
+        "--server",
+        "127.0.0.1",
+        "--port",
+        &p,
+        "--tls",
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        "alice",
+        "--auth-password",
+        PASSWORD,
+        "--from",
+        "alice@example.test",
+        "--to",
+        "friend@remote.test",
+    ]);
+    assert!(out.status.success(), "{}", said(&out));
+    assert_eq!(milter.macro_value("{auth_authen}").as_deref(), Some("alice"));
+    assert_eq!(milter.macro_value("{tls_version}").as_deref(), Some("TLSv1.3"));
+    assert_eq!(milter.macro_value("{mail_addr}").as_deref(), Some("alice@example.test"));
+    assert_eq!(s.queued_text().len(), 1);
+}
