@@ -467,6 +467,17 @@ fn mail_from_sendmail_passes_the_non_smtpd_milters_only() {
     assert!(stamp.sent(b'C')[0].starts_with(b"localhost\0"), "{:?}", stamp.sent(b'C'));
     assert!(stamp.sent(b'H').is_empty());
     assert_eq!(stamp.macro_value("{daemon_name}").as_deref(), Some("postern-sendmail"));
+    // A `sendmail -bs` session (root's, into the queue itself) is asked the same way.
+    let session = b"EHLO localhost\r\nMAIL FROM:<root@example.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n\
+        Subject: bs\r\n\r\nhi\r\n.\r\nQUIT\r\n";
+    let out = sendmail(&conf, &["-bs"], session);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("250 2.0.0 Ok: queued as"), "{said}");
+    let queued = list(&dir.path().join("spool/new"));
+    assert_eq!(queued.len(), 2);
+    let bs = queued.iter().map(|q| String::from_utf8(message_of(q)).unwrap()).find(|m| m.contains("Subject: bs"));
+    assert!(bs.is_some_and(|m| m.contains("\r\nX-Local-Filter: seen\r\n\r\nhi\r\n")));
+    assert!(refuse.seen.lock().unwrap().is_empty());
 
     // A refusal is the caller's to hear: nothing is queued.
     let (dir, conf) =
