@@ -152,6 +152,9 @@ pub struct Config {
     pub submission_hide_client: bool,
     /// `domain selector /path/key.pem` lines: DKIM keys for our users' outgoing mail.
     pub dkim_keys: Option<PathBuf>,
+    /// On MTA listeners, wait this long before the greeting and turn away a client that
+    /// talks first (zero: no wait).
+    pub greet_pause: Duration,
     /// Look up each client's name (forward-confirmed) for the log and `Received:`.
     pub reverse_dns: bool,
     /// The whole of that lookup, at most.
@@ -290,6 +293,7 @@ impl Config {
             auth_lockout_time: Duration::from_secs(600),
             submission_hide_client: false,
             dkim_keys: None,
+            greet_pause: Duration::ZERO,
             reverse_dns: true,
             reverse_dns_timeout: Duration::from_secs(2),
             reject_local_senders: true,
@@ -463,6 +467,12 @@ impl Config {
             "submission_hide_client" => self.submission_hide_client = switch(v)?,
             "dkim_keys" => self.dkim_keys = Some(path(v)?),
             "reverse_dns" => self.reverse_dns = switch(v)?,
+            "greet_pause" => {
+                self.greet_pause = match v {
+                    "off" => Duration::ZERO,
+                    _ => bounded(duration(v)?, MINUTE)?,
+                }
+            }
             "reject_local_senders" => self.reject_local_senders = switch(v)?,
             "spf" => self.spf = switch(v)?,
             "spf_fail" => {
@@ -880,6 +890,15 @@ mod tests {
         assert_eq!(e.0, "t.conf:2: vrfy: given twice (first on line 1); keep one");
         assert!(Config::parse("message_size_limit = 10X\n", "t").is_err());
         assert!(Config::parse("tls_cert = /x\n", "t").is_err());
+    }
+
+    #[test]
+    fn greet_pause_is_off_unless_set_and_at_most_a_minute() {
+        assert_eq!(Config::parse("", "t").unwrap().greet_pause, Duration::ZERO);
+        assert_eq!(Config::parse("greet_pause = 1s\n", "t").unwrap().greet_pause, Duration::from_secs(1));
+        assert_eq!(Config::parse("greet_pause = 500ms\n", "t").unwrap().greet_pause, Duration::from_millis(500));
+        assert_eq!(Config::parse("greet_pause = off\n", "t").unwrap().greet_pause, Duration::ZERO);
+        assert!(Config::parse("greet_pause = 2m\n", "t").is_err());
     }
 
     #[test]

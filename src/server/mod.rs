@@ -21,11 +21,11 @@ use crate::dns::{Resolve, Resolvers};
 use crate::launch::Launcher;
 use crate::message::{FieldFilter, HeaderScan, message_id};
 use crate::milter::chain::{Chain, Connect, Verdict};
-use crate::policy::{self, Authenticator, LocalPolicy};
+use crate::policy::{self, Authenticator, LocalPolicy, Policy};
 use crate::session::Filter;
 use crate::session::{Action, DataError, DataRequest, Input, MAX_HOPS, Session, SessionConfig, Step};
 use crate::smtp::line::{DotReader, HopCounter, Line, LineBuffer, MAX_COMMAND_LINE, TextError};
-use crate::smtp::reply::Reply;
+use crate::smtp::reply::{EnhancedStatus, Reply};
 use crate::spool::envelope::escape;
 use crate::spool::{Draft, Envelope, QueueId, Spool, SpoolError};
 use crate::{sys, trace};
@@ -489,6 +489,28 @@ impl Server {
                 return;
             }
         }
+        // Postscreen's pregreet test, on MTA listeners for clients not trusted: RFC 5321 §3.1
+        // and §4.3.1, the client waits for the greeting; a bot that talks first is turned away.
+        let pause = cur.config.greet_pause;
+        if mode == Mode::Mta && !pipe && !pause.is_zero() && !cur.policy.is_trusted(client) {
+            let started = Instant::now();
+            if let Some(early) = talks_first(conn, pause) {
+                let after = started.elapsed().as_secs_f64();
+                match early.is_empty() {
+                    true => log::info!("HANGUP after {after:.1} from {peer} before the greeting"),
+                    false => {
+                        let text: String =
+                            early.iter().flat_map(|b| std::ascii::escape_default(*b)).map(char::from).collect();
+                        log::info!("PREGREET {} after {after:.1} from {peer}: {text}", early.len());
+                        let _ = conn.queue(&Reply::new(521, EnhancedStatus::new(5, 5, 1), "Protocol error"));
+                        let _ = conn.flush();
+                    }
+                }
+                conn.shutdown();
+                log::info!("disconnect from {peer}");
+                return;
+            }
+        }
         let auth = cur.auth.as_ref().map(|(users, senders)| Auth { users, senders, lockout: &self.lockout });
         let milters = self.connect_milters(cur, conn, (client, name), session_config.local_submission);
         if let Some((_, Verdict::Refuse(reply))) = &milters {
@@ -915,6 +937,21 @@ impl Server {
             ),
         }
     }
+}
+
+/// What a client sent within `pause` of its connection, before any greeting (empty when it
+/// hung up); `None` when it waited, as a client must.
+fn talks_first(conn: &mut Conn, pause: Duration) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let Transport::Tcp(stream) = &mut conn.transport else { return None };
+    if !sys::wait_readable(stream.as_raw_fd(), Some(pause)).unwrap_or(false) {
+        return None;
+    }
+    let mut early = vec![0u8; 512];
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+    let n = stream.read(&mut early).unwrap_or(0);
+    early.truncate(n);
+    Some(early)
 }
 
 /// `from + wait`, never a panic: a wait too long for the clock is cut to a year (the
