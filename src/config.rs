@@ -155,6 +155,10 @@ pub struct Config {
     /// On MTA listeners, wait this long before the greeting and turn away a client that
     /// talks first (zero: no wait).
     pub greet_pause: Duration,
+    /// Connections a client address (not trusted) may open per minute; 0: no limit.
+    pub max_connection_rate: u32,
+    /// MAIL commands a client address (not trusted) may give per minute; 0: no limit.
+    pub max_message_rate: u32,
     /// Look up each client's name (forward-confirmed) for the log and `Received:`.
     pub reverse_dns: bool,
     /// The whole of that lookup, at most.
@@ -294,6 +298,8 @@ impl Config {
             submission_hide_client: false,
             dkim_keys: None,
             greet_pause: Duration::ZERO,
+            max_connection_rate: 0,
+            max_message_rate: 0,
             reverse_dns: true,
             reverse_dns_timeout: Duration::from_secs(2),
             reject_local_senders: true,
@@ -467,6 +473,8 @@ impl Config {
             "submission_hide_client" => self.submission_hide_client = switch(v)?,
             "dkim_keys" => self.dkim_keys = Some(path(v)?),
             "reverse_dns" => self.reverse_dns = switch(v)?,
+            "max_connection_rate" => self.max_connection_rate = count(v, 0)?,
+            "max_message_rate" => self.max_message_rate = count(v, 0)?,
             "greet_pause" => {
                 self.greet_pause = match v {
                     "off" => Duration::ZERO,

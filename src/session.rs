@@ -284,6 +284,8 @@ pub struct Session<'p> {
     /// Where the checks ask DNS; without it, nothing that needs DNS is checked.
     dns: Option<&'p dyn Resolve>,
     filter: Option<&'p dyn Filter>,
+    /// Counts a MAIL command of the client's address; true when it is over its rate.
+    message_rate: Option<&'p dyn Fn(IpAddr) -> bool>,
     /// The milters refused the connection: every command but QUIT, RSET, NOOP and HELP gets this.
     refusing: Option<Reply>,
     client: Option<IpAddr>,
@@ -315,6 +317,7 @@ impl<'p> Session<'p> {
             auth: None,
             dns: None,
             filter: None,
+            message_rate: None,
             refusing: None,
             client,
             trusted: config.local_submission || policy.is_trusted(client),
@@ -339,6 +342,13 @@ impl<'p> Session<'p> {
     /// The checks ask DNS through `dns`.
     pub fn with_dns(mut self, dns: &'p dyn Resolve) -> Session<'p> {
         self.dns = Some(dns);
+        self
+    }
+
+    /// Each MAIL of a client that is not trusted is counted by `over`, which says when the
+    /// address is past `max_message_rate`.
+    pub fn with_message_rate(mut self, over: &'p dyn Fn(IpAddr) -> bool) -> Session<'p> {
+        self.message_rate = Some(over);
         self
     }
 
@@ -585,6 +595,25 @@ impl<'p> Session<'p> {
             user: self.user.as_deref(),
             mta: !self.config.submission,
         };
+        if let (Some(over), Some(ip), false) = (self.message_rate, self.client, self.trusted)
+            && over(ip)
+        {
+            // Postfix's anvil limit, and its words: the client may try again later.
+            let reply = Reply::new(450, EnhancedStatus::new(4, 7, 1), format!("Error: too much mail from {ip}"));
+            let protocol = protocol(helo.extended, self.tls, self.user.is_some());
+            let rejected = Rejection {
+                stage: "MAIL",
+                reply: reply.clone(),
+                from,
+                to: None,
+                helo: helo.name.clone(),
+                protocol,
+                milter: false,
+            };
+            self.rejected = Some(rejected);
+            self.state = State::Ready { helo };
+            return self.refuse(reply);
+        }
         let verdict = self.policy.check_sender(&client, &from, self.dns);
         let filtered = match (&verdict.refusal, self.filter) {
             (None, Some(filter)) => filter.mail(&from, &params, self.user.as_deref()),

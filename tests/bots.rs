@@ -57,3 +57,49 @@ fn trusted_clients_are_not_made_to_wait() {
     c.send(b"EHLO x\r\n");
     assert!(c.reply().starts_with("250"));
 }
+
+#[test]
+fn connections_past_the_rate_are_refused_with_421() {
+    let server = Server::start("max_connection_rate = 3\n");
+    let mut open: Vec<Client> = (0..3).map(|_| Client::greeted(server.addr)).collect();
+    let mut fourth = Client::connect(server.addr);
+    assert_eq!(fourth.reply(), "421 4.7.0 mail.example.test Error: too many connections from 127.0.0.1");
+    assert!(fourth.is_closed(Duration::from_secs(5)));
+    let log = logged(&server, "Connection rate limit exceeded");
+    assert!(log.contains("Connection rate limit exceeded: 4 from [127.0.0.1] within a minute"), "{log}");
+    // Those let in are served; closing them does not give the rate back.
+    assert!(open[0].cmd("EHLO client.remote.test").starts_with("250"));
+    open.clear();
+    assert!(Client::connect(server.addr).reply().starts_with("421 4.7.0"));
+}
+
+#[test]
+fn mail_past_the_rate_is_deferred_with_450_and_trusted_clients_are_not_counted() {
+    let server = Server::start("max_message_rate = 2\n");
+    let mut c = Client::greeted(server.addr);
+    c.cmd("EHLO client.remote.test");
+    for _ in 0..2 {
+        assert!(c.cmd("MAIL FROM:<bob@remote.test>").starts_with("250"));
+        assert!(c.cmd("RSET").starts_with("250"));
+    }
+    assert_eq!(c.cmd("MAIL FROM:<bob@remote.test>"), "450 4.7.1 Error: too much mail from 127.0.0.1");
+    // Counted per address, across connections.
+    let mut again = Client::greeted(server.addr);
+    again.cmd("EHLO client.remote.test");
+    assert_eq!(code(&again.cmd("MAIL FROM:<bob@remote.test>")), "450 4.7.1");
+    let log = logged(&server, "NOQUEUE: reject: MAIL");
+    assert!(
+        log.contains("NOQUEUE: reject: MAIL from unknown[127.0.0.1]: 450 4.7.1 Error: too much mail from 127.0.0.1;"),
+        "{log}"
+    );
+
+    let dir = TempDir::new("rate-trusted");
+    let config =
+        config_with(dir.path(), "max_message_rate = 2\nmax_connection_rate = 2\ntrusted_networks = 127.0.0.0/8\n");
+    let trusted = Server::start_in(dir, &config);
+    for _ in 0..4 {
+        let mut c = Client::greeted(trusted.addr);
+        c.cmd("EHLO x");
+        assert!(c.cmd("MAIL FROM:<bob@remote.test>").starts_with("250"));
+    }
+}

@@ -33,6 +33,7 @@ use crate::{sys, trace};
 mod conn;
 mod handoff;
 mod milters;
+mod rate;
 pub mod tls_files;
 
 use crate::milter::draft::Fate;
@@ -104,6 +105,10 @@ pub struct Server {
     tls_keeper: Option<tls_files::Keeper>,
     /// Failed logins by address; kept across reloads.
     lockout: Lockout,
+    /// Connections and MAIL commands by address this minute (`max_connection_rate`,
+    /// `max_message_rate`); kept across reloads.
+    connection_rates: rate::Rates,
+    message_rates: rate::Rates,
     /// Where the checks ask DNS (client names, SPF); postern-smtpd sets it
     /// (`dns::ResolverPool`), and a program that serves only pipes (`sendmail -bs`) leaves it
     /// out, and the resolver with it.
@@ -196,6 +201,8 @@ impl Server {
         let lockout = Lockout::new(config.auth_failure_limit, config.auth_lockout_time);
         Server {
             lockout,
+            connection_rates: rate::Rates::default(),
+            message_rates: rate::Rates::default(),
             dns: None,
             current: RwLock::new(Arc::new(Current::new(config, policy, tls, auth))),
             local_submission: false,
@@ -390,6 +397,14 @@ impl Server {
         if *from_ip >= cur.config.max_per_ip {
             return Err(Reply::too_many_connections_from(&cur.config.hostname, &ip.to_string()));
         }
+        let limit = cur.config.max_connection_rate;
+        if limit > 0 && !cur.policy.is_trusted(Some(ip)) {
+            let rate = self.connection_rates.hit(ip, Instant::now());
+            if rate > limit {
+                log::warn!("Connection rate limit exceeded: {rate} from [{ip}] within a minute");
+                return Err(Reply::too_many_connections_from(&cur.config.hostname, &ip.to_string()));
+            }
+        }
         *from_ip += 1;
         counts.total += 1;
         Ok(Slot { server: Arc::clone(self), ip, id: self.next_session.fetch_add(1, Ordering::Relaxed) })
@@ -516,7 +531,15 @@ impl Server {
         if let Some((_, Verdict::Refuse(reply))) = &milters {
             log::info!("NOQUEUE: milter-reject: CONNECT from {peer}: {}; proto=SMTP", reply.summary());
         }
+        // `max_message_rate`: MAIL commands of this address this minute (not trusted ones).
+        let over_rate = |ip: IpAddr| {
+            let limit = cur.config.max_message_rate;
+            limit > 0 && self.message_rates.hit(ip, Instant::now()) > limit
+        };
         let (mut session, mut step) = Session::new(&session_config, &cur.policy, client);
+        if cur.config.max_message_rate > 0 {
+            session = session.with_message_rate(&over_rate);
+        }
         if let Some((m, verdict)) = &milters {
             session = session.with_filter(m, verdict.clone());
         }
