@@ -155,6 +155,12 @@ pub struct Config {
     /// On MTA listeners, wait this long before the greeting and turn away a client that
     /// talks first (zero: no wait).
     pub greet_pause: Duration,
+    /// DNS block and allow lists asked about clients on MTA listeners (not trusted ones).
+    pub dnsbl: Vec<crate::policy::dnsbl::List>,
+    /// The score at which a client is refused.
+    pub dnsbl_threshold: i32,
+    /// All the lists' answers, at most.
+    pub dnsbl_timeout: Duration,
     /// Connections a client address (not trusted) may open per minute; 0: no limit.
     pub max_connection_rate: u32,
     /// MAIL commands a client address (not trusted) may give per minute; 0: no limit.
@@ -298,6 +304,9 @@ impl Config {
             submission_hide_client: false,
             dkim_keys: None,
             greet_pause: Duration::ZERO,
+            dnsbl: Vec::new(),
+            dnsbl_threshold: 1,
+            dnsbl_timeout: Duration::from_secs(2),
             max_connection_rate: 0,
             max_message_rate: 0,
             reverse_dns: true,
@@ -473,6 +482,12 @@ impl Config {
             "submission_hide_client" => self.submission_hide_client = switch(v)?,
             "dkim_keys" => self.dkim_keys = Some(path(v)?),
             "reverse_dns" => self.reverse_dns = switch(v)?,
+            "dnsbl" => self.dnsbl = crate::policy::dnsbl::parse_lists(v)?,
+            "dnsbl_threshold" => {
+                self.dnsbl_threshold =
+                    v.parse().ok().filter(|n: &i32| *n >= 1).ok_or("expected a whole number, 1 or more")?
+            }
+            "dnsbl_timeout" => self.dnsbl_timeout = bounded(positive(duration(v)?)?, MINUTE)?,
             "max_connection_rate" => self.max_connection_rate = count(v, 0)?,
             "max_message_rate" => self.max_message_rate = count(v, 0)?,
             "greet_pause" => {

@@ -284,6 +284,8 @@ pub struct Session<'p> {
     /// Where the checks ask DNS; without it, nothing that needs DNS is checked.
     dns: Option<&'p dyn Resolve>,
     filter: Option<&'p dyn Filter>,
+    /// The block lists' refusal of this client (`dnsbl`), given at each RCPT.
+    blocked: Option<Reply>,
     /// Counts a MAIL command of the client's address; true when it is over its rate.
     message_rate: Option<&'p dyn Fn(IpAddr) -> bool>,
     /// The milters refused the connection: every command but QUIT, RSET, NOOP and HELP gets this.
@@ -318,6 +320,7 @@ impl<'p> Session<'p> {
             dns: None,
             filter: None,
             message_rate: None,
+            blocked: None,
             refusing: None,
             client,
             trusted: config.local_submission || policy.is_trusted(client),
@@ -342,6 +345,13 @@ impl<'p> Session<'p> {
     /// The checks ask DNS through `dns`.
     pub fn with_dns(mut self, dns: &'p dyn Resolve) -> Session<'p> {
         self.dns = Some(dns);
+        self
+    }
+
+    /// The block lists list this client: each RCPT is refused with `reply` (after the checks
+    /// that refuse a recipient for what it is), so the log counts each one.
+    pub fn with_blocked(mut self, reply: Reply) -> Session<'p> {
+        self.blocked = Some(reply);
         self
     }
 
@@ -648,6 +658,7 @@ impl<'p> Session<'p> {
     fn rcpt(&mut self, to: ForwardPath) -> Step {
         let (policy, may_relay, max) = (self.policy, self.may_relay(), self.config.max_recipients.max(MIN_RECIPIENTS));
         let (tls, authenticated) = (self.tls, self.user.is_some());
+        let blocked = self.blocked.clone();
         let (helo, tx) = match &mut self.state {
             State::InTransaction { helo, tx } => (helo, tx),
             State::Greeted => return self.refuse(Reply::from(&SequenceError::NeedHelo)),
@@ -661,18 +672,20 @@ impl<'p> Session<'p> {
         } else {
             policy.check_recipient(&to, may_relay).err()
         };
-        let filtered = match (&refusal, self.filter) {
-            (None, Some(filter)) => filter.rcpt(&to),
+        let blocked = blocked.filter(|_| refusal.is_none());
+        let filtered = match (&refusal, &blocked, self.filter) {
+            (None, None, Some(filter)) => filter.rcpt(&to),
             _ => Verdict::Go,
         };
-        let (reply, milter) = match (refusal, filtered) {
-            (Some(refusal), _) => (Some(Reply::from(&refusal)), false),
-            (None, Verdict::Refuse(reply)) => (Some(reply), true),
-            (None, Verdict::Discard) => {
+        let (reply, milter) = match (refusal, blocked, filtered) {
+            (Some(refusal), _, _) => (Some(Reply::from(&refusal)), false),
+            (None, Some(blocked), _) => (Some(blocked), false),
+            (None, None, Verdict::Refuse(reply)) => (Some(reply), true),
+            (None, None, Verdict::Discard) => {
                 tx.discard = true;
                 (None, false)
             }
-            (None, Verdict::Go) => (None, false),
+            (None, None, Verdict::Go) => (None, false),
         };
         if let Some(reply) = reply {
             tx.refused += 1;

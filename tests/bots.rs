@@ -103,3 +103,101 @@ fn mail_past_the_rate_is_deferred_with_450_and_trusted_clients_are_not_counted()
         assert!(c.cmd("MAIL FROM:<bob@remote.test>").starts_with("250"));
     }
 }
+
+/// Block and allow lists on a DNS server the test starts; the client is 127.0.0.1, asked as
+/// `1.0.0.127.ZONE`.
+fn lists() -> support::dns::FakeDns {
+    use hickory_proto::rr::RecordType::A;
+    use support::dns::Answer::{Ip, Silence};
+    support::dns::FakeDns::start(&[
+        ("1.0.0.127.black.test", A, Ip(vec!["127.0.0.2"])),
+        ("1.0.0.127.grey.test", A, Ip(vec!["127.0.0.4", "127.0.0.10"])),
+        ("1.0.0.127.white.test", A, Ip(vec!["127.0.10.1"])),
+        ("1.0.0.127.public.test", A, Ip(vec!["127.255.255.254"])),
+        ("1.0.0.127.slow.test", A, Silence),
+    ])
+}
+
+fn with_lists(dns: &support::dns::FakeDns, lists: &str) -> Server {
+    let dir = TempDir::new("dnsbl");
+    let extra = format!("dns_servers = {}\ndnsbl = {lists}\ndnsbl_timeout = 1s\nreverse_dns = off\n", dns.addr);
+    let config = config_with(dir.path(), &extra);
+    Server::start_in(dir, &config)
+}
+
+/// The reply to the first RCPT of a session.
+fn first_rcpt(server: &Server) -> String {
+    let mut c = Client::greeted(server.addr);
+    c.cmd("EHLO client.remote.test");
+    assert!(c.cmd("MAIL FROM:<bob@remote.test>").starts_with("250"));
+    c.cmd("RCPT TO:<alice@example.test>")
+}
+
+#[test]
+fn a_listed_client_is_refused_at_rcpt_naming_the_lists() {
+    let dns = lists();
+    let server = with_lists(&dns, "black.test*2, grey.test, nothing.test");
+    assert_eq!(
+        first_rcpt(&server),
+        "554 5.7.1 Service unavailable; client [127.0.0.1] blocked using black.test, grey.test"
+    );
+    let log = logged(&server, "NOQUEUE: reject: RCPT");
+    assert!(log.contains("NOQUEUE: reject: RCPT from unknown[127.0.0.1]: 554 5.7.1 Service unavailable;"), "{log}");
+    assert!(log.contains("dnsbl score 3 (black.test, grey.test)"), "{log}");
+    let asked = dns.queried();
+    for name in ["1.0.0.127.black.test. A", "1.0.0.127.grey.test. A", "1.0.0.127.nothing.test. A"] {
+        assert!(asked.iter().any(|q| q == name), "{asked:?}");
+    }
+    assert!(server.queued().is_empty());
+}
+
+#[test]
+fn allow_lists_error_codes_silence_and_the_threshold() {
+    let dns = lists();
+    // An allow list outweighs a listing.
+    let server = with_lists(&dns, "black.test, white.test*-5");
+    assert!(first_rcpt(&server).starts_with("250"));
+    // 127.255.255.x is the list's error code, not a listing; said once, with the advice.
+    let server = with_lists(&dns, "public.test");
+    assert!(first_rcpt(&server).starts_with("250"));
+    let log = logged(&server, "an error code");
+    assert!(log.contains("public.test answered 127.255.255.254") && log.contains("dns_servers"), "{log}");
+    // A list that does not answer lists nothing, and costs at most dnsbl_timeout.
+    let server = with_lists(&dns, "slow.test");
+    let started = Instant::now();
+    let mut c = Client::greeted(server.addr);
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    c.cmd("EHLO client.remote.test");
+    assert!(c.cmd("MAIL FROM:<bob@remote.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<alice@example.test>").starts_with("250"));
+    // Under the threshold: listed, and let through.
+    let dir = TempDir::new("dnsbl-threshold");
+    let extra = format!("dns_servers = {}\ndnsbl = grey.test\ndnsbl_threshold = 2\n", dns.addr);
+    let config = config_with(dir.path(), &extra);
+    let server = Server::start_in(dir, &config);
+    assert!(first_rcpt(&server).starts_with("250"));
+}
+
+#[test]
+fn trusted_clients_are_not_looked_up_and_test_sender_shows_the_score() {
+    let dns = lists();
+    let dir = TempDir::new("dnsbl-trusted");
+    let extra = format!("dns_servers = {}\ndnsbl = black.test\ntrusted_networks = 127.0.0.0/8\n", dns.addr);
+    let config = config_with(dir.path(), &extra);
+    let conf = dir.path().join("postern.conf");
+    let server = Server::start_in(dir, &config);
+    assert!(first_rcpt(&server).starts_with("250"));
+    assert!(!dns.queried().iter().any(|q| q.contains("black.test")), "{:?}", dns.queried());
+    let out = std::process::Command::new(support::smtpd_binary())
+        .arg("-c")
+        .arg(&conf)
+        .args(["--test-sender", "127.0.0.1", "client.remote.test", "bob@remote.test"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("dnsbl: score 1 of threshold 1: black.test listed (+1)"), "{said}");
+    assert!(
+        said.contains("verdict: reject 554 5.7.1 Service unavailable; client [127.0.0.1] blocked using black.test"),
+        "{said}"
+    );
+}

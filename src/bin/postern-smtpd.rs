@@ -412,6 +412,30 @@ fn test_sender(args: &Args, trial: &Trial) -> ExitCode {
     let pool = postern::dns::ResolverPool::default();
     let dns = postern::dns::Resolvers::resolver(&pool, &config);
     let client = Client { ip: Some(trial.ip), helo: &trial.helo, trusted: false, user: None, mta: true };
+    // The block and allow lists, asked as a session on port 25 asks them.
+    let blocked = (!config.dnsbl.is_empty()).then(|| {
+        use postern::policy::dnsbl;
+        let resolver = || postern::dns::Resolvers::resolver(&pool, &config);
+        let until = std::time::Instant::now() + config.dnsbl_timeout;
+        let said = dnsbl::ask(&config.dnsbl, trial.ip, &resolver, until);
+        let score = dnsbl::score(&config.dnsbl, &said);
+        let each: Vec<String> = config
+            .dnsbl
+            .iter()
+            .zip(&said)
+            .map(|(list, said)| match said {
+                dnsbl::Said::Listed => format!("{} listed ({:+})", list.zone, list.weight),
+                dnsbl::Said::NotListed => format!("{} not listed", list.zone),
+                dnsbl::Said::ErrorCode(code) => format!("{} error code {code}, counted as not listed", list.zone),
+            })
+            .collect();
+        println!("dnsbl: score {} of threshold {}: {}", score.score, config.dnsbl_threshold, each.join(", "));
+        (score.score >= config.dnsbl_threshold).then(|| {
+            let text =
+                format!("Service unavailable; client [{}] blocked using {}", trial.ip, score.blocked_by.join(", "));
+            Reply::new(554, postern::smtp::reply::EnhancedStatus::new(5, 7, 1), text)
+        })
+    });
     let verdict = policy.check_sender(&client, &trial.from, Some(dns.as_ref()));
     // The checks that read the message, as the server makes them after the final dot.
     let checked = match &message {
@@ -432,9 +456,10 @@ fn test_sender(args: &Args, trial: &Trial) -> ExitCode {
         None => verdict.findings.fields(&config.hostname),
     };
     print!("{}", fields.replace("\r\n", "\n"));
-    let refused = match verdict.refusal {
-        Some(refusal) => Some(Reply::from(&refusal)),
-        None => message.as_deref().and_then(|text| {
+    let refused = match (verdict.refusal, blocked.flatten()) {
+        (Some(refusal), _) => Some(Reply::from(&refusal)),
+        (None, Some(blocked)) => Some(blocked),
+        (None, None) => message.as_deref().and_then(|text| {
             let mut hops = postern::smtp::line::HopCounter::default();
             hops.scan(text);
             let error = if text.len() as u64 > config.message_size_limit {

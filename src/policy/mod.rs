@@ -20,6 +20,7 @@ use crate::spf::{self, SpfResult};
 use crate::table::TableError;
 
 pub mod authres;
+pub mod dnsbl;
 
 /// Why a recipient or transaction is refused; `smtp::reply` turns each into its reply.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -536,7 +536,18 @@ impl Server {
             let limit = cur.config.max_message_rate;
             limit > 0 && self.message_rates.hit(ip, Instant::now()) > limit
         };
+        let blocked = match client {
+            Some(ip)
+                if mode == Mode::Mta && !pipe && !cur.config.dnsbl.is_empty() && !cur.policy.is_trusted(client) =>
+            {
+                self.block_lists(cur, ip, &peer)
+            }
+            _ => None,
+        };
         let (mut session, mut step) = Session::new(&session_config, &cur.policy, client);
+        if let Some(reply) = blocked {
+            session = session.with_blocked(reply);
+        }
         if cur.config.max_message_rate > 0 {
             session = session.with_message_rate(&over_rate);
         }
@@ -629,6 +640,36 @@ impl Server {
         }
         conn.shutdown();
         log::info!("disconnect from {peer}");
+    }
+
+    /// What the block and allow lists (`dnsbl`) say of a client: the refusal its RCPTs get
+    /// when its score reaches `dnsbl_threshold`. Every list is asked at once, all within
+    /// `dnsbl_timeout`; their answers are kept for their TTL by the resolver pool.
+    fn block_lists(&self, cur: &Current, ip: IpAddr, peer: &str) -> Option<Reply> {
+        let config = &cur.config;
+        let dns = self.dns.as_ref()?;
+        let until = later(Instant::now(), config.dnsbl_timeout);
+        let resolver = || dns.resolver(config);
+        let said = policy::dnsbl::ask(&config.dnsbl, ip, &resolver, until);
+        for (list, said) in config.dnsbl.iter().zip(&said) {
+            if let policy::dnsbl::Said::ErrorCode(code) = said
+                && !DNSBL_ERROR_SAID.swap(true, Ordering::Relaxed)
+            {
+                log::warn!(
+                    "dnsbl: {} answered {code} about {peer}: an error code, not a listing, counted as none                      (Spamhaus answers so to a public resolver: set dns_servers to a resolver of your own)",
+                    list.zone
+                );
+            }
+        }
+        let score = policy::dnsbl::score(&config.dnsbl, &said);
+        if score.score == 0 {
+            return None;
+        }
+        log::info!("{peer}: dnsbl score {} ({})", score.score, score.blocked_by.join(", "));
+        (score.score >= config.dnsbl_threshold).then(|| {
+            let text = format!("Service unavailable; client [{ip}] blocked using {}", score.blocked_by.join(", "));
+            Reply::new(554, EnhancedStatus::new(5, 7, 1), text)
+        })
     }
 
     /// The session's milters (`milters`, or `non_smtpd_milters` for a `sendmail -bs`
@@ -961,6 +1002,9 @@ impl Server {
         }
     }
 }
+
+/// A list's error code is logged once per process, with its advice.
+static DNSBL_ERROR_SAID: AtomicBool = AtomicBool::new(false);
 
 /// What a client sent within `pause` of its connection, before any greeting (empty when it
 /// hung up); `None` when it waited, as a client must.
