@@ -161,6 +161,11 @@ pub struct Config {
     pub dnsbl_threshold: i32,
     /// All the lists' answers, at most.
     pub dnsbl_timeout: Duration,
+    /// Defer the first attempt of each (client network, sender, recipient) from strangers
+    /// whose sender did not pass SPF.
+    pub greylist: bool,
+    /// How long a greylisted triple must wait before its retry passes.
+    pub greylist_delay: Duration,
     /// Connections a client address (not trusted) may open per minute; 0: no limit.
     pub max_connection_rate: u32,
     /// MAIL commands a client address (not trusted) may give per minute; 0: no limit.
@@ -307,6 +312,8 @@ impl Config {
             dnsbl: Vec::new(),
             dnsbl_threshold: 1,
             dnsbl_timeout: Duration::from_secs(2),
+            greylist: false,
+            greylist_delay: Duration::from_secs(300),
             max_connection_rate: 0,
             max_message_rate: 0,
             reverse_dns: true,
@@ -488,6 +495,8 @@ impl Config {
                     v.parse().ok().filter(|n: &i32| *n >= 1).ok_or("expected a whole number, 1 or more")?
             }
             "dnsbl_timeout" => self.dnsbl_timeout = bounded(positive(duration(v)?)?, MINUTE)?,
+            "greylist" => self.greylist = switch(v)?,
+            "greylist_delay" => self.greylist_delay = bounded(positive(duration(v)?)?, 3600)?,
             "max_connection_rate" => self.max_connection_rate = count(v, 0)?,
             "max_message_rate" => self.max_message_rate = count(v, 0)?,
             "greet_pause" => {

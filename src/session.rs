@@ -286,6 +286,8 @@ pub struct Session<'p> {
     filter: Option<&'p dyn Filter>,
     /// The block lists' refusal of this client (`dnsbl`), given at each RCPT.
     blocked: Option<Reply>,
+    /// Whether a greylist triple (`policy::greylist::triple`) may pass now.
+    greylist: Option<&'p dyn Fn(&str) -> bool>,
     /// Counts a MAIL command of the client's address; true when it is over its rate.
     message_rate: Option<&'p dyn Fn(IpAddr) -> bool>,
     /// The milters refused the connection: every command but QUIT, RSET, NOOP and HELP gets this.
@@ -321,6 +323,7 @@ impl<'p> Session<'p> {
             filter: None,
             message_rate: None,
             blocked: None,
+            greylist: None,
             refusing: None,
             client,
             trusted: config.local_submission || policy.is_trusted(client),
@@ -352,6 +355,13 @@ impl<'p> Session<'p> {
     /// that refuse a recipient for what it is), so the log counts each one.
     pub fn with_blocked(mut self, reply: Reply) -> Session<'p> {
         self.blocked = Some(reply);
+        self
+    }
+
+    /// Greylisting: at RCPT, a stranger whose sender did not pass SPF asks `may_pass` about
+    /// its triple.
+    pub fn with_greylist(mut self, may_pass: &'p dyn Fn(&str) -> bool) -> Session<'p> {
+        self.greylist = Some(may_pass);
         self
     }
 
@@ -659,6 +669,7 @@ impl<'p> Session<'p> {
         let (policy, may_relay, max) = (self.policy, self.may_relay(), self.config.max_recipients.max(MIN_RECIPIENTS));
         let (tls, authenticated) = (self.tls, self.user.is_some());
         let blocked = self.blocked.clone();
+        let (greylist, client) = (self.greylist, self.client);
         let (helo, tx) = match &mut self.state {
             State::InTransaction { helo, tx } => (helo, tx),
             State::Greeted => return self.refuse(Reply::from(&SequenceError::NeedHelo)),
@@ -672,7 +683,14 @@ impl<'p> Session<'p> {
         } else {
             policy.check_recipient(&to, may_relay).err()
         };
-        let blocked = blocked.filter(|_| refusal.is_none());
+        // Greylisting, for strangers whose sender did not pass SPF, after every other check.
+        let blocked = blocked.filter(|_| refusal.is_none()).or_else(|| {
+            let (Some(may_pass), Some(ip)) = (greylist, client) else { return None };
+            let spf_pass = tx.findings.spf() == Some(crate::spf::SpfResult::Pass);
+            let key = crate::policy::greylist::triple(ip, &tx.from.to_string(), &to.to_string());
+            (refusal.is_none() && !may_relay && !spf_pass && !may_pass(&key))
+                .then(|| Reply::new(451, EnhancedStatus::new(4, 7, 1), "Greylisted: try again later"))
+        });
         let filtered = match (&refusal, &blocked, self.filter) {
             (None, None, Some(filter)) => filter.rcpt(&to),
             _ => Verdict::Go,

@@ -201,3 +201,47 @@ fn trusted_clients_are_not_looked_up_and_test_sender_shows_the_score() {
         "{said}"
     );
 }
+
+/// The reply to RCPT TO:<alice@example.test> from `from`.
+fn rcpt_from(server: &Server, from: &str) -> String {
+    let mut c = Client::greeted(server.addr);
+    c.cmd("EHLO client.remote.test");
+    assert!(c.cmd(&format!("MAIL FROM:<{from}>")).starts_with("250"));
+    c.cmd("RCPT TO:<alice@example.test>")
+}
+
+#[test]
+fn greylisting_defers_a_first_attempt_and_remembers_across_a_kill() {
+    let dir = TempDir::new("greylist");
+    let config = config_with(dir.path(), "greylist = on\ngreylist_delay = 1s\n");
+    let server = Server::start_in(dir, &config);
+    assert_eq!(rcpt_from(&server, "bob@remote.test"), "451 4.7.1 Greylisted: try again later");
+    // Too soon: deferred again.
+    assert_eq!(code(&rcpt_from(&server, "bob@remote.test")), "451 4.7.1");
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(rcpt_from(&server, "bob@remote.test").starts_with("250"));
+    let log = logged(&server, "Greylisted");
+    assert!(
+        log.contains("NOQUEUE: reject: RCPT from unknown[127.0.0.1]: 451 4.7.1 Greylisted: try again later;"),
+        "{log}"
+    );
+    // Killed and started again: the triple is remembered, a new one is not.
+    let dir = server.kill9();
+    let file = std::fs::read_to_string(dir.path().join("spool/greylist")).unwrap();
+    assert!(file.contains(" pass 127.0.0.0/24 <bob@remote.test> <alice@example.test>\n"), "{file}");
+    let server = Server::start_in(dir, &config);
+    assert!(rcpt_from(&server, "bob@remote.test").starts_with("250"));
+    assert_eq!(code(&rcpt_from(&server, "carol@remote.test")), "451 4.7.1");
+}
+
+#[test]
+fn trusted_clients_are_not_greylisted() {
+    let dir = TempDir::new("greylist-trusted");
+    let config = config_with(dir.path(), "greylist = on\ntrusted_networks = 127.0.0.0/8\n");
+    let server = Server::start_in(dir, &config);
+    assert!(rcpt_from(&server, "bob@remote.test").starts_with("250"));
+    assert!(
+        !server.spool().join("greylist").exists()
+            || std::fs::read_to_string(server.spool().join("greylist")).unwrap().is_empty()
+    );
+}

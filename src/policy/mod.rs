@@ -21,6 +21,7 @@ use crate::table::TableError;
 
 pub mod authres;
 pub mod dnsbl;
+pub mod greylist;
 
 /// Why a recipient or transaction is refused; `smtp::reply` turns each into its reply.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -31,6 +31,7 @@ use crate::spool::{Draft, Envelope, QueueId, Spool, SpoolError};
 use crate::{sys, trace};
 
 mod conn;
+mod greylist;
 mod handoff;
 mod milters;
 mod rate;
@@ -109,6 +110,8 @@ pub struct Server {
     /// `max_message_rate`); kept across reloads.
     connection_rates: rate::Rates,
     message_rates: rate::Rates,
+    /// `spool/greylist`, opened when `greylist` is first on.
+    greylist: std::sync::OnceLock<Option<greylist::GreylistFile>>,
     /// Where the checks ask DNS (client names, SPF); postern-smtpd sets it
     /// (`dns::ResolverPool`), and a program that serves only pipes (`sendmail -bs`) leaves it
     /// out, and the resolver with it.
@@ -203,6 +206,7 @@ impl Server {
             lockout,
             connection_rates: rate::Rates::default(),
             message_rates: rate::Rates::default(),
+            greylist: std::sync::OnceLock::new(),
             dns: None,
             current: RwLock::new(Arc::new(Current::new(config, policy, tls, auth))),
             local_submission: false,
@@ -544,7 +548,18 @@ impl Server {
             }
             _ => None,
         };
+        let greylist = match cur.config.greylist && mode == Mode::Mta && !pipe {
+            true => self.greylist_file(),
+            false => None,
+        };
+        let may_pass = |key: &str| {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            greylist.is_none_or(|g| g.attempt(key, now, cur.config.greylist_delay.as_secs()))
+        };
         let (mut session, mut step) = Session::new(&session_config, &cur.policy, client);
+        if greylist.is_some() {
+            session = session.with_greylist(&may_pass);
+        }
         if let Some(reply) = blocked {
             session = session.with_blocked(reply);
         }
@@ -640,6 +655,19 @@ impl Server {
         }
         conn.shutdown();
         log::info!("disconnect from {peer}");
+    }
+
+    /// The greylist's file, opened on first use; `None` (logged) when it cannot be.
+    fn greylist_file(&self) -> Option<&greylist::GreylistFile> {
+        self.greylist
+            .get_or_init(|| match greylist::GreylistFile::open(self.spool.root()) {
+                Ok(file) => Some(file),
+                Err(e) => {
+                    log::error!("{}/{}: {e}; no greylisting", self.spool.root().display(), greylist::FILE);
+                    None
+                }
+            })
+            .as_ref()
     }
 
     /// What the block and allow lists (`dnsbl`) say of a client: the refusal its RCPTs get
