@@ -245,3 +245,25 @@ fn trusted_clients_are_not_greylisted() {
             || std::fs::read_to_string(server.spool().join("greylist")).unwrap().is_empty()
     );
 }
+
+#[test]
+fn submission_ports_are_not_looked_up() {
+    let dns = lists();
+    let dir = TempDir::new("dnsbl-submission");
+    let users = dir.path().join("users");
+    let mut child = std::process::Command::new(support::smtpd_binary())
+        .args(["--hash-password", "alice"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"a password\n").unwrap();
+    std::fs::write(&users, child.wait_with_output().unwrap().stdout).unwrap();
+    std::fs::set_permissions(&users, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let extra = format!("dns_servers = {}\ndnsbl = black.test\nauth_users = {}\n", dns.addr, users.display());
+    let config = config_with(dir.path(), &extra).replace("listen = 127.0.0.1:0\n", "listen = 127.0.0.1:0 submission\n");
+    let server = Server::start_in(dir, &config);
+    let mut c = Client::greeted(server.addr);
+    assert!(c.cmd("EHLO laptop").starts_with("250"));
+    assert!(!dns.queried().iter().any(|q| q.contains("black.test")), "{:?}", dns.queried());
+}
