@@ -1490,4 +1490,29 @@ mod tests {
         assert_eq!(h.send("EHLO client.test"), "550 5.7.1");
         assert_eq!(h.send("MAIL FROM:<a@remote.test>"), "503 5.5.1");
     }
+
+    #[test]
+    fn greylisting_asks_only_about_strangers_whose_sender_did_not_pass_spf() {
+        let dns = OneRecord(Some("v=spf1 ip4:192.0.2.0/24 ~all"));
+        let p = policy_with("");
+        let asked = std::cell::RefCell::new(Vec::new());
+        let never = |key: &str| {
+            asked.borrow_mut().push(key.to_string());
+            false
+        };
+        let config = config();
+        let rcpt = |ip: &str| {
+            let (session, _) = Session::new(&config, &p, ip.parse().ok());
+            let mut h = Harness { session: session.with_dns(&dns).with_greylist(&never) };
+            h.send("EHLO mx.remote.test");
+            assert_eq!(h.send("MAIL FROM:<a@remote.test>"), "250 2.1.0");
+            h.send("RCPT TO:<alice@example.test>")
+        };
+        // SPF pass: not asked.
+        assert_eq!(rcpt("192.0.2.9"), "250 2.1.5");
+        assert!(asked.borrow().is_empty());
+        // Softfail: asked about its triple, and deferred.
+        assert_eq!(rcpt("198.51.100.7"), "451 4.7.1");
+        assert_eq!(*asked.borrow(), ["198.51.100.0/24 <a@remote.test> <alice@example.test>"]);
+    }
 }
