@@ -70,7 +70,9 @@ impl Greylist {
             let mut words = line.splitn(3, ' ');
             let (Some(time), Some(kind), Some(key)) = (words.next(), words.next(), words.next()) else { continue };
             let Ok(time) = time.parse::<u64>() else { continue };
-            if key.split(' ').count() != 3 || key.split(' ').skip(1).any(|w| unescape(w).is_none()) {
+            // As `triple` writes it: three words of printable ASCII (paths escaped), no more.
+            let printable = key.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
+            if !printable || key.split(' ').count() != 3 || key.split(' ').skip(1).any(|w| unescape(w).is_none()) {
                 continue;
             }
             match kind {
@@ -219,9 +221,12 @@ mod tests {
         for (k, at) in [(k1, t), (k1, t + DELAY), (k2, t + 1)] {
             file += &g.attempt(k, at, DELAY).record.unwrap_or_default();
         }
+        // Keys that `triple` never writes (a control character, a stray CR) are skipped.
+        file += "1796490400 first 10.0.0.0/24 <x@r.test> <a@e.test>\r\r\n";
+        file += "1796490400 first 10.0.0.0/24 <x\u{1}@r.test> <a@e.test>\n";
         file += "1796490500 pass 10.0.0.0/24 <x@"; // torn by a crash
         let (mut back, lines) = Greylist::load(&file);
-        assert_eq!((lines, back.len()), (4, 2));
+        assert_eq!((lines, back.len()), (6, 2));
         assert!(back.attempt(k1, t + DELAY + 1, DELAY).pass);
         assert!(!back.attempt(k2, t + 2, DELAY).pass);
         assert!(back.attempt(k2, t + 1 + DELAY, DELAY).pass);
