@@ -683,7 +683,8 @@ impl<'p> Session<'p> {
         } else {
             policy.check_recipient(&to, may_relay).err()
         };
-        // Greylisting, for strangers whose sender did not pass SPF, after every other check.
+        // After the checks of the recipient itself: the block lists' refusal, else greylisting
+        // (strangers whose sender did not pass SPF).
         let blocked = blocked.filter(|_| refusal.is_none()).or_else(|| {
             let (Some(may_pass), Some(ip)) = (greylist, client) else { return None };
             let spf_pass = tx.findings.spf() == Some(crate::spf::SpfResult::Pass);
