@@ -7,17 +7,6 @@ use std::time::{Duration, Instant};
 
 use support::{Client, Server, TempDir, code, config_with};
 
-fn logged(server: &Server, text: &str) -> String {
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        let log = server.log();
-        if log.contains(text) || Instant::now() > until {
-            return log;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn a_client_that_talks_before_the_greeting_is_turned_away() {
     let server = Server::start("greet_pause = 1s\n");
@@ -28,7 +17,7 @@ fn a_client_that_talks_before_the_greeting_is_turned_away() {
     let mut heard = Vec::new();
     bot.read_to_end(&mut heard).unwrap();
     assert_eq!(String::from_utf8_lossy(&heard), "521 5.5.1 Protocol error\r\n");
-    let log = logged(&server, "PREGREET");
+    let log = server.log_with("PREGREET");
     let line = log.lines().find(|l| l.contains("PREGREET")).unwrap_or_default();
     assert!(line.contains("PREGREET 18 after "), "{log}");
     assert!(line.ends_with(" from unknown[127.0.0.1]: EHLO bot.example\\r\\n"), "{log}");
@@ -65,7 +54,7 @@ fn connections_past_the_rate_are_refused_with_421() {
     let mut fourth = Client::connect(server.addr);
     assert_eq!(fourth.reply(), "421 4.7.0 mail.example.test Error: too many connections from 127.0.0.1");
     assert!(fourth.is_closed(Duration::from_secs(5)));
-    let log = logged(&server, "Connection rate limit exceeded");
+    let log = server.log_with("Connection rate limit exceeded");
     assert!(log.contains("Connection rate limit exceeded: 4 from [127.0.0.1] within a minute"), "{log}");
     // Those let in are served; closing them does not give the rate back.
     assert!(open[0].cmd("EHLO client.remote.test").starts_with("250"));
@@ -87,7 +76,7 @@ fn mail_past_the_rate_is_deferred_with_450_and_trusted_clients_are_not_counted()
     let mut again = Client::greeted(server.addr);
     again.cmd("EHLO client.remote.test");
     assert_eq!(code(&again.cmd("MAIL FROM:<bob@remote.test>")), "450 4.7.1");
-    let log = logged(&server, "NOQUEUE: reject: MAIL");
+    let log = server.log_with("NOQUEUE: reject: MAIL");
     assert!(
         log.contains("NOQUEUE: reject: MAIL from unknown[127.0.0.1]: 450 4.7.1 Error: too much mail from 127.0.0.1;"),
         "{log}"
@@ -141,7 +130,7 @@ fn a_listed_client_is_refused_at_rcpt_naming_the_lists() {
         first_rcpt(&server),
         "554 5.7.1 Service unavailable; client [127.0.0.1] blocked using black.test, grey.test"
     );
-    let log = logged(&server, "NOQUEUE: reject: RCPT");
+    let log = server.log_with("NOQUEUE: reject: RCPT");
     assert!(log.contains("NOQUEUE: reject: RCPT from unknown[127.0.0.1]: 554 5.7.1 Service unavailable;"), "{log}");
     assert!(log.contains("dnsbl score 3 (black.test, grey.test)"), "{log}");
     let asked = dns.queried();
@@ -160,7 +149,7 @@ fn allow_lists_error_codes_silence_and_the_threshold() {
     // 127.255.255.x is the list's error code, not a listing; said once, with the advice.
     let server = with_lists(&dns, "public.test");
     assert!(first_rcpt(&server).starts_with("250"));
-    let log = logged(&server, "an error code");
+    let log = server.log_with("an error code");
     assert!(log.contains("public.test answered 127.255.255.254") && log.contains("dns_servers"), "{log}");
     // A list that does not answer lists nothing, and costs at most dnsbl_timeout.
     let server = with_lists(&dns, "slow.test");
@@ -220,7 +209,7 @@ fn greylisting_defers_a_first_attempt_and_remembers_across_a_kill() {
     assert_eq!(code(&rcpt_from(&server, "bob@remote.test")), "451 4.7.1");
     std::thread::sleep(Duration::from_millis(1100));
     assert!(rcpt_from(&server, "bob@remote.test").starts_with("250"));
-    let log = logged(&server, "Greylisted");
+    let log = server.log_with("Greylisted");
     assert!(
         log.contains("NOQUEUE: reject: RCPT from unknown[127.0.0.1]: 451 4.7.1 Greylisted: try again later;"),
         "{log}"
@@ -251,14 +240,7 @@ fn submission_ports_are_not_looked_up() {
     let dns = lists();
     let dir = TempDir::new("dnsbl-submission");
     let users = dir.path().join("users");
-    let mut child = std::process::Command::new(support::smtpd_binary())
-        .args(["--hash-password", "alice"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"a password\n").unwrap();
-    std::fs::write(&users, child.wait_with_output().unwrap().stdout).unwrap();
+    std::fs::write(&users, support::hash_line("alice", "a password", "sha512")).unwrap();
     std::fs::set_permissions(&users, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let extra = format!("dns_servers = {}\ndnsbl = black.test\nauth_users = {}\n", dns.addr, users.display());
     let config = config_with(dir.path(), &extra).replace("listen = 127.0.0.1:0\n", "listen = 127.0.0.1:0 submission\n");

@@ -27,18 +27,6 @@ fn send(server: &Server, to: &[&str], text: &[u8]) -> String {
     reply
 }
 
-/// The server's log once it has `text` (the log is read as the server writes it).
-fn logged(server: &Server, text: &str) -> String {
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        let log = server.log();
-        if log.contains(text) || Instant::now() > until {
-            return log;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn eventually(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
     let until = Instant::now() + within;
     while !done() {
@@ -206,7 +194,7 @@ fn refusals_discards_and_quarantine() {
     assert_eq!(code(&c.mail_text(&text)), "250 2.0.0");
     c.cmd("QUIT");
     assert!(server.queued().is_empty());
-    let log = logged(&server, "milter-discard");
+    let log = server.log_with("milter-discard");
     assert!(log.contains("NOQUEUE: milter-reject: MAIL from unknown[127.0.0.1]: 451 4.7.1"), "{log}");
     assert!(
         log.contains("NOQUEUE: milter-reject: RCPT from unknown[127.0.0.1]: 550 5.7.1 Blocked by the filter;"),
@@ -228,7 +216,7 @@ fn a_quarantined_message_waits_in_the_hold_queue_for_the_operator() {
     let held = list(&server.spool().join("hold"));
     assert_eq!(held.len(), 1, "{}", server.log());
     assert!(server.queued().is_empty());
-    let log = logged(&server, "milter-hold");
+    let log = server.log_with("milter-hold");
     assert!(
         log.contains(
             "milter-hold: END-OF-MESSAGE from unknown[127.0.0.1]: milter triggers HOLD action: suspicious attachment"
@@ -312,7 +300,7 @@ fn spam_forwarded_by_an_alias_goes_as_marked_and_its_failure_is_not_reported() {
     assert!(forwarded.contains("\r\nX-Spam-Flag: YES\r\n"), "{forwarded}");
     eventually("the message finished", Duration::from_secs(10), || support::waiting(&server.spool()).is_empty());
     assert_eq!(remote.messages().len(), 1, "no report was sent there either");
-    let log = logged(&server, "no report: the message was quarantined");
+    let log = server.log_with("no report: the message was quarantined");
     assert!(log.contains("no report: the message was quarantined"), "{log}");
 }
 
@@ -332,7 +320,7 @@ fn a_milter_that_is_down_hangs_or_talks_garbage_gets_the_default_action() {
             // Every later command too: the session cannot go on without its filter.
             assert_eq!(code(&c.cmd("MAIL FROM:<bob@remote.test>")), want, "{default}");
         }
-        let log = logged(&server, &format!("milter {down}: "));
+        let log = server.log_with(&format!("milter {down}: "));
         assert!(log.contains(&format!("milter {down}: ")), "{log}");
     }
     // One that hangs at the end of the message, and one that answers garbage at RCPT: each
@@ -354,7 +342,7 @@ fn a_milter_that_is_down_hangs_or_talks_garbage_gets_the_default_action() {
     c.cmd("EHLO client.remote.test");
     assert!(c.cmd("MAIL FROM:<bob@remote.test>").starts_with("250"));
     assert_eq!(code(&c.cmd("RCPT TO:<alice@example.test>")), "451 4.7.1");
-    let log = logged(&server, "milter_default_action = tempfail");
+    let log = server.log_with("milter_default_action = tempfail");
     assert!(log.contains("milter_default_action = tempfail"), "{log}");
 }
 
@@ -395,7 +383,7 @@ fn rspamd_and_opendkim_judge_mail_from_strangers() {
     let gtube = gtube_message("XJS");
     let reply = send(&server, &["alice@example.test"], &gtube);
     assert_eq!(reply, "554 5.7.1 Gtube pattern", "{}", rspamd.log());
-    let log = logged(&server, "NOQUEUE: milter-reject: END-OF-MESSAGE from");
+    let log = server.log_with("NOQUEUE: milter-reject: END-OF-MESSAGE from");
     assert!(log.contains("NOQUEUE: milter-reject: END-OF-MESSAGE from"), "{log}");
 
     // rspamd's test pattern for "add header": marked as spam, into .Junk/.
@@ -438,16 +426,8 @@ fn refuser(command: u8, data: &[u8]) -> Then {
 }
 
 fn sendmail(conf: &Path, args: &[&str], input: &[u8]) -> std::process::Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_postern-sendmail"))
-        .args(args)
-        .env("POSTERN_CONF", conf)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), input).unwrap();
-    child.wait_with_output().unwrap()
+    let mut command = Command::new(env!("CARGO_BIN_EXE_postern-sendmail"));
+    support::run_with_input(command.args(args).env("POSTERN_CONF", conf), input)
 }
 
 #[test]

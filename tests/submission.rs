@@ -10,25 +10,9 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use support::{Client, FakeMx, Server, TempDir, code, config_with, have, skip_unless};
+use support::{Client, FakeMx, Server, TempDir, code, config_with, hash_line, have, skip_unless};
 
 const PASSWORD: &str = "s3cret horse";
-
-/// The `auth_users` line for `user`, as `postern-smtpd --hash-password` prints it.
-fn hash_line(user: &str, password: &str, scheme: &str) -> String {
-    let mut child = Command::new(support::smtpd_binary())
-        .args(["--hash-password", "--scheme", scheme, user])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let line = String::from_utf8(out.stdout).unwrap();
-    assert!(line.starts_with(&format!("{user}:$")) && line.ends_with('\n'), "{line}");
-    line
-}
 
 /// A server with the MTA port, 587 and 465, alice (SHA-512-crypt) and bob (bcrypt) as users,
 /// relaying through a loopback sink that stands for the outside world.

@@ -430,11 +430,7 @@ fn test_sender(args: &Args, trial: &Trial) -> ExitCode {
             })
             .collect();
         println!("dnsbl: score {} of threshold {}: {}", score.score, config.dnsbl_threshold, each.join(", "));
-        (score.score >= config.dnsbl_threshold).then(|| {
-            let text =
-                format!("Service unavailable; client [{}] blocked using {}", trial.ip, score.blocked_by.join(", "));
-            Reply::new(554, postern::smtp::reply::EnhancedStatus::new(5, 7, 1), text)
-        })
+        score.refusal(trial.ip, config.dnsbl_threshold)
     });
     let verdict = policy.check_sender(&client, &trial.from, Some(dns.as_ref()));
     // The checks that read the message, as the server makes them after the final dot.

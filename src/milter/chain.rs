@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::client::{Address, Failure, Milter};
 use super::edit::{Edited, Replacing};
+use super::path_text;
 use super::protocol::{self, Answer, CHUNK, Stage, cmd};
 use crate::config::MilterDefault;
 use crate::smtp::reply::{EnhancedStatus, Reply};
@@ -74,8 +75,6 @@ pub struct Chain {
     default: MilterDefault,
     /// A failed milter's default action, which every later step gets.
     broken: Option<Reply>,
-    /// The macros sent with every step: the connection's.
-    macros: Vec<(String, String)>,
 }
 
 /// The connection as the milters are told of it.
@@ -97,7 +96,7 @@ impl Chain {
             .iter()
             .map(|a| Slot { address: a.clone(), milter: None, done: Done::No, in_message: false })
             .collect();
-        Chain { slots, timeout, default, broken: None, macros: Vec::new() }
+        Chain { slots, timeout, default, broken: None }
     }
 
     /// Connects to each milter and tells it of the client (`SMFIC_CONNECT`).
@@ -109,7 +108,8 @@ impl Chain {
             (None, None) => "localhost".to_string(),
         };
         let addr = addr.unwrap_or_else(|| "127.0.0.1".to_string());
-        self.macros = vec![
+        // The connection's macros go with the connection only: milters keep each step's.
+        let mut macros: Vec<(String, String)> = vec![
             ("j".into(), c.hostname.to_string()),
             ("{daemon_name}".into(), c.daemon.to_string()),
             ("v".into(), concat!("postern ", env!("CARGO_PKG_VERSION")).to_string()),
@@ -118,7 +118,7 @@ impl Chain {
             ("{client_name}".into(), name.clone()),
         ];
         if let Some((_, port)) = c.peer {
-            self.macros.push(("{client_port}".into(), port.to_string()));
+            macros.push(("{client_port}".into(), port.to_string()));
         }
         for i in 0..self.slots.len() {
             match Milter::open(&self.slots[i].address, self.timeout, deadline) {
@@ -131,7 +131,7 @@ impl Chain {
             }
         }
         let packet = protocol::connect(&name, c.peer);
-        self.each(Stage::Connect, cmd::CONNECT, &[], &packet, deadline, true)
+        self.each(Stage::Connect, cmd::CONNECT, &macros, &packet, deadline, true)
     }
 
     /// HELO or EHLO; `tls_version` once the session is under TLS.
@@ -152,7 +152,7 @@ impl Chain {
                 slot.done = Done::No;
             }
         }
-        let mut macros = vec![("{mail_addr}".to_string(), bare(from))];
+        let mut macros = vec![("{mail_addr}".to_string(), path_text(from).to_string())];
         if let Some(user) = user {
             macros.push(("{auth_authen}".into(), user.to_string()));
         }
@@ -165,7 +165,7 @@ impl Chain {
 
     /// RCPT TO: a refusal is for this recipient only; a discard is for the message.
     pub fn rcpt(&mut self, to: &str, deadline: Instant) -> Verdict {
-        let macros = [("{rcpt_addr}".to_string(), bare(to))];
+        let macros = [("{rcpt_addr}".to_string(), path_text(to).to_string())];
         self.each(Stage::Rcpt, cmd::RCPT, &macros, &protocol::rcpt(to, &[]), deadline, false)
     }
 
@@ -233,11 +233,7 @@ impl Chain {
         deadline: Instant,
     ) -> Result<Verdict, Failure> {
         let Some(milter) = self.slots[i].milter.as_mut() else { return Ok(Verdict::Go) };
-        let pairs = |extra: &[(String, String)]| -> Vec<u8> {
-            let all: Vec<(&str, &str)> = extra.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-            protocol::macros(cmd::HEADER, &all)
-        };
-        milter.tell(&pairs(id_macro), deadline)?;
+        milter.tell(&protocol::macros(cmd::HEADER, id_macro), deadline)?;
         let mut verdict = Answer::Continue;
         for f in &edited.fields {
             let (_, answer) = milter.step(Stage::Header, &protocol::header(&f.name, &f.for_milter()), deadline)?;
@@ -254,16 +250,12 @@ impl Chain {
         }
         let mut replacing = Replacing::default();
         if matches!(verdict, Answer::Continue | Answer::Skip) {
-            let mut eom = Vec::new();
-            for (n, v) in id_macro {
-                eom.push((n.as_str(), v.as_str()));
-            }
-            milter.tell(&protocol::macros(cmd::BODYEOB, &eom), deadline)?;
+            milter.tell(&protocol::macros(cmd::BODYEOB, id_macro), deadline)?;
             let (changes, answer) = milter.ask(&protocol::bare(cmd::BODYEOB), deadline)?;
             let allowed = milter.negotiated.actions;
             for change in changes {
                 if let protocol::Change::ReplaceBody(piece) = &change
-                    && (replacing_len(&replacing) + piece.len() as u64) > max_body
+                    && (replacing.size() + piece.len()) as u64 > max_body
                 {
                     return Err(Failure::Garbage(protocol::Garbage::Malformed("body larger than the size limit")));
                 }
@@ -323,13 +315,12 @@ impl Chain {
         if let Some(reply) = &self.broken {
             return Verdict::Refuse(reply.clone());
         }
-        let mut all: Vec<(&str, &str)> = self.macros.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-        all.extend(extra.iter().map(|(n, v)| (n.as_str(), v.as_str())));
-        let macros = protocol::macros(command, &all);
+        let macros = (!extra.is_empty()).then(|| protocol::macros(command, extra));
         for i in 0..self.slots.len() {
             let slot = &mut self.slots[i];
             let Some(m) = slot.milter.as_mut().filter(|_| slot.done == Done::No) else { continue };
-            let asked = m.tell(&macros, deadline).and_then(|()| m.step(stage, packet, deadline));
+            let told = macros.as_ref().map_or(Ok(()), |packet| m.tell(packet, deadline));
+            let asked = told.and_then(|()| m.step(stage, packet, deadline));
             let verdict = match asked {
                 Ok((_, answer)) => self.verdict(i, answer, connection),
                 Err(f) => match self.fail(i, &f) {
@@ -385,15 +376,6 @@ impl Drop for Chain {
     fn drop(&mut self) {
         self.quit();
     }
-}
-
-/// `<a@b>` as the `{mail_addr}` and `{rcpt_addr}` macros write it: `a@b`.
-fn bare(path: &str) -> String {
-    path.trim_start_matches('<').trim_end_matches('>').to_string()
-}
-
-fn replacing_len(r: &Replacing) -> u64 {
-    r.size() as u64
 }
 
 /// The body, in chunks: from the source where no milter replaced it yet, else the new one.

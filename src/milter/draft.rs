@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use super::chain::{Chain, Source, Verdict};
 use super::edit::Edited;
+use super::path_text;
 use crate::smtp::address::{ForwardPath, ReversePath};
 use crate::spool::{Draft, Envelope, Piece, SpoolError};
 
@@ -53,16 +54,16 @@ pub fn end_of_message(
         Verdict::Go => {}
     }
     if let Some(from) = &edited.from {
-        match ReversePath::parse(inner(from).as_bytes()).ok() {
+        match ReversePath::parse(path_text(from).as_bytes()).ok() {
             Some(path) => envelope.from = path,
             None => log::warn!("{id}: a milter's new sender {from:?} is not a path; kept {}", envelope.from),
         }
     }
     for gone in &edited.deleted_rcpts {
-        envelope.rcpts.retain(|r| !inner(&r.to_string()).eq_ignore_ascii_case(inner(gone)));
+        envelope.rcpts.retain(|r| !path_text(&r.to_string()).eq_ignore_ascii_case(path_text(gone)));
     }
     for added in &edited.added_rcpts {
-        match ForwardPath::parse(inner(added).as_bytes()).ok() {
+        match ForwardPath::parse(path_text(added).as_bytes()).ok() {
             Some(path) if !envelope.rcpts.contains(&path) => envelope.rcpts.push(path),
             Some(_) => {}
             None => log::warn!("{id}: a milter's new recipient {added:?} is not a path; not added"),
@@ -97,10 +98,4 @@ fn rewrite(draft: &mut Draft<'_>, envelope: &Envelope, edited: &Edited) -> Resul
         None => Piece::Old(edited.body_start.min(len), len),
     };
     draft.replace_message(envelope, &[head, body])
-}
-
-/// A path as a milter writes it, `<a@b>` or `a@b`: the text between the brackets.
-fn inner(path: &str) -> &str {
-    let path = path.trim();
-    path.strip_prefix('<').and_then(|p| p.strip_suffix('>')).unwrap_or(path)
 }

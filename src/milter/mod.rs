@@ -10,3 +10,10 @@ pub mod draft;
 pub mod edit;
 pub mod local;
 pub mod protocol;
+
+/// A path as the milter protocol carries it, `<a@b>` or `a@b`: the text between the angle
+/// brackets (what the `{mail_addr}` and `{rcpt_addr}` macros hold).
+pub(crate) fn path_text(path: &str) -> &str {
+    let path = path.trim();
+    path.strip_prefix('<').and_then(|p| p.strip_suffix('>')).unwrap_or(path)
+}

@@ -108,10 +108,10 @@ pub fn negotiate() -> Vec<u8> {
 }
 
 /// Macros for the step `command` (`D`): name and value pairs, sent before it, never answered.
-pub fn macros(command: u8, pairs: &[(&str, &str)]) -> Vec<u8> {
+pub fn macros<N: AsRef<str>, V: AsRef<str>>(command: u8, pairs: &[(N, V)]) -> Vec<u8> {
     let mut data = vec![command];
     for (name, value) in pairs {
-        data.extend(strings(&[name.as_bytes(), value.as_bytes()]));
+        data.extend(strings(&[name.as_ref().as_bytes(), value.as_ref().as_bytes()]));
     }
     packet(cmd::MACRO, &data)
 }

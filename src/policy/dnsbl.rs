@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use crate::dns::Resolve;
+use crate::smtp::reply::{EnhancedStatus, Reply};
 
 /// One list: its zone and its weight (negative for an allow list).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +90,17 @@ pub fn said(answers: &[IpAddr]) -> Said {
 pub struct Score {
     pub score: i32,
     pub blocked_by: Vec<String>,
+}
+
+impl Score {
+    /// What each RCPT of a client scored so gets: refused, naming the block lists, once the
+    /// score reaches `threshold`.
+    pub fn refusal(&self, ip: IpAddr, threshold: i32) -> Option<Reply> {
+        (self.score >= threshold).then(|| {
+            let text = format!("Service unavailable; client [{ip}] blocked using {}", self.blocked_by.join(", "));
+            Reply::new(554, EnhancedStatus::new(5, 7, 1), text)
+        })
+    }
 }
 
 pub fn score(lists: &[List], said: &[Said]) -> Score {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::milter::chain::{Chain, Verdict};
 use crate::session::Filter;
 use crate::smtp::address::{ForwardPath, ReversePath};
-use crate::smtp::command::{BodyType, MailParams};
+use crate::smtp::command::MailParams;
 
 /// A session's milters, asked through `&self` (the session holds them shared; the server
 /// asks them at the end of the message, between two of the session's inputs).
@@ -32,18 +32,7 @@ impl Filter for Milters {
     }
 
     fn mail(&self, from: &ReversePath, params: &MailParams, user: Option<&str>) -> Verdict {
-        let mut words = Vec::new();
-        if let Some(size) = params.size {
-            words.push(format!("SIZE={size}"));
-        }
-        match params.body {
-            BodyType::EightBitMime => words.push("BODY=8BITMIME".into()),
-            BodyType::SevenBit => {}
-        }
-        if params.smtputf8 {
-            words.push("SMTPUTF8".into());
-        }
-        self.chain.borrow_mut().mail(&from.to_string(), &words, user, self.deadline())
+        self.chain.borrow_mut().mail(&from.to_string(), &params.words(), user, self.deadline())
     }
 
     fn rcpt(&self, to: &ForwardPath) -> Verdict {

@@ -694,10 +694,7 @@ impl Server {
             return None;
         }
         log::info!("{peer}: dnsbl score {} ({})", score.score, score.blocked_by.join(", "));
-        (score.score >= config.dnsbl_threshold).then(|| {
-            let text = format!("Service unavailable; client [{ip}] blocked using {}", score.blocked_by.join(", "));
-            Reply::new(554, EnhancedStatus::new(5, 7, 1), text)
-        })
+        score.refusal(ip, config.dnsbl_threshold)
     }
 
     /// The session's milters (`milters`, or `non_smtpd_milters` for a `sendmail -bs`

@@ -24,6 +24,21 @@ impl MailParams {
     pub fn any(&self) -> bool {
         *self != MailParams::default()
     }
+
+    /// The parameters as MAIL FROM writes them: `SIZE=n`, `BODY=8BITMIME`, `SMTPUTF8`.
+    pub fn words(&self) -> Vec<String> {
+        let mut words = Vec::new();
+        if let Some(size) = self.size {
+            words.push(format!("SIZE={size}"));
+        }
+        if self.body == BodyType::EightBitMime {
+            words.push("BODY=8BITMIME".into());
+        }
+        if self.smtputf8 {
+            words.push("SMTPUTF8".into());
+        }
+        words
+    }
 }
 
 /// One parsed command line.
@@ -63,14 +78,9 @@ impl Command {
             Command::Ehlo(host) => format!("EHLO {host}"),
             Command::Mail { from, params } => {
                 let mut line = format!("MAIL FROM:{from}");
-                if let Some(size) = params.size {
-                    line += &format!(" SIZE={size}");
-                }
-                if params.body == BodyType::EightBitMime {
-                    line += " BODY=8BITMIME";
-                }
-                if params.smtputf8 {
-                    line += " SMTPUTF8";
+                for word in params.words() {
+                    line += " ";
+                    line += &word;
                 }
                 line
             }

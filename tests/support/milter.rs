@@ -203,7 +203,8 @@ impl Rspamd {
             "local.d/logging.inc",
             format!("type = \"file\";\nfilename = \"{}\";\nlevel = \"info\";\n", r.join("log/rspamd.log").display()),
         );
-        let child = Command::new("rspamd")
+        let mut command = Command::new("rspamd");
+        command
             .args(["-f", "-u", "root", "-g", "root", "-c", "/etc/rspamd/rspamd.conf"])
             .arg("--var")
             .arg(format!("LOCAL_CONFDIR={}", r.display()))
@@ -212,13 +213,8 @@ impl Rspamd {
             .arg("--var")
             .arg(format!("RUNDIR={}", r.join("run").display()))
             .arg("--var")
-            .arg(format!("LOGDIR={}", r.join("log").display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("start rspamd");
+            .arg(format!("LOGDIR={}", r.join("log").display()));
+        let child = start_group(&mut command);
         let rspamd = Rspamd { child, address: format!("inet:127.0.0.1:{port}"), dir: r };
         assert!(wait_for_port(port, Duration::from_secs(90)), "rspamd did not start: {}", rspamd.log());
         rspamd
@@ -259,16 +255,7 @@ impl OpenDkim {
             ),
         )
         .unwrap();
-        let child = Command::new("/usr/sbin/opendkim")
-            .arg("-f")
-            .arg("-x")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("start opendkim");
+        let child = start_group(Command::new("/usr/sbin/opendkim").arg("-f").arg("-x").arg(&conf));
         assert!(wait_for_port(port, Duration::from_secs(20)), "opendkim did not start");
         OpenDkim { child, address: format!("inet:127.0.0.1:{port}") }
     }
@@ -278,6 +265,13 @@ impl Drop for OpenDkim {
     fn drop(&mut self) {
         stop_group(&mut self.child);
     }
+}
+
+/// A private daemon in the foreground, in a process group of its own (`stop_group` stops it
+/// and the workers it forks), its output thrown away.
+fn start_group(command: &mut Command) -> Child {
+    command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).process_group(0);
+    command.spawn().unwrap_or_else(|e| panic!("start {:?}: {e}", command.get_program()))
 }
 
 fn stop_group(child: &mut Child) {

@@ -193,6 +193,19 @@ impl Server {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// The log once it has `text` (it is read as the server writes it), or as it is after
+    /// 10 s.
+    pub fn log_with(&self, text: &str) -> String {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if log.contains(text) || Instant::now() > until {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -714,4 +727,23 @@ pub fn shared_certificate() -> (PathBuf, PathBuf) {
         test_certificate(&dir)
     })
     .clone()
+}
+
+/// Runs `command` with `input` on its standard input; its output and status.
+pub fn run_with_input(command: &mut Command, input: &[u8]) -> std::process::Output {
+    let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // A program that refuses before reading its input may be gone already: not an error here.
+    let _ = child.stdin.take().unwrap().write_all(input);
+    child.wait_with_output().unwrap()
+}
+
+/// The `auth_users` line for `user`, as `postern-smtpd --hash-password` prints it.
+pub fn hash_line(user: &str, password: &str, scheme: &str) -> String {
+    let mut command = Command::new(smtpd_binary());
+    command.args(["--hash-password", "--scheme", scheme, user]);
+    let out = run_with_input(&mut command, format!("{password}\n").as_bytes());
+    assert!(out.status.success());
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert!(line.starts_with(&format!("{user}:$")) && line.ends_with('\n'), "{line}");
+    line
 }
