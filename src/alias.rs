@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::smtp::address::{ForwardPath, Host, Mailbox};
+use crate::spool::log::Recipient;
 use crate::sys;
 use crate::table::{self, TableError};
 
@@ -24,14 +25,14 @@ pub enum Target {
 }
 
 impl Target {
-    /// The recipient as the delivery log and bounces name it: `<local@domain>`, or the
-    /// command (`|...`) or file (`/...`) an alias leads to.
-    pub fn key(&self) -> String {
+    /// The recipient as the delivery log and bounces name it: an address, or the command
+    /// or file an alias leads to.
+    pub fn key(&self) -> Recipient {
         match self {
-            Target::Mailbox { address, .. } => format!("<{address}>"),
-            Target::Remote(m) => format!("<{m}>"),
-            Target::Command { command, .. } => format!("|{command}"),
-            Target::File { path, .. } => path.display().to_string(),
+            Target::Mailbox { address, .. } => Recipient::Address(address.clone()),
+            Target::Remote(m) => Recipient::Address(m.to_string()),
+            Target::Command { command, .. } => Recipient::Command(command.clone()),
+            Target::File { path, .. } => Recipient::File(path.display().to_string()),
         }
     }
 }
@@ -456,7 +457,7 @@ mod tests {
     }
 
     fn keys(targets: &[Target]) -> Vec<String> {
-        targets.iter().map(Target::key).collect()
+        targets.iter().map(|t| t.key().to_string()).collect()
     }
 
     #[test]

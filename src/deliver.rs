@@ -14,13 +14,13 @@ use crate::alias::{ExpandError, LocalUsers, Target};
 use crate::config::Config;
 use crate::dsn::{self, Action, Diagnostic, RecipientStatus};
 use crate::maildir::{Stamp, deliver_to_maildir};
-use crate::outcome::{Event, judge};
-use crate::relay::{Relay, Route};
+use crate::outcome::{Event, attempt};
+use crate::relay::Relay;
 use crate::schedule::{self, Plan, RetryPolicy};
 use crate::smtp::address::{ForwardPath, Mailbox, ReversePath};
 use crate::smtp::command::BodyType;
 use crate::smtp::reply::EnhancedStatus;
-use crate::spool::log::{Attempt, DeliveryLog, Outcome, Where, read_log};
+use crate::spool::log::{Attempt, DeliveryLog, Outcome, Recipient, Where, read_log};
 use crate::spool::maildrop::PickupSettings;
 use crate::spool::{Envelope, OpenError, Place, QueueId, Queued, Spool, SpoolError, is_disk_full};
 
@@ -69,10 +69,10 @@ struct Expanded {
 }
 
 impl Expanded {
-    fn key(&self) -> String {
+    fn key(&self) -> Recipient {
         match &self.target {
             Ok(t) => t.key(),
-            Err(_) => self.original.to_string(),
+            Err(_) => Recipient::of_path(&self.original),
         }
     }
 }
@@ -216,7 +216,7 @@ impl<'a> Runner<'a> {
         let log_path = self.spool.log_path(&q.id);
         let history = read_log(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
         let expanded = self.expand(&q.envelope);
-        let keys: Vec<String> = expanded.iter().map(Expanded::key).collect();
+        let keys: Vec<Recipient> = expanded.iter().map(Expanded::key).collect();
         let plan = self.plan(q, &keys, &history);
         if self.options.dry_run {
             self.describe(q, &plan, &history);
@@ -254,12 +254,12 @@ impl<'a> Runner<'a> {
     }
 
     /// What is due now; with `--id` or `force`, every recipient not yet done, back-off or not.
-    fn plan(&self, q: &Queued, keys: &[String], history: &[Attempt]) -> Plan {
+    fn plan(&self, q: &Queued, keys: &[Recipient], history: &[Attempt]) -> Plan {
         let mut plan = schedule::plan(&self.retry, q.envelope.arrived, keys, history, self.now);
         if self.options.force || self.options.only.as_ref() == Some(&q.id) {
             // Expired recipients still bounce rather than being tried again.
-            let done = |k: &String| history.iter().any(|a| a.recipient == *k && a.outcome.is_final());
-            let expired = |k: &String| plan.expired.iter().any(|a| a.recipient == *k);
+            let done = |k: &Recipient| history.iter().any(|a| a.recipient == *k && a.outcome.is_final());
+            let expired = |k: &Recipient| plan.expired.iter().any(|a| a.recipient == *k);
             plan.due = keys.iter().filter(|k| !done(k) && !expired(k)).cloned().collect();
         }
         plan
@@ -277,10 +277,10 @@ impl<'a> Runner<'a> {
         summary: &mut Summary,
     ) -> Result<Vec<Attempt>, String> {
         let mut failed = Vec::new();
-        let mut remote: Vec<(Route, &Expanded, &Mailbox)> = Vec::new();
+        let mut remote: Vec<&Mailbox> = Vec::new();
         for item in expanded.iter().filter(|e| plan.due.contains(&e.key())) {
             if let Ok(Target::Remote(m)) = &item.target {
-                remote.push((self.relay.route(m), item, m));
+                remote.push(m);
                 continue;
             }
             // The outcome, and a `copying` line before it.
@@ -290,23 +290,18 @@ impl<'a> Runner<'a> {
                 self.record(q, log, item, attempt, summary, &mut failed)?;
             }
         }
-        // One transaction per server for all of this message's recipients there (§4.5.4.1).
-        let mut routes: Vec<Route> = Vec::new();
-        for (route, _, _) in &remote {
-            if !routes.contains(route) {
-                routes.push(route.clone());
-            }
-        }
-        for (dest, served) in self.relay.plan(&routes) {
-            let group: Vec<&(Route, &Expanded, &Mailbox)> =
-                remote.iter().filter(|(r, _, _)| served.iter().any(|&i| routes[i] == *r)).collect();
-            let boxes: Vec<&Mailbox> = group.iter().map(|(_, _, m)| *m).collect();
-            self.reserve(q, log, boxes.len())?;
-            let attempts = self.relay.deliver(q, dest, &boxes, self.now);
-            crate::fault::crash_point("after-remote-copy");
-            for (attempt, (_, item, _)) in attempts.into_iter().zip(group) {
-                self.record(q, log, item, attempt, summary, &mut failed)?;
-            }
+        if !remote.is_empty() {
+            self.reserve(q, log, remote.len())?;
+            self.relay.deliver(q, &remote, self.now, |attempts| {
+                crate::fault::crash_point("after-remote-copy");
+                for attempt in attempts {
+                    // The relay names each outcome by its recipient's key, so the item is there.
+                    if let Some(item) = expanded.iter().find(|e| e.key() == attempt.recipient) {
+                        self.record(q, log, item, attempt, summary, &mut failed)?;
+                    }
+                }
+                Ok::<(), String>(())
+            })?;
         }
         for last in &plan.expired {
             let text =
@@ -431,11 +426,7 @@ impl<'a> Runner<'a> {
         interrupted: Option<&str>,
         log: &mut DeliveryLog,
     ) -> Option<Attempt> {
-        let attempt = |place: Where, event: Event<'_>| {
-            let v = judge(event);
-            let (recipient, status) = (item.key(), Some(v.status));
-            Attempt { time: self.now, outcome: v.outcome, recipient, status, relay: place, text: v.text }
-        };
+        let attempt = |place: Where, event: Event<'_>| attempt(self.now, item.key(), place, event);
         let target = match &item.target {
             Ok(t) => t,
             Err(e) => return Some(attempt(Where::Local, Event::Alias(e))),
@@ -532,11 +523,11 @@ impl<'a> Runner<'a> {
     /// One line per outcome in the familiar shape: `ID: to=<..>, relay=.., delay=.., dsn=.., status=..`.
     fn log_outcome(&self, q: &Queued, item: &Expanded, a: &Attempt) {
         // A command or a file is logged under the address that led to it, as Postfix does.
-        let mut line = match a.recipient.starts_with('<') {
-            true => format!("{}: to={}", q.id, a.recipient),
-            false => format!("{}: to={}", q.id, item.original),
+        let mut line = match a.recipient {
+            Recipient::Address(_) => format!("{}: to={}", q.id, a.recipient),
+            _ => format!("{}: to={}", q.id, item.original),
         };
-        if a.recipient.starts_with('<') && item.original.to_string() != a.recipient {
+        if a.recipient.address().is_some() && Recipient::of_path(&item.original) != a.recipient {
             let _ = write!(line, ", orig_to={}", item.original);
         }
         let status = a.outcome.name();
@@ -656,7 +647,11 @@ impl<'a> Runner<'a> {
             q.place.dir(),
             q.envelope.from,
             q.envelope.size,
-            if plan.due.is_empty() { "nobody".to_string() } else { plan.due.join(" ") },
+            if plan.due.is_empty() {
+                "nobody".to_string()
+            } else {
+                plan.due.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ")
+            },
             plan.expired.len(),
             plan.next_attempt.map_or_else(|| "-".to_string(), crate::trace::rfc5322_date),
             last.map_or_else(|| "-".to_string(), |a| format!("{} {}", a.status_text(), a.text)),
@@ -717,23 +712,23 @@ impl<'a> Failure<'a> {
         match self.original {
             Some(ForwardPath::Postmaster) => true,
             Some(ForwardPath::Mailbox(m)) => m.local_part_text().eq_ignore_ascii_case("postmaster"),
-            None => self.attempt.recipient.to_ascii_lowercase().starts_with("<postmaster@"),
+            None => self.attempt.recipient.address().is_some_and(|a| a.to_ascii_lowercase().starts_with("postmaster@")),
         }
     }
 
     fn status_line(&self) -> RecipientStatus {
         let a = self.attempt;
-        let bare = |s: &str| s.trim_start_matches('<').trim_end_matches('>').to_string();
-        let original = self.original.map(ForwardPath::to_string).filter(|o| *o != a.recipient);
+        let original = self.original.map(Recipient::of_path).filter(|o| *o != a.recipient);
         let remote = matches!(a.relay, Where::Remote { .. });
         // A command or a file is no address: the report names the address that led to it.
-        let final_recipient = match (a.recipient.starts_with('<'), self.original) {
-            (false, Some(o)) => bare(&o.to_string()),
-            _ => bare(&a.recipient),
+        let final_recipient = match (a.recipient.address(), self.original.map(Recipient::of_path)) {
+            (Some(address), _) => address.to_string(),
+            (None, Some(Recipient::Address(o))) => o,
+            (None, _) => a.recipient.to_string(),
         };
         RecipientStatus {
             final_recipient,
-            original_recipient: original.map(|o| bare(&o)),
+            original_recipient: original.and_then(|o| o.address().map(str::to_string)),
             status: a.status.unwrap_or(EnhancedStatus::new(5, 0, 0)),
             remote_mta: remote.then(|| a.relay.to_string()),
             diagnostic: if remote { Diagnostic::Smtp(a.text.clone()) } else { Diagnostic::Local(a.text.clone()) },
@@ -752,7 +747,7 @@ fn read_headers(q: &Queued) -> Vec<u8> {
 
 /// The name of the maildir copy an earlier run noted for `key` and did not record an
 /// outcome for (it was killed in between).
-fn interrupted_copy<'a>(history: &'a [Attempt], key: &str) -> Option<&'a str> {
-    let last = history.iter().rev().find(|a| a.recipient == key)?;
+fn interrupted_copy<'a>(history: &'a [Attempt], key: &Recipient) -> Option<&'a str> {
+    let last = history.iter().rev().find(|a| a.recipient == *key)?;
     (last.outcome == Outcome::Copying).then_some(last.text.as_str())
 }

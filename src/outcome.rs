@@ -15,7 +15,7 @@ use crate::dns::RouteError;
 use crate::maildir::MaildirError;
 use crate::smtp::client::SmtpError;
 use crate::smtp::reply::{EnhancedStatus, Reply};
-use crate::spool::log::Outcome;
+use crate::spool::log::{Attempt, Outcome, Recipient, Where};
 
 /// Everything a delivery step can end in, success included.
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +59,12 @@ fn verdict(status: EnhancedStatus, text: impl Into<String>) -> Verdict {
         _ => Outcome::Deferred,
     };
     Verdict { outcome, status, text: text.into() }
+}
+
+/// What one recipient's step came to, as its delivery log line records it.
+pub fn attempt(now: u64, recipient: Recipient, relay: Where, event: Event<'_>) -> Attempt {
+    let Verdict { outcome, status, text } = judge(event);
+    Attempt { time: now, outcome, recipient, status: Some(status), relay, text }
 }
 
 /// The one place that says what an event means for a recipient.

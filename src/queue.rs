@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use crate::schedule::{self, RetryPolicy};
-use crate::spool::log::{Attempt, Outcome, read_log};
+use crate::spool::log::{Attempt, Outcome, Recipient, read_log};
 use crate::spool::manage::Found;
 use crate::spool::{Envelope, QueueId, Spool};
 use crate::trace;
@@ -38,10 +38,10 @@ pub fn summarize(
     retry: &RetryPolicy,
     now: u64,
 ) -> Entry {
-    let about_recipients = || log.iter().filter(|a| !a.recipient.is_empty());
-    let mut pending: Vec<String> = Vec::new();
+    let about_recipients = || log.iter().filter(|a| a.recipient != Recipient::Message);
+    let mut pending: Vec<Recipient> = Vec::new();
     if about_recipients().next().is_none() {
-        pending = envelope.rcpts.iter().map(ToString::to_string).collect();
+        pending = envelope.rcpts.iter().map(Recipient::of_path).collect();
     } else {
         for a in about_recipients() {
             let done = about_recipients().any(|b| b.recipient == a.recipient && b.outcome.is_final());
@@ -72,7 +72,7 @@ pub fn summarize(
         arrived: envelope.arrived,
         size: envelope.size,
         from: envelope.from.to_string(),
-        pending,
+        pending: pending.iter().map(ToString::to_string).collect(),
         attempts: times.len(),
         next_try,
         last_error,

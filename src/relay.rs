@@ -10,11 +10,11 @@ use crate::client::{ClientError, Dial, Session, Timeouts, TlsPolicy};
 use crate::config::{Config, TlsMode};
 use crate::dkim::Signing;
 use crate::dns::{DnsLookup, RouteError, route_domain, shuffle_seed};
-use crate::outcome::{Event, judge};
+use crate::outcome::{Event, attempt, judge};
 use crate::smtp::address::{ForwardPath, Host, Mailbox};
 use crate::smtp::client::{Envelope, RecipientResult, SmtpError};
 use crate::spool::Queued;
-use crate::spool::log::{Attempt, Where};
+use crate::spool::log::{Attempt, Recipient, Where};
 
 /// Where a remote recipient's copy goes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -120,7 +120,7 @@ impl<'a> Relay<'a> {
         })
     }
 
-    pub fn route(&self, rcpt: &Mailbox) -> Route {
+    fn route(&self, rcpt: &Mailbox) -> Route {
         match (rcpt.host(), &self.config.relayhost) {
             (_, Some(_)) => Route::Relayhost,
             (Host::Literal(ip), None) => Route::Literal(*ip),
@@ -128,33 +128,44 @@ impl<'a> Relay<'a> {
         }
     }
 
-    /// Finds the servers for each route, and merges routes served by the same servers, so that
-    /// one transaction carries all of a message's recipients at one host (RFC 5321 §4.5.4.1).
-    /// Returns each destination (or why there is none) with the indexes of the routes it serves.
-    pub fn plan(&self, routes: &[Route]) -> Vec<(Result<Destination, NoRoute>, Vec<usize>)> {
-        let mut plans: Vec<(Result<Destination, NoRoute>, Vec<usize>)> = Vec::new();
-        for (i, route) in routes.iter().enumerate() {
-            let dest = self.destination(route);
-            let same = plans.iter_mut().find(|(d, _)| matches!((d, &dest), (Ok(a), Ok(b)) if a == b));
-            match same {
-                Some((_, served)) => served.push(i),
-                None => plans.push((dest, vec![i])),
+    /// Routes each recipient, and merges the routes served by the same servers, so that one
+    /// transaction carries all of a message's recipients at one host (RFC 5321 §4.5.4.1).
+    /// Returns each destination (or why there is none) with the recipients it serves.
+    fn plan<'m>(&self, rcpts: &[&'m Mailbox]) -> Vec<(Result<Destination, NoRoute>, Vec<&'m Mailbox>)> {
+        let mut routes: Vec<(Route, Vec<&Mailbox>)> = Vec::new();
+        for &m in rcpts {
+            let route = self.route(m);
+            match routes.iter_mut().find(|(r, _)| *r == route) {
+                Some((_, served)) => served.push(m),
+                None => routes.push((route, vec![m])),
+            }
+        }
+        let mut plans: Vec<(Result<Destination, NoRoute>, Vec<&Mailbox>)> = Vec::new();
+        for (route, served) in routes {
+            let dest = self.destination(&route);
+            match plans.iter_mut().find(|(d, _)| matches!((d, &dest), (Ok(a), Ok(b)) if a == b)) {
+                Some((_, all)) => all.extend(served),
+                None => plans.push((dest, served)),
             }
         }
         plans
     }
 
-    /// Delivers one message to recipients that share a destination: execute, then record
-    /// one attempt per recipient.
-    pub fn deliver(
+    /// Takes one message to all of its remote recipients that are due: one transaction per
+    /// destination, whose outcomes (one per recipient, named by its address) go to `done`
+    /// as soon as it ends, to be recorded before the next transaction starts.
+    pub fn deliver<E>(
         &self,
         q: &Queued,
-        dest: Result<Destination, NoRoute>,
         rcpts: &[&Mailbox],
         now: u64,
-    ) -> Vec<Attempt> {
-        let keys: Vec<String> = rcpts.iter().map(|m| format!("<{m}>")).collect();
-        record(&self.execute(q, dest, rcpts), &keys, now)
+        mut done: impl FnMut(Vec<Attempt>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for (dest, served) in self.plan(rcpts) {
+            let keys: Vec<Recipient> = served.iter().map(|m| Recipient::Address(m.to_string())).collect();
+            done(record(&self.execute(q, dest, &served), &keys, now))?;
+        }
+        Ok(())
     }
 
     /// Takes the message to the destination's first server that answers; keeps the session
@@ -370,14 +381,11 @@ impl<'a> Relay<'a> {
     }
 }
 
-/// One attempt per recipient (`keys`, in the order given) from what `execute` found.
-pub fn record(execution: &Execution, keys: &[String], now: u64) -> Vec<Attempt> {
-    let attempt = |key: &String, place: &Where, event: Event<'_>| {
-        let v = judge(event);
-        let (status, relay) = (Some(v.status), place.clone());
-        Attempt { time: now, outcome: v.outcome, recipient: key.clone(), status, relay, text: v.text }
-    };
-    let all = |place: &Where, event: Event<'_>| keys.iter().map(|k| attempt(k, place, event)).collect();
+/// One attempt per recipient from what `execute` found; `keys` name the recipients in the
+/// order `execute` was given them, which is the order of the server's replies.
+pub fn record(execution: &Execution, keys: &[Recipient], now: u64) -> Vec<Attempt> {
+    let one = |key: &Recipient, place: &Where, event: Event<'_>| attempt(now, key.clone(), place.clone(), event);
+    let all = |place: &Where, event: Event<'_>| keys.iter().map(|k| one(k, place, event)).collect();
     match execution {
         Execution::NoRoute(NoRoute::Dns(e, domain)) => all(&Where::Nowhere, Event::Route(e, domain)),
         Execution::NoRoute(NoRoute::Relayhost(why)) => all(&Where::Nowhere, Event::Relayhost(why)),
@@ -392,7 +400,7 @@ pub fn record(execution: &Execution, keys: &[String], now: u64) -> Vec<Attempt> 
             .iter()
             .zip(results)
             .map(|(k, r)| match r {
-                RecipientResult::Sent(reply) | RecipientResult::Failed(reply) => attempt(k, place, Event::Reply(reply)),
+                RecipientResult::Sent(reply) | RecipientResult::Failed(reply) => one(k, place, Event::Reply(reply)),
             })
             .collect(),
     }
@@ -411,8 +419,8 @@ mod tests {
         }
     }
 
-    fn keys() -> Vec<String> {
-        vec!["<a@b.test>".into(), "<c@b.test>".into()]
+    fn keys() -> Vec<Recipient> {
+        vec![Recipient::Address("a@b.test".into()), Recipient::Address("c@b.test".into())]
     }
 
     fn lines(attempts: &[Attempt]) -> Vec<String> {

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::spool::log::{Attempt, Outcome};
+use crate::spool::log::{Attempt, Outcome, Recipient};
 
 /// The retry settings from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -33,7 +33,7 @@ impl RetryPolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Plan {
     /// Recipients to try now.
-    pub due: Vec<String>,
+    pub due: Vec<Recipient>,
     /// Recipients deferred past the queue lifetime: bounce them, with their last attempt.
     pub expired: Vec<Attempt>,
     /// When the earliest recipient still waiting becomes due (seconds since 1970).
@@ -56,7 +56,7 @@ pub fn backoff(policy: &RetryPolicy, deferrals: u32) -> u64 {
 }
 
 /// The plan for a message that arrived at `arrived` with these final recipients.
-pub fn plan(policy: &RetryPolicy, arrived: u64, recipients: &[String], log: &[Attempt], now: u64) -> Plan {
+pub fn plan(policy: &RetryPolicy, arrived: u64, recipients: &[Recipient], log: &[Attempt], now: u64) -> Plan {
     let mut plan = Plan::default();
     let mut waiting = false;
     let expired_at = arrived.saturating_add(policy.max_queue_lifetime.as_secs());
@@ -113,15 +113,22 @@ mod tests {
         Attempt {
             time,
             outcome: Outcome::Deferred,
-            recipient: rcpt.into(),
+            recipient: key(rcpt),
             status: Some(crate::smtp::reply::EnhancedStatus(4, 4, 1)),
             relay: crate::spool::log::Where::Nowhere,
             text: "refused".into(),
         }
     }
 
-    fn rcpts(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
+    fn key(text: &str) -> Recipient {
+        match text {
+            "-" | "" => Recipient::Message,
+            t => Recipient::Address(t.trim_start_matches('<').trim_end_matches('>').into()),
+        }
+    }
+
+    fn rcpts(list: &[&str]) -> Vec<Recipient> {
+        list.iter().map(|s| key(s)).collect()
     }
 
     #[test]
@@ -158,7 +165,7 @@ mod tests {
         assert!(!p.finished && p.due.is_empty(), "the report for <b@y> is not queued yet");
         assert_eq!(p.owed_report, vec![log[2].clone()]);
         let mut reported = log.to_vec();
-        reported.push(Attempt { outcome: Outcome::Reported, ..deferred("", 2001) });
+        reported.push(Attempt { outcome: Outcome::Reported, ..deferred("-", 2001) });
         let p = plan(&policy(), 1000, &rcpts(&["<a@x>", "<b@y>"]), &reported, 5000);
         assert!(p.finished && p.owed_report.is_empty());
     }
@@ -166,7 +173,7 @@ mod tests {
     #[test]
     fn a_report_line_covers_only_the_bounces_before_it() {
         let bounced = |rcpt: &str, time| Attempt { outcome: Outcome::Bounced, ..deferred(rcpt, time) };
-        let reported = Attempt { outcome: Outcome::Reported, ..deferred("", 2000) };
+        let reported = Attempt { outcome: Outcome::Reported, ..deferred("-", 2000) };
         let log = [bounced("<a@x>", 1000), reported, bounced("<b@y>", 3000)];
         let p = plan(&policy(), 1000, &rcpts(&["<a@x>", "<b@y>"]), &log, 5000);
         assert_eq!(p.owed_report, vec![log[2].clone()]);
@@ -190,7 +197,7 @@ mod tests {
         let after = plan(&policy(), 1000, &rcpts(&["<a@x>"]), &log, 1000 + 4 * HOUR);
         assert!(after.warn);
         let mut warned = log.clone();
-        warned.push(Attempt { outcome: Outcome::Warned, recipient: "-".into(), ..deferred("-", 1000 + 4 * HOUR) });
+        warned.push(Attempt { outcome: Outcome::Warned, ..deferred("-", 1000 + 4 * HOUR) });
         assert!(!plan(&policy(), 1000, &rcpts(&["<a@x>"]), &warned, 1000 + 4 * HOUR + 1).warn);
         let off = RetryPolicy { delay_warning_time: Duration::ZERO, ..policy() };
         assert!(!plan(&off, 1000, &rcpts(&["<a@x>"]), &log, 1000 + 4 * HOUR).warn);

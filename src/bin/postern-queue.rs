@@ -228,7 +228,7 @@ fn show(spool: &Spool, id: &QueueId) -> Result<(), Fail> {
         println!("  (no attempt yet)");
     }
     for a in &log {
-        let who = if a.recipient.is_empty() { "-" } else { &a.recipient };
+        let who = &a.recipient;
         println!("  {} {} {who} {} {} {}", trace::iso_time(a.time), a.outcome.name(), a.status_text(), a.relay, a.text);
     }
     println!("\nheader:");

@@ -118,14 +118,67 @@ impl Where {
     }
 }
 
+/// Whom a line is about: a final recipient after alias expansion, or the message itself.
+/// Written as it always was: `<local@domain>`, `|command`, `/path`, `-`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Recipient {
+    /// A line about the message (warned, reported).
+    Message,
+    /// A mailbox, local or remote: the path's text between its angle brackets.
+    Address(String),
+    /// The command an alias pipes to.
+    Command(String),
+    /// The file an alias appends to.
+    File(String),
+}
+
+impl Recipient {
+    /// The recipient of an envelope path (`<a@b.test>`, `<Postmaster>`).
+    pub fn of_path(path: &impl fmt::Display) -> Recipient {
+        let text = path.to_string();
+        let bare = text.strip_prefix('<').and_then(|t| t.strip_suffix('>')).unwrap_or(&text);
+        Recipient::Address(bare.to_string())
+    }
+
+    /// The address, for a mailbox.
+    pub fn address(&self) -> Option<&str> {
+        match self {
+            Recipient::Address(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// Reads what `Display` writes; every line written before this type read back the same.
+    fn parse(text: &str) -> Recipient {
+        if let Some(a) = text.strip_prefix('<').and_then(|t| t.strip_suffix('>')) {
+            return Recipient::Address(a.to_string());
+        }
+        match text.strip_prefix('|') {
+            _ if text.is_empty() => Recipient::Message,
+            Some(command) => Recipient::Command(command.to_string()),
+            None => Recipient::File(text.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for Recipient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Recipient::Message => f.write_str("-"),
+            Recipient::Address(a) => write!(f, "<{a}>"),
+            Recipient::Command(c) => write!(f, "|{c}"),
+            Recipient::File(p) => f.write_str(p),
+        }
+    }
+}
+
 /// One line of the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempt {
     pub time: u64,
     pub outcome: Outcome,
-    /// The final recipient (after alias expansion), as `<local@domain>`; empty for a line
-    /// about the message (warned, reported).
-    pub recipient: String,
+    /// The final recipient (after alias expansion), or the message (warned, reported).
+    pub recipient: Recipient,
     /// RFC 3463 status; none on a `reported` line.
     pub status: Option<EnhancedStatus>,
     pub relay: Where,
@@ -136,7 +189,7 @@ pub struct Attempt {
 impl Attempt {
     /// A line about the message rather than one recipient.
     pub fn about_message(time: u64, outcome: Outcome, status: Option<EnhancedStatus>, text: String) -> Attempt {
-        Attempt { time, outcome, recipient: String::new(), status, relay: Where::Nowhere, text }
+        Attempt { time, outcome, recipient: Recipient::Message, status, relay: Where::Nowhere, text }
     }
 
     /// The status as the log, the report and `dsn=` show it; `-` when there is none.
@@ -153,7 +206,11 @@ impl Attempt {
         };
         // The recipient is a path of at most 256 octets (RFC 5321 §4.5.3.1.3), 768 escaped;
         // status, relay and text are cut so that the line stays within MAX_LINE.
-        let mut line = format!("{} {} {} ", self.time, self.outcome.name(), field(&self.recipient));
+        let recipient = match &self.recipient {
+            Recipient::Message => String::new(),
+            r => r.to_string(),
+        };
+        let mut line = format!("{} {} {} ", self.time, self.outcome.name(), field(&recipient));
         let status = self.status.map(|s| s.to_string()).unwrap_or_default();
         let relay = match &self.relay {
             Where::Nowhere => String::new(),
@@ -185,6 +242,7 @@ impl Attempt {
         let (recipient, status, relay, text) = (text()?, text()?, text()?, text()?);
         // A status that does not parse is dropped, never the line: a `sent` line must count.
         let (status, relay) = (EnhancedStatus::parse(&status), Where::parse(&relay));
+        let recipient = Recipient::parse(&recipient);
         Some(Attempt { time, outcome, recipient, status, relay, text })
     }
 }
@@ -301,7 +359,7 @@ mod tests {
         Attempt {
             time: 1_795_431_945,
             outcome,
-            recipient: "<\"a b\"@remote.test>".into(),
+            recipient: Recipient::Address("\"a b\"@remote.test".into()),
             status: Some(EnhancedStatus(4, 4, 1)),
             relay: Where::Remote { host: "mx.remote.test".into(), addr: "192.0.2.7:25".parse().unwrap() },
             text: text.into(),
@@ -316,6 +374,34 @@ mod tests {
             assert_eq!(line.matches('\n').count(), 1, "{line:?}");
             assert_eq!(parse_log(&line), vec![a]);
         }
+    }
+
+    #[test]
+    fn every_kind_of_recipient_round_trips_and_old_lines_read_the_same() {
+        let old = "1795431945 sent <bob@remote.test> 2.0.0 mx.remote.test[192.0.2.7]:25 250%20Ok\n\
+                   1795431945 bounced |/usr/bin/procmail%20-a%20x 5.3.0 local exit%2067\n\
+                   1795431945 sent /var/mail/archive 2.0.0 local appended\n\
+                   1795431945 reported - - - report%20ID2\n\
+                   1795431945 sent <-@b.test> 2.0.0 maildir x\n";
+        let read: Vec<Recipient> = parse_log(old).into_iter().map(|a| a.recipient).collect();
+        assert_eq!(
+            read,
+            [
+                Recipient::Address("bob@remote.test".into()),
+                Recipient::Command("/usr/bin/procmail -a x".into()),
+                Recipient::File("/var/mail/archive".into()),
+                Recipient::Message,
+                Recipient::Address("-@b.test".into()),
+            ]
+        );
+        let rewritten: String = parse_log(old).iter().map(Attempt::to_line).collect();
+        assert_eq!(rewritten, old, "the lines are written as they always were");
+        for r in [Recipient::Address("Postmaster".into()), Recipient::File("-".into()), Recipient::Command("-".into())]
+        {
+            let a = Attempt { recipient: r.clone(), ..attempt(Outcome::Sent, "x") };
+            assert_eq!(parse_log(&a.to_line())[0].recipient, r);
+        }
+        assert_eq!(Recipient::of_path(&"<Postmaster>"), Recipient::Address("Postmaster".into()));
     }
 
     #[test]
