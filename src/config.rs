@@ -193,6 +193,13 @@ pub struct Config {
     /// The Maildir++ folder a quarantined message is delivered into, where postern writes
     /// the maildir.
     pub junk_folder: String,
+    /// Rewrite the sender of a copy an alias forwards off this host (SRS), and take bounces
+    /// to such senders back to the original ones.
+    pub srs: bool,
+    /// The domain of our SRS senders; the first of `local_domains` when `None`.
+    pub srs_domain: Option<String>,
+    /// The file with the SRS secret; `srs-secret` in the spool when `None`.
+    pub srs_secret: Option<PathBuf>,
     /// Milters asked, in order, about mail taken in over SMTP (Postfix's `smtpd_milters`).
     pub milters: Vec<crate::milter::client::Address>,
     /// Milters asked about mail from postern-sendmail.
@@ -326,6 +333,9 @@ impl Config {
             dkim_verify: true,
             dmarc: true,
             junk_folder: "Junk".into(),
+            srs: true,
+            srs_domain: None,
+            srs_secret: None,
             milters: Vec::new(),
             non_smtpd_milters: Vec::new(),
             milter_default_action: MilterDefault::Tempfail,
@@ -524,6 +534,9 @@ impl Config {
             "dkim_verify" => self.dkim_verify = switch(v)?,
             "dmarc" => self.dmarc = switch(v)?,
             "junk_folder" => self.junk_folder = folder(v)?,
+            "srs" => self.srs = switch(v)?,
+            "srs_domain" => self.srs_domain = Some(hostname(v)?.to_lowercase()),
+            "srs_secret" => self.srs_secret = Some(path(v)?),
             "milters" => self.milters = milters(v)?,
             "non_smtpd_milters" => self.non_smtpd_milters = milters(v)?,
             "milter_default_action" => {
@@ -629,6 +642,17 @@ impl Config {
     /// Whether `ip` is in `trusted_networks`; an unknown peer never is.
     pub fn is_trusted(&self, ip: Option<IpAddr>) -> bool {
         ip.is_some_and(|ip| self.trusted_networks.iter().any(|c| c.contains(ip)))
+    }
+
+    /// The domain of our SRS senders: `srs_domain`, or the first local domain (`None` with
+    /// neither: a box with no local domain can take no bounce back).
+    pub fn srs_domain(&self) -> Option<&str> {
+        self.srs_domain.as_deref().or(self.local_domains.first().map(String::as_str))
+    }
+
+    /// The file with the SRS secret.
+    pub fn srs_secret_path(&self) -> PathBuf {
+        self.srs_secret.clone().unwrap_or_else(|| self.spool.join("srs-secret"))
     }
 
     /// The domain that makes a bare local name (`root`) an address: the host name when it is

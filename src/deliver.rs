@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::dsn::{self, Action, Diagnostic, RecipientStatus};
 use crate::maildir::{Stamp, deliver_to_maildir};
 use crate::outcome::{Event, attempt};
-use crate::relay::Relay;
+use crate::relay::{Copy, Relay};
 use crate::schedule::{self, Plan, RetryPolicy};
 use crate::smtp::address::{ForwardPath, Mailbox, ReversePath};
 use crate::smtp::command::BodyType;
@@ -23,6 +23,7 @@ use crate::smtp::reply::EnhancedStatus;
 use crate::spool::log::{Attempt, DeliveryLog, Outcome, Recipient, Where, read_log};
 use crate::spool::maildrop::PickupSettings;
 use crate::spool::{Envelope, OpenError, Place, QueueId, Queued, Spool, SpoolError, is_disk_full};
+use crate::srs::Srs;
 
 /// How a run is asked to behave.
 #[derive(Debug, Clone, Default)]
@@ -90,6 +91,8 @@ pub struct Runner<'a> {
     /// Writes the copies for system users as those users (`local_users = system`); `None`
     /// when the run was not started as root, and such copies wait for one that was.
     writer: Option<crate::local::Writer>,
+    /// Rewrites the sender of forwarded copies, and turns bounces to those senders back.
+    srs: Option<Srs>,
 }
 
 impl<'a> Runner<'a> {
@@ -100,7 +103,9 @@ impl<'a> Runner<'a> {
         let now =
             options.now.unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
         let relay = Relay::new(config)?;
-        Ok(Runner { config, relay, spool, users, retry, now, options, halted: AtomicBool::new(false), writer: None })
+        let srs = crate::srs::from_config(config, !options.dry_run);
+        let halted = AtomicBool::new(false);
+        Ok(Runner { config, relay, spool, users, retry, now, options, halted, writer: None, srs })
     }
 
     /// The helper that writes system users' copies as those users.
@@ -277,10 +282,10 @@ impl<'a> Runner<'a> {
         summary: &mut Summary,
     ) -> Result<Vec<Attempt>, String> {
         let mut failed = Vec::new();
-        let mut remote: Vec<&Mailbox> = Vec::new();
+        let mut remote: Vec<Copy<'_>> = Vec::new();
         for item in expanded.iter().filter(|e| plan.due.contains(&e.key())) {
             if let Ok(Target::Remote(m)) = &item.target {
-                remote.push(m);
+                remote.push(Copy { to: m, from: self.sender_for(q, item) });
                 continue;
             }
             // The outcome, and a `copying` line before it.
@@ -401,7 +406,11 @@ impl<'a> Runner<'a> {
     fn expand(&self, envelope: &Envelope) -> Vec<Expanded> {
         let mut out: Vec<Expanded> = Vec::new();
         for rcpt in &envelope.rcpts {
-            match self.users.expand(rcpt) {
+            let expanded = match self.srs_reversed(rcpt, envelope.arrived) {
+                Some(reversed) => reversed.map(|m| vec![Target::Remote(m)]),
+                None => self.users.expand(rcpt),
+            };
+            match expanded {
                 Ok(targets) => {
                     for target in targets {
                         if !out.iter().any(|e| e.target.as_ref().ok() == Some(&target)) {
@@ -413,6 +422,54 @@ impl<'a> Runner<'a> {
             }
         }
         out
+    }
+
+    /// The original sender an SRS recipient of ours stands for (a bounce or a reply to a copy
+    /// we forwarded), its age counted at the message's arrival, when the RCPT took it;
+    /// `None` for any other recipient.
+    fn srs_reversed(&self, rcpt: &ForwardPath, arrived: u64) -> Option<Result<Mailbox, ExpandError>> {
+        let srs = self.srs.as_ref()?;
+        let m = rcpt.mailbox()?;
+        let local = m.local_part_text();
+        if !m.host().to_string().eq_ignore_ascii_case(srs.domain()) || !crate::srs::is_srs(&local) {
+            return None;
+        }
+        let unknown = |why: String| ExpandError::UnknownUser(format!("{rcpt} ({why})"));
+        Some(match srs.reverse(&local, arrived) {
+            Ok((local, domain)) => Mailbox::from_text(&local, &domain)
+                .map_err(|e| unknown(format!("it stands for an unusable address: {e}"))),
+            Err(why) => Err(unknown(why.to_string())),
+        })
+    }
+
+    /// The sender a remote copy goes with: an SRS address of ours for a copy an alias
+    /// forwards (the recipient is not the one the message came for) of mail from outside,
+    /// so the receiver's SPF check passes for us; the message's own sender otherwise (our
+    /// users' mail, a null sender, a sender in our own domains, or a rewritten address too
+    /// long for a local part, RFC 5321 §4.5.3.1.1).
+    fn sender_for(&self, q: &Queued, item: &Expanded) -> ReversePath {
+        let from = &q.envelope.from;
+        let (Some(srs), ReversePath::Mailbox(sender), Ok(target)) = (&self.srs, from, &item.target) else {
+            return from.clone();
+        };
+        let forwarded = Recipient::of_path(&item.original) != target.key();
+        let ours = q.envelope.submitted || q.envelope.protocol == "LOCAL" || self.users.is_local_domain(sender.host());
+        let Some(domain) = sender.domain().filter(|_| forwarded && !ours) else { return from.clone() };
+        let local = srs.forward(&sender.local_part_text(), &domain.to_string(), q.envelope.arrived.max(self.now));
+        match Mailbox::from_text(&local, srs.domain()) {
+            Ok(rewritten) => {
+                log::info!("{}: from={from}, forwarded to {} as from=<{rewritten}> (SRS)", q.id, target.key());
+                ReversePath::Mailbox(rewritten)
+            }
+            Err(e) => {
+                log::info!(
+                    "{}: sender {from} kept for {}: its SRS address would be unusable ({e})",
+                    q.id,
+                    item.original
+                );
+                from.clone()
+            }
+        }
     }
 
     /// Delivers to one local recipient; `None` when it is remote (see `relay`).

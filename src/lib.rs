@@ -24,6 +24,7 @@
 //! - `dns`: MX lookup and the hosts for a domain; the `Resolve` trait the checks ask through
 //! - `outcome`: what any delivery error means (sent, deferred, bounced, status), in one place
 //! - `alias`: local users, aliases and where each mailbox is
+//! - `srs`: the sender of a forwarded copy rewritten, and bounces to it turned back (pure)
 //! - `local`: copies written as the system user they are for (a root helper, a writer per copy)
 //! - `maildir`: writing one message into a maildir
 //! - `message`: the header section of a message: fields, Message-ID, address lists (pure)
@@ -71,6 +72,7 @@ pub mod showq;
 pub mod smtp;
 pub mod spf;
 pub mod spool;
+pub mod srs;
 pub mod submit;
 pub mod sys;
 pub mod table;

@@ -11,7 +11,7 @@ use crate::config::{Config, TlsMode};
 use crate::dkim::Signing;
 use crate::dns::{DnsLookup, RouteError, route_domain, shuffle_seed};
 use crate::outcome::{Event, attempt, judge};
-use crate::smtp::address::{ForwardPath, Host, Mailbox};
+use crate::smtp::address::{ForwardPath, Host, Mailbox, ReversePath};
 use crate::smtp::client::{Envelope, RecipientResult, SmtpError};
 use crate::spool::Queued;
 use crate::spool::log::{Attempt, Recipient, Where};
@@ -47,6 +47,20 @@ pub enum NoRoute {
     Relayhost(String),
     /// An address literal that is this host.
     LiteralLoop(IpAddr),
+}
+
+/// One remote copy of a message: its recipient, and the sender it goes with (the message's,
+/// or ours for a copy an alias forwards).
+pub struct Copy<'m> {
+    pub to: &'m Mailbox,
+    pub from: ReversePath,
+}
+
+/// One transaction a message's copies make.
+struct Transaction<'m> {
+    dest: Result<Destination, NoRoute>,
+    from: ReversePath,
+    to: Vec<&'m Mailbox>,
 }
 
 /// What happened when a message was taken to one destination (`Relay::execute`).
@@ -128,49 +142,57 @@ impl<'a> Relay<'a> {
         }
     }
 
-    /// Routes each recipient, and merges the routes served by the same servers, so that one
-    /// transaction carries all of a message's recipients at one host (RFC 5321 §4.5.4.1).
-    /// Returns each destination (or why there is none) with the recipients it serves.
-    fn plan<'m>(&self, rcpts: &[&'m Mailbox]) -> Vec<(Result<Destination, NoRoute>, Vec<&'m Mailbox>)> {
-        let mut routes: Vec<(Route, Vec<&Mailbox>)> = Vec::new();
-        for &m in rcpts {
-            let route = self.route(m);
-            match routes.iter_mut().find(|(r, _)| *r == route) {
-                Some((_, served)) => served.push(m),
-                None => routes.push((route, vec![m])),
+    /// Routes each copy, and merges the routes served by the same servers, so that one
+    /// transaction carries all of a message's recipients at one host with one sender (RFC
+    /// 5321 §4.5.4.1). Returns each transaction: its destination (or why there is none),
+    /// its sender and its recipients.
+    fn plan<'m>(&self, copies: &[Copy<'m>]) -> Vec<Transaction<'m>> {
+        let mut routes: Vec<(Route, &ReversePath, Vec<&Mailbox>)> = Vec::new();
+        for copy in copies {
+            let route = self.route(copy.to);
+            match routes.iter_mut().find(|(r, from, _)| *r == route && **from == copy.from) {
+                Some((_, _, served)) => served.push(copy.to),
+                None => routes.push((route, &copy.from, vec![copy.to])),
             }
         }
-        let mut plans: Vec<(Result<Destination, NoRoute>, Vec<&Mailbox>)> = Vec::new();
-        for (route, served) in routes {
+        let mut plans: Vec<Transaction<'m>> = Vec::new();
+        for (route, from, served) in routes {
             let dest = self.destination(&route);
-            match plans.iter_mut().find(|(d, _)| matches!((d, &dest), (Ok(a), Ok(b)) if a == b)) {
-                Some((_, all)) => all.extend(served),
-                None => plans.push((dest, served)),
+            let same = |t: &Transaction<'_>| t.from == *from && matches!((&t.dest, &dest), (Ok(a), Ok(b)) if a == b);
+            match plans.iter_mut().find(|t| same(t)) {
+                Some(t) => t.to.extend(served),
+                None => plans.push(Transaction { dest, from: from.clone(), to: served }),
             }
         }
         plans
     }
 
-    /// Takes one message to all of its remote recipients that are due: one transaction per
-    /// destination, whose outcomes (one per recipient, named by its address) go to `done`
-    /// as soon as it ends, to be recorded before the next transaction starts.
+    /// Takes one message to all of its remote copies that are due: one transaction per
+    /// destination and sender, whose outcomes (one per recipient, named by its address) go
+    /// to `done` as soon as it ends, to be recorded before the next transaction starts.
     pub fn deliver<E>(
         &self,
         q: &Queued,
-        rcpts: &[&Mailbox],
+        copies: &[Copy<'_>],
         now: u64,
         mut done: impl FnMut(Vec<Attempt>) -> Result<(), E>,
     ) -> Result<(), E> {
-        for (dest, served) in self.plan(rcpts) {
-            let keys: Vec<Recipient> = served.iter().map(|m| Recipient::Address(m.to_string())).collect();
-            done(record(&self.execute(q, dest, &served), &keys, now))?;
+        for t in self.plan(copies) {
+            let keys: Vec<Recipient> = t.to.iter().map(|m| Recipient::Address(m.to_string())).collect();
+            done(record(&self.execute(q, t.dest, &t.from, &t.to), &keys, now))?;
         }
         Ok(())
     }
 
     /// Takes the message to the destination's first server that answers; keeps the session
     /// for the next message when it ended in a known state.
-    pub fn execute(&self, q: &Queued, dest: Result<Destination, NoRoute>, rcpts: &[&Mailbox]) -> Execution {
+    pub fn execute(
+        &self,
+        q: &Queued,
+        dest: Result<Destination, NoRoute>,
+        from: &ReversePath,
+        rcpts: &[&Mailbox],
+    ) -> Execution {
         let dest = match dest {
             Ok(d) => d,
             Err(no) => return Execution::NoRoute(no),
@@ -184,7 +206,7 @@ impl<'a> Relay<'a> {
             Err((place, e)) => return Execution::NoSession(place, e),
         };
         let envelope = Envelope {
-            from: q.envelope.from.clone(),
+            from: from.clone(),
             recipients: rcpts.iter().map(|m| ForwardPath::Mailbox((*m).clone())).collect(),
             size: q.envelope.size + signature.len() as u64,
             body: q.envelope.body,

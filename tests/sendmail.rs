@@ -406,6 +406,8 @@ fn an_unprivileged_user_sends_through_maildrop() {
     let (service_uid, _) = ids(&service);
     let drop_gid = postern::sys::lookup_group(&group).unwrap().unwrap();
     assert_eq!((maildrop.mode() & 0o7777, maildrop.uid(), maildrop.gid()), (0o1730, service_uid, drop_gid));
+    let secret = std::fs::metadata(spool.join("srs-secret")).unwrap();
+    assert_eq!((secret.mode() & 0o7777, secret.uid(), secret.len()), (0o600, service_uid, 65), "the SRS secret");
     let program = std::fs::metadata(&setgid_copy).unwrap();
     assert_eq!((program.mode() & 0o7777, program.uid(), program.gid()), (0o2755, 0, drop_gid));
     let maildirs = dir.path().join("maildirs");

@@ -363,10 +363,7 @@ fn connection_caps_answer_421() {
     assert!(third.is_closed(Duration::from_secs(5)));
     // Another local address is a different client; it still gets in, until the global cap.
     let from_other = |_| {
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        socket.bind(&"127.0.0.4:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
-        socket.connect(&server.addr.into()).unwrap();
-        let stream: std::net::TcpStream = socket.into();
+        let stream = support::tcp_from("127.0.0.4", server.addr);
         stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         stream
     };

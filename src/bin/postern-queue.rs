@@ -284,6 +284,19 @@ fn init(config: &Config, group: &str, sendmail: Option<&Path>) -> Result<(), Fai
         spool.display(),
         maildrop::DIR
     ));
+    // The secret forwarded senders are rewritten with (SRS): the service's alone.
+    if config.srs {
+        let secret = config.srs_secret_path();
+        let existed = secret.exists();
+        postern::srs::load_secret(&secret).map_err(|e| format!("{}: {e}", secret.display()))?;
+        chown(&secret, Some(ids.uid), Some(ids.gid)).map_err(|e| format!("{}: {e}", secret.display()))?;
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("{}: {e}", secret.display()))?;
+        match existed {
+            true => say(format!("{} kept (0600 {user})", secret.display())),
+            false => say(format!("created {}, the SRS secret (0600 {user})", secret.display())),
+        }
+    }
     let repaired = repair_owners(spool, &["tmp", "new", "cur", "hold", "corrupt"], ids.uid, ids.gid)?;
     if repaired > 0 {
         say(format!(

@@ -440,6 +440,7 @@ fn smtp_session(config: &Config) -> Result<(), Fail> {
         }
     };
     let policy = LocalPolicy::load(config).map_err(|e| Fail(EX_CONFIG, e.to_string()))?;
+    let policy = policy.with_srs(postern::srs::from_config(config, false));
     Server::new(config.clone(), policy, spool, None, None).serve_local_user();
     Ok(())
 }

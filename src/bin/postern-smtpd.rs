@@ -12,7 +12,7 @@ use postern::config::{Config, Mode};
 use postern::policy::LocalPolicy;
 use postern::server::Server;
 use postern::spool::Spool;
-use postern::{logging, sys};
+use postern::{logging, srs, sys};
 
 const USAGE: &str = "usage: postern-smtpd [-c FILE | --builtin-config] [--inetd [--mode MODE]] [--check]
        postern-smtpd --hash-password [--scheme sha512|bcrypt|yescrypt] [USER]
@@ -207,7 +207,7 @@ fn run(args: &Args) -> Result<(), String> {
         log::warn!("{warning}");
     }
     spool.clean_tmp();
-    let policy = LocalPolicy::load(&config).map_err(|e| e.to_string())?;
+    let policy = LocalPolicy::load(&config).map_err(|e| e.to_string())?.with_srs(srs::from_config(&config, true));
     for problem in policy.problems() {
         log::warn!("{problem} (that alias waits; everything else is delivered)");
     }
@@ -255,7 +255,7 @@ fn reload(server: &Server, builtin: bool, explicit: Option<&std::path::Path>) {
         if let Some(warning) = postern::server::fit_to_descriptors(&mut config) {
             log::warn!("{warning}");
         }
-        let policy = LocalPolicy::load(&config).map_err(|e| e.to_string())?;
+        let policy = LocalPolicy::load(&config).map_err(|e| e.to_string())?.with_srs(srs::from_config(&config, true));
         Ok((config, policy))
     });
     match loaded {

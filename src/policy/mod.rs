@@ -17,6 +17,7 @@ use crate::message::{HeaderScan, Headers};
 use crate::smtp::address::{ForwardPath, Host, ReversePath};
 use crate::smtp::reply::{EnhancedStatus, Reply};
 use crate::spf::{self, SpfResult};
+use crate::srs::Srs;
 use crate::table::TableError;
 
 pub mod authres;
@@ -55,6 +56,9 @@ pub enum Refusal {
     /// The `From:` domain's DMARC policy is reject, and the message failed it (`550 5.7.26`,
     /// RFC 7489 §6.3, RFC 7372 §3.4).
     DmarcReject(String),
+    /// An SRS address in our SRS domain that we did not make, or made too long ago
+    /// (`550 5.1.1`: no such mailbox).
+    BadSrs(String, crate::srs::SrsError),
 }
 
 impl From<&Refusal> for Reply {
@@ -62,6 +66,9 @@ impl From<&Refusal> for Reply {
         let es = EnhancedStatus::new;
         match e {
             Refusal::UnknownUser(who) => Reply::no_such_user(who),
+            Refusal::BadSrs(who, why) => {
+                Reply::new(550, es(5, 1, 1), format!("{who}: Recipient address rejected: {why}"))
+            }
             Refusal::RelayDenied(who) => Reply::new(554, es(5, 7, 1), format!("{who}: Relay access denied")),
             Refusal::TooManyRecipients => Reply::new(452, es(4, 5, 3), "Error: too many recipients"),
             Refusal::NoValidRecipients => Reply::new(554, es(5, 5, 1), "Error: no valid recipients"),
@@ -149,12 +156,21 @@ pub trait Authenticator: Send + Sync {
 pub struct LocalPolicy {
     config: Config,
     users: LocalUsers,
+    /// The SRS addresses we take bounces for.
+    srs: Option<Srs>,
 }
 
 impl LocalPolicy {
     /// Loads the mailboxes and aliases files the configuration names.
     pub fn load(config: &Config) -> Result<LocalPolicy, TableError> {
-        Ok(LocalPolicy { config: config.clone(), users: LocalUsers::load(config)? })
+        Ok(LocalPolicy { config: config.clone(), users: LocalUsers::load(config)?, srs: None })
+    }
+
+    /// Takes bounces to the SRS addresses `srs` makes; any other address of the SRS shape
+    /// in its domain is refused.
+    pub fn with_srs(mut self, srs: Option<Srs>) -> LocalPolicy {
+        self.srs = srs;
+        self
     }
 
     /// The aliases file's unusable lines.
@@ -177,6 +193,15 @@ impl Policy for LocalPolicy {
             ForwardPath::Postmaster => return Ok(Destination::Local), // §4.5.1
             ForwardPath::Mailbox(m) => m,
         };
+        let local = mailbox.local_part_text();
+        let in_srs_domain = |s: &&Srs| mailbox.host().to_string().eq_ignore_ascii_case(s.domain());
+        if let Some(srs) = self.srs.as_ref().filter(in_srs_domain).filter(|_| crate::srs::is_srs(&local)) {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            return match srs.reverse(&local, now) {
+                Ok(_) => Ok(Destination::Local),
+                Err(why) => Err(Refusal::BadSrs(to.to_string(), why)),
+            };
+        }
         if self.users.is_local_domain(mailbox.host()) {
             return match self.users.lookup_name(&mailbox.local_part_text()) {
                 Some(_) => Ok(Destination::Local),
@@ -488,7 +513,7 @@ mod tests {
             R::UnknownUser(_) | R::RelayDenied(_) | R::TooManyRecipients | R::NoValidRecipients => (),
             R::NeedsSmtputf8 | R::MessageTooBig | R::NotOffered(_) => (),
             R::LocalSender(_) | R::SpfFail(_) | R::SpfTempError(_) | R::FromNotOwned { .. } => (),
-            R::FromCount(_) | R::DmarcReject(_) => (),
+            R::FromCount(_) | R::DmarcReject(_) | R::BadSrs(..) => (),
         };
         for (refusal, want) in [
             (R::UnknownUser("bob".into()), "550 5.1.1"),
@@ -505,6 +530,7 @@ mod tests {
             (R::FromCount(0), "550 5.7.1"),
             (R::FromCount(2), "550 5.7.1"),
             (R::DmarcReject("example.test".into()), "550 5.7.26"),
+            (R::BadSrs("<SRS0=x@example.test>".into(), crate::srs::SrsError::BadHash), "550 5.1.1"),
         ] {
             let reply = Reply::from(&refusal);
             let EnhancedStatus(a, b, c) = reply.status().expect("an enhanced code");
@@ -655,6 +681,24 @@ mod tests {
         ] {
             assert!(matches!(p.check_recipient(&rcpt(bad), false), Err(Refusal::UnknownUser(_))), "{bad}");
         }
+    }
+
+    #[test]
+    fn only_srs_addresses_we_made_are_taken_and_never_as_a_relay() {
+        let srs = crate::srs::Srs::new(b"secret", "example.test");
+        let p = policy("", None, &[]).with_srs(Some(srs.clone()));
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let ours = format!("{}@example.test", srs.forward("bob", "remote.test", now));
+        assert_eq!(p.check_recipient(&rcpt(&ours), false), Ok(Destination::Local));
+        let old = format!("{}@example.test", srs.forward("bob", "remote.test", now - 30 * 86400));
+        let forged = ours.replace("=bob@", "=carol@");
+        for (address, why) in [(old, crate::srs::SrsError::Expired), (forged, crate::srs::SrsError::BadHash)] {
+            let refused = p.check_recipient(&rcpt(&address), false);
+            assert_eq!(refused, Err(Refusal::BadSrs(format!("<{address}>"), why)));
+            assert_eq!(p.check_recipient(&rcpt(&address), true), refused, "trust does not change it");
+        }
+        let without = policy("", None, &[]);
+        assert!(matches!(without.check_recipient(&rcpt(&ours), false), Err(Refusal::UnknownUser(_))));
     }
 
     #[test]

@@ -166,6 +166,16 @@ impl Mailbox {
         Ok(Mailbox { local: local.to_string(), host: Host::parse(host)? })
     }
 
+    /// The mailbox whose local part names `local` at `host`: written as a dot-string when
+    /// it is one, else as a quoted string (§4.1.2).
+    pub fn from_text(local: &str, host: &str) -> Result<Mailbox, AddressError> {
+        let written = match dot_string_end(local) {
+            Ok(end) if end == local.len() => local.to_string(),
+            _ => format!("\"{}\"", local.replace('\\', "\\\\").replace('"', "\\\"")),
+        };
+        Mailbox::parse(&format!("{written}@{host}"))
+    }
+
     /// The local part exactly as written, quotes included.
     pub fn local_part(&self) -> &str {
         &self.local
@@ -443,6 +453,15 @@ mod tests {
         assert_eq!(rcpt(&format!("<{local64}a@e.test>")), Err(AddressError::LocalPartTooLong));
         let long_path = format!("<{}@{}.test>", "a".repeat(60), vec!["b".repeat(60); 4].join("."));
         assert_eq!(rcpt(&long_path), Err(AddressError::PathTooLong));
+    }
+
+    #[test]
+    fn a_local_part_is_quoted_only_when_it_must_be() {
+        for (text, written) in [("a.b", "a.b@x.test"), ("a b", "\"a b\"@x.test"), ("a\"b\\", "\"a\\\"b\\\\\"@x.test")] {
+            let m = Mailbox::from_text(text, "x.test").unwrap();
+            assert_eq!((m.to_string().as_str(), m.local_part_text().as_str()), (written, text));
+        }
+        assert_eq!(Mailbox::from_text(&"a".repeat(65), "x.test"), Err(AddressError::LocalPartTooLong));
     }
 
     #[test]

@@ -288,7 +288,15 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).unwrap();
+        Client::from_stream(TcpStream::connect(addr).unwrap())
+    }
+
+    /// A client connected from the loopback address `source`: another client to the server.
+    pub fn connect_from(source: &str, addr: SocketAddr) -> Client {
+        Client::from_stream(tcp_from(source, addr))
+    }
+
+    fn from_stream(stream: TcpStream) -> Client {
         stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let reader = BufReader::new(stream.try_clone().unwrap());
         Client { stream, reader }
@@ -373,6 +381,14 @@ impl Client {
         self.send(b"\r\n.\r\n");
         self.reply()
     }
+}
+
+/// A TCP connection to `addr` from the address `source` (`127.0.0.4`).
+pub fn tcp_from(source: &str, addr: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::new(source.parse().unwrap(), 0).into()).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    socket.into()
 }
 
 /// The reply code and enhanced code of a reply's last line: "250 2.1.0".
