@@ -4,6 +4,7 @@
 //! due recipient, append every outcome to `cur/ID.log` (fsynced before the next delivery),
 //! then remove the message when nothing is left, or move it to `cur/` to wait.
 
+use std::cell::OnceCell;
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::sync::Mutex;
@@ -63,18 +64,21 @@ impl Summary {
     }
 }
 
-/// One recipient after alias expansion, with the envelope recipient it came from.
+/// One recipient after alias expansion, with the envelope recipient it came from and the
+/// key its delivery log lines go under (made once: every step looks recipients up by it).
 struct Expanded {
     original: ForwardPath,
     target: Result<Target, ExpandError>,
+    key: Recipient,
 }
 
 impl Expanded {
-    fn key(&self) -> Recipient {
-        match &self.target {
+    fn new(original: &ForwardPath, target: Result<Target, ExpandError>) -> Expanded {
+        let key = match &target {
             Ok(t) => t.key(),
-            Err(_) => Recipient::of_path(&self.original),
-        }
+            Err(_) => Recipient::of_path(original),
+        };
+        Expanded { original: original.clone(), target, key }
     }
 }
 
@@ -221,7 +225,7 @@ impl<'a> Runner<'a> {
         let log_path = self.spool.log_path(&q.id);
         let history = read_log(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
         let expanded = self.expand(&q.envelope);
-        let keys: Vec<Recipient> = expanded.iter().map(Expanded::key).collect();
+        let keys: Vec<Recipient> = expanded.iter().map(|e| e.key.clone()).collect();
         let plan = self.plan(q, &keys, &history);
         if self.options.dry_run {
             self.describe(q, &plan, &history);
@@ -283,14 +287,15 @@ impl<'a> Runner<'a> {
     ) -> Result<Vec<Attempt>, String> {
         let mut failed = Vec::new();
         let mut remote: Vec<Copy<'_>> = Vec::new();
-        for item in expanded.iter().filter(|e| plan.due.contains(&e.key())) {
+        let rewritten = OnceCell::new();
+        for item in expanded.iter().filter(|e| plan.due.contains(&e.key)) {
             if let Ok(Target::Remote(m)) = &item.target {
-                remote.push(Copy { to: m, from: self.sender_for(q, item) });
+                remote.push(Copy { to: m, from: self.sender_for(q, item, &rewritten) });
                 continue;
             }
             // The outcome, and a `copying` line before it.
             self.reserve(q, log, 2)?;
-            if let Some(attempt) = self.attempt(q, item, interrupted_copy(history, &item.key()), log) {
+            if let Some(attempt) = self.attempt(q, item, interrupted_copy(history, &item.key), log) {
                 crate::fault::crash_point("after-local-copy");
                 self.record(q, log, item, attempt, summary, &mut failed)?;
             }
@@ -301,7 +306,7 @@ impl<'a> Runner<'a> {
                 crate::fault::crash_point("after-remote-copy");
                 for attempt in attempts {
                     // The relay names each outcome by its recipient's key, so the item is there.
-                    if let Some(item) = expanded.iter().find(|e| e.key() == attempt.recipient) {
+                    if let Some(item) = expanded.iter().find(|e| e.key == attempt.recipient) {
                         self.record(q, log, item, attempt, summary, &mut failed)?;
                     }
                 }
@@ -313,7 +318,7 @@ impl<'a> Runner<'a> {
                 format!("gave up after {}: {}", lifetime_text(self.retry.max_queue_lifetime.as_secs()), last.text);
             let attempt = Attempt { time: self.now, outcome: Outcome::Bounced, text, ..last.clone() };
             // Expired recipients come from this message's own keys, so the item is always there.
-            if let Some(item) = expanded.iter().find(|e| e.key() == attempt.recipient) {
+            if let Some(item) = expanded.iter().find(|e| e.key == attempt.recipient) {
                 self.reserve(q, log, 1)?;
                 self.record(q, log, item, attempt, summary, &mut failed)?;
             }
@@ -414,11 +419,11 @@ impl<'a> Runner<'a> {
                 Ok(targets) => {
                     for target in targets {
                         if !out.iter().any(|e| e.target.as_ref().ok() == Some(&target)) {
-                            out.push(Expanded { original: rcpt.clone(), target: Ok(target) });
+                            out.push(Expanded::new(rcpt, Ok(target)));
                         }
                     }
                 }
-                Err(e) => out.push(Expanded { original: rcpt.clone(), target: Err(e) }),
+                Err(e) => out.push(Expanded::new(rcpt, Err(e))),
             }
         }
         out
@@ -428,48 +433,52 @@ impl<'a> Runner<'a> {
     /// we forwarded), its age counted at the message's arrival, when the RCPT took it;
     /// `None` for any other recipient.
     fn srs_reversed(&self, rcpt: &ForwardPath, arrived: u64) -> Option<Result<Mailbox, ExpandError>> {
-        let srs = self.srs.as_ref()?;
-        let m = rcpt.mailbox()?;
-        let local = m.local_part_text();
-        if !m.host().to_string().eq_ignore_ascii_case(srs.domain()) || !crate::srs::is_srs(&local) {
-            return None;
-        }
+        let reversed = self.srs.as_ref()?.reverse_mailbox(rcpt.mailbox()?, arrived)?;
         let unknown = |why: String| ExpandError::UnknownUser(format!("{rcpt} ({why})"));
-        Some(match srs.reverse(&local, arrived) {
+        Some(match reversed {
             Ok((local, domain)) => Mailbox::from_text(&local, &domain)
                 .map_err(|e| unknown(format!("it stands for an unusable address: {e}"))),
             Err(why) => Err(unknown(why.to_string())),
         })
     }
 
-    /// The sender a remote copy goes with: an SRS address of ours for a copy an alias
-    /// forwards (the recipient is not the one the message came for) of mail from outside,
-    /// so the receiver's SPF check passes for us; the message's own sender otherwise (our
-    /// users' mail, a null sender, a sender in our own domains, or a rewritten address too
-    /// long for a local part, RFC 5321 §4.5.3.1.1).
-    fn sender_for(&self, q: &Queued, item: &Expanded) -> ReversePath {
+    /// The sender a remote copy goes with: `rewritten` (the message's SRS sender, made at
+    /// most once per message) for a copy an alias forwards (its recipient is not the one the
+    /// message came for); the message's own sender otherwise, or when there is no SRS sender.
+    fn sender_for(
+        &self,
+        q: &Queued,
+        item: &Expanded,
+        rewritten: &OnceCell<Option<Result<ReversePath, String>>>,
+    ) -> ReversePath {
         let from = &q.envelope.from;
-        let (Some(srs), ReversePath::Mailbox(sender), Ok(target)) = (&self.srs, from, &item.target) else {
+        if Recipient::of_path(&item.original) == item.key {
             return from.clone();
-        };
-        let forwarded = Recipient::of_path(&item.original) != target.key();
-        let ours = q.envelope.submitted || q.envelope.protocol == "LOCAL" || self.users.is_local_domain(sender.host());
-        let Some(domain) = sender.domain().filter(|_| forwarded && !ours) else { return from.clone() };
-        let local = srs.forward(&sender.local_part_text(), &domain.to_string(), q.envelope.arrived.max(self.now));
-        match Mailbox::from_text(&local, srs.domain()) {
-            Ok(rewritten) => {
-                log::info!("{}: from={from}, forwarded to {} as from=<{rewritten}> (SRS)", q.id, target.key());
-                ReversePath::Mailbox(rewritten)
+        }
+        match rewritten.get_or_init(|| self.srs_sender(q)) {
+            Some(Ok(rewritten)) => {
+                log::info!("{}: from={from}, forwarded to {} as from={rewritten} (SRS)", q.id, item.key);
+                rewritten.clone()
             }
-            Err(e) => {
-                log::info!(
-                    "{}: sender {from} kept for {}: its SRS address would be unusable ({e})",
-                    q.id,
-                    item.original
-                );
+            Some(Err(why)) => {
+                log::info!("{}: sender {from} kept for {}: {why}", q.id, item.original);
                 from.clone()
             }
+            None => from.clone(),
         }
+    }
+
+    /// The SRS address of ours that stands for a message's sender on the copies aliases
+    /// forward, so the receiver's SPF check passes for us. `None` for our users' mail, a null
+    /// sender or a sender in our own domains; `Err` (why) for a rewritten address too long
+    /// for a local part (RFC 5321 §4.5.3.1.1).
+    fn srs_sender(&self, q: &Queued) -> Option<Result<ReversePath, String>> {
+        let (Some(srs), ReversePath::Mailbox(sender)) = (&self.srs, &q.envelope.from) else { return None };
+        let ours = q.envelope.submitted || q.envelope.protocol == "LOCAL" || self.users.is_local_domain(sender.host());
+        let domain = sender.domain().filter(|_| !ours)?;
+        let local = srs.forward(&sender.local_part_text(), &domain.to_string(), q.envelope.arrived.max(self.now));
+        let rewritten = Mailbox::from_text(&local, srs.domain());
+        Some(rewritten.map(ReversePath::Mailbox).map_err(|e| format!("its SRS address would be unusable ({e})")))
     }
 
     /// Delivers to one local recipient; `None` when it is remote (see `relay`).
@@ -483,7 +492,7 @@ impl<'a> Runner<'a> {
         interrupted: Option<&str>,
         log: &mut DeliveryLog,
     ) -> Option<Attempt> {
-        let attempt = |place: Where, event: Event<'_>| attempt(self.now, item.key(), place, event);
+        let attempt = |place: Where, event: Event<'_>| attempt(self.now, item.key.clone(), place, event);
         let target = match &item.target {
             Ok(t) => t,
             Err(e) => return Some(attempt(Where::Local, Event::Alias(e))),
@@ -522,7 +531,7 @@ impl<'a> Runner<'a> {
         let note = Attempt {
             time: self.now,
             outcome: Outcome::Copying,
-            recipient: item.key(),
+            recipient: item.key.clone(),
             status: None,
             relay: Where::Maildir,
             text: name.clone(),
@@ -673,7 +682,7 @@ impl<'a> Runner<'a> {
         }
         let mut delayed = Vec::new();
         for item in expanded {
-            let last = history.iter().rev().find(|a| a.recipient == item.key());
+            let last = history.iter().rev().find(|a| a.recipient == item.key);
             if let Some(last) = last.filter(|a| a.outcome == Outcome::Deferred) {
                 delayed.push(Failure { attempt: last, original: Some(&item.original) });
             }
@@ -761,7 +770,7 @@ struct Failure<'a> {
 
 impl<'a> Failure<'a> {
     fn of(attempt: &'a Attempt, expanded: &'a [Expanded]) -> Failure<'a> {
-        let original = expanded.iter().find(|e| e.key() == attempt.recipient).map(|e| &e.original);
+        let original = expanded.iter().find(|e| e.key == attempt.recipient).map(|e| &e.original);
         Failure { attempt, original }
     }
 
@@ -775,14 +784,15 @@ impl<'a> Failure<'a> {
 
     fn status_line(&self) -> RecipientStatus {
         let a = self.attempt;
-        let original = self.original.map(Recipient::of_path).filter(|o| *o != a.recipient);
+        let original = self.original.map(Recipient::of_path);
         let remote = matches!(a.relay, Where::Remote { .. });
         // A command or a file is no address: the report names the address that led to it.
-        let final_recipient = match (a.recipient.address(), self.original.map(Recipient::of_path)) {
+        let final_recipient = match (a.recipient.address(), &original) {
             (Some(address), _) => address.to_string(),
-            (None, Some(Recipient::Address(o))) => o,
+            (None, Some(Recipient::Address(o))) => o.clone(),
             (None, _) => a.recipient.to_string(),
         };
+        let original = original.filter(|o| *o != a.recipient);
         RecipientStatus {
             final_recipient,
             original_recipient: original.and_then(|o| o.address().map(str::to_string)),

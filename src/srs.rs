@@ -27,6 +27,8 @@ use openssl::hash::MessageDigest;
 use openssl::pkey::PKey;
 use openssl::sign::Signer;
 
+use crate::smtp::address::Mailbox;
+
 /// How long a bounce to an address we made is taken, in days.
 pub const MAX_AGE_DAYS: u64 = 21;
 const HASH_LEN: usize = 4;
@@ -142,13 +144,21 @@ impl Srs {
                 return format!("SRS1={}={host}={user}", self.hash(&[host, user]));
             }
         }
-        if let Some(tag) = local.get(..4).filter(|_| after_tag(local, "SRS0").is_some()) {
+        if after_tag(local, "SRS0").is_some() {
             // The separator stays with what is kept: `SRS1=HHHH=host==HHHH=...`.
-            let kept = &local[tag.len()..];
+            let kept = &local["SRS0".len()..];
             return format!("SRS1={}={domain}={kept}", self.hash(&[domain, kept]));
         }
         let tt = timestamp(now);
         format!("SRS0={}={tt}={domain}={local}", self.hash(&[&tt, domain, local]))
+    }
+
+    /// What `reverse` makes of a recipient in our SRS domain whose local part has the SRS
+    /// shape; `None` for any other address, which is not ours to turn back.
+    pub fn reverse_mailbox(&self, m: &Mailbox, now: u64) -> Option<Result<(String, String), SrsError>> {
+        let local = m.local_part_text();
+        let ours = is_srs(&local) && m.domain().is_some_and(|d| d.eq_ignore_case(&self.domain));
+        ours.then(|| self.reverse(&local, now))
     }
 
     /// The address (local part, domain) an SRS local part of ours stands for, checked: its
@@ -225,8 +235,7 @@ fn read_secret(path: &Path) -> std::io::Result<Vec<u8>> {
 /// The secret in `path` (its first line): made, 256 random bits in hex, mode 0600, when
 /// there is none yet. Two processes making it at once both end with the one that landed.
 pub fn load_secret(path: &Path) -> std::io::Result<Vec<u8>> {
-    let read = read_secret;
-    match read(path) {
+    match read_secret(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         other => return other,
     }
@@ -258,7 +267,9 @@ pub fn load_secret(path: &Path) -> std::io::Result<Vec<u8>> {
             Ok(hex.into_bytes())
         }
         // Another process made it first (and may have swept this one's draft).
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::NotFound) => read(path),
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::NotFound) => {
+            read_secret(path)
+        }
         Err(e) => Err(e),
     }
 }

@@ -155,7 +155,7 @@ fn unstuff(raw: &[u8]) -> Vec<u8> {
 
 /// Verifies each message with dkimpy against the printed records; returns its verdicts.
 fn dkimpy(messages: &[(String, Vec<u8>)], records: &HashMap<String, String>, dir: &Path) -> Vec<String> {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin/python");
+    let python = support::venv_python();
     let mut paths = Vec::new();
     for (name, bytes) in messages {
         let path = dir.join(format!("{name}.eml"));
@@ -182,8 +182,7 @@ for path in sys.argv[1:]:
 }
 
 fn have_dkimpy() -> bool {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin/python");
-    Command::new(python).args(["-c", "import dkim, nacl"]).output().is_ok_and(|o| o.status.success())
+    support::venv_has("dkim, nacl")
 }
 
 fn check_with_dkimpy(from: &str, algorithm: &str) {

@@ -23,12 +23,10 @@ const MESSAGE: &str = "From: Alice <alice@example.test>\r\nTo: bob@example.org\r
                        Date: Sat, 5 Dec 2026 06:00:00 +0000\r\nMessage-ID: <1@example.test>\r\n\r\n\
                        Hello  there \r\n\r\nBye\r\n";
 
-fn python() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin/python")
-}
+use support::venv_python as python;
 
 fn have_dkimpy() -> bool {
-    Command::new(python()).args(["-c", "import dkim, nacl, dns.resolver"]).output().is_ok_and(|o| o.status.success())
+    support::venv_has("dkim, nacl, dns.resolver")
 }
 
 fn have_mail_dkim() -> bool {
@@ -438,7 +436,7 @@ fn dmarc_policies_decide_the_verdict() {
 }
 
 fn have_pydmarc() -> bool {
-    Command::new(python()).args(["-c", "import dkim, dmarc, publicsuffix2"]).output().is_ok_and(|o| o.status.success())
+    support::venv_has("dkim, dmarc, publicsuffix2")
 }
 
 /// Python's dmarc library on each case: (From: domain, the record found, the domain it was

@@ -23,12 +23,10 @@ fn leak(text: String) -> &'static str {
     Box::leak(text.into_boxed_str())
 }
 
-fn python() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin/python")
-}
+use support::venv_python as python;
 
 fn have_pyspf() -> bool {
-    Command::new(python()).args(["-c", "import spf, dns.resolver"]).output().is_ok_and(|o| o.status.success())
+    support::venv_has("spf, dns.resolver")
 }
 
 /// One scenario: who sends, and (where pyspf departs from the RFC) what the RFC requires.

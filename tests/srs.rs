@@ -69,12 +69,8 @@ fn envelopes(server: &Server, n: usize) -> Vec<String> {
     }
 }
 
-fn python() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin/python")
-}
-
 fn have_pysrs() -> bool {
-    std::process::Command::new(python()).args(["-c", "import SRS"]).output().is_ok_and(|o| o.status.success())
+    support::venv_has("SRS")
 }
 
 /// pysrs with our secret: `reverse ADDRESS` or `forward SENDER DOMAIN`, its answer or its error.
@@ -84,7 +80,8 @@ fn pysrs(args: &[&str]) -> String {
                   s = SRS.new(secret=sys.argv[1], maxage=21, hashlength=4)\n\
                   try:\n    print(s.reverse(sys.argv[3]) if sys.argv[2] == 'reverse' else s.forward(sys.argv[3], sys.argv[4]))\n\
                   except Exception as e:\n    print('error:', repr(e))\n";
-    let out = std::process::Command::new(python()).args(["-c", script, SECRET]).args(args).output().unwrap();
+    let out =
+        std::process::Command::new(support::venv_python()).args(["-c", script, SECRET]).args(args).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }

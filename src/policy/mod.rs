@@ -193,11 +193,9 @@ impl Policy for LocalPolicy {
             ForwardPath::Postmaster => return Ok(Destination::Local), // §4.5.1
             ForwardPath::Mailbox(m) => m,
         };
-        let local = mailbox.local_part_text();
-        let in_srs_domain = |s: &&Srs| mailbox.host().to_string().eq_ignore_ascii_case(s.domain());
-        if let Some(srs) = self.srs.as_ref().filter(in_srs_domain).filter(|_| crate::srs::is_srs(&local)) {
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            return match srs.reverse(&local, now) {
+        let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if let Some(reversed) = self.srs.as_ref().and_then(|srs| srs.reverse_mailbox(mailbox, now())) {
+            return match reversed {
                 Ok(_) => Ok(Destination::Local),
                 Err(why) => Err(Refusal::BadSrs(to.to_string(), why)),
             };

@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::smtp::address::ForwardPath;
 use crate::smtp::reply::EnhancedStatus;
 
 use crate::spool::envelope::{escape, unescape};
@@ -134,10 +135,11 @@ pub enum Recipient {
 
 impl Recipient {
     /// The recipient of an envelope path (`<a@b.test>`, `<Postmaster>`).
-    pub fn of_path(path: &impl fmt::Display) -> Recipient {
-        let text = path.to_string();
-        let bare = text.strip_prefix('<').and_then(|t| t.strip_suffix('>')).unwrap_or(&text);
-        Recipient::Address(bare.to_string())
+    pub fn of_path(path: &ForwardPath) -> Recipient {
+        match path {
+            ForwardPath::Postmaster => Recipient::Address("Postmaster".into()),
+            ForwardPath::Mailbox(m) => Recipient::Address(m.to_string()),
+        }
     }
 
     /// The address, for a mailbox.
@@ -401,7 +403,7 @@ mod tests {
             let a = Attempt { recipient: r.clone(), ..attempt(Outcome::Sent, "x") };
             assert_eq!(parse_log(&a.to_line())[0].recipient, r);
         }
-        assert_eq!(Recipient::of_path(&"<Postmaster>"), Recipient::Address("Postmaster".into()));
+        assert_eq!(Recipient::of_path(&ForwardPath::Postmaster), Recipient::Address("Postmaster".into()));
     }
 
     #[test]

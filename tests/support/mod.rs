@@ -586,6 +586,17 @@ pub fn configured(tag: &str, extra: &str) -> (TempDir, PathBuf) {
     (dir, conf)
 }
 
+/// The Python of the tests' virtualenv (target/venv, which `make test` fills with the
+/// independent implementations the tests check against).
+pub fn venv_python() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin/python")
+}
+
+/// Whether that Python can import these modules (`"dkim, nacl"`).
+pub fn venv_has(modules: &str) -> bool {
+    Command::new(venv_python()).args(["-c", &format!("import {modules}")]).output().is_ok_and(|o| o.status.success())
+}
+
 /// Says on the real stderr (not the captured test output) that a test did not run, and why;
 /// `make test` shows these lines. Returns true when the test must stop here.
 pub fn skip_unless(condition: bool, why: &str) -> bool {
