@@ -72,7 +72,7 @@ impl Stream {
 }
 
 /// When to use TLS with a server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TlsPolicy {
     /// STARTTLS when offered, certificate not checked (MX delivery; `relayhost_tls = may`).
     May,

@@ -200,6 +200,8 @@ pub struct Config {
     pub srs_domain: Option<String>,
     /// The file with the SRS secret; `srs-secret` in the spool when `None`.
     pub srs_secret: Option<PathBuf>,
+    /// Honour the MTA-STS policies (RFC 8461) of the domains mail goes to.
+    pub mta_sts: bool,
     /// Milters asked, in order, about mail taken in over SMTP (Postfix's `smtpd_milters`).
     pub milters: Vec<crate::milter::client::Address>,
     /// Milters asked about mail from postern-sendmail.
@@ -336,6 +338,7 @@ impl Config {
             srs: true,
             srs_domain: None,
             srs_secret: None,
+            mta_sts: true,
             milters: Vec::new(),
             non_smtpd_milters: Vec::new(),
             milter_default_action: MilterDefault::Tempfail,
@@ -537,6 +540,7 @@ impl Config {
             "srs" => self.srs = switch(v)?,
             "srs_domain" => self.srs_domain = Some(hostname(v)?.to_lowercase()),
             "srs_secret" => self.srs_secret = Some(path(v)?),
+            "mta_sts" => self.mta_sts = switch(v)?,
             "milters" => self.milters = milters(v)?,
             "non_smtpd_milters" => self.non_smtpd_milters = milters(v)?,
             "milter_default_action" => {

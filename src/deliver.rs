@@ -535,6 +535,7 @@ impl<'a> Runner<'a> {
             status: None,
             relay: Where::Maildir,
             text: name.clone(),
+            protection: None,
         };
         if let Err(e) = log.note(&note) {
             // Only the chance to recognise this copy after a crash is lost.
@@ -599,7 +600,8 @@ impl<'a> Runner<'a> {
         let status = a.outcome.name();
         let delay = self.now.saturating_sub(q.envelope.arrived);
         let dsn = a.status_text();
-        log::info!("{line}, relay={}, delay={delay}, dsn={dsn}, status={status} ({})", a.relay, a.text);
+        let policy = a.protection.map_or_else(String::new, |p| format!(", tls={}", p.name()));
+        log::info!("{line}, relay={}, delay={delay}, dsn={dsn}, status={status} ({}){policy}", a.relay, a.text);
     }
 
     /// Queues one report for the failed recipients of one message (RFC 3464); `None` when

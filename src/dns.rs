@@ -469,6 +469,14 @@ fn absolute(name: &str) -> String {
     if name.ends_with('.') { name.to_string() } else { format!("{name}.") }
 }
 
+impl DnsLookup {
+    /// TXT records of `name`, each one's strings joined.
+    pub fn txt(&self, name: &str) -> Result<Vec<Vec<u8>>, DnsFailure> {
+        self.ask(name, RecordType::TXT, Instant::now() + Duration::from_secs(30))
+            .map(|(records, _)| txt_strings(records))
+    }
+}
+
 impl Lookup for DnsLookup {
     fn mx(&self, domain: &str) -> Result<Vec<(u16, String)>, DnsFailure> {
         let lookup = self.runtime.block_on(self.resolver.mx_lookup(absolute(domain))).map_err(|e| classify(&e))?;

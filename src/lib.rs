@@ -21,6 +21,7 @@
 //! - `launch`: instant delivery, a bounded number of `postern-deliver --id` children
 //! - `relay`: remote routes, sessions kept per server, each transaction executed then recorded
 //! - `client`: the SMTP client's TCP and TLS loop around `smtp::client`
+//! - `mtasts`: MTA-STS policies (RFC 8461): their parsers (pure), fetch and cache
 //! - `dns`: MX lookup and the hosts for a domain; the `Resolve` trait the checks ask through
 //! - `outcome`: what any delivery error means (sent, deferred, bounced, status), in one place
 //! - `alias`: local users, aliases and where each mailbox is
@@ -61,6 +62,7 @@ pub mod logging;
 pub mod maildir;
 pub mod message;
 pub mod milter;
+pub mod mtasts;
 pub mod outcome;
 pub mod policy;
 pub mod queue;

@@ -34,6 +34,8 @@ pub enum Event<'a> {
     Signing(&'a str),
     /// An address literal that is this host (RFC 5321 §5.1).
     LiteralLoop(IpAddr),
+    /// The domain's TLS policy allows none of its servers (MTA-STS enforce, RFC 8461 §5).
+    TlsPolicy(&'a str),
     /// Written into the maildir, at this path.
     Delivered(&'a str),
     Maildir(&'a MaildirError),
@@ -64,7 +66,7 @@ fn verdict(status: EnhancedStatus, text: impl Into<String>) -> Verdict {
 /// What one recipient's step came to, as its delivery log line records it.
 pub fn attempt(now: u64, recipient: Recipient, relay: Where, event: Event<'_>) -> Attempt {
     let Verdict { outcome, status, text } = judge(event);
-    Attempt { time: now, outcome, recipient, status: Some(status), relay, text }
+    Attempt { time: now, outcome, recipient, status: Some(status), relay, text, protection: None }
 }
 
 /// The one place that says what an event means for a recipient.
@@ -81,6 +83,8 @@ pub fn judge(event: Event<'_>) -> Verdict {
         // X.3.5: the system is not configured to deliver this; fixed, a retry sends it signed.
         Event::Signing(why) => verdict(es(4, 3, 5), why),
         Event::LiteralLoop(ip) => verdict(es(5, 4, 6), format!("mail for [{ip}] loops back to myself")),
+        // X.7.5: the policy cannot be met now; it may be once the domain's servers are fixed.
+        Event::TlsPolicy(why) => verdict(es(4, 7, 5), why),
         Event::Delivered(path) => verdict(es(2, 0, 0), format!("delivered to {path}")),
         Event::Maildir(MaildirError::Loop) => verdict(es(5, 4, 6), "mail forwarding loop"),
         // RFC 3463 §3.3: X.2.2 mailbox full; the rest is for the administrator to fix.

@@ -4,17 +4,18 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::os::unix::fs::PermissionsExt;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use crate::client::{ClientError, Dial, Session, Timeouts, TlsPolicy};
 use crate::config::{Config, TlsMode};
 use crate::dkim::Signing;
 use crate::dns::{DnsLookup, RouteError, route_domain, shuffle_seed};
+use crate::mtasts::{Applied, Mode, Policies};
 use crate::outcome::{Event, attempt, judge};
 use crate::smtp::address::{ForwardPath, Host, Mailbox, ReversePath};
 use crate::smtp::client::{Envelope, RecipientResult, SmtpError};
 use crate::spool::Queued;
-use crate::spool::log::{Attempt, Recipient, Where};
+use crate::spool::log::{Attempt, Protection, Recipient, Where};
 
 /// Where a remote recipient's copy goes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -27,12 +28,27 @@ pub enum Route {
     Domain(String),
 }
 
-/// The servers to try, in order, each with its name for TLS and the log.
+/// The servers to try, in order, each with its name for TLS and the log, and the TLS
+/// policy that applies to them.
 #[derive(PartialEq, Eq)]
 pub struct Destination {
     addrs: Vec<(String, SocketAddr)>,
     tls: TlsPolicy,
     auth: bool,
+    protection: Protection,
+    /// The domain's MTA-STS policy, when it has one in force.
+    sts: Option<Arc<Applied>>,
+}
+
+impl Destination {
+    fn new(addrs: Vec<(String, SocketAddr)>, tls: TlsPolicy, auth: bool) -> Destination {
+        let protection = match tls {
+            TlsPolicy::May => Protection::Opportunistic,
+            TlsPolicy::Encrypt => Protection::Encrypt,
+            TlsPolicy::Verify => Protection::Verify,
+        };
+        Destination { addrs, tls, auth, protection, sts: None }
+    }
 }
 
 /// RFC 5321 §5.1 asks to try at least two; like Postfix, at most five addresses per message.
@@ -47,6 +63,8 @@ pub enum NoRoute {
     Relayhost(String),
     /// An address literal that is this host.
     LiteralLoop(IpAddr),
+    /// The domain's MTA-STS policy (enforce) allows none of its MX hosts.
+    Sts(String),
 }
 
 /// One remote copy of a message: its recipient, and the sender it goes with (the message's,
@@ -89,12 +107,29 @@ pub struct Relay<'a> {
     returned: Condvar,
     /// RFC 5321 §4.5.4.1: hosts found unreachable this run are not tried again by it.
     unreachable: Mutex<HashMap<SocketAddr, ClientError>>,
+    /// The domains' MTA-STS policies (`mta_sts`), each looked up once per run.
+    sts: Option<Policies>,
 }
 
-/// Sessions by server address: idle ones to reuse, and how many are open in all.
+/// An idle session is reused only for what it was opened for: the address, the TLS
+/// policy, and for a verified session the name its certificate was checked against.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Kept {
+    addr: SocketAddr,
+    tls: TlsPolicy,
+    verified_for: Option<String>,
+}
+
+impl Kept {
+    fn new(addr: SocketAddr, tls: TlsPolicy, name: &str) -> Kept {
+        Kept { addr, tls, verified_for: (tls == TlsPolicy::Verify).then(|| name.to_ascii_lowercase()) }
+    }
+}
+
+/// Sessions by server: idle ones to reuse, and how many are open to each address in all.
 #[derive(Default)]
 struct Pool {
-    idle: HashMap<SocketAddr, Vec<Session>>,
+    idle: HashMap<Kept, Vec<Session>>,
     open: HashMap<SocketAddr, usize>,
 }
 
@@ -131,6 +166,7 @@ impl<'a> Relay<'a> {
             pool: Mutex::new(Pool::default()),
             returned: Condvar::new(),
             unreachable: Mutex::new(HashMap::new()),
+            sts: config.mta_sts.then(|| Policies::new(config.spool.join("mta-sts"), config.connect_timeout)),
         })
     }
 
@@ -179,7 +215,16 @@ impl<'a> Relay<'a> {
     ) -> Result<(), E> {
         for t in self.plan(copies) {
             let keys: Vec<Recipient> = t.to.iter().map(|m| Recipient::Address(m.to_string())).collect();
-            done(record(&self.execute(q, t.dest, &t.from, &t.to), &keys, now))?;
+            let protection = match &t.dest {
+                Ok(d) => Some(d.protection),
+                Err(NoRoute::Sts(_)) => Some(Protection::StsEnforce),
+                Err(_) => None,
+            };
+            let mut attempts = record(&self.execute(q, t.dest, &t.from, &t.to), &keys, now);
+            for a in &mut attempts {
+                a.protection = protection;
+            }
+            done(attempts)?;
         }
         Ok(())
     }
@@ -201,7 +246,7 @@ impl<'a> Relay<'a> {
             Ok(s) => s.unwrap_or_default(),
             Err(why) => return Execution::NotSigned(why),
         };
-        let (name, addr, mut session) = match self.connect(&dest) {
+        let (name, kept, mut session) = match self.connect(&dest) {
             Ok(found) => found,
             Err((place, e)) => return Execution::NoSession(place, e),
         };
@@ -219,7 +264,8 @@ impl<'a> Relay<'a> {
             &result,
             Ok(_) | Err(ClientError::Smtp(SmtpError::Refused(_) | SmtpError::TooBig { .. } | SmtpError::NeedsSmtputf8))
         );
-        self.check_in(addr, reusable.then_some(session));
+        let addr = kept.addr;
+        self.check_in(kept, reusable.then_some(session));
         Execution::Ran(Where::Remote { host: name, addr }, result)
     }
 
@@ -233,8 +279,7 @@ impl<'a> Relay<'a> {
         if !(q.envelope.submitted || q.envelope.protocol == "LOCAL") {
             return Ok(None);
         }
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        match keys.sign(q.message(), now) {
+        match keys.sign(q.message(), unix_now()) {
             Ok(Signing::Signed(field, key)) => {
                 log::info!("{}: DKIM-Signature d={} s={} a={}", q.id, key.domain, key.selector, key.algorithm());
                 Ok(Some(field))
@@ -263,17 +308,13 @@ impl<'a> Relay<'a> {
                 let addrs = (host.as_str(), port)
                     .to_socket_addrs()
                     .map_err(|e| NoRoute::Relayhost(format!("relayhost {host}: {e}")))?;
-                Ok(Destination { addrs: addrs.map(|a| (host.clone(), a)).collect(), tls, auth: true })
+                Ok(Destination::new(addrs.map(|a| (host.clone(), a)).collect(), tls, true))
             }
             Route::Literal(ip) => {
                 if self.is_self("", *ip) {
                     return Err(NoRoute::LiteralLoop(*ip));
                 }
-                Ok(Destination {
-                    addrs: vec![(ip.to_string(), SocketAddr::new(*ip, port))],
-                    tls: TlsPolicy::May,
-                    auth: false,
-                })
+                Ok(Destination::new(vec![(ip.to_string(), SocketAddr::new(*ip, port))], TlsPolicy::May, false))
             }
             Route::Domain(domain) => {
                 let idle = self.dns.lock().unwrap_or_else(|e| e.into_inner()).pop();
@@ -283,14 +324,40 @@ impl<'a> Relay<'a> {
                         .map_err(|e| NoRoute::Dns(RouteError::Temporary(e), domain.clone()))?,
                 };
                 let routed = route_domain(&dns, domain, &|name, ip| self.is_self(name, ip), shuffle_seed());
+                let sts = match (&routed, &self.sts) {
+                    (Ok(_), Some(policies)) => policies.get(domain, &dns, unix_now()),
+                    _ => None,
+                };
                 self.dns.lock().unwrap_or_else(|e| e.into_inner()).push(dns);
-                let hosts = routed.map_err(|e| NoRoute::Dns(e, domain.clone()))?;
-                let addrs = hosts
-                    .iter()
-                    .flat_map(|h| h.addrs.iter().map(|ip| (h.name.clone(), SocketAddr::new(*ip, port))))
-                    .take(MAX_ADDRESSES)
-                    .collect();
-                Ok(Destination { addrs, tls: TlsPolicy::May, auth: false })
+                let mut hosts = routed.map_err(|e| NoRoute::Dns(e, domain.clone()))?;
+                let Some(sts) = sts else {
+                    let addrs = addresses(&hosts, port);
+                    return Ok(Destination::new(addrs, TlsPolicy::May, false));
+                };
+                // RFC 8461 §4.1, §5: only the MX hosts the policy names; in testing mode, the
+                // others are logged and still used.
+                let (mode, id) = (sts.policy.mode, &sts.id);
+                let outside: Vec<String> =
+                    hosts.iter().filter(|h| !sts.policy.allows(&h.name)).map(|h| h.name.clone()).collect();
+                if !outside.is_empty() && mode == Mode::Enforce {
+                    hosts.retain(|h| sts.policy.allows(&h.name));
+                    if hosts.is_empty() {
+                        let why = format!(
+                            "MTA-STS policy {id} of {domain} (enforce): no MX host is in the policy ({})",
+                            outside.join(", ")
+                        );
+                        return Err(NoRoute::Sts(why));
+                    }
+                    log::info!("{domain}: MTA-STS policy {id} (enforce) skips MX {}", outside.join(", "));
+                } else if !outside.is_empty() {
+                    log::warn!(
+                        "{domain}: MTA-STS policy {id} (testing) would skip MX {}; delivering as before",
+                        outside.join(", ")
+                    );
+                }
+                let protection = if mode == Mode::Enforce { Protection::StsEnforce } else { Protection::StsTesting };
+                let addrs = addresses(&hosts, port);
+                Ok(Destination { addrs, tls: TlsPolicy::Verify, auth: false, protection, sts: Some(sts) })
             }
         }
     }
@@ -309,45 +376,52 @@ impl<'a> Relay<'a> {
 
     /// A kept session for one of the addresses, or a new one, trying each address in turn.
     /// At most `max_per_destination` sessions are open to one address; past that, wait.
-    fn connect(&self, dest: &Destination) -> Result<(String, SocketAddr, Session), (Where, ClientError)> {
+    fn connect(&self, dest: &Destination) -> Result<(String, Kept, Session), (Where, ClientError)> {
         let none = ClientError::Network { text: "no address to connect to".into(), after_data: false };
         let mut last = (Where::Nowhere, none);
+        let testing = dest.sts.as_ref().filter(|s| s.policy.mode == Mode::Testing);
         for (name, addr) in &dest.addrs {
             let place = Where::Remote { host: name.clone(), addr: *addr };
             if let Some(e) = self.unreachable.lock().unwrap_or_else(|e| e.into_inner()).get(addr) {
                 last = (place, e.clone());
                 continue;
             }
-            let session = match self.check_out(*addr) {
-                Some(session) => return Ok((name.clone(), *addr, session)),
-                None => self.open(dest, name, *addr),
+            let kept = Kept::new(*addr, dest.tls, name);
+            // In testing mode, a session kept from a server whose TLS failed the policy.
+            let plain = testing.map(|_| Kept::new(*addr, TlsPolicy::May, name));
+            let wanted: Vec<&Kept> = std::iter::once(&kept).chain(plain.as_ref()).collect();
+            let session = match self.check_out(*addr, &wanted) {
+                Some(found) => Ok(found),
+                None => self.open_for(dest, name, *addr),
             };
-            match session {
-                Ok(session) => return Ok((name.clone(), *addr, session)),
-                Err(e) => {
-                    self.check_in(*addr, None);
-                    log::info!("connect to {place}: {}", judge(Event::Connect(&e)).text);
-                    if matches!(e, ClientError::Network { .. }) {
-                        self.unreachable.lock().unwrap_or_else(|e| e.into_inner()).insert(*addr, e.clone());
-                    }
-                    last = (place, e);
-                }
+            let failed = match session {
+                Ok((kept, session)) => return Ok((name.clone(), kept, session)),
+                Err(e) => e,
+            };
+            self.check_in(kept, None);
+            log::info!("connect to {place}: {}", judge(Event::Connect(&failed)).text);
+            if matches!(failed, ClientError::Network { .. }) {
+                self.unreachable.lock().unwrap_or_else(|e| e.into_inner()).insert(*addr, failed.clone());
             }
+            last = (place, failed);
         }
         Err(last)
     }
 
-    /// An idle session to `addr`, or `None` with a slot reserved for a new one.
-    fn check_out(&self, addr: SocketAddr) -> Option<Session> {
+    /// An idle session to `addr` fit for one of `wanted` (and which one), or `None` with a
+    /// slot reserved for a new one.
+    fn check_out(&self, addr: SocketAddr, wanted: &[&Kept]) -> Option<(Kept, Session)> {
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            while let Some(session) = pool.idle.get_mut(&addr).and_then(Vec::pop) {
-                if session.is_usable() {
-                    return Some(session);
-                }
-                // Closed by the server while idle: its slot is free again.
-                if let Some(open) = pool.open.get_mut(&addr) {
-                    *open = open.saturating_sub(1);
+            for kept in wanted {
+                while let Some(session) = pool.idle.get_mut(*kept).and_then(Vec::pop) {
+                    if session.is_usable() {
+                        return Some(((*kept).clone(), session));
+                    }
+                    // Closed by the server while idle: its slot is free again.
+                    if let Some(open) = pool.open.get_mut(&addr) {
+                        *open = open.saturating_sub(1);
+                    }
                 }
             }
             let open = pool.open.entry(addr).or_insert(0);
@@ -360,12 +434,12 @@ impl<'a> Relay<'a> {
     }
 
     /// Gives a session back for reuse, or frees its slot when it is `None` (closed or failed).
-    fn check_in(&self, addr: SocketAddr, session: Option<Session>) {
+    fn check_in(&self, kept: Kept, session: Option<Session>) {
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         match session {
-            Some(s) => pool.idle.entry(addr).or_default().push(s),
+            Some(s) => pool.idle.entry(kept).or_default().push(s),
             None => {
-                if let Some(open) = pool.open.get_mut(&addr) {
+                if let Some(open) = pool.open.get_mut(&kept.addr) {
                     *open = open.saturating_sub(1);
                 }
             }
@@ -373,13 +447,32 @@ impl<'a> Relay<'a> {
         self.returned.notify_all();
     }
 
-    fn open(&self, dest: &Destination, name: &str, addr: SocketAddr) -> Result<Session, ClientError> {
-        let credentials = self.credentials.as_ref().filter(|_| dest.auth);
+    /// A new session with one of a destination's servers, as its TLS policy asks. A server
+    /// that fails an MTA-STS policy's TLS is refused in enforce mode, the reason saying so,
+    /// and used as before in testing mode, the failure logged (RFC 8461 §5).
+    fn open_for(&self, dest: &Destination, name: &str, addr: SocketAddr) -> Result<(Kept, Session), ClientError> {
+        let e = match self.open(dest.auth, dest.tls, name, addr) {
+            Ok(session) => return Ok((Kept::new(addr, dest.tls, name), session)),
+            Err(e) => e,
+        };
+        let Some(sts) = dest.sts.as_deref().filter(|_| is_tls_failure(&e)) else { return Err(e) };
+        let mode = sts.policy.mode.name();
+        let why = format!("MTA-STS policy {} of {} ({mode}): {}", sts.id, sts.domain, judge(Event::Connect(&e)).text);
+        if sts.policy.mode != Mode::Testing {
+            return Err(ClientError::Tls(why));
+        }
+        log::warn!("{name}[{}]:{}: {why}; delivering as before", addr.ip(), addr.port());
+        let session = self.open(dest.auth, TlsPolicy::May, name, addr)?;
+        Ok((Kept::new(addr, TlsPolicy::May, name), session))
+    }
+
+    fn open(&self, auth: bool, tls: TlsPolicy, name: &str, addr: SocketAddr) -> Result<Session, ClientError> {
+        let credentials = self.credentials.as_ref().filter(|_| auth);
         let dial = Dial {
             addr,
             server_name: name,
             helo: &self.config.hostname,
-            tls: dest.tls,
+            tls,
             timeouts: self.timeouts(),
             auth: credentials.map(|(u, p)| (u.as_str(), p.as_str())),
         };
@@ -403,6 +496,25 @@ impl<'a> Relay<'a> {
     }
 }
 
+/// The servers of `hosts` in order, at most `MAX_ADDRESSES`.
+fn addresses(hosts: &[crate::dns::MxHost], port: u16) -> Vec<(String, SocketAddr)> {
+    hosts
+        .iter()
+        .flat_map(|h| h.addrs.iter().map(|ip| (h.name.clone(), SocketAddr::new(*ip, port))))
+        .take(MAX_ADDRESSES)
+        .collect()
+}
+
+/// A failure of what a TLS policy asks: no STARTTLS, STARTTLS refused, a handshake or a
+/// certificate that failed.
+fn is_tls_failure(e: &ClientError) -> bool {
+    matches!(e, ClientError::Tls(_) | ClientError::Smtp(SmtpError::TlsRequired(_)))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 /// One attempt per recipient from what `execute` found; `keys` name the recipients in the
 /// order `execute` was given them, which is the order of the server's replies.
 pub fn record(execution: &Execution, keys: &[Recipient], now: u64) -> Vec<Attempt> {
@@ -412,6 +524,7 @@ pub fn record(execution: &Execution, keys: &[Recipient], now: u64) -> Vec<Attemp
         Execution::NoRoute(NoRoute::Dns(e, domain)) => all(&Where::Nowhere, Event::Route(e, domain)),
         Execution::NoRoute(NoRoute::Relayhost(why)) => all(&Where::Nowhere, Event::Relayhost(why)),
         Execution::NoRoute(NoRoute::LiteralLoop(ip)) => all(&Where::Nowhere, Event::LiteralLoop(*ip)),
+        Execution::NoRoute(NoRoute::Sts(why)) => all(&Where::Nowhere, Event::TlsPolicy(why)),
         Execution::NoSession(place, e) => all(place, Event::Connect(e)),
         Execution::NotSigned(why) => all(&Where::Nowhere, Event::Signing(why)),
         Execution::Ran(place, Err(e)) => all(place, Event::Transaction(e)),

@@ -117,6 +117,7 @@ mod tests {
             status: Some(crate::smtp::reply::EnhancedStatus(4, 4, 1)),
             relay: crate::spool::log::Where::Nowhere,
             text: "refused".into(),
+            protection: None,
         }
     }
 

@@ -229,7 +229,15 @@ fn show(spool: &Spool, id: &QueueId) -> Result<(), Fail> {
     }
     for a in &log {
         let who = &a.recipient;
-        println!("  {} {} {who} {} {} {}", trace::iso_time(a.time), a.outcome.name(), a.status_text(), a.relay, a.text);
+        let tls = a.protection.map_or_else(String::new, |p| format!(" (tls {})", p.name()));
+        println!(
+            "  {} {} {who} {} {} {}{tls}",
+            trace::iso_time(a.time),
+            a.outcome.name(),
+            a.status_text(),
+            a.relay,
+            a.text
+        );
     }
     println!("\nheader:");
     let end = head.windows(4).position(|w| w == b"\r\n\r\n").map_or(head.len(), |p| p + 2);

@@ -7,8 +7,11 @@
 //! 1795433745 bounced <carol@remote.test> 5.1.1 mx.remote.test[192.0.2.7]:25 550%205.1.1%20unknown
 //! 1795433745 reported - - - report%20ID2%20to%20<alice@example.test>
 //! 1795433745 copying <alice@example.test> - maildir 1795433745.M5P42Q0.mail.example.test
+//! 1795433800 sent <dave@secure.test> 2.0.0 mx.secure.test[192.0.2.8]:25 250%20Ok mta-sts:enforce
 //! ```
-//! Fields are separated by one space and %-escaped, so any text round-trips. A last line
+//! Fields are separated by one space and %-escaped, so any text round-trips. A remote
+//! attempt ends with the TLS policy it was made under (`Protection`); lines written before
+//! there was one have none, and read back the same. A last line
 //! without its newline was torn by a crash and is ignored. A line is at most `MAX_LINE`
 //! octets (the text is cut to fit), so the space for the next lines can be reserved before
 //! a delivery that they record: a full disk cannot then lose the record of a copy made.
@@ -28,6 +31,49 @@ use crate::sys;
 
 /// The longest line `Attempt::to_line` writes.
 pub const MAX_LINE: usize = 2048;
+
+/// The TLS policy a remote attempt was made under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protection {
+    /// STARTTLS when offered, the certificate not checked.
+    Opportunistic,
+    /// TLS required, the certificate not checked (`relayhost_tls = encrypt`).
+    Encrypt,
+    /// TLS required with a certificate valid for the server's name (`relayhost_tls = verify`).
+    Verify,
+    /// The domain's MTA-STS policy in `enforce` mode (RFC 8461 §5).
+    StsEnforce,
+    /// The domain's MTA-STS policy in `testing` mode: failures logged, mail delivered.
+    StsTesting,
+}
+
+impl Protection {
+    /// The word the log line uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protection::Opportunistic => "opportunistic",
+            Protection::Encrypt => "encrypt",
+            Protection::Verify => "verify",
+            Protection::StsEnforce => "mta-sts:enforce",
+            Protection::StsTesting => "mta-sts:testing",
+        }
+    }
+
+    fn parse(word: &str) -> Option<Protection> {
+        [
+            Protection::Opportunistic,
+            Protection::Encrypt,
+            Protection::Verify,
+            Protection::StsEnforce,
+            Protection::StsTesting,
+        ]
+        .into_iter()
+        .find(|p| p.name() == word)
+    }
+}
+
+/// Room kept at the end of a line for the protection's word.
+const PROTECTION_ROOM: usize = 24;
 
 /// What happened to one recipient in one attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,12 +232,14 @@ pub struct Attempt {
     pub relay: Where,
     /// The remote reply or the local reason, for the log and the bounce.
     pub text: String,
+    /// The TLS policy of a remote attempt; `None` for the rest, and for older lines.
+    pub protection: Option<Protection>,
 }
 
 impl Attempt {
     /// A line about the message rather than one recipient.
     pub fn about_message(time: u64, outcome: Outcome, status: Option<EnhancedStatus>, text: String) -> Attempt {
-        Attempt { time, outcome, recipient: Recipient::Message, status, relay: Where::Nowhere, text }
+        Attempt { time, outcome, recipient: Recipient::Message, status, relay: Where::Nowhere, text, protection: None }
     }
 
     /// The status as the log, the report and `dsn=` show it; `-` when there is none.
@@ -222,7 +270,7 @@ impl Attempt {
         // cut one could read back as another (`mx[192.0.2.7]:2525` cut to `...:25`). The text
         // is prose and is cut to fit.
         for (value, share, whole) in [(&status, 16, true), (&relay, 512, true), (&self.text, MAX_LINE, false)] {
-            let room = MAX_LINE.saturating_sub(line.len() + 2).min(share);
+            let room = MAX_LINE.saturating_sub(line.len() + 2 + PROTECTION_ROOM).min(share);
             line += &match value.as_str() {
                 "" => "-".to_string(),
                 "-" => "%2D".to_string(),
@@ -231,7 +279,11 @@ impl Attempt {
             };
             line.push(' ');
         }
-        line.pop();
+        if let Some(p) = self.protection {
+            line += p.name();
+        } else {
+            line.pop();
+        }
         line.push('\n');
         line
     }
@@ -245,7 +297,8 @@ impl Attempt {
         // A status that does not parse is dropped, never the line: a `sent` line must count.
         let (status, relay) = (EnhancedStatus::parse(&status), Where::parse(&relay));
         let recipient = Recipient::parse(&recipient);
-        Some(Attempt { time, outcome, recipient, status, relay, text })
+        let protection = f.next().and_then(Protection::parse);
+        Some(Attempt { time, outcome, recipient, status, relay, text, protection })
     }
 }
 
@@ -365,6 +418,7 @@ mod tests {
             status: Some(EnhancedStatus(4, 4, 1)),
             relay: Where::Remote { host: "mx.remote.test".into(), addr: "192.0.2.7:25".parse().unwrap() },
             text: text.into(),
+            protection: None,
         }
     }
 
@@ -423,6 +477,30 @@ mod tests {
         let old = "1 sent <a@b.test> 2.0.0 weird%20relay x\n";
         assert_eq!(parse_log(old)[0].relay, Where::Nowhere, "an unknown place still leaves the line");
         assert_eq!(parse_log("1 sent <a@b.test> 9.9 - x\n")[0].status, None);
+    }
+
+    #[test]
+    fn the_tls_policy_ends_a_remote_line_and_old_lines_have_none() {
+        for p in [
+            Protection::Opportunistic,
+            Protection::Encrypt,
+            Protection::Verify,
+            Protection::StsEnforce,
+            Protection::StsTesting,
+        ] {
+            for text in ["250 Ok", &"x".repeat(5000)] {
+                let a = Attempt { protection: Some(p), ..attempt(Outcome::Sent, text) };
+                let line = a.to_line();
+                assert!(line.len() <= MAX_LINE && line.ends_with(&format!(" {}\n", p.name())), "{line}");
+                let back = &parse_log(&line)[0];
+                assert_eq!((back.protection, back.relay.clone()), (Some(p), a.relay.clone()));
+                assert!(text.starts_with(&back.text));
+            }
+        }
+        let old = "1 sent <a@b.test> 2.0.0 mx[192.0.2.1]:25 250%20Ok\n";
+        assert_eq!(parse_log(old)[0].protection, None);
+        let unknown = "1 sent <a@b.test> 2.0.0 mx[192.0.2.1]:25 250%20Ok some-later-policy\n";
+        assert_eq!((parse_log(unknown)[0].protection, parse_log(unknown)[0].text.as_str()), (None, "250 Ok"));
     }
 
     #[test]

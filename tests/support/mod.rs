@@ -714,30 +714,13 @@ pub fn have(tool: &str) -> bool {
 /// A fresh self-signed certificate and key for `mail.example.test` (EC P-256), written into
 /// `dir` as `cert.pem` and `key.pem`; nothing of it is kept in the repository.
 pub fn test_certificate(dir: &Path) -> (PathBuf, PathBuf) {
-    use openssl::asn1::Asn1Time;
-    use openssl::bn::BigNum;
-    use openssl::ec::{EcGroup, EcKey};
-    use openssl::hash::MessageDigest;
-    use openssl::nid::Nid;
-    use openssl::pkey::PKey;
     use openssl::x509::extension::SubjectAlternativeName;
-    use openssl::x509::{X509, X509NameBuilder};
-    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
-    let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
-    let mut name = X509NameBuilder::new().unwrap();
-    name.append_entry_by_nid(Nid::COMMONNAME, "mail.example.test").unwrap();
-    let name = name.build();
-    let mut cert = X509::builder().unwrap();
-    cert.set_version(2).unwrap();
-    cert.set_serial_number(&BigNum::from_u32(1).unwrap().to_asn1_integer().unwrap()).unwrap();
-    cert.set_subject_name(&name).unwrap();
-    cert.set_issuer_name(&name).unwrap();
-    cert.set_pubkey(&key).unwrap();
-    cert.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
-    cert.set_not_after(&Asn1Time::days_from_now(2).unwrap()).unwrap();
+    let key = new_ec_key();
+    let name = x509_name("mail.example.test");
+    let mut cert = certificate_builder(&name, &name, &key, 1);
     let san = SubjectAlternativeName::new().dns("mail.example.test").build(&cert.x509v3_context(None, None)).unwrap();
     cert.append_extension(san).unwrap();
-    cert.sign(&key, MessageDigest::sha256()).unwrap();
+    cert.sign(&key, openssl::hash::MessageDigest::sha256()).unwrap();
     let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&cert_path, cert.build().to_pem().unwrap()).unwrap();
     std::fs::write(&key_path, key.private_key_to_pem_pkcs8().unwrap()).unwrap();
@@ -773,4 +756,77 @@ pub fn hash_line(user: &str, password: &str, scheme: &str) -> String {
     let line = String::from_utf8(out.stdout).unwrap();
     assert!(line.starts_with(&format!("{user}:$")) && line.ends_with('\n'), "{line}");
     line
+}
+
+/// A certificate authority of the tests' own (EC P-256), for servers whose certificates a
+/// client checks: trusted by pointing `SSL_CERT_FILE` at `cert`.
+pub struct TestCa {
+    pub cert: PathBuf,
+    key: openssl::pkey::PKey<openssl::pkey::Private>,
+    x509: openssl::x509::X509,
+}
+
+impl TestCa {
+    /// A new authority named `name`, its certificate written to `dir/NAME.pem`.
+    pub fn new(dir: &Path, name: &str) -> TestCa {
+        use openssl::x509::extension::{BasicConstraints, KeyUsage};
+        let key = new_ec_key();
+        let subject = x509_name(name);
+        let mut cert = certificate_builder(&subject, &subject, &key, 1);
+        cert.append_extension(BasicConstraints::new().critical().ca().build().unwrap()).unwrap();
+        cert.append_extension(KeyUsage::new().critical().key_cert_sign().crl_sign().build().unwrap()).unwrap();
+        cert.sign(&key, openssl::hash::MessageDigest::sha256()).unwrap();
+        let x509 = cert.build();
+        let path = dir.join(format!("{name}.pem"));
+        std::fs::write(&path, x509.to_pem().unwrap()).unwrap();
+        TestCa { cert: path, key, x509 }
+    }
+
+    /// A server certificate for `names` signed by this authority: `dir/STEM.pem` and
+    /// `dir/STEM.key`.
+    pub fn issue(&self, dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        use openssl::x509::extension::SubjectAlternativeName;
+        let key = new_ec_key();
+        let mut cert = certificate_builder(&x509_name(names[0]), self.x509.subject_name(), &key, 2);
+        let mut san = SubjectAlternativeName::new();
+        for name in names {
+            san.dns(name);
+        }
+        let san = san.build(&cert.x509v3_context(Some(&self.x509), None)).unwrap();
+        cert.append_extension(san).unwrap();
+        cert.sign(&self.key, openssl::hash::MessageDigest::sha256()).unwrap();
+        let (cert_path, key_path) = (dir.join(format!("{stem}.pem")), dir.join(format!("{stem}.key")));
+        std::fs::write(&cert_path, cert.build().to_pem().unwrap()).unwrap();
+        std::fs::write(&key_path, key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+        (cert_path, key_path)
+    }
+}
+
+fn new_ec_key() -> openssl::pkey::PKey<openssl::pkey::Private> {
+    let group = openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap();
+    openssl::pkey::PKey::from_ec_key(openssl::ec::EcKey::generate(&group).unwrap()).unwrap()
+}
+
+fn x509_name(common_name: &str) -> openssl::x509::X509Name {
+    let mut name = openssl::x509::X509NameBuilder::new().unwrap();
+    name.append_entry_by_nid(openssl::nid::Nid::COMMONNAME, common_name).unwrap();
+    name.build()
+}
+
+fn certificate_builder(
+    subject: &openssl::x509::X509NameRef,
+    issuer: &openssl::x509::X509NameRef,
+    key: &openssl::pkey::PKey<openssl::pkey::Private>,
+    serial: u32,
+) -> openssl::x509::X509Builder {
+    use openssl::asn1::Asn1Time;
+    let mut cert = openssl::x509::X509::builder().unwrap();
+    cert.set_version(2).unwrap();
+    cert.set_serial_number(&openssl::bn::BigNum::from_u32(serial).unwrap().to_asn1_integer().unwrap()).unwrap();
+    cert.set_subject_name(subject).unwrap();
+    cert.set_issuer_name(issuer).unwrap();
+    cert.set_pubkey(key).unwrap();
+    cert.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
+    cert.set_not_after(&Asn1Time::days_from_now(2).unwrap()).unwrap();
+    cert
 }
