@@ -42,10 +42,12 @@ impl ClientError {
     }
 }
 
-/// TCP or TLS underneath a client session.
+/// TCP or TLS underneath a client session: native-tls, or OpenSSL itself where the
+/// certificate chain must be matched against DANE records (native-tls does not hand it over).
 enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    Dane(Box<openssl::ssl::SslStream<TcpStream>>),
 }
 
 impl Stream {
@@ -53,6 +55,7 @@ impl Stream {
         match self {
             Stream::Plain(s) => s,
             Stream::Tls(s) => s.get_ref(),
+            Stream::Dane(s) => s.get_ref(),
         }
     }
 
@@ -60,6 +63,7 @@ impl Stream {
         match self {
             Stream::Plain(s) => s.read(buf),
             Stream::Tls(s) => s.read(buf),
+            Stream::Dane(s) => s.read(buf),
         }
     }
 
@@ -67,6 +71,7 @@ impl Stream {
         match self {
             Stream::Plain(s) => s.write_all(buf),
             Stream::Tls(s) => s.write_all(buf),
+            Stream::Dane(s) => s.write_all(buf),
         }
     }
 }
@@ -80,6 +85,9 @@ pub enum TlsPolicy {
     Encrypt,
     /// STARTTLS required, certificate and name checked.
     Verify,
+    /// STARTTLS required, the certificate chain matched against the server's TLSA records
+    /// (`Dial::dane`, RFC 7672 §3).
+    Dane,
 }
 
 /// Per-step deadlines (RFC 5321 §4.5.3.2 gives the minimums).
@@ -102,6 +110,8 @@ pub struct Dial<'a> {
     pub timeouts: Timeouts,
     /// `user`, `password`: AUTH after TLS (relayhost only).
     pub auth: Option<(&'a str, &'a str)>,
+    /// The server's usable, authenticated TLSA records, for `TlsPolicy::Dane`.
+    pub dane: &'a [crate::dane::Tlsa],
 }
 
 /// An open session with a server, ready for transactions.
@@ -192,6 +202,9 @@ impl Session {
     }
 
     fn start_tls(&mut self, dial: &Dial<'_>) -> Result<(), ClientError> {
+        if dial.tls == TlsPolicy::Dane {
+            return self.start_dane(dial);
+        }
         let verify = dial.tls == TlsPolicy::Verify;
         let connector = TlsConnector::builder()
             .danger_accept_invalid_certs(!verify)
@@ -204,6 +217,27 @@ impl Session {
         let tls =
             connector.connect(dial.server_name, tcp).map_err(|e| ClientError::Tls(format!("TLS handshake: {e}")))?;
         self.stream = Stream::Tls(Box::new(tls));
+        Ok(())
+    }
+
+    /// TLS whose certificate chain must match the server's TLSA records (RFC 7672 §3): the
+    /// handshake takes any chain, which `dane::verify` then checks before a command is sent.
+    fn start_dane(&mut self, dial: &Dial<'_>) -> Result<(), ClientError> {
+        use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+        let tls = |e: &dyn std::fmt::Display| ClientError::Tls(format!("TLS handshake: {e}"));
+        let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(|e| tls(&e))?;
+        builder.set_verify(SslVerifyMode::NONE);
+        let mut config = builder.build().configure().map_err(|e| tls(&e))?;
+        config.set_verify_hostname(false);
+        let tcp = self.stream.tcp().try_clone().map_err(|e| ClientError::network(&e))?;
+        let old = std::mem::replace(&mut self.stream, Stream::Plain(tcp));
+        let Stream::Plain(tcp) = old else { return Err(ClientError::Tls("TLS already active".into())) };
+        let stream = config.connect(dial.server_name, tcp).map_err(|e| tls(&e))?;
+        let chain: Vec<openssl::x509::X509> =
+            stream.ssl().peer_cert_chain().map(|c| c.iter().map(|x| x.to_owned()).collect()).unwrap_or_default();
+        let matched = crate::dane::verify(dial.dane, &chain, dial.server_name).map_err(ClientError::Tls)?;
+        log::debug!("{}: {matched} match", dial.server_name);
+        self.stream = Stream::Dane(Box::new(stream));
         Ok(())
     }
 

@@ -202,6 +202,8 @@ pub struct Config {
     pub srs_secret: Option<PathBuf>,
     /// Honour the MTA-STS policies (RFC 8461) of the domains mail goes to.
     pub mta_sts: bool,
+    /// Honour the DNSSEC-authenticated TLSA records of MX hosts (DANE, RFC 7672).
+    pub dane: bool,
     /// Milters asked, in order, about mail taken in over SMTP (Postfix's `smtpd_milters`).
     pub milters: Vec<crate::milter::client::Address>,
     /// Milters asked about mail from postern-sendmail.
@@ -339,6 +341,7 @@ impl Config {
             srs_domain: None,
             srs_secret: None,
             mta_sts: true,
+            dane: true,
             milters: Vec::new(),
             non_smtpd_milters: Vec::new(),
             milter_default_action: MilterDefault::Tempfail,
@@ -541,6 +544,7 @@ impl Config {
             "srs_domain" => self.srs_domain = Some(hostname(v)?.to_lowercase()),
             "srs_secret" => self.srs_secret = Some(path(v)?),
             "mta_sts" => self.mta_sts = switch(v)?,
+            "dane" => self.dane = switch(v)?,
             "milters" => self.milters = milters(v)?,
             "non_smtpd_milters" => self.non_smtpd_milters = milters(v)?,
             "milter_default_action" => {

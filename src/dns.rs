@@ -469,6 +469,86 @@ fn absolute(name: &str) -> String {
     if name.ends_with('.') { name.to_string() } else { format!("{name}.") }
 }
 
+/// The name servers `dns_servers` names, or /etc/resolv.conf's.
+pub fn name_servers(servers: &[SocketAddr]) -> Vec<SocketAddr> {
+    if !servers.is_empty() {
+        return servers.to_vec();
+    }
+    let Ok((config, _)) = hickory_resolver::system_conf::read_system_conf() else { return Vec::new() };
+    let mut found: Vec<SocketAddr> = Vec::new();
+    for server in config.into_parts().2 {
+        for connection in &server.connections {
+            let addr = SocketAddr::new(server.ip, connection.port);
+            if !found.contains(&addr) {
+                found.push(addr);
+            }
+        }
+    }
+    found
+}
+
+/// `name`'s TLSA records and whether they are DNSSEC-authenticated (RFC 7672 §2.2), from
+/// the first of `servers` that answers within `timeout`: over UDP, and TCP when the answer
+/// is truncated. hickory-resolver's own questions carry neither AD nor DO, and its answers
+/// hide the AD bit; so this one question is asked here, built and read by `dane`.
+pub fn tlsa(servers: &[SocketAddr], name: &str, timeout: Duration) -> Result<crate::dane::Answer, DnsFailure> {
+    let mut last = DnsFailure::Temporary("no name server to ask".into());
+    for server in servers.iter().take(3) {
+        match ask_tlsa(*server, name, timeout) {
+            Ok(answer) => return Ok(answer),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+fn ask_tlsa(server: SocketAddr, name: &str, timeout: Duration) -> Result<crate::dane::Answer, DnsFailure> {
+    use std::io::{Read, Write};
+    let io = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => DnsFailure::Temporary("timed out".into()),
+        _ => DnsFailure::Temporary(e.to_string()),
+    };
+    let mut random = [0u8; 2];
+    openssl::rand::rand_bytes(&mut random).map_err(|e| DnsFailure::Temporary(e.to_string()))?;
+    let id = u16::from_be_bytes(random);
+    let question = crate::dane::question(id, name)?;
+    let deadline = Instant::now() + timeout;
+    let local: SocketAddr =
+        if server.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+    let socket = std::net::UdpSocket::bind(local).map_err(io)?;
+    socket.connect(server).map_err(io)?;
+    socket.send(&question).map_err(io)?;
+    let mut buf = vec![0u8; 65535];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(DnsFailure::Temporary("timed out".into()));
+        }
+        socket.set_read_timeout(Some(left)).map_err(io)?;
+        let n = socket.recv(&mut buf).map_err(io)?;
+        // Another question's reply, or a forgery's guess: wait for ours.
+        if n < 2 || u16::from_be_bytes([buf[0], buf[1]]) != id {
+            continue;
+        }
+        if let Some(answer) = crate::dane::read_answer(&buf[..n], id, name)? {
+            return Ok(answer);
+        }
+        break; // truncated: over TCP (RFC 7766 §5)
+    }
+    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+    let mut tcp = std::net::TcpStream::connect_timeout(&server, left).map_err(io)?;
+    tcp.set_read_timeout(Some(left)).map_err(io)?;
+    tcp.set_write_timeout(Some(left)).map_err(io)?;
+    let mut framed = (question.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&question);
+    tcp.write_all(&framed).map_err(io)?;
+    let mut length = [0u8; 2];
+    tcp.read_exact(&mut length).map_err(io)?;
+    let reply = &mut buf[..usize::from(u16::from_be_bytes(length))];
+    tcp.read_exact(reply).map_err(io)?;
+    crate::dane::read_answer(reply, id, name)?.ok_or(DnsFailure::Temporary("a truncated reply over TCP".into()))
+}
+
 impl DnsLookup {
     /// TXT records of `name`, each one's strings joined.
     pub fn txt(&self, name: &str) -> Result<Vec<Vec<u8>>, DnsFailure> {

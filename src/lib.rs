@@ -21,6 +21,7 @@
 //! - `launch`: instant delivery, a bounded number of `postern-deliver --id` children
 //! - `relay`: remote routes, sessions kept per server, each transaction executed then recorded
 //! - `client`: the SMTP client's TCP and TLS loop around `smtp::client`
+//! - `dane`: DANE for SMTP (RFC 7672): the TLSA question and answer, chains matched (pure)
 //! - `mtasts`: MTA-STS policies (RFC 8461): their parsers (pure), fetch and cache
 //! - `dns`: MX lookup and the hosts for a domain; the `Resolve` trait the checks ask through
 //! - `outcome`: what any delivery error means (sent, deferred, bounced, status), in one place
@@ -50,6 +51,7 @@ pub mod check;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod dane;
 pub mod deliver;
 pub mod dkim;
 pub mod dmarc;

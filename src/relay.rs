@@ -4,11 +4,13 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::os::unix::fs::PermissionsExt;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use crate::client::{ClientError, Dial, Session, Timeouts, TlsPolicy};
 use crate::config::{Config, TlsMode};
+use crate::dane::{self, Tlsa};
 use crate::dkim::Signing;
+use crate::dns::{DnsFailure, name_servers};
 use crate::dns::{DnsLookup, RouteError, route_domain, shuffle_seed};
 use crate::mtasts::{Applied, Mode, Policies};
 use crate::outcome::{Event, attempt, judge};
@@ -28,26 +30,36 @@ pub enum Route {
     Domain(String),
 }
 
-/// The servers to try, in order, each with its name for TLS and the log, and the TLS
-/// policy that applies to them.
+/// The servers to try, in order.
 #[derive(PartialEq, Eq)]
 pub struct Destination {
-    addrs: Vec<(String, SocketAddr)>,
-    tls: TlsPolicy,
+    servers: Vec<Server>,
     auth: bool,
-    protection: Protection,
     /// The domain's MTA-STS policy, when it has one in force.
     sts: Option<Arc<Applied>>,
 }
 
-impl Destination {
-    fn new(addrs: Vec<(String, SocketAddr)>, tls: TlsPolicy, auth: bool) -> Destination {
+/// One server of a destination: its name (for TLS and the log), its address, and the TLS
+/// it is held to.
+#[derive(PartialEq, Eq)]
+struct Server {
+    name: String,
+    addr: SocketAddr,
+    tls: TlsPolicy,
+    protection: Protection,
+    /// Its usable, authenticated TLSA records, for `TlsPolicy::Dane`.
+    dane: Arc<[Tlsa]>,
+}
+
+impl Server {
+    fn new(name: &str, addr: SocketAddr, tls: TlsPolicy) -> Server {
         let protection = match tls {
             TlsPolicy::May => Protection::Opportunistic,
             TlsPolicy::Encrypt => Protection::Encrypt,
             TlsPolicy::Verify => Protection::Verify,
+            TlsPolicy::Dane => Protection::Dane,
         };
-        Destination { addrs, tls, auth, protection, sts: None }
+        Server { name: name.to_string(), addr, tls, protection, dane: Arc::from([]) }
     }
 }
 
@@ -63,8 +75,9 @@ pub enum NoRoute {
     Relayhost(String),
     /// An address literal that is this host.
     LiteralLoop(IpAddr),
-    /// The domain's MTA-STS policy (enforce) allows none of its MX hosts.
-    Sts(String),
+    /// The domain's MTA-STS policy (enforce) allows none of its MX hosts, or none of their
+    /// TLSA records could be looked up.
+    Policy(Protection, String),
 }
 
 /// One remote copy of a message: its recipient, and the sender it goes with (the message's,
@@ -86,10 +99,10 @@ struct Transaction<'m> {
 pub enum Execution {
     /// There was no server to try.
     NoRoute(NoRoute),
-    /// No session could be had; `Where` is the last server tried.
-    NoSession(Where, ClientError),
-    /// A transaction ran with this server.
-    Ran(Where, Result<Vec<RecipientResult>, ClientError>),
+    /// No session could be had; `Where` is the last server tried, under that TLS policy.
+    NoSession(Where, Protection, ClientError),
+    /// A transaction ran with this server, under that TLS policy.
+    Ran(Where, Protection, Result<Vec<RecipientResult>, ClientError>),
     /// The copy must be signed and its key cannot be used: it waits.
     NotSigned(String),
 }
@@ -109,6 +122,8 @@ pub struct Relay<'a> {
     unreachable: Mutex<HashMap<SocketAddr, ClientError>>,
     /// The domains' MTA-STS policies (`mta_sts`), each looked up once per run.
     sts: Option<Policies>,
+    /// The MX hosts' TLSA records (`dane`), each looked up once per run.
+    tlsa: Option<PerRun<Result<dane::Answer, DnsFailure>>>,
 }
 
 /// An idle session is reused only for what it was opened for: the address, the TLS
@@ -122,7 +137,8 @@ struct Kept {
 
 impl Kept {
     fn new(addr: SocketAddr, tls: TlsPolicy, name: &str) -> Kept {
-        Kept { addr, tls, verified_for: (tls == TlsPolicy::Verify).then(|| name.to_ascii_lowercase()) }
+        let verified = matches!(tls, TlsPolicy::Verify | TlsPolicy::Dane);
+        Kept { addr, tls, verified_for: verified.then(|| name.to_ascii_lowercase()) }
     }
 }
 
@@ -167,6 +183,7 @@ impl<'a> Relay<'a> {
             returned: Condvar::new(),
             unreachable: Mutex::new(HashMap::new()),
             sts: config.mta_sts.then(|| Policies::new(config.spool.join("mta-sts"), config.connect_timeout)),
+            tlsa: config.dane.then(PerRun::default),
         })
     }
 
@@ -215,16 +232,7 @@ impl<'a> Relay<'a> {
     ) -> Result<(), E> {
         for t in self.plan(copies) {
             let keys: Vec<Recipient> = t.to.iter().map(|m| Recipient::Address(m.to_string())).collect();
-            let protection = match &t.dest {
-                Ok(d) => Some(d.protection),
-                Err(NoRoute::Sts(_)) => Some(Protection::StsEnforce),
-                Err(_) => None,
-            };
-            let mut attempts = record(&self.execute(q, t.dest, &t.from, &t.to), &keys, now);
-            for a in &mut attempts {
-                a.protection = protection;
-            }
-            done(attempts)?;
+            done(record(&self.execute(q, t.dest, &t.from, &t.to), &keys, now))?;
         }
         Ok(())
     }
@@ -246,9 +254,9 @@ impl<'a> Relay<'a> {
             Ok(s) => s.unwrap_or_default(),
             Err(why) => return Execution::NotSigned(why),
         };
-        let (name, kept, mut session) = match self.connect(&dest) {
+        let Connected { name, kept, protection, mut session } = match self.connect(&dest) {
             Ok(found) => found,
-            Err((place, e)) => return Execution::NoSession(place, e),
+            Err((place, protection, e)) => return Execution::NoSession(place, protection, e),
         };
         let envelope = Envelope {
             from: from.clone(),
@@ -266,7 +274,7 @@ impl<'a> Relay<'a> {
         );
         let addr = kept.addr;
         self.check_in(kept, reusable.then_some(session));
-        Execution::Ran(Where::Remote { host: name, addr }, result)
+        Execution::Ran(Where::Remote { host: name, addr }, protection, result)
     }
 
     /// The `DKIM-Signature:` field for a copy of our own users' mail (authenticated, trusted,
@@ -308,13 +316,15 @@ impl<'a> Relay<'a> {
                 let addrs = (host.as_str(), port)
                     .to_socket_addrs()
                     .map_err(|e| NoRoute::Relayhost(format!("relayhost {host}: {e}")))?;
-                Ok(Destination::new(addrs.map(|a| (host.clone(), a)).collect(), tls, true))
+                let servers = addrs.map(|a| Server::new(&host, a, tls)).collect();
+                Ok(Destination { servers, auth: true, sts: None })
             }
             Route::Literal(ip) => {
                 if self.is_self("", *ip) {
                     return Err(NoRoute::LiteralLoop(*ip));
                 }
-                Ok(Destination::new(vec![(ip.to_string(), SocketAddr::new(*ip, port))], TlsPolicy::May, false))
+                let server = Server::new(&ip.to_string(), SocketAddr::new(*ip, port), TlsPolicy::May);
+                Ok(Destination { servers: vec![server], auth: false, sts: None })
             }
             Route::Domain(domain) => {
                 let idle = self.dns.lock().unwrap_or_else(|e| e.into_inner()).pop();
@@ -329,36 +339,91 @@ impl<'a> Relay<'a> {
                     _ => None,
                 };
                 self.dns.lock().unwrap_or_else(|e| e.into_inner()).push(dns);
-                let mut hosts = routed.map_err(|e| NoRoute::Dns(e, domain.clone()))?;
-                let Some(sts) = sts else {
-                    let addrs = addresses(&hosts, port);
-                    return Ok(Destination::new(addrs, TlsPolicy::May, false));
-                };
-                // RFC 8461 §4.1, §5: only the MX hosts the policy names; in testing mode, the
-                // others are logged and still used.
-                let (mode, id) = (sts.policy.mode, &sts.id);
-                let outside: Vec<String> =
-                    hosts.iter().filter(|h| !sts.policy.allows(&h.name)).map(|h| h.name.clone()).collect();
-                if !outside.is_empty() && mode == Mode::Enforce {
-                    hosts.retain(|h| sts.policy.allows(&h.name));
-                    if hosts.is_empty() {
-                        let why = format!(
-                            "MTA-STS policy {id} of {domain} (enforce): no MX host is in the policy ({})",
-                            outside.join(", ")
-                        );
-                        return Err(NoRoute::Sts(why));
-                    }
-                    log::info!("{domain}: MTA-STS policy {id} (enforce) skips MX {}", outside.join(", "));
-                } else if !outside.is_empty() {
-                    log::warn!(
-                        "{domain}: MTA-STS policy {id} (testing) would skip MX {}; delivering as before",
-                        outside.join(", ")
-                    );
-                }
-                let protection = if mode == Mode::Enforce { Protection::StsEnforce } else { Protection::StsTesting };
-                let addrs = addresses(&hosts, port);
-                Ok(Destination { addrs, tls: TlsPolicy::Verify, auth: false, protection, sts: Some(sts) })
+                let hosts = routed.map_err(|e| NoRoute::Dns(e, domain.clone()))?;
+                self.secure(domain, hosts, sts, port)
             }
+        }
+    }
+
+    /// The TLS each of a domain's MX hosts is held to (RFC 8461 §2: DANE before MTA-STS):
+    /// DANE for a host with authenticated TLSA records; else the domain's MTA-STS policy,
+    /// which in enforce mode leaves out the hosts it does not name; else STARTTLS when offered.
+    fn secure(
+        &self,
+        domain: &str,
+        hosts: Vec<crate::dns::MxHost>,
+        sts: Option<Arc<Applied>>,
+        port: u16,
+    ) -> Result<Destination, NoRoute> {
+        let mut servers = Vec::new();
+        let (mut outside, mut unknown) = (Vec::new(), Vec::new());
+        for host in &hosts {
+            let dane = match self.tlsa_of(&host.name, port) {
+                Ok(dane) => dane,
+                Err(why) => {
+                    log::warn!("{domain}: MX {}: TLSA lookup failed: {why}; not used (RFC 7672 §2.2)", host.name);
+                    unknown.push(format!("{}: {why}", host.name));
+                    continue;
+                }
+            };
+            let allowed = sts.as_ref().is_none_or(|s| s.policy.allows(&host.name));
+            let (tls, protection) = match (&dane, &sts) {
+                (Some(records), _) if records.is_empty() => (TlsPolicy::Encrypt, Protection::Dane),
+                (Some(_), _) => (TlsPolicy::Dane, Protection::Dane),
+                (None, Some(s)) if s.policy.mode == Mode::Enforce => (TlsPolicy::Verify, Protection::StsEnforce),
+                (None, Some(_)) => (TlsPolicy::Verify, Protection::StsTesting),
+                (None, None) => (TlsPolicy::May, Protection::Opportunistic),
+            };
+            if dane.is_none() && !allowed {
+                outside.push(host.name.clone());
+                if protection == Protection::StsEnforce {
+                    continue;
+                }
+            }
+            for ip in &host.addrs {
+                let mut server = Server::new(&host.name, SocketAddr::new(*ip, port), tls);
+                server.protection = protection;
+                server.dane = Arc::from(dane.clone().unwrap_or_default());
+                servers.push(server);
+            }
+        }
+        servers.truncate(MAX_ADDRESSES);
+        if let Some(s) = &sts
+            && !outside.is_empty()
+        {
+            let (id, mode) = (&s.id, s.policy.mode.name());
+            if servers.is_empty() && unknown.is_empty() {
+                let why = format!(
+                    "MTA-STS policy {id} of {domain} ({mode}): no MX host is in the policy ({})",
+                    outside.join(", ")
+                );
+                return Err(NoRoute::Policy(Protection::StsEnforce, why));
+            }
+            let what = if s.policy.mode == Mode::Enforce { "skips" } else { "would skip" };
+            let testing = if s.policy.mode == Mode::Enforce { "" } else { "; delivering as before" };
+            log::warn!("{domain}: MTA-STS policy {id} ({mode}) {what} MX {}{testing}", outside.join(", "));
+        }
+        if servers.is_empty() {
+            return Err(NoRoute::Policy(
+                Protection::Dane,
+                format!("TLSA records of {domain}'s MX hosts: {}", unknown.join("; ")),
+            ));
+        }
+        Ok(Destination { servers, auth: false, sts })
+    }
+
+    /// `Some(records)` when DANE applies to `host` (its usable records; none usable means
+    /// TLS without authentication, RFC 7672 §2.2); `None` when it does not; `Err` when its
+    /// TLSA records could not be looked up.
+    fn tlsa_of(&self, host: &str, port: u16) -> Result<Option<Vec<Tlsa>>, String> {
+        let Some(memo) = &self.tlsa else { return Ok(None) };
+        let name = format!("_{port}._tcp.{host}");
+        let servers = &self.config.dns_servers;
+        let answer = memo.get(&name, || crate::dns::tlsa(&name_servers(servers), &name, self.config.dns_timeout));
+        match answer {
+            Ok(dane::Answer::Secure(records)) => Ok(Some(records.into_iter().filter(Tlsa::is_usable).collect())),
+            Ok(dane::Answer::NotSecure) => Ok(None),
+            Err(e) => Err(format!("{e:?}")),
         }
     }
 
@@ -374,36 +439,40 @@ impl<'a> Relay<'a> {
         named || listening
     }
 
-    /// A kept session for one of the addresses, or a new one, trying each address in turn.
-    /// At most `max_per_destination` sessions are open to one address; past that, wait.
-    fn connect(&self, dest: &Destination) -> Result<(String, Kept, Session), (Where, ClientError)> {
+    /// A kept session with one of the servers, or a new one, trying each in turn, and the TLS
+    /// policy it is under. At most `max_per_destination` sessions are open to one address;
+    /// past that, wait.
+    fn connect(&self, dest: &Destination) -> Result<Connected, (Where, Protection, ClientError)> {
         let none = ClientError::Network { text: "no address to connect to".into(), after_data: false };
-        let mut last = (Where::Nowhere, none);
-        let testing = dest.sts.as_ref().filter(|s| s.policy.mode == Mode::Testing);
-        for (name, addr) in &dest.addrs {
-            let place = Where::Remote { host: name.clone(), addr: *addr };
-            if let Some(e) = self.unreachable.lock().unwrap_or_else(|e| e.into_inner()).get(addr) {
-                last = (place, e.clone());
+        let first = dest.servers.first().map_or(Protection::Opportunistic, |s| s.protection);
+        let mut last = (Where::Nowhere, first, none);
+        for server in &dest.servers {
+            let (name, addr) = (&server.name, server.addr);
+            let place = Where::Remote { host: name.clone(), addr };
+            if let Some(e) = self.unreachable.lock().unwrap_or_else(|e| e.into_inner()).get(&addr) {
+                last = (place, server.protection, e.clone());
                 continue;
             }
-            let kept = Kept::new(*addr, dest.tls, name);
+            let kept = Kept::new(addr, server.tls, name);
             // In testing mode, a session kept from a server whose TLS failed the policy.
-            let plain = testing.map(|_| Kept::new(*addr, TlsPolicy::May, name));
+            let plain = (server.protection == Protection::StsTesting).then(|| Kept::new(addr, TlsPolicy::May, name));
             let wanted: Vec<&Kept> = std::iter::once(&kept).chain(plain.as_ref()).collect();
-            let session = match self.check_out(*addr, &wanted) {
+            let session = match self.check_out(addr, &wanted) {
                 Some(found) => Ok(found),
-                None => self.open_for(dest, name, *addr),
+                None => self.open_for(dest, server),
             };
             let failed = match session {
-                Ok((kept, session)) => return Ok((name.clone(), kept, session)),
+                Ok((kept, session)) => {
+                    return Ok(Connected { name: name.clone(), kept, protection: server.protection, session });
+                }
                 Err(e) => e,
             };
             self.check_in(kept, None);
             log::info!("connect to {place}: {}", judge(Event::Connect(&failed)).text);
             if matches!(failed, ClientError::Network { .. }) {
-                self.unreachable.lock().unwrap_or_else(|e| e.into_inner()).insert(*addr, failed.clone());
+                self.unreachable.lock().unwrap_or_else(|e| e.into_inner()).insert(addr, failed.clone());
             }
-            last = (place, failed);
+            last = (place, server.protection, failed);
         }
         Err(last)
     }
@@ -448,25 +517,40 @@ impl<'a> Relay<'a> {
     }
 
     /// A new session with one of a destination's servers, as its TLS policy asks. A server
-    /// that fails an MTA-STS policy's TLS is refused in enforce mode, the reason saying so,
-    /// and used as before in testing mode, the failure logged (RFC 8461 §5).
-    fn open_for(&self, dest: &Destination, name: &str, addr: SocketAddr) -> Result<(Kept, Session), ClientError> {
-        let e = match self.open(dest.auth, dest.tls, name, addr) {
-            Ok(session) => return Ok((Kept::new(addr, dest.tls, name), session)),
+    /// that fails DANE, or an MTA-STS policy in enforce mode, is refused, the reason saying
+    /// which; one that fails a policy in testing mode is used as before, the failure logged
+    /// (RFC 8461 §5, RFC 7672 §2.2).
+    fn open_for(&self, dest: &Destination, server: &Server) -> Result<(Kept, Session), ClientError> {
+        let (name, addr) = (server.name.as_str(), server.addr);
+        let e = match self.open(dest.auth, server.tls, name, addr, &server.dane) {
+            Ok(session) => return Ok((Kept::new(addr, server.tls, name), session)),
+            Err(e) if !is_tls_failure(&e) => return Err(e),
             Err(e) => e,
         };
-        let Some(sts) = dest.sts.as_deref().filter(|_| is_tls_failure(&e)) else { return Err(e) };
-        let mode = sts.policy.mode.name();
-        let why = format!("MTA-STS policy {} of {} ({mode}): {}", sts.id, sts.domain, judge(Event::Connect(&e)).text);
-        if sts.policy.mode != Mode::Testing {
+        let text = judge(Event::Connect(&e)).text;
+        let why = match (server.protection, dest.sts.as_deref()) {
+            (Protection::Dane, _) => format!("DANE (TLSA records of {name}): {text}"),
+            (Protection::StsEnforce | Protection::StsTesting, Some(sts)) => {
+                format!("MTA-STS policy {} of {} ({}): {text}", sts.id, sts.domain, sts.policy.mode.name())
+            }
+            _ => return Err(e),
+        };
+        if server.protection != Protection::StsTesting {
             return Err(ClientError::Tls(why));
         }
         log::warn!("{name}[{}]:{}: {why}; delivering as before", addr.ip(), addr.port());
-        let session = self.open(dest.auth, TlsPolicy::May, name, addr)?;
+        let session = self.open(dest.auth, TlsPolicy::May, name, addr, &[])?;
         Ok((Kept::new(addr, TlsPolicy::May, name), session))
     }
 
-    fn open(&self, auth: bool, tls: TlsPolicy, name: &str, addr: SocketAddr) -> Result<Session, ClientError> {
+    fn open(
+        &self,
+        auth: bool,
+        tls: TlsPolicy,
+        name: &str,
+        addr: SocketAddr,
+        dane: &[Tlsa],
+    ) -> Result<Session, ClientError> {
         let credentials = self.credentials.as_ref().filter(|_| auth);
         let dial = Dial {
             addr,
@@ -475,6 +559,7 @@ impl<'a> Relay<'a> {
             tls,
             timeouts: self.timeouts(),
             auth: credentials.map(|(u, p)| (u.as_str(), p.as_str())),
+            dane,
         };
         Session::open(&dial)
     }
@@ -496,13 +581,30 @@ impl<'a> Relay<'a> {
     }
 }
 
-/// The servers of `hosts` in order, at most `MAX_ADDRESSES`.
-fn addresses(hosts: &[crate::dns::MxHost], port: u16) -> Vec<(String, SocketAddr)> {
-    hosts
-        .iter()
-        .flat_map(|h| h.addrs.iter().map(|ip| (h.name.clone(), SocketAddr::new(*ip, port))))
-        .take(MAX_ADDRESSES)
-        .collect()
+/// A session `Relay::connect` found: the server's name, what it is kept for, the TLS
+/// policy it is under.
+struct Connected {
+    name: String,
+    kept: Kept,
+    protection: Protection,
+    session: Session,
+}
+
+/// Answers kept for the run, one per name: the first thread to ask makes it, the others
+/// wait for it.
+struct PerRun<T>(Mutex<HashMap<String, Arc<OnceLock<T>>>>);
+
+impl<T> Default for PerRun<T> {
+    fn default() -> Self {
+        PerRun(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<T: Clone> PerRun<T> {
+    fn get(&self, name: &str, make: impl FnOnce() -> T) -> T {
+        let cell = Arc::clone(self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(name.to_string()).or_default());
+        cell.get_or_init(make).clone()
+    }
 }
 
 /// A failure of what a TLS policy asks: no STARTTLS, STARTTLS refused, a handshake or a
@@ -520,25 +622,30 @@ fn unix_now() -> u64 {
 pub fn record(execution: &Execution, keys: &[Recipient], now: u64) -> Vec<Attempt> {
     let one = |key: &Recipient, place: &Where, event: Event<'_>| attempt(now, key.clone(), place.clone(), event);
     let all = |place: &Where, event: Event<'_>| keys.iter().map(|k| one(k, place, event)).collect();
-    match execution {
+    let protection = match execution {
+        Execution::NoRoute(NoRoute::Policy(p, _)) | Execution::NoSession(_, p, _) | Execution::Ran(_, p, _) => Some(*p),
+        _ => None,
+    };
+    let attempts: Vec<Attempt> = match execution {
         Execution::NoRoute(NoRoute::Dns(e, domain)) => all(&Where::Nowhere, Event::Route(e, domain)),
         Execution::NoRoute(NoRoute::Relayhost(why)) => all(&Where::Nowhere, Event::Relayhost(why)),
         Execution::NoRoute(NoRoute::LiteralLoop(ip)) => all(&Where::Nowhere, Event::LiteralLoop(*ip)),
-        Execution::NoRoute(NoRoute::Sts(why)) => all(&Where::Nowhere, Event::TlsPolicy(why)),
-        Execution::NoSession(place, e) => all(place, Event::Connect(e)),
+        Execution::NoRoute(NoRoute::Policy(_, why)) => all(&Where::Nowhere, Event::TlsPolicy(why)),
+        Execution::NoSession(place, _, e) => all(place, Event::Connect(e)),
         Execution::NotSigned(why) => all(&Where::Nowhere, Event::Signing(why)),
-        Execution::Ran(place, Err(e)) => all(place, Event::Transaction(e)),
-        Execution::Ran(place, Ok(results)) if results.len() != keys.len() => {
+        Execution::Ran(place, _, Err(e)) => all(place, Event::Transaction(e)),
+        Execution::Ran(place, _, Ok(results)) if results.len() != keys.len() => {
             all(place, Event::Transaction(&ClientError::Smtp(SmtpError::Unexpected)))
         }
-        Execution::Ran(place, Ok(results)) => keys
+        Execution::Ran(place, _, Ok(results)) => keys
             .iter()
             .zip(results)
             .map(|(k, r)| match r {
                 RecipientResult::Sent(reply) | RecipientResult::Failed(reply) => one(k, place, Event::Reply(reply)),
             })
             .collect(),
-    }
+    };
+    attempts.into_iter().map(|a| Attempt { protection, ..a }).collect()
 }
 
 #[cfg(test)]
@@ -569,12 +676,12 @@ mod tests {
             RecipientResult::Sent(reply("250 2.0.0 queued\r\n")),
             RecipientResult::Failed(reply("550 5.1.1 no c\r\n")),
         ];
-        let attempts = record(&Execution::Ran(mx.clone(), Ok(results)), &keys(), 7);
+        let attempts = record(&Execution::Ran(mx.clone(), Protection::Dane, Ok(results)), &keys(), 7);
         assert_eq!(
             lines(&attempts),
             ["<a@b.test> Sent 2.0.0 mx.b.test[192.0.2.1]:25", "<c@b.test> Bounced 5.1.1 mx.b.test[192.0.2.1]:25"]
         );
-        assert!(attempts.iter().all(|a| a.time == 7));
+        assert!(attempts.iter().all(|a| a.time == 7 && a.protection == Some(Protection::Dane)));
         assert_eq!(attempts[1].text, "550 5.1.1 no c");
     }
 
@@ -585,9 +692,13 @@ mod tests {
         for (execution, want) in [
             (Execution::NoRoute(NoRoute::Dns(RouteError::NullMx, "b.test".into())), "Bounced 5.1.10 -"),
             (Execution::NoRoute(NoRoute::Relayhost("none".into())), "Deferred 4.4.3 -"),
-            (Execution::NoSession(mx.clone(), refused.clone()), "Deferred 4.4.1 mx[192.0.2.1]:25"),
-            (Execution::Ran(mx.clone(), Err(refused)), "Bounced 5.7.1 mx[192.0.2.1]:25"),
-            (Execution::Ran(mx.clone(), Ok(vec![])), "Deferred 4.5.0 mx[192.0.2.1]:25"),
+            (
+                Execution::NoSession(mx.clone(), Protection::Opportunistic, refused.clone()),
+                "Deferred 4.4.1 mx[192.0.2.1]:25",
+            ),
+            (Execution::Ran(mx.clone(), Protection::Opportunistic, Err(refused)), "Bounced 5.7.1 mx[192.0.2.1]:25"),
+            (Execution::Ran(mx.clone(), Protection::Opportunistic, Ok(vec![])), "Deferred 4.5.0 mx[192.0.2.1]:25"),
+            (Execution::NoRoute(NoRoute::Policy(Protection::StsEnforce, "no MX".into())), "Deferred 4.7.5 -"),
         ] {
             let got = lines(&record(&execution, &keys(), 1));
             assert_eq!(got, [format!("<a@b.test> {want}"), format!("<c@b.test> {want}")], "{execution:?}");

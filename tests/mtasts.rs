@@ -1,7 +1,8 @@
-//! MTA-STS (RFC 8461) end to end: policies served over HTTPS by Python's http.server on
+//! MTA-STS (RFC 8461) and DANE (RFC 7672) end to end: policies served over HTTPS by Python's http.server on
 //! 127.0.0.30:443, the records from a DNS server on loopback, postern-smtpd as the MX hosts
 //! (one with a certificate from the CA the sender trusts through `SSL_CERT_FILE`, one with
-//! a certificate from another CA) and a scripted MX that offers no STARTTLS.
+//! a certificate from another CA) and a scripted MX that offers no STARTTLS. TLSA records
+//! come with the AD bit a validating resolver sets, or without it.
 
 mod support;
 
@@ -10,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hickory_proto::rr::RecordType::{A, MX, TXT};
+use hickory_proto::rr::RecordType::{A, MX, TLSA, TXT};
+use openssl::x509::X509;
 use postern::smtp::command::BodyType;
 use support::dns::{Answer, FakeDns};
 use support::{FakeMx, Server, TempDir, TestCa};
@@ -101,6 +103,11 @@ impl Drop for Https {
     }
 }
 
+/// The first certificate of a PEM file.
+fn pem(path: &Path) -> X509 {
+    X509::from_pem(&std::fs::read(path).unwrap()).unwrap()
+}
+
 fn policy(mode: &str, mx: &str) -> String {
     format!("version: STSv1\r\nmode: {mode}\r\nmx: {mx}\r\nmax_age: 86400\r\n")
 }
@@ -148,12 +155,16 @@ fn world(tag: &str, base: u8) -> World {
     let dir = TempDir::new(tag);
     let ca = TestCa::new(dir.path(), "test-ca");
     let rogue_ca = TestCa::new(dir.path(), "rogue-ca");
-    let good_cert = ca.issue(dir.path(), "mx-good", &["mx.enforce.test", "mx.notlisted.test"]);
+    let good_cert = ca.issue(dir.path(), "mx-good", &["mx.enforce.test", "mx.notlisted.test", "mx.daneta.test"]);
+    // The good MX sends its CA along, as a DANE-TA server must.
+    let chain = [std::fs::read(&good_cert.0).unwrap(), std::fs::read(&ca.cert).unwrap()].concat();
+    std::fs::write(&good_cert.0, chain).unwrap();
     let rogue_cert = rogue_ca.issue(dir.path(), "mx-rogue", &["mx.wrongca.test", "mx.testing.test"]);
-    let https_names: Vec<String> = ["enforce", "wrongca", "wrongname", "notlisted", "stripped", "testing", "cached"]
-        .iter()
-        .map(|d| format!("mta-sts.{d}.test"))
-        .collect();
+    let https_names: Vec<String> =
+        ["enforce", "wrongca", "wrongname", "notlisted", "stripped", "testing", "cached", "danests"]
+            .iter()
+            .map(|d| format!("mta-sts.{d}.test"))
+            .collect();
     let https_cert = ca.issue(dir.path(), "https", &https_names.iter().map(String::as_str).collect::<Vec<_>>());
     let https = Https::start(&dir.path().join("www"), ip.https, &https_cert.0, &https_cert.1);
     https.serve("enforce.test", &policy("enforce", "mx.enforce.test"));
@@ -162,6 +173,7 @@ fn world(tag: &str, base: u8) -> World {
     https.serve("notlisted.test", &policy("enforce", "mx.elsewhere.test"));
     https.serve("stripped.test", &policy("enforce", "*.stripped.test"));
     https.serve("testing.test", &policy("testing", "mx.elsewhere.test"));
+    https.serve("danests.test", &policy("enforce", "mx.elsewhere.test"));
 
     let good = mx_server(ip.good, 0, &good_cert);
     let port = good.addr.port();
@@ -179,6 +191,7 @@ fn world(tag: &str, base: u8) -> World {
         ("stripped", ip.plain),
         ("testing", ip.rogue),
         ("cached", ip.plain),
+        ("danests", ip.rogue),
     ] {
         let name: &'static str = Box::leak(format!("{domain}.test").into_boxed_str());
         let mx: &'static str = Box::leak(format!("mx.{domain}.test").into_boxed_str());
@@ -186,6 +199,27 @@ fn world(tag: &str, base: u8) -> World {
         zone.push((mx, A, Answer::Ip(vec![mx_ip])));
         zone.push((Box::leak(format!("_mta-sts.{name}").into_boxed_str()), TXT, Answer::Txt(vec![record])));
         zone.push((Box::leak(format!("mta-sts.{name}").into_boxed_str()), A, Answer::Ip(vec![ip.https])));
+    }
+    // DANE: each TLSA record names a certificate (by its key or whole), with or without AD.
+    let (good_leaf, rogue_leaf, ca_cert) = (pem(&good_cert.0), pem(&rogue_cert.0), pem(&ca.cert));
+    let spki = |c: &X509| openssl::sha::sha256(&c.public_key().unwrap().public_key_to_der().unwrap()).to_vec();
+    let full512 = |c: &X509| openssl::sha::sha512(&c.to_der().unwrap()).to_vec();
+    for (domain, mx_ip, record, authenticated) in [
+        ("daneee", ip.rogue, (3, 1, 1, spki(&rogue_leaf)), true),
+        ("daneta", ip.good, (2, 0, 2, full512(&ca_cert)), true),
+        ("danebad", ip.good, (3, 1, 1, spki(&rogue_leaf)), true),
+        ("daneforged", ip.rogue, (3, 1, 1, spki(&good_leaf)), false),
+        ("danestrip", ip.plain, (3, 1, 1, spki(&good_leaf)), true),
+        ("danests", ip.rogue, (3, 1, 1, spki(&rogue_leaf)), true),
+    ] {
+        let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+        let mx = leak(format!("mx.{domain}.test"));
+        if domain != "danests" {
+            zone.push((leak(format!("{domain}.test")), MX, Answer::Mx(vec![(10, mx)])));
+            zone.push((mx, A, Answer::Ip(vec![mx_ip])));
+        }
+        let tlsa = Answer::Tlsa { records: vec![record], authenticated };
+        zone.push((leak(format!("_{port}._tcp.{mx}")), TLSA, tlsa));
     }
     let dns = FakeDns::start(&zone);
     let extra = format!("{}smtp_port = {port}\n", support::dns_config(Some(dns.addr)));
@@ -390,4 +424,65 @@ fn a_cached_policy_holds_while_its_host_is_down_and_a_crash_leaves_the_cache_who
     let line = line_for(&log, "c@stripped.test");
     assert!(status.success() && line.contains("status=sent") && line.ends_with("tls=opportunistic"), "{log}");
     assert_eq!(w.https.requests().len(), before);
+}
+
+#[test]
+fn dane_records_hold_only_when_authenticated_and_come_before_mta_sts() {
+    if support::skip_unless_root("serve the policies on port 443") {
+        return;
+    }
+    let w = world("dane", 50);
+    for to in
+        ["a@daneee.test", "b@daneta.test", "c@danebad.test", "d@daneforged.test", "e@danestrip.test", "f@danests.test"]
+    {
+        w.send(&[to]);
+    }
+    let (status, log) = w.run(&[]);
+    assert!(status.success(), "{log}");
+    // DANE-EE: the server's key matches; its CA and name do not matter (RFC 7672 §3.1.1).
+    let line = line_for(&log, "a@daneee.test");
+    assert!(line.contains("status=sent") && line.ends_with("tls=dane"), "{line}");
+    // DANE-TA: the certificate chains to the CA the record names, for the MX name.
+    let line = line_for(&log, "b@daneta.test");
+    assert!(line.contains("status=sent") && line.ends_with("tls=dane"), "{line}");
+    // Authenticated records that match nothing the server sends: the mail waits.
+    let line = line_for(&log, "c@danebad.test");
+    let want = "dsn=4.7.5, status=deferred (DANE (TLSA records of mx.danebad.test): no TLSA record matches";
+    assert!(line.contains(want) && line.ends_with("tls=dane"), "{line}");
+    // Records without the AD bit are not believed: STARTTLS when offered, as before.
+    let line = line_for(&log, "d@daneforged.test");
+    assert!(line.contains("status=sent") && line.ends_with("tls=opportunistic"), "{line}");
+    // DANE makes TLS mandatory: no STARTTLS, no delivery.
+    let line = line_for(&log, "e@danestrip.test");
+    assert!(
+        line.contains("status=deferred (DANE (TLSA records of mx.danestrip.test): the server does not offer STARTTLS)"),
+        "{line}"
+    );
+    assert!(!w.plain.commands().iter().any(|c| c.contains("danestrip")), "sent in plaintext");
+    // DANE before MTA-STS (RFC 8461 §2): the policy does not name the MX, DANE vouches for it.
+    let line = line_for(&log, "f@danests.test");
+    assert!(line.contains("status=sent") && line.ends_with("tls=dane"), "{line}");
+    assert_eq!(received(&w.good), ["<b@daneta.test>"]);
+    assert!(wait_for(|| received(&w.rogue).len() == 3), "{:?}", received(&w.rogue));
+
+    // dane = off: the records are not asked for; the waiting message goes, opportunistic.
+    let text = std::fs::read_to_string(&w.conf).unwrap();
+    std::fs::write(&w.conf, format!("{text}dane = off\n")).unwrap();
+    let (status, log) = w.run(&[]);
+    let waiting = support::waiting(&w.spool());
+    assert!(status.success() && !waiting.is_empty(), "{log}");
+    let id = waiting
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().to_string())
+        .find(|id| w.queue(&["show", id]).contains("c@danebad.test"))
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_postern-deliver"))
+        .arg("-c")
+        .arg(&w.conf)
+        .args(["--id", &id])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    let line = line_for(&log, "c@danebad.test");
+    assert!(line.contains("status=sent") && line.ends_with("tls=opportunistic"), "{line}");
 }

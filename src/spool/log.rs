@@ -45,6 +45,8 @@ pub enum Protection {
     StsEnforce,
     /// The domain's MTA-STS policy in `testing` mode: failures logged, mail delivered.
     StsTesting,
+    /// The MX host's DNSSEC-authenticated TLSA records (RFC 7672).
+    Dane,
 }
 
 impl Protection {
@@ -56,6 +58,7 @@ impl Protection {
             Protection::Verify => "verify",
             Protection::StsEnforce => "mta-sts:enforce",
             Protection::StsTesting => "mta-sts:testing",
+            Protection::Dane => "dane",
         }
     }
 
@@ -66,6 +69,7 @@ impl Protection {
             Protection::Verify,
             Protection::StsEnforce,
             Protection::StsTesting,
+            Protection::Dane,
         ]
         .into_iter()
         .find(|p| p.name() == word)
@@ -73,7 +77,7 @@ impl Protection {
 }
 
 /// Room kept at the end of a line for the protection's word.
-const PROTECTION_ROOM: usize = 24;
+pub const PROTECTION_ROOM: usize = 24;
 
 /// What happened to one recipient in one attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -487,6 +491,7 @@ mod tests {
             Protection::Verify,
             Protection::StsEnforce,
             Protection::StsTesting,
+            Protection::Dane,
         ] {
             for text in ["250 Ok", &"x".repeat(5000)] {
                 let a = Attempt { protection: Some(p), ..attempt(Outcome::Sent, text) };

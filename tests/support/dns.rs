@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
 
 use hickory_proto::op::{Message, MessageType, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, PTR, TXT};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, PTR, TLSA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 /// What the zone says for one name and type.
@@ -20,6 +20,12 @@ pub enum Answer {
     Ptr(Vec<&'static str>),
     /// TXT records, each cut into strings of 255 octets as DNS needs.
     Txt(Vec<&'static str>),
+    /// TLSA records (usage, selector, matching type, data), with the AD bit set when
+    /// `authenticated`, as a validating resolver would.
+    Tlsa {
+        records: Vec<(u8, u8, u8, Vec<u8>)>,
+        authenticated: bool,
+    },
     NxDomain,
     ServFail,
     /// No reply at all: the resolver times out.
@@ -113,6 +119,13 @@ fn respond(
                     let strings: Vec<&[u8]> = text.as_bytes().chunks(255).collect();
                     let rdata = RData::TXT(TXT::from_bytes(if strings.is_empty() { vec![b""] } else { strings }));
                     response.answers.push(Record::from_rdata(name(&current), 60, rdata));
+                }
+            }
+            Some(Answer::Tlsa { records, authenticated }) => {
+                response.metadata.authentic_data = *authenticated;
+                for (usage, selector, matching, data) in records {
+                    let rdata = TLSA::new((*usage).into(), (*selector).into(), (*matching).into(), data.clone());
+                    response.answers.push(Record::from_rdata(name(&current), 60, RData::TLSA(rdata)));
                 }
             }
             Some(Answer::Cname(target)) => {
