@@ -211,6 +211,9 @@ fn world(tag: &str, base: u8) -> World {
         ("daneforged", ip.rogue, (3, 1, 1, spki(&good_leaf)), false),
         ("danestrip", ip.plain, (3, 1, 1, spki(&good_leaf)), true),
         ("danests", ip.rogue, (3, 1, 1, spki(&rogue_leaf)), true),
+        // PKIX-EE(1) is not for SMTP (RFC 7672 §3.1.3): TLS required, nothing matched.
+        ("daneunusable", ip.rogue, (1, 1, 1, spki(&good_leaf)), true),
+        ("daneunusableplain", ip.plain, (1, 1, 1, spki(&good_leaf)), true),
     ] {
         let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
         let mx = leak(format!("mx.{domain}.test"));
@@ -432,9 +435,16 @@ fn dane_records_hold_only_when_authenticated_and_come_before_mta_sts() {
         return;
     }
     let w = world("dane", 50);
-    for to in
-        ["a@daneee.test", "b@daneta.test", "c@danebad.test", "d@daneforged.test", "e@danestrip.test", "f@danests.test"]
-    {
+    for to in [
+        "a@daneee.test",
+        "b@daneta.test",
+        "c@danebad.test",
+        "d@daneforged.test",
+        "e@danestrip.test",
+        "f@danests.test",
+        "g@daneunusable.test",
+        "h@daneunusableplain.test",
+    ] {
         w.send(&[to]);
     }
     let (status, log) = w.run(&[]);
@@ -462,8 +472,14 @@ fn dane_records_hold_only_when_authenticated_and_come_before_mta_sts() {
     // DANE before MTA-STS (RFC 8461 §2): the policy does not name the MX, DANE vouches for it.
     let line = line_for(&log, "f@danests.test");
     assert!(line.contains("status=sent") && line.ends_with("tls=dane"), "{line}");
+    // Authenticated records, none usable: encrypted without authentication, never in plaintext.
+    let line = line_for(&log, "g@daneunusable.test");
+    assert!(line.contains("status=sent") && line.ends_with("tls=dane"), "{line}");
+    let line = line_for(&log, "h@daneunusableplain.test");
+    let want = "status=deferred (DANE (TLSA records of mx.daneunusableplain.test): the server does not offer STARTTLS)";
+    assert!(line.contains(want), "{line}");
     assert_eq!(received(&w.good), ["<b@daneta.test>"]);
-    assert!(wait_for(|| received(&w.rogue).len() == 3), "{:?}", received(&w.rogue));
+    assert!(wait_for(|| received(&w.rogue).len() == 4), "{:?}", received(&w.rogue));
 
     // dane = off: the records are not asked for; the waiting message goes, opportunistic.
     let text = std::fs::read_to_string(&w.conf).unwrap();
