@@ -478,8 +478,24 @@ impl<'a> Relay<'a> {
     }
 
     /// An idle session to `addr` fit for one of `wanted` (and which one), or `None` with a
-    /// slot reserved for a new one.
+    /// slot reserved for a new one. When every slot is taken and one of them is a session
+    /// kept for another name or TLS policy, that session is closed to make room (else two
+    /// domains served by one address could wait on each other for ever).
     fn check_out(&self, addr: SocketAddr, wanted: &[&Kept]) -> Option<(Kept, Session)> {
+        let mut evicted = None;
+        let found = self.take_or_reserve(addr, wanted, &mut evicted);
+        if let Some(session) = evicted {
+            session.quit();
+        }
+        found
+    }
+
+    fn take_or_reserve(
+        &self,
+        addr: SocketAddr,
+        wanted: &[&Kept],
+        evicted: &mut Option<Session>,
+    ) -> Option<(Kept, Session)> {
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             for kept in wanted {
@@ -496,6 +512,12 @@ impl<'a> Relay<'a> {
             let open = pool.open.entry(addr).or_insert(0);
             if *open < self.config.max_per_destination {
                 *open += 1;
+                return None;
+            }
+            // The slot of an idle session kept for something else passes to the new one.
+            let other = pool.idle.iter_mut().filter(|(k, _)| k.addr == addr).find_map(|(_, idle)| idle.pop());
+            if other.is_some() {
+                *evicted = other;
                 return None;
             }
             pool = self.returned.wait(pool).unwrap_or_else(|e| e.into_inner());
