@@ -121,6 +121,8 @@ pub struct Session {
     received: Vec<u8>,
     pub extensions: Extensions,
     pub tls: bool,
+    /// The certificate chain the server sent (its own first), when TLS is on.
+    pub peer_chain: Vec<openssl::x509::X509>,
     timeouts: Timeouts,
     /// The wait the socket's read timeout is set for, so it is changed only when that changes.
     read_wait: Wait,
@@ -140,6 +142,7 @@ impl Session {
             received: Vec::new(),
             extensions: Extensions::default(),
             tls: false,
+            peer_chain: Vec::new(),
             timeouts: dial.timeouts,
             read_wait: Wait::Command,
             transactions: 0,
@@ -216,6 +219,8 @@ impl Session {
         let Stream::Plain(tcp) = old else { return Err(ClientError::Tls("TLS already active".into())) };
         let tls =
             connector.connect(dial.server_name, tcp).map_err(|e| ClientError::Tls(format!("TLS handshake: {e}")))?;
+        let leaf = tls.peer_certificate().ok().flatten().and_then(|c| c.to_der().ok());
+        self.peer_chain = leaf.and_then(|der| openssl::x509::X509::from_der(&der).ok()).into_iter().collect();
         self.stream = Stream::Tls(Box::new(tls));
         Ok(())
     }
@@ -237,6 +242,7 @@ impl Session {
             stream.ssl().peer_cert_chain().map(|c| c.iter().map(|x| x.to_owned()).collect()).unwrap_or_default();
         let matched = crate::dane::verify(dial.dane, &chain, dial.server_name).map_err(ClientError::Tls)?;
         log::debug!("{}: {matched} match", dial.server_name);
+        self.peer_chain = chain;
         self.stream = Stream::Dane(Box::new(stream));
         Ok(())
     }
@@ -291,6 +297,20 @@ impl Session {
         out.clear();
         stuffer.finish(&mut out);
         self.send(&out)
+    }
+
+    /// Whether this session's verified certificate also serves `host` (a kept session is
+    /// reused for another MX name at the same address when it does): a subjectAltName
+    /// dNSName equal to it, or a wildcard for its first label (RFC 6125 §6.4.3).
+    pub fn certificate_names(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let Some(names) = self.peer_chain.first().and_then(|c| c.subject_alt_names()) else { return false };
+        names.iter().filter_map(|n| n.dnsname().map(str::to_ascii_lowercase)).any(|name| {
+            match name.strip_prefix("*.") {
+                Some(parent) => host.split_once('.').is_some_and(|(label, rest)| !label.is_empty() && rest == parent),
+                None => name == host,
+            }
+        })
     }
 
     /// Whether a kept session can still be used: the server has not closed it or sent anything

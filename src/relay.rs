@@ -126,20 +126,13 @@ pub struct Relay<'a> {
     tlsa: Option<PerRun<Result<dane::Answer, DnsFailure>>>,
 }
 
-/// An idle session is reused only for what it was opened for: the address, the TLS
-/// policy, and for a verified session the name its certificate was checked against.
+/// Idle sessions are kept by address and TLS policy; a verified one is reused for another
+/// server name only when its certificate (or, with DANE, the name's TLSA records) serves
+/// that name too (`Relay::fits`).
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct Kept {
     addr: SocketAddr,
     tls: TlsPolicy,
-    verified_for: Option<String>,
-}
-
-impl Kept {
-    fn new(addr: SocketAddr, tls: TlsPolicy, name: &str) -> Kept {
-        let verified = matches!(tls, TlsPolicy::Verify | TlsPolicy::Dane);
-        Kept { addr, tls, verified_for: verified.then(|| name.to_ascii_lowercase()) }
-    }
 }
 
 /// Sessions by server: idle ones to reuse, and how many are open to each address in all.
@@ -453,11 +446,18 @@ impl<'a> Relay<'a> {
                 last = (place, server.protection, e.clone());
                 continue;
             }
-            let kept = Kept::new(addr, server.tls, name);
-            // In testing mode, a session kept from a server whose TLS failed the policy.
-            let plain = (server.protection == Protection::StsTesting).then(|| Kept::new(addr, TlsPolicy::May, name));
-            let wanted: Vec<&Kept> = std::iter::once(&kept).chain(plain.as_ref()).collect();
-            let session = match self.check_out(addr, &wanted) {
+            let kept = Kept { addr, tls: server.tls };
+            // A session under a stricter policy serves a laxer one as well; in testing mode,
+            // so does one kept from a server whose TLS failed the policy.
+            let stricter: &[TlsPolicy] = match server.tls {
+                TlsPolicy::May => &[TlsPolicy::Encrypt, TlsPolicy::Verify, TlsPolicy::Dane],
+                TlsPolicy::Encrypt => &[TlsPolicy::Verify, TlsPolicy::Dane],
+                TlsPolicy::Verify if server.protection == Protection::StsTesting => &[TlsPolicy::May],
+                TlsPolicy::Verify | TlsPolicy::Dane => &[],
+            };
+            let others: Vec<Kept> = stricter.iter().map(|tls| Kept { addr, tls: *tls }).collect();
+            let wanted: Vec<&Kept> = std::iter::once(&kept).chain(&others).collect();
+            let session = match self.check_out(server, &wanted) {
                 Some(found) => Ok(found),
                 None => self.open_for(dest, server),
             };
@@ -481,9 +481,9 @@ impl<'a> Relay<'a> {
     /// slot reserved for a new one. When every slot is taken and one of them is a session
     /// kept for another name or TLS policy, that session is closed to make room (else two
     /// domains served by one address could wait on each other for ever).
-    fn check_out(&self, addr: SocketAddr, wanted: &[&Kept]) -> Option<(Kept, Session)> {
+    fn check_out(&self, server: &Server, wanted: &[&Kept]) -> Option<(Kept, Session)> {
         let mut evicted = None;
-        let found = self.take_or_reserve(addr, wanted, &mut evicted);
+        let found = self.take_or_reserve(server, wanted, &mut evicted);
         if let Some(session) = evicted {
             session.quit();
         }
@@ -492,14 +492,17 @@ impl<'a> Relay<'a> {
 
     fn take_or_reserve(
         &self,
-        addr: SocketAddr,
+        server: &Server,
         wanted: &[&Kept],
         evicted: &mut Option<Session>,
     ) -> Option<(Kept, Session)> {
+        let addr = server.addr;
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             for kept in wanted {
-                while let Some(session) = pool.idle.get_mut(*kept).and_then(Vec::pop) {
+                while let Some(idle) = pool.idle.get_mut(*kept) {
+                    let Some(at) = idle.iter().rposition(|s| fits(server, kept.tls, s)) else { break };
+                    let session = idle.swap_remove(at);
                     if session.is_usable() {
                         return Some(((*kept).clone(), session));
                     }
@@ -545,7 +548,7 @@ impl<'a> Relay<'a> {
     fn open_for(&self, dest: &Destination, server: &Server) -> Result<(Kept, Session), ClientError> {
         let (name, addr) = (server.name.as_str(), server.addr);
         let e = match self.open(dest.auth, server.tls, name, addr, &server.dane) {
-            Ok(session) => return Ok((Kept::new(addr, server.tls, name), session)),
+            Ok(session) => return Ok((Kept { addr, tls: server.tls }, session)),
             Err(e) if !is_tls_failure(&e) => return Err(e),
             Err(e) => e,
         };
@@ -562,7 +565,7 @@ impl<'a> Relay<'a> {
         }
         log::warn!("{name}[{}]:{}: {why}; delivering as before", addr.ip(), addr.port());
         let session = self.open(dest.auth, TlsPolicy::May, name, addr, &[])?;
-        Ok((Kept::new(addr, TlsPolicy::May, name), session))
+        Ok((Kept { addr, tls: TlsPolicy::May }, session))
     }
 
     fn open(
@@ -610,6 +613,20 @@ struct Connected {
     kept: Kept,
     protection: Protection,
     session: Session,
+}
+
+/// Whether an idle session kept under `kept` may carry mail for `server`, which asked for
+/// it: one under the server's own policy when verified, only if its certificate serves the
+/// server's name or its chain matches the server's TLSA records; one under another policy
+/// the server accepts (`Relay::connect`) as it is.
+fn fits(server: &Server, kept: TlsPolicy, session: &Session) -> bool {
+    match server.tls {
+        TlsPolicy::Verify if kept == TlsPolicy::Verify => session.certificate_names(&server.name),
+        TlsPolicy::Dane if kept == TlsPolicy::Dane => {
+            dane::verify(&server.dane, &session.peer_chain, &server.name).is_ok()
+        }
+        _ => true,
+    }
 }
 
 /// Answers kept for the run, one per name: the first thread to ask makes it, the others
