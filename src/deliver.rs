@@ -120,6 +120,7 @@ impl<'a> Runner<'a> {
 
     /// Runs over the spool. Bounces made by this run are delivered by it too (a second pass).
     pub fn run(&self) -> Summary {
+        let mut picked = Vec::new();
         if !self.options.dry_run {
             self.spool.repair();
             let milters = crate::milter::local::LocalMilters::from_config(self.config);
@@ -129,7 +130,7 @@ impl<'a> Runner<'a> {
                 now: self.now,
                 filter: milters.as_ref().map(|m| m as &dyn crate::spool::maildrop::PickupFilter),
             };
-            self.spool.pickup(&settings);
+            picked = self.spool.pickup(&settings).queued;
         }
         let mut summary = Summary::default();
         let mut made: HashSet<QueueId> = HashSet::new();
@@ -139,7 +140,9 @@ impl<'a> Runner<'a> {
                 .queued()
                 .into_iter()
                 .filter(|(_, id)| match (&self.options.only, pass) {
-                    (Some(only), 0) => only == id,
+                    // A run for one message delivers what it picked up from maildrop/ too:
+                    // no other run may be coming for it.
+                    (Some(only), 0) => only == id || picked.contains(id),
                     (_, 0) => true,
                     _ => made.contains(id),
                 })
