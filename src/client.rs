@@ -305,12 +305,7 @@ impl Session {
     pub fn certificate_names(&self, host: &str) -> bool {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         let Some(names) = self.peer_chain.first().and_then(|c| c.subject_alt_names()) else { return false };
-        names.iter().filter_map(|n| n.dnsname().map(str::to_ascii_lowercase)).any(|name| {
-            match name.strip_prefix("*.") {
-                Some(parent) => host.split_once('.').is_some_and(|(label, rest)| !label.is_empty() && rest == parent),
-                None => name == host,
-            }
-        })
+        names.iter().filter_map(|n| n.dnsname()).any(|name| crate::dns::name_matches(&name.to_ascii_lowercase(), &host))
     }
 
     /// Whether a kept session can still be used: the server has not closed it or sent anything

@@ -469,6 +469,35 @@ fn absolute(name: &str) -> String {
     if name.ends_with('.') { name.to_string() } else { format!("{name}.") }
 }
 
+/// Answers kept for the run, one per name: the first thread to ask makes it, the others
+/// wait for it.
+pub struct PerRun<T>(std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<std::sync::OnceLock<T>>>>);
+
+impl<T> Default for PerRun<T> {
+    fn default() -> Self {
+        PerRun(std::sync::Mutex::new(std::collections::HashMap::new()))
+    }
+}
+
+impl<T: Clone> PerRun<T> {
+    pub fn get(&self, name: &str, make: impl FnOnce() -> T) -> T {
+        let cell = std::sync::Arc::clone(
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(name.to_string()).or_default(),
+        );
+        cell.get_or_init(make).clone()
+    }
+}
+
+/// Whether `host` is the name `pattern` (both in lower case, without a final dot), or one
+/// label more than a `*.` pattern's parent: `*.example.net` is `mx1.example.net`, never
+/// `a.b.example.net` (RFC 8461 §4.1, RFC 6125 §6.4.3).
+pub fn name_matches(pattern: &str, host: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(parent) => host.split_once('.').is_some_and(|(label, rest)| !label.is_empty() && rest == parent),
+        None => pattern == host,
+    }
+}
+
 /// The name servers `dns_servers` names, or /etc/resolv.conf's.
 pub fn name_servers(servers: &[SocketAddr]) -> Vec<SocketAddr> {
     if !servers.is_empty() {

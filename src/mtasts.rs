@@ -5,15 +5,14 @@
 //! the cache's decisions are pure; `Policies` is the I/O: DNS through `DnsLookup`, the HTTPS
 //! fetch over the TLS library already linked, the cache files in `spool/mta-sts/`.
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::dns::{DnsFailure, DnsLookup, Lookup};
+use crate::dns::{DnsFailure, DnsLookup, Lookup, PerRun};
 
 /// What the policy asks of a sender (§3.2 `mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,10 +115,7 @@ impl Policy {
     /// stands for exactly one label more (`mx1.example.net`, not `a.b.example.net`).
     pub fn allows(&self, host: &str) -> bool {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
-        self.mx.iter().any(|pattern| match pattern.strip_prefix("*.") {
-            Some(parent) => host.split_once('.').is_some_and(|(label, rest)| !label.is_empty() && rest == parent),
-            None => *pattern == host,
-        })
+        self.mx.iter().any(|pattern| crate::dns::name_matches(pattern, &host))
     }
 }
 
@@ -333,26 +329,17 @@ pub struct Applied {
 pub struct Policies {
     dir: PathBuf,
     connect_timeout: Duration,
-    known: Mutex<HashMap<String, Arc<Once>>>,
+    known: PerRun<Option<Arc<Applied>>>,
 }
-
-/// A domain's lookup, made by the first thread to ask; the others wait for its answer.
-type Once = OnceLock<Option<Arc<Applied>>>;
 
 impl Policies {
     pub fn new(dir: PathBuf, connect_timeout: Duration) -> Policies {
-        Policies { dir, connect_timeout, known: Mutex::new(HashMap::new()) }
+        Policies { dir, connect_timeout, known: PerRun::default() }
     }
 
     /// The policy that applies to `domain` (lower case), or `None`; mode `none` counts as none.
     pub fn get(&self, domain: &str, dns: &DnsLookup, now: u64) -> Option<Arc<Applied>> {
-        let cell = {
-            let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-            Arc::clone(known.entry(domain.to_string()).or_default())
-        };
-        cell.get_or_init(|| self.look_up(domain, dns, now).map(Arc::new))
-            .clone()
-            .filter(|a| a.policy.mode != Mode::None)
+        self.known.get(domain, || self.look_up(domain, dns, now).map(Arc::new)).filter(|a| a.policy.mode != Mode::None)
     }
 
     fn look_up(&self, domain: &str, dns: &DnsLookup, now: u64) -> Option<Applied> {

@@ -4,13 +4,13 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::os::unix::fs::PermissionsExt;
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex};
 
 use crate::client::{ClientError, Dial, Session, Timeouts, TlsPolicy};
 use crate::config::{Config, TlsMode};
 use crate::dane::{self, Tlsa};
 use crate::dkim::Signing;
-use crate::dns::{DnsFailure, name_servers};
+use crate::dns::{DnsFailure, PerRun, name_servers};
 use crate::dns::{DnsLookup, RouteError, route_domain, shuffle_seed};
 use crate::mtasts::{Applied, Mode, Policies};
 use crate::outcome::{Event, attempt, judge};
@@ -626,23 +626,6 @@ fn fits(server: &Server, kept: TlsPolicy, session: &Session) -> bool {
             dane::verify(&server.dane, &session.peer_chain, &server.name).is_ok()
         }
         _ => true,
-    }
-}
-
-/// Answers kept for the run, one per name: the first thread to ask makes it, the others
-/// wait for it.
-struct PerRun<T>(Mutex<HashMap<String, Arc<OnceLock<T>>>>);
-
-impl<T> Default for PerRun<T> {
-    fn default() -> Self {
-        PerRun(Mutex::new(HashMap::new()))
-    }
-}
-
-impl<T: Clone> PerRun<T> {
-    fn get(&self, name: &str, make: impl FnOnce() -> T) -> T {
-        let cell = Arc::clone(self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(name.to_string()).or_default());
-        cell.get_or_init(make).clone()
     }
 }
 

@@ -261,6 +261,14 @@ impl World {
         (out.status, String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout))
     }
 
+    /// The ID of the queued message for `rcpt`, as `postern-queue show` finds it.
+    fn waiting_for(&self, rcpt: &str) -> Option<String> {
+        support::waiting(&self.spool())
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().to_string())
+            .find(|id| self.queue(&["show", id]).contains(rcpt))
+    }
+
     fn queue(&self, args: &[&str]) -> String {
         let out =
             Command::new(env!("CARGO_BIN_EXE_postern-queue")).arg("-c").arg(&self.conf).args(args).output().unwrap();
@@ -364,12 +372,7 @@ fn each_policy_is_enforced_tested_or_absent_and_fetched_once_per_run() {
     let listed = w.queue(&["list"]);
     assert!(listed.contains("MTA-STS policy one of wrongca.test (enforce)"), "{listed}");
     assert!(listed.contains("no MX host is in the policy (mx.notlisted.test)"), "{listed}");
-    let waiting = support::waiting(&w.spool());
-    let stripped = waiting
-        .iter()
-        .map(|p| p.file_name().unwrap().to_string_lossy().to_string())
-        .find(|id| w.queue(&["show", id]).contains("e@stripped.test"))
-        .expect("the stripped.test message waits");
+    let stripped = w.waiting_for("e@stripped.test").expect("the stripped.test message waits");
     let shown = w.queue(&["show", &stripped]);
     assert!(shown.contains("deferred <e@stripped.test> 4.7.5") && shown.contains("(tls mta-sts:enforce)"), "{shown}");
 
@@ -502,11 +505,7 @@ fn dane_records_hold_only_when_authenticated_and_come_before_mta_sts() {
     let (status, log) = w.run(&[]);
     let waiting = support::waiting(&w.spool());
     assert!(status.success() && !waiting.is_empty(), "{log}");
-    let id = waiting
-        .iter()
-        .map(|p| p.file_name().unwrap().to_string_lossy().to_string())
-        .find(|id| w.queue(&["show", id]).contains("c@danebad.test"))
-        .unwrap();
+    let id = w.waiting_for("c@danebad.test").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_postern-deliver"))
         .arg("-c")
         .arg(&w.conf)

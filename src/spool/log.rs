@@ -50,6 +50,15 @@ pub enum Protection {
 }
 
 impl Protection {
+    pub const ALL: [Protection; 6] = [
+        Protection::Opportunistic,
+        Protection::Encrypt,
+        Protection::Verify,
+        Protection::StsEnforce,
+        Protection::StsTesting,
+        Protection::Dane,
+    ];
+
     /// The word the log line uses.
     pub fn name(self) -> &'static str {
         match self {
@@ -63,16 +72,7 @@ impl Protection {
     }
 
     fn parse(word: &str) -> Option<Protection> {
-        [
-            Protection::Opportunistic,
-            Protection::Encrypt,
-            Protection::Verify,
-            Protection::StsEnforce,
-            Protection::StsTesting,
-            Protection::Dane,
-        ]
-        .into_iter()
-        .find(|p| p.name() == word)
+        Protection::ALL.into_iter().find(|p| p.name() == word)
     }
 }
 
@@ -485,14 +485,7 @@ mod tests {
 
     #[test]
     fn the_tls_policy_ends_a_remote_line_and_old_lines_have_none() {
-        for p in [
-            Protection::Opportunistic,
-            Protection::Encrypt,
-            Protection::Verify,
-            Protection::StsEnforce,
-            Protection::StsTesting,
-            Protection::Dane,
-        ] {
+        for p in Protection::ALL {
             for text in ["250 Ok", &"x".repeat(5000)] {
                 let a = Attempt { protection: Some(p), ..attempt(Outcome::Sent, text) };
                 let line = a.to_line();
