@@ -5,11 +5,11 @@
 //! then remove the message when nothing is left, or move it to `cur/` to wait.
 
 use std::cell::OnceCell;
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::alias::{ExpandError, LocalUsers, Target};
 use crate::config::Config;
@@ -53,7 +53,7 @@ pub struct Summary {
 }
 
 impl Summary {
-    fn add(&mut self, other: &Summary) {
+    pub fn add(&mut self, other: &Summary) {
         self.messages += other.messages;
         self.sent += other.sent;
         self.deferred += other.deferred;
@@ -61,6 +61,143 @@ impl Summary {
         self.busy += other.busy;
         self.corrupt += other.corrupt;
         self.halted |= other.halted;
+    }
+}
+
+/// How long a streaming run waits for the lock of a message just named in new/ before it
+/// gives the message back to its feed for later (`Feed::later`).
+const COMMIT_WAIT: Duration = Duration::from_millis(200);
+/// A message given back waits this long before it is taken again...
+const LATER: Duration = Duration::from_secs(1);
+/// ...and is left to a whole run when its lock is still held after this long.
+const GIVE_UP: Duration = Duration::from_secs(60);
+
+/// The messages a streaming run (`Runner::stream`) is given, in the order they came, each
+/// once; and whether its threads are idle.
+pub struct Feed {
+    state: Mutex<FeedState>,
+    ready: Condvar,
+}
+
+struct FeedState {
+    /// In line, each with when it was first given back (`later`), if it was.
+    queue: VecDeque<(QueueId, Option<Instant>)>,
+    /// Every ID given so far: one that comes again (listed, then named by an event) is
+    /// not taken twice.
+    given: HashSet<QueueId>,
+    /// Given back, locked by another: each with when to take it again, and when first given back.
+    later: Vec<(QueueId, Instant, Instant)>,
+    /// Threads delivering a message now.
+    busy: usize,
+    closed: bool,
+    /// When the queue was last empty with no thread busy; `None` while there is work.
+    idle_since: Option<Instant>,
+}
+
+impl Default for Feed {
+    fn default() -> Feed {
+        let state = FeedState {
+            queue: VecDeque::new(),
+            given: HashSet::new(),
+            later: Vec::new(),
+            busy: 0,
+            closed: false,
+            idle_since: Some(Instant::now()),
+        };
+        Feed { state: Mutex::new(state), ready: Condvar::new() }
+    }
+}
+
+impl Feed {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FeedState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Gives one message; false when it was given before.
+    pub fn give(&self, id: QueueId) -> bool {
+        let mut state = self.lock();
+        if state.closed || !state.given.insert(id.clone()) {
+            return false;
+        }
+        state.queue.push_back((id, None));
+        state.idle_since = None;
+        drop(state);
+        self.ready.notify_one();
+        true
+    }
+
+    /// Whether `id` was given to this feed.
+    pub fn was_given(&self, id: &QueueId) -> bool {
+        self.lock().given.contains(id)
+    }
+
+    /// A message a thread could not lock goes back, to be taken again after `LATER`, until
+    /// `GIVE_UP` after it first went back (another run has it, and finishes it).
+    fn later(&self, id: QueueId, since: Option<Instant>) {
+        let now = Instant::now();
+        let since = since.unwrap_or(now);
+        if since.elapsed() < GIVE_UP {
+            self.lock().later.push((id, now + LATER, since));
+        }
+    }
+
+    /// Puts back in line the messages given back whose wait is over; whether any are still
+    /// given back (the run is not idle while one is).
+    pub fn take_again(&self) -> bool {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let (again, waiting): (Vec<_>, Vec<_>) = state.later.drain(..).partition(|(_, due, _)| *due <= now);
+        state.later = waiting;
+        let any = !again.is_empty();
+        for (id, _, since) in again {
+            state.queue.push_back((id, Some(since)));
+        }
+        if any {
+            state.idle_since = None;
+            drop(state);
+            self.ready.notify_all();
+            return true;
+        }
+        !state.later.is_empty()
+    }
+
+    /// How long there has been nothing to do; zero while there is.
+    pub fn idle_for(&self) -> Duration {
+        self.lock().idle_since.map_or(Duration::ZERO, |t| t.elapsed())
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// No more messages are taken: each thread ends after the one in hand.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_all();
+    }
+
+    /// The next message for a thread, waiting for one; `None` once the feed is closed.
+    fn next(&self) -> Option<(QueueId, Option<Instant>)> {
+        let mut state = self.lock();
+        loop {
+            if state.closed {
+                return None;
+            }
+            if let Some(next) = state.queue.pop_front() {
+                state.busy += 1;
+                return Some(next);
+            }
+            state = self.ready.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// A thread finished the message `next` gave it.
+    fn done(&self) {
+        let mut state = self.lock();
+        state.busy = state.busy.saturating_sub(1);
+        if state.busy == 0 && state.queue.is_empty() && state.later.is_empty() {
+            state.idle_since = Some(Instant::now());
+        }
     }
 }
 
@@ -88,7 +225,6 @@ pub struct Runner<'a> {
     spool: Spool,
     users: LocalUsers,
     retry: RetryPolicy,
-    now: u64,
     options: Options,
     /// Set when the spool is found full: no further message is started.
     halted: AtomicBool,
@@ -104,12 +240,10 @@ impl<'a> Runner<'a> {
         let spool = Spool::open_or_explain(&config.spool)?;
         let users = LocalUsers::load(config).map_err(|e| e.to_string())?;
         let retry = RetryPolicy::of(config);
-        let now =
-            options.now.unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
         let relay = Relay::new(config)?;
         let srs = crate::srs::from_config(config, !options.dry_run);
         let halted = AtomicBool::new(false);
-        Ok(Runner { config, relay, spool, users, retry, now, options, halted, writer: None, srs })
+        Ok(Runner { config, relay, spool, users, retry, options, halted, writer: None, srs })
     }
 
     /// The helper that writes system users' copies as those users.
@@ -118,19 +252,34 @@ impl<'a> Runner<'a> {
         self
     }
 
+    /// The time to act at: `Options::now`, else the clock (a streaming run lasts a while).
+    fn now(&self) -> u64 {
+        self.options.now.unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+    }
+
+    /// The helper for system users' copies, back from a run that is over.
+    pub fn into_writer(self) -> Option<crate::local::Writer> {
+        self.writer
+    }
+
+    /// Queues what local users left in maildrop/; the IDs it queued.
+    pub fn pickup(&self) -> Vec<QueueId> {
+        let milters = crate::milter::local::LocalMilters::from_config(self.config);
+        let settings = PickupSettings {
+            hostname: &self.config.hostname,
+            max_size: self.config.message_size_limit,
+            now: self.now(),
+            filter: milters.as_ref().map(|m| m as &dyn crate::spool::maildrop::PickupFilter),
+        };
+        self.spool.pickup(&settings).queued
+    }
+
     /// Runs over the spool. Bounces made by this run are delivered by it too (a second pass).
     pub fn run(&self) -> Summary {
         let mut picked = Vec::new();
         if !self.options.dry_run {
             self.spool.repair();
-            let milters = crate::milter::local::LocalMilters::from_config(self.config);
-            let settings = PickupSettings {
-                hostname: &self.config.hostname,
-                max_size: self.config.message_size_limit,
-                now: self.now,
-                filter: milters.as_ref().map(|m| m as &dyn crate::spool::maildrop::PickupFilter),
-            };
-            picked = self.spool.pickup(&settings).queued;
+            picked = self.pickup();
         }
         let mut summary = Summary::default();
         let mut made: HashSet<QueueId> = HashSet::new();
@@ -165,6 +314,70 @@ impl<'a> Runner<'a> {
         summary
     }
 
+    /// Delivers the messages of new/ that `feed` is given as they arrive, with up to
+    /// `max_delivery_threads` threads, while `watch` (run on this thread) feeds it; returns
+    /// what `watch` returned, once the threads have finished the message each had in hand.
+    /// Reports this run queues land in new/ too, and are fed like any message.
+    pub fn stream<T>(&self, feed: &Feed, watch: impl FnOnce(&Feed) -> T) -> (T, Summary) {
+        let worker = || {
+            let mut summary = Summary::default();
+            while let Some((id, since)) = feed.next() {
+                // A move cut short by a crash left a second name: a whole run's repair keeps one.
+                if !self.spool.has_second_name(&id) {
+                    match self.open_committed(&id) {
+                        Err(OpenError::Busy) => feed.later(id, since),
+                        opened => drop(self.process_opened(opened, &id, &mut summary)),
+                    }
+                }
+                if self.halted.load(Ordering::Relaxed) {
+                    feed.close();
+                }
+                feed.done();
+            }
+            summary
+        };
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..self.config.max_delivery_threads)
+                .filter_map(|_| std::thread::Builder::new().spawn_scoped(scope, worker).ok())
+                .collect();
+            if handles.is_empty() {
+                feed.close();
+            }
+            let ended = watch(feed);
+            feed.close();
+            let mut summary = Summary::default();
+            for handle in handles {
+                if let Ok(s) = handle.join() {
+                    summary.add(&s);
+                }
+            }
+            summary.halted = self.halted.load(Ordering::Relaxed);
+            (ended, summary)
+        })
+    }
+
+    /// Opens a message in new/ named a moment ago: its writer holds its lock until the
+    /// commit is durable (the file is named before its fsync, doc/queue.md S1 -> S2), so a
+    /// lock held is waited for, a little. `Busy` still: another run has it, or the disk is slow.
+    fn open_committed(&self, id: &QueueId) -> Result<Queued, OpenError> {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match self.spool.open_queued(Place::New, id) {
+                Err(OpenError::Busy) if started.elapsed() < COMMIT_WAIT => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(20));
+                }
+                opened => return opened,
+            }
+        }
+    }
+
+    /// Ends a run: QUIT on the sessions it kept.
+    pub fn close(&self) {
+        self.relay.close();
+    }
+
     /// Delivers the messages with up to `max_delivery_threads` threads at once.
     fn process_all(&self, work: Vec<(Place, QueueId)>) -> (Summary, Vec<QueueId>) {
         let threads = self.config.max_delivery_threads.min(work.len()).max(1);
@@ -195,7 +408,12 @@ impl<'a> Runner<'a> {
 
     /// Delivers what is due of one message; returns the IDs of bounces it queued.
     fn process(&self, place: Place, id: &QueueId, summary: &mut Summary) -> Vec<QueueId> {
-        let queued = match self.spool.open_queued(place, id) {
+        self.process_opened(self.spool.open_queued(place, id), id, summary)
+    }
+
+    /// `process`, once the message is opened (or not).
+    fn process_opened(&self, opened: Result<Queued, OpenError>, id: &QueueId, summary: &mut Summary) -> Vec<QueueId> {
+        let queued = match opened {
             Ok(q) => q,
             Err(OpenError::Busy) => {
                 summary.busy += 1;
@@ -251,7 +469,7 @@ impl<'a> Runner<'a> {
             made.extend(self.report(q, &expanded, &failed, &mut log)?);
         }
         let history: Vec<Attempt> = history.iter().chain(log.appended()).cloned().collect();
-        let after = schedule::plan(&self.retry, q.envelope.arrived, &keys, &history, self.now);
+        let after = schedule::plan(&self.retry, q.envelope.arrived, &keys, &history, self.now());
         if plan.warn && !after.finished {
             made.extend(self.warn(q, &expanded, &history, &mut log)?);
         }
@@ -267,7 +485,7 @@ impl<'a> Runner<'a> {
 
     /// What is due now; with `--id` or `force`, every recipient not yet done, back-off or not.
     fn plan(&self, q: &Queued, keys: &[Recipient], history: &[Attempt]) -> Plan {
-        let mut plan = schedule::plan(&self.retry, q.envelope.arrived, keys, history, self.now);
+        let mut plan = schedule::plan(&self.retry, q.envelope.arrived, keys, history, self.now());
         if self.options.force || self.options.only.as_ref() == Some(&q.id) {
             // Expired recipients still bounce rather than being tried again.
             let done = |k: &Recipient| history.iter().any(|a| a.recipient == *k && a.outcome.is_final());
@@ -305,7 +523,7 @@ impl<'a> Runner<'a> {
         }
         if !remote.is_empty() {
             self.reserve(q, log, remote.len())?;
-            self.relay.deliver(q, &remote, self.now, |attempts| {
+            self.relay.deliver(q, &remote, self.now(), |attempts| {
                 crate::fault::crash_point("after-remote-copy");
                 for attempt in attempts {
                     // The relay names each outcome by its recipient's key, so the item is there.
@@ -319,7 +537,7 @@ impl<'a> Runner<'a> {
         for last in &plan.expired {
             let text =
                 format!("gave up after {}: {}", lifetime_text(self.retry.max_queue_lifetime.as_secs()), last.text);
-            let attempt = Attempt { time: self.now, outcome: Outcome::Bounced, text, ..last.clone() };
+            let attempt = Attempt { time: self.now(), outcome: Outcome::Bounced, text, ..last.clone() };
             // Expired recipients come from this message's own keys, so the item is always there.
             if let Some(item) = expanded.iter().find(|e| e.key == attempt.recipient) {
                 self.reserve(q, log, 1)?;
@@ -394,7 +612,7 @@ impl<'a> Runner<'a> {
             None if q.envelope.quarantine => QUARANTINED.into(),
             None => "no report: the sender is <> and the postmaster cannot be told".into(),
         };
-        let line = Attempt::about_message(self.now, Outcome::Reported, None, text);
+        let line = Attempt::about_message(self.now(), Outcome::Reported, None, text);
         log.append(&line).map_err(|e| self.spool_failure(&q.id, &self.spool.log_path(&q.id), e))?;
         Ok(queued.map(|(id, _)| id))
     }
@@ -479,7 +697,7 @@ impl<'a> Runner<'a> {
         let (Some(srs), ReversePath::Mailbox(sender)) = (&self.srs, &q.envelope.from) else { return None };
         let ours = q.envelope.submitted || q.envelope.protocol == "LOCAL" || self.users.is_local_domain(sender.host());
         let domain = sender.domain().filter(|_| !ours)?;
-        let local = srs.forward(&sender.local_part_text(), &domain.to_string(), q.envelope.arrived.max(self.now));
+        let local = srs.forward(&sender.local_part_text(), &domain.to_string(), q.envelope.arrived.max(self.now()));
         let rewritten = Mailbox::from_text(&local, srs.domain());
         Some(rewritten.map(ReversePath::Mailbox).map_err(|e| format!("its SRS address would be unusable ({e})")))
     }
@@ -495,7 +713,7 @@ impl<'a> Runner<'a> {
         interrupted: Option<&str>,
         log: &mut DeliveryLog,
     ) -> Option<Attempt> {
-        let attempt = |place: Where, event: Event<'_>| attempt(self.now, item.key.clone(), place, event);
+        let attempt = |place: Where, event: Event<'_>| attempt(self.now(), item.key.clone(), place, event);
         let target = match &item.target {
             Ok(t) => t,
             Err(e) => return Some(attempt(Where::Local, Event::Alias(e))),
@@ -532,7 +750,7 @@ impl<'a> Runner<'a> {
         }
         let name = crate::maildir::new_name(&self.config.hostname);
         let note = Attempt {
-            time: self.now,
+            time: self.now(),
             outcome: Outcome::Copying,
             recipient: item.key.clone(),
             status: None,
@@ -601,7 +819,7 @@ impl<'a> Runner<'a> {
             let _ = write!(line, ", orig_to={}", item.original);
         }
         let status = a.outcome.name();
-        let delay = self.now.saturating_sub(q.envelope.arrived);
+        let delay = self.now().saturating_sub(q.envelope.arrived);
         let dsn = a.status_text();
         let policy = a.protection.map_or_else(String::new, |p| format!(", tls={}", p.name()));
         log::info!("{line}, relay={}, delay={delay}, dsn={dsn}, status={status} ({}){policy}", a.relay, a.text);
@@ -647,14 +865,14 @@ impl<'a> Runner<'a> {
             queue_id: q.id.as_str(),
             to: &to_text,
             arrived: q.envelope.arrived,
-            now: self.now,
+            now: self.now(),
             action,
             recipients: &recipients,
             original_headers: &headers,
         };
         let message = dsn::build(&report);
         let envelope = Envelope {
-            arrived: self.now,
+            arrived: self.now(),
             client: None,
             helo: None,
             protocol: "LOCAL".into(),
@@ -702,7 +920,7 @@ impl<'a> Runner<'a> {
         crate::fault::crash_point("after-warning-queued");
         let status = Some(EnhancedStatus::new(4, 0, 0));
         let text = if q.envelope.quarantine { "no delay warning: quarantined" } else { "delay warning sent" };
-        let warned = Attempt::about_message(self.now, Outcome::Warned, status, text.into());
+        let warned = Attempt::about_message(self.now(), Outcome::Warned, status, text.into());
         log.append(&warned).map_err(|e| self.spool_failure(&q.id, &self.spool.log_path(&q.id), e))?;
         Ok(made)
     }
@@ -710,7 +928,7 @@ impl<'a> Runner<'a> {
     /// A dry run's line for one message: where it is, its size and age, who is due, when the
     /// next attempt is, and the last temporary error.
     fn describe(&self, q: &Queued, plan: &Plan, history: &[Attempt]) {
-        let age = lifetime_text(self.now.saturating_sub(q.envelope.arrived));
+        let age = lifetime_text(self.now().saturating_sub(q.envelope.arrived));
         let last = history.iter().rev().find(|a| a.outcome == Outcome::Deferred);
         println!(
             "{} ({}): from {}, {} octets, {age} old, due now: {}; expired: {}; next attempt: {}; last error: {}",

@@ -1,57 +1,76 @@
-//! Instant delivery: once a message is committed, a `postern-deliver --id ID --if-queued`
-//! child delivers it, so local mail lands at once and remote mail leaves in one round of
-//! SMTP. At most `MAX_RUNNING` children run at once; a message that finds them all busy is
-//! left for one whole run started when a child ends (and for cron or the timer in any case).
+//! Instant delivery's starter: once a message is committed, the one process that delivers
+//! new mail as it arrives (`postern-deliver --instant`, src/instant.rs) is started if none
+//! runs: its lock (`spool/instant.lock`) is taken without waiting, and passed to the child.
+//! When the lock is held, the process holding it sees the new message, so nothing else is
+//! done. However mail comes in (the daemon, its pickup, postern-sendmail, a launcher kept as
+//! root), at most one such process runs per spool, beside the runs cron or the timer start.
 //!
-//! Nothing here ever holds the 250 of the message it is asked to deliver: a child is started
-//! and not waited for, and the line to a launcher kept as root is written without blocking.
-//! A child that ends without delivering (its configuration file did not load, say) is said in
-//! the log, and one whole run is owed for when the configuration is good again (a reload).
+//! Nothing here ever holds the 250 of the message it is asked to deliver: the child is
+//! started and not waited for, and the line to a launcher kept as root is written without
+//! blocking. A child that ends without delivering (its configuration file did not load, say)
+//! is said in the log, and it is started again once the cause may be gone (a reload).
 
 use std::ffi::OsString;
+use std::fs::File;
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::{ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::spool::QueueId;
+use crate::spool::{QueueId, Spool};
 
-/// Delivery children at once; more would only compete for the same disk and the same peers.
-pub const MAX_RUNNING: usize = 4;
-
-/// What a daemon writes to its root launcher to have the owed whole run started.
+/// What a daemon writes to its root launcher to have the owed delivery started.
 const RUN_OWED: &str = "run";
-/// What a daemon writes to its root launcher after a reload, with the new digest.
+/// What a daemon writes to its root launcher after a reload, with the new digest; and what
+/// a starter writes to the delivery process it started.
 const CONFIG: &str = "config";
+/// The argument that tells `postern-deliver --instant` its lock is descriptor 3.
+pub const LOCK_PASSED: &str = "--lock-passed";
+/// A delivery process killed by a signal is started again at once, but not more often.
+const RESTART_AFTER_KILL: Duration = Duration::from_secs(1);
 
-#[derive(Default)]
-struct State {
-    running: usize,
-    /// A message came while every slot was taken: one whole run is owed.
-    missed: bool,
+/// The delivery process this one started, while it runs.
+struct Worker {
+    /// Which start it was (a later one may have replaced it).
+    start: u64,
+    /// Its standard input, where a reload is said.
+    input: ChildStdin,
+    /// The configuration it was started with.
+    digest: String,
+    /// A reload was said to it: it ends, and is started again with the new configuration.
+    told: bool,
 }
 
-/// Starts delivery children for committed messages, or asks a launcher that kept root to.
+/// Starts the instant delivery process for committed messages, or asks a launcher that kept
+/// root to.
 pub struct Launcher {
     program: PathBuf,
     config_args: Vec<OsString>,
+    spool: PathBuf,
     /// The child's stderr: the daemon's own (its log), or nothing (a command's caller must
     /// not wait for a child that holds its pipe).
     inherit_stderr: bool,
-    state: Mutex<State>,
     /// `instant_delivery`, as the configuration in use says (a reload may change it).
     enabled: AtomicBool,
-    /// A child ended without delivering: one whole run is owed once the cause may be gone.
+    /// A child ended without delivering: it is started again once the cause may be gone.
     owed: AtomicBool,
     /// A `postern-deliver --launcher` started as root: each ID is written to it, one a
-    /// line, and it starts the children (as root, so that they can write system users'
-    /// copies as those users). Its input closes when this process ends, and it ends too.
-    /// `None` once it is gone: the children are then this process's own.
+    /// line, and it starts the delivery process (as root, so that it can write system
+    /// users' copies as those users). Its input closes when this process ends, and it ends
+    /// too. `None` once it is gone: the delivery process is then this process's own.
     root: Mutex<Option<ChildStdin>>,
-    /// The digest of the configuration in use, which each child must read too.
+    /// The digest of the configuration in use, which the child must read too.
     digest: Mutex<String>,
+    worker: Mutex<Option<Worker>>,
+    starts: AtomicU64,
+    /// When a child killed by a signal was last started again.
+    restarted: Mutex<Option<Instant>>,
+    /// The lock could not be opened: said once.
+    said_lock: AtomicBool,
 }
 
 impl Launcher {
@@ -80,18 +99,22 @@ impl Launcher {
         Some(Launcher {
             program,
             config_args: config.program_args(),
+            spool: config.spool.clone(),
             inherit_stderr,
-            state: Mutex::new(State::default()),
             enabled: AtomicBool::new(config.instant_delivery),
             owed: AtomicBool::new(false),
             root: Mutex::new(None),
             digest: Mutex::new(config.digest.clone()),
+            worker: Mutex::new(None),
+            starts: AtomicU64::new(0),
+            restarted: Mutex::new(None),
+            said_lock: AtomicBool::new(false),
         })
     }
 
     /// For a process started as root that is about to give root up: a launcher process that
     /// keeps it (`postern-deliver --launcher`), asked for each delivery. The caller can make
-    /// it do nothing but start deliveries of queue IDs, at most `MAX_RUNNING` at once.
+    /// it do nothing but start the delivery process.
     /// `inherit_stderr` as for `new`: a command that exits at once (root's `sendmail`) passes
     /// false, so that its caller does not wait for the launcher's children.
     pub fn keeping_root(config: &Config, inherit_stderr: bool) -> Option<Arc<Launcher>> {
@@ -109,7 +132,7 @@ impl Launcher {
         match command.spawn() {
             Ok(mut child) => {
                 let input = child.stdin.take().filter(|i| crate::sys::set_nonblocking(i).is_ok());
-                *launcher.root.lock().unwrap_or_else(|e| e.into_inner()) = input;
+                *lock(&launcher.root) = input;
                 // Reaped when it ends, and said: instant delivery then goes on without it.
                 let _ =
                     std::thread::Builder::new().name("launcher-wait".into()).stack_size(64 * 1024).spawn(move || {
@@ -129,17 +152,25 @@ impl Launcher {
     }
 
     /// A reload: instant delivery on or off, and the configuration the children must read.
-    pub fn reconfigure(&self, config: &Config) {
+    pub fn reconfigure(self: &Arc<Self>, config: &Config) {
         self.enabled.store(config.instant_delivery, Ordering::Relaxed);
         self.set_digest(&config.digest);
         self.ask_root(&format!("{CONFIG} {}", config.digest));
     }
 
-    fn set_digest(&self, digest: &str) {
-        *self.digest.lock().unwrap_or_else(|e| e.into_inner()) = digest.to_string();
+    /// The configuration in use is now the one with `digest`: a delivery process started
+    /// with another ends, and is started again.
+    fn set_digest(self: &Arc<Self>, digest: &str) {
+        *lock(&self.digest) = digest.to_string();
+        let mut worker = lock(&self.worker);
+        if let Some(w) = worker.as_mut().filter(|w| w.digest != digest) {
+            // Short, and written whole or not at all; a child that reads nothing is ending.
+            let _ = w.input.write_all(format!("{CONFIG} {digest}\n").as_bytes());
+            w.told = true;
+        }
     }
 
-    /// Delivers `id` now, in a child; never waits and never fails the caller.
+    /// Has `id`, just committed, delivered now; never waits and never fails the caller.
     pub fn deliver(self: &Arc<Self>, id: &QueueId) {
         if !self.enabled.load(Ordering::Relaxed) {
             return;
@@ -147,24 +178,24 @@ impl Launcher {
         if self.ask_root(id.as_str()) {
             return;
         }
-        self.start_counted(Some(id));
+        self.ensure(true);
     }
 
-    /// Starts the whole run owed since a child ended without delivering, if one is.
+    /// Starts the delivery process owed since one ended without delivering, if one is.
     pub fn deliver_owed(self: &Arc<Self>) {
         if !self.enabled.load(Ordering::Relaxed) {
             return;
         }
         // The root launcher keeps its own account of what it owes.
         if !self.ask_root(RUN_OWED) && self.owed.swap(false, Ordering::Relaxed) {
-            self.start_counted(None);
+            self.ensure(true);
         }
     }
 
     /// Writes one line to the launcher kept as root, without blocking; false when there is
     /// none (any more): the caller starts the child itself.
     fn ask_root(&self, line: &str) -> bool {
-        let mut root = self.root.lock().unwrap_or_else(|e| e.into_inner());
+        let mut root = lock(&self.root);
         let Some(input) = root.as_mut() else { return false };
         // A line shorter than PIPE_BUF is written whole or not at all.
         match input.write_all(format!("{line}\n").as_bytes()) {
@@ -182,80 +213,111 @@ impl Launcher {
         }
     }
 
-    /// Starts a child within `MAX_RUNNING`, or owes a whole run when every slot is taken.
-    fn start_counted(self: &Arc<Self>, id: Option<&QueueId>) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if state.running >= MAX_RUNNING {
-            state.missed = true;
-            return;
-        }
-        state.running += 1;
-        drop(state);
-        self.start(id);
+    /// Starts the delivery process unless one runs (its lock is held). `waited`: this
+    /// process stays to reap it and to tell it of a reload (a daemon, a launcher).
+    fn ensure(self: &Arc<Self>, waited: bool) {
+        let held = match Spool::take_instant_lock(&self.spool) {
+            Ok(Some(held)) => held,
+            Ok(None) => return, // it runs, and sees the new message in new/
+            Err(e) => {
+                if !self.said_lock.swap(true, Ordering::Relaxed) {
+                    log::warn!(
+                        "instant delivery: {}: {e}; mail waits for the next run",
+                        self.spool.join(crate::spool::INSTANT_LOCK).display()
+                    );
+                }
+                return;
+            }
+        };
+        self.start(held, waited);
     }
 
-    /// Starts one child (for `id`, or a whole run) and a thread that waits for it.
-    fn start(self: &Arc<Self>, id: Option<&QueueId>) {
+    /// Starts `postern-deliver --instant` with the lock `held` passed to it.
+    fn start(self: &Arc<Self>, held: File, waited: bool) {
         let mut command = Command::new(&self.program);
-        command.args(&self.config_args);
-        if let Some(id) = id {
-            command.args(["--id", id.as_str(), "--if-queued"]);
-        }
-        command.stdin(Stdio::null()).stdout(Stdio::null());
+        command.args(&self.config_args).args(["--instant", LOCK_PASSED]);
+        command.stdin(if waited { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::null());
         if !self.inherit_stderr {
             command.stderr(Stdio::null());
         }
         crate::logging::pass_to(&mut command);
-        command.env(crate::config::DIGEST_ENV, &*self.digest.lock().unwrap_or_else(|e| e.into_inner()));
-        let child = match command.spawn() {
+        let digest = lock(&self.digest).clone();
+        command.env(crate::config::DIGEST_ENV, &digest);
+        crate::sys::pass_as_fd3(&mut command, held.as_raw_fd());
+        let spawned = command.spawn();
+        // The child holds the lock now; this process's descriptor goes.
+        drop(held);
+        let mut child = match spawned {
             Ok(c) => c,
             Err(e) => {
                 log::warn!("instant delivery: cannot start {}: {e}", self.program.display());
-                self.finished(false);
+                self.owed.store(true, Ordering::Relaxed);
                 return;
             }
         };
+        if !waited {
+            return; // reaped by init once this command has exited
+        }
+        let start = self.starts.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(input) = child.stdin.take().filter(|i| crate::sys::set_nonblocking(i).is_ok()) {
+            *lock(&self.worker) = Some(Worker { start, input, digest, told: false });
+        }
         let me = Arc::clone(self);
-        let what = id.map_or_else(|| "a whole run".to_string(), |id| id.to_string());
         let waiter = std::thread::Builder::new().name("deliver-wait".into()).stack_size(64 * 1024).spawn(move || {
-            let mut child = child;
-            let delivered = match child.wait() {
-                Ok(status) if status.success() => true,
-                Ok(status) => {
-                    log::warn!(
-                        "{what}: instant delivery ended without delivering ({status}); the next run delivers it"
-                    );
-                    false
-                }
-                Err(_) => false,
-            };
-            me.finished(delivered);
+            let status = child.wait();
+            me.ended(start, status);
         });
         if waiter.is_err() {
-            // The child runs on; it is reaped when this process ends.
-            self.finished(true);
+            log::warn!("instant delivery: no thread to wait for its process; it is reaped when this one ends");
         }
     }
 
-    fn finished(self: &Arc<Self>, delivered: bool) {
-        if !delivered {
-            self.owed.store(true, Ordering::Relaxed);
+    /// The delivery process of start `start` ended.
+    fn ended(self: &Arc<Self>, start: u64, status: std::io::Result<std::process::ExitStatus>) {
+        use std::os::unix::process::ExitStatusExt;
+        let told = {
+            let mut worker = lock(&self.worker);
+            match worker.as_ref().map(|w| w.start) {
+                Some(s) if s == start => worker.take().is_some_and(|w| w.told),
+                _ => false,
+            }
+        };
+        let status = match status {
+            Ok(status) => status,
+            Err(_) => return,
+        };
+        if status.success() {
+            if told {
+                // It ended for a reload: the next one reads the configuration now in use.
+                self.ensure(true);
+            }
+            return;
         }
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.running = state.running.saturating_sub(1);
-        if state.missed {
-            state.missed = false;
-            state.running += 1;
-            drop(state);
-            self.start(None);
+        log::warn!("instant delivery ended without delivering ({status}); the next run delivers what it left");
+        self.owed.store(true, Ordering::Relaxed);
+        // Killed (by the OOM killer, say): a message committed while it was ending would
+        // wait for the next one; it is started again at once, not more than once a second.
+        if status.signal().is_some() {
+            let mut restarted = lock(&self.restarted);
+            if restarted.is_none_or(|t| t.elapsed() >= RESTART_AFTER_KILL) {
+                *restarted = Some(Instant::now());
+                drop(restarted);
+                if Spool::open(&self.spool).is_ok_and(|s| !s.untried().is_empty()) {
+                    self.ensure(true);
+                }
+            }
         }
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// `postern-deliver --launcher`: reads queue IDs, one a line, from the daemon that started
-/// it, and delivers each (bounded as `Launcher::deliver` is); `run` starts the whole run owed
-/// for deliveries that failed. Anything else on a line is ignored. Returns when the daemon
-/// closes its end.
+/// it, and has each delivered (as `Launcher::deliver` does); `run` starts the delivery
+/// owed for one that failed, `config DIGEST` follows a reload. Anything else on a line is
+/// ignored. Returns when the daemon closes its end.
 pub fn serve(config: &Config) {
     use std::io::BufRead;
     let Some(launcher) = Launcher::new(config, true) else { return };
@@ -277,15 +339,10 @@ pub fn serve(config: &Config) {
     }
 }
 
-/// For a command that queued one message and exits at once (`postern-sendmail`): a detached
-/// child that delivers it; the caller does not wait for it.
-pub fn deliver_detached(config: &Config, id: &QueueId) {
-    let Some(launcher) = Launcher::new(config, false) else { return };
-    let mut command = Command::new(&launcher.program);
-    command.args(&launcher.config_args).args(["--id", id.as_str(), "--if-queued"]);
-    command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-    crate::logging::pass_to(&mut command);
-    if let Err(e) = command.spawn() {
-        log::warn!("instant delivery: cannot start {}: {e}", launcher.program.display());
+/// For a command that queued one message and exits at once (`postern-sendmail`): the
+/// delivery process, started detached unless one runs; the caller does not wait for it.
+pub fn deliver_detached(config: &Config) {
+    if let Some(launcher) = Launcher::new(config, false) {
+        launcher.ensure(false);
     }
 }

@@ -18,7 +18,8 @@
 //! - `queue`: the queue as the operator reads it: `postern-queue list`, `mailq` (pure shapes)
 //! - `showq`: the queue listing a running server gives local users who cannot read the spool
 //! - `schedule`: what is due when, from the delivery log (pure)
-//! - `launch`: instant delivery, a bounded number of `postern-deliver --id` children
+//! - `launch`: instant delivery's starter: one `postern-deliver --instant` at a time, per spool
+//! - `instant`: that process: new mail delivered as it is committed, until idle
 //! - `relay`: remote routes, sessions kept per server, each transaction executed then recorded
 //! - `client`: the SMTP client's TCP and TLS loop around `smtp::client`
 //! - `dane`: DANE for SMTP (RFC 7672): the TLSA question and answer, chains matched (pure)
@@ -58,6 +59,7 @@ pub mod dmarc;
 pub mod dns;
 pub mod dsn;
 pub mod fault;
+pub mod instant;
 pub mod launch;
 pub mod local;
 pub mod logging;

@@ -568,6 +568,17 @@ pub fn lower_set_group() -> io::Result<()> {
 /// An inotify descriptor that becomes readable when a name is moved into `dir` (a maildrop
 /// writer's rename); non-blocking, closed on exec.
 pub fn watch_moves_into(dir: &std::path::Path) -> io::Result<std::os::fd::OwnedFd> {
+    watch(dir, libc::IN_MOVED_TO)
+}
+
+/// An inotify descriptor that reports each name made in `dir` by a link (a commit of an
+/// anonymous file) or moved into it (a commit of a named one, a release from hold/); read
+/// with `read_names`. Non-blocking, closed on exec.
+pub fn watch_names_made_in(dir: &std::path::Path) -> io::Result<std::os::fd::OwnedFd> {
+    watch(dir, libc::IN_CREATE | libc::IN_MOVED_TO)
+}
+
+fn watch(dir: &std::path::Path, mask: u32) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     use std::os::unix::ffi::OsStrExt;
     let path = CString::new(dir.as_os_str().as_bytes())
@@ -580,10 +591,132 @@ pub fn watch_moves_into(dir: &std::path::Path) -> io::Result<std::os::fd::OwnedF
     // SAFETY: `fd` was just returned by inotify_init1 and is owned here alone.
     let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
     // SAFETY: a valid inotify descriptor and a NUL-terminated path that lives across the call.
-    if unsafe { libc::inotify_add_watch(fd, path.as_ptr(), libc::IN_MOVED_TO) } < 0 {
+    if unsafe { libc::inotify_add_watch(fd, path.as_ptr(), mask) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(owned)
+}
+
+/// What a read of an inotify descriptor gave: the names its events carry, and whether the
+/// kernel's event queue overflowed (events were lost: the directory must be listed).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Names {
+    pub names: Vec<std::ffi::OsString>,
+    pub overflowed: bool,
+}
+
+/// Reads every pending event of a non-blocking inotify descriptor (inotify(7)).
+pub fn read_names(fd: &std::os::fd::OwnedFd) -> Names {
+    let mut out = Names::default();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        // SAFETY: reads into a buffer owned by this frame, at most its length.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        let Ok(n) = usize::try_from(n) else { break };
+        if n == 0 {
+            break;
+        }
+        parse_events(&buf[..n], &mut out);
+    }
+    out
+}
+
+/// The events in `bytes`, each `struct inotify_event` (wd, mask, cookie, len: four 32-bit
+/// words in the machine's order) and its NUL-padded name of `len` octets.
+fn parse_events(bytes: &[u8], out: &mut Names) {
+    use std::os::unix::ffi::OsStrExt;
+    let word = |at: usize| bytes.get(at..at + 4).map(|w| u32::from_ne_bytes([w[0], w[1], w[2], w[3]]));
+    let mut at = 0;
+    while let (Some(mask), Some(len)) = (word(at + 4), word(at + 12)) {
+        let start = at + 16;
+        let Some(name) = bytes.get(start..start + len as usize) else { break };
+        if mask & libc::IN_Q_OVERFLOW != 0 {
+            out.overflowed = true;
+        }
+        let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+        if !name.is_empty() {
+            out.names.push(std::ffi::OsStr::from_bytes(name).to_os_string());
+        }
+        at = start + len as usize;
+    }
+}
+
+/// One read(2) of `fd` into `buf`: what is there, without waiting for more once poll said
+/// the descriptor is readable.
+pub fn read_once(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: reads into a buffer the caller owns, at most its length.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if let Ok(n) = usize::try_from(n) {
+            return Ok(n);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Waits until one of `fds` is readable (or at its end, or in error), up to `timeout`;
+/// which of them are.
+pub fn wait_any_readable(fds: &[RawFd], timeout: Duration) -> io::Result<Vec<bool>> {
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    let mut pfds: Vec<libc::pollfd> =
+        fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    loop {
+        // SAFETY: a valid array of `pfds.len()` pollfds, alive across the call.
+        let rc = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+        if rc >= 0 {
+            return Ok(pfds.iter().map(|p| p.revents != 0).collect());
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// The descriptor number a child started with `pass_as_fd3` finds its passed file under.
+pub const PASSED_FD: RawFd = 3;
+
+/// Makes `command`'s child find `fd` open as descriptor 3 (and nothing else of this
+/// process's, which opens everything close-on-exec): how a held lock is handed over, as
+/// flock(2) locks go with the open file, not the process.
+pub fn pass_as_fd3(command: &mut std::process::Command, fd: RawFd) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and calls only dup2 and
+    // fcntl, which are async-signal-safe, on integers.
+    unsafe {
+        command.pre_exec(move || {
+            if fd == PASSED_FD {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, PASSED_FD) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Takes descriptor 3, passed by the parent (`pass_as_fd3`), as a file of this process's,
+/// closed on exec from now on; `None` when nothing is open there.
+pub fn take_passed_fd() -> Option<File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: fcntl on an integer; a descriptor that is not open only yields EBADF.
+    let flags = unsafe { libc::fcntl(PASSED_FD, libc::F_GETFD) };
+    if flags < 0 {
+        return None;
+    }
+    // SAFETY: as above, on a descriptor known to be open.
+    if unsafe { libc::fcntl(PASSED_FD, libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0 {
+        return None;
+    }
+    // SAFETY: descriptor 3 is open and nothing else in this process owns it: it was
+    // inherited, and std opens its own descriptors close-on-exec, after it.
+    Some(unsafe { File::from_raw_fd(PASSED_FD) })
 }
 
 /// Reads and discards every pending event of a non-blocking descriptor.
@@ -630,6 +763,48 @@ pub fn link_anonymous(file: &File, to: &std::path::Path) -> io::Result<()> {
     let r =
         unsafe { libc::linkat(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::AT_SYMLINK_FOLLOW) };
     if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+#[cfg(test)]
+mod inotify_tests {
+    use super::*;
+
+    fn event(mask: u32, name: &[u8], padded: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for w in [1u32, mask, 0, padded as u32] {
+            out.extend_from_slice(&w.to_ne_bytes());
+        }
+        out.extend_from_slice(name);
+        out.resize(out.len() + padded - name.len(), 0);
+        out
+    }
+
+    #[test]
+    fn events_give_their_names_and_a_torn_one_is_left() {
+        let mut bytes = event(libc::IN_CREATE, b"1795431945.A1", 16);
+        bytes.extend(event(libc::IN_Q_OVERFLOW, b"", 0));
+        bytes.extend(event(libc::IN_MOVED_TO, b"x", 4));
+        let whole = bytes.len();
+        bytes.extend(event(libc::IN_CREATE, b"torn", 8));
+        bytes.truncate(whole + 20);
+        let mut out = Names::default();
+        parse_events(&bytes, &mut out);
+        assert_eq!(out.names, ["1795431945.A1", "x"]);
+        assert!(out.overflowed);
+    }
+
+    #[test]
+    fn a_name_made_in_a_watched_directory_is_read() {
+        let dir = std::env::temp_dir().join(format!("postern-inotify-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let watch = watch_names_made_in(&dir).unwrap();
+        assert!(read_names(&watch).names.is_empty());
+        std::fs::write(dir.join("made"), b"x").unwrap();
+        assert!(wait_any_readable(&[watch.as_raw_fd()], Duration::from_secs(5)).unwrap()[0]);
+        assert_eq!(read_names(&watch).names, ["made"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
 
 #[cfg(test)]

@@ -190,3 +190,196 @@ fn killed_with_deliveries_in_flight_nothing_is_lost_or_copied_twice() {
     assert!(lost.is_empty(), "{} acknowledged messages lost: {lost:?}", lost.len());
     assert!(twice.is_empty(), "{} messages copied more than once: {twice:?}", twice.len());
 }
+
+/// The `postern-deliver --instant` processes whose command line names `conf`.
+fn instant_processes(conf: &Path) -> Vec<u32> {
+    let conf = conf.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| {
+            let line = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let words: Vec<String> = line.split(|&b| b == 0).map(|w| String::from_utf8_lossy(w).into_owned()).collect();
+            words.iter().any(|w| w == "--instant") && words.contains(&conf)
+        })
+        .collect()
+}
+
+/// The PIDs of the delivery processes that wrote `status=sent` lines to the log.
+fn delivering_pids(log: &str) -> std::collections::BTreeSet<String> {
+    log.lines()
+        .filter(|l| l.contains("status=sent"))
+        .filter_map(|l| l.strip_prefix("postern/deliver[")?.split(']').next().map(str::to_string))
+        .collect()
+}
+
+fn send_one(addr: std::net::SocketAddr, subject: &str) -> String {
+    let mut c = Client::greeted(addr);
+    c.cmd("EHLO client.test");
+    c.open_data("someone@remote.test", &["alice@example.test"]);
+    c.mail_text(format!("Subject: {subject}\r\n\r\nx\r\n").as_bytes())
+}
+
+/// Waits up to `limit` for `count` messages in alice's maildir.
+fn wait_maildir(alice: &Path, count: usize, limit: Duration) -> usize {
+    let started = Instant::now();
+    while list(&alice.join("new")).len() < count && started.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    list(&alice.join("new")).len()
+}
+
+/// One process delivers what arrives while it runs, then ends once idle; the next message
+/// starts another. Mail accepted by many sessions at once is delivered by that one process,
+/// not one process per message.
+#[test]
+fn one_process_delivers_what_arrives_and_ends_once_idle() {
+    let dir = TempDir::new("instant-one");
+    let config = instant(&config_with(dir.path(), ""));
+    let server = Server::start_in(dir, &config);
+    let conf = server.dir.path().join("postern.conf");
+    let alice = server.dir.path().join("maildirs/alice");
+    let addr = server.addr;
+    let senders: Vec<_> = (0..4)
+        .map(|t| std::thread::spawn(move || (0..10).all(|n| send_one(addr, &format!("{t}.{n}")).starts_with("250 "))))
+        .collect();
+    assert!(senders.into_iter().all(|s| s.join().unwrap()));
+    assert_eq!(wait_maildir(&alice, 40, Duration::from_secs(10)), 40, "{}", server.log());
+    let first = delivering_pids(&server.log());
+    assert_eq!(first.len(), 1, "one process delivered all 40: {first:?}\n{}", server.log());
+    assert_eq!(instant_processes(&conf).len(), 1, "it runs on for a moment");
+    // Idle for postern::instant::IDLE, it ends.
+    let deadline = Instant::now() + postern::instant::IDLE + Duration::from_secs(5);
+    while !instant_processes(&conf).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(instant_processes(&conf).is_empty(), "ended once idle");
+    assert!(support::waiting(&server.spool()).is_empty());
+    // The next message starts another, at once.
+    let started = Instant::now();
+    assert!(send_one(addr, "later").starts_with("250 "));
+    assert_eq!(wait_maildir(&alice, 41, Duration::from_secs(5)), 41, "{}", server.log());
+    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    let all = delivering_pids(&server.log());
+    assert_eq!(all.len(), 2, "{all:?}");
+}
+
+/// Killed just after it gave its lock back, before its last look at new/ (crash point
+/// `instant-lock-released`, doc/queue.md): what it delivered is delivered, the daemon says
+/// so, and the next message starts another process and lands at once.
+#[test]
+fn killed_after_giving_its_lock_back_the_next_message_is_delivered_at_once() {
+    let dir = TempDir::new("instant-released");
+    let config = instant(&config_with(dir.path(), ""));
+    let server = Server::start_wrapped(dir, &config, &["env", "POSTERN_CRASH_AT=instant-lock-released"]);
+    let alice = server.dir.path().join("maildirs/alice");
+    assert!(send_one(server.addr, "first").starts_with("250 "));
+    assert_eq!(wait_maildir(&alice, 1, Duration::from_secs(5)), 1, "{}", server.log());
+    let log = server.log_with("instant delivery ended without delivering");
+    assert!(log.contains("crash point instant-lock-released"), "{log}");
+    let started = Instant::now();
+    assert!(send_one(server.addr, "second").starts_with("250 "));
+    assert_eq!(wait_maildir(&alice, 2, Duration::from_secs(5)), 2, "{}", server.log());
+    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    assert!(support::waiting(&server.spool()).is_empty());
+}
+
+/// The delivery process killed with SIGKILL again and again while mail pours in, the
+/// daemon left running: the daemon starts another each time, every acknowledged message
+/// reaches the maildir exactly once, and nothing waits for a run from cron.
+#[test]
+fn the_delivery_process_killed_under_load_loses_and_repeats_nothing() {
+    let dir = TempDir::new("instant-killed");
+    let config = instant(&config_with(dir.path(), "max_connections = 100\nmax_per_ip = 100\n"));
+    let server = Server::start_in(dir, &config);
+    let conf = server.dir.path().join("postern.conf");
+    let alice = server.dir.path().join("maildirs/alice");
+    let addr = server.addr;
+    let stop = Instant::now() + Duration::from_secs(2);
+    let senders: Vec<_> = (0..6)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut acknowledged = Vec::new();
+                for n in 0.. {
+                    if Instant::now() > stop || n >= 2000 {
+                        break;
+                    }
+                    let subject = format!("{t}.{n}");
+                    if send_one(addr, &subject).starts_with("250 ") {
+                        acknowledged.push(subject);
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    let mut kills = 0;
+    while Instant::now() < stop {
+        for pid in instant_processes(&conf) {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            kills += 1;
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let acknowledged: Vec<String> = senders.into_iter().flat_map(|s| s.join().unwrap()).collect();
+    assert!(kills >= 3 && acknowledged.len() >= 50, "{kills} kills, {} messages", acknowledged.len());
+    let count = wait_maildir(&alice, acknowledged.len(), Duration::from_secs(20));
+    let mut copies = std::collections::HashMap::<String, usize>::new();
+    for message in support::maildir(&alice) {
+        let subject = message.lines().find_map(|l| l.strip_prefix("Subject: ")).unwrap_or("").to_string();
+        *copies.entry(subject).or_default() += 1;
+    }
+    let lost: Vec<&String> = acknowledged.iter().filter(|s| !copies.contains_key(*s)).collect();
+    let twice: Vec<_> = copies.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(lost.is_empty(), "{} of {} lost ({count} in the maildir): {lost:?}", lost.len(), acknowledged.len());
+    assert!(twice.is_empty(), "copied twice: {twice:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !support::waiting(&server.spool()).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(support::waiting(&server.spool()).is_empty(), "{}", server.log());
+}
+
+/// A hundred postern-sendmail runs at once, with no daemon: one delivery process at a
+/// time delivers them all, not one process per message.
+#[test]
+fn many_sendmail_runs_at_once_start_one_delivery_process() {
+    let dir = TempDir::new("instant-many-sendmail");
+    let conf = dir.path().join("postern.conf");
+    std::fs::write(&conf, instant(&config_with(dir.path(), ""))).unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (done, conf) = (std::sync::Arc::clone(&done), conf.clone());
+        std::thread::spawn(move || {
+            let mut most = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                most = most.max(instant_processes(&conf).len());
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            most
+        })
+    };
+    let runs: Vec<_> = (0..100)
+        .map(|n| {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_postern-sendmail"))
+                .arg("alice")
+                .env("POSTERN_CONF", &conf)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(format!("Subject: run {n}\n\nhi\n").as_bytes()).unwrap();
+            child
+        })
+        .collect();
+    for mut run in runs {
+        assert!(run.wait().unwrap().success());
+    }
+    let alice = dir.path().join("maildirs/alice");
+    assert_eq!(wait_maildir(&alice, 100, Duration::from_secs(20)), 100);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let most = watcher.join().unwrap();
+    // One, and for a moment two: one that gave its lock back and is ending beside the next.
+    assert!((1..=2).contains(&most), "{most} delivery processes at once");
+}

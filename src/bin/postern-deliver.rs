@@ -9,14 +9,17 @@ use postern::deliver::{Options, Runner};
 use postern::logging;
 use postern::spool::QueueId;
 
-const USAGE: &str = "usage: postern-deliver [-c FILE | --builtin-config] [--id ID] [--dry-run] [--check] [-v]
+const USAGE: &str =
+    "usage: postern-deliver [-c FILE | --builtin-config] [--id ID | --instant] [--dry-run] [--check] [-v]
        postern-deliver --dkim-keygen DOMAIN SELECTOR FILE [--ed25519 | --bits N]
   -c FILE            configuration file (default: $POSTERN_CONF, /etc/postern/postern.conf, built-in)
   --builtin-config   use the built-in configuration (the one `make run` uses)
   --id ID     deliver this one message now, whatever its back-off; an unknown or held ID
               is an error
-  --if-queued with --id: a message no longer queued (delivered, held) is no error (what
-              instant delivery runs)
+  --if-queued with --id: a message no longer queued (delivered, held) is no error
+  --instant   deliver new mail as it is queued, until there is none for 2 s (what instant
+              delivery runs after a message is queued; at most one runs per spool, and
+              this exits at once when one does)
   --dry-run   say what is due, change nothing
   --check     check the configuration and what it names (user, spool, tables, credentials),
               print each problem, and exit 0 only when there is none
@@ -36,6 +39,9 @@ struct Args {
     if_queued: bool,
     local_writer: bool,
     launcher: bool,
+    instant: bool,
+    /// The instant delivery lock is held, on descriptor 3 (passed by src/launch.rs).
+    lock_passed: bool,
 }
 
 fn parse_args() -> Result<Args, Exit> {
@@ -48,6 +54,8 @@ fn parse_args() -> Result<Args, Exit> {
         if_queued: false,
         local_writer: false,
         launcher: false,
+        instant: false,
+        lock_passed: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -62,6 +70,8 @@ fn parse_args() -> Result<Args, Exit> {
             "--if-queued" => args.if_queued = true,
             "--local-writer" => args.local_writer = true,
             "--launcher" => args.launcher = true,
+            "--instant" => args.instant = true,
+            postern::launch::LOCK_PASSED => args.lock_passed = true,
             "--check" => args.check = true,
             "-v" => args.verbose = true,
             "-h" | "--help" => return Err(Exit::Say(USAGE.into())),
@@ -140,6 +150,9 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(exit) => return exit.finish(2),
     };
+    // Before anything else is opened or started: the lock passed on descriptor 3 is made
+    // this process's own, closed on exec, so no child of this one holds it.
+    let passed = if args.lock_passed { postern::sys::take_passed_fd() } else { None };
     logging::start("postern/deliver", logging::Role::Command, args.verbose);
     let config = Config::choose(args.builtin, args.config.as_deref());
     let config = match config {
@@ -201,6 +214,21 @@ fn main() -> ExitCode {
     if let Err(e) = postern::sys::become_user(config.user.as_deref()) {
         logging::fatal("postern-deliver", &e);
         return ExitCode::FAILURE;
+    }
+    if args.instant {
+        let held = match passed {
+            Some(file) if postern::spool::Spool::is_instant_lock(&config.spool, &file) => Some(file),
+            _ => match postern::spool::Spool::take_instant_lock(&config.spool) {
+                Ok(held) => held,
+                Err(e) => {
+                    logging::fatal("postern-deliver", &format!("{}: {e}", config.spool.display()));
+                    return ExitCode::FAILURE;
+                }
+            },
+        };
+        // None: another process delivers new mail, and sees what this one would have.
+        let Some(held) = held else { return ExitCode::SUCCESS };
+        return exit(postern::instant::serve(&config, held, writer));
     }
     if let Some(id) = &args.options.only {
         let found = postern::spool::Spool::open(&config.spool).ok().and_then(|s| s.find(id));

@@ -375,7 +375,7 @@ fn queue(args: &Args, config: &Config) -> Result<(), Fail> {
             log::info!(target: "postern/pickup", "{id}: uid={uid} from={}", envelope.from);
             match root_launcher {
                 Some(launcher) => launcher.deliver(&id),
-                None => postern::launch::deliver_detached(config, &id),
+                None => postern::launch::deliver_detached(config),
             }
         }
         None => {

@@ -160,6 +160,9 @@ impl GroupSync {
 
 const SUBDIRS: [&str; 4] = ["tmp", "new", "cur", "hold"];
 
+/// The lock the one instant delivery process holds (`Spool::take_instant_lock`).
+pub const INSTANT_LOCK: &str = "instant.lock";
+
 /// Whether fsync(2) of a file just named (linked or renamed) makes its name durable with it,
 /// on a filesystem of statfs `magic` mounted as `mount_type`. POSIX asks for an fsync of the
 /// directory; these do it within the file's: ext4 and ext3 (the ext4 driver) commit the
@@ -380,16 +383,17 @@ impl Spool {
     /// A message seen in two of new/, cur/ and hold/ keeps the name furthest along
     /// (hold/ over cur/ over new/) when both are the same file; two different files under
     /// one ID (never made by postern) are left for the operator, the second moved to corrupt/.
+    /// One look per name: linear in the queue.
     fn drop_second_names(&self) {
-        let mut seen: Vec<(QueueId, &str)> = Vec::new();
+        let mut seen: std::collections::HashMap<QueueId, &str> = std::collections::HashMap::new();
         for dir in ["hold", "cur", "new"] {
             let Ok(entries) = fs::read_dir(self.root.join(dir)) else { continue };
             for entry in entries.flatten() {
                 let Some(id) = entry.file_name().to_str().and_then(QueueId::parse) else { continue };
-                let Some((_, kept)) = seen.iter().find(|(i, _)| *i == id) else {
-                    seen.push((id, dir));
+                let kept = *seen.entry(id.clone()).or_insert(dir);
+                if kept == dir {
                     continue;
-                };
+                }
                 let (extra, keep) = (self.path(dir, &id), self.path(kept, &id));
                 let same = match (fs::symlink_metadata(&extra), fs::symlink_metadata(&keep)) {
                     (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
@@ -503,6 +507,59 @@ impl Spool {
         }
         out.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
         out
+    }
+
+    /// Messages in new/ (never tried), oldest first, as `queued` lists them: what instant
+    /// delivery takes, without a look at cur/, however long it is.
+    pub fn untried(&self) -> Vec<QueueId> {
+        let Ok(entries) = fs::read_dir(self.root.join("new")) else { return Vec::new() };
+        let dropped = self.in_maildrop_now();
+        let mut out: Vec<QueueId> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(QueueId::parse))
+            .filter(|id| !dropped.contains(id.as_str()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Whether a message in new/ also has a name in cur/ or hold/ (a move by link and
+    /// unlink that a crash cut short): instant delivery leaves it to a whole run, whose
+    /// repair keeps one name (`drop_second_names`).
+    pub fn has_second_name(&self, id: &QueueId) -> bool {
+        ["cur", "hold"].iter().any(|dir| fs::symlink_metadata(self.path(dir, id)).is_ok())
+    }
+
+    /// Whether `maildrop/ID` is there: its pickup has not finished, and no run may take it.
+    pub fn in_pickup(&self, id: &QueueId) -> bool {
+        fs::symlink_metadata(self.root.join(maildrop::DIR).join(id.as_str())).is_ok()
+    }
+
+    /// Takes the instant delivery lock (`spool/instant.lock`) without waiting: held by the one
+    /// process that delivers new mail as it arrives (src/instant.rs). `Ok(None)` when another
+    /// holds it. The file is made mode 0600 and owned as the spool is, whoever makes it first.
+    pub fn take_instant_lock(root: &Path) -> io::Result<Option<File>> {
+        let path = root.join(INSTANT_LOCK);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)?;
+        let meta = file.metadata()?;
+        if sys::is_root() {
+            let owner = fs::metadata(root)?;
+            if (meta.uid(), meta.gid()) != (owner.uid(), owner.gid()) {
+                std::os::unix::fs::fchown(&file, Some(owner.uid()), Some(owner.gid()))?;
+            }
+        }
+        Ok(sys::try_lock_exclusive(&file)?.then_some(file))
+    }
+
+    /// Whether `file` is the spool's instant delivery lock (a descriptor a child was passed).
+    pub fn is_instant_lock(root: &Path, file: &File) -> bool {
+        is_same_file(file, &root.join(INSTANT_LOCK))
     }
 
     /// The delivery log of a message; it lives in cur/ wherever the message is.

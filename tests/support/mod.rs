@@ -573,6 +573,21 @@ pub fn waiting(spool: &Path) -> Vec<PathBuf> {
     all
 }
 
+/// Waits until no instant delivery process holds `spool` (one ends `postern::instant::IDLE`
+/// after its last message), so that a step run with instant delivery off finds what it
+/// queued still queued. Panics after 10 s.
+pub fn instant_delivery_ended(spool: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let Ok(lock) = std::fs::File::open(spool.join(postern::spool::INSTANT_LOCK)) else { return };
+        if postern::sys::try_lock_exclusive(&lock).unwrap_or(false) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "an instant delivery process still holds {}", spool.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The files of a maildir's new/, read as text.
 pub fn maildir(path: &Path) -> Vec<String> {
     list(&path.join("new")).iter().map(|p| std::fs::read_to_string(p).unwrap()).collect()
