@@ -233,6 +233,8 @@ pub struct Runner<'a> {
     writer: Option<crate::local::Writer>,
     /// Rewrites the sender of forwarded copies, and turns bounces to those senders back.
     srs: Option<Srs>,
+    /// The maildirs' `new/` fsyncs, shared by the threads delivering into one at once.
+    dir_syncs: crate::flush::DirSyncs,
 }
 
 impl<'a> Runner<'a> {
@@ -243,7 +245,18 @@ impl<'a> Runner<'a> {
         let relay = Relay::new(config)?;
         let srs = crate::srs::from_config(config, !options.dry_run);
         let halted = AtomicBool::new(false);
-        Ok(Runner { config, relay, spool, users, retry, options, halted, writer: None, srs })
+        Ok(Runner {
+            config,
+            relay,
+            spool,
+            users,
+            retry,
+            options,
+            halted,
+            writer: None,
+            srs,
+            dir_syncs: crate::flush::DirSyncs::default(),
+        })
     }
 
     /// The helper that writes system users' copies as those users.
@@ -466,18 +479,25 @@ impl<'a> Runner<'a> {
         failed.splice(0..0, plan.owed_report.iter().cloned());
         let mut made = Vec::new();
         if !failed.is_empty() {
+            // The bounces are durable before their report is queued.
+            self.sync(q, &mut log)?;
             made.extend(self.report(q, &expanded, &failed, &mut log)?);
         }
         let history: Vec<Attempt> = history.iter().chain(log.appended()).cloned().collect();
         let after = schedule::plan(&self.retry, q.envelope.arrived, &keys, &history, self.now());
         if plan.warn && !after.finished {
+            self.sync(q, &mut log)?;
             made.extend(self.warn(q, &expanded, &history, &mut log)?);
         }
         crate::fault::crash_point("before-remove");
         if after.finished {
+            // No fsync of the last lines first: a power cut before the removal is on the disk
+            // costs at worst a second copy (doc/queue.md, window 6); a kill finds them.
             self.spool.remove(q).map_err(|e| format!("cannot remove: {e}"))?;
+            log.removed();
             log::info!("{}: removed", q.id);
         } else {
+            self.sync(q, &mut log)?;
             self.spool.move_to_cur(q).map_err(|e| format!("cannot move to cur/: {e}"))?;
         }
         Ok(made)
@@ -514,7 +534,8 @@ impl<'a> Runner<'a> {
                 remote.push(Copy { to: m, from: self.sender_for(q, item, &rewritten) });
                 continue;
             }
-            // The outcome, and a `copying` line before it.
+            // The outcome, and a `copying` line before it; what came before is durable first.
+            self.sync(q, log)?;
             self.reserve(q, log, 2)?;
             if let Some(attempt) = self.attempt(q, item, interrupted_copy(history, &item.key), log) {
                 crate::fault::crash_point("after-local-copy");
@@ -522,6 +543,7 @@ impl<'a> Runner<'a> {
             }
         }
         if !remote.is_empty() {
+            self.sync(q, log)?;
             self.reserve(q, log, remote.len())?;
             self.relay.deliver(q, &remote, self.now(), |attempts| {
                 crate::fault::crash_point("after-remote-copy");
@@ -531,7 +553,8 @@ impl<'a> Runner<'a> {
                         self.record(q, log, item, attempt, summary, &mut failed)?;
                     }
                 }
-                Ok::<(), String>(())
+                // Durable before the next transaction starts.
+                self.sync(q, log)
             })?;
         }
         for last in &plan.expired {
@@ -545,6 +568,11 @@ impl<'a> Runner<'a> {
             }
         }
         Ok(failed)
+    }
+
+    /// Makes the lines appended so far durable.
+    fn sync(&self, q: &Queued, log: &mut DeliveryLog) -> Result<(), String> {
+        log.sync().map_err(|e| self.spool_failure(&q.id, &self.spool.log_path(&q.id), e))
     }
 
     /// Room in the log for `lines` more outcomes, plus the report and warning lines that
@@ -570,7 +598,9 @@ impl<'a> Runner<'a> {
         self.halted.store(true, Ordering::Relaxed);
     }
 
-    /// Appends one outcome to the log (fsynced), logs it, and keeps a bounce for the report.
+    /// Appends one outcome to the log, logs it, and keeps a bounce for the report. The line is
+    /// made durable by the next step's `DeliveryLog::sync` (the next copy, a report, the move
+    /// to cur/); the last one of a finished message is not: the message is removed.
     fn record(
         &self,
         q: &Queued,
@@ -580,7 +610,7 @@ impl<'a> Runner<'a> {
         summary: &mut Summary,
         failed: &mut Vec<Attempt>,
     ) -> Result<(), String> {
-        log.append(&attempt).map_err(|e| self.spool_failure(&q.id, &self.spool.log_path(&q.id), e))?;
+        log.append_unsynced(&attempt).map_err(|e| self.spool_failure(&q.id, &self.spool.log_path(&q.id), e))?;
         self.log_outcome(q, item, &attempt);
         count(summary, attempt.outcome);
         if attempt.outcome == Outcome::Bounced {
@@ -775,6 +805,7 @@ impl<'a> Runner<'a> {
             hostname: &self.config.hostname,
             follow_symlinks: self.config.follow_maildir_symlinks,
             folder,
+            syncs: Some(&self.dir_syncs),
         };
         Some(match deliver_to_maildir(maildir, &stamp, &name, || Ok(q.message())) {
             Ok(path) => attempt(Where::Maildir, Event::Delivered(&path.display().to_string())),

@@ -75,7 +75,8 @@ pub fn serve(config: &Config, lock: File, mut writer: Option<Writer>) -> bool {
         for id in spool.untried() {
             feed.give(id);
         }
-        let (ended, summary) = runner.stream(&feed, |feed| watch_new(&spool, &watch, &mut control, feed));
+        let tables = Tables::of(config);
+        let (ended, summary) = runner.stream(&feed, |feed| watch_new(&spool, &watch, &mut control, &tables, feed));
         runner.close();
         writer = runner.into_writer();
         total.add(&summary);
@@ -103,7 +104,13 @@ pub fn serve(config: &Config, lock: File, mut writer: Option<Writer>) -> bool {
 }
 
 /// Feeds `feed` each message committed into new/ until it is time to stop, and says why.
-fn watch_new(spool: &Spool, watch: &std::os::fd::OwnedFd, control: &mut Control, feed: &Feed) -> Ended {
+fn watch_new(
+    spool: &Spool,
+    watch: &std::os::fd::OwnedFd,
+    control: &mut Control,
+    tables: &Tables,
+    feed: &Feed,
+) -> Ended {
     let round_ends = Instant::now() + ROUND;
     // Committed by a pickup that has not yet removed its maildrop/ name: no run may take
     // such a message until it has (doc/queue.md, S0).
@@ -145,9 +152,36 @@ fn watch_new(spool: &Spool, watch: &std::os::fd::OwnedFd, control: &mut Control,
         if in_pickup.is_empty() && feed.idle_for() >= IDLE {
             return Ended::Idle;
         }
-        if Instant::now() >= round_ends {
+        // The aliases and mailboxes are read at each use: a changed file begins a new run.
+        if Instant::now() >= round_ends || tables.changed() {
             return Ended::Round;
         }
+    }
+}
+
+/// The files a run reads its recipients from (`aliases`, `mailboxes`), as they were when
+/// it began: a run ends when one changes, so mail is delivered as they say now.
+struct Tables {
+    seen: Vec<(std::path::PathBuf, Option<FileStamp>)>,
+}
+
+/// Modification time (seconds, nanoseconds), inode and size.
+type FileStamp = (i64, i64, u64, u64);
+
+impl Tables {
+    fn of(config: &Config) -> Tables {
+        let paths = [&config.aliases, &config.mailboxes].into_iter().flatten();
+        Tables { seen: paths.map(|p| (p.clone(), Tables::stamp(p))).collect() }
+    }
+
+    /// `None` when missing.
+    fn stamp(path: &std::path::Path) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| (m.mtime(), m.mtime_nsec(), m.ino(), m.size()))
+    }
+
+    fn changed(&self) -> bool {
+        self.seen.iter().any(|(path, stamp)| Tables::stamp(path) != *stamp)
     }
 }
 

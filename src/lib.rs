@@ -40,6 +40,7 @@
 //! - `milter`: the milter protocol (rspamd, SpamAssassin, OpenDKIM as filters)
 //! - `trace`: the `Received:` header and dates
 //! - `logging`: stderr or syslog output
+//! - `flush`: group commit, one fsync shared by the callers that need it at one moment
 //! - `sys`: the few system calls std lacks
 //! - `fault`: crash points that only fault-injection test builds honour
 //!
@@ -59,6 +60,7 @@ pub mod dmarc;
 pub mod dns;
 pub mod dsn;
 pub mod fault;
+pub mod flush;
 pub mod instant;
 pub mod launch;
 pub mod local;

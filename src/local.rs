@@ -355,6 +355,7 @@ fn run_command(config: &Config, users: &LocalUsers, req: &Request) -> Result<Pat
         hostname: "",
         follow_symlinks: false,
         folder: None,
+        syncs: None,
     };
     let input = crate::maildir::local_copy(&stamp, &req.message);
     let mut stdin = child.stdin.take().ok_or_else(|| MaildirError::Io("no pipe".into()))?;
@@ -498,8 +499,14 @@ pub fn append_mbox(args: &[String]) -> bool {
         if crate::maildir::delivered_to(&message, delivered_to) {
             return Err(MaildirError::Loop);
         }
-        let stamp =
-            Stamp { return_path: &return_path, delivered_to, hostname: "", follow_symlinks: false, folder: None };
+        let stamp = Stamp {
+            return_path: &return_path,
+            delivered_to,
+            hostname: "",
+            follow_symlinks: false,
+            folder: None,
+            syncs: None,
+        };
         let copy = crate::maildir::local_copy(&stamp, &message);
         let path = Path::new(path);
         write_mbox(path, &return_path, &copy).map_err(|e| match e.raw_os_error() {
@@ -568,6 +575,7 @@ pub fn write_maildir(args: &[String]) -> bool {
             hostname,
             follow_symlinks: follow == "follow",
             folder: (folder != "-").then_some(folder.as_str()),
+            syncs: None,
         };
         deliver_to_maildir(Path::new(dir), &stamp, name, || Ok(&message[..]))
     })();

@@ -61,6 +61,9 @@ pub struct Stamp<'a> {
     /// A Maildir++ folder of the maildir to deliver into instead of its inbox (`junk_folder`
     /// for a quarantined message); made when missing.
     pub folder: Option<&'a str>,
+    /// Where the fsync of `new/` is shared with the run's other deliveries into it; `None`:
+    /// this copy's own.
+    pub syncs: Option<&'a crate::flush::DirSyncs>,
 }
 
 /// Delivers the message read from `open()` (CRLF lines, as spooled) into `maildir`, under
@@ -97,7 +100,10 @@ pub fn deliver_to_maildir<R: Read>(
         return Err(MaildirError::from_io(&e, &tmp_path));
     }
     let new_path = new.join(name);
-    let moved = fs::rename(&tmp_path, &new_path).and_then(|()| File::open(&new)?.sync_all());
+    let moved = fs::rename(&tmp_path, &new_path).and_then(|()| match stamp.syncs {
+        Some(syncs) => syncs.sync(&new),
+        None => File::open(&new)?.sync_all(),
+    });
     moved.map_err(|e| {
         let _ = fs::remove_file(&tmp_path);
         MaildirError::from_io(&e, &new_path)
@@ -343,6 +349,7 @@ mod tests {
             hostname: "a:b/c",
             follow_symlinks: false,
             folder: None,
+            syncs: None,
         }
     }
 

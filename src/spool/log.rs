@@ -348,6 +348,8 @@ pub struct DeliveryLog {
     /// The file's blocks are allocated up to here (at least `len`).
     reserved_to: u64,
     appended: Vec<Attempt>,
+    /// Lines appended by `append_unsynced` that no fsync has made durable yet.
+    unsynced: bool,
 }
 
 impl DeliveryLog {
@@ -355,7 +357,7 @@ impl DeliveryLog {
         let file =
             OpenOptions::new().append(true).create(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(path)?;
         let len = file.metadata()?.len();
-        Ok(DeliveryLog { file, path: path.to_path_buf(), len, reserved_to: len, appended: Vec::new() })
+        Ok(DeliveryLog { file, path: path.to_path_buf(), len, reserved_to: len, appended: Vec::new(), unsynced: false })
     }
 
     /// Makes sure the next `lines` appends have their space on disk, so that a delivery made
@@ -373,13 +375,35 @@ impl DeliveryLog {
 
     /// Appends and fsyncs, so a recipient marked done is never tried again after a crash.
     pub fn append(&mut self, attempt: &Attempt) -> io::Result<()> {
+        self.append_unsynced(attempt)?;
+        self.sync()
+    }
+
+    /// Appends without an fsync: the line outlives a killed process (the page cache does),
+    /// and `sync` makes it durable before the next step that must not be undone by a power
+    /// cut. A finished message is removed without it (doc/queue.md, S3 -> S5).
+    pub fn append_unsynced(&mut self, attempt: &Attempt) -> io::Result<()> {
         let line = attempt.to_line();
         self.file.write_all(line.as_bytes())?;
-        self.file.sync_data()?;
         self.len += line.len() as u64;
         self.reserved_to = self.reserved_to.max(self.len);
         self.appended.push(attempt.clone());
+        self.unsynced = true;
         Ok(())
+    }
+
+    /// Makes the lines appended so far durable (one fdatasync, none when they are).
+    pub fn sync(&mut self) -> io::Result<()> {
+        if self.unsynced {
+            self.file.sync_data()?;
+            self.unsynced = false;
+        }
+        Ok(())
+    }
+
+    /// The log was removed with its message: what it holds needs no fsync any more.
+    pub fn removed(&mut self) {
+        self.unsynced = false;
     }
 
     /// Appends a `copying` line without a sync: it must outlive a killed run, which the
@@ -401,6 +425,10 @@ impl DeliveryLog {
 
 impl Drop for DeliveryLog {
     fn drop(&mut self) {
+        // Left by an error before its sync: made durable as its append would have been.
+        if self.unsynced {
+            let _ = self.file.sync_data();
+        }
         if self.len == 0 {
             let _ = std::fs::remove_file(&self.path);
         } else if self.reserved_to > self.len {

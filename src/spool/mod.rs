@@ -21,12 +21,12 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 pub use envelope::Envelope;
 pub use id::QueueId;
 
+use crate::flush::GroupSync;
 use crate::sys;
 use crc::Crc32c;
 
@@ -105,57 +105,6 @@ enum Target {
     /// (doc/queue.md, "S0"). `group`: the drop group, taken up only while a name is made,
     /// renamed or removed there.
     Maildrop { group: Option<u32> },
-}
-
-/// Group commit: one flush that starts after a caller's write covers that caller, so
-/// sessions committing at the same moment share a flush instead of queueing for their own.
-#[derive(Default)]
-struct GroupSync {
-    state: Mutex<SyncState>,
-    done: Condvar,
-}
-
-#[derive(Default)]
-struct SyncState {
-    /// Tickets handed out; a ticket is taken after the caller's write is complete.
-    issued: u64,
-    /// Every ticket up to this one is covered by a completed flush.
-    covered: u64,
-    running: bool,
-}
-
-impl GroupSync {
-    /// Returns once a flush that began after this call has completed.
-    fn sync(&self, flush: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.issued += 1;
-        let ticket = state.issued;
-        let mut flush = Some(flush);
-        loop {
-            if state.covered >= ticket {
-                return Ok(());
-            }
-            if state.running {
-                state = self.done.wait(state).unwrap_or_else(|e| e.into_inner());
-                continue;
-            }
-            // Every ticket issued so far belongs to a write made before this flush starts.
-            let target = state.issued;
-            state.running = true;
-            drop(state);
-            let result = match flush.take() {
-                Some(f) => f(),
-                None => Err(io::Error::other("group flush failed")),
-            };
-            state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            state.running = false;
-            if result.is_ok() {
-                state.covered = state.covered.max(target);
-            }
-            self.done.notify_all();
-            result?;
-        }
-    }
 }
 
 const SUBDIRS: [&str; 4] = ["tmp", "new", "cur", "hold"];
