@@ -496,9 +496,8 @@ impl Spool {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&path)?;
-        let meta = file.metadata()?;
         if sys::is_root() {
-            let owner = fs::metadata(root)?;
+            let (meta, owner) = (file.metadata()?, fs::metadata(root)?);
             if (meta.uid(), meta.gid()) != (owner.uid(), owner.gid()) {
                 std::os::unix::fs::fchown(&file, Some(owner.uid()), Some(owner.gid()))?;
             }
