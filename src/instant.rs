@@ -63,6 +63,8 @@ pub fn serve(config: &Config, lock: File, mut writer: Option<Writer>) -> bool {
                 return false;
             }
         };
+        // Before the run reads them: a change while it does is a change seen.
+        let tables = Tables::of(config);
         let runner = match Runner::new(config, Options::default()) {
             Ok(r) => r.with_writer(writer.take()),
             Err(e) => {
@@ -75,7 +77,6 @@ pub fn serve(config: &Config, lock: File, mut writer: Option<Writer>) -> bool {
         for id in spool.untried() {
             feed.give(id);
         }
-        let tables = Tables::of(config);
         let (ended, summary) = runner.stream(&feed, |feed| watch_new(&spool, &watch, &mut control, &tables, feed));
         runner.close();
         writer = runner.into_writer();
@@ -120,7 +121,11 @@ fn watch_new(
         fds.extend(control.fd());
         let later = feed.take_again();
         let wait = if in_pickup.is_empty() && !later { Duration::from_millis(250) } else { Duration::from_millis(20) };
-        let ready = sys::wait_any_readable(&fds, wait).unwrap_or_default();
+        let ready = sys::wait_any_readable(&fds, wait).unwrap_or_else(|e| {
+            log::warn!("instant delivery: poll: {e}");
+            std::thread::sleep(wait);
+            Vec::new()
+        });
         if ready.first() == Some(&true) {
             let events = sys::read_names(watch);
             let mut named: Vec<QueueId> =
