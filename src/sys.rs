@@ -622,8 +622,9 @@ pub fn read_names(fd: &std::os::fd::OwnedFd) -> Names {
 }
 
 /// The events in `bytes`, each `struct inotify_event` (wd, mask, cookie, len: four 32-bit
-/// words in the machine's order) and its NUL-padded name of `len` octets.
-fn parse_events(bytes: &[u8], out: &mut Names) {
+/// words in the machine's order) and its NUL-padded name of `len` octets; a torn last event
+/// is left out.
+pub fn parse_events(bytes: &[u8], out: &mut Names) {
     use std::os::unix::ffi::OsStrExt;
     let word = |at: usize| bytes.get(at..at + 4).map(|w| u32::from_ne_bytes([w[0], w[1], w[2], w[3]]));
     let mut at = 0;
