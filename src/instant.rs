@@ -222,9 +222,8 @@ impl Control {
         let mut changed = false;
         while let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.buffer.drain(..=end).collect();
-            let line = String::from_utf8_lossy(&line);
-            if let Some(digest) = line.trim().strip_prefix("config ") {
-                changed |= digest.trim() != self.digest;
+            if let Some(digest) = crate::launch::config_line(&String::from_utf8_lossy(&line)) {
+                changed |= digest != self.digest;
             }
         }
         // A daemon writes short lines; anything longer is not one of them.

@@ -26,8 +26,13 @@ use crate::spool::{QueueId, Spool};
 /// What a daemon writes to its root launcher to have the owed delivery started.
 const RUN_OWED: &str = "run";
 /// What a daemon writes to its root launcher after a reload, with the new digest; and what
-/// a starter writes to the delivery process it started.
+/// a starter writes to the delivery process it started (read with `config_line`).
 const CONFIG: &str = "config";
+
+/// The digest a `config DIGEST` line names; `None` for any other line.
+pub fn config_line(line: &str) -> Option<&str> {
+    line.trim().strip_prefix(CONFIG).map(str::trim).filter(|d| d.len() == 32)
+}
 /// The argument that tells `postern-deliver --instant` its lock is descriptor 3.
 pub const LOCK_PASSED: &str = "--lock-passed";
 /// A delivery process killed by a signal is started again at once, but not more often.
@@ -328,7 +333,7 @@ pub fn serve(config: &Config) {
             launcher.deliver_owed();
             continue;
         }
-        if let Some(digest) = line.strip_prefix(CONFIG).map(str::trim).filter(|d| d.len() == 32) {
+        if let Some(digest) = config_line(line) {
             launcher.set_digest(digest);
             continue;
         }

@@ -608,7 +608,8 @@ pub struct Names {
 /// Reads every pending event of a non-blocking inotify descriptor (inotify(7)).
 pub fn read_names(fd: &std::os::fd::OwnedFd) -> Names {
     let mut out = Names::default();
-    let mut buf = vec![0u8; 16 * 1024];
+    // Read at each wakeup of the instant delivery process: no allocation for it.
+    let mut buf = [0u8; 8192];
     loop {
         // SAFETY: reads into a buffer owned by this frame, at most its length.
         let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };

@@ -22,6 +22,16 @@ fn arrival(maildir: &Path, limit: Duration) -> Option<Duration> {
     None
 }
 
+/// Whether the server's queue is empty within 5 s (a message leaves it a moment after its
+/// copy lands).
+fn queue_empties(server: &Server) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !support::waiting(&server.spool()).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    support::waiting(&server.spool()).is_empty()
+}
+
 #[test]
 fn mail_accepted_by_the_server_is_in_the_maildir_within_a_second() {
     let dir = TempDir::new("instant-smtpd");
@@ -39,11 +49,7 @@ fn mail_accepted_by_the_server_is_in_the_maildir_within_a_second() {
         server.log()
     );
     // The copy is recorded, then the message leaves the queue, a moment after the copy lands.
-    let started = Instant::now();
-    while !support::waiting(&server.spool()).is_empty() && started.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert!(support::waiting(&server.spool()).is_empty(), "delivered and removed from the queue");
+    assert!(queue_empties(&server), "delivered and removed from the queue");
 }
 
 #[test]
@@ -288,11 +294,7 @@ fn killed_after_giving_its_lock_back_the_next_message_is_delivered_at_once() {
     assert_eq!(wait_maildir(&alice, 2, Duration::from_secs(5)), 2, "{}", server.log());
     assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
     // The message leaves the queue a moment after its copy lands.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !support::waiting(&server.spool()).is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(support::waiting(&server.spool()).is_empty(), "{}", server.log());
+    assert!(queue_empties(&server), "{}", server.log());
 }
 
 /// The delivery process killed with SIGKILL again and again while mail pours in, the
@@ -344,11 +346,7 @@ fn the_delivery_process_killed_under_load_loses_and_repeats_nothing() {
     let twice: Vec<_> = copies.iter().filter(|(_, n)| **n > 1).collect();
     assert!(lost.is_empty(), "{} of {} lost ({count} in the maildir): {lost:?}", lost.len(), acknowledged.len());
     assert!(twice.is_empty(), "copied twice: {twice:?}");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !support::waiting(&server.spool()).is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(support::waiting(&server.spool()).is_empty(), "{}", server.log());
+    assert!(queue_empties(&server), "{}", server.log());
 }
 
 /// A hundred postern-sendmail runs at once, with no daemon: one delivery process at a

@@ -441,33 +441,31 @@ impl Spool {
     /// Messages in new/ and cur/, oldest first. Names that are not queue IDs are ignored, and
     /// so is a message whose pickup from maildrop/ is not finished.
     pub fn queued(&self) -> Vec<(Place, QueueId)> {
-        let mut out = Vec::new();
         // One read of maildrop/ (empty nearly always), not a look per queued message.
         let dropped = self.in_maildrop_now();
-        for place in [Place::New, Place::Cur] {
-            let Ok(entries) = fs::read_dir(self.root.join(place.dir())) else { continue };
-            for entry in entries.flatten() {
-                if let Some(id) = entry.file_name().to_str().and_then(QueueId::parse)
-                    && !dropped.contains(id.as_str())
-                {
-                    out.push((place, id));
-                }
-            }
-        }
+        let mut out: Vec<(Place, QueueId)> = [Place::New, Place::Cur]
+            .into_iter()
+            .flat_map(|place| self.listed(place, &dropped).into_iter().map(move |id| (place, id)))
+            .collect();
         out.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
         out
+    }
+
+    /// The queue IDs named in `place`, less those whose pickup from maildrop/ (`dropped`) is
+    /// not finished; unsorted.
+    fn listed(&self, place: Place, dropped: &std::collections::HashSet<String>) -> Vec<QueueId> {
+        let Ok(entries) = fs::read_dir(self.root.join(place.dir())) else { return Vec::new() };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(QueueId::parse))
+            .filter(|id| !dropped.contains(id.as_str()))
+            .collect()
     }
 
     /// Messages in new/ (never tried), oldest first, as `queued` lists them: what instant
     /// delivery takes, without a look at cur/, however long it is.
     pub fn untried(&self) -> Vec<QueueId> {
-        let Ok(entries) = fs::read_dir(self.root.join("new")) else { return Vec::new() };
-        let dropped = self.in_maildrop_now();
-        let mut out: Vec<QueueId> = entries
-            .flatten()
-            .filter_map(|e| e.file_name().to_str().and_then(QueueId::parse))
-            .filter(|id| !dropped.contains(id.as_str()))
-            .collect();
+        let mut out = self.listed(Place::New, &self.in_maildrop_now());
         out.sort();
         out
     }
