@@ -126,6 +126,11 @@ fn watch_new(
             std::thread::sleep(wait);
             Vec::new()
         });
+        // The aliases and mailboxes are read at each use: a changed file begins a new run
+        // before anything new is given to this one (the next run lists new/).
+        if tables.changed() {
+            return Ended::Round;
+        }
         if ready.first() == Some(&true) {
             let events = sys::read_names(watch);
             let mut named: Vec<QueueId> =
@@ -157,8 +162,7 @@ fn watch_new(
         if in_pickup.is_empty() && feed.idle_for() >= IDLE {
             return Ended::Idle;
         }
-        // The aliases and mailboxes are read at each use: a changed file begins a new run.
-        if Instant::now() >= round_ends || tables.changed() {
+        if Instant::now() >= round_ends {
             return Ended::Round;
         }
     }
