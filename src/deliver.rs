@@ -72,6 +72,11 @@ const LATER: Duration = Duration::from_secs(1);
 /// ...and is left to a whole run when its lock is still held after this long.
 const GIVE_UP: Duration = Duration::from_secs(60);
 
+/// The clock, in seconds since 1970.
+fn clock() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 /// The messages a streaming run (`Runner::stream`) is given, in the order they came, each
 /// once; and whether its threads are idle.
 pub struct Feed {
@@ -226,6 +231,10 @@ pub struct Runner<'a> {
     users: LocalUsers,
     retry: RetryPolicy,
     options: Options,
+    /// When the run began: the time a whole run acts at, as one moment (seconds since 1970).
+    started: u64,
+    /// Set by `stream`: a streaming run lasts a while, and acts at the clock's time.
+    streaming: AtomicBool,
     /// Set when the spool is found full: no further message is started.
     halted: AtomicBool,
     /// Writes the copies for system users as those users (`local_users = system`); `None`
@@ -251,11 +260,13 @@ impl<'a> Runner<'a> {
             spool,
             users,
             retry,
+            started: options.now.unwrap_or_else(clock),
             options,
             halted,
             writer: None,
             srs,
             dir_syncs: crate::flush::DirSyncs::default(),
+            streaming: AtomicBool::new(false),
         })
     }
 
@@ -265,9 +276,14 @@ impl<'a> Runner<'a> {
         self
     }
 
-    /// The time to act at: `Options::now`, else the clock (a streaming run lasts a while).
+    /// The time to act at: `Options::now`; else when a whole run began, or the clock in a
+    /// streaming run.
     fn now(&self) -> u64 {
-        self.options.now.unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+        match (self.options.now, self.streaming.load(Ordering::Relaxed)) {
+            (Some(now), _) => now,
+            (None, true) => clock(),
+            (None, false) => self.started,
+        }
     }
 
     /// The helper for system users' copies, back from a run that is over.
@@ -332,6 +348,7 @@ impl<'a> Runner<'a> {
     /// what `watch` returned, once the threads have finished the message each had in hand.
     /// Reports this run queues land in new/ too, and are fed like any message.
     pub fn stream<T>(&self, feed: &Feed, watch: impl FnOnce(&Feed) -> T) -> (T, Summary) {
+        self.streaming.store(true, Ordering::Relaxed);
         let worker = || {
             let mut summary = Summary::default();
             while let Some((id, since)) = feed.next() {
