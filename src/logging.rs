@@ -76,6 +76,11 @@ struct Logger {
     role: Role,
     verbose: bool,
     state: RwLock<State>,
+    /// Read once: no process of ours forks without an exec, so it never changes.
+    pid: u32,
+    /// A descriptor of stderr of its own: a line is one write(2) on it, without the lock
+    /// `std::io::Stderr` takes, which sessions logging at the same moment queue on.
+    stderr: Option<std::fs::File>,
 }
 
 static LOGGER: std::sync::OnceLock<Logger> = std::sync::OnceLock::new();
@@ -85,7 +90,16 @@ static LOGGER: std::sync::OnceLock<Logger> = std::sync::OnceLock::new();
 pub fn start(program: &'static str, role: Role, verbose: bool) {
     let state = choose(role, Choice::Auto, Path::new(DEV_LOG), verbose);
     let level = state.level;
-    let logger = LOGGER.get_or_init(|| Logger { program, role, verbose, state: RwLock::new(state) });
+    let logger = LOGGER.get_or_init(|| {
+        // Not under inetd: there stderr may be the client's socket, not to be held open.
+        let stderr = (role != Role::Inetd)
+            .then(|| {
+                use std::os::fd::AsFd;
+                std::io::stderr().as_fd().try_clone_to_owned().ok().map(std::fs::File::from)
+            })
+            .flatten();
+        Logger { program, role, verbose, state: RwLock::new(state), pid: std::process::id(), stderr }
+    });
     if log::set_logger(logger).is_ok() {
         // Lines below the level are dropped by the `log` macros themselves, lock-free.
         log::set_max_level(level);
@@ -311,7 +325,7 @@ impl log::Log for Logger {
         }
         // One line per event: a newline inside the text (a peer's words) would forge a second one.
         let text = record.args().to_string().replace(['\r', '\n'], " ");
-        let pid = std::process::id();
+        let pid = self.pid;
         // A line may name its own program (`log::info!(target: "postern/pickup", ...)`), for the
         // tools that count by program name.
         let program = if record.target().starts_with("postern/") { record.target() } else { self.program };
@@ -321,7 +335,10 @@ impl log::Log for Logger {
         let to_stderr = |shape| {
             let mut whole = line(shape);
             whole.push('\n');
-            let _ = std::io::stderr().lock().write_all(whole.as_bytes());
+            let _ = match &self.stderr {
+                Some(file) => (&*file).write_all(whole.as_bytes()),
+                None => std::io::stderr().lock().write_all(whole.as_bytes()),
+            };
         };
         match &state.sink {
             Sink::Discard => {}

@@ -305,3 +305,33 @@ fn under_the_journal_each_program_keeps_its_own_tag() {
     assert!(sent.contains("SYSLOG_IDENTIFIER=postern/deliver\n") && sent.contains("SYSLOG_FACILITY=2\n"), "{sent}");
     assert!(out.stderr.is_empty(), "nothing on the stream: {}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn lines_of_sessions_logging_at_once_stay_whole_and_name_the_daemon() {
+    let dir = TempDir::new("many-at-once");
+    let config = support::config_with(dir.path(), "max_per_ip = 100\n");
+    let server = support::Server::start_in(dir, &config);
+    const SESSIONS: usize = 40;
+    std::thread::scope(|scope| {
+        for n in 0..SESSIONS {
+            let addr = server.addr;
+            scope.spawn(move || {
+                let mut c = support::Client::greeted(addr);
+                c.cmd(&format!("EHLO client{n}.test"));
+                assert!(c.cmd("MAIL FROM:<x@remote.test>").starts_with("250"));
+                assert!(c.cmd("RCPT TO:<nobody@example.test>").starts_with("550 5.1.1"));
+                c.cmd("QUIT");
+            });
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while server.log().matches("disconnect from").count() < SESSIONS && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let log = server.log();
+    let tag = format!("postern/smtpd[{}]: ", server.pid());
+    assert!(log.lines().all(|l| l.starts_with(&tag)), "every line whole, tagged {tag}: {log}");
+    for what in [": connect from", "NOQUEUE: reject: RCPT", ": disconnect from"] {
+        assert_eq!(log.matches(what).count(), SESSIONS, "{what}: {log}");
+    }
+}
