@@ -275,6 +275,27 @@ pub fn stream_from_stdin() -> std::net::TcpStream {
     unsafe { std::net::TcpStream::from_raw_fd(0) }
 }
 
+/// Gives the memory the allocator holds free back to the system (malloc_trim(3), glibc: every
+/// arena, and the free pages inside them). Elsewhere the allocator keeps its own counsel.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointer and may be called from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// At most `arenas` allocator arenas (glibc's mallopt(M_ARENA_MAX)), instead of eight a core:
+/// a thread per session would otherwise spread what sessions allocate over many arenas, each
+/// keeping its high-water mark. Threads share them; their caches take most allocations.
+pub fn limit_allocator_arenas(arenas: i32) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt takes two integers; it runs before the threads it concerns exist.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, arenas);
+    }
+}
+
 /// Flushes the whole filesystem that holds `file` (syncfs(2)): one device flush for every
 /// file written on it so far, which is how concurrent commits share a flush.
 pub fn sync_filesystem(file: &File) -> io::Result<()> {

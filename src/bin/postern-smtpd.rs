@@ -117,6 +117,7 @@ fn parse_args() -> Result<Args, Exit> {
 }
 
 fn main() -> ExitCode {
+    sys::limit_allocator_arenas(2);
     let args = match parse_args() {
         Ok(a) => a,
         // sysexits(3): EX_USAGE for the admin's tool, as its page says.

@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -100,6 +100,8 @@ pub struct Server {
     /// while it is still listed here.
     live: Mutex<HashMap<u64, RawFd>>,
     next_session: AtomicU64,
+    /// Session threads alive, serving or lingering: the last to end gives memory back.
+    session_threads: AtomicUsize,
     waiting: Handoff,
     /// Instant delivery of each committed message, unless it is off.
     launcher: Option<Arc<Launcher>>,
@@ -215,6 +217,7 @@ impl Server {
             stopping: AtomicBool::new(false),
             live: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(0),
+            session_threads: AtomicUsize::new(0),
             waiting: Handoff::default(),
             launcher: None,
             tls_keeper: None,
@@ -383,12 +386,42 @@ impl Server {
     }
 
     /// Serves a session, then waits a while for another before the thread ends.
-    fn session_thread(&self, first: Job) {
+    fn session_thread(self: &Arc<Self>, first: Job) {
+        self.session_threads.fetch_add(1, Ordering::SeqCst);
         let mut job = Some(first);
         while let Some(Job { stream, ip, slot, mode }) = job {
             self.serve_tcp(stream, ip, slot, mode);
             job = self.waiting.take(THREAD_LINGER);
         }
+        if self.session_threads.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.give_memory_back_soon();
+        }
+    }
+
+    /// Once the last session thread has ended and is gone (the allocator takes back what an
+    /// ending thread held only as it goes), unless sessions began again meanwhile.
+    fn give_memory_back_soon(self: &Arc<Self>) {
+        let server = Arc::clone(self);
+        let _ = thread::Builder::new().name("trim".into()).stack_size(64 * 1024).spawn(move || {
+            thread::sleep(Duration::from_secs(2));
+            if server.session_threads.load(Ordering::SeqCst) == 0 {
+                server.give_memory_back();
+            }
+        });
+    }
+
+    /// After a burst of sessions, once the last of their threads has ended: what the
+    /// allocator kept of their buffers goes back to the system, and so does the room the
+    /// table of live sessions grew to. A daemon that served thousands of clients an hour ago
+    /// holds what it holds idle, not what it held then.
+    fn give_memory_back(&self) {
+        {
+            let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+            if live.is_empty() {
+                live.shrink_to_fit();
+            }
+        }
+        sys::release_free_memory();
     }
 
     fn take_slot(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Reply> {
