@@ -92,12 +92,10 @@ pub fn start(program: &'static str, role: Role, verbose: bool) {
     let level = state.level;
     let logger = LOGGER.get_or_init(|| {
         // Not under inetd: there stderr may be the client's socket, not to be held open.
-        let stderr = (role != Role::Inetd)
-            .then(|| {
-                use std::os::fd::AsFd;
-                std::io::stderr().as_fd().try_clone_to_owned().ok().map(std::fs::File::from)
-            })
-            .flatten();
+        let stderr = match role {
+            Role::Inetd => None,
+            _ => stderr_file(),
+        };
         Logger { program, role, verbose, state: RwLock::new(state), pid: std::process::id(), stderr }
     });
     if log::set_logger(logger).is_ok() {
@@ -252,9 +250,13 @@ fn stderr_is_socket() -> bool {
 }
 
 fn stderr_metadata() -> Option<std::fs::Metadata> {
+    stderr_file()?.metadata().ok()
+}
+
+/// A descriptor of stderr of our own (close-on-exec).
+fn stderr_file() -> Option<std::fs::File> {
     use std::os::fd::AsFd;
-    let fd = std::io::stderr().as_fd().try_clone_to_owned().ok()?;
-    std::fs::File::from(fd).metadata().ok()
+    std::io::stderr().as_fd().try_clone_to_owned().ok().map(std::fs::File::from)
 }
 
 /// RFC 5424 §6.2.1 severities.

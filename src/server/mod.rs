@@ -100,7 +100,7 @@ pub struct Server {
     /// while it is still listed here.
     live: Mutex<HashMap<u64, RawFd>>,
     next_session: AtomicU64,
-    /// Session threads alive, serving or lingering: the last to end gives memory back.
+    /// Session threads alive, serving or lingering: when the last ends, memory goes back.
     session_threads: AtomicUsize,
     waiting: Handoff,
     /// Instant delivery of each committed message, unless it is off.
@@ -398,30 +398,26 @@ impl Server {
         }
     }
 
-    /// Once the last session thread has ended and is gone (the allocator takes back what an
-    /// ending thread held only as it goes), unless sessions began again meanwhile.
+    /// After a burst of sessions, a moment after the last of their threads has ended (from
+    /// that thread itself, the trim released almost nothing, as measured): what the
+    /// allocator kept of their buffers goes back to the system, and so does the room the
+    /// table of live sessions grew to, unless sessions began again meanwhile. A daemon that
+    /// served thousands of clients an hour ago holds what it holds idle, not what it held then.
     fn give_memory_back_soon(self: &Arc<Self>) {
         let server = Arc::clone(self);
         let _ = thread::Builder::new().name("trim".into()).stack_size(64 * 1024).spawn(move || {
             thread::sleep(Duration::from_secs(2));
-            if server.session_threads.load(Ordering::SeqCst) == 0 {
-                server.give_memory_back();
+            if server.session_threads.load(Ordering::SeqCst) > 0 {
+                return;
             }
+            {
+                let mut live = server.live.lock().unwrap_or_else(|e| e.into_inner());
+                if live.is_empty() {
+                    live.shrink_to_fit();
+                }
+            }
+            sys::release_free_memory();
         });
-    }
-
-    /// After a burst of sessions, once the last of their threads has ended: what the
-    /// allocator kept of their buffers goes back to the system, and so does the room the
-    /// table of live sessions grew to. A daemon that served thousands of clients an hour ago
-    /// holds what it holds idle, not what it held then.
-    fn give_memory_back(&self) {
-        {
-            let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-            if live.is_empty() {
-                live.shrink_to_fit();
-            }
-        }
-        sys::release_free_memory();
     }
 
     fn take_slot(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Reply> {
