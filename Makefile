@@ -2,22 +2,29 @@
 PREFIX ?= /usr/local
 DESTDIR ?=
 CARGO ?= cargo
-BINARIES = postern-smtpd postern-deliver postern-sendmail postern-queue
+# postern-smtpd, postern-deliver and postern-queue are one program, postern, run under those
+# names (links to it); postern-sendmail, which may be setgid, is a small program of its own.
+BINARIES = postern postern-sendmail
+LINKED = postern-smtpd postern-deliver postern-queue
 # Where other programs look for sendmail, whatever PREFIX is: cron, mail(1) and PHP call
 # /usr/sbin/sendmail; mailq and newaliases are found on PATH.
 SENDMAIL_DIR ?= /usr/sbin
 MAILQ_DIR ?= /usr/bin
 
-.PHONY: all build run test test-deps lint fuzz bench install install-files uninstall deb deb-files clean
+.PHONY: all build links run test test-deps lint fuzz bench install install-files uninstall deb deb-files clean
 
 all: build
 
 build:
 	$(CARGO) build --release
+	@$(MAKE) --no-print-directory links
+
+# The three names of postern beside it, as install makes them.
+links:
+	@for p in $(LINKED); do ln -sfn postern target/release/$$p; done
 
 # The embedded default: 127.0.0.1:2525, spool in ./spool, no root, no system config.
-run:
-	$(CARGO) build --release
+run: build
 	./target/release/postern-smtpd --builtin-config
 
 # Installs what the interop tests talk to (swaks, Postfix's smtp-source), then lints and tests.
@@ -54,6 +61,7 @@ BUILD_DIR ?= target/release
 install-files:
 	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)/etc/postern
 	for b in $(BINARIES); do install -m 0755 $(BUILD_DIR)/$$b $(DESTDIR)$(PREFIX)/sbin/$$b; done
+	for p in $(LINKED); do ln -sfn postern $(DESTDIR)$(PREFIX)/sbin/$$p; done
 	@# sendmail, mailq and newaliases: made, or left alone when another MTA's are there.
 	install -d $(DESTDIR)$(SENDMAIL_DIR) $(DESTDIR)$(MAILQ_DIR)
 	for l in $(SENDMAIL_DIR)/sendmail $(MAILQ_DIR)/mailq $(MAILQ_DIR)/newaliases; do \
@@ -79,7 +87,7 @@ install-files:
 # Removes what install-files put in place, except the configuration and the spool (mail
 # may still be queued there), and says so.
 uninstall:
-	for b in $(BINARIES); do rm -f $(DESTDIR)$(PREFIX)/sbin/$$b; done
+	for b in $(BINARIES) $(LINKED); do rm -f $(DESTDIR)$(PREFIX)/sbin/$$b; done
 	for l in $(SENDMAIL_DIR)/sendmail $(MAILQ_DIR)/mailq $(MAILQ_DIR)/newaliases; do \
 		if [ "$$(readlink $(DESTDIR)$$l)" = $(PREFIX)/sbin/postern-sendmail ]; then rm -f $(DESTDIR)$$l; fi; \
 	done

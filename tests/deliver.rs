@@ -85,7 +85,7 @@ fn mail_accepted_by_smtpd_reaches_alices_maildir() {
         c.mail("sender@remote.test", &["Alice+news@EXAMPLE.TEST"], b"Subject: hello\r\n\r\nfirst line\r\n..dot\r\n");
     assert_eq!(code(&reply), "250 2.0.0");
     let conf = server.dir.path().join("postern.conf");
-    let out = Command::new(env!("CARGO_BIN_EXE_postern-deliver")).arg("-c").arg(&conf).output().unwrap();
+    let out = Command::new(support::program("postern-deliver")).arg("-c").arg(&conf).output().unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
     let delivered = maildir_messages(&server.dir.path().join("maildirs/alice"));
@@ -264,7 +264,7 @@ fn two_overlapping_runs_deliver_each_message_once() {
     }
     let conf = s.conf.clone();
     let runs: Vec<_> = (0..2)
-        .map(|_| Command::new(env!("CARGO_BIN_EXE_postern-deliver")).arg("-c").arg(&conf).spawn().unwrap())
+        .map(|_| Command::new(support::program("postern-deliver")).arg("-c").arg(&conf).spawn().unwrap())
         .collect();
     for mut r in runs {
         assert!(r.wait().unwrap().success());

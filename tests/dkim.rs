@@ -16,7 +16,7 @@ const PASSWORD: &str = "pw for dkim";
 /// `postern-deliver --dkim-keygen`: the key file, and the TXT record from the zone line printed.
 fn keygen(dir: &Path, domain: &str, selector: &str, extra: &[&str]) -> (PathBuf, String) {
     let file = dir.join(format!("{selector}.pem"));
-    let out = Command::new(env!("CARGO_BIN_EXE_postern-deliver"))
+    let out = Command::new(support::program("postern-deliver"))
         .args(["--dkim-keygen", domain, selector])
         .arg(&file)
         .args(extra)
@@ -381,11 +381,11 @@ fn an_unusable_key_holds_its_own_domain_alone() {
     );
     assert_eq!(support::maildir(&dir.join("maildirs/alice")).len(), 1, "the local copy is delivered");
     assert!(log.contains("ed1.pem") && log.contains("dsn=4.3.5") && log.contains("status=deferred"), "{log}");
-    let listed = Command::new(env!("CARGO_BIN_EXE_postern-queue")).arg("-c").arg(&s.conf).arg("list").output().unwrap();
+    let listed = Command::new(support::program("postern-queue")).arg("-c").arg(&s.conf).arg("list").output().unwrap();
     let listed = String::from_utf8_lossy(&listed.stdout).to_string();
     assert!(listed.contains("ed1.pem: No such file or directory"), "{listed}");
     let check =
-        Command::new(env!("CARGO_BIN_EXE_postern-deliver")).arg("-c").arg(&s.conf).arg("--check").output().unwrap();
+        Command::new(support::program("postern-deliver")).arg("-c").arg(&s.conf).arg("--check").output().unwrap();
     let said = String::from_utf8_lossy(&check.stderr).to_string();
     assert!(!check.status.success() && said.contains("dkim_keys") && said.contains("dkim_keys:3: "), "{said}");
 

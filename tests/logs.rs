@@ -8,31 +8,49 @@ use std::process::{Command, Stdio};
 
 use support::{SyslogSink, TempDir, config_logging_to};
 
-const SMTPD: &str = env!("CARGO_BIN_EXE_postern-smtpd");
-const DELIVER: &str = env!("CARGO_BIN_EXE_postern-deliver");
+fn smtpd() -> std::path::PathBuf {
+    support::program("postern-smtpd")
+}
+fn deliver() -> std::path::PathBuf {
+    support::program("postern-deliver")
+}
 
 #[test]
 fn help_and_version_go_to_stdout_and_exit_0() {
-    for program in [SMTPD, DELIVER] {
+    for program in [smtpd(), deliver(), support::program("postern-queue")] {
+        let shown = program.display();
         for flag in ["--help", "-h"] {
-            let out = Command::new(program).arg(flag).output().unwrap();
-            assert!(out.status.success(), "{program} {flag}: {:?}", out.status);
-            assert!(String::from_utf8_lossy(&out.stdout).starts_with("usage: "), "{program} {flag}");
+            let out = Command::new(&program).arg(flag).output().unwrap();
+            assert!(out.status.success(), "{shown} {flag}: {:?}", out.status);
+            assert!(String::from_utf8_lossy(&out.stdout).starts_with("usage: "), "{shown} {flag}");
             assert!(out.stderr.is_empty());
         }
-        let out = Command::new(program).arg("--version").output().unwrap();
+        let out = Command::new(&program).arg("--version").output().unwrap();
         assert!(out.status.success());
-        let name = std::path::Path::new(program).file_name().unwrap().to_string_lossy().to_string();
+        let name = program.file_name().unwrap().to_string_lossy().to_string();
         assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{name} {}\n", env!("CARGO_PKG_VERSION")));
-        let bad = Command::new(program).arg("--bogus").output().unwrap();
+        let bad = Command::new(&program).arg("--bogus").output().unwrap();
         assert_eq!(bad.status.code(), Some(2));
-        assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown argument `--bogus`"));
+        // "unknown argument" or, for postern-queue, "unknown command".
+        let said = String::from_utf8_lossy(&bad.stderr);
+        assert!(said.contains("unknown ") && said.contains(" `--bogus`"), "{shown}: {said}");
     }
+}
+
+/// The one program the three names link to, run under a name of its own, says which to use
+/// and does nothing else.
+#[test]
+fn the_program_under_another_name_says_which_names_it_has() {
+    let out = Command::new(env!("CARGO_BIN_EXE_postern")).arg("--help").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("postern-smtpd, postern-deliver or postern-queue"), "{said}");
 }
 
 /// One SMTP session in inetd mode with `script` as the client's side; returns the replies.
 fn inetd_session(conf: &std::path::Path, script: &str) -> String {
-    let mut child = Command::new(SMTPD)
+    let mut child = Command::new(smtpd())
         .args(["--inetd", "-c"])
         .arg(conf)
         .stdin(Stdio::piped())
@@ -58,7 +76,7 @@ fn a_normal_delivery_run_prints_nothing_and_logs_to_syslog() {
          Message-ID: <quiet.1@example.test>\nSubject: cron\n\nout\n.\nQUIT\n",
     );
     assert!(replies.contains("250 2.0.0 Ok: queued as"), "{replies}");
-    let out = Command::new(DELIVER).arg("-c").arg(&conf).output().unwrap();
+    let out = Command::new(deliver()).arg("-c").arg(&conf).output().unwrap();
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stderr), "", "a cron run must print nothing");
     assert!(out.stdout.is_empty());
@@ -73,7 +91,7 @@ fn a_normal_delivery_run_prints_nothing_and_logs_to_syslog() {
     // -v shows every line on stderr as well.
     let again = inetd_session(&conf, "HELO a\nMAIL FROM:<>\nRCPT TO:<alice@example.test>\nDATA\nx\n.\nQUIT\n");
     assert!(again.contains("queued as"));
-    let verbose = Command::new(DELIVER).arg("-c").arg(&conf).arg("-v").output().unwrap();
+    let verbose = Command::new(deliver()).arg("-c").arg(&conf).arg("-v").output().unwrap();
     assert!(String::from_utf8_lossy(&verbose.stderr).contains("status=sent"));
 }
 
@@ -91,7 +109,7 @@ fn broken_spool(tag: &str) -> (TempDir, SyslogSink, std::path::PathBuf) {
 #[test]
 fn errors_reach_stderr_and_syslog_at_error_priority() {
     let (_dir, sink, conf) = broken_spool("fatal");
-    let out = Command::new(DELIVER).arg("-c").arg(&conf).output().unwrap();
+    let out = Command::new(deliver()).arg("-c").arg(&conf).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.starts_with("postern/deliver[") && stderr.contains("error: spool"), "{stderr}");
@@ -107,7 +125,7 @@ fn under_the_journal_lines_carry_a_priority_and_no_second_tag() {
     let stream_path = dir.path().join("stream");
     let stream = std::fs::File::create(&stream_path).unwrap();
     let meta = stream.metadata().unwrap();
-    let status = Command::new(DELIVER)
+    let status = Command::new(deliver())
         .arg("-c")
         .arg(&conf)
         .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
@@ -162,7 +180,7 @@ fn pflogsumm_counts_what_happened() {
     );
     assert!(replies.contains("550 5.1.1") && replies.contains("554 5.7.1") && replies.contains("queued as"));
     std::fs::write(dir.path().join("users"), format!("alice: {d}/maildirs/alice/\ncarol: {d}/carol-file/\n")).unwrap();
-    let out = Command::new(DELIVER).arg("-c").arg(&conf).output().unwrap();
+    let out = Command::new(deliver()).arg("-c").arg(&conf).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let log_file = dir.path().join("mail.log");
     std::fs::write(&log_file, as_mail_log(&sink.lines())).unwrap();
@@ -261,8 +279,9 @@ fn under_the_journal_each_program_keeps_its_own_tag() {
     std::fs::write(&conf, config).unwrap();
     let script = format!(
         "mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal && mount --bind {} /run/systemd/journal && \
-         JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2) exec {SMTPD} -c {}",
+         JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2) exec {} -c {}",
         journal_dir.display(),
+        smtpd().display(),
         conf.display()
     );
     let mut daemon = Command::new("unshare")

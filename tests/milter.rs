@@ -119,7 +119,7 @@ fn changes_are_made_before_the_commit() {
     // The size and check of the file are those of the message as changed: it opens cleanly.
     let size: usize = envelope.lines().find_map(|l| l.strip_prefix("size: ")).unwrap().parse().unwrap();
     assert_eq!(size, message_of(&queued[0]).len());
-    let listed = Command::new(env!("CARGO_BIN_EXE_postern-queue"))
+    let listed = Command::new(support::program("postern-queue"))
         .arg("-c")
         .arg(server.dir.path().join("postern.conf"))
         .arg("list")
@@ -229,7 +229,7 @@ fn a_quarantined_message_waits_in_the_hold_queue_for_the_operator() {
     assert!(maildir(&alice).is_empty());
     let conf = server.dir.path().join("postern.conf");
     let queue = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_postern-queue")).arg("-c").arg(&conf).args(args).output().unwrap();
+        let out = Command::new(support::program("postern-queue")).arg("-c").arg(&conf).args(args).output().unwrap();
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
@@ -240,7 +240,7 @@ fn a_quarantined_message_waits_in_the_hold_queue_for_the_operator() {
     assert!(ok && listed.contains(&id), "{listed}");
     let (ok, out) = queue(&["release", &id]);
     assert!(ok, "{out}");
-    Command::new(env!("CARGO_BIN_EXE_postern-deliver")).arg("-c").arg(&conf).status().unwrap();
+    Command::new(support::program("postern-deliver")).arg("-c").arg(&conf).status().unwrap();
     eventually("the released message in the inbox", Duration::from_secs(10), || maildir(&alice).len() == 1);
 }
 

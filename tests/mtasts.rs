@@ -251,7 +251,9 @@ impl World {
     /// its exit status and log.
     fn run(&self, env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
         let out = Command::new("timeout")
-            .args(["60", env!("CARGO_BIN_EXE_postern-deliver"), "-c"])
+            .arg("60")
+            .arg(support::program("postern-deliver"))
+            .arg("-c")
             .arg(&self.conf)
             .env("SSL_CERT_FILE", &self.ca)
             .env("SSL_CERT_DIR", "/nonexistent")
@@ -271,7 +273,7 @@ impl World {
 
     fn queue(&self, args: &[&str]) -> String {
         let out =
-            Command::new(env!("CARGO_BIN_EXE_postern-queue")).arg("-c").arg(&self.conf).args(args).output().unwrap();
+            Command::new(support::program("postern-queue")).arg("-c").arg(&self.conf).args(args).output().unwrap();
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
     }
 }
@@ -506,12 +508,8 @@ fn dane_records_hold_only_when_authenticated_and_come_before_mta_sts() {
     let waiting = support::waiting(&w.spool());
     assert!(status.success() && !waiting.is_empty(), "{log}");
     let id = w.waiting_for("c@danebad.test").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_postern-deliver"))
-        .arg("-c")
-        .arg(&w.conf)
-        .args(["--id", &id])
-        .output()
-        .unwrap();
+    let out =
+        Command::new(support::program("postern-deliver")).arg("-c").arg(&w.conf).args(["--id", &id]).output().unwrap();
     let log = String::from_utf8_lossy(&out.stderr).to_string();
     let line = line_for(&log, "c@danebad.test");
     assert!(line.contains("status=sent") && line.ends_with("tls=opportunistic"), "{line}");

@@ -196,7 +196,7 @@ fn done_when_local_and_remote_mail_and_a_bounce_for_an_unknown_remote_user() {
     );
     assert_eq!(support::code(&reply), "250 2.0.0");
     let conf = server.dir.path().join("postern.conf");
-    let out = Command::new(env!("CARGO_BIN_EXE_postern-deliver")).arg("-c").arg(&conf).output().unwrap();
+    let out = Command::new(support::program("postern-deliver")).arg("-c").arg(&conf).output().unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
     let alice = server.dir.path().join("maildirs/alice/new");

@@ -498,7 +498,7 @@ fn the_shipped_systemd_units_verify() {
     require_tool("systemd-analyze");
     let dir = TempDir::new("units");
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/systemd");
-    let sbin = Path::new(support::smtpd_binary()).parent().unwrap().display().to_string();
+    let sbin = support::smtpd_binary().parent().unwrap().display().to_string();
     let mut units = Vec::new();
     for unit in support::list(&source) {
         let text = std::fs::read_to_string(&unit).unwrap().replace("@SBINDIR@", &sbin);
@@ -549,7 +549,7 @@ fn make_uninstall_takes_back_what_install_put_and_keeps_mail_and_configuration()
         let out = Command::new("make")
             .args(["-C", root, target, "PREFIX=/usr"])
             .arg(format!("DESTDIR={}", dest.path().display()))
-            .arg(format!("BUILD_DIR={}", Path::new(support::smtpd_binary()).parent().unwrap().display()))
+            .arg(format!("BUILD_DIR={}", support::smtpd_binary().parent().unwrap().display()))
             .output()
             .unwrap();
         assert!(
@@ -626,13 +626,17 @@ fn make_install_puts_everything_under_destdir() {
     let out = Command::new("make")
         .args(["-C", root, "install-files", "PREFIX=/usr"])
         .arg(format!("DESTDIR={}", dest.path().display()))
-        .arg(format!("BUILD_DIR={}", Path::new(support::smtpd_binary()).parent().unwrap().display()))
+        .arg(format!("BUILD_DIR={}", support::smtpd_binary().parent().unwrap().display()))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let d = dest.path();
-    for program in ["postern-smtpd", "postern-deliver", "postern-sendmail", "postern-queue"] {
-        assert!(d.join("usr/sbin").join(program).is_file(), "{program}");
+    // One program under three names, and sendmail apart.
+    for program in ["postern", "postern-sendmail"] {
+        assert!(d.join("usr/sbin").join(program).symlink_metadata().unwrap().is_file(), "{program}");
+    }
+    for name in ["postern-smtpd", "postern-deliver", "postern-queue"] {
+        assert_eq!(std::fs::read_link(d.join("usr/sbin").join(name)).unwrap(), Path::new("postern"), "{name}");
     }
     for link in ["usr/sbin/sendmail", "usr/bin/mailq", "usr/bin/newaliases"] {
         assert_eq!(std::fs::read_link(d.join(link)).unwrap(), Path::new("/usr/sbin/postern-sendmail"), "{link}");
@@ -782,7 +786,7 @@ fn make_deb_builds_a_package_that_is_the_boxs_mta() {
     let root = env!("CARGO_MANIFEST_DIR");
     let out = Command::new("make")
         .args(["-C", root, "deb-files"])
-        .arg(format!("BUILD_DIR={}", Path::new(support::smtpd_binary()).parent().unwrap().display()))
+        .arg(format!("BUILD_DIR={}", support::smtpd_binary().parent().unwrap().display()))
         .arg(format!("DEB_ROOT={}", dir.path().join("root").display()))
         .arg(format!("DEB_OUT={}", dir.path().display()))
         .output()
@@ -804,7 +808,8 @@ fn make_deb_builds_a_package_that_is_the_boxs_mta() {
     for entry in [
         "./usr/sbin/sendmail -> /usr/sbin/postern-sendmail",
         "./usr/bin/mailq -> /usr/sbin/postern-sendmail",
-        "./usr/sbin/postern-queue",
+        "./usr/sbin/postern-queue -> postern",
+        "./usr/sbin/postern-sendmail",
         "./usr/share/man/man8/postern-sendmail.8",
         "./usr/lib/systemd/system/postern-deliver.timer",
         "./etc/postern/postern.conf",

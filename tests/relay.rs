@@ -277,7 +277,7 @@ fn kill_9_mid_run_loses_nothing_and_repeats_at_most_what_was_in_flight() {
     for n in 0..60 {
         sender.queue("alice@example.test", &["bob@[127.0.0.3]"], format!("Subject: m{n}\r\n\r\nm{n}\r\n").as_bytes());
     }
-    let mut run = Command::new(env!("CARGO_BIN_EXE_postern-deliver")).arg("-c").arg(&sender.conf).spawn().unwrap();
+    let mut run = Command::new(support::program("postern-deliver")).arg("-c").arg(&sender.conf).spawn().unwrap();
     let started = std::time::Instant::now();
     while mx.messages().len() < 15 && started.elapsed() < std::time::Duration::from_secs(10) {
         std::thread::sleep(std::time::Duration::from_millis(5));
@@ -419,7 +419,7 @@ fn wrong_credentials_defer_and_loose_files_are_refused() {
     assert!(log.contains("status=deferred") && log.contains("535 5.7.8"), "{log}");
     let extra = base + &auth_file(&sender, "user:right\n", 0o644);
     std::fs::write(&sender.conf, support::config_with(sender.dir.path(), &extra)).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_postern-deliver")).arg("-c").arg(&sender.conf).output().unwrap();
+    let out = Command::new(support::program("postern-deliver")).arg("-c").arg(&sender.conf).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("relay-auth: readable by others"));
 }

@@ -12,7 +12,9 @@ use std::process::{Command, Output, Stdio};
 use support::{TempDir, deliver, have, maildir, skip_unless, skip_unless_root};
 
 const SENDMAIL: &str = env!("CARGO_BIN_EXE_postern-sendmail");
-const QUEUE: &str = env!("CARGO_BIN_EXE_postern-queue");
+fn queue_program() -> std::path::PathBuf {
+    support::program("postern-queue")
+}
 
 /// The base configuration with local users alice and bob, and root and postmaster aliased
 /// to alice (`root` alone is local: hostname mail.example.test, local domain example.test).
@@ -254,8 +256,7 @@ fn q_runs_delivery_and_newaliases_checks_the_file() {
         text(&out)
     );
     assert!(text(&out).contains("aliases:3: `@example.test`: a key for a whole domain"), "{}", text(&out));
-    let check =
-        Command::new(env!("CARGO_BIN_EXE_postern-deliver")).arg("-c").arg(&conf).arg("--check").output().unwrap();
+    let check = Command::new(support::program("postern-deliver")).arg("-c").arg(&conf).arg("--check").output().unwrap();
     assert!(!check.status.success() && text(&check).contains("aliases:2: "), "{}", text(&check));
     // A file-level problem names no line 0.
     std::fs::remove_file(dir.path().join("aliases")).unwrap();
@@ -269,9 +270,10 @@ fn q_runs_delivery_and_newaliases_checks_the_file() {
 fn a_listing_into_a_closed_pipe_ends_quietly() {
     let (_dir, conf) = setup("pipe", "");
     assert!(sendmail(&conf, &["bob@remote.test"], b"Subject: waits\n\nx\n").status.success());
-    let mailq = [SENDMAIL, "-bp"];
-    let list = [QUEUE, "list"];
-    let dry_run = [env!("CARGO_BIN_EXE_postern-deliver"), "--dry-run"];
+    let (queue, deliver) = (queue_program(), support::program("postern-deliver"));
+    let mailq = [Path::new(SENDMAIL), Path::new("-bp")];
+    let list = [&queue, Path::new("list")];
+    let dry_run = [&deliver, Path::new("--dry-run")];
     for argv in [&mailq[..], &list[..], &dry_run[..]] {
         let (reader, writer) = std::io::pipe().unwrap();
         drop(reader);
@@ -291,7 +293,7 @@ fn the_queue_tools_on_deferred_mail() {
     assert!(out.status.success(), "{}", text(&out));
     deliver(&conf, None, &[]);
     let queue = |args: &[&str]| {
-        let out = Command::new(QUEUE).arg("-c").arg(&conf).args(args).output().unwrap();
+        let out = Command::new(queue_program()).arg("-c").arg(&conf).args(args).output().unwrap();
         (out.status.code(), text(&out))
     };
     let (code, list) = queue(&["list"]);
@@ -393,7 +395,7 @@ fn an_unprivileged_user_sends_through_maildrop() {
     // The setup step: service user, drop group, spool, maildrop/, the setgid bit.
     let _service = Account { user: service.clone(), groups: vec![service.clone(), group.clone()] };
     let init = || {
-        let mut c = Command::new(QUEUE);
+        let mut c = Command::new(queue_program());
         c.arg("-c").arg(&conf).args(["init", "--group", &group, "--sendmail"]).arg(&setgid_copy);
         c.output().unwrap()
     };
@@ -588,8 +590,7 @@ fn a_bad_alias_line_costs_that_alias_alone() {
     assert_eq!(mailbox(dir.path(), "alice").len(), 1, "root's alias still works: {log}");
     assert!(log.contains("to=<bot@example.test>") && log.contains("dsn=4.3.5, status=deferred"), "{log}");
     assert!(log.contains("aliases:2: `some/relative/file`"), "the reason names the line: {log}");
-    let check =
-        Command::new(env!("CARGO_BIN_EXE_postern-deliver")).arg("-c").arg(&conf).arg("--check").output().unwrap();
+    let check = Command::new(support::program("postern-deliver")).arg("-c").arg(&conf).arg("--check").output().unwrap();
     assert!(!check.status.success());
     assert!(
         text(&check).contains("aliases:2:") && text(&check).contains("aliases:3: expected `name: value`"),
@@ -630,8 +631,8 @@ fn system_users_get_their_mail_in_their_own_home_written_as_themselves() {
     let setgid_copy = bin.join("postern-sendmail");
     std::fs::copy(SENDMAIL, &setgid_copy).unwrap();
     // Installed beside it, as `make install` does: sendmail starts deliveries with it.
-    std::fs::copy(env!("CARGO_BIN_EXE_postern-deliver"), bin.join("postern-deliver")).unwrap();
-    let mut init = Command::new(QUEUE);
+    std::fs::copy(support::program("postern-deliver"), bin.join("postern-deliver")).unwrap();
+    let mut init = Command::new(queue_program());
     init.arg("-c").arg(&conf).args(["init", "--group", &group, "--sendmail"]).arg(&setgid_copy);
     let out = init.output().unwrap();
     assert!(out.status.success(), "{}", text(&out));

@@ -468,7 +468,7 @@ fn a_data_trickle_is_cut_off_and_nothing_is_queued() {
 fn check(dir: &Path, text: &str) -> Vec<(bool, String)> {
     let conf = dir.join("check.conf");
     std::fs::write(&conf, text).unwrap();
-    [support::smtpd_binary(), env!("CARGO_BIN_EXE_postern-deliver")]
+    [support::smtpd_binary(), support::program("postern-deliver")]
         .iter()
         .map(|bin| {
             let out = std::process::Command::new(bin).arg("-c").arg(&conf).arg("--check").output().unwrap();

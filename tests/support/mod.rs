@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,8 +41,26 @@ impl Drop for TempDir {
     }
 }
 
-pub fn smtpd_binary() -> &'static str {
-    env!("CARGO_BIN_EXE_postern-smtpd")
+/// The path of postern-smtpd, postern-deliver or postern-queue: a link named so beside the one
+/// program the three are, as `make install` makes it (the program is what its name says).
+pub fn program(name: &str) -> std::path::PathBuf {
+    static MADE: AtomicUsize = AtomicUsize::new(0);
+    let one = Path::new(env!("CARGO_BIN_EXE_postern"));
+    let link = one.with_file_name(name);
+    if std::fs::read_link(&link).ok().as_deref() != Some(Path::new("postern")) {
+        // Made aside and renamed over whatever is there: tests running at once never see
+        // no link, nor an older build of the program under that name.
+        let n = MADE.fetch_add(1, Ordering::Relaxed);
+        let aside = one.with_file_name(format!(".{name}.{}.{n}", std::process::id()));
+        let _ = std::fs::remove_file(&aside);
+        std::os::unix::fs::symlink("postern", &aside).unwrap();
+        std::fs::rename(&aside, &link).unwrap();
+    }
+    link
+}
+
+pub fn smtpd_binary() -> std::path::PathBuf {
+    program("postern-smtpd")
 }
 
 /// The configuration every test server starts from: the names the tests share.
@@ -554,7 +572,7 @@ pub fn inject(
 
 /// Runs postern-deliver with `conf` (at time `at`, when given) and returns what it logged.
 pub fn deliver(conf: &Path, at: Option<u64>, args: &[&str]) -> String {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_postern-deliver"));
+    let mut command = Command::new(program("postern-deliver"));
     command.arg("-c").arg(conf).args(args);
     if let Some(at) = at {
         command.env("POSTERN_NOW", at.to_string());
@@ -680,7 +698,7 @@ impl Drop for SmallFs {
 
 /// Runs postern-deliver with `conf` and `env`; returns whether it exited 0, and its log.
 pub fn deliver_with(conf: &Path, env: &[(&str, &str)], args: &[&str]) -> (std::process::ExitStatus, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_postern-deliver"));
+    let mut command = Command::new(program("postern-deliver"));
     command.arg("-c").arg(conf).args(args).envs(env.iter().copied());
     let out = command.output().unwrap();
     let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);

@@ -116,7 +116,7 @@ fn parse_args() -> Result<Args, Exit> {
     Ok(args)
 }
 
-fn main() -> ExitCode {
+pub fn main() -> ExitCode {
     sys::limit_allocator_arenas(2);
     let args = match parse_args() {
         Ok(a) => a,
@@ -195,7 +195,8 @@ fn run(args: &Args) -> Result<(), String> {
     // reader that keeps root (src/server/tls_files.rs).
     let tls_keeper = match postern::server::tls_paths(&config) {
         Some((cert, key)) if !args.inetd && sys::is_root() && config.user.is_some() => {
-            let program = std::env::current_exe().map_err(|e| e.to_string())?;
+            // This program under its own name: postern-smtpd is a link to one program of three.
+            let program = std::env::current_exe().map_err(|e| e.to_string())?.with_file_name("postern-smtpd");
             postern::server::tls_files::Keeper::start(&program, &cert, &key)
                 .inspect_err(|e| log::warn!("TLS files: no reader kept as root ({e}); a reload reads them as the user"))
                 .ok()

@@ -135,7 +135,7 @@ fn dkim_keygen(args: &[String]) -> ExitCode {
     }
 }
 
-fn main() -> ExitCode {
+pub fn main() -> ExitCode {
     // The two internal modes of local delivery (src/local.rs); not for people to run.
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some("--dkim-keygen") {

@@ -115,7 +115,7 @@ impl From<String> for Fail {
     }
 }
 
-fn main() -> ExitCode {
+pub fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
         Err(exit) => return exit.finish(2),
