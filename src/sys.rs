@@ -296,6 +296,45 @@ pub fn limit_allocator_arenas(arenas: i32) {
     }
 }
 
+/// glibc keeps the stacks of ended threads for new ones, up to 40 MiB of them by default (its
+/// tunable glibc.pthread.stack_cache_size): after thousands of sessions have ended, some 150
+/// stacks whose touched pages stay private memory (2.4 MiB measured after 9,984 sessions).
+/// A tunable is read only as a process starts, so the daemon starts itself again, once, with
+/// the cache at most `bytes`: the same program, arguments, environment otherwise, process ID
+/// and descriptors (a listener systemd passed stays ours). Returns without doing anything when
+/// the cache is set already (by the administrator, or by this), under another C library, or
+/// when the exec fails (the default cache is then kept). Call it before any thread starts.
+pub fn limit_thread_stack_cache(bytes: usize) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use std::os::unix::process::CommandExt;
+        const TUNABLE: &str = "glibc.pthread.stack_cache_size";
+        let current = std::env::var_os("GLIBC_TUNABLES");
+        if current.as_ref().is_some_and(|v| v.to_string_lossy().contains(TUNABLE)) {
+            return;
+        }
+        let mut tunables = std::ffi::OsString::new();
+        if let Some(current) = current.filter(|c| !c.is_empty()) {
+            tunables.push(current);
+            tunables.push(":");
+        }
+        tunables.push(format!("{TUNABLE}={bytes}"));
+        let mut args = std::env::args_os();
+        let Some(name) = args.next() else { return };
+        // The program under the name it was run as (a link beside it, for the programs that
+        // are one), so that its process keeps that name in ps and for pkill.
+        let Some(base) = std::path::Path::new(&name).file_name() else { return };
+        let Ok(program) = std::env::current_exe().map(|p| p.with_file_name(base)) else { return };
+        if !program.is_file() {
+            return;
+        }
+        // Only an error comes back; the default cache is then kept.
+        let _ = std::process::Command::new(program).arg0(&name).args(args).env("GLIBC_TUNABLES", tunables).exec();
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = bytes;
+}
+
 /// Flushes the whole filesystem that holds `file` (syncfs(2)): one device flush for every
 /// file written on it so far, which is how concurrent commits share a flush.
 pub fn sync_filesystem(file: &File) -> io::Result<()> {

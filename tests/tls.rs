@@ -284,6 +284,64 @@ fn a_key_passed_as_a_systemd_credential_is_used_instead_of_the_configured_path()
     assert!(server.log().contains("tls_key: the credential systemd passed"), "{}", server.log());
 }
 
+/// One `openssl s_client` session: STARTTLS, then QUIT once the server's tickets have had time
+/// to arrive; `-sess_out` or `-sess_in` as `session`. What s_client printed.
+fn s_client_session(addr: std::net::SocketAddr, version: &str, session: (&str, &Path)) -> String {
+    let mut child = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            version,
+            "-crlf",
+            "-nocommands",
+            "-starttls",
+            "smtp",
+            "-servername",
+            "mail.example.test",
+            "-connect",
+        ])
+        .arg(addr.to_string())
+        .arg(session.0)
+        .arg(session.1)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // Its input stays open: s_client ends when the server closes after 221, not before
+    // (-nocommands: a line beginning with Q is sent, not taken as "quit").
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(b"QUIT\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    drop(input);
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// A client that comes back resumes its TLS session with the ticket it was given (RFC 8446
+/// §4.6.1 for TLS 1.3, RFC 5077 for 1.2), as `openssl s_client` sees it; a server started
+/// afresh has a new ticket key, and the same ticket gets a full handshake.
+#[test]
+fn a_returning_client_resumes_with_its_ticket_in_tls_1_3_and_1_2() {
+    if support::skip_unless(have("openssl"), "needs the openssl command") {
+        return;
+    }
+    let dir = support::TempDir::new("tickets");
+    for version in ["-tls1_3", "-tls1_2"] {
+        let server = tls_server("");
+        let ticket = dir.path().join(format!("session{version}"));
+        let first = s_client_session(server.addr, version, ("-sess_out", &ticket));
+        assert!(first.contains("New, TLSv1."), "{version}: {first}");
+        assert!(first.contains("221 2.0.0"), "{version}: {first}");
+        let again = s_client_session(server.addr, version, ("-sess_in", &ticket));
+        assert!(again.contains("Reused, TLSv1."), "{version}: {again}");
+        assert!(again.contains("221 2.0.0"), "{version}: {again}");
+        drop(server);
+        let restarted = tls_server("");
+        let elsewhere = s_client_session(restarted.addr, version, ("-sess_in", &ticket));
+        assert!(elsewhere.contains("New, TLSv1.") && elsewhere.contains("221 2.0.0"), "{version}: {elsewhere}");
+    }
+}
+
 /// The certificate a server presents after STARTTLS, as DER.
 fn presented_certificate(addr: std::net::SocketAddr) -> Vec<u8> {
     let mut c = Client::greeted(addr);

@@ -12,7 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openssl::pkey::PKey;
-use openssl::ssl::{SslAcceptor, SslMethod};
+use openssl::ssl::{SslAcceptor, SslMethod, SslSessionCacheMode};
 use openssl::x509::X509;
 
 use crate::auth::{Auth, Lockout, Senders, Users};
@@ -192,6 +192,13 @@ fn tls_from_pem(cert: &Path, key: &Path, pem: &tls_files::Pem) -> Result<SslAcce
         .map_err(|e| format!("{}: not a PEM private key (PKCS#8, RSA or EC): {e}", key.display()))?;
     builder.set_private_key(&pkey).map_err(|_| format!("{} does not match {}", key.display(), cert.display()))?;
     builder.check_private_key().map_err(|_| format!("{} does not match {}", key.display(), cert.display()))?;
+    // A returning client resumes with a ticket (RFC 8446 §4.6.1, RFC 5077), encrypted under a
+    // key this acceptor made, so valid until a reload or restart and for two hours at most
+    // (OpenSSL's session lifetime). Nothing is kept per client here: no server-side session
+    // cache, whose thousands of entries would stay in memory; one ticket, not OpenSSL's two,
+    // as a client of ours resumes its next connection only.
+    builder.set_session_cache_mode(SslSessionCacheMode::OFF);
+    builder.set_num_tickets(1).map_err(|e| format!("TLS setup: {e}"))?;
     Ok(builder.build())
 }
 
@@ -319,6 +326,9 @@ impl Server {
                 thread::spawn(move || server.accept_loop(&listener, mode))
             })
             .collect();
+        // What starting up allocated and freed (the configuration, the spool's repair) goes
+        // back as well, once no session is open.
+        self.give_memory_back_soon();
         for h in handles {
             let _ = h.join();
         }
@@ -403,6 +413,7 @@ impl Server {
     /// allocator kept of their buffers goes back to the system, and so does the room the
     /// table of live sessions grew to, unless sessions began again meanwhile. A daemon that
     /// served thousands of clients an hour ago holds what it holds idle, not what it held then.
+    /// Also called as the daemon begins to serve.
     fn give_memory_back_soon(self: &Arc<Self>) {
         let server = Arc::clone(self);
         let _ = thread::Builder::new().name("trim".into()).stack_size(64 * 1024).spawn(move || {

@@ -134,6 +134,10 @@ pub fn main() -> ExitCode {
         postern::server::tls_files::serve(cert, key);
         return ExitCode::SUCCESS;
     }
+    if !args.inetd && !args.check {
+        // A daemon's threads come and go by the thousand; a few stacks kept for reuse are enough.
+        sys::limit_thread_stack_cache(1024 * 1024);
+    }
     let role = if args.inetd { logging::Role::Inetd } else { logging::Role::Daemon };
     logging::start("postern/smtpd", role, false);
     match run(&args) {
