@@ -552,3 +552,37 @@ fn a_milter_is_told_the_login_and_the_tls_version() {
     assert_eq!(milter.macro_value("{mail_addr}").as_deref(), Some("alice@example.test"));
     assert_eq!(s.queued_text().len(), 1);
 }
+
+/// What fail2ban reads: each wrong password is a line that postern's filter
+/// (contrib/fail2ban/filter.d/postern.conf) finds, with the client's address, as Debian's
+/// fail2ban-regex checks it against the lines the daemon wrote, with syslog's time and host
+/// name in front; a good login and the rest of the log are not counted.
+#[test]
+fn fail2ban_finds_each_wrong_password_and_the_address() {
+    if skip_unless(have("fail2ban-regex"), "fail2ban-regex is not installed (Debian's fail2ban)") {
+        return;
+    }
+    let s = setup("auth_plaintext = loopback\n");
+    let good = postern::smtp::client::base64(format!("\0alice\0{PASSWORD}").as_bytes());
+    let bad = postern::smtp::client::base64(b"\0alice\0guess");
+    for _ in 0..3 {
+        let mut c = Client::greeted(s.submission());
+        c.cmd("EHLO x");
+        assert_eq!(code(&c.cmd(&format!("AUTH PLAIN {bad}"))), "535 5.7.8");
+    }
+    let mut c = Client::greeted(s.submission());
+    c.cmd("EHLO x");
+    assert_eq!(code(&c.cmd(&format!("AUTH PLAIN {good}"))), "235 2.7.0");
+    c.cmd("QUIT");
+    let log = s.server.log_with("sasl_method=PLAIN");
+    assert_eq!(log.matches("authentication failed").count(), 3, "{log}");
+    // As rsyslog writes them to /var/log/mail.log.
+    let syslog: String = log.lines().map(|l| format!("Dec  6 20:00:00 mail {l}\n")).collect();
+    let file = s.conf.with_file_name("mail.log");
+    std::fs::write(&file, syslog).unwrap();
+    let filter = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/fail2ban/filter.d/postern.conf");
+    let out = Command::new("fail2ban-regex").args(["-o", "ip"]).arg(&file).arg(&filter).output().unwrap();
+    let found = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{found}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(found.lines().collect::<Vec<_>>(), ["127.0.0.1"; 3], "{found}");
+}
