@@ -349,6 +349,66 @@ fn the_queue_tools_on_deferred_mail() {
     assert!(!status.success() && log.contains("no such message"), "{log}");
 }
 
+/// `hold`, `release` and `delete` on many messages at once, as `postsuper -h ALL` and
+/// `postsuper -d -` do: `ALL` takes every message the command applies to, `-` the IDs on
+/// standard input; one that cannot be done is said, the others are still done.
+#[test]
+fn the_queue_tools_on_all_messages_and_on_ids_from_standard_input() {
+    let (dir, conf) = setup("queue-all", "");
+    for n in 0..3 {
+        let out = sendmail(&conf, &["carol@remote.test"], format!("Subject: {n}\n\nx\n").as_bytes());
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let queue = |args: &[&str], input: &str| {
+        let mut child = Command::new(queue_program())
+            .arg("-c")
+            .arg(&conf)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (out.status.code(), text(&out))
+    };
+    let spool = dir.path().join("spool");
+    let ids: Vec<String> = support::list(&spool.join("new"))
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(ids.len(), 3);
+    let (code, says) = queue(&["hold", "ALL"], "");
+    assert_eq!(code, Some(0), "{says}");
+    assert_eq!(says.lines().filter(|l| l.ends_with(": held")).count(), 3, "{says}");
+    assert_eq!(support::list(&spool.join("hold")).len(), 3);
+    // Held already: hold ALL finds nothing more to do.
+    let (code, says) = queue(&["hold", "ALL"], "");
+    assert_eq!(code, Some(0), "{says}");
+    assert!(!says.contains(": held"), "{says}");
+    // Two IDs on standard input, and one that is no longer there: the two are released.
+    let (code, says) = queue(&["delete", &ids[2]], "");
+    assert_eq!(code, Some(0), "{says}");
+    let (code, says) = queue(&["release", "-"], &format!("{}\n{} {}\n", ids[0], ids[2], ids[1]));
+    assert_eq!(code, Some(1), "{says}");
+    assert!(
+        says.contains(&format!("{}: no such message", ids[2])) && says.contains("1 of 3 messages not released"),
+        "{says}"
+    );
+    assert_eq!(says.matches("released (new)").count(), 2, "{says}");
+    assert_eq!(support::list(&spool.join("new")).len(), 2);
+    let (code, says) = queue(&["release", "-"], "not-an-id\n");
+    assert_eq!(code, Some(2), "{says}");
+    // Several IDs on the command line.
+    let (code, says) = queue(&["hold", &ids[0], &ids[1]], "");
+    assert_eq!(code, Some(0), "{says}");
+    let (code, says) = queue(&["delete", "ALL"], "");
+    assert_eq!(code, Some(0), "{says}");
+    assert_eq!(says.lines().filter(|l| l.ends_with(": deleted")).count(), 2, "{says}");
+    assert_eq!(queue(&["list"], "").1, "the queue is empty\n");
+}
+
 /// A user and a group made for one test, removed at its end.
 struct Account {
     user: String,

@@ -20,9 +20,11 @@ const USAGE: &str = "usage: postern-queue [-c FILE | --builtin-config] COMMAND
                      sender, the recipients left, and the last error
   show ID            its envelope, delivery log and header
   retry ID | --all   deliver now, whatever the back-off
-  hold ID            put it aside: no delivery until it is released
-  release ID         deliver it again as before
-  delete ID          remove it; nobody is told
+  hold ID...         put it aside: no delivery until it is released
+  release ID...      deliver it again as before
+  delete ID...       remove it; nobody is told
+                     (for hold, release and delete: ALL for every message it applies to,
+                     or - for the IDs on standard input, as postsuper reads them)
   init [--group NAME] [--sendmail PATH]
                      as root: create the service user (`user`), the drop group (postern-drop),
                      the spool and its maildrop/ with their owners and modes, and make
@@ -39,9 +41,9 @@ enum Command {
     List { json: bool },
     Show(QueueId),
     Retry(Option<QueueId>),
-    Hold(QueueId),
-    Release(QueueId),
-    Delete(QueueId),
+    Hold(Targets),
+    Release(Targets),
+    Delete(Targets),
     Init { group: String, sendmail: Option<PathBuf> },
 }
 
@@ -49,6 +51,29 @@ struct Args {
     config: Option<PathBuf>,
     builtin: bool,
     command: Command,
+}
+
+/// The messages `hold`, `release` or `delete` acts on.
+enum Targets {
+    Ids(Vec<QueueId>),
+    /// `ALL`: every message the command applies to (held ones for release, the others for hold).
+    All,
+    /// `-`: the IDs on standard input, white space between them.
+    Stdin,
+}
+
+/// `ID...`, `ALL` or `-`, the rest of the command line.
+fn targets(it: &mut impl Iterator<Item = String>, what: &str) -> Result<Targets, Exit> {
+    let first = it.next().ok_or(format!("{what} needs a queue ID, ALL or -\n{USAGE}"))?;
+    match first.as_str() {
+        "ALL" => Ok(Targets::All),
+        "-" => Ok(Targets::Stdin),
+        _ => std::iter::once(first).chain(it).map(|t| parse_id(&t)).collect::<Result<_, _>>().map(Targets::Ids),
+    }
+}
+
+fn parse_id(text: &str) -> Result<QueueId, Exit> {
+    QueueId::parse(text).ok_or_else(|| Exit::Usage(format!("`{text}` is not a queue ID")))
 }
 
 fn id_arg(it: &mut impl Iterator<Item = String>, what: &str) -> Result<QueueId, Exit> {
@@ -83,9 +108,9 @@ fn parse_args() -> Result<Args, Exit> {
                 }
                 break Command::Retry(Some(QueueId::parse(&next).ok_or(format!("`{next}` is not a queue ID"))?));
             }
-            "hold" => break Command::Hold(id_arg(&mut it, "hold")?),
-            "release" => break Command::Release(id_arg(&mut it, "release")?),
-            "delete" => break Command::Delete(id_arg(&mut it, "delete")?),
+            "hold" => break Command::Hold(targets(&mut it, "hold")?),
+            "release" => break Command::Release(targets(&mut it, "release")?),
+            "delete" => break Command::Delete(targets(&mut it, "delete")?),
             "init" => {
                 let (mut group, mut sendmail) = (DROP_GROUP.to_string(), None);
                 while let Some(flag) = it.next() {
@@ -181,24 +206,73 @@ fn run(args: &Args) -> Result<(), Fail> {
                 return Err(action(id, &ActionError::Busy));
             }
         }
-        Command::Hold(id) => {
-            spool.hold(id).map_err(|e| action(id, &e))?;
-            acted(id, "held");
-            println!("{id}: held");
+        Command::Hold(targets) => {
+            let ids = chosen(&spool, targets, |state| state != Found::Held)?;
+            each(&ids, "held", |id| {
+                spool.hold(id)?;
+                acted(id, "held");
+                Ok(format!("{id}: held"))
+            })?;
         }
-        Command::Release(id) => {
-            let to = spool.release(id).map_err(|e| action(id, &e))?;
-            acted(id, "released");
-            println!("{id}: released ({})", to.name());
+        Command::Release(targets) => {
+            let ids = chosen(&spool, targets, |state| state == Found::Held)?;
+            each(&ids, "released", |id| {
+                let to = spool.release(id)?;
+                acted(id, "released");
+                Ok(format!("{id}: released ({})", to.name()))
+            })?;
         }
-        Command::Delete(id) => {
-            spool.delete(id).map_err(|e| action(id, &e))?;
-            acted(id, "removed");
-            println!("{id}: deleted");
+        Command::Delete(targets) => {
+            let ids = chosen(&spool, targets, |_| true)?;
+            each(&ids, "deleted", |id| {
+                spool.delete(id)?;
+                acted(id, "removed");
+                Ok(format!("{id}: deleted"))
+            })?;
         }
         Command::Init { .. } => {}
     }
     Ok(())
+}
+
+/// The IDs `targets` names; for `ALL`, the queued messages whose state `applies`.
+fn chosen(spool: &Spool, targets: &Targets, applies: impl Fn(Found) -> bool) -> Result<Vec<QueueId>, Fail> {
+    match targets {
+        Targets::Ids(ids) => Ok(ids.clone()),
+        Targets::All => Ok(spool.all().into_iter().filter(|(state, _)| applies(*state)).map(|(_, id)| id).collect()),
+        Targets::Stdin => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .map_err(|e| Fail(1, format!("standard input: {e}")))?;
+            let ids = text.split_whitespace().map(|t| QueueId::parse(t).ok_or(t));
+            ids.collect::<Result<_, _>>().map_err(|t| Fail(2, format!("standard input: `{t}` is not a queue ID")))
+        }
+    }
+}
+
+/// Does `act` to each of `ids`, one line each; one that fails is said and the rest are still
+/// done. The status is the worst: 1 for a message that is not there or cannot be, else 75
+/// for one being delivered (try again).
+fn each(ids: &[QueueId], done: &str, act: impl Fn(&QueueId) -> Result<String, ActionError>) -> Result<(), Fail> {
+    let (mut status, mut failed) = (0, 0);
+    for id in ids {
+        match act(id) {
+            Ok(line) => println!("{line}"),
+            Err(e) => {
+                let Fail(code, text) = action(id, &e);
+                failed += 1;
+                if ids.len() == 1 {
+                    return Err(Fail(code, text));
+                }
+                eprintln!("postern-queue: {text}");
+                status = if status == 1 || code == 1 { 1 } else { code };
+            }
+        }
+    }
+    match status {
+        0 => Ok(()),
+        code => Err(Fail(code, format!("{failed} of {} messages not {done}", ids.len()))),
+    }
 }
 
 fn action(id: &QueueId, e: &ActionError) -> Fail {
