@@ -31,7 +31,7 @@ use crate::srs::Srs;
 pub struct Options {
     /// Only this message, whether due or not (`--id`).
     pub only: Option<QueueId>,
-    /// Every message, whether due or not (`postern-queue retry --all`).
+    /// Every message, whether due or not (`postern-queue flush`, or `retry --all`).
     pub force: bool,
     /// Say what would be done, change nothing.
     pub dry_run: bool,
@@ -62,6 +62,15 @@ impl Summary {
         self.corrupt += other.corrupt;
         self.halted |= other.halted;
     }
+}
+
+/// How far a run has come: the messages it looked at of those it listed (a second pass, for
+/// the bounces it made, lists more), and what became of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub listed: usize,
+    pub looked_at: usize,
+    pub summary: Summary,
 }
 
 /// How long a streaming run waits for the lock of a message just named in new/ before it
@@ -244,6 +253,8 @@ pub struct Runner<'a> {
     srs: Option<Srs>,
     /// The maildirs' `new/` fsyncs, shared by the threads delivering into one at once.
     dir_syncs: crate::flush::DirSyncs,
+    /// How far `run` has come, for a person watching (`progress`).
+    progress: Mutex<Progress>,
 }
 
 impl<'a> Runner<'a> {
@@ -267,6 +278,7 @@ impl<'a> Runner<'a> {
             srs,
             dir_syncs: crate::flush::DirSyncs::default(),
             streaming: AtomicBool::new(false),
+            progress: Mutex::new(Progress::default()),
         })
     }
 
@@ -328,6 +340,7 @@ impl<'a> Runner<'a> {
             if work.is_empty() {
                 break;
             }
+            self.progress.lock().unwrap_or_else(|e| e.into_inner()).listed += work.len();
             let (done, new) = self.process_all(work);
             summary.add(&done);
             made = new.into_iter().collect();
@@ -403,6 +416,11 @@ impl<'a> Runner<'a> {
         }
     }
 
+    /// How far `run` has come, asked from another thread while it works.
+    pub fn progress(&self) -> Progress {
+        self.progress.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Ends a run: QUIT on the sessions it kept.
     pub fn close(&self) {
         self.relay.close();
@@ -418,7 +436,12 @@ impl<'a> Runner<'a> {
             while !self.halted.load(Ordering::Relaxed) {
                 let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
                 let Some((place, id)) = next else { break };
-                made.extend(self.process(place, &id, &mut summary));
+                let mut one = Summary::default();
+                made.extend(self.process(place, &id, &mut one));
+                summary.add(&one);
+                let mut progress = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+                progress.looked_at += 1;
+                progress.summary.add(&one);
             }
             (summary, made)
         };

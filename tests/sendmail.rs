@@ -409,6 +409,35 @@ fn the_queue_tools_on_all_messages_and_on_ids_from_standard_input() {
     assert_eq!(queue(&["list"], "").1, "the queue is empty\n");
 }
 
+/// `flush` delivers every message now, whatever the back-off; on a terminal it shows how far
+/// it has come as it goes, off one it says only what it did.
+#[test]
+fn flush_delivers_everything_now_and_shows_its_progress_on_a_terminal() {
+    if skip_unless(have("script"), "script(1) is not installed (util-linux)") {
+        return;
+    }
+    // The DNS port is closed: each try defers.
+    let (_dir, conf) = setup("flush", "");
+    for n in 0..3 {
+        let out = sendmail(&conf, &["carol@remote.test"], format!("Subject: {n}\n\nx\n").as_bytes());
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    deliver(&conf, None, &[]);
+    let out = Command::new(queue_program()).arg("-c").arg(&conf).arg("flush").output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "3 messages: 0 sent, 3 deferred, 0 bounced, 0 busy\n");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("flush: "), "{}", text(&out));
+    // script(1) runs it on a terminal of its own, and copies what it shows.
+    let command = format!("{} -c {} flush", queue_program().display(), conf.display());
+    let out = Command::new("script").args(["-qec", &command, "/dev/null"]).output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("\r\x1b[Kflush: 3 of 3 messages: 0 sent, 3 deferred, 0 bounced\r\n"), "{shown:?}");
+    assert!(shown.contains("3 messages: 0 sent, 3 deferred, 0 bounced, 0 busy"), "{shown:?}");
+    let attempts = Command::new(queue_program()).arg("-c").arg(&conf).args(["list", "--json"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&attempts.stdout).matches("\"attempts\": 3").count(), 3);
+}
+
 /// A user and a group made for one test, removed at its end.
 struct Account {
     user: String,

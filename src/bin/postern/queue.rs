@@ -19,7 +19,9 @@ const USAGE: &str = "usage: postern-queue [-c FILE | --builtin-config] COMMAND
   list [--json]      every queued message: ID, state, arrival, size, attempts, next try,
                      sender, the recipients left, and the last error
   show ID            its envelope, delivery log and header
-  retry ID | --all   deliver now, whatever the back-off
+  retry ID           deliver it now, whatever the back-off
+  flush              deliver every message now, whatever the back-off (retry --all);
+                     on a terminal, how far it has come as it goes
   hold ID...         put it aside: no delivery until it is released
   release ID...      deliver it again as before
   delete ID...       remove it; nobody is told
@@ -40,7 +42,8 @@ const DROP_GROUP: &str = "postern-drop";
 enum Command {
     List { json: bool },
     Show(QueueId),
-    Retry(Option<QueueId>),
+    Retry(QueueId),
+    Flush,
     Hold(Targets),
     Release(Targets),
     Delete(Targets),
@@ -104,10 +107,11 @@ fn parse_args() -> Result<Args, Exit> {
             "retry" => {
                 let next = it.next().ok_or(format!("retry needs a queue ID or --all\n{USAGE}"))?;
                 if next == "--all" {
-                    break Command::Retry(None);
+                    break Command::Flush;
                 }
-                break Command::Retry(Some(QueueId::parse(&next).ok_or(format!("`{next}` is not a queue ID"))?));
+                break Command::Retry(parse_id(&next)?);
             }
+            "flush" => break Command::Flush,
             "hold" => break Command::Hold(targets(&mut it, "hold")?),
             "release" => break Command::Release(targets(&mut it, "release")?),
             "delete" => break Command::Delete(targets(&mut it, "delete")?),
@@ -184,27 +188,28 @@ fn run(args: &Args) -> Result<(), Fail> {
             print!("{}", if *json { queue::json(&entries) } else { queue::table(&entries) });
         }
         Command::Show(id) => show(&spool, id)?,
-        Command::Retry(only) => {
-            if let Some(id) = only {
-                match spool.find(id) {
-                    None => return Err(action(id, &ActionError::Unknown)),
-                    Some(Found::Held) => return Err(action(id, &ActionError::Wrong(Found::Held))),
-                    Some(_) => {}
-                }
+        Command::Retry(id) => {
+            match spool.find(id) {
+                None => return Err(action(id, &ActionError::Unknown)),
+                Some(Found::Held) => return Err(action(id, &ActionError::Wrong(Found::Held))),
+                Some(_) => {}
             }
-            let options = Options { only: only.clone(), force: only.is_none(), dry_run: false, now: None };
-            let runner = Runner::new(&config, options)?;
-            let s = runner.run();
-            println!(
-                "{} messages: {} sent, {} deferred, {} bounced, {} busy",
-                s.messages, s.sent, s.deferred, s.bounced, s.busy
-            );
-            if let Some(id) = only
-                && s.busy > 0
-                && spool.find(id).is_some()
-            {
+            let options = Options { only: Some(id.clone()), force: false, dry_run: false, now: None };
+            let s = Runner::new(&config, options)?.run();
+            println!("{}", said(&s));
+            if s.busy > 0 && spool.find(id).is_some() {
                 return Err(action(id, &ActionError::Busy));
             }
+        }
+        Command::Flush => {
+            let options = Options { only: None, force: true, dry_run: false, now: None };
+            let runner = Runner::new(&config, options)?;
+            let s = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                run_showing_progress(&runner)
+            } else {
+                runner.run()
+            };
+            println!("{}", said(&s));
         }
         Command::Hold(targets) => {
             let ids = chosen(&spool, targets, |state| state != Found::Held)?;
@@ -273,6 +278,46 @@ fn each(ids: &[QueueId], done: &str, act: impl Fn(&QueueId) -> Result<String, Ac
         0 => Ok(()),
         code => Err(Fail(code, format!("{failed} of {} messages not {done}", ids.len()))),
     }
+}
+
+/// What a run did, as its last line says it.
+fn said(s: &postern::deliver::Summary) -> String {
+    format!("{} messages: {} sent, {} deferred, {} bounced, {} busy", s.messages, s.sent, s.deferred, s.bounced, s.busy)
+}
+
+/// `runner.run()`, with a line on standard error (a terminal) rewritten every half second:
+/// the messages looked at of those listed, and what became of them so far.
+fn run_showing_progress(runner: &Runner) -> postern::deliver::Summary {
+    let finished = std::sync::atomic::AtomicBool::new(false);
+    let show = || {
+        let p = runner.progress();
+        let s = &p.summary;
+        // One write, whole, the line cleared first (what a log line left on it goes).
+        let line = format!(
+            "\r\x1b[Kflush: {} of {} messages: {} sent, {} deferred, {} bounced",
+            p.looked_at, p.listed, s.sent, s.deferred, s.bounced
+        );
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+    };
+    let summary = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !finished.load(std::sync::atomic::Ordering::Relaxed) {
+                show();
+                for _ in 0..5 {
+                    if finished.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            }
+        });
+        let summary = runner.run();
+        finished.store(true, std::sync::atomic::Ordering::Relaxed);
+        summary
+    });
+    show();
+    eprintln!();
+    summary
 }
 
 fn action(id: &QueueId, e: &ActionError) -> Fail {
