@@ -64,6 +64,59 @@ impl Summary {
     }
 }
 
+/// `sendmail -bv` (`postern-deliver --verify`): where mail to each address would go, a line
+/// for each place it would land (a maildir, a command or file of an alias, the servers of a
+/// remote address in the order they would be tried), or why it cannot; nothing is sent or
+/// queued. Whether every address can be delivered.
+pub fn verify(config: &Config, addresses: &[String]) -> Result<bool, String> {
+    let users = LocalUsers::load(config).map_err(|e| e.to_string())?;
+    let relay = Relay::new(config)?;
+    let mut all = true;
+    for text in addresses {
+        let rcpt = match crate::submit::forward_path(text, config.origin()) {
+            Ok(rcpt) => rcpt,
+            Err(e) => {
+                println!("{text}: undeliverable: {e}");
+                all = false;
+                continue;
+            }
+        };
+        let targets = match users.expand(&rcpt) {
+            Ok(targets) => targets,
+            Err(e) => {
+                let v = crate::outcome::judge(crate::outcome::Event::Alias(&e));
+                let what = if v.outcome == Outcome::Bounced { "undeliverable" } else { "not now" };
+                println!("{text}: {what}: {} {}", v.status, v.text);
+                all = false;
+                continue;
+            }
+        };
+        for target in targets {
+            let line = match &target {
+                Target::Mailbox { maildir, owner, .. } => match owner {
+                    Some(user) => format!("deliverable: maildir {} (written as {user})", maildir.display()),
+                    None => format!("deliverable: maildir {}", maildir.display()),
+                },
+                Target::Command { command, .. } => {
+                    format!("deliverable: command |{command} (run as {})", config.alias_user)
+                }
+                Target::File { path, .. } => format!("deliverable: file {} (as {})", path.display(), config.alias_user),
+                Target::Remote(mailbox) => match relay.verify(mailbox) {
+                    Ok(servers) => format!("deliverable: {mailbox} by {}", servers.join(", ")),
+                    Err(why) => {
+                        all = false;
+                        let what = if why.outcome == Outcome::Bounced { "undeliverable" } else { "not now" };
+                        format!("{what}: {mailbox}: {} {}", why.status_text(), why.text)
+                    }
+                },
+            };
+            println!("{text}: {line}");
+        }
+    }
+    relay.close();
+    Ok(all)
+}
+
 /// How far a run has come: the messages it looked at of those it listed (a second pass, for
 /// the bounces it made, lists more), and what became of them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

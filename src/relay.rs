@@ -180,6 +180,20 @@ impl<'a> Relay<'a> {
         })
     }
 
+    /// Where mail to `rcpt` would go, for `sendmail -bv`: its servers as `name[address]:port`,
+    /// in the order they would be tried, or why there is none, as a delivery would record it.
+    /// Nothing is sent.
+    pub fn verify(&self, rcpt: &Mailbox) -> Result<Vec<String>, Box<Attempt>> {
+        match self.destination(&self.route(rcpt)) {
+            Ok(d) => Ok(d.servers.iter().map(|s| format!("{}[{}]:{}", s.name, s.addr.ip(), s.addr.port())).collect()),
+            Err(none) => {
+                let key = Recipient::Address(rcpt.to_string());
+                let mut recorded = record(&Execution::NoRoute(none), &[key], 0);
+                Err(Box::new(recorded.remove(0)))
+            }
+        }
+    }
+
     fn route(&self, rcpt: &Mailbox) -> Route {
         match (rcpt.host(), &self.config.relayhost) {
             (_, Some(_)) => Route::Relayhost,

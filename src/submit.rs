@@ -100,7 +100,8 @@ fn qualify(address: &str, origin: &str) -> String {
     }
 }
 
-fn forward_path(text: &str, origin: &str) -> Result<ForwardPath, SubmitError> {
+/// A recipient as sendmail's command line gives it: `root` is `root@origin`.
+pub fn forward_path(text: &str, origin: &str) -> Result<ForwardPath, SubmitError> {
     let q = qualify(text, origin);
     ForwardPath::parse(q.as_bytes()).map_err(|e| SubmitError::BadAddress(text.to_string(), e))
 }

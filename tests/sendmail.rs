@@ -438,6 +438,45 @@ fn flush_delivers_everything_now_and_shows_its_progress_on_a_terminal() {
     assert_eq!(String::from_utf8_lossy(&attempts.stdout).matches("\"attempts\": 3").count(), 3);
 }
 
+/// `sendmail -bv`: where mail to each address would go (a maildir, each place an alias
+/// leads, a remote address's MX hosts in the order they would be tried) or why it cannot,
+/// and nothing is queued or sent; exit 0 only when every address can be delivered.
+#[test]
+fn bv_says_where_mail_would_go_and_sends_nothing() {
+    use hickory_proto::rr::RecordType::{A, MX};
+    use support::dns::{Answer, FakeDns};
+    // nowhere.test has no record at all: NXDOMAIN.
+    let dns = FakeDns::start(&[
+        ("far.test", MX, Answer::Mx(vec![(20, "mx2.far.test"), (10, "mx1.far.test")])),
+        ("mx1.far.test", A, Answer::Ip(vec!["127.0.0.2"])),
+        ("mx2.far.test", A, Answer::Ip(vec!["127.0.0.3"])),
+    ]);
+    let (dir, conf) = setup("verify", &format!("dns_servers = {}\n", dns.addr));
+    std::fs::write(dir.path().join("aliases"), "postmaster: alice\nstaff: alice, carol@far.test\n").unwrap();
+    let d = dir.path().display();
+    let out = sendmail(&conf, &["-bv", "alice", "staff@example.test"], b"");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        said,
+        format!(
+            "alice: deliverable: maildir {d}/maildirs/alice/\n\
+             staff@example.test: deliverable: maildir {d}/maildirs/alice/\n\
+             staff@example.test: deliverable: carol@far.test by mx1.far.test[127.0.0.2]:25, mx2.far.test[127.0.0.3]:25\n"
+        )
+    );
+    let out = sendmail(&conf, &["-bv", "bob", "nobody@example.test", "someone@nowhere.test"], b"");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(67), "{}", text(&out));
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(lines[0], format!("bob: deliverable: maildir {d}/maildirs/bob/"), "{said}");
+    assert!(lines[1].starts_with("nobody@example.test: undeliverable: 5.1.1 "), "{said}");
+    assert!(lines[2].starts_with("someone@nowhere.test: undeliverable: someone@nowhere.test: 5.1.2 "), "{said}");
+    assert_eq!(lines.len(), 3, "{said}");
+    assert!(support::list(&dir.path().join("spool/new")).is_empty(), "nothing is queued");
+    assert!(!dir.path().join("maildirs/alice").exists(), "nothing is delivered");
+}
+
 /// A user and a group made for one test, removed at its end.
 struct Account {
     user: String,

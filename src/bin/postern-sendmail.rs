@@ -31,6 +31,7 @@ const USAGE: &str = "usage: sendmail [flags] [recipient ...]
        sendmail -bp | mailq         the queue
        sendmail -bi | newaliases    check the aliases file
        sendmail -q                  run delivery now
+       sendmail -bv ADDRESS...      where mail to each would go, sent nowhere
   -i, -oi        a line with a single `.` does not end the message
   -f ADDR        the envelope sender (`-f ''` or `-f '<>'`: the null sender); also -r
   -F NAME        the full name for an added From: field
@@ -39,12 +40,14 @@ const USAGE: &str = "usage: sendmail [flags] [recipient ...]
   --help, --version
 Accepted and ignored, as other MTAs' sendmail does: -B TYPE, -N DSN, -R RET, -V ENVID,
 -L TAG, -h N, -A X, -X FILE, -o OPTION (but -oi), -G, -U, -m, -n, -od*, -oe*.
-Exit codes are those of sysexits.h: 0 queued, 64 usage, 65 bad data, 69 no spool,
+Exit codes are those of sysexits.h: 0 queued, 64 usage, 65 bad data, 67 an address -bv
+cannot deliver to, 69 no spool,
 73 cannot queue, 75 try again later, 77 no permission, 78 configuration.";
 
 // sysexits.h
 const EX_USAGE: u8 = 64;
 const EX_DATAERR: u8 = 65;
+const EX_NOUSER: u8 = 67;
 const EX_UNAVAILABLE: u8 = 69;
 const EX_SOFTWARE: u8 = 70;
 const EX_OSERR: u8 = 71;
@@ -66,6 +69,8 @@ enum Mode {
     Aliases,
     /// -q: run delivery now.
     Run,
+    /// -bv: where mail to the recipients would go (postern-deliver --verify).
+    Verify,
 }
 
 #[derive(Debug)]
@@ -165,6 +170,7 @@ fn take_value(args: &mut Args, flag: char, value: String) -> Result<(), Fail> {
                 "s" => Mode::Smtp,
                 "p" => Mode::List,
                 "i" => Mode::Aliases,
+                "v" => Mode::Verify,
                 "d" | "D" => return Err(Fail(EX_USAGE, "-bd: the daemon is postern-smtpd".to_string())),
                 other => return Err(Fail(EX_USAGE, format!("-b{other}: not supported\n{USAGE}"))),
             }
@@ -225,6 +231,7 @@ fn run(args: &Args) -> Result<(), Fail> {
         Mode::List => list_queue(&config),
         Mode::Aliases => check_aliases(&config),
         Mode::Run => run_delivery(args, &config),
+        Mode::Verify => verify(args, &config),
     }
 }
 
@@ -494,6 +501,24 @@ fn run_delivery(args: &Args, config: &Config) -> Result<(), Fail> {
     if status.success() { Ok(()) } else { Err(Fail(EX_TEMPFAIL, format!("{} failed ({status})", deliver.display()))) }
 }
 
+/// `-bv`: `postern-deliver --verify` says where mail to each recipient would go; exit 0 when
+/// every one can be delivered, EX_NOUSER when one cannot.
+fn verify(args: &Args, config: &Config) -> Result<(), Fail> {
+    if args.recipients.is_empty() {
+        return Err(Fail(EX_USAGE, "-bv needs an address".to_string()));
+    }
+    let exe = std::env::current_exe().map_err(|e| Fail(EX_SOFTWARE, e.to_string()))?;
+    let deliver = exe.with_file_name("postern-deliver");
+    let mut cmd = std::process::Command::new(&deliver);
+    cmd.args(config.program_args()).arg("--verify").args(&args.recipients);
+    let status = cmd.status().map_err(|e| Fail(EX_UNAVAILABLE, format!("{}: {e}", deliver.display())))?;
+    match status.code() {
+        Some(0) => Ok(()),
+        Some(1) => Err(Fail(EX_NOUSER, "not every address can be delivered".to_string())),
+        _ => Err(Fail(EX_SOFTWARE, format!("{} failed ({status})", deliver.display()))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -525,13 +550,14 @@ mod tests {
         assert_eq!(parse("-q").mode, Mode::Run);
         assert_eq!(parse("-q30m").mode, Mode::Run);
         assert_eq!(parse("-bp").mode, Mode::List);
+        assert_eq!(parse("-bv").mode, Mode::Verify);
         assert_eq!(parse_args("mailq", &[]).map(|a| a.mode).ok(), Some(Mode::List));
         assert_eq!(parse_args("newaliases", &[]).map(|a| a.mode).ok(), Some(Mode::Aliases));
     }
 
     #[test]
     fn bad_flags_are_usage_errors() {
-        for line in [&["-bd"][..], &["-Z"], &["-f"], &["-bv", "root"]] {
+        for line in [&["-bd"][..], &["-Z"], &["-f"], &["-bt", "root"]] {
             let argv: Vec<String> = line.iter().map(|s| s.to_string()).collect();
             assert!(matches!(parse_args("sendmail", &argv), Err(Fail(EX_USAGE, _))), "{line:?}");
         }

@@ -23,6 +23,10 @@ const USAGE: &str =
   --dry-run   say what is due, change nothing
   --check     check the configuration and what it names (user, spool, tables, credentials),
               print each problem, and exit 0 only when there is none
+  --verify ADDRESS...
+              say where mail to each address would go (a maildir, an alias's command or
+              file, the servers of a remote address in the order they would be tried), or
+              why it cannot; nothing is sent. Exit 0 only when every one can (sendmail -bv)
   -v          log each step, and show every log line on stderr
   --dkim-keygen  write a new DKIM key to FILE (RSA, 2048 bits unless --bits; or Ed25519),
               or read FILE when it exists, and print its dkim_keys line and DNS record
@@ -42,6 +46,8 @@ struct Args {
     instant: bool,
     /// The instant delivery lock is held, on descriptor 3 (passed by src/launch.rs).
     lock_passed: bool,
+    /// `--verify ADDRESS...`.
+    verify: Vec<String>,
 }
 
 fn parse_args() -> Result<Args, Exit> {
@@ -56,6 +62,7 @@ fn parse_args() -> Result<Args, Exit> {
         launcher: false,
         instant: false,
         lock_passed: false,
+        verify: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -73,6 +80,12 @@ fn parse_args() -> Result<Args, Exit> {
             "--instant" => args.instant = true,
             postern::launch::LOCK_PASSED => args.lock_passed = true,
             "--check" => args.check = true,
+            "--verify" => {
+                args.verify = it.by_ref().collect();
+                if args.verify.is_empty() {
+                    return Err(Exit::Usage("--verify needs an address".into()));
+                }
+            }
             "-v" => args.verbose = true,
             "-h" | "--help" => return Err(Exit::Say(USAGE.into())),
             "-V" | "--version" => return Err(cli::version("postern-deliver")),
@@ -189,6 +202,15 @@ pub fn main() -> ExitCode {
             Err(e) => {
                 logging::fatal("postern-deliver", &format!("local writer: {e}"));
                 ExitCode::FAILURE
+            }
+        };
+    }
+    if !args.verify.is_empty() {
+        return match postern::deliver::verify(&config, &args.verify) {
+            Ok(all) => exit(all),
+            Err(e) => {
+                eprintln!("postern-deliver: {e}");
+                ExitCode::from(2)
             }
         };
     }
