@@ -156,6 +156,22 @@ fn load_credentials(config: &Config) -> Result<Option<(String, String)>, String>
 }
 
 impl<'a> Relay<'a> {
+    /// A relay that only routes (`verify`): no signing keys or relayhost credentials read,
+    /// which `sendmail -bv` run by any user may not be able to read.
+    pub fn for_routes(config: &'a Config) -> Relay<'a> {
+        Relay {
+            config,
+            dkim: None,
+            credentials: None,
+            dns: Mutex::new(Vec::new()),
+            pool: Mutex::new(Pool::default()),
+            returned: Condvar::new(),
+            unreachable: Mutex::new(HashMap::new()),
+            sts: config.mta_sts.then(|| Policies::new(config.spool.join("mta-sts"), config.connect_timeout)),
+            tlsa: config.dane.then(PerRun::default),
+        }
+    }
+
     pub fn new(config: &'a Config) -> Result<Relay<'a>, String> {
         let dkim = match &config.dkim_keys {
             Some(path) => {
@@ -167,17 +183,8 @@ impl<'a> Relay<'a> {
             }
             None => None,
         };
-        Ok(Relay {
-            config,
-            dkim,
-            credentials: load_credentials(config).map_err(|e| format!("relayhost_auth_file: {e}"))?,
-            dns: Mutex::new(Vec::new()),
-            pool: Mutex::new(Pool::default()),
-            returned: Condvar::new(),
-            unreachable: Mutex::new(HashMap::new()),
-            sts: config.mta_sts.then(|| Policies::new(config.spool.join("mta-sts"), config.connect_timeout)),
-            tlsa: config.dane.then(PerRun::default),
-        })
+        let credentials = load_credentials(config).map_err(|e| format!("relayhost_auth_file: {e}"))?;
+        Ok(Relay { dkim, credentials, ..Relay::for_routes(config) })
     }
 
     /// Where mail to `rcpt` would go, for `sendmail -bv`: its servers as `name[address]:port`,
