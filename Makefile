@@ -105,13 +105,33 @@ DEB_ROOT ?= target/deb/root
 DEB_OUT ?= target
 deb: build deb-files
 
+# Who the package names as its maintainer: the person or team that builds and ships it.
+DEB_MAINTAINER ?= postern developers <postern@example.org>
+DEB_DOC = $(DEB_ROOT)/usr/share/doc/postern
+DEB_MAN = $(DEB_ROOT)/usr/share/man
+
+# As Debian policy asks: the manual pages compressed, each command with a page (sendmail,
+# mailq and newaliases share postern-sendmail's, postern its own), links relative, a
+# copyright file and a changelog, and the md5sums of every file but the conffiles.
 deb-files:
 	rm -rf $(DEB_ROOT)
 	$(MAKE) install-files DESTDIR=$(abspath $(DEB_ROOT)) PREFIX=/usr
+	ln -sfn postern-sendmail $(DEB_ROOT)/usr/sbin/sendmail
+	for l in mailq newaliases; do ln -sfn ../sbin/postern-sendmail $(DEB_ROOT)/usr/bin/$$l; done
+	gzip -9n $(DEB_MAN)/man5/*.5 $(DEB_MAN)/man8/*.8
+	install -d $(DEB_MAN)/man1
+	ln -sfn postern-sendmail.8.gz $(DEB_MAN)/man8/sendmail.8.gz
+	for l in mailq newaliases; do ln -sfn ../man8/postern-sendmail.8.gz $(DEB_MAN)/man1/$$l.1.gz; done
+	install -d $(DEB_DOC)
+	install -m 0644 contrib/debian/copyright $(DEB_DOC)/copyright
+	sed 's/@VERSION@/$(VERSION)/; s/@MAINTAINER@/$(DEB_MAINTAINER)/; s/@DATE@/'"$$(date -R)"'/' \
+		contrib/debian/changelog.in | gzip -9n > $(DEB_DOC)/changelog.gz
 	install -d $(DEB_ROOT)/DEBIAN
-	sed 's/@VERSION@/$(VERSION)/; s/@ARCH@/$(ARCH)/' contrib/debian/control.in > $(DEB_ROOT)/DEBIAN/control
+	sed 's/@VERSION@/$(VERSION)/; s/@ARCH@/$(ARCH)/; s/@MAINTAINER@/$(DEB_MAINTAINER)/' \
+		contrib/debian/control.in > $(DEB_ROOT)/DEBIAN/control
 	printf '/etc/postern/postern.conf\n/etc/cron.d/postern\n' > $(DEB_ROOT)/DEBIAN/conffiles
 	install -m 0755 contrib/debian/postinst $(DEB_ROOT)/DEBIAN/postinst
+	cd $(DEB_ROOT) && find usr -type f -printf '%P\n' | sort | sed 's#^#usr/#' | xargs md5sum > DEBIAN/md5sums
 	dpkg-deb --root-owner-group --build $(DEB_ROOT) $(DEB_OUT)/postern_$(VERSION)_$(ARCH).deb
 
 clean:

@@ -593,7 +593,7 @@ fn the_man_pages_render_cleanly_and_name_every_key() {
         .into_iter()
         .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("8" | "5")))
         .collect();
-    assert_eq!(pages.len(), 5, "{pages:?}");
+    assert_eq!(pages.len(), 6, "{pages:?}");
     for page in &pages {
         let out = Command::new("man").args(["--warnings", "-l"]).arg(page).env("MANWIDTH", "80").output().unwrap();
         assert!(
@@ -806,11 +806,14 @@ fn make_deb_builds_a_package_that_is_the_boxs_mta() {
     let listing = Command::new("dpkg-deb").arg("--contents").arg(&deb).output().unwrap();
     let listing = String::from_utf8_lossy(&listing.stdout).to_string();
     for entry in [
-        "./usr/sbin/sendmail -> /usr/sbin/postern-sendmail",
-        "./usr/bin/mailq -> /usr/sbin/postern-sendmail",
+        "./usr/sbin/sendmail -> postern-sendmail",
+        "./usr/bin/mailq -> ../sbin/postern-sendmail",
         "./usr/sbin/postern-queue -> postern",
         "./usr/sbin/postern-sendmail",
-        "./usr/share/man/man8/postern-sendmail.8",
+        "./usr/share/man/man8/postern-sendmail.8.gz",
+        "./usr/share/man/man1/mailq.1.gz -> ../man8/postern-sendmail.8.gz",
+        "./usr/share/doc/postern/copyright",
+        "./usr/share/doc/postern/changelog.gz",
         "./usr/lib/systemd/system/postern-deliver.timer",
         "./etc/postern/postern.conf",
         "./etc/cron.d/postern",
@@ -821,7 +824,15 @@ fn make_deb_builds_a_package_that_is_the_boxs_mta() {
     assert_eq!(String::from_utf8_lossy(&conffiles.stdout), "/etc/postern/postern.conf\n/etc/cron.d/postern\n");
     let control = Command::new("dpkg-deb").arg("--info").arg(&deb).output().unwrap();
     let control = String::from_utf8_lossy(&control.stdout).to_string();
-    assert!(control.contains("postinst") && control.contains("conffiles"), "{control}");
+    assert!(control.contains("postinst") && control.contains("conffiles") && control.contains("md5sums"), "{control}");
+    // Debian's own check of a package: no error and no warning.
+    if support::skip_unless(support::have("lintian"), "lintian is not installed") {
+        return;
+    }
+    let out = Command::new("lintian").arg(&deb).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let found: Vec<&str> = said.lines().filter(|l| l.starts_with("E: ") || l.starts_with("W: ")).collect();
+    assert!(found.is_empty() && out.status.success(), "{said}");
 }
 
 /// Mail arrives while the configuration file is replaced by a broken one, an empty one, one
