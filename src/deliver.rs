@@ -85,8 +85,7 @@ pub fn verify(config: &Config, addresses: &[String]) -> Result<bool, String> {
             Ok(targets) => targets,
             Err(e) => {
                 let v = crate::outcome::judge(crate::outcome::Event::Alias(&e));
-                let what = if v.outcome == Outcome::Bounced { "undeliverable" } else { "not now" };
-                println!("{text}: {what}: {} {}", v.status, v.text);
+                println!("{text}: {}: {} {}", cannot(v.outcome), v.status, v.text);
                 all = false;
                 continue;
             }
@@ -105,8 +104,7 @@ pub fn verify(config: &Config, addresses: &[String]) -> Result<bool, String> {
                     Ok(servers) => format!("deliverable: {mailbox} by {}", servers.join(", ")),
                     Err(why) => {
                         all = false;
-                        let what = if why.outcome == Outcome::Bounced { "undeliverable" } else { "not now" };
-                        format!("{what}: {mailbox}: {} {}", why.status_text(), why.text)
+                        format!("{}: {mailbox}: {} {}", cannot(why.outcome), why.status_text(), why.text)
                     }
                 },
             };
@@ -115,6 +113,11 @@ pub fn verify(config: &Config, addresses: &[String]) -> Result<bool, String> {
     }
     relay.close();
     Ok(all)
+}
+
+/// How `verify` says an address cannot be delivered: for good, or for now.
+fn cannot(outcome: Outcome) -> &'static str {
+    if outcome == Outcome::Bounced { "undeliverable" } else { "not now" }
 }
 
 /// How far a run has come: the messages it looked at of those it listed (a second pass, for

@@ -80,6 +80,10 @@ fn inetd_mode_runs_one_session_over_a_pipe() {
     assert!(lines.iter().any(|l| l.ends_with(reject)), "{lines:#?}");
 }
 
+/// systemd socket activation (sd_listen_fds(3)), as `systemd-socket-activate` does it: the
+/// listener passed as descriptor 3 is served, the first client (whose connection started the
+/// daemon) and the next, after the daemon has started itself again to set its thread stack
+/// cache: in the same process, which LISTEN_PID names, with the same descriptors and name.
 #[test]
 fn socket_activation_uses_the_passed_socket() {
     require_tool("systemd-socket-activate");
@@ -111,12 +115,31 @@ fn socket_activation_uses_the_passed_socket() {
         std::thread::sleep(Duration::from_millis(50));
     }
     // systemd-socket-activate starts the program on the first connection.
-    let mut c = Client::greeted(addr);
-    c.cmd("EHLO x");
-    assert_eq!(code(&c.mail("a@remote.test", &["alice@example.test"], b"activated")), "250 2.0.0");
+    for n in 0..2 {
+        let mut c = Client::greeted(addr);
+        c.cmd("EHLO x");
+        assert_eq!(
+            code(&c.mail("a@remote.test", &["alice@example.test"], format!("activated {n}").as_bytes())),
+            "250 2.0.0"
+        );
+    }
+    // The daemon (the process whose arguments name this configuration), under its own name
+    // for ps and pkill.
+    let daemon = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            let args = std::fs::read(p.join("cmdline")).unwrap_or_default();
+            args.split(|&b| b == 0).any(|a| a == conf.as_os_str().as_encoded_bytes())
+        })
+        .expect("the daemon");
+    let comm = std::fs::read_to_string(daemon.join("comm")).unwrap();
+    assert_eq!(comm.trim(), "postern-smtpd");
+    let _ = Command::new("kill").arg(daemon.file_name().unwrap()).status();
     let _ = child.kill();
     let _ = child.wait();
-    assert_eq!(support::list(&dir.path().join("spool/new")).len(), 1);
+    assert_eq!(support::list(&dir.path().join("spool/new")).len(), 2);
     assert!(log.lock().unwrap().contains(&format!("listening on 127.0.0.1:{port}")), "{}", log.lock().unwrap());
 }
 
@@ -896,64 +919,4 @@ fn a_loaded_reload_of_broken_empty_and_good_files_loses_nothing() {
     subjects.dedup();
     assert_eq!(subjects.len(), MESSAGES, "{}", server.log());
     assert!(!server.dir.path().join("elsewhere").exists(), "the spool did not move");
-}
-
-/// systemd socket activation (sd_listen_fds(3)), as `systemd-socket-activate` does it: the
-/// listener passed as descriptor 3 is served, the first client (whose connection started the
-/// daemon) and the next, after the daemon has started itself again to set its thread stack
-/// cache: in the same process, which LISTEN_PID names, with the same descriptors and name.
-#[test]
-fn a_listener_passed_by_socket_activation_is_served() {
-    if support::skip_unless(support::have("systemd-socket-activate"), "systemd-socket-activate is not installed") {
-        return;
-    }
-    let (dir, conf) = support::configured("activation", "");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut activator = Command::new("systemd-socket-activate")
-        .arg(format!("--listen={addr}"))
-        .arg(support::smtpd_binary())
-        .arg("-c")
-        .arg(&conf)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut first = loop {
-        match std::net::TcpStream::connect(addr) {
-            Ok(stream) => break stream,
-            Err(e) => {
-                assert!(Instant::now() < deadline, "nothing listens on {addr}: {e}");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    };
-    first.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut greeting = [0u8; 4];
-    std::io::Read::read_exact(&mut first, &mut greeting).unwrap();
-    assert_eq!(&greeting, b"220 ");
-    drop(first);
-    for n in 0..2 {
-        let mut c = Client::greeted(addr);
-        c.cmd("EHLO client.test");
-        c.open_data("someone@remote.test", &["alice@example.test"]);
-        assert_eq!(code(&c.mail_text(format!("Subject: activated {n}\r\n\r\nx\r\n").as_bytes())), "250 2.0.0");
-    }
-    // The daemon (the process whose arguments name this configuration), under its own name
-    // for ps and pkill.
-    let daemon = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            let args = std::fs::read(p.join("cmdline")).unwrap_or_default();
-            args.split(|&b| b == 0).any(|a| a == conf.as_os_str().as_encoded_bytes())
-        })
-        .expect("the daemon");
-    let comm = std::fs::read_to_string(daemon.join("comm")).unwrap();
-    assert_eq!(comm.trim(), "postern-smtpd");
-    let _ = Command::new("kill").arg(daemon.file_name().unwrap()).status();
-    let _ = activator.kill();
-    let _ = activator.wait();
-    assert_eq!(support::list(&dir.path().join("spool/new")).len(), 2);
 }

@@ -360,17 +360,7 @@ fn the_queue_tools_on_all_messages_and_on_ids_from_standard_input() {
         assert!(out.status.success(), "{}", text(&out));
     }
     let queue = |args: &[&str], input: &str| {
-        let mut child = Command::new(queue_program())
-            .arg("-c")
-            .arg(&conf)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = run(Command::new(queue_program()).arg("-c").arg(&conf).args(args), input.as_bytes());
         (out.status.code(), text(&out))
     };
     let spool = dir.path().join("spool");

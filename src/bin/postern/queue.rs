@@ -288,7 +288,6 @@ fn said(s: &postern::deliver::Summary) -> String {
 /// `runner.run()`, with a line on standard error (a terminal) rewritten every half second:
 /// the messages looked at of those listed, and what became of them so far.
 fn run_showing_progress(runner: &Runner) -> postern::deliver::Summary {
-    let finished = std::sync::atomic::AtomicBool::new(false);
     let show = || {
         let p = runner.progress();
         let s = &p.summary;
@@ -299,20 +298,18 @@ fn run_showing_progress(runner: &Runner) -> postern::deliver::Summary {
         );
         let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
     };
+    // Dropping `finished` when the run is over ends the thread that shows the line.
+    let (finished, ended) = std::sync::mpsc::channel::<()>();
     let summary = std::thread::scope(|scope| {
-        scope.spawn(|| {
-            while !finished.load(std::sync::atomic::Ordering::Relaxed) {
+        scope.spawn(move || {
+            show();
+            let half_second = std::time::Duration::from_millis(500);
+            while ended.recv_timeout(half_second) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
                 show();
-                for _ in 0..5 {
-                    if finished.load(std::sync::atomic::Ordering::Relaxed) {
-                        break;
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
             }
         });
         let summary = runner.run();
-        finished.store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(finished);
         summary
     });
     show();
