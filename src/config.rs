@@ -254,6 +254,16 @@ pub enum TlsMode {
     Verify,
 }
 
+impl TlsMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            TlsMode::May => "may",
+            TlsMode::Encrypt => "encrypt",
+            TlsMode::Verify => "verify",
+        }
+    }
+}
+
 /// `milter_default_action`: what a milter that fails gets, for the rest of the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MilterDefault {
@@ -263,6 +273,16 @@ pub enum MilterDefault {
     Accept,
     /// Every later command refused (`550 5.7.1`).
     Reject,
+}
+
+impl MilterDefault {
+    pub fn name(self) -> &'static str {
+        match self {
+            MilterDefault::Tempfail => "tempfail",
+            MilterDefault::Accept => "accept",
+            MilterDefault::Reject => "reject",
+        }
+    }
 }
 
 /// A configuration error: `file:line: key: message`.
@@ -446,7 +466,7 @@ impl Config {
             "hostname" => self.hostname = hostname(v)?,
             "listen" => self.listen = list(v).map(listen).collect::<Result<_, _>>()?,
             "spool" => self.spool = path(v)?,
-            "user" => self.user = Some(word(v)?),
+            "user" => self.user = optional(v, word)?,
             "local_domains" => {
                 self.local_domains = list(v).map(|d| hostname(d).map(|h| h.to_lowercase())).collect::<Result<_, _>>()?
             }
@@ -455,7 +475,7 @@ impl Config {
                     .map(|c| Cidr::parse(c).ok_or(format!("`{c}` is not an address or CIDR block")))
                     .collect::<Result<_, _>>()?
             }
-            "mailboxes" => self.mailboxes = Some(path(v)?),
+            "mailboxes" => self.mailboxes = optional(v, path)?,
             "mailbox_template" => self.mailbox_template = template(v)?,
             "local_users" => {
                 self.system_users = match v {
@@ -464,7 +484,7 @@ impl Config {
                     _ => return Err("expected system or table".into()),
                 }
             }
-            "aliases" => self.aliases = Some(path(v)?),
+            "aliases" => self.aliases = optional(v, path)?,
             "follow_maildir_symlinks" => self.follow_maildir_symlinks = switch(v)?,
             "instant_delivery" => self.instant_delivery = switch(v)?,
             "alias_user" => {
@@ -489,10 +509,10 @@ impl Config {
             "data_timeout" => self.data_timeout = timeout(v)?,
             "min_data_rate" => self.min_data_rate = count(v, 1)?,
             "starttls_timeout" => self.starttls_timeout = timeout(v)?,
-            "tls_cert" => self.tls_cert = Some(path(v)?),
-            "tls_key" => self.tls_key = Some(path(v)?),
-            "auth_users" => self.auth_users = Some(path(v)?),
-            "auth_senders" => self.auth_senders = Some(path(v)?),
+            "tls_cert" => self.tls_cert = optional(v, path)?,
+            "tls_key" => self.tls_key = optional(v, path)?,
+            "auth_users" => self.auth_users = optional(v, path)?,
+            "auth_senders" => self.auth_senders = optional(v, path)?,
             "auth_plaintext" => {
                 self.auth_plaintext_loopback = match v {
                     "loopback" => true,
@@ -503,7 +523,7 @@ impl Config {
             "auth_failure_limit" => self.auth_failure_limit = count(v, 1)?,
             "auth_lockout_time" => self.auth_lockout_time = bounded(positive(duration(v)?)?, DAY)?,
             "submission_hide_client" => self.submission_hide_client = switch(v)?,
-            "dkim_keys" => self.dkim_keys = Some(path(v)?),
+            "dkim_keys" => self.dkim_keys = optional(v, path)?,
             "reverse_dns" => self.reverse_dns = switch(v)?,
             "dnsbl" => self.dnsbl = crate::policy::dnsbl::parse_lists(v)?,
             "dnsbl_threshold" => {
@@ -541,8 +561,8 @@ impl Config {
             "dmarc" => self.dmarc = switch(v)?,
             "junk_folder" => self.junk_folder = folder(v)?,
             "srs" => self.srs = switch(v)?,
-            "srs_domain" => self.srs_domain = Some(hostname(v)?.to_lowercase()),
-            "srs_secret" => self.srs_secret = Some(path(v)?),
+            "srs_domain" => self.srs_domain = optional(v, |v| hostname(v).map(|h| h.to_lowercase()))?,
+            "srs_secret" => self.srs_secret = optional(v, path)?,
             "mta_sts" => self.mta_sts = switch(v)?,
             "dane" => self.dane = switch(v)?,
             "milters" => self.milters = milters(v)?,
@@ -563,7 +583,7 @@ impl Config {
             "max_queue_lifetime" => self.max_queue_lifetime = bounded(positive(duration(v)?)?, 100 * DAY)?,
             "delay_warning_time" => self.delay_warning_time = bounded(duration(v)?, 100 * DAY)?,
             "smtp_port" => self.smtp_port = count(v, 1)?,
-            "relayhost" => self.relayhost = Some(host_port(v, 25)?),
+            "relayhost" => self.relayhost = optional(v, |v| host_port(v, 25))?,
             "relayhost_tls" => {
                 self.relayhost_tls = match v {
                     "may" => TlsMode::May,
@@ -572,7 +592,7 @@ impl Config {
                     _ => return Err("expected may, encrypt or verify".into()),
                 }
             }
-            "relayhost_auth_file" => self.relayhost_auth_file = Some(path(v)?),
+            "relayhost_auth_file" => self.relayhost_auth_file = optional(v, path)?,
             "max_delivery_threads" => self.max_delivery_threads = count(v, 1)?,
             "max_per_destination" => self.max_per_destination = count(v, 1)?,
             "dns_servers" => self.dns_servers = list(v).map(dns_server).collect::<Result<_, _>>()?,
@@ -592,6 +612,113 @@ impl Config {
             _ => return Err("unknown key".into()),
         }
         Ok(())
+    }
+
+    /// Every key with its value, written as `set` reads it, in alphabetical order: what
+    /// `postern-smtpd --show-config` prints. An unset key's value is empty (`relayhost =`).
+    pub fn settings(&self) -> Vec<(&'static str, String)> {
+        let on = |b: bool| if b { "on" } else { "off" }.to_string();
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        let join = |items: Vec<String>| items.join(", ");
+        let mut out = vec![
+            ("hostname", self.hostname.clone()),
+            ("listen", join(self.listen.iter().map(show_listen).collect())),
+            ("spool", self.spool.display().to_string()),
+            ("user", self.user.clone().unwrap_or_default()),
+            ("local_domains", self.local_domains.join(", ")),
+            ("trusted_networks", join(self.trusted_networks.iter().map(Cidr::to_string).collect())),
+            ("mailboxes", path(&self.mailboxes)),
+            ("mailbox_template", self.mailbox_template.clone()),
+            ("local_users", if self.system_users { "system" } else { "table" }.into()),
+            ("aliases", path(&self.aliases)),
+            ("follow_maildir_symlinks", on(self.follow_maildir_symlinks)),
+            ("instant_delivery", on(self.instant_delivery)),
+            ("alias_user", self.alias_user.clone()),
+            ("alias_timeout", show_duration(self.alias_timeout)),
+            ("recipient_delimiter", self.recipient_delimiter.clone()),
+            ("message_size_limit", self.message_size_limit.to_string()),
+            ("max_recipients", self.max_recipients.to_string()),
+            ("max_connections", self.max_connections.to_string()),
+            ("max_per_ip", self.max_per_ip.to_string()),
+            ("hard_error_limit", self.hard_error_limit.to_string()),
+            ("soft_error_limit", self.soft_error_limit.to_string()),
+            ("error_sleep_time", show_duration(self.error_sleep_time)),
+            ("junk_command_limit", self.junk_command_limit.to_string()),
+            ("vrfy", on(self.vrfy)),
+            ("expn", on(self.expn)),
+            ("command_timeout", show_duration(self.command_timeout)),
+            ("data_timeout", show_duration(self.data_timeout)),
+            ("min_data_rate", self.min_data_rate.to_string()),
+            ("starttls_timeout", show_duration(self.starttls_timeout)),
+            ("tls_cert", path(&self.tls_cert)),
+            ("tls_key", path(&self.tls_key)),
+            ("auth_users", path(&self.auth_users)),
+            ("auth_senders", path(&self.auth_senders)),
+            ("auth_plaintext", if self.auth_plaintext_loopback { "loopback" } else { "off" }.into()),
+            ("auth_failure_limit", self.auth_failure_limit.to_string()),
+            ("auth_lockout_time", show_duration(self.auth_lockout_time)),
+            ("submission_hide_client", on(self.submission_hide_client)),
+            ("dkim_keys", path(&self.dkim_keys)),
+            ("reverse_dns", on(self.reverse_dns)),
+            ("dnsbl", join(self.dnsbl.iter().map(show_list).collect())),
+            ("dnsbl_threshold", self.dnsbl_threshold.to_string()),
+            ("dnsbl_timeout", show_duration(self.dnsbl_timeout)),
+            ("greylist", on(self.greylist)),
+            ("greylist_delay", show_duration(self.greylist_delay)),
+            ("max_connection_rate", self.max_connection_rate.to_string()),
+            ("max_message_rate", self.max_message_rate.to_string()),
+            ("greet_pause", if self.greet_pause.is_zero() { "off".into() } else { show_duration(self.greet_pause) }),
+            ("reject_local_senders", on(self.reject_local_senders)),
+            ("spf", on(self.spf)),
+            ("spf_fail", if self.spf_fail_reject { "reject" } else { "accept" }.into()),
+            ("spf_temperror", if self.spf_temperror_defer { "defer" } else { "accept" }.into()),
+            ("dkim_verify", on(self.dkim_verify)),
+            ("dmarc", on(self.dmarc)),
+            ("junk_folder", self.junk_folder.clone()),
+            ("srs", on(self.srs)),
+            ("srs_domain", self.srs_domain.clone().unwrap_or_default()),
+            ("srs_secret", path(&self.srs_secret)),
+            ("mta_sts", on(self.mta_sts)),
+            ("dane", on(self.dane)),
+            ("milters", join(self.milters.iter().map(ToString::to_string).collect())),
+            ("non_smtpd_milters", join(self.non_smtpd_milters.iter().map(ToString::to_string).collect())),
+            ("milter_default_action", self.milter_default_action.name().into()),
+            ("milter_timeout", show_duration(self.milter_timeout)),
+            ("spf_timeout", show_duration(self.spf_timeout)),
+            ("reverse_dns_timeout", show_duration(self.reverse_dns_timeout)),
+            ("min_backoff", show_duration(self.min_backoff)),
+            ("max_backoff", show_duration(self.max_backoff)),
+            ("max_queue_lifetime", show_duration(self.max_queue_lifetime)),
+            ("delay_warning_time", show_duration(self.delay_warning_time)),
+            ("smtp_port", self.smtp_port.to_string()),
+            ("relayhost", self.relayhost.as_ref().map(|(h, p)| show_host_port(h, *p)).unwrap_or_default()),
+            ("relayhost_tls", self.relayhost_tls.name().into()),
+            ("relayhost_auth_file", path(&self.relayhost_auth_file)),
+            ("max_delivery_threads", self.max_delivery_threads.to_string()),
+            ("max_per_destination", self.max_per_destination.to_string()),
+            ("dns_servers", join(self.dns_servers.iter().map(ToString::to_string).collect())),
+            ("dns_timeout", show_duration(self.dns_timeout)),
+            ("connect_timeout", show_duration(self.connect_timeout)),
+            ("smtp_timeout", show_duration(self.smtp_timeout)),
+            ("smtp_data_done_timeout", show_duration(self.smtp_data_done_timeout)),
+            ("log", self.log.name().into()),
+            ("syslog_socket", self.syslog_socket.display().to_string()),
+        ];
+        out.sort_by_key(|(key, _)| *key);
+        out
+    }
+
+    /// The keys whose value is not the one they would have if the file left them out
+    /// (`--show-config -n`): `local_domains` is compared with the names of the host, and
+    /// `mailbox_template` with `~/Maildir/` for `local_users = system`.
+    pub fn changed_settings(&self) -> Vec<(&'static str, String)> {
+        let mut defaults = Config::builtin();
+        defaults.local_domains = default_local_domains(&self.hostname, &crate::sys::hostname());
+        if self.system_users {
+            defaults.mailbox_template = "~/Maildir/".into();
+        }
+        let defaults = defaults.settings();
+        self.settings().into_iter().filter(|setting| !defaults.contains(setting)).collect()
     }
 
     fn check(&self) -> Result<(), String> {
@@ -684,6 +811,46 @@ pub const DIGEST_ENV: &str = "POSTERN_CONFIG_DIGEST";
 /// SHA-256 of the configuration text, in hex (16 octets are plenty to tell two files apart).
 fn digest(text: &str) -> String {
     openssl::sha::sha256(text.as_bytes()).iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// A key that names something optional: empty leaves it unset (`relayhost =`).
+fn optional<T>(v: &str, read: impl Fn(&str) -> Result<T, String>) -> Result<Option<T>, String> {
+    if v.is_empty() { Ok(None) } else { read(v).map(Some) }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let whole = if self.network.is_ipv4() { 32 } else { 128 };
+        if self.prefix == whole { write!(f, "{}", self.network) } else { write!(f, "{}/{}", self.network, self.prefix) }
+    }
+}
+
+fn show_listen(l: &Listen) -> String {
+    match l.mode {
+        Mode::Mta => l.addr.to_string(),
+        mode => format!("{} {}", l.addr, mode.name()),
+    }
+}
+
+fn show_list(l: &crate::policy::dnsbl::List) -> String {
+    if l.weight == 1 { l.zone.clone() } else { format!("{}*{}", l.zone, l.weight) }
+}
+
+/// `host:port`, an address literal in brackets (`[192.0.2.1]:25`: no MX lookup).
+fn show_host_port(host: &str, port: u16) -> String {
+    if host.parse::<IpAddr>().is_ok() { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
+}
+
+/// A duration as `duration` reads it, in the largest unit that divides it.
+fn show_duration(d: Duration) -> String {
+    if d.subsec_nanos() != 0 {
+        return format!("{}ms", d.as_millis());
+    }
+    match u32::try_from(d.as_secs()) {
+        Ok(0) => "0s".into(),
+        Ok(secs) => human(secs),
+        Err(_) => format!("{}s", d.as_secs()),
+    }
 }
 
 /// A line without its comment: from a `#` that starts the line or follows white space
@@ -930,6 +1097,90 @@ mod tests {
         assert_eq!(qualify("other", hosts), "other");
         assert_eq!(qualify("a.b", ""), "a.b");
         assert_eq!(qualify("vm", "# 127.0.1.1 vm.commented vm\n"), "vm");
+    }
+
+    /// What `--show-config` prints, as a file.
+    fn shown(config: &Config) -> String {
+        config.settings().iter().map(|(k, v)| format!("{k} = {v}\n")).collect()
+    }
+
+    #[test]
+    fn shown_settings_read_back_the_same() {
+        let rich = "\
+hostname = mx.example.org
+listen = [::]:25, 127.0.0.1:587 submission, 127.0.0.1:465 smtps
+user = postern
+local_domains = example.org, Example.NET
+trusted_networks = 10.0.0.0/8, ::1, 192.0.2.7
+local_users = system
+aliases = /etc/aliases
+recipient_delimiter = +-
+message_size_limit = 20M
+tls_cert = /etc/c.pem
+tls_key = /etc/k.pem
+auth_users = /etc/users
+auth_plaintext = loopback
+greet_pause = 6s
+dnsbl = zen.example*2, allow.example*-5, bl.example
+milters = inet:[::1]:11332, unix:/run/m.sock
+milter_default_action = accept
+relayhost = [192.0.2.1]:587
+relayhost_tls = verify
+dns_servers = 127.0.0.1:5353, [::1]:53
+log = syslog
+smtp_timeout = 150ms
+min_backoff = 90s
+spf_fail = accept
+spf_temperror = defer
+";
+        for config in [Config::parse(rich, "t.conf").unwrap(), Config::embedded().unwrap()] {
+            let text = shown(&config);
+            let again = Config::parse(&text, "shown").unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert_eq!(shown(&again), text);
+        }
+        let config = Config::parse(rich, "t.conf").unwrap();
+        let value = |key: &str| config.settings().into_iter().find(|(k, _)| *k == key).unwrap().1;
+        assert_eq!(value("listen"), "[::]:25, 127.0.0.1:587 submission, 127.0.0.1:465 smtps");
+        assert_eq!(value("trusted_networks"), "10.0.0.0/8, ::1, 192.0.2.7");
+        assert_eq!(value("mailbox_template"), "~/Maildir/");
+        assert_eq!(value("message_size_limit"), "20971520");
+        assert_eq!(value("dnsbl"), "zen.example*2, allow.example*-5, bl.example");
+        assert_eq!(value("relayhost"), "[192.0.2.1]:587");
+        assert_eq!(value("min_backoff"), "90s");
+        assert_eq!(value("max_queue_lifetime"), "5d");
+        assert_eq!(value("srs_domain"), "");
+    }
+
+    #[test]
+    fn every_key_is_shown() {
+        // The keys `set` takes: each arm of its match (the words a key takes are deeper).
+        let source = include_str!("config.rs");
+        let body = &source[source.find("fn set(").unwrap()..source.find("fn check(").unwrap()];
+        let mut taken: Vec<&str> = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("            \"")?.split_once("\" =>").map(|(k, _)| k))
+            .collect();
+        taken.sort();
+        let shown: Vec<&str> = Config::embedded().unwrap().settings().into_iter().map(|(k, _)| k).collect();
+        assert!(taken.len() > 80, "{taken:?}");
+        assert_eq!(shown, taken);
+    }
+
+    #[test]
+    fn changed_settings_leave_out_the_defaults() {
+        let config = Config::parse("hostname = mx.example.org\nlocal_users = system\nvrfy = off\n", "t").unwrap();
+        // vrfy is off by default, and the template follows local_users.
+        let keys: Vec<&str> = config.changed_settings().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["hostname", "local_users"]);
+        let keys: Vec<&str> = Config::embedded().unwrap().changed_settings().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["local_domains", "trusted_networks"]);
+    }
+
+    #[test]
+    fn an_empty_value_leaves_an_optional_key_unset() {
+        let config = Config::parse("relayhost =\nuser =\naliases =\n", "t").unwrap();
+        assert_eq!((config.relayhost, config.user, config.aliases), (None, None, None));
+        assert!(Config::parse("spool =\n", "t").is_err());
     }
 
     #[test]

@@ -46,6 +46,17 @@ pub enum Choice {
     Syslog,
 }
 
+impl Choice {
+    /// The word the `log` key takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Choice::Auto => "auto",
+            Choice::Stderr => "stderr",
+            Choice::Syslog => "syslog",
+        }
+    }
+}
+
 enum Sink {
     Stderr,
     /// Nowhere to write (inetd without syslog, stderr the client's socket).

@@ -627,18 +627,67 @@ fn the_man_pages_render_cleanly_and_name_every_key() {
         );
         assert!(String::from_utf8_lossy(&out.stdout).contains("SEE ALSO"), "{}", page.display());
     }
-    // Every key the example configuration shows is described in postern.conf(5).
+    // Every key the daemon has (all that --show-config prints) and every key the example
+    // configuration shows is described in postern.conf(5).
     let example = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("postern.conf.example")).unwrap();
+    let shown = show_config(&["--builtin-config", "--show-config"]);
     let conf5 = std::fs::read_to_string(doc.join("postern.conf.5")).unwrap().replace("\\-", "-");
     let keys: Vec<&str> = example
         .lines()
-        .filter_map(|l| l.trim_start_matches('#').split_once(" = ").map(|(k, _)| k))
+        .chain(shown.lines())
+        .filter_map(|l| l.trim_start_matches('#').split_once(" =").map(|(k, _)| k))
         .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
         .collect();
-    assert!(keys.len() > 40, "{keys:?}");
+    assert!(keys.len() > 120, "{keys:?}");
     for key in keys {
         assert!(conf5.contains(&format!(".BI \"{key} = \"")), "postern.conf.5 lacks {key}");
     }
+}
+
+/// postern-smtpd's standard output for `args`, which must succeed.
+fn show_config(args: &[&str]) -> String {
+    let out = Command::new(support::smtpd_binary()).args(args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn show_config_prints_every_key_and_with_n_those_changed() {
+    let dir = TempDir::new("showconf");
+    let conf = dir.path().join("postern.conf");
+    std::fs::write(
+        &conf,
+        "hostname = mx.example.test\nlisten = [::1]:2587 submission, 127.0.0.1:2525\nauth_users = /etc/postern/users\n\
+         # a comment, and a key set to its default\nvrfy = off\nmessage_size_limit = 20M\nrelayhost = [192.0.2.1]:587\n",
+    )
+    .unwrap();
+    let path = conf.display().to_string();
+    let changed = show_config(&["-c", &path, "--show-config", "-n"]);
+    assert_eq!(
+        changed,
+        format!(
+            "# {path}\nauth_users = /etc/postern/users\nhostname = mx.example.test\n\
+             listen = [::1]:2587 submission, 127.0.0.1:2525\nmessage_size_limit = 20971520\nrelayhost = [192.0.2.1]:587\n"
+        )
+    );
+    // Every key, once, in order; the defaults with the file's values among them.
+    let all = show_config(&["-c", &path, "--show-config"]);
+    let keys: Vec<&str> = all.lines().skip(1).map(|l| l.split_once(" =").unwrap().0).collect();
+    assert!(keys.len() > 80 && keys.is_sorted(), "{all}");
+    for line in ["vrfy = off", "max_queue_lifetime = 5d", "aliases =", "local_domains = mx.example.test, localhost"] {
+        assert!(all.lines().any(|l| l == line), "{line}: {all}");
+    }
+    // What it prints is a configuration that reads the same.
+    let again = dir.path().join("shown.conf");
+    std::fs::write(&again, &all).unwrap();
+    let reread = show_config(&["-c", &again.display().to_string(), "--show-config"]);
+    assert_eq!(reread.lines().skip(1).collect::<Vec<_>>(), all.lines().skip(1).collect::<Vec<_>>());
+    // A file that does not load is said with its line, as the daemon would.
+    std::fs::write(&conf, "vrfy = maybe\n").unwrap();
+    let out = Command::new(support::smtpd_binary()).args(["-c", &path, "--show-config"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("{path}:1: vrfy: expected on or off")));
+    assert!(out.stdout.is_empty());
 }
 
 #[test]

@@ -15,6 +15,7 @@ use postern::spool::Spool;
 use postern::{logging, srs, sys};
 
 const USAGE: &str = "usage: postern-smtpd [-c FILE | --builtin-config] [--inetd [--mode MODE]] [--check]
+       postern-smtpd [-c FILE | --builtin-config] --show-config [-n]
        postern-smtpd --hash-password [--scheme sha512|bcrypt|yescrypt] [USER]
        postern-smtpd [-c FILE] --test-sender IP HELO MAIL-FROM [MESSAGE-FILE]
   -c FILE            configuration file (default: $POSTERN_CONF, /etc/postern/postern.conf, built-in)
@@ -23,6 +24,9 @@ const USAGE: &str = "usage: postern-smtpd [-c FILE | --builtin-config] [--inetd 
   --mode MODE        what that session serves: smtp (the default), submission or smtps
   --check            check the configuration and what it names (user, spool, TLS files,
                      tables), print each problem, and exit 0 only when there is none
+  --show-config      print every key with the value the daemon would use (`key = value`,
+                     after a comment naming the file); with -n only those that differ
+                     from their defaults
   --hash-password    read a password on standard input and print the auth_users line
                      (USER:hash; SHA-512-crypt unless --scheme says otherwise)
   --test-sender      run the checks the server makes on port 25 for a stranger at IP who
@@ -41,6 +45,8 @@ struct Args {
     inetd: bool,
     mode: Mode,
     check: bool,
+    /// `--show-config`: every key, or with `-n` those not at their defaults.
+    show: Option<bool>,
     /// `--hash-password`: the scheme, and the user to name in the line.
     hash: Option<(Scheme, Option<String>)>,
     /// `--read-tls-files CERT KEY`: the TLS file reader a daemon started as root keeps.
@@ -63,6 +69,7 @@ fn parse_args() -> Result<Args, Exit> {
         inetd: false,
         mode: Mode::Mta,
         check: false,
+        show: None,
         hash: None,
         tls_files: None,
         trial: None,
@@ -91,6 +98,8 @@ fn parse_args() -> Result<Args, Exit> {
             }
             "--inetd" => args.inetd = true,
             "--check" => args.check = true,
+            "--show-config" => args.show = Some(args.show.unwrap_or(false)),
+            "-n" if args.show.is_some() => args.show = Some(true),
             "--test-sender" => {
                 let need = "--test-sender needs IP HELO MAIL-FROM [MESSAGE-FILE]";
                 let ip = it.next().ok_or(need)?;
@@ -126,6 +135,9 @@ pub fn main() -> ExitCode {
     if let Some((scheme, user)) = &args.hash {
         return hash_password(*scheme, user.as_deref());
     }
+    if let Some(changed) = args.show {
+        return show_config(&args, changed);
+    }
     if let Some(trial) = &args.trial {
         return test_sender(&args, trial);
     }
@@ -153,6 +165,24 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--show-config [-n]`: the configuration as `key = value` lines, like postconf(1).
+fn show_config(args: &Args, changed: bool) -> ExitCode {
+    let config = match Config::choose(args.builtin, args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("postern-smtpd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    sys::end_quietly_on_closed_pipe();
+    let settings = if changed { config.changed_settings() } else { config.settings() };
+    println!("# {}", config.source);
+    for (key, value) in settings {
+        println!("{}", format!("{key} = {value}").trim_end());
+    }
+    ExitCode::SUCCESS
 }
 
 fn run(args: &Args) -> Result<(), String> {
