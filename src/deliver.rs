@@ -1107,7 +1107,7 @@ fn count(summary: &mut Summary, outcome: Outcome) {
         Outcome::Sent => summary.sent += 1,
         Outcome::Deferred => summary.deferred += 1,
         Outcome::Bounced => summary.bounced += 1,
-        Outcome::Warned | Outcome::Reported | Outcome::Copying => {}
+        Outcome::Warned | Outcome::Reported | Outcome::Copying | Outcome::Requeued => {}
     }
 }
 

@@ -171,7 +171,7 @@ mod tests {
             Outcome::Sent => "sent",
             Outcome::Deferred => "deferred",
             Outcome::Bounced => "bounced",
-            Outcome::Warned | Outcome::Reported | Outcome::Copying => "other",
+            Outcome::Warned | Outcome::Reported | Outcome::Copying | Outcome::Requeued => "other",
         };
         format!("{outcome} {}", v.status)
     }

@@ -56,15 +56,24 @@ pub fn backoff(policy: &RetryPolicy, deferrals: u32) -> u64 {
 }
 
 /// The plan for a message that arrived at `arrived` with these final recipients.
+///
+/// A `requeued` line restarts the message's clock: the deferrals and the delay warning
+/// before the last one no longer count, and the lifetime and the warning time run from it
+/// (`postern-queue requeue`). What was sent, bounced or reported before it still stands.
 pub fn plan(policy: &RetryPolicy, arrived: u64, recipients: &[Recipient], log: &[Attempt], now: u64) -> Plan {
     let mut plan = Plan::default();
+    let whole = log;
+    let (arrived, log) = match log.iter().rposition(|a| a.outcome == Outcome::Requeued) {
+        Some(at) => (arrived.max(log[at].time), &log[at + 1..]),
+        None => (arrived, log),
+    };
     let mut waiting = false;
     let expired_at = arrived.saturating_add(policy.max_queue_lifetime.as_secs());
     for rcpt in recipients {
-        let mine: Vec<&Attempt> = log.iter().filter(|a| a.recipient == *rcpt).collect();
-        if mine.iter().any(|a| a.outcome.is_final()) {
+        if whole.iter().any(|a| a.recipient == *rcpt && a.outcome.is_final()) {
             continue;
         }
+        let mine: Vec<&Attempt> = log.iter().filter(|a| a.recipient == *rcpt).collect();
         let deferrals: Vec<&&Attempt> = mine.iter().filter(|a| a.outcome == Outcome::Deferred).collect();
         let Some(last) = deferrals.iter().max_by_key(|a| a.time) else {
             plan.due.push(rcpt.clone());
@@ -83,8 +92,8 @@ pub fn plan(policy: &RetryPolicy, arrived: u64, recipients: &[Recipient], log: &
             plan.next_attempt = Some(plan.next_attempt.map_or(due_at, |t| t.min(due_at)));
         }
     }
-    let reported_to = log.iter().rposition(|a| a.outcome == Outcome::Reported).map_or(0, |i| i + 1);
-    plan.owed_report = log.iter().skip(reported_to).filter(|a| a.outcome == Outcome::Bounced).cloned().collect();
+    let reported_to = whole.iter().rposition(|a| a.outcome == Outcome::Reported).map_or(0, |i| i + 1);
+    plan.owed_report = whole.iter().skip(reported_to).filter(|a| a.outcome == Outcome::Bounced).cloned().collect();
     let warned = log.iter().any(|a| a.outcome == Outcome::Warned);
     let deferred_any = log.iter().any(|a| a.outcome == Outcome::Deferred);
     let warn_at = arrived.saturating_add(policy.delay_warning_time.as_secs());
@@ -188,6 +197,31 @@ mod tests {
         let p = plan(&policy(), arrived, &rcpts(&["<a@x>", "<new@y>"]), &log, arrived + 5 * 24 * HOUR);
         assert_eq!(p.expired, log.to_vec());
         assert_eq!(p.due, rcpts(&["<new@y>"]), "a recipient never tried is still tried once");
+    }
+
+    #[test]
+    fn a_requeue_makes_deferred_recipients_due_and_restarts_the_clock() {
+        let arrived = 1000;
+        let requeued = |time| Attempt { outcome: Outcome::Requeued, ..deferred("-", time) };
+        let sent = Attempt { outcome: Outcome::Sent, ..deferred("<b@y>", arrived + 10) };
+        let warned = Attempt { outcome: Outcome::Warned, ..deferred("-", arrived + 4 * HOUR) };
+        let old = arrived + 5 * 24 * HOUR - 60;
+        let mut log = vec![deferred("<a@x>", arrived), sent, deferred("<a@x>", old), warned];
+        let rcpts = rcpts(&["<a@x>", "<b@y>"]);
+        // Without the requeue: waiting for its second back-off.
+        assert_eq!(plan(&policy(), arrived, &rcpts, &log, old + 10).next_attempt, Some(old + 10 * MIN));
+        log.push(requeued(old + 10));
+        let p = plan(&policy(), arrived, &rcpts, &log, old + 10);
+        assert_eq!(p.due, rcpts[..1].to_vec(), "due at once; the one sent is still done");
+        // Deferred again: the back-off starts over, and the message does not expire when the
+        // five days since its arrival are up, but five days after the requeue.
+        log.push(deferred("<a@x>", old + 20));
+        let p = plan(&policy(), arrived, &rcpts, &log, old + 100);
+        assert_eq!((p.next_attempt, p.expired.len(), p.warn), (Some(old + 20 + 5 * MIN), 0, false));
+        let p = plan(&policy(), arrived, &rcpts, &log, old + 10 + 4 * HOUR);
+        assert!(p.warn, "a warning again, four hours after the requeue");
+        let p = plan(&policy(), arrived, &rcpts, &log, old + 10 + 5 * 24 * HOUR);
+        assert_eq!(p.expired.len(), 1);
     }
 
     #[test]

@@ -274,6 +274,54 @@ fn killed_after_a_remote_copy_the_next_run_sends_it_at_worst_twice() {
     assert_queue_empty(c.dir.path());
 }
 
+/// `postern-queue requeue`: a deferred message is tried by the next run, back-off or not,
+/// and lives on from the requeue, as if new; killed once its line is written, the requeue
+/// holds (crash point `requeue-appended`).
+#[test]
+fn a_requeued_message_is_tried_at_once_and_its_lifetime_runs_from_then() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let down = Arc::new(AtomicBool::new(true));
+    let refusing = Arc::clone(&down);
+    let sink = FakeMx::start("127.0.0.1:0", move |command| {
+        (refusing.load(Ordering::SeqCst) && command.starts_with("RCPT")).then(|| "451 4.3.0 not now".to_string())
+    });
+    let c = setup(&format!("relayhost = [127.0.0.1]:{}\n", sink.addr.port()));
+    let dir = c.dir.path();
+    let t0 = now();
+    // Half an hour short of the five days a message lives.
+    let id = queue(dir, "alice@example.test", &["bob@remote.test"], t0 - 5 * 24 * HOUR + HOUR / 2);
+    let tries = || sink.commands().iter().filter(|c| c.starts_with("RCPT")).count();
+    run_ok(&c.conf, t0);
+    assert_eq!(tries(), 1);
+    run_ok(&c.conf, t0 + 60);
+    assert_eq!(tries(), 1, "its back-off is not over");
+    let requeue = |at: u64, crash: Option<&str>| {
+        let mut command = std::process::Command::new(support::program("postern-queue"));
+        command.arg("-c").arg(&c.conf).args(["requeue", &id]).env("POSTERN_NOW", at.to_string());
+        if let Some(point) = crash {
+            command.env("POSTERN_CRASH_AT", point);
+        }
+        command.output().unwrap()
+    };
+    let out = requeue(t0 + 60, Some("requeue-appended"));
+    assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{out:?}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("requeued"), "{out:?}");
+    run_ok(&c.conf, t0 + 60);
+    assert_eq!(tries(), 2, "the line written before the kill holds");
+    let out = requeue(t0 + 120, None);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{id}: requeued\n"), "{out:?}");
+    run_ok(&c.conf, t0 + 120);
+    assert_eq!(tries(), 3);
+    // Two hours on, the five days since it arrived are over; it is tried, not bounced.
+    down.store(false, Ordering::SeqCst);
+    let log = run_ok(&c.conf, t0 + 2 * HOUR);
+    // (The fake answers the DATA sent after a refused RCPT with 354: it gets an empty message.)
+    assert_eq!(sink.messages().iter().filter(|m| m.as_slice() != b".\r\n").count(), 1, "{log}");
+    assert_eq!(reports_for(&alice(dir), "bob@remote.test", "failed"), 0, "{log}");
+    assert_queue_empty(dir);
+}
+
 #[test]
 fn a_message_left_under_two_names_is_delivered_once() {
     let c = setup("");

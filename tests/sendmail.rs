@@ -324,6 +324,9 @@ fn the_queue_tools_on_deferred_mail() {
 
     assert_eq!(queue(&["hold", &id]).0, Some(0));
     assert!(queue(&["list"]).1.contains(" held "));
+    let (code, says) = queue(&["requeue", &id]);
+    assert_eq!(code, Some(0), "{says}");
+    assert!(says.starts_with(&format!("{id}: requeued (still held)\n")), "{says}");
     assert!(dir.path().join("spool/hold").join(&id).exists());
     let (status, log) = support::deliver_with(&conf, &[], &["--id", &id]);
     assert!(!status.success() && log.contains("held"), "{log}");
@@ -340,7 +343,7 @@ fn the_queue_tools_on_deferred_mail() {
     assert_eq!(queue(&["delete", &id]).0, Some(0));
     assert_eq!(queue(&["list"]).1, "the queue is empty\n");
     assert!(!dir.path().join("spool/cur").join(format!("{id}.log")).exists());
-    for action in ["show", "hold", "release", "delete", "retry"] {
+    for action in ["show", "hold", "release", "delete", "retry", "requeue"] {
         let (code, says) = queue(&[action, &id]);
         assert_eq!(code, Some(1), "{action}: {says}");
         assert!(says.contains("no such message"), "{action}: {says}");
@@ -373,6 +376,11 @@ fn the_queue_tools_on_all_messages_and_on_ids_from_standard_input() {
     assert_eq!(code, Some(0), "{says}");
     assert_eq!(says.lines().filter(|l| l.ends_with(": held")).count(), 3, "{says}");
     assert_eq!(support::list(&spool.join("hold")).len(), 3);
+    // Never tried: requeue ALL has nothing to do, and requeue of one says why.
+    assert_eq!(queue(&["requeue", "ALL"], ""), (Some(0), String::new()));
+    let (code, says) = queue(&["requeue", &ids[0]], "");
+    assert_eq!(code, Some(1), "{says}");
+    assert!(says.contains("never tried yet"), "{says}");
     // Held already: hold ALL finds nothing more to do.
     let (code, says) = queue(&["hold", "ALL"], "");
     assert_eq!(code, Some(0), "{says}");

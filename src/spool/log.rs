@@ -8,11 +8,13 @@
 //! 1795433745 reported - - - report%20ID2%20to%20<alice@example.test>
 //! 1795433745 copying <alice@example.test> - maildir 1795433745.M5P42Q0.mail.example.test
 //! 1795433800 sent <dave@secure.test> 2.0.0 mx.secure.test[192.0.2.8]:25 250%20Ok mta-sts:enforce
+//! 1795440000 requeued - - - by%20the%20operator%20(uid%200)
 //! ```
 //! Fields are separated by one space and %-escaped, so any text round-trips. A remote
 //! attempt ends with the TLS policy it was made under (`Protection`); lines written before
 //! there was one have none, and read back the same. A last line
-//! without its newline was torn by a crash and is ignored. A line is at most `MAX_LINE`
+//! without its newline was torn by a crash and is ignored; the next writer cuts it off, so
+//! that the line it appends is read as a line of its own. A line is at most `MAX_LINE`
 //! octets (the text is cut to fit), so the space for the next lines can be reserved before
 //! a delivery that they record: a full disk cannot then lose the record of a copy made.
 
@@ -94,6 +96,9 @@ pub enum Outcome {
     /// copy and not synced: when no outcome for that recipient follows it (the run was
     /// killed), the next run looks for the name in the maildir before it copies again.
     Copying,
+    /// `postern-queue requeue` (recipient field `-`): the deferrals and the delay warning
+    /// above it no longer count, and the queue lifetime runs from it, as for a new message.
+    Requeued,
 }
 
 impl Outcome {
@@ -106,6 +111,7 @@ impl Outcome {
             Outcome::Warned => "warned",
             Outcome::Reported => "reported",
             Outcome::Copying => "copying",
+            Outcome::Requeued => "requeued",
         }
     }
 
@@ -117,6 +123,7 @@ impl Outcome {
             "warned" => Some(Outcome::Warned),
             "reported" => Some(Outcome::Reported),
             "copying" => Some(Outcome::Copying),
+            "requeued" => Some(Outcome::Requeued),
             _ => None,
         }
     }
@@ -353,11 +360,27 @@ pub struct DeliveryLog {
 }
 
 impl DeliveryLog {
+    /// Opens (or makes) the log. A last line a crash tore (no newline) is cut off first: it
+    /// is not read (`parse_log`), and the next line appended must not be joined to it.
     pub fn open(path: &Path) -> io::Result<DeliveryLog> {
-        let file =
-            OpenOptions::new().append(true).create(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(path)?;
-        let len = file.metadata()?.len();
-        Ok(DeliveryLog { file, path: path.to_path_buf(), len, reserved_to: len, appended: Vec::new(), unsynced: false })
+        use std::io::Read;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)?;
+        let mut text = Vec::new();
+        file.read_to_end(&mut text)?;
+        let whole = text.iter().rposition(|&b| b == b'\n').map_or(0, |at| at + 1);
+        let unsynced = whole < text.len();
+        if unsynced {
+            // Made durable by the next append's fdatasync, which writes over what was cut.
+            file.set_len(whole as u64)?;
+        }
+        let len = whole as u64;
+        Ok(DeliveryLog { file, path: path.to_path_buf(), len, reserved_to: len, appended: Vec::new(), unsynced })
     }
 
     /// Makes sure the next `lines` appends have their space on disk, so that a delivery made
@@ -548,6 +571,23 @@ mod tests {
         let text = format!("{whole}{}", &torn[..torn.len() - 5]);
         assert_eq!(parse_log(&text), vec![attempt(Outcome::Sent, "ok")]);
         assert_eq!(parse_log("garbage line\n"), vec![]);
+    }
+
+    #[test]
+    fn a_line_appended_after_a_torn_one_stays_whole() {
+        let path = std::env::temp_dir().join(format!("postern-torn-log-{}", std::process::id()));
+        let whole = attempt(Outcome::Sent, "ok").to_line();
+        let torn = attempt(Outcome::Bounced, "gone").to_line();
+        // A power cut can also leave the file longer than what was written, the end zeros.
+        for tail in [&torn.as_bytes()[..torn.len() - 5], b"\0\0\0\0"] {
+            std::fs::write(&path, [whole.as_bytes(), tail].concat()).unwrap();
+            let mut log = DeliveryLog::open(&path).unwrap();
+            log.append(&attempt(Outcome::Deferred, "later")).unwrap();
+            drop(log);
+            let read = read_log(&path).unwrap();
+            assert_eq!(read, vec![attempt(Outcome::Sent, "ok"), attempt(Outcome::Deferred, "later")]);
+        }
+        std::fs::remove_file(path).unwrap();
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub enum ActionError {
     Busy,
     /// The action does not apply where it is (release of a message not held, ...).
     Wrong(Found),
+    /// Requeue of a message no run has tried: it is due as it is.
+    NeverTried,
     Io(io::Error),
 }
 
@@ -59,6 +61,7 @@ impl std::fmt::Display for ActionError {
             ActionError::Busy => f.write_str("being delivered right now; try again in a moment"),
             ActionError::Wrong(Found::Held) => f.write_str("held (release it first)"),
             ActionError::Wrong(found) => write!(f, "not held (it is {})", found.name()),
+            ActionError::NeverTried => f.write_str("never tried yet: it is due as it is"),
             ActionError::Io(e) => write!(f, "{e}"),
         }
     }
@@ -151,6 +154,22 @@ impl Spool {
         let to = if log.is_some() { Found::Waiting } else { Found::New };
         self.move_locked(&path, to, id)?;
         Ok(to)
+    }
+
+    /// Makes a tried message due now, as if it were new (`postern-queue requeue`): a
+    /// `requeued` line in its log (`schedule::plan`), fdatasynced. Held, it stays held.
+    pub fn requeue(&self, id: &QueueId, now: u64, by: &str) -> Result<Found, ActionError> {
+        let (found, _lock, _) = self.lock(id)?;
+        // No sweep takes the log meanwhile; none at all: no run has tried it.
+        if self.lock_log_for_move(id)?.is_none() {
+            return Err(ActionError::NeverTried);
+        }
+        let mut log = super::log::DeliveryLog::open(&self.log_path(id))?;
+        let line = super::log::Attempt::about_message(now, super::log::Outcome::Requeued, None, by.to_string());
+        log.append_unsynced(&line)?;
+        crate::fault::crash_point("requeue-appended");
+        log.sync()?;
+        Ok(found)
     }
 
     /// Removes the message, then its delivery log: nothing is delivered or reported.
@@ -246,6 +265,23 @@ mod tests {
     }
 
     #[test]
+    fn a_requeued_message_is_due_at_once() {
+        let (root, spool) = spool("requeue");
+        let id = queue_one(&spool);
+        assert!(matches!(spool.requeue(&id, 5, "x"), Err(ActionError::NeverTried)));
+        fs::write(spool.log_path(&id), "1 deferred <b@example.test> 4.4.1 - refused\n").unwrap();
+        assert_eq!(spool.requeue(&id, 5, "by the operator").unwrap(), Found::New);
+        spool.hold(&id).unwrap();
+        assert_eq!(spool.requeue(&id, 6, "again").unwrap(), Found::Held, "held, it stays held");
+        let log = fs::read_to_string(spool.log_path(&id)).unwrap();
+        assert_eq!(
+            log,
+            "1 deferred <b@example.test> 4.4.1 - refused\n5 requeued - - - by%20the%20operator\n6 requeued - - - again\n"
+        );
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
     fn a_message_in_delivery_is_busy() {
         let (root, spool) = spool("busy");
         let id = queue_one(&spool);
@@ -253,6 +289,7 @@ mod tests {
         let held_by_a_run = spool.open_queued(place, &id).unwrap();
         assert!(matches!(spool.hold(&id), Err(ActionError::Busy)));
         assert!(matches!(spool.delete(&id), Err(ActionError::Busy)));
+        assert!(matches!(spool.requeue(&id, 1, "x"), Err(ActionError::Busy)));
         drop(held_by_a_run);
         spool.hold(&id).unwrap();
         fs::remove_dir_all(root).unwrap();

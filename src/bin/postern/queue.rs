@@ -1,4 +1,4 @@
-//! postern-queue: list, show, retry, hold, release and delete queued mail, and `init`, which
+//! postern-queue: list, show, retry, flush, hold, release, delete and requeue queued mail, and `init`, which
 //! sets up the service user, the drop group and the spool.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt, chown};
@@ -25,8 +25,11 @@ const USAGE: &str = "usage: postern-queue [-c FILE | --builtin-config] COMMAND
   hold ID...         put it aside: no delivery until it is released
   release ID...      deliver it again as before
   delete ID...       remove it; nobody is told
-                     (for hold, release and delete: ALL for every message it applies to,
-                     or - for the IDs on standard input, as postsuper reads them)
+  requeue ID...      make a deferred message due now, as if new: its back-off starts over and
+                     its lifetime runs from now (a held one stays held); the next delivery
+                     run tries it (flush: at once)
+                     (for hold, release, delete and requeue: ALL for every message it applies
+                     to, or - for the IDs on standard input, as postsuper reads them)
   init [--group NAME] [--sendmail PATH]
                      as root: create the service user (`user`), the drop group (postern-drop),
                      the spool and its maildrop/ with their owners and modes, and make
@@ -47,6 +50,7 @@ enum Command {
     Hold(Targets),
     Release(Targets),
     Delete(Targets),
+    Requeue(Targets),
     Init { group: String, sendmail: Option<PathBuf> },
 }
 
@@ -115,6 +119,7 @@ fn parse_args() -> Result<Args, Exit> {
             "hold" => break Command::Hold(targets(&mut it, "hold")?),
             "release" => break Command::Release(targets(&mut it, "release")?),
             "delete" => break Command::Delete(targets(&mut it, "delete")?),
+            "requeue" => break Command::Requeue(targets(&mut it, "requeue")?),
             "init" => {
                 let (mut group, mut sendmail) = (DROP_GROUP.to_string(), None);
                 while let Some(flag) = it.next() {
@@ -212,7 +217,7 @@ fn run(args: &Args) -> Result<(), Fail> {
             println!("{}", said(&s));
         }
         Command::Hold(targets) => {
-            let ids = chosen(&spool, targets, |state| state != Found::Held)?;
+            let ids = chosen(&spool, targets, |state, _| state != Found::Held)?;
             each(&ids, "held", |id| {
                 spool.hold(id)?;
                 acted(id, "held");
@@ -220,7 +225,7 @@ fn run(args: &Args) -> Result<(), Fail> {
             })?;
         }
         Command::Release(targets) => {
-            let ids = chosen(&spool, targets, |state| state == Found::Held)?;
+            let ids = chosen(&spool, targets, |state, _| state == Found::Held)?;
             each(&ids, "released", |id| {
                 let to = spool.release(id)?;
                 acted(id, "released");
@@ -228,11 +233,23 @@ fn run(args: &Args) -> Result<(), Fail> {
             })?;
         }
         Command::Delete(targets) => {
-            let ids = chosen(&spool, targets, |_| true)?;
+            let ids = chosen(&spool, targets, |_, _| true)?;
             each(&ids, "deleted", |id| {
                 spool.delete(id)?;
                 acted(id, "removed");
                 Ok(format!("{id}: deleted"))
+            })?;
+        }
+        Command::Requeue(targets) => {
+            // ALL: the messages a run has tried, held or not.
+            let ids = chosen(&spool, targets, |state, id| state != Found::New && spool.log_path(id).exists())?;
+            each(&ids, "requeued", |id| {
+                let state = spool.requeue(id, now(), &format!("by the operator (uid {who})"))?;
+                acted(id, "requeued");
+                Ok(match state {
+                    Found::Held => format!("{id}: requeued (still held)"),
+                    _ => format!("{id}: requeued"),
+                })
             })?;
         }
         Command::Init { .. } => {}
@@ -240,11 +257,13 @@ fn run(args: &Args) -> Result<(), Fail> {
     Ok(())
 }
 
-/// The IDs `targets` names; for `ALL`, the queued messages whose state `applies`.
-fn chosen(spool: &Spool, targets: &Targets, applies: impl Fn(Found) -> bool) -> Result<Vec<QueueId>, Fail> {
+/// The IDs `targets` names; for `ALL`, the queued messages to which the command `applies`.
+fn chosen(spool: &Spool, targets: &Targets, applies: impl Fn(Found, &QueueId) -> bool) -> Result<Vec<QueueId>, Fail> {
     match targets {
         Targets::Ids(ids) => Ok(ids.clone()),
-        Targets::All => Ok(spool.all().into_iter().filter(|(state, _)| applies(*state)).map(|(_, id)| id).collect()),
+        Targets::All => {
+            Ok(spool.all().into_iter().filter(|(state, id)| applies(*state, id)).map(|(_, id)| id).collect())
+        }
         Targets::Stdin => {
             let mut text = String::new();
             std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
