@@ -17,11 +17,13 @@ pub enum Target {
     Mailbox { name: String, address: String, maildir: PathBuf, owner: Option<String> },
     /// Forwarded off this host.
     Remote(Mailbox),
-    /// An aliases `|command`: the message on its standard input, run as `alias_user`.
-    /// `alias` is the folded `name@domain` it was reached through.
-    Command { alias: String, command: String },
-    /// An aliases `/path`: appended to that mbox file, as `alias_user`.
-    File { alias: String, path: PathBuf },
+    /// An aliases `|command`: the message on its standard input, run as `alias_user`, or a
+    /// `~/.forward` one, run as its `user`. `alias` is the folded `name@domain` it was
+    /// reached through.
+    Command { alias: String, command: String, user: Option<String> },
+    /// An aliases `/path`: appended to that mbox file, as `alias_user`; or a `~/.forward`
+    /// one, as its `user`.
+    File { alias: String, path: PathBuf, user: Option<String> },
 }
 
 impl Target {
@@ -31,10 +33,119 @@ impl Target {
         match self {
             Target::Mailbox { address, .. } => Recipient::Address(address.clone()),
             Target::Remote(m) => Recipient::Address(m.to_string()),
-            Target::Command { command, .. } => Recipient::Command(command.clone()),
-            Target::File { path, .. } => Recipient::File(path.display().to_string()),
+            // Two users' `.forward`s may name the same command or file: each is a copy of its
+            // own, which the log must tell apart.
+            Target::Command { command, user: None, .. } => Recipient::Command(command.clone()),
+            Target::Command { command, user: Some(u), .. } => Recipient::Command(format!("{command} (~{u}/.forward)")),
+            Target::File { path, user: None, .. } => Recipient::File(path.display().to_string()),
+            Target::File { path, user: Some(u), .. } => Recipient::File(format!("{} (~{u}/.forward)", path.display())),
         }
     }
+}
+
+/// What a system user's `~/.forward` says (`forward_files = on`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Forward {
+    /// There is none: mail goes to the mailbox.
+    Missing,
+    /// There is one that is not safe to follow (why): it is ignored, and said in the log.
+    Ignored(String),
+    /// Its text.
+    Text(String),
+}
+
+/// How the `.forward` of a user (by name) is read: straight from the home directory, or
+/// through the helper that kept root (src/local.rs). `Err` is a file that cannot be read
+/// now: the recipient waits.
+pub type ReadForward<'a> = &'a dyn Fn(&str) -> Result<Forward, String>;
+
+/// Reads `account`'s `~/.forward`, following it only when nobody but the user (and root)
+/// can have written it: the home directory and the file owned by the user or root and not
+/// writable by group or others, the file a regular file of at most 64 KiB, not a symlink.
+pub fn read_forward(account: &sys::Account) -> Result<Forward, String> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let path = account.home.join(".forward");
+    let shown = format!("~{}/.forward", account.name);
+    let safe = |meta: &std::fs::Metadata| (meta.uid() == account.uid || meta.uid() == 0) && meta.mode() & 0o022 == 0;
+    if !account.home.is_absolute() {
+        return Ok(Forward::Missing);
+    }
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(&path);
+    let file = match file {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Forward::Missing),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Ok(Forward::Ignored(format!("{shown} is a symbolic link")));
+        }
+        Err(e) => return Err(format!("{shown}: {e}")),
+    };
+    let home = std::fs::metadata(&account.home).map_err(|e| format!("~{}: {e}", account.name))?;
+    if !safe(&home) {
+        return Ok(Forward::Ignored(format!("~{} is writable by others than {}", account.name, account.name)));
+    }
+    let meta = file.metadata().map_err(|e| format!("{shown}: {e}"))?;
+    if !meta.is_file() {
+        return Ok(Forward::Ignored(format!("{shown} is not a regular file")));
+    }
+    if !safe(&meta) {
+        return Ok(Forward::Ignored(format!(
+            "{shown} is not {}'s own, or others may write it (chmod 644 it)",
+            account.name
+        )));
+    }
+    let mut text = String::new();
+    let read = file.take(MAX_FORWARD + 1).read_to_string(&mut text);
+    read.map_err(|e| format!("{shown}: {e}"))?;
+    if text.len() as u64 > MAX_FORWARD {
+        return Ok(Forward::Ignored(format!("{shown} is larger than {} KiB", MAX_FORWARD / 1024)));
+    }
+    Ok(Forward::Text(text))
+}
+
+/// Whether a `.forward`'s text names this `|command` or `/file`: the helper runs and writes
+/// no other as its user.
+pub fn forward_names(text: &str, wanted: &str) -> bool {
+    entries(text).iter().any(|e| match kind(e) {
+        Ok(Kind::Command(c)) => wanted.strip_prefix('|') == Some(c),
+        Ok(Kind::File(f)) => wanted == f,
+        _ => false,
+    })
+}
+
+/// The largest `.forward` followed.
+const MAX_FORWARD: u64 = 64 * 1024;
+
+/// A system user's `.forward` read where this process stands: by name, from the password
+/// database (what `expand` uses).
+pub fn read_forward_of(user: &str) -> Result<Forward, String> {
+    match sys::account_named(user) {
+        Ok(Some(account)) => read_forward(&account),
+        Ok(None) => Ok(Forward::Missing),
+        Err(e) => Err(format!("{user}: {e}")),
+    }
+}
+
+/// The entries of an `:include:` list or a `.forward`: separated by commas and line ends,
+/// a comma inside double quotes kept (`"|/usr/bin/procmail -a a,b"`), `#` comment lines.
+pub fn entries(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        let (mut quoted, mut start) = (false, 0);
+        for (at, c) in line.char_indices() {
+            match c {
+                '"' => quoted = !quoted,
+                ',' if !quoted => {
+                    out.push(line[start..at].trim().to_string());
+                    start = at + 1;
+                }
+                _ => {}
+            }
+        }
+        out.push(line[start..].trim().to_string());
+    }
+    out.retain(|e| !e.is_empty());
+    out
 }
 
 /// What an aliases target is, as aliases(5) writes them (a target may be in double quotes).
@@ -89,6 +200,8 @@ pub struct LocalUsers {
     template: String,
     /// The local users are the system's accounts.
     system: bool,
+    /// Follow their `~/.forward` files.
+    forward_files: bool,
     /// Name -> maildir; `None` when every safe name has a mailbox from the template.
     mailboxes: Option<HashMap<String, PathBuf>>,
     aliases: HashMap<String, Vec<String>>,
@@ -130,6 +243,7 @@ impl LocalUsers {
             delimiter: config.recipient_delimiter.clone(),
             template: config.mailbox_template.clone(),
             system: config.system_users,
+            forward_files: config.forward_files,
             mailboxes,
             aliases,
             broken,
@@ -208,30 +322,28 @@ impl LocalUsers {
         }
     }
 
-    /// Expands one envelope recipient into the places its copies go.
+    /// Expands one envelope recipient into the places its copies go, reading `.forward`
+    /// files straight from the users' homes.
     pub fn expand(&self, rcpt: &ForwardPath) -> Result<Vec<Target>, ExpandError> {
+        self.expand_with(rcpt, &read_forward_of)
+    }
+
+    /// `expand`, with the `.forward` files read by `forward`.
+    pub fn expand_with(&self, rcpt: &ForwardPath, forward: ReadForward<'_>) -> Result<Vec<Target>, ExpandError> {
         let (local, domain) = match rcpt {
             ForwardPath::Postmaster => ("postmaster".to_string(), self.first_local_domain().to_string()),
             ForwardPath::Mailbox(m) if !self.is_local_domain(m.host()) => return Ok(vec![Target::Remote(m.clone())]),
             ForwardPath::Mailbox(m) => (m.local_part_text(), m.host().to_string().to_lowercase()),
         };
-        let mut out = Vec::new();
-        let mut seen = HashSet::new();
-        self.expand_local(&local, &domain, 0, &mut seen, &mut out)?;
-        if out.is_empty() {
+        let mut walk = Walk { forward, seen: HashSet::new(), out: Vec::new() };
+        self.expand_local(&local, &domain, 0, &mut walk)?;
+        if walk.out.is_empty() {
             return Err(ExpandError::Loop(rcpt.to_string()));
         }
-        Ok(out)
+        Ok(walk.out)
     }
 
-    fn expand_local(
-        &self,
-        local: &str,
-        domain: &str,
-        depth: usize,
-        seen: &mut HashSet<String>,
-        out: &mut Vec<Target>,
-    ) -> Result<(), ExpandError> {
+    fn expand_local(&self, local: &str, domain: &str, depth: usize, walk: &mut Walk<'_>) -> Result<(), ExpandError> {
         let name = self.lookup_name(local).ok_or_else(|| ExpandError::UnknownUser(format!("<{local}@{domain}>")))?;
         if depth > MAX_DEPTH {
             return Err(ExpandError::Loop(format!("<{name}@{domain}>")));
@@ -240,14 +352,14 @@ impl LocalUsers {
             return Err(ExpandError::Broken(format!("<{name}@{domain}>"), why.clone()));
         }
         match self.aliases.get(&name) {
-            Some(targets) if seen.insert(name.clone()) => {
+            Some(targets) if walk.seen.insert(name.clone()) => {
                 for target in targets {
-                    self.expand_target(&name, target, domain, depth, seen, out)?;
+                    self.expand_target(&name, target, domain, depth, walk)?;
                 }
                 Ok(())
             }
             Some(_) => Ok(()), // met again on a cycle: nothing new
-            None => self.push_mailbox(&name, domain, out),
+            None => self.push_user(&name, domain, depth, walk),
         }
     }
 
@@ -257,42 +369,92 @@ impl LocalUsers {
         target: &str,
         domain: &str,
         depth: usize,
-        seen: &mut HashSet<String>,
-        out: &mut Vec<Target>,
+        walk: &mut Walk<'_>,
     ) -> Result<(), ExpandError> {
         if target.eq_ignore_ascii_case(alias) {
-            return self.push_mailbox(alias, domain, out); // `alice: alice, bob@x` keeps a copy
+            return self.push_mailbox(alias, domain, &mut walk.out); // `alice: alice, bob@x` keeps a copy
         }
         let broken = |why: String| ExpandError::Broken(format!("<{alias}@{domain}>"), why);
-        let target = match kind(target).map_err(broken)? {
-            Kind::Address(t) => t,
+        let at = format!("{alias}@{domain}");
+        match kind(target).map_err(broken)? {
+            Kind::Address(t) => self.expand_address(t, domain, depth, walk),
             Kind::Command(command) => {
-                push_unique(out, Target::Command { alias: format!("{alias}@{domain}"), command: command.to_string() });
-                return Ok(());
+                push_unique(&mut walk.out, Target::Command { alias: at, command: command.to_string(), user: None });
+                Ok(())
             }
             Kind::File(path) => {
-                push_unique(out, Target::File { alias: format!("{alias}@{domain}"), path: PathBuf::from(path) });
-                return Ok(());
+                push_unique(&mut walk.out, Target::File { alias: at, path: PathBuf::from(path), user: None });
+                Ok(())
             }
             Kind::Include(path) => {
                 // Read at each use, so editing the list needs no reload; a list that cannot be
                 // read holds its alias's mail until it can.
                 for value in read_include(Path::new(path)).map_err(broken)? {
-                    self.expand_target(alias, &value, domain, depth + 1, seen, out)?;
+                    self.expand_target(alias, &value, domain, depth + 1, walk)?;
                 }
-                return Ok(());
-            }
-        };
-        match Mailbox::parse(target) {
-            Ok(m) if !self.is_local_domain(m.host()) => {
-                push_unique(out, Target::Remote(m));
                 Ok(())
             }
-            Ok(m) => {
-                self.expand_local(&m.local_part_text(), &m.host().to_string().to_lowercase(), depth + 1, seen, out)
-            }
-            Err(_) => self.expand_local(target, domain, depth + 1, seen, out),
         }
+    }
+
+    /// An address an alias or a `.forward` leads to: off this host, or expanded again here.
+    fn expand_address(&self, target: &str, domain: &str, depth: usize, walk: &mut Walk<'_>) -> Result<(), ExpandError> {
+        match Mailbox::parse(target) {
+            Ok(m) if !self.is_local_domain(m.host()) => {
+                push_unique(&mut walk.out, Target::Remote(m));
+                Ok(())
+            }
+            Ok(m) => self.expand_local(&m.local_part_text(), &m.host().to_string().to_lowercase(), depth + 1, walk),
+            Err(_) => self.expand_local(target, domain, depth + 1, walk),
+        }
+    }
+
+    /// A user with no alias: where its `~/.forward` leads (`forward_files = on`), else its
+    /// mailbox. A `.forward` met again on a cycle, or one that names its own user (`alice`,
+    /// or `\alice` as sendmail writes it), leads to the mailbox.
+    fn push_user(&self, name: &str, domain: &str, depth: usize, walk: &mut Walk<'_>) -> Result<(), ExpandError> {
+        let address = format!("{name}@{domain}");
+        let follows = self.system && self.forward_files && !["root", "postmaster"].contains(&name);
+        if !follows || !walk.seen.insert(format!("~{name}")) {
+            return self.push_mailbox(name, domain, &mut walk.out);
+        }
+        let broken = |why: String| ExpandError::Broken(format!("<{address}>"), why);
+        let text = match (walk.forward)(name).map_err(broken)? {
+            Forward::Missing => return self.push_mailbox(name, domain, &mut walk.out),
+            Forward::Ignored(why) => {
+                log::warn!("<{address}>: {why}: not followed, the mail goes to the mailbox");
+                return self.push_mailbox(name, domain, &mut walk.out);
+            }
+            Forward::Text(text) => text,
+        };
+        let targets = entries(&text);
+        if targets.is_empty() {
+            return self.push_mailbox(name, domain, &mut walk.out);
+        }
+        let shown = |why: String| broken(format!("~{name}/.forward: {why}"));
+        for entry in targets {
+            let own = entry.strip_prefix('\\').unwrap_or(&entry);
+            if own.eq_ignore_ascii_case(name) || own.eq_ignore_ascii_case(&address) {
+                self.push_mailbox(name, domain, &mut walk.out)?;
+                continue;
+            }
+            let user = Some(name.to_string());
+            match kind(&entry).map_err(shown)? {
+                Kind::Address(t) => self.expand_address(t, domain, depth, walk)?,
+                Kind::Command(command) => {
+                    let command = command.to_string();
+                    push_unique(&mut walk.out, Target::Command { alias: address.clone(), command, user });
+                }
+                Kind::File(path) => {
+                    push_unique(
+                        &mut walk.out,
+                        Target::File { alias: address.clone(), path: PathBuf::from(path), user },
+                    );
+                }
+                Kind::Include(_) => return Err(shown(":include: lists belong in the aliases file".into())),
+            }
+        }
+        Ok(())
     }
 
     fn push_mailbox(&self, name: &str, domain: &str, out: &mut Vec<Target>) -> Result<(), ExpandError> {
@@ -334,23 +496,24 @@ fn is_login_shell(shell: &Path, shells: Option<String>) -> bool {
     }
 }
 
+/// One expansion under way: how `.forward` files are read, the aliases and `.forward`s met
+/// (`~NAME`) so far, and the targets found.
+struct Walk<'a> {
+    forward: ReadForward<'a>,
+    seen: HashSet<String>,
+    out: Vec<Target>,
+}
+
 fn push_unique(out: &mut Vec<Target>, target: Target) {
     if !out.contains(&target) {
         out.push(target);
     }
 }
 
-/// The targets in an `:include:` file: comma- or line-separated, `#` comments.
+/// The targets in an `:include:` file (`entries`).
 fn read_include(path: &Path) -> Result<Vec<String>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!(":include:{}: {e}", path.display()))?;
-    Ok(text
-        .lines()
-        .filter(|l| !l.trim_start().starts_with('#'))
-        .flat_map(|l| l.split(','))
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .map(String::from)
-        .collect())
+    Ok(entries(&text))
 }
 
 impl LocalUsers {
@@ -447,6 +610,7 @@ mod tests {
                 .map(|m| m.iter().map(|n| (n.to_string(), PathBuf::from(format!("/home/{n}/Maildir/")))).collect()),
             aliases: aliases.iter().map(|(n, v)| (n.to_string(), v.iter().map(|s| s.to_string()).collect())).collect(),
             system: false,
+            forward_files: false,
             broken: HashMap::new(),
             problems: Vec::new(),
         }
@@ -534,6 +698,91 @@ mod tests {
         let t = users(None, &[]);
         assert!(t.expand(&rcpt("\"../x\"@localhost")).is_err());
         assert!(t.maildir("a/b").is_none() && t.maildir(".hidden").is_none());
+    }
+
+    #[test]
+    fn a_forward_file_is_expanded_like_an_alias_as_its_user() {
+        let mut u = users(Some(&["alice", "carol", "dave"]), &[("team", &["alice"])]);
+        (u.system, u.forward_files) = (true, true);
+        let read = |user: &str| -> Result<Forward, String> {
+            match user {
+                "alice" => Ok(Forward::Text(
+                    "# kept, sent on, and filed\n\\alice, bob@remote.test\n\"|/usr/bin/procmail -a x,y\"\n\
+                     /home/alice/all.mbox, carol\n"
+                        .into(),
+                )),
+                "carol" => Ok(Forward::Text("alice@example.test\n".into())),
+                "dave" => Ok(Forward::Ignored("~dave/.forward is writable by others".into())),
+                _ => Err("~erin/.forward: Input/output error".into()),
+            }
+        };
+        let t = u.expand_with(&rcpt("team@example.test"), &read).unwrap();
+        // carol's file leads back to alice, whose own was followed already: alice's mailbox.
+        assert_eq!(
+            keys(&t),
+            [
+                "<alice@example.test>",
+                "<bob@remote.test>",
+                "|/usr/bin/procmail -a x,y (~alice/.forward)",
+                "/home/alice/all.mbox (~alice/.forward)",
+            ]
+        );
+        let Target::Command { user, alias, .. } = &t[2] else { panic!("{t:?}") };
+        assert_eq!((user.as_deref(), alias.as_str()), (Some("alice"), "alice@example.test"));
+        // From carol, alice's file leads back to carol, whose own was followed already.
+        let t = u.expand_with(&rcpt("carol@example.test"), &read).unwrap();
+        assert_eq!(keys(&t)[..2], ["<alice@example.test>", "<bob@remote.test>"]);
+        assert_eq!(keys(&t)[4], "<carol@example.test>");
+        assert_eq!(keys(&u.expand_with(&rcpt("dave@example.test"), &read).unwrap()), ["<dave@example.test>"]);
+        u.mailboxes.as_mut().unwrap().insert("erin".into(), "/var/mail/erin/".into());
+        assert!(matches!(u.expand_with(&rcpt("erin@example.test"), &read), Err(ExpandError::Broken(..))));
+        let include = |_: &str| Ok(Forward::Text(":include:/etc/list\n".into()));
+        assert!(matches!(u.expand_with(&rcpt("dave@example.test"), &include), Err(ExpandError::Broken(..))));
+        let empty = |_: &str| Ok(Forward::Text("# nothing\n\n".into()));
+        assert_eq!(keys(&u.expand_with(&rcpt("dave@example.test"), &empty).unwrap()), ["<dave@example.test>"]);
+        // Off, the files are not read at all.
+        u.forward_files = false;
+        assert_eq!(keys(&u.expand_with(&rcpt("carol@example.test"), &read).unwrap()), ["<carol@example.test>"]);
+        assert!(forward_names("\"|/bin/a b,c\", /tmp/f\n", "|/bin/a b,c") && forward_names("/tmp/f", "/tmp/f"));
+        assert!(!forward_names("|/bin/a\n", "|/bin/b") && !forward_names("bob@x.test\n", "bob@x.test"));
+    }
+
+    #[test]
+    fn a_forward_file_is_followed_only_when_its_user_alone_can_write_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let home = std::env::temp_dir().join(format!("postern-forward-{}", std::process::id()));
+        std::fs::create_dir_all(&home).unwrap();
+        let mode =
+            |path: &Path, mode: u32| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        mode(&home, 0o755);
+        let account = sys::Account {
+            name: "x".into(),
+            uid: sys::effective_uid(),
+            gid: 0,
+            full_name: None,
+            home: home.clone(),
+            shell: "".into(),
+        };
+        let file = home.join(".forward");
+        assert_eq!(read_forward(&account), Ok(Forward::Missing));
+        std::fs::write(&file, "bob@remote.test\n").unwrap();
+        mode(&file, 0o644);
+        assert_eq!(read_forward(&account), Ok(Forward::Text("bob@remote.test\n".into())));
+        for unsafe_mode in [0o664, 0o646] {
+            mode(&file, unsafe_mode);
+            assert!(matches!(read_forward(&account), Ok(Forward::Ignored(_))), "{unsafe_mode:o}");
+        }
+        mode(&file, 0o644);
+        mode(&home, 0o777);
+        assert!(matches!(read_forward(&account), Ok(Forward::Ignored(_))), "a home others may write");
+        mode(&home, 0o755);
+        std::fs::remove_file(&file).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", &file).unwrap();
+        assert!(matches!(read_forward(&account), Ok(Forward::Ignored(_))), "a symlink");
+        std::fs::remove_file(&file).unwrap();
+        std::fs::create_dir(&file).unwrap();
+        assert!(matches!(read_forward(&account), Ok(Forward::Ignored(_))), "a directory");
+        std::fs::remove_dir_all(&home).unwrap();
     }
 
     #[test]

@@ -117,6 +117,8 @@ pub struct Config {
     /// `local_users = system`: the local users are the system's accounts, each copy written
     /// by a process running as its user (`table`: the mailboxes file, or any safe name).
     pub system_users: bool,
+    /// Follow system users' `~/.forward` files.
+    pub forward_files: bool,
     pub aliases: Option<PathBuf>,
     /// Deliver into a maildir even when it (or its tmp/ or new/) is a symlink.
     pub follow_maildir_symlinks: bool,
@@ -310,6 +312,7 @@ impl Config {
             mailboxes: None,
             mailbox_template: "./spool/mailboxes/%u/".into(),
             system_users: false,
+            forward_files: false,
             aliases: None,
             follow_maildir_symlinks: false,
             instant_delivery: true,
@@ -485,6 +488,7 @@ impl Config {
                 }
             }
             "aliases" => self.aliases = optional(v, path)?,
+            "forward_files" => self.forward_files = switch(v)?,
             "follow_maildir_symlinks" => self.follow_maildir_symlinks = switch(v)?,
             "instant_delivery" => self.instant_delivery = switch(v)?,
             "alias_user" => {
@@ -631,6 +635,7 @@ impl Config {
             ("mailbox_template", self.mailbox_template.clone()),
             ("local_users", if self.system_users { "system" } else { "table" }.into()),
             ("aliases", path(&self.aliases)),
+            ("forward_files", on(self.forward_files)),
             ("follow_maildir_symlinks", on(self.follow_maildir_symlinks)),
             ("instant_delivery", on(self.instant_delivery)),
             ("alias_user", self.alias_user.clone()),
@@ -737,6 +742,9 @@ impl Config {
         let submission = self.listen.iter().any(|l| l.mode != Mode::Mta);
         if self.listen.iter().any(|l| l.mode == Mode::Smtps) && self.tls_cert.is_none() {
             return Err("listen: an smtps port needs tls_cert and tls_key".into());
+        }
+        if self.forward_files && !self.system_users {
+            return Err("forward_files is for local_users = system (a .forward is in a user's home)".into());
         }
         if self.auth_senders.is_some() && self.auth_users.is_none() {
             return Err("auth_senders needs auth_users".into());

@@ -96,10 +96,12 @@ pub fn verify(config: &Config, addresses: &[String]) -> Result<bool, String> {
                     Some(user) => format!("deliverable: maildir {} (written as {user})", maildir.display()),
                     None => format!("deliverable: maildir {}", maildir.display()),
                 },
-                Target::Command { command, .. } => {
-                    format!("deliverable: command |{command} (run as {})", config.alias_user)
+                Target::Command { command, user, .. } => {
+                    format!("deliverable: command |{command} (run as {})", user.as_ref().unwrap_or(&config.alias_user))
                 }
-                Target::File { path, .. } => format!("deliverable: file {} (as {})", path.display(), config.alias_user),
+                Target::File { path, user, .. } => {
+                    format!("deliverable: file {} (as {})", path.display(), user.as_ref().unwrap_or(&config.alias_user))
+                }
                 Target::Remote(mailbox) => match relay.verify(mailbox) {
                     Ok(servers) => format!("deliverable: {mailbox} by {}", servers.join(", ")),
                     Err(why) => {
@@ -760,7 +762,7 @@ impl<'a> Runner<'a> {
         for rcpt in &envelope.rcpts {
             let expanded = match self.srs_reversed(rcpt, envelope.arrived) {
                 Some(reversed) => reversed.map(|m| vec![Target::Remote(m)]),
-                None => self.users.expand(rcpt),
+                None => self.users.expand_with(rcpt, &|user| self.read_forward(user)),
             };
             match expanded {
                 Ok(targets) => {
@@ -774,6 +776,15 @@ impl<'a> Runner<'a> {
             }
         }
         out
+    }
+
+    /// A user's `~/.forward`, read by the helper that kept root when there is one (the run's
+    /// own user may not reach the home), else here.
+    fn read_forward(&self, user: &str) -> Result<crate::alias::Forward, String> {
+        match &self.writer {
+            Some(writer) => writer.forward(user),
+            None => crate::alias::read_forward_of(user),
+        }
     }
 
     /// The original sender an SRS recipient of ours stands for (a bounce or a reply to a copy
@@ -847,15 +858,19 @@ impl<'a> Runner<'a> {
         let (address, maildir, owner) = match target {
             Target::Mailbox { address, maildir, owner, .. } => (address, maildir, owner),
             Target::Remote(_) => return None,
-            Target::Command { alias, command } => {
+            Target::Command { alias, command, user } => {
                 let to = format!("<{alias}>");
-                return self
-                    .attempt_as(q, &to, Where::Local, attempt, |w, m| w.pipe(command, &q.envelope.from, alias, m));
+                let user = user.as_deref();
+                return self.attempt_as(q, &to, Where::Local, attempt, |w, m| {
+                    w.pipe(command, &q.envelope.from, alias, user, m)
+                });
             }
-            Target::File { alias, path } => {
+            Target::File { alias, path, user } => {
                 let to = format!("<{alias}>");
-                return self
-                    .attempt_as(q, &to, Where::Local, attempt, |w, m| w.append(path, &q.envelope.from, alias, m));
+                let user = user.as_deref();
+                return self.attempt_as(q, &to, Where::Local, attempt, |w, m| {
+                    w.append(path, &q.envelope.from, alias, user, m)
+                });
             }
         };
         // A quarantined message goes into the Junk folder where postern writes the maildir.

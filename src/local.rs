@@ -12,12 +12,17 @@
 //!
 //! The same helper runs the aliases' `|command`s and appends to their `/file`s, as
 //! `alias_user`: only commands and files the aliases name, so the run cannot choose others.
+//! With `forward_files = on` it reads the users' `~/.forward` files for the run (which may
+//! not reach their homes), and runs the commands and appends to the files one names as its
+//! user, after reading it again: only those that user's `.forward` names.
 //!
 //! Requests and replies are one line each, fields split by tabs:
-//! `mailbox|junk|command|file|look<TAB>USER|COMMAND|PATH<TAB>RETURN-PATH<TAB>DELIVERED-TO<TAB>NAME<TAB>SIZE`
+//! `mailbox|junk|command|file|look|forward<TAB>USER|COMMAND|PATH<TAB>RETURN-PATH<TAB>DELIVERED-TO<TAB>NAME<TAB>SIZE`
 //! then SIZE octets of message; `ok<TAB>WHERE` or `err<TAB>full|unsafe|loop|io|refused<TAB>TEXT`.
-//! NAME is the maildir file name the run chose and recorded for a `mailbox` or `junk` copy
-//! (`-` for the others); `junk` is a `mailbox` copy into the maildir's `junk_folder`, which
+//! NAME is the maildir file name the run chose and recorded for a `mailbox` or `junk` copy,
+//! the user whose `.forward` names a `command` or `file` (`-` for the aliases' and the
+//! others); `forward` is answered `text<TAB>SIZE` and SIZE octets, `none<TAB>-` or
+//! `ignored<TAB>WHY` (`alias::Forward`); `junk` is a `mailbox` copy into the maildir's `junk_folder`, which
 //! the helper reads from its own configuration; `look` asks whether USER's maildir has a copy
 //! under NAME, in its inbox or its Junk folder (`ok<TAB>WHERE`, or `none<TAB>-`), after a run
 //! was killed between a copy and its record.
@@ -28,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Mutex;
 
-use crate::alias::LocalUsers;
+use crate::alias::{Forward, LocalUsers, read_forward};
 use crate::config::Config;
 use crate::maildir::{MaildirError, Stamp, deliver_to_maildir};
 use crate::smtp::address::ReversePath;
@@ -86,30 +91,73 @@ impl Writer {
         self.ask(["look", user, "<>", "-", name], b"").ok()
     }
 
-    /// One copy to an alias's command, run as `alias_user`.
+    /// One copy to an alias's command, run as `alias_user`, or to the command `user`'s
+    /// `.forward` names, run as `user`.
     pub fn pipe(
         &self,
         command: &str,
         from: &ReversePath,
         alias: &str,
+        user: Option<&str>,
         message: &[u8],
     ) -> Result<PathBuf, MaildirError> {
-        self.ask(["command", command, &from.to_string(), alias, "-"], message)
+        self.ask(["command", command, &from.to_string(), alias, user.unwrap_or("-")], message)
     }
 
-    /// One copy appended to an alias's mbox file, as `alias_user`.
+    /// One copy appended to an alias's mbox file, as `alias_user`, or to the file `user`'s
+    /// `.forward` names, as `user`.
     pub fn append(
         &self,
         path: &Path,
         from: &ReversePath,
         alias: &str,
+        user: Option<&str>,
         message: &[u8],
     ) -> Result<PathBuf, MaildirError> {
-        self.ask(["file", &path.display().to_string(), &from.to_string(), alias, "-"], message)
+        self.ask(["file", &path.display().to_string(), &from.to_string(), alias, user.unwrap_or("-")], message)
+    }
+
+    /// `user`'s `~/.forward`, read by the helper as root (`alias::read_forward`).
+    pub fn forward(&self, user: &str) -> Result<Forward, String> {
+        let answer = self.exchange(["forward", user, "<>", "-", "-"], b"", |line, output| {
+            let mut fields = line.trim_end_matches('\n').splitn(2, '\t');
+            match (fields.next(), fields.next()) {
+                (Some("text"), Some(size)) => {
+                    let size: u64 = size.parse().map_err(|_| MaildirError::Io(format!("bad size `{size}`")))?;
+                    let mut text = Vec::new();
+                    output.take(size).read_to_end(&mut text).map_err(|e| MaildirError::Io(e.to_string()))?;
+                    Ok(Forward::Text(String::from_utf8_lossy(&text).into_owned()))
+                }
+                (Some("none"), Some("-")) => Ok(Forward::Missing),
+                (Some("ignored"), Some(why)) => Ok(Forward::Ignored(why.to_string())),
+                _ => {
+                    Err(parse_reply(line).err().unwrap_or_else(|| MaildirError::Io(format!("reply `{}`", line.trim()))))
+                }
+            }
+        });
+        answer.map_err(|e| match e {
+            MaildirError::Loop => "local writer: a loop".to_string(),
+            MaildirError::Full(t)
+            | MaildirError::Unsafe(t)
+            | MaildirError::Io(t)
+            | MaildirError::Refused(t)
+            | MaildirError::Denied(t) => t,
+        })
     }
 
     /// One request: kind, who, return path, delivered-to and name, then the message.
     fn ask(&self, fields: [&str; 5], message: &[u8]) -> Result<PathBuf, MaildirError> {
+        self.exchange(fields, message, |line, _| parse_reply(line))
+    }
+
+    /// Sends one request and reads its reply's line, then what `then` makes of it (and of
+    /// what follows it).
+    fn exchange<T>(
+        &self,
+        fields: [&str; 5],
+        message: &[u8],
+        then: impl FnOnce(&str, &mut BufReader<ChildStdout>) -> Result<T, MaildirError>,
+    ) -> Result<T, MaildirError> {
         let who = fields[1];
         if fields.iter().any(|f| f.contains(['\t', '\n', '\r'])) {
             return Err(MaildirError::Unsafe(format!("`{}`: a tab or line end in it", who.escape_default())));
@@ -122,7 +170,7 @@ impl Writer {
         sent.and_then(|()| input.flush()).map_err(|e| MaildirError::Io(format!("local writer for {who}: {e}")))?;
         let mut line = String::new();
         match helper.output.read_line(&mut line) {
-            Ok(n) if n > 0 => parse_reply(&line),
+            Ok(n) if n > 0 => then(&line, &mut helper.output),
             Ok(_) => Err(MaildirError::Io(format!("local writer for {who}: it stopped"))),
             Err(e) => Err(MaildirError::Io(format!("local writer for {who}: {e}"))),
         }
@@ -229,6 +277,19 @@ pub fn serve(config: &Config) -> Result<(), String> {
             }
             "command" => run_command(config, &users, &req),
             "file" => append_file(config, &users, &exe, &req),
+            "forward" => {
+                let answer = match mailbox_of(config, &users, &req.user) {
+                    Ok((account, _)) => match read_forward(&account) {
+                        Ok(Forward::Text(text)) => format!("text\t{}\n{text}", text.len()),
+                        Ok(Forward::Missing) => "none\t-\n".to_string(),
+                        Ok(Forward::Ignored(why)) => format!("ignored\t{}\n", why.replace(['\t', '\n', '\r'], " ")),
+                        Err(why) => reply(&Err(MaildirError::Io(why))),
+                    },
+                    Err(e) => reply(&Err(e)),
+                };
+                output.write_all(answer.as_bytes()).and_then(|()| output.flush()).map_err(|e| e.to_string())?;
+                continue;
+            }
             other => Err(MaildirError::Unsafe(format!("unknown request `{other}`"))),
         };
         output.write_all(reply(&result).as_bytes()).and_then(|()| output.flush()).map_err(|e| e.to_string())?;
@@ -314,6 +375,25 @@ fn alias_account(config: &Config) -> Result<(sys::Account, Vec<u32>), MaildirErr
     Ok((account, groups))
 }
 
+/// The account and groups a `.forward`'s `|command` or `/file` (`target`) runs as: a local
+/// system user's, never root's, and only when that user's `.forward`, read again here, names
+/// `target`.
+fn forward_account(
+    config: &Config,
+    users: &LocalUsers,
+    user: &str,
+    target: &str,
+) -> Result<(sys::Account, Vec<u32>), MaildirError> {
+    let (account, _) = mailbox_of(config, users, user)?;
+    match read_forward(&account) {
+        Ok(Forward::Text(text)) if config.forward_files && crate::alias::forward_names(&text, target) => {}
+        Ok(_) => return Err(MaildirError::Unsafe(format!("`{target}` is not in ~{user}/.forward"))),
+        Err(why) => return Err(MaildirError::Io(why)),
+    }
+    let groups = sys::groups_of(&account.name, account.gid).map_err(|e| MaildirError::Io(e.to_string()))?;
+    Ok((account, groups))
+}
+
 /// Exit codes of sysexits.h that mean "try again later" (EX_OSERR, EX_IOERR, EX_TEMPFAIL).
 const TEMPORARY_EXITS: [i32; 3] = [71, 74, 75];
 
@@ -323,10 +403,20 @@ const TEMPORARY_EXITS: [i32; 3] = [71, 74, 75];
 /// defers; any other code bounces, with what the command printed.
 fn run_command(config: &Config, users: &LocalUsers, req: &Request) -> Result<PathBuf, MaildirError> {
     use std::os::unix::process::ExitStatusExt;
-    if !users.allows_command(&req.user) {
-        return Err(MaildirError::Unsafe(format!("`|{}` is no command of the aliases", req.user)));
-    }
-    let (account, groups) = alias_account(config)?;
+    let (account, groups, home) = match req.name.as_str() {
+        "-" if !users.allows_command(&req.user) => {
+            return Err(MaildirError::Unsafe(format!("`|{}` is no command of the aliases", req.user)));
+        }
+        "-" => {
+            let (account, groups) = alias_account(config)?;
+            (account, groups, PathBuf::from("/"))
+        }
+        user => {
+            let (account, groups) = forward_account(config, users, user, &format!("|{}", req.user))?;
+            let home = Some(account.home.clone()).filter(|h| h.is_dir()).unwrap_or_else(|| PathBuf::from("/"));
+            (account, groups, home)
+        }
+    };
     let sender = req.return_path.to_string();
     let mut command = Command::new("/bin/sh");
     command
@@ -334,13 +424,13 @@ fn run_command(config: &Config, users: &LocalUsers, req: &Request) -> Result<Pat
         .arg(&req.user)
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("HOME", "/")
+        .env("HOME", &home)
         .env("SHELL", "/bin/sh")
         .env("USER", &account.name)
         .env("LOGNAME", &account.name)
         .env("SENDER", sender.trim_start_matches('<').trim_end_matches('>'))
         .env("RECIPIENT", &req.delivered_to)
-        .current_dir("/")
+        .current_dir(&home)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -454,10 +544,13 @@ fn tail(mut pipe: impl Read) -> String {
 /// An alias's `/file`: appended as `alias_user` by `--append-mbox`.
 fn append_file(config: &Config, users: &LocalUsers, exe: &Path, req: &Request) -> Result<PathBuf, MaildirError> {
     let path = Path::new(&req.user);
-    if !users.allows_file(path) {
-        return Err(MaildirError::Unsafe(format!("{} is no file of the aliases", path.display())));
-    }
-    let (account, groups) = alias_account(config)?;
+    let (account, groups) = match req.name.as_str() {
+        "-" if !users.allows_file(path) => {
+            return Err(MaildirError::Unsafe(format!("{} is no file of the aliases", path.display())));
+        }
+        "-" => alias_account(config)?,
+        user => forward_account(config, users, user, &req.user)?,
+    };
     let mut command = Command::new(exe);
     command
         .arg("--append-mbox")

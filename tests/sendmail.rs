@@ -728,6 +728,99 @@ fn a_bad_alias_line_costs_that_alias_alone() {
     assert!(text(&out).contains("2 lines not used"), "{}", text(&out));
 }
 
+/// `forward_files = on`: a system user's `~/.forward` is followed as an alias of that user's
+/// would be: a copy kept (`\\alice`), a command run and a file written as the user, an address
+/// elsewhere sent on. The homes are 0700, so only the helper that kept root reads them. A
+/// `.forward` others may write is not followed: the mail goes to the mailbox, and the log says
+/// why.
+#[test]
+fn a_system_users_forward_file_is_followed_as_that_user() {
+    if skip_unless_root("create users and write as them") {
+        return;
+    }
+    let sink = support::FakeMx::start("127.0.0.1:0", |_| None);
+    let tag = std::process::id() % 100_000;
+    let (alice, bob) = (format!("pstn-fa{tag}"), format!("pstn-fb{tag}"));
+    let (service, group) = (format!("pstn-fv{tag}"), format!("pstn-fg{tag}"));
+    let extra = format!(
+        "local_users = system\nforward_files = on\nuser = {service}\nrelayhost = [127.0.0.1]:{}\n",
+        sink.addr.port()
+    );
+    let (dir, conf) = setup("forward", &extra);
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(&conf, config.replace(&format!("mailboxes = {}/mailboxes\n", dir.path().display()), "")).unwrap();
+    std::fs::write(dir.path().join("aliases"), format!("root: {alice}\npostmaster: root\n")).unwrap();
+    let homes = dir.path().join("home");
+    std::fs::create_dir(&homes).unwrap();
+    let mut accounts = vec![Account { user: service.clone(), groups: vec![service.clone(), group.clone()] }];
+    for name in [&alice, &bob] {
+        let mut useradd = Command::new("useradd");
+        useradd.args(["--create-home", "--shell", "/bin/sh", "--home-dir"]).arg(homes.join(name)).arg(name);
+        let out = useradd.output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        accounts.push(Account { user: name.clone(), groups: Vec::new() });
+        std::fs::set_permissions(homes.join(name), std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let out = Command::new(queue_program()).arg("-c").arg(&conf).args(["init", "--group", &group]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let home = |name: &str| homes.join(name);
+    let archive = home(&alice).join("archive.mbox");
+    let forward = |name: &str, text: String, mode: u32| {
+        let path = home(name).join(".forward");
+        std::fs::write(&path, text).unwrap();
+        let (uid, gid) = ids(name);
+        std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    forward(
+        &alice,
+        format!(
+            "# mine, kept and copied\n\\{alice}, \"|cat >> piped.txt\"\n{}\nalice-away@remote.test\n",
+            archive.display()
+        ),
+        0o644,
+    );
+    forward(&bob, "bob-away@remote.test\n".into(), 0o666);
+
+    // Where it would go, said before anything is sent.
+    let out = sendmail(&conf, &["-bv", &alice], b"");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out));
+    for line in [
+        format!("{alice}: deliverable: maildir {}/Maildir/ (written as {alice})", home(&alice).display()),
+        format!("{alice}: deliverable: command |cat >> piped.txt (run as {alice})"),
+        format!("{alice}: deliverable: file {} (as {alice})", archive.display()),
+    ] {
+        assert!(said.lines().any(|l| l == line), "{line}\n{said}");
+    }
+    assert!(said.contains(&format!("{alice}: deliverable: alice-away@remote.test by 127.0.0.1")), "{said}");
+
+    assert!(sendmail(&conf, &[&alice], b"Subject: followed\n\nto alice\n").status.success());
+    assert!(sendmail(&conf, &[&bob], b"Subject: not followed\n\nto bob\n").status.success());
+    let log = deliver(&conf, None, &[]);
+    assert!(support::waiting(&dir.path().join("spool")).is_empty(), "{log}");
+    let (uid, _) = ids(&alice);
+    let kept = list(&home(&alice).join("Maildir/new"));
+    assert_eq!(kept.len(), 1, "{log}");
+    let piped = home(&alice).join("piped.txt");
+    for path in [&kept[0], &piped, &archive] {
+        let meta = std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}\n{log}", path.display()));
+        assert_eq!(meta.uid(), uid, "{} is written as alice", path.display());
+        assert!(std::fs::read_to_string(path).unwrap().contains("to alice"), "{}", path.display());
+    }
+    assert!(std::fs::read_to_string(&archive).unwrap().starts_with("From "), "an mbox copy");
+    let sent: Vec<String> = sink.messages().iter().map(|m| String::from_utf8_lossy(m).into_owned()).collect();
+    assert_eq!(sent.len(), 1, "{log}");
+    assert!(sent[0].contains("to alice"), "{}", sent[0]);
+    assert!(sink.commands().iter().any(|c| c == "RCPT TO:<alice-away@remote.test>"), "{:?}", sink.commands());
+    // bob's file may be written by anyone: his mail stays his, and the log says why.
+    let bobs = list(&home(&bob).join("Maildir/new"));
+    assert_eq!(bobs.len(), 1, "{log}");
+    assert!(log.contains(&format!("~{bob}/.forward is not {bob}'s own, or others may write it")), "{log}");
+    drop(accounts);
+}
+
 #[test]
 fn system_users_get_their_mail_in_their_own_home_written_as_themselves() {
     if skip_unless_root("create users and write as them") || skip_unless(have("setpriv"), "setpriv is missing") {
