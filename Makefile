@@ -98,7 +98,9 @@ uninstall:
 	@echo "make uninstall: left /etc/postern and /var/spool/postern (the configuration, and any mail still queued)"
 
 # A Debian package (target/postern_VERSION_ARCH.deb) that provides mail-transport-agent, so
-# bsd-mailx and cron find their MTA in it; its postinst runs `postern-queue init`.
+# bsd-mailx and cron find their MTA in it; its postinst runs `postern-queue init`, sets
+# postern-sendmail setgid with dpkg-statoverride and enables the units, and a purge removes
+# what it made (contrib/debian/).
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 ARCH := $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
 DEB_ROOT ?= target/deb/root
@@ -130,7 +132,7 @@ deb-files:
 	sed 's/@VERSION@/$(VERSION)/; s/@ARCH@/$(ARCH)/; s/@MAINTAINER@/$(DEB_MAINTAINER)/' \
 		contrib/debian/control.in > $(DEB_ROOT)/DEBIAN/control
 	printf '/etc/postern/postern.conf\n/etc/cron.d/postern\n' > $(DEB_ROOT)/DEBIAN/conffiles
-	install -m 0755 contrib/debian/postinst $(DEB_ROOT)/DEBIAN/postinst
+	for s in postinst prerm postrm; do install -m 0755 contrib/debian/$$s $(DEB_ROOT)/DEBIAN/$$s; done
 	cd $(DEB_ROOT) && find usr -type f -printf '%P\n' | sort | sed 's#^#usr/#' | xargs md5sum > DEBIAN/md5sums
 	dpkg-deb --root-owner-group --build $(DEB_ROOT) $(DEB_OUT)/postern_$(VERSION)_$(ARCH).deb
 

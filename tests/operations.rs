@@ -896,7 +896,10 @@ fn make_deb_builds_a_package_that_is_the_boxs_mta() {
     assert_eq!(String::from_utf8_lossy(&conffiles.stdout), "/etc/postern/postern.conf\n/etc/cron.d/postern\n");
     let control = Command::new("dpkg-deb").arg("--info").arg(&deb).output().unwrap();
     let control = String::from_utf8_lossy(&control.stdout).to_string();
-    assert!(control.contains("postinst") && control.contains("conffiles") && control.contains("md5sums"), "{control}");
+    for part in ["postinst", "prerm", "postrm", "conffiles", "md5sums"] {
+        assert!(control.contains(part), "{part}: {control}");
+    }
+    the_package_lives_and_goes_in_a_throwaway_root(&deb, dir.path());
     // Debian's own check of a package: no error and no warning.
     if support::skip_unless(support::have("lintian"), "lintian is not installed") {
         return;
@@ -905,6 +908,66 @@ fn make_deb_builds_a_package_that_is_the_boxs_mta() {
     let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     let found: Vec<&str> = said.lines().filter(|l| l.starts_with("E: ") || l.starts_with("W: ")).collect();
     assert!(found.is_empty() && out.status.success(), "{said}");
+}
+
+/// The package installed, upgraded, removed and purged in a root of its own (the host's seen
+/// through an overlay in a mount namespace of the script's: tests/deb-lifecycle.sh). What a
+/// Debian administrator expects: the user, the group and the spool made; postern-sendmail
+/// setgid through dpkg-statoverride; the units enabled and started on install, restarted on
+/// upgrade, a unit the administrator disabled left so, stopped on remove; and a purge that
+/// takes away what the package made, except a spool that still holds mail.
+fn the_package_lives_and_goes_in_a_throwaway_root(deb: &Path, dir: &Path) {
+    if support::skip_unless_root("mount an overlay root in a namespace of its own") {
+        return;
+    }
+    let scratch = dir.join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/deb-lifecycle.sh");
+    let out = Command::new(&script).arg(deb).arg(&scratch).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    if support::skip_unless(out.status.code() != Some(77), said.trim()) {
+        return;
+    }
+    assert!(out.status.success() && said.ends_with("done\n"), "{said}");
+    let spool = "/var/spool/postern";
+    for line in [
+        "installed: user: postern:/var/spool/postern",
+        "installed: groups: postern postern-drop ",
+        "installed: override: root postern-drop 2755 /usr/sbin/postern-sendmail",
+        "installed: sendmail: 2755 root postern-drop",
+        "installed: maildrop: 1730 postern postern-drop",
+        "installed: enabled: postern-smtpd.service",
+        "installed: enabled: postern-deliver.timer",
+        "installed: called: deb-systemd-invoke start postern-smtpd.service postern-deliver.timer",
+        "upgraded: override: root postern-drop 2755 /usr/sbin/postern-sendmail",
+        "upgraded: sendmail: 2755 root postern-drop",
+        "upgraded: enabled: postern-smtpd.service",
+        "upgraded: called: deb-systemd-invoke restart postern-smtpd.service postern-deliver.timer",
+        "removed: called: deb-systemd-invoke stop postern-smtpd.service postern-smtpd.socket postern-deliver.timer postern-deliver.service",
+        "removed: sendmail: none",
+        "removed: user: postern:/var/spool/postern",
+        "removed: /etc/postern: postern.conf ",
+        "purged-with-mail: said: postern: /var/spool/postern holds 1 queued file(s): left, with the user postern and the group postern-drop that own them",
+        "purged-with-mail: user: postern:/var/spool/postern",
+        "purged-with-mail: override: ",
+        "purged-with-mail: /etc/postern: none",
+        "purged: user: ",
+        "purged: groups: ",
+        "purged: override: ",
+        &format!("purged: {spool}: none"),
+        "purged: /etc/postern: none",
+    ] {
+        assert!(said.lines().any(|l| l == line), "{line}\n{said}");
+    }
+    assert!(!said.contains("upgraded: enabled: postern-deliver.timer"), "the timer stays disabled: {said}");
+    assert!(!said.contains("purged: enabled:"), "{said}");
+    assert!(said.contains("installed: /var/spool/postern: corrupt cur hold maildrop new srs-secret tmp"), "{said}");
+    // The host is as it was: no postern package, its own deb-systemd-invoke, nothing left.
+    let installed = Command::new("dpkg-query").args(["-W", "postern"]).output().unwrap();
+    assert!(!installed.status.success(), "{installed:?}");
+    let invoke = std::fs::read_to_string("/usr/bin/deb-systemd-invoke").unwrap_or_default();
+    assert!(!invoke.contains("/tmp/calls"), "the host's deb-systemd-invoke was replaced");
+    assert!(support::list(&scratch).is_empty(), "the overlay's files went with its namespace");
 }
 
 /// Mail arrives while the configuration file is replaced by a broken one, an empty one, one

@@ -30,10 +30,11 @@ const USAGE: &str = "usage: postern-queue [-c FILE | --builtin-config] COMMAND
                      run tries it (flush: at once)
                      (for hold, release, delete and requeue: ALL for every message it applies
                      to, or - for the IDs on standard input, as postsuper reads them)
-  init [--group NAME] [--sendmail PATH]
+  init [--group NAME] [--sendmail PATH | --no-sendmail]
                      as root: create the service user (`user`), the drop group (postern-drop),
                      the spool and its maildrop/ with their owners and modes, and make
-                     postern-sendmail setgid to the drop group; safe to run again
+                     postern-sendmail setgid to the drop group (not with --no-sendmail: a
+                     package sets it with dpkg-statoverride); safe to run again
   -c FILE            configuration file (default: $POSTERN_CONF, /etc/postern/postern.conf, built-in)
   --builtin-config   the built-in configuration
   -h, --help         this text;  -V, --version  the version
@@ -51,7 +52,16 @@ enum Command {
     Release(Targets),
     Delete(Targets),
     Requeue(Targets),
-    Init { group: String, sendmail: Option<PathBuf> },
+    Init { group: String, sendmail: Sendmail },
+}
+
+/// Which postern-sendmail `init` makes setgid.
+enum Sendmail {
+    /// The one beside this program.
+    Beside,
+    At(PathBuf),
+    /// None: the package system sets its mode (dpkg-statoverride).
+    Left,
 }
 
 struct Args {
@@ -121,11 +131,14 @@ fn parse_args() -> Result<Args, Exit> {
             "delete" => break Command::Delete(targets(&mut it, "delete")?),
             "requeue" => break Command::Requeue(targets(&mut it, "requeue")?),
             "init" => {
-                let (mut group, mut sendmail) = (DROP_GROUP.to_string(), None);
+                let (mut group, mut sendmail) = (DROP_GROUP.to_string(), Sendmail::Beside);
                 while let Some(flag) = it.next() {
                     match flag.as_str() {
                         "--group" => group = it.next().ok_or("--group needs a name")?,
-                        "--sendmail" => sendmail = Some(PathBuf::from(it.next().ok_or("--sendmail needs a path")?)),
+                        "--sendmail" => {
+                            sendmail = Sendmail::At(PathBuf::from(it.next().ok_or("--sendmail needs a path")?))
+                        }
+                        "--no-sendmail" => sendmail = Sendmail::Left,
                         other => return Err(Exit::Usage(format!("init: unknown argument `{other}`"))),
                     }
                 }
@@ -173,7 +186,7 @@ fn run(args: &Args) -> Result<(), Fail> {
     let config = Config::choose(args.builtin, args.config.as_deref()).map_err(|e| e.to_string())?;
     logging::configure(config.log, &config.syslog_socket);
     if let Command::Init { group, sendmail } = &args.command {
-        return init(&config, group, sendmail.as_deref());
+        return init(&config, group, sendmail);
     }
     // As root, act as the service user: every file the queue gains stays the service's.
     sys::become_user(config.user.as_deref())?;
@@ -381,7 +394,7 @@ fn show(spool: &Spool, id: &QueueId) -> Result<(), Fail> {
 }
 
 /// Sets up, or puts right, what a system install needs. Each step says what it did.
-fn init(config: &Config, group: &str, sendmail: Option<&Path>) -> Result<(), Fail> {
+fn init(config: &Config, group: &str, sendmail: &Sendmail) -> Result<(), Fail> {
     if !sys::is_root() {
         return Err(Fail(1, "init must run as root".into()));
     }
@@ -456,8 +469,9 @@ fn init(config: &Config, group: &str, sendmail: Option<&Path>) -> Result<(), Fai
         say(format!("created {}: add `root: you` to it", aliases.display()));
     }
     let sendmail = match sendmail {
-        Some(p) => p.to_path_buf(),
-        None => std::env::current_exe().map_err(|e| e.to_string())?.with_file_name("postern-sendmail"),
+        Sendmail::At(p) => p.clone(),
+        Sendmail::Beside => std::env::current_exe().map_err(|e| e.to_string())?.with_file_name("postern-sendmail"),
+        Sendmail::Left => return Ok(()),
     };
     if sendmail.is_file() {
         chown(&sendmail, Some(0), Some(drop_gid)).map_err(|e| format!("{}: {e}", sendmail.display()))?;
