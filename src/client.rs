@@ -1,4 +1,5 @@
-//! The SMTP client's I/O: a TCP connection, TLS when the protocol asks for it, and the waits.
+//! The SMTP client's I/O: a TCP connection, TLS when the protocol asks for it, and the waits;
+//! and LMTP's (RFC 2033), over a TCP or a Unix socket, with the same machines.
 //!
 //! Every decision between two replies is made by the state machines of `smtp::client`; this
 //! loop only writes what they say, reads replies with `smtp::reply::parse_reply` (bounded:
@@ -7,6 +8,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use native_tls::{TlsConnector, TlsStream};
@@ -48,14 +50,26 @@ enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
     Dane(Box<openssl::ssl::SslStream<TcpStream>>),
+    /// LMTP to a local delivery agent's socket.
+    Unix(UnixStream),
 }
 
 impl Stream {
-    fn tcp(&self) -> &TcpStream {
+    /// The TCP connection underneath; `None` for a Unix socket.
+    fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            Stream::Plain(s) => s,
-            Stream::Tls(s) => s.get_ref(),
-            Stream::Dane(s) => s.get_ref(),
+            Stream::Plain(s) => Some(s),
+            Stream::Tls(s) => Some(s.get_ref()),
+            Stream::Dane(s) => Some(s.get_ref()),
+            Stream::Unix(_) => None,
+        }
+    }
+
+    fn set_read_timeout(&self, timeout: Duration) -> io::Result<()> {
+        match (self, self.tcp()) {
+            (Stream::Unix(s), _) => s.set_read_timeout(Some(timeout)),
+            (_, Some(tcp)) => tcp.set_read_timeout(Some(timeout)),
+            _ => Ok(()),
         }
     }
 
@@ -64,6 +78,7 @@ impl Stream {
             Stream::Plain(s) => s.read(buf),
             Stream::Tls(s) => s.read(buf),
             Stream::Dane(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
         }
     }
 
@@ -72,6 +87,54 @@ impl Stream {
             Stream::Plain(s) => s.write_all(buf),
             Stream::Tls(s) => s.write_all(buf),
             Stream::Dane(s) => s.write_all(buf),
+            Stream::Unix(s) => s.write_all(buf),
+        }
+    }
+}
+
+/// Where an LMTP server listens (`mailbox_transport = lmtp:...`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LmtpAddress {
+    Unix(std::path::PathBuf),
+    Inet(String, u16),
+}
+
+impl LmtpAddress {
+    /// `lmtp:unix:/PATH`, `lmtp:HOST:PORT` or `lmtp:[IPV6]:PORT` (the port defaults to 24).
+    pub fn parse(text: &str) -> Result<LmtpAddress, String> {
+        let bad = || format!("`{text}`: expected lmtp:unix:/path or lmtp:host:port");
+        let rest = text.strip_prefix("lmtp:").ok_or_else(bad)?;
+        if let Some(path) = rest.strip_prefix("unix:") {
+            return match path.starts_with('/') {
+                true => Ok(LmtpAddress::Unix(path.into())),
+                false => Err(format!("`{text}`: the socket's path must be absolute")),
+            };
+        }
+        let (host, port) = match rest.strip_prefix('[') {
+            Some(inner) => {
+                let (host, after) = inner.split_once(']').ok_or_else(bad)?;
+                (host, after.strip_prefix(':'))
+            }
+            None => match rest.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (rest, None),
+            },
+        };
+        let port = port.map_or(Ok(24), |p| p.parse().ok().filter(|&p| p != 0).ok_or_else(bad))?;
+        let plain = |c: char| c.is_ascii_alphanumeric() || ".-:".contains(c);
+        if host.is_empty() || !host.chars().all(plain) {
+            return Err(bad());
+        }
+        Ok(LmtpAddress::Inet(host.to_string(), port))
+    }
+}
+
+impl std::fmt::Display for LmtpAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LmtpAddress::Unix(path) => write!(f, "lmtp:unix:{}", path.display()),
+            LmtpAddress::Inet(host, port) if host.contains(':') => write!(f, "lmtp:[{host}]:{port}"),
+            LmtpAddress::Inet(host, port) => write!(f, "lmtp:{host}:{port}"),
         }
     }
 }
@@ -135,21 +198,65 @@ impl Session {
         let stream =
             TcpStream::connect_timeout(&dial.addr, dial.timeouts.connect).map_err(|e| ClientError::network(&e))?;
         let _ = stream.set_nodelay(true);
-        stream.set_read_timeout(Some(dial.timeouts.command)).map_err(|e| ClientError::network(&e))?;
         stream.set_write_timeout(Some(dial.timeouts.command)).map_err(|e| ClientError::network(&e))?;
+        let want = if dial.tls == TlsPolicy::May { TlsWant::May } else { TlsWant::Required };
+        let credentials = dial.auth.map(|(u, p)| (u.to_string(), p.to_string()));
+        let opening = Opening::new(dial.helo, want, credentials);
+        Session::opened(Stream::Plain(stream), dial.timeouts, opening, Some(dial))
+    }
+
+    /// An LMTP session (RFC 2033) with a local delivery agent: connect, greeting, LHLO.
+    pub fn open_lmtp(to: &LmtpAddress, helo: &str, timeouts: Timeouts) -> Result<Session, ClientError> {
+        let stream = match to {
+            LmtpAddress::Unix(path) => {
+                let stream = UnixStream::connect(path).map_err(|e| ClientError::Network {
+                    text: format!("{}: {e}", path.display()),
+                    after_data: false,
+                })?;
+                stream.set_write_timeout(Some(timeouts.command)).map_err(|e| ClientError::network(&e))?;
+                Stream::Unix(stream)
+            }
+            LmtpAddress::Inet(host, port) => {
+                let mut last = ClientError::Network { text: format!("{host}: no address"), after_data: false };
+                let addrs = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), *port))
+                    .map_err(|e| ClientError::Network { text: format!("{host}: {e}"), after_data: false })?;
+                let mut connected = None;
+                for addr in addrs {
+                    match TcpStream::connect_timeout(&addr, timeouts.connect) {
+                        Ok(s) => {
+                            connected = Some(s);
+                            break;
+                        }
+                        Err(e) => last = ClientError::network(&e),
+                    }
+                }
+                let stream = connected.ok_or(last)?;
+                let _ = stream.set_nodelay(true);
+                stream.set_write_timeout(Some(timeouts.command)).map_err(|e| ClientError::network(&e))?;
+                Stream::Plain(stream)
+            }
+        };
+        Session::opened(stream, timeouts, Opening::lmtp(helo), None)
+    }
+
+    /// Runs `opening` on a connected stream until the session is ready.
+    fn opened(
+        stream: Stream,
+        timeouts: Timeouts,
+        mut opening: Opening,
+        dial: Option<&Dial<'_>>,
+    ) -> Result<Session, ClientError> {
+        stream.set_read_timeout(timeouts.command).map_err(|e| ClientError::network(&e))?;
         let mut session = Session {
-            stream: Stream::Plain(stream),
+            stream,
             received: Vec::new(),
             extensions: Extensions::default(),
             tls: false,
             peer_chain: Vec::new(),
-            timeouts: dial.timeouts,
+            timeouts,
             read_wait: Wait::Command,
             transactions: 0,
         };
-        let want = if dial.tls == TlsPolicy::May { TlsWant::May } else { TlsWant::Required };
-        let credentials = dial.auth.map(|(u, p)| (u.to_string(), p.to_string()));
-        let mut opening = Opening::new(dial.helo, want, credentials);
         loop {
             match opening.step() {
                 OpenStep::Send(bytes) => {
@@ -159,6 +266,7 @@ impl Session {
                 OpenStep::Read => opening.receive(session.reply(Wait::Command)?),
                 OpenStep::StartTls if !session.received.is_empty() => opening.injected(),
                 OpenStep::StartTls => {
+                    let dial = dial.ok_or(ClientError::Smtp(SmtpError::Unexpected))?;
                     session.start_tls(dial)?;
                     opening.tls_started();
                 }
@@ -182,7 +290,7 @@ impl Session {
                 Wait::Command => self.timeouts.command,
                 Wait::DataDone => self.timeouts.data_done,
             };
-            self.stream.tcp().set_read_timeout(Some(timeout)).map_err(|e| ClientError::network(&e))?;
+            self.stream.set_read_timeout(timeout).map_err(|e| ClientError::network(&e))?;
             self.read_wait = wait;
         }
         let mut buf = [0u8; 4096];
@@ -214,7 +322,7 @@ impl Session {
             .danger_accept_invalid_hostnames(!verify)
             .build()
             .map_err(|e| ClientError::Tls(e.to_string()))?;
-        let tcp = self.stream.tcp().try_clone().map_err(|e| ClientError::network(&e))?;
+        let tcp = self.tcp()?.try_clone().map_err(|e| ClientError::network(&e))?;
         let old = std::mem::replace(&mut self.stream, Stream::Plain(tcp));
         let Stream::Plain(tcp) = old else { return Err(ClientError::Tls("TLS already active".into())) };
         let tls =
@@ -234,7 +342,7 @@ impl Session {
         builder.set_verify(SslVerifyMode::NONE);
         let mut config = builder.build().configure().map_err(|e| tls(&e))?;
         config.set_verify_hostname(false);
-        let tcp = self.stream.tcp().try_clone().map_err(|e| ClientError::network(&e))?;
+        let tcp = self.tcp()?.try_clone().map_err(|e| ClientError::network(&e))?;
         let old = std::mem::replace(&mut self.stream, Stream::Plain(tcp));
         let Stream::Plain(tcp) = old else { return Err(ClientError::Tls("TLS already active".into())) };
         let stream = config.connect(dial.server_name, tcp).map_err(|e| tls(&e))?;
@@ -245,6 +353,11 @@ impl Session {
         self.peer_chain = chain;
         self.stream = Stream::Dane(Box::new(stream));
         Ok(())
+    }
+
+    /// The TCP connection, for TLS (never on a Unix socket).
+    fn tcp(&self) -> Result<&TcpStream, ClientError> {
+        self.stream.tcp().ok_or_else(|| ClientError::Tls("no TLS on a Unix socket".into()))
     }
 
     /// One transaction; `Err` is a failure of the whole transaction, per-recipient answers
@@ -314,7 +427,8 @@ impl Session {
         if !self.received.is_empty() {
             return false;
         }
-        let tcp = self.stream.tcp();
+        // LMTP sessions on a Unix socket are not kept.
+        let Some(tcp) = self.stream.tcp() else { return false };
         if tcp.set_nonblocking(true).is_err() {
             return false;
         }

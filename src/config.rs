@@ -114,6 +114,9 @@ pub struct Config {
     pub trusted_networks: Vec<Cidr>,
     pub mailboxes: Option<PathBuf>,
     pub mailbox_template: String,
+    /// `mailbox_transport = lmtp:...`: local mailboxes are handed to this LMTP server
+    /// (Dovecot's, say) instead of being written here; `None`: maildirs written here.
+    pub mailbox_transport: Option<crate::client::LmtpAddress>,
     /// `local_users = system`: the local users are the system's accounts, each copy written
     /// by a process running as its user (`table`: the mailboxes file, or any safe name).
     pub system_users: bool,
@@ -311,6 +314,7 @@ impl Config {
             trusted_networks: Vec::new(),
             mailboxes: None,
             mailbox_template: "./spool/mailboxes/%u/".into(),
+            mailbox_transport: None,
             system_users: false,
             forward_files: false,
             aliases: None,
@@ -480,6 +484,12 @@ impl Config {
             }
             "mailboxes" => self.mailboxes = optional(v, path)?,
             "mailbox_template" => self.mailbox_template = template(v)?,
+            "mailbox_transport" => {
+                self.mailbox_transport = match v {
+                    "maildir" => None,
+                    _ => Some(crate::client::LmtpAddress::parse(v)?),
+                }
+            }
             "local_users" => {
                 self.system_users = match v {
                     "system" => true,
@@ -633,6 +643,7 @@ impl Config {
             ("trusted_networks", join(self.trusted_networks.iter().map(Cidr::to_string).collect())),
             ("mailboxes", path(&self.mailboxes)),
             ("mailbox_template", self.mailbox_template.clone()),
+            ("mailbox_transport", self.mailbox_transport.as_ref().map_or("maildir".into(), ToString::to_string)),
             ("local_users", if self.system_users { "system" } else { "table" }.into()),
             ("aliases", path(&self.aliases)),
             ("forward_files", on(self.forward_files)),
@@ -1307,6 +1318,24 @@ spf_temperror = defer
         assert_eq!(duration("2d"), Ok(Duration::from_secs(172800)));
         assert!(duration("5 minutes").is_err());
         assert!(duration("").is_err());
+    }
+
+    #[test]
+    fn mailbox_transport_forms() {
+        use crate::client::LmtpAddress;
+        let transport =
+            |v: &str| Config::parse(&format!("mailbox_transport = {v}\n"), "t").map(|c| c.mailbox_transport);
+        assert_eq!(transport("maildir").unwrap(), None);
+        assert_eq!(
+            transport("lmtp:unix:/run/dovecot/lmtp").unwrap(),
+            Some(LmtpAddress::Unix("/run/dovecot/lmtp".into()))
+        );
+        assert_eq!(transport("lmtp:127.0.0.1:24").unwrap(), Some(LmtpAddress::Inet("127.0.0.1".into(), 24)));
+        assert_eq!(transport("lmtp:[::1]:2424").unwrap(), Some(LmtpAddress::Inet("::1".into(), 2424)));
+        assert_eq!(transport("lmtp:dovecot.example").unwrap(), Some(LmtpAddress::Inet("dovecot.example".into(), 24)));
+        for bad in ["lmtp:unix:run/lmtp", "smtp:x:25", "lmtp:", "lmtp:h:0", "lmtp:a b:24"] {
+            assert!(transport(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

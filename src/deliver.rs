@@ -92,6 +92,10 @@ pub fn verify(config: &Config, addresses: &[String]) -> Result<bool, String> {
         };
         for target in targets {
             let line = match &target {
+                Target::Mailbox { address, .. } if config.mailbox_transport.is_some() => {
+                    let to = config.mailbox_transport.as_ref().map(ToString::to_string).unwrap_or_default();
+                    format!("deliverable: <{address}> by {to}")
+                }
                 Target::Mailbox { maildir, owner, .. } => match owner {
                     Some(user) => format!("deliverable: maildir {} (written as {user})", maildir.display()),
                     None => format!("deliverable: maildir {}", maildir.display()),
@@ -626,11 +630,19 @@ impl<'a> Runner<'a> {
     ) -> Result<Vec<Attempt>, String> {
         let mut failed = Vec::new();
         let mut remote: Vec<Copy<'_>> = Vec::new();
+        let mut lmtp: Vec<&Expanded> = Vec::new();
         let rewritten = OnceCell::new();
         for item in expanded.iter().filter(|e| plan.due.contains(&e.key)) {
-            if let Ok(Target::Remote(m)) = &item.target {
-                remote.push(Copy { to: m, from: self.sender_for(q, item, &rewritten) });
-                continue;
+            match &item.target {
+                Ok(Target::Remote(m)) => {
+                    remote.push(Copy { to: m, from: self.sender_for(q, item, &rewritten) });
+                    continue;
+                }
+                Ok(Target::Mailbox { .. }) if self.config.mailbox_transport.is_some() => {
+                    lmtp.push(item);
+                    continue;
+                }
+                _ => {}
             }
             // The outcome, and a `copying` line before it; what came before is durable first.
             self.sync(q, log)?;
@@ -639,6 +651,16 @@ impl<'a> Runner<'a> {
                 crate::fault::crash_point("after-local-copy");
                 self.record(q, log, item, attempt, summary, &mut failed)?;
             }
+        }
+        if let (Some(to), false) = (&self.config.mailbox_transport, lmtp.is_empty()) {
+            self.sync(q, log)?;
+            self.reserve(q, log, lmtp.len())?;
+            let attempts = self.deliver_lmtp(q, to, &lmtp);
+            crate::fault::crash_point("after-lmtp-copy");
+            for (item, attempt) in lmtp.iter().zip(attempts) {
+                self.record(q, log, item, attempt, summary, &mut failed)?;
+            }
+            self.sync(q, log)?;
         }
         if !remote.is_empty() {
             self.sync(q, log)?;
@@ -666,6 +688,62 @@ impl<'a> Runner<'a> {
             }
         }
         Ok(failed)
+    }
+
+    /// The mailbox copies of one message handed to the LMTP server in one transaction (RFC
+    /// 2033): each recipient is decided by its own reply, RCPT's or the one after the dot for
+    /// it (§4.2), as a server's would be (452 over quota: later; 552: bounced). A message to
+    /// go to the Junk folder is marked `X-Spam: Yes` on top, for the server's filters.
+    fn deliver_lmtp(&self, q: &Queued, to: &crate::client::LmtpAddress, items: &[&Expanded]) -> Vec<Attempt> {
+        use crate::client::{ClientError, Session, Timeouts};
+        use crate::smtp::client::{RecipientResult, SmtpError};
+        let place = Where::Lmtp(to.to_string());
+        let all = |event: Event<'_>| -> Vec<Attempt> {
+            items.iter().map(|item| attempt(self.now(), item.key.clone(), place.clone(), event)).collect()
+        };
+        let unexpected = ClientError::Smtp(SmtpError::Unexpected);
+        let mut recipients = Vec::new();
+        for item in items {
+            let path = match &item.target {
+                Ok(Target::Mailbox { address, .. }) => ForwardPath::parse(address.as_bytes()).ok(),
+                _ => None,
+            };
+            let Some(path) = path else { return all(Event::Transaction(&unexpected)) };
+            recipients.push(path);
+        }
+        let mark: &[u8] = if q.envelope.quarantine { b"X-Spam: Yes\r\n" } else { b"" };
+        let envelope = crate::smtp::client::Envelope {
+            from: q.envelope.from.clone(),
+            recipients,
+            size: q.envelope.size + mark.len() as u64,
+            body: q.envelope.body,
+            smtputf8: q.envelope.smtputf8,
+        };
+        let timeouts = Timeouts {
+            connect: self.config.connect_timeout,
+            command: self.config.smtp_timeout,
+            data_done: self.config.smtp_data_done_timeout,
+        };
+        let mut session = match Session::open_lmtp(to, &self.config.hostname, timeouts) {
+            Ok(session) => session,
+            Err(e) => return all(Event::Connect(&e)),
+        };
+        let result = session.transaction(&envelope, std::io::Read::chain(mark, q.message()));
+        session.quit();
+        match result {
+            Ok(results) if results.len() == items.len() => items
+                .iter()
+                .zip(results)
+                .map(|(item, result)| {
+                    let reply = match &result {
+                        RecipientResult::Sent(r) | RecipientResult::Failed(r) => r,
+                    };
+                    attempt(self.now(), item.key.clone(), place.clone(), Event::Reply(reply))
+                })
+                .collect(),
+            Ok(_) => all(Event::Transaction(&unexpected)),
+            Err(e) => all(Event::Transaction(&e)),
+        }
     }
 
     /// Makes the lines appended so far durable.
@@ -1151,6 +1229,8 @@ impl<'a> Failure<'a> {
         let a = self.attempt;
         let original = self.original.map(Recipient::of_path);
         let remote = matches!(a.relay, Where::Remote { .. });
+        // An LMTP server's refusal is a reply, as a remote one's is (RFC 3464 §2.3.6).
+        let replied = remote || matches!(a.relay, Where::Lmtp(_));
         // A command or a file is no address: the report names the address that led to it.
         let final_recipient = match (a.recipient.address(), &original) {
             (Some(address), _) => address.to_string(),
@@ -1163,7 +1243,7 @@ impl<'a> Failure<'a> {
             original_recipient: original.and_then(|o| o.address().map(str::to_string)),
             status: a.status.unwrap_or(EnhancedStatus::new(5, 0, 0)),
             remote_mta: remote.then(|| a.relay.to_string()),
-            diagnostic: if remote { Diagnostic::Smtp(a.text.clone()) } else { Diagnostic::Local(a.text.clone()) },
+            diagnostic: if replied { Diagnostic::Smtp(a.text.clone()) } else { Diagnostic::Local(a.text.clone()) },
             last_attempt: a.time,
         }
     }

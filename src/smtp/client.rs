@@ -1,5 +1,8 @@
-//! The client side of SMTP (RFC 5321 §3-4, RFC 2920, RFC 3207, RFC 4954) as two state
-//! machines with no I/O: they say what to write and when to read, and take each reply.
+//! The client side of SMTP (RFC 5321 §3-4, RFC 2920, RFC 3207, RFC 4954), and of LMTP (RFC
+//! 2033) with the same two state machines, with no I/O: they say what to write and when to
+//! read, and take each reply. LMTP differs in two places: LHLO where SMTP says EHLO, with no
+//! HELO to fall back on (§4.1), and one reply after the final dot for each recipient
+//! accepted, in the order of the RCPTs (§4.2).
 //!
 //! ```text
 //!  Opening:  (connect) -> read 220 -> EHLO --250--> [STARTTLS --220--> (TLS handshake) -> EHLO]
@@ -26,6 +29,8 @@ pub struct Extensions {
     /// The SIZE limit; `Some(0)` means offered without a limit (RFC 1870 §4).
     pub size: Option<u64>,
     pub auth: Vec<String>,
+    /// The session is LMTP's (RFC 2033): one reply per accepted recipient after the dot.
+    pub lmtp: bool,
 }
 
 impl Extensions {
@@ -126,6 +131,7 @@ pub struct Opening {
     extensions: Extensions,
     encrypted: bool,
     next: OpenStep,
+    lmtp: bool,
 }
 
 impl Opening {
@@ -140,7 +146,14 @@ impl Opening {
             extensions: Extensions::default(),
             encrypted: false,
             next: OpenStep::Read,
+            lmtp: false,
         }
+    }
+
+    /// An LMTP opening (RFC 2033 §4.1): the greeting, then LHLO; no TLS, no AUTH (a local
+    /// delivery agent on a socket of this host's).
+    pub fn lmtp(helo: &str) -> Opening {
+        Opening { lmtp: true, ..Opening::new(helo, TlsWant::Never, None) }
     }
 
     /// What to do now.
@@ -167,7 +180,10 @@ impl Opening {
     }
 
     fn ehlo(&mut self) {
-        let line = Command::Ehlo(self.helo.clone()).to_line();
+        let line = match self.lmtp {
+            true => format!("LHLO {}\r\n", self.helo).into_bytes(),
+            false => Command::Ehlo(self.helo.clone()).to_line(),
+        };
         self.go(OpenState::Ehlo, OpenStep::Send(line));
     }
 
@@ -192,9 +208,11 @@ impl Opening {
             // A 554 greeting (§3.1) or anything else: this server will not talk; try another.
             OpenState::Greeting => self.fail(SmtpError::Refused(reply)),
             OpenState::Ehlo if reply.code() == 250 => {
-                self.extensions = Extensions::parse(&reply);
+                self.extensions = Extensions { lmtp: self.lmtp, ..Extensions::parse(&reply) };
                 self.after_hello();
             }
+            // RFC 2033 §4.1: LMTP has no HELO.
+            OpenState::Ehlo if self.lmtp => self.fail(SmtpError::Refused(reply)),
             // §4.1.4: a server that does not know EHLO gets HELO.
             OpenState::Ehlo => {
                 let line = Command::Helo(self.helo.clone()).to_line();
@@ -306,6 +324,9 @@ pub struct Transaction {
     commands: Vec<Vec<u8>>,
     sent: usize,
     replies: Vec<Reply>,
+    /// LMTP: the replies after the dot so far, one per accepted recipient.
+    finals: Vec<Reply>,
+    lmtp: bool,
 }
 
 impl Transaction {
@@ -329,7 +350,8 @@ impl Transaction {
             _ if reset => TxState::Reset,
             _ => TxState::Envelope,
         };
-        Transaction { state, pipelining: ext.pipelining, commands, sent: 0, replies: Vec::new() }
+        let (pipelining, lmtp) = (ext.pipelining, ext.lmtp);
+        Transaction { state, pipelining, commands, sent: 0, replies: Vec::new(), finals: Vec::new(), lmtp }
     }
 
     fn recipients(&self) -> usize {
@@ -397,6 +419,24 @@ impl Transaction {
             TxState::FinalReply { empty: true } => {
                 // The server is back in command state; what it said to an empty text is moot.
                 self.state = TxState::Done(self.refused_envelope());
+            }
+            TxState::FinalReply { empty: false } if self.lmtp => {
+                // RFC 2033 §4.2: one reply for each accepted recipient, in RCPT order.
+                self.finals.push(reply);
+                let rcpts = &self.replies[1..=self.recipients()];
+                if self.finals.len() < rcpts.iter().filter(|r| r.is_positive()).count() {
+                    return;
+                }
+                let mut finals = self.finals.iter();
+                let results = rcpts
+                    .iter()
+                    .map(|rcpt| match rcpt.is_positive().then(|| finals.next()).flatten() {
+                        Some(r) if r.is_positive() => RecipientResult::Sent(r.clone()),
+                        Some(r) => RecipientResult::Failed(r.clone()),
+                        None => RecipientResult::Failed(rcpt.clone()),
+                    })
+                    .collect();
+                self.state = TxState::Done(Ok(results));
             }
             TxState::FinalReply { empty: false } => {
                 let results = self.replies[1..=self.recipients()]
@@ -726,6 +766,31 @@ mod tests {
         let seven = Envelope { body: BodyType::EightBitMime, ..envelope(&["b@b.test"]) };
         let mut tx = Transaction::new(&Extensions::default(), &seven, false);
         assert_eq!(tx.step(), TxStep::Send(b"MAIL FROM:<alice@a.test>\r\n".to_vec()), "no BODY= unless offered");
+    }
+
+    #[test]
+    fn lmtp_says_lhlo_and_reads_a_reply_for_each_accepted_recipient() {
+        let script = "220 dovecot LMTP ready\r\n250-host\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n\
+                      250 2.1.0 ok\r\n250 2.1.5 ok\r\n550 5.1.1 no such user\r\n250 2.1.5 ok\r\n354 go\r\n\
+                      250 2.0.0 <a@x.test> saved\r\n452 4.2.2 <c@x.test> over quota\r\n";
+        every_split(script, |wire| {
+            let mut opening = Opening::lmtp("mx.test");
+            assert_eq!(wire.open(&mut opening), OpenStep::Ready);
+            assert!(opening.extensions().lmtp && opening.extensions().pipelining);
+            let mut tx =
+                Transaction::new(opening.extensions(), &envelope(&["a@x.test", "b@x.test", "c@x.test"]), false);
+            let results = wire.transact(&mut tx).unwrap();
+            assert_eq!(codes(&results), ["sent 250", "failed 550", "failed 452"]);
+            assert!(wire.client_text().starts_with("LHLO mx.test\r\nMAIL FROM:<alice@a.test> BODY=8BITMIME\r\n"));
+        });
+        // No HELO in LMTP: a refused LHLO ends the opening.
+        let mut opening = Opening::lmtp("mx.test");
+        let step = Wire::new("220 lmtp\r\n500 5.5.1 what\r\n", 4).open(&mut opening);
+        assert!(matches!(step, OpenStep::Failed(SmtpError::Refused(_))), "{step:?}");
+        // SMTP after the dot: one reply for all.
+        let mut tx = Transaction::new(&pipelining(), &envelope(&["a@x.test", "c@x.test"]), false);
+        let mut wire = Wire::new("250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n250 queued\r\n", 5);
+        assert_eq!(codes(&wire.transact(&mut tx).unwrap()), ["sent 250", "sent 250"]);
     }
 
     #[test]

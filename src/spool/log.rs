@@ -145,6 +145,8 @@ pub enum Where {
     Maildir,
     /// A server: its name and the address and port that answered (`mx.example[192.0.2.7]:25`).
     Remote { host: String, addr: SocketAddr },
+    /// The LMTP server local mailboxes are handed to (`lmtp:unix:/run/dovecot/lmtp`).
+    Lmtp(String),
 }
 
 impl fmt::Display for Where {
@@ -154,6 +156,7 @@ impl fmt::Display for Where {
             Where::Local => f.write_str("local"),
             Where::Maildir => f.write_str("maildir"),
             Where::Remote { host, addr } => write!(f, "{host}[{}]:{}", addr.ip(), addr.port()),
+            Where::Lmtp(at) => f.write_str(at),
         }
     }
 }
@@ -165,6 +168,7 @@ impl Where {
         match text {
             "local" => Where::Local,
             "maildir" => Where::Maildir,
+            lmtp if lmtp.starts_with("lmtp:") => Where::Lmtp(lmtp.to_string()),
             _ => (|| {
                 let (host, rest) = text.rsplit_once('[')?;
                 let (ip, port) = rest.rsplit_once("]:")?;

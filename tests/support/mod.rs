@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod dovecot;
 pub mod milter;
 pub mod netns;
 

@@ -1,0 +1,140 @@
+//! postern beside a real Dovecot (a private instance from Debian's packages): local mailboxes
+//! handed over LMTP (RFC 2033), each recipient decided by its own reply, and what Dovecot
+//! then does with the mail (IMAP, Sieve) seen as a user sees it.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use postern::smtp::command::BodyType;
+use support::dovecot::Dovecot;
+use support::{TempDir, deliver, have, now, skip_unless, skip_unless_root};
+
+/// The subjects of the messages in a user's mailbox, as IMAP (Python's imaplib) lists them.
+fn imap_subjects(dovecot: &Dovecot, user: &str, mailbox: &str) -> Vec<String> {
+    let script = format!(
+        "import imaplib\n\
+         m = imaplib.IMAP4('127.0.0.1', {port})\n\
+         m.login('{user}', 'secret')\n\
+         typ, _ = m.select('{mailbox}', readonly=True)\n\
+         if typ == 'OK':\n\
+         \x20   typ, data = m.search(None, 'ALL')\n\
+         \x20   for n in data[0].split():\n\
+         \x20       typ, msg = m.fetch(n, '(BODY.PEEK[HEADER.FIELDS (SUBJECT)])')\n\
+         \x20       print(msg[0][1].decode().strip())\n\
+         m.logout()\n",
+        port = dovecot.imap_port
+    );
+    let out = Command::new("python3").arg("-c").arg(script).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), dovecot.log());
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+fn skip() -> bool {
+    skip_unless_root("start a private Dovecot (it switches users)")
+        || skip_unless(have("dovecot") && Path::new("/usr/lib/dovecot/lmtp").exists(), "dovecot-lmtpd is not installed")
+        || skip_unless(
+            Path::new("/usr/lib/dovecot/modules/lib90_sieve_plugin.so").exists(),
+            "dovecot-sieve is not installed",
+        )
+}
+
+/// A spool and configuration whose local mailboxes go to `dovecot` over `transport`.
+fn configure(dir: &Path, transport: &str) -> std::path::PathBuf {
+    let conf = dir.join("postern.conf");
+    std::fs::write(&conf, support::config_with(dir, &format!("mailbox_transport = {transport}\n"))).unwrap();
+    let d = dir.display();
+    let mailboxes = format!("alice: {d}/unused/alice/\nbob: {d}/unused/bob/\ncarol: {d}/unused/carol/\n");
+    std::fs::write(dir.join("mailboxes"), mailboxes).unwrap();
+    conf
+}
+
+/// Queues a message of 2 KiB from a stranger; `quarantine`: as the server takes one DMARC or
+/// a milter's spam verdict sends to the Junk folder.
+fn queue(dir: &Path, to: &[&str], subject: &str, quarantine: bool) -> String {
+    use postern::smtp::address::{ForwardPath, ReversePath};
+    let text = format!("Subject: {subject}\r\nFrom: sender@remote.test\r\n\r\n{}\r\n", "x".repeat(2000));
+    let envelope = postern::spool::Envelope {
+        arrived: now(),
+        client: Some("192.0.2.1".parse().unwrap()),
+        helo: Some("mx.remote.test".into()),
+        protocol: "ESMTP".into(),
+        body: BodyType::SevenBit,
+        smtputf8: false,
+        auth: None,
+        submitted: false,
+        quarantine,
+        from: ReversePath::parse(b"sender@remote.test").unwrap(),
+        rcpts: to.iter().map(|t| ForwardPath::parse(t.as_bytes()).unwrap()).collect(),
+        size: 0,
+        check: None,
+    };
+    postern::spool::Spool::open(&dir.join("spool")).unwrap().inject(&envelope, text.as_bytes()).unwrap().to_string()
+}
+
+#[test]
+fn mailboxes_go_to_dovecot_over_lmtp_each_recipient_decided_by_its_own_reply() {
+    if skip() {
+        return;
+    }
+    // bob's quota is smaller than one message: Dovecot says 452 for him alone.
+    let dovecot =
+        Dovecot::start(&["alice@example.test secret", "bob@example.test secret userdb_quota_rule=*:storage=1K"], "");
+    // A Sieve rule files what the server marked as spam into Junk.
+    dovecot.sieve(
+        "alice@example.test",
+        "require \"fileinto\";\nif header :is \"X-Spam\" \"Yes\" { fileinto \"Junk\"; stop; }\n",
+    );
+    let dir = TempDir::new("lmtp");
+    let conf = configure(dir.path(), &format!("lmtp:unix:{}", dovecot.lmtp.display()));
+    let verify = Command::new(support::program("postern-deliver"))
+        .arg("-c")
+        .arg(&conf)
+        .args(["--verify", "alice@example.test"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&verify.stdout);
+    let lmtp = format!("lmtp:unix:{}", dovecot.lmtp.display());
+    assert_eq!(said, format!("alice@example.test: deliverable: <alice@example.test> by {lmtp}\n"));
+    let to = ["alice@example.test", "bob@example.test", "carol@example.test"];
+    let id = queue(dir.path(), &to, "hello all", false);
+    let log = deliver(&conf, None, &[]);
+    assert_eq!(imap_subjects(&dovecot, "alice@example.test", "INBOX"), ["Subject: hello all"], "{log}");
+    assert!(log.contains("to=<alice@example.test>, relay=lmtp:unix:"), "{log}");
+    assert!(
+        log.contains(&format!("{id}: to=<bob@example.test>")) && log.contains("dsn=4.2.2, status=deferred"),
+        "{log}"
+    );
+    assert!(log.contains("to=<carol@example.test>") && log.contains("status=bounced"), "{log}");
+    // bob waits alone; carol's sender is told.
+    let left = std::fs::read_to_string(dir.path().join("spool/cur").join(format!("{id}.log"))).unwrap();
+    assert!(left.contains(" sent <alice@example.test> 2.0.0 lmtp:unix:"), "{left}");
+    assert!(left.contains(" deferred <bob@example.test> 4.2.2 "), "{left}");
+    assert!(left.contains(" bounced <carol@example.test> 5.1.1 "), "{left}");
+
+    // Quarantined: marked, and filed into Junk by the user's Sieve rule.
+    queue(dir.path(), &["alice@example.test"], "cheap pills", true);
+    let log = deliver(&conf, None, &[]);
+    assert_eq!(imap_subjects(&dovecot, "alice@example.test", "Junk"), ["Subject: cheap pills"], "{log}");
+    assert_eq!(imap_subjects(&dovecot, "alice@example.test", "INBOX"), ["Subject: hello all"]);
+}
+
+/// Killed after the LMTP server took the copies and before they were recorded (crash point
+/// `after-lmtp-copy`): the next run hands them over again (a second copy, never a loss).
+#[test]
+fn killed_after_an_lmtp_delivery_the_next_run_delivers_at_worst_twice() {
+    if skip() {
+        return;
+    }
+    let dovecot = Dovecot::start(&["alice@example.test secret"], "");
+    let dir = TempDir::new("lmtp-crash");
+    let conf = configure(dir.path(), &format!("lmtp:127.0.0.1:{}", dovecot.lmtp_port));
+    queue(dir.path(), &["alice@example.test"], "once or twice", false);
+    let (status, log) = support::deliver_with(&conf, &[("POSTERN_CRASH_AT", "after-lmtp-copy")], &[]);
+    assert!(!status.success() && log.contains("crash point after-lmtp-copy"), "{log}");
+    assert_eq!(imap_subjects(&dovecot, "alice@example.test", "INBOX").len(), 1);
+    let log = deliver(&conf, None, &[]);
+    assert_eq!(imap_subjects(&dovecot, "alice@example.test", "INBOX").len(), 2, "{log}");
+    assert!(support::waiting(&dir.path().join("spool")).is_empty(), "{log}");
+}
