@@ -214,9 +214,21 @@ pub struct LocalUsers {
 impl LocalUsers {
     /// Loads the `mailboxes` and `aliases` files the configuration names.
     pub fn load(config: &Config) -> Result<LocalUsers, TableError> {
+        // A key's domain must be one of ours: another's would never be looked up.
+        let foreign = |file: &Path, e: &table::Entry| {
+            let domain = e.name.split_once('@')?.1;
+            (!config.local_domains.iter().any(|d| d == domain)).then(|| TableError {
+                file: file.display().to_string(),
+                line: e.line,
+                message: format!("`{}`: {domain} is not one of local_domains", e.name),
+            })
+        };
         let mailboxes = match &config.mailboxes {
             Some(path) => {
                 let entries = table::load(path)?;
+                if let Some(problem) = entries.iter().find_map(|e| foreign(path, e)) {
+                    return Err(problem);
+                }
                 Some(entries.into_iter().map(|e| (e.name, PathBuf::from(&e.values[0]))).collect())
             }
             None => None,
@@ -229,6 +241,10 @@ impl LocalUsers {
             let (entries, bad_lines) = table::load_lenient(path)?;
             problems = bad_lines;
             for entry in entries {
+                if let Some(problem) = foreign(path, &entry) {
+                    problems.push(problem);
+                    continue;
+                }
                 if let Some(message) = entry.values.iter().find_map(|v| kind(v).err()) {
                     let problem = TableError { file: path.display().to_string(), line: entry.line, message };
                     broken.insert(entry.name, problem.to_string());
@@ -263,16 +279,48 @@ impl LocalUsers {
         }
     }
 
-    /// The name a local part is found under: folded to lower case (RFC 5321 §2.4 allows this
-    /// for local delivery only), else without its extension (`alice+tag` -> `alice`).
+    /// The name a local part is found under in every local domain: folded to lower case (RFC
+    /// 5321 §2.4 allows this for local delivery only), else without its extension
+    /// (`alice+tag` -> `alice`).
     pub fn lookup_name(&self, local_part: &str) -> Option<String> {
         let folded = local_part.to_lowercase();
         if self.exists(&folded) {
             return Some(folded);
         }
+        let base = self.base(&folded)?;
+        self.exists(base).then(|| base.to_string())
+    }
+
+    /// A folded local part without its extension, when it has one.
+    fn base<'a>(&self, folded: &'a str) -> Option<&'a str> {
         let base = folded.split(|c| self.delimiter.contains(c)).next()?;
-        let stripped = !self.delimiter.is_empty() && base.len() < folded.len();
-        (stripped && !base.is_empty() && self.exists(base)).then(|| base.to_string())
+        (!self.delimiter.is_empty() && !base.is_empty() && base.len() < folded.len()).then_some(base)
+    }
+
+    /// The key a recipient at a local domain is found under: its full address
+    /// (`info@a.example`), else its local name in every local domain (`lookup_name`), else
+    /// its domain's catch-all (`@a.example`); an address and a name first as given, then
+    /// without the extension.
+    pub fn resolve(&self, local_part: &str, domain: &str) -> Option<String> {
+        let (folded, domain) = (local_part.to_lowercase(), domain.to_lowercase());
+        for local in [Some(folded.as_str()), self.base(&folded)].into_iter().flatten() {
+            let key = format!("{local}@{domain}");
+            if self.has_key(&key) {
+                return Some(key);
+            }
+        }
+        if let Some(name) = self.lookup_name(&folded) {
+            return Some(name);
+        }
+        let catch_all = format!("@{domain}");
+        self.has_key(&catch_all).then_some(catch_all)
+    }
+
+    /// Whether an aliases or mailboxes entry has this key.
+    fn has_key(&self, key: &str) -> bool {
+        self.aliases.contains_key(key)
+            || self.broken.contains_key(key)
+            || self.mailboxes.as_ref().is_some_and(|m| m.contains_key(key))
     }
 
     fn exists(&self, name: &str) -> bool {
@@ -344,7 +392,8 @@ impl LocalUsers {
     }
 
     fn expand_local(&self, local: &str, domain: &str, depth: usize, walk: &mut Walk<'_>) -> Result<(), ExpandError> {
-        let name = self.lookup_name(local).ok_or_else(|| ExpandError::UnknownUser(format!("<{local}@{domain}>")))?;
+        let name =
+            self.resolve(local, domain).ok_or_else(|| ExpandError::UnknownUser(format!("<{local}@{domain}>")))?;
         if depth > MAX_DEPTH {
             return Err(ExpandError::Loop(format!("<{name}@{domain}>")));
         }
@@ -359,6 +408,13 @@ impl LocalUsers {
                 Ok(())
             }
             Some(_) => Ok(()), // met again on a cycle: nothing new
+            None if name.starts_with('@') => {
+                // A catch-all mailbox: the copy is delivered to the address it came for.
+                let address = format!("{}@{domain}", local.to_lowercase());
+                let maildir = self.maildir(&name).ok_or_else(|| ExpandError::UnknownUser(format!("<{address}>")))?;
+                push_unique(&mut walk.out, Target::Mailbox { name, address, maildir, owner: None });
+                Ok(())
+            }
             None => self.push_user(&name, domain, depth, walk),
         }
     }
@@ -374,8 +430,8 @@ impl LocalUsers {
         if target.eq_ignore_ascii_case(alias) {
             return self.push_mailbox(alias, domain, &mut walk.out); // `alice: alice, bob@x` keeps a copy
         }
-        let broken = |why: String| ExpandError::Broken(format!("<{alias}@{domain}>"), why);
-        let at = format!("{alias}@{domain}");
+        let at = address_of(alias, domain);
+        let broken = |why: String| ExpandError::Broken(format!("<{at}>"), why);
         match kind(target).map_err(broken)? {
             Kind::Address(t) => self.expand_address(t, domain, depth, walk),
             Kind::Command(command) => {
@@ -413,8 +469,9 @@ impl LocalUsers {
     /// mailbox. A `.forward` met again on a cycle, or one that names its own user (`alice`,
     /// or `\alice` as sendmail writes it), leads to the mailbox.
     fn push_user(&self, name: &str, domain: &str, depth: usize, walk: &mut Walk<'_>) -> Result<(), ExpandError> {
-        let address = format!("{name}@{domain}");
-        let follows = self.system && self.forward_files && !["root", "postmaster"].contains(&name);
+        let address = address_of(name, domain);
+        let follows =
+            self.system && self.forward_files && is_account_name(name) && !["root", "postmaster"].contains(&name);
         if !follows || !walk.seen.insert(format!("~{name}")) {
             return self.push_mailbox(name, domain, &mut walk.out);
         }
@@ -458,8 +515,9 @@ impl LocalUsers {
     }
 
     fn push_mailbox(&self, name: &str, domain: &str, out: &mut Vec<Target>) -> Result<(), ExpandError> {
-        let address = format!("{name}@{domain}");
-        let owner = self.system.then(|| name.to_string());
+        let address = address_of(name, domain);
+        // A full address's entry is no account's: its copy is written as for a table.
+        let owner = (self.system && is_account_name(name)).then(|| name.to_string());
         if owner.is_some() && ["root", "postmaster"].contains(&name) {
             // Never a copy written as root; the postmaster is a person's alias.
             let why =
@@ -494,6 +552,17 @@ fn is_login_shell(shell: &Path, shells: Option<String>) -> bool {
         Some(list) => list.lines().map(str::trim).any(|l| !l.starts_with('#') && Path::new(l) == shell),
         None => !matches!(shell.file_name().and_then(|n| n.to_str()), Some("nologin" | "false")),
     }
+}
+
+/// The address a key stands for at `domain`: a full address is its own.
+fn address_of(name: &str, domain: &str) -> String {
+    if name.contains('@') { name.to_string() } else { format!("{name}@{domain}") }
+}
+
+/// Whether a key is a local name (an account's, with `local_users = system`), not a full
+/// address or a catch-all.
+fn is_account_name(name: &str) -> bool {
+    !name.contains('@')
 }
 
 /// One expansion under way: how `.forward` files are read, the aliases and `.forward`s met
@@ -698,6 +767,28 @@ mod tests {
         let t = users(None, &[]);
         assert!(t.expand(&rcpt("\"../x\"@localhost")).is_err());
         assert!(t.maildir("a/b").is_none() && t.maildir(".hidden").is_none());
+    }
+
+    #[test]
+    fn several_domains_a_full_address_then_a_local_name_then_the_catch_all() {
+        let mut u = users(Some(&["alice", "bob"]), &[("info", &["bob"]), ("@b.test", &["alice"])]);
+        u.local_domains = ["a.test", "b.test", "c.test"].map(String::from).to_vec();
+        let boxes = u.mailboxes.as_mut().unwrap();
+        boxes.insert("info@a.test".into(), "/var/mail/info-a/".into());
+        boxes.insert("@c.test".into(), "/var/mail/c/".into());
+        let expand = |text: &str| u.expand(&rcpt(text)).map(|t| keys(&t));
+        assert_eq!(expand("Info+news@A.test").unwrap(), ["<info@a.test>"], "the full address wins");
+        let Target::Mailbox { maildir, .. } = &u.expand(&rcpt("info@a.test")).unwrap()[0] else { panic!() };
+        assert_eq!(maildir, &PathBuf::from("/var/mail/info-a/"));
+        assert_eq!(expand("info@b.test").unwrap(), ["<bob@b.test>"], "a local name wins over the catch-all");
+        assert_eq!(expand("info@c.test").unwrap(), ["<bob@c.test>"], "a local name is in every domain");
+        assert_eq!(expand("anyone@b.test").unwrap(), ["<alice@b.test>"], "the catch-all alias");
+        assert_eq!(expand("anyone@c.test").unwrap(), ["<anyone@c.test>"], "the catch-all mailbox");
+        let Target::Mailbox { maildir, .. } = &u.expand(&rcpt("anyone@c.test")).unwrap()[0] else { panic!() };
+        assert_eq!(maildir, &PathBuf::from("/var/mail/c/"));
+        assert!(matches!(u.expand(&rcpt("anyone@a.test")), Err(ExpandError::UnknownUser(_))));
+        assert_eq!(u.resolve("ANYONE", "B.test").as_deref(), Some("@b.test"));
+        assert_eq!(u.resolve("anyone", "a.test"), None);
     }
 
     #[test]

@@ -475,7 +475,13 @@ impl Config {
             "spool" => self.spool = path(v)?,
             "user" => self.user = optional(v, word)?,
             "local_domains" => {
-                self.local_domains = list(v).map(|d| hostname(d).map(|h| h.to_lowercase())).collect::<Result<_, _>>()?
+                // A path: a file of domains, one a line (read again at each reload).
+                let listed = match v.starts_with('/') {
+                    true => domains_file(v)?,
+                    false => v.to_string(),
+                };
+                self.local_domains =
+                    list(&listed).map(|d| hostname(d).map(|h| h.to_lowercase())).collect::<Result<_, _>>()?
             }
             "trusted_networks" => {
                 self.trusted_networks = list(v)
@@ -830,6 +836,16 @@ pub const DIGEST_ENV: &str = "POSTERN_CONFIG_DIGEST";
 /// SHA-256 of the configuration text, in hex (16 octets are plenty to tell two files apart).
 fn digest(text: &str) -> String {
     openssl::sha::sha256(text.as_bytes()).iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The domains in a `local_domains` file, one a line, `#` comments, as a list.
+fn domains_file(path: &str) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    let domains: Vec<&str> = text.lines().map(|l| without_comment(l).trim()).filter(|l| !l.is_empty()).collect();
+    if domains.iter().any(|d| d.contains([',', ' ', '\t'])) {
+        return Err(format!("{path}: one domain a line"));
+    }
+    Ok(domains.join(","))
 }
 
 /// A key that names something optional: empty leaves it unset (`relayhost =`).
@@ -1318,6 +1334,19 @@ spf_temperror = defer
         assert_eq!(duration("2d"), Ok(Duration::from_secs(172800)));
         assert!(duration("5 minutes").is_err());
         assert!(duration("").is_err());
+    }
+
+    #[test]
+    fn local_domains_can_be_a_file() {
+        let path = std::env::temp_dir().join(format!("postern-domains-{}", std::process::id()));
+        std::fs::write(&path, "# ours\nA.example\n\nb.example   # the second\n").unwrap();
+        let config = Config::parse(&format!("local_domains = {}\n", path.display()), "t").unwrap();
+        assert_eq!(config.local_domains, ["a.example", "b.example"]);
+        std::fs::write(&path, "a.example, b.example\n").unwrap();
+        assert!(Config::parse(&format!("local_domains = {}\n", path.display()), "t").is_err());
+        std::fs::remove_file(&path).unwrap();
+        let e = Config::parse(&format!("local_domains = {}\n", path.display()), "t").unwrap_err();
+        assert!(e.0.contains("No such file"), "{e}");
     }
 
     #[test]

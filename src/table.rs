@@ -1,4 +1,5 @@
-//! `name: value, value` files in /etc/aliases syntax, shared by the aliases and mailboxes maps.
+//! `name: value, value` files in /etc/aliases syntax, shared by the aliases and mailboxes maps;
+//! a name is a local name, a full address or `@domain`.
 
 use std::path::Path;
 
@@ -85,10 +86,12 @@ pub fn parse_lenient(text: &str) -> (Vec<Entry>, Vec<(usize, String)>) {
             problems.push((n, format!("bad name `{name}`")));
             continue;
         }
-        if name.contains('@') {
-            // Keys are local parts; a full address or `@domain` would never match one.
-            let what = if name.starts_with('@') { "a whole domain" } else { "a full address" };
-            problems.push((n, format!("`{name}`: a key for {what} is not supported; keys are local names (`alice:`)")));
+        // A local name (`alice`), a full address (`info@a.example`) or a domain's catch-all
+        // (`@b.example`); `alias::LocalUsers` checks that the domain is a local one.
+        if let Some((_, domain)) = name.split_once('@')
+            && (domain.is_empty() || domain.contains('@'))
+        {
+            problems.push((n, format!("`{name}`: expected name, name@domain or @domain")));
             continue;
         }
         if entries.iter().any(|e| e.name == name) {
@@ -145,11 +148,13 @@ mod tests {
     }
 
     #[test]
-    fn keys_by_address_or_domain_are_refused_with_their_line() {
-        let (entries, problems) = parse_lenient("a: x\nbob@example.org: alice\n@example.org: alice\n");
-        assert_eq!(entries.len(), 1);
-        assert_eq!(problems.iter().map(|p| p.0).collect::<Vec<_>>(), [2, 3]);
-        assert!(problems[0].1.contains("full address") && problems[1].1.contains("whole domain"), "{problems:?}");
+    fn keys_are_names_full_addresses_or_domains() {
+        let text = "a: x\nBob@Example.org: alice\n@example.org: alice\nc@: x\nd@e@f: x\n";
+        let (entries, problems) = parse_lenient(text);
+        let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["a", "bob@example.org", "@example.org"]);
+        assert_eq!(problems.iter().map(|p| p.0).collect::<Vec<_>>(), [4, 5]);
+        assert!(problems[0].1.contains("expected name, name@domain or @domain"), "{problems:?}");
     }
 
     #[test]

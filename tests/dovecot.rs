@@ -138,3 +138,45 @@ fn killed_after_an_lmtp_delivery_the_next_run_delivers_at_worst_twice() {
     assert_eq!(imap_subjects(&dovecot, "alice@example.test", "INBOX").len(), 2, "{log}");
     assert!(support::waiting(&dir.path().join("spool")).is_empty(), "{log}");
 }
+
+/// Two domains (listed in a file), each with its own `info`, and a catch-all for one of them:
+/// refused and taken at RCPT as the tables say, and each copy in its own Dovecot mailbox.
+#[test]
+fn two_domains_keep_their_own_users_and_one_has_a_catch_all() {
+    if skip() {
+        return;
+    }
+    let dovecot = Dovecot::start(&["info@a.example secret", "info@b.example secret", "sales@b.example secret"], "");
+    let dir = TempDir::new("domains");
+    let d = dir.path();
+    std::fs::write(d.join("domains"), "# the domains this box takes mail for\na.example\nb.example\n").unwrap();
+    let lmtp = format!("lmtp:unix:{}", dovecot.lmtp.display());
+    let config = support::config_with(d, &format!("mailbox_transport = {lmtp}\n"))
+        .replace("local_domains = example.test\n", &format!("local_domains = {}/domains\n", d.display()));
+    // The maildir paths are Dovecot's business here; the table says who exists.
+    std::fs::write(d.join("mailboxes"), "info@a.example: -\ninfo@b.example: -\nsales@b.example: -\n").unwrap();
+    std::fs::write(d.join("aliases"), "postmaster: info@a.example\n@b.example: sales@b.example\n").unwrap();
+    let server = support::Server::start_in(dir, &config);
+    let d = server.dir.path();
+    let mut c = support::Client::greeted(server.addr);
+    assert!(c.cmd("EHLO client.test").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<someone@remote.test>").starts_with("250"));
+    for (rcpt, want) in [
+        ("info@a.example", "250"),
+        ("INFO@b.example", "250"),
+        ("anything@b.example", "250"),
+        ("anything@a.example", "550 5.1.1"),
+    ] {
+        let reply = c.cmd(&format!("RCPT TO:<{rcpt}>"));
+        assert!(reply.starts_with(want), "{rcpt}: {reply}");
+    }
+    assert!(c.cmd("DATA").starts_with("354"));
+    assert!(c.cmd("Subject: to both\r\n\r\nhello\r\n.").starts_with("250"));
+    c.cmd("QUIT");
+    let conf = d.join("postern.conf");
+    let log = deliver(&conf, None, &[]);
+    assert_eq!(imap_subjects(&dovecot, "info@a.example", "INBOX"), ["Subject: to both"], "{log}");
+    assert_eq!(imap_subjects(&dovecot, "info@b.example", "INBOX"), ["Subject: to both"], "{log}");
+    assert_eq!(imap_subjects(&dovecot, "sales@b.example", "INBOX"), ["Subject: to both"], "the catch-all: {log}");
+    assert!(support::waiting(&d.join("spool")).is_empty(), "{log}");
+}

@@ -201,7 +201,8 @@ impl Policy for LocalPolicy {
             };
         }
         if self.users.is_local_domain(mailbox.host()) {
-            return match self.users.lookup_name(&mailbox.local_part_text()) {
+            let domain = mailbox.host().to_string();
+            return match self.users.resolve(&mailbox.local_part_text(), &domain) {
                 Some(_) => Ok(Destination::Local),
                 None => Err(Refusal::UnknownUser(to.to_string())),
             };
@@ -218,13 +219,26 @@ impl Policy for LocalPolicy {
         if !self.config.local_domains.contains(&domain) {
             return None;
         }
-        self.users.lookup_name(local).map(|user| format!("{user}@{domain}"))
+        let key = self.users.resolve(local, &domain)?;
+        // A catch-all takes the mail, but names nobody.
+        match key.split_once('@') {
+            None => Some(format!("{key}@{domain}")),
+            Some(("", _)) => None,
+            Some(_) => Some(key),
+        }
     }
 
     fn expand(&self, name: &str) -> Option<Vec<String>> {
-        let local = name.trim_start_matches('<').trim_end_matches('>');
-        let local = local.split('@').next()?.to_lowercase();
-        self.users.alias(&local).map(<[String]>::to_vec)
+        let text = name.trim_start_matches('<').trim_end_matches('>');
+        let (local, domain) = match text.rsplit_once('@') {
+            Some((l, d)) => (l, d.to_lowercase()),
+            None => (text, self.config.local_domains.first()?.clone()),
+        };
+        if !self.config.local_domains.contains(&domain) {
+            return None;
+        }
+        let key = self.users.resolve(local, &domain)?;
+        self.users.alias(&key).map(<[String]>::to_vec)
     }
 }
 
