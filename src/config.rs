@@ -117,6 +117,9 @@ pub struct Config {
     /// `mailbox_transport = lmtp:...`: local mailboxes are handed to this LMTP server
     /// (Dovecot's, say) instead of being written here; `None`: maildirs written here.
     pub mailbox_transport: Option<crate::client::LmtpAddress>,
+    /// `mailbox_command = ...`: a system user's mailbox copy is handed to this command, run
+    /// as that user (`sh -c`, Postfix's variables), instead of being written here.
+    pub mailbox_command: Option<String>,
     /// `local_users = system`: the local users are the system's accounts, each copy written
     /// by a process running as its user (`table`: the mailboxes file, or any safe name).
     pub system_users: bool,
@@ -315,6 +318,7 @@ impl Config {
             mailboxes: None,
             mailbox_template: "./spool/mailboxes/%u/".into(),
             mailbox_transport: None,
+            mailbox_command: None,
             system_users: false,
             forward_files: false,
             aliases: None,
@@ -490,6 +494,7 @@ impl Config {
             }
             "mailboxes" => self.mailboxes = optional(v, path)?,
             "mailbox_template" => self.mailbox_template = template(v)?,
+            "mailbox_command" => self.mailbox_command = optional(v, |v| Ok(v.to_string()))?,
             "mailbox_transport" => {
                 self.mailbox_transport = match v {
                     "maildir" => None,
@@ -649,6 +654,7 @@ impl Config {
             ("trusted_networks", join(self.trusted_networks.iter().map(Cidr::to_string).collect())),
             ("mailboxes", path(&self.mailboxes)),
             ("mailbox_template", self.mailbox_template.clone()),
+            ("mailbox_command", self.mailbox_command.clone().unwrap_or_default()),
             ("mailbox_transport", self.mailbox_transport.as_ref().map_or("maildir".into(), ToString::to_string)),
             ("local_users", if self.system_users { "system" } else { "table" }.into()),
             ("aliases", path(&self.aliases)),
@@ -759,6 +765,12 @@ impl Config {
         let submission = self.listen.iter().any(|l| l.mode != Mode::Mta);
         if self.listen.iter().any(|l| l.mode == Mode::Smtps) && self.tls_cert.is_none() {
             return Err("listen: an smtps port needs tls_cert and tls_key".into());
+        }
+        if self.mailbox_command.is_some() && !self.system_users {
+            return Err("mailbox_command is for local_users = system (it runs as the recipient)".into());
+        }
+        if self.mailbox_command.is_some() && self.mailbox_transport.is_some() {
+            return Err("mailbox_command and mailbox_transport both say who writes the mailboxes; keep one".into());
         }
         if self.forward_files && !self.system_users {
             return Err("forward_files is for local_users = system (a .forward is in a user's home)".into());

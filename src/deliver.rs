@@ -96,6 +96,9 @@ pub fn verify(config: &Config, addresses: &[String]) -> Result<bool, String> {
                     let to = config.mailbox_transport.as_ref().map(ToString::to_string).unwrap_or_default();
                     format!("deliverable: <{address}> by {to}")
                 }
+                Target::Mailbox { owner: Some(user), .. } if config.mailbox_command.is_some() => {
+                    format!("deliverable: mailbox_command (run as {user})")
+                }
                 Target::Mailbox { maildir, owner, .. } => match owner {
                     Some(user) => format!("deliverable: maildir {} (written as {user})", maildir.display()),
                     None => format!("deliverable: maildir {}", maildir.display()),
@@ -951,6 +954,15 @@ impl<'a> Runner<'a> {
                 });
             }
         };
+        // mailbox_command: the user's copy is the command's to write (dovecot-lda, say), marked
+        // for its filters when it is for the Junk folder.
+        if let (Some(user), Some(_)) = (owner, &self.config.mailbox_command) {
+            let to = format!("<{address}>");
+            let mark: &[u8] = if q.envelope.quarantine { b"X-Spam: Yes\r\n" } else { b"" };
+            return self.attempt_as(q, &to, Where::Local, attempt, |w, m| {
+                w.mailbox_command(user, &q.envelope.from, address, &[mark, m].concat())
+            });
+        }
         // A quarantined message goes into the Junk folder where postern writes the maildir.
         let folder = q.envelope.quarantine.then_some(self.config.junk_folder.as_str());
         if let Some(name) = interrupted {

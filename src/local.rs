@@ -14,10 +14,11 @@
 //! `alias_user`: only commands and files the aliases name, so the run cannot choose others.
 //! With `forward_files = on` it reads the users' `~/.forward` files for the run (which may
 //! not reach their homes), and runs the commands and appends to the files one names as its
-//! user, after reading it again: only those that user's `.forward` names.
+//! user, after reading it again: only those that user's `.forward` names. And it runs
+//! `mailbox_command` (dovecot-lda, say) as a user for the copy into that user's mailbox.
 //!
 //! Requests and replies are one line each, fields split by tabs:
-//! `mailbox|junk|command|file|look|forward<TAB>USER|COMMAND|PATH<TAB>RETURN-PATH<TAB>DELIVERED-TO<TAB>NAME<TAB>SIZE`
+//! `mailbox|junk|command|file|look|forward|mailbox-command<TAB>USER|COMMAND|PATH<TAB>RETURN-PATH<TAB>DELIVERED-TO<TAB>NAME<TAB>SIZE`
 //! then SIZE octets of message; `ok<TAB>WHERE` or `err<TAB>full|unsafe|loop|io|refused<TAB>TEXT`.
 //! NAME is the maildir file name the run chose and recorded for a `mailbox` or `junk` copy,
 //! the user whose `.forward` names a `command` or `file` (`-` for the aliases' and the
@@ -115,6 +116,18 @@ impl Writer {
         message: &[u8],
     ) -> Result<PathBuf, MaildirError> {
         self.ask(["file", &path.display().to_string(), &from.to_string(), alias, user.unwrap_or("-")], message)
+    }
+
+    /// One copy to `mailbox_command`, run as `user` (the helper reads the command from its
+    /// own configuration).
+    pub fn mailbox_command(
+        &self,
+        user: &str,
+        from: &ReversePath,
+        delivered_to: &str,
+        message: &[u8],
+    ) -> Result<PathBuf, MaildirError> {
+        self.ask(["mailbox-command", user, &from.to_string(), delivered_to, "-"], message)
     }
 
     /// `user`'s `~/.forward`, read by the helper as root (`alias::read_forward`).
@@ -276,6 +289,7 @@ pub fn serve(config: &Config) -> Result<(), String> {
                 continue;
             }
             "command" => run_command(config, &users, &req),
+            "mailbox-command" => run_mailbox_command(config, &users, &req),
             "file" => append_file(config, &users, &exe, &req),
             "forward" => {
                 let answer = match mailbox_of(config, &users, &req.user) {
@@ -397,12 +411,9 @@ fn forward_account(
 /// Exit codes of sysexits.h that mean "try again later" (EX_OSERR, EX_IOERR, EX_TEMPFAIL).
 const TEMPORARY_EXITS: [i32; 3] = [71, 74, 75];
 
-/// An alias's `|command`: `sh -c COMMAND` as `alias_user`, the message on its input, a
-/// clean environment (SENDER, RECIPIENT, USER, HOME=/, a plain PATH), at most
-/// `alias_timeout`. Exit 0 delivers; a temporary sysexits code, a signal or the timeout
-/// defers; any other code bounces, with what the command printed.
+/// An alias's `|command`, run as `alias_user` with HOME=/, or a `.forward`'s, run as its
+/// user in its home (`run_piped`).
 fn run_command(config: &Config, users: &LocalUsers, req: &Request) -> Result<PathBuf, MaildirError> {
-    use std::os::unix::process::ExitStatusExt;
     let (account, groups, home) = match req.name.as_str() {
         "-" if !users.allows_command(&req.user) => {
             return Err(MaildirError::Unsafe(format!("`|{}` is no command of the aliases", req.user)));
@@ -417,27 +428,62 @@ fn run_command(config: &Config, users: &LocalUsers, req: &Request) -> Result<Pat
             (account, groups, home)
         }
     };
+    run_piped(config, &req.user, &account, groups, &home, req, &[])
+}
+
+/// `mailbox_command` (`local_users = system`): the configured command, never one the run
+/// names, run as the recipient's own account in its home, with Postfix's variables (SENDER,
+/// RECIPIENT, USER, HOME, LOCAL, DOMAIN, EXTENSION) and `run_piped`'s rules for its exit.
+fn run_mailbox_command(config: &Config, users: &LocalUsers, req: &Request) -> Result<PathBuf, MaildirError> {
+    let Some(command) = &config.mailbox_command else {
+        return Err(MaildirError::Unsafe("no mailbox_command is configured".into()));
+    };
+    let (account, _) = mailbox_of(config, users, &req.user)?;
+    let groups = sys::groups_of(&account.name, account.gid).map_err(|e| MaildirError::Io(e.to_string()))?;
+    let home = Some(account.home.clone()).filter(|h| h.is_dir()).unwrap_or_else(|| PathBuf::from("/"));
+    let (local, domain) = req.delivered_to.rsplit_once('@').unwrap_or((&req.delivered_to, ""));
+    let extension = local.split_once(|c| config.recipient_delimiter.contains(c)).map_or("", |(_, e)| e);
+    let extension = if config.recipient_delimiter.is_empty() { "" } else { extension };
+    let vars = [("LOCAL", local), ("DOMAIN", domain), ("EXTENSION", extension)];
+    run_piped(config, command, &account, groups, &home, req, &vars)
+}
+
+/// `sh -c COMMAND` as `account`, the message on its input, a clean environment (SENDER,
+/// RECIPIENT, USER, LOGNAME, HOME, SHELL, a plain PATH, and `vars`), at most `alias_timeout`.
+/// Exit 0 delivers; a temporary sysexits code, a signal or the timeout defers; any other
+/// code bounces, with what the command printed.
+fn run_piped(
+    config: &Config,
+    shell_command: &str,
+    account: &sys::Account,
+    groups: Vec<u32>,
+    home: &Path,
+    req: &Request,
+    vars: &[(&str, &str)],
+) -> Result<PathBuf, MaildirError> {
+    use std::os::unix::process::ExitStatusExt;
     let sender = req.return_path.to_string();
     let mut command = Command::new("/bin/sh");
     command
         .arg("-c")
-        .arg(&req.user)
+        .arg(shell_command)
         .env_clear()
+        .envs(vars.iter().copied())
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("HOME", &home)
+        .env("HOME", home)
         .env("SHELL", "/bin/sh")
         .env("USER", &account.name)
         .env("LOGNAME", &account.name)
         .env("SENDER", sender.trim_start_matches('<').trim_end_matches('>'))
         .env("RECIPIENT", &req.delivered_to)
-        .current_dir(&home)
+        .current_dir(home)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     // Its own process group, so that a timeout kills what it started too.
     std::os::unix::process::CommandExt::process_group(&mut command, 0);
     sys::run_as(&mut command, account.uid, account.gid, groups);
-    let io = |e: io::Error| MaildirError::Io(format!("|{}: {e}", req.user));
+    let io = |e: io::Error| MaildirError::Io(format!("|{shell_command}: {e}"));
     let mut child = command.spawn().map_err(io)?;
     let stamp = Stamp {
         return_path: &req.return_path,
@@ -510,10 +556,10 @@ fn run_command(config: &Config, users: &LocalUsers, req: &Request) -> Result<Pat
     let _ = feeder.join();
     let said = printed.join(" ").split_whitespace().collect::<Vec<_>>().join(" ");
     let what = |how: String| if said.is_empty() { how } else { format!("{how}: {said}") };
-    let name = format!("|{}", req.user);
+    let name = format!("|{shell_command}");
     match status {
         None => Err(MaildirError::Io(what(format!("{name}: killed after {}s", config.alias_timeout.as_secs())))),
-        Some(s) if s.success() => Ok(PathBuf::from(format!("command: {}", req.user))),
+        Some(s) if s.success() => Ok(PathBuf::from(format!("command: {shell_command}"))),
         Some(s) => match s.code() {
             Some(code) if TEMPORARY_EXITS.contains(&code) => {
                 Err(MaildirError::Io(what(format!("{name}: exit {code}"))))

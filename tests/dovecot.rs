@@ -180,3 +180,67 @@ fn two_domains_keep_their_own_users_and_one_has_a_catch_all() {
     assert_eq!(imap_subjects(&dovecot, "sales@b.example", "INBOX"), ["Subject: to both"], "the catch-all: {log}");
     assert!(support::waiting(&d.join("spool")).is_empty(), "{log}");
 }
+
+/// A system account, removed with its home when dropped.
+struct Account(String);
+
+impl Drop for Account {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.0).output();
+    }
+}
+
+/// `mailbox_command = dovecot-lda ...` for the system's users: run as the recipient, in a clean
+/// environment with Postfix's variables, so the copy lands in the user's Dovecot mailbox
+/// written as the user; its exit says what happened (75: later, 67: never).
+#[test]
+fn dovecot_lda_as_mailbox_command_runs_as_the_user_and_its_exit_decides() {
+    if skip() || skip_unless(Path::new("/usr/lib/dovecot/dovecot-lda").exists(), "dovecot-lda is not installed") {
+        return;
+    }
+    let user = format!("pstn-l{}", std::process::id() % 100_000);
+    let dir = TempDir::new("lda");
+    let d = dir.path();
+    std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let home = d.join("home").join(&user);
+    std::fs::create_dir_all(home.parent().unwrap()).unwrap();
+    let out = Command::new("useradd")
+        .args(["--create-home", "--shell", "/bin/sh", "--home-dir"])
+        .arg(&home)
+        .arg(&user)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let _account = Account(user.clone());
+    std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    std::fs::write(d.join("lda.conf"), "mail_location = maildir:~/Maildir\nlog_path = /dev/stderr\n").unwrap();
+    let conf = d.join("postern.conf");
+    let write_config = |command: &str| {
+        let config = support::config_with(d, &format!("local_users = system\nmailbox_command = {command}\n"))
+            .replace(&format!("mailboxes = {}/mailboxes\n", d.display()), "");
+        std::fs::write(&conf, config).unwrap();
+    };
+    let lda = format!("/usr/lib/dovecot/dovecot-lda -c {}/lda.conf -f \"$SENDER\" -a \"$RECIPIENT\"", d.display());
+    write_config(&lda);
+    let to = format!("{user}@example.test");
+    queue(d, &[&to], "by lda", false);
+    let log = deliver(&conf, None, &[]);
+    let copies = support::list(&home.join("Maildir/new"));
+    assert_eq!(copies.len(), 1, "{log}");
+    let meta = std::fs::metadata(&copies[0]).unwrap();
+    let uid = postern::sys::lookup_user(&user).unwrap().unwrap().uid;
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), uid, "written as the user");
+    let copy = std::fs::read_to_string(&copies[0]).unwrap();
+    assert!(copy.contains("Subject: by lda") && copy.contains("Return-Path: <sender@remote.test>"), "{copy}");
+    assert!(support::waiting(&d.join("spool")).is_empty(), "{log}");
+
+    // What the command's exit means (sysexits.h): 75 later, 67 never.
+    write_config("echo \"$USER $RECIPIENT $LOCAL $DOMAIN\" >&2; exit 75");
+    let id = queue(d, &[&to], "later", false);
+    let log = deliver(&conf, None, &[]);
+    assert!(log.contains(&format!("{id}: to=<{to}>")) && log.contains("status=deferred"), "{log}");
+    assert!(log.contains(&format!("exit 75: {user} {to} {user} example.test")), "{log}");
+    write_config("echo no such mailbox; exit 67");
+    let log = support::deliver_with(&conf, &[], &["--id", &id]).1;
+    assert!(log.contains("status=bounced") && log.contains("exit 67: no such mailbox"), "{log}");
+}
