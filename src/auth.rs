@@ -1,4 +1,5 @@
-//! Who may log in, and as whom they may send: the `auth_users` file of `user:hash` lines,
+//! Who may log in, and as whom they may send: the `auth_users` file of `user:hash` lines (or
+//! a Dovecot that checks the passwords, `crate::dovecot`),
 //! the `auth_senders` table, and the lockout of addresses that keep failing (RFC 4954 §4,
 //! §14: a server should slow down and limit repeated failures).
 //!
@@ -8,12 +9,12 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
-use crate::policy::Authenticator;
+use crate::config::{Config, UserSource};
+use crate::policy::{Authenticator, Verified};
 use crate::table::TableError;
 
 /// The schemes `--hash-password` writes.
@@ -242,10 +243,56 @@ impl Lockout {
     }
 }
 
+/// Who may log in: the `auth_users` file's users, or those a Dovecot knows
+/// (`auth_users = dovecot:/run/dovecot/auth-client`).
+#[derive(Debug, Clone)]
+pub enum Logins {
+    Table(Users),
+    Dovecot { socket: PathBuf, timeout: Duration },
+}
+
+impl Logins {
+    /// The logins `auth_users` names.
+    pub fn load(source: &UserSource, timeout: Duration) -> Result<Logins, TableError> {
+        match source {
+            UserSource::File(path) => Users::load(path).map(Logins::Table),
+            UserSource::Dovecot(socket) => Ok(Logins::Dovecot { socket: socket.clone(), timeout }),
+        }
+    }
+
+    /// Whether the password is the user's. Dovecot's answer is logged when it cannot give one.
+    pub fn verify(&self, client: Option<IpAddr>, user: &str, password: &[u8]) -> Verified {
+        match self {
+            Logins::Table(users) if users.verify(user, password) => Verified::Yes,
+            Logins::Table(_) => Verified::No,
+            Logins::Dovecot { socket, timeout } => {
+                match crate::dovecot::verify(socket, user, password, client, *timeout) {
+                    crate::dovecot::Answer::Yes(_) => Verified::Yes,
+                    crate::dovecot::Answer::No => Verified::No,
+                    crate::dovecot::Answer::Unavailable(why) => {
+                        log::warn!("auth_users: Dovecot could not check {user}'s password: {why}");
+                        Verified::Unavailable
+                    }
+                }
+            }
+        }
+    }
+
+    /// Who they are, for the log line at start.
+    pub fn describe(&self) -> String {
+        match self {
+            Logins::Table(users) => format!("{} user(s) may log in on the submission ports", users.len()),
+            Logins::Dovecot { socket, .. } => {
+                format!("logins on the submission ports checked by Dovecot at {}", socket.display())
+            }
+        }
+    }
+}
+
 /// The answers AUTH needs in one session: the users and senders of the configuration in
 /// force, and the server's lockout, which outlives reloads.
 pub struct Auth<'a> {
-    pub users: &'a Users,
+    pub users: &'a Logins,
     pub senders: &'a Senders,
     pub lockout: &'a Lockout,
 }
@@ -255,15 +302,14 @@ impl Authenticator for Auth<'_> {
         client.is_some_and(|ip| self.lockout.locked_out(ip))
     }
 
-    fn verify(&self, client: Option<IpAddr>, user: &str, password: &[u8]) -> bool {
-        let good = self.users.verify(user, password);
-        if let Some(ip) = client {
-            match good {
-                true => self.lockout.succeeded(ip),
-                false => self.lockout.failed(ip),
-            }
+    fn verify(&self, client: Option<IpAddr>, user: &str, password: &[u8]) -> Verified {
+        let verified = self.users.verify(client, user, password);
+        match (verified, client) {
+            (Verified::Yes, Some(ip)) => self.lockout.succeeded(ip),
+            (Verified::No, Some(ip)) => self.lockout.failed(ip),
+            _ => {}
         }
-        good
+        verified
     }
 
     fn may_send_as(&self, user: &str, address: &str) -> bool {

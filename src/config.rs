@@ -147,8 +147,9 @@ pub struct Config {
     pub starttls_timeout: Duration,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
-    /// `user:hash` lines for AUTH on the submission ports.
-    pub auth_users: Option<PathBuf>,
+    /// Who may log in with AUTH on the submission ports: a file of `user:hash` lines, or a
+    /// Dovecot's authentication socket.
+    pub auth_users: Option<UserSource>,
     /// `user: address, @domain` lines: the senders each user may use.
     pub auth_senders: Option<PathBuf>,
     /// `auth_plaintext = loopback`: AUTH without TLS for clients on 127.0.0.0/8 and ::1.
@@ -252,6 +253,22 @@ pub struct Config {
     pub log: crate::logging::Choice,
     /// The system log's socket (`/dev/log`).
     pub syslog_socket: PathBuf,
+}
+
+/// `auth_users`: a file of `user:hash` lines, or `dovecot:/run/dovecot/auth-client`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserSource {
+    File(PathBuf),
+    Dovecot(PathBuf),
+}
+
+impl std::fmt::Display for UserSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UserSource::File(path) => write!(f, "{}", path.display()),
+            UserSource::Dovecot(socket) => write!(f, "dovecot:{}", socket.display()),
+        }
+    }
 }
 
 /// `relayhost_tls`: when to use TLS with the relayhost.
@@ -536,7 +553,13 @@ impl Config {
             "starttls_timeout" => self.starttls_timeout = timeout(v)?,
             "tls_cert" => self.tls_cert = optional(v, path)?,
             "tls_key" => self.tls_key = optional(v, path)?,
-            "auth_users" => self.auth_users = optional(v, path)?,
+            "auth_users" => {
+                self.auth_users = optional(v, |v| match v.strip_prefix("dovecot:") {
+                    Some(socket) if socket.starts_with('/') => Ok(UserSource::Dovecot(socket.into())),
+                    Some(_) => Err("dovecot: takes the absolute path of Dovecot's auth-client socket".into()),
+                    None => path(v).map(UserSource::File),
+                })?
+            }
             "auth_senders" => self.auth_senders = optional(v, path)?,
             "auth_plaintext" => {
                 self.auth_plaintext_loopback = match v {
@@ -680,7 +703,7 @@ impl Config {
             ("starttls_timeout", show_duration(self.starttls_timeout)),
             ("tls_cert", path(&self.tls_cert)),
             ("tls_key", path(&self.tls_key)),
-            ("auth_users", path(&self.auth_users)),
+            ("auth_users", self.auth_users.as_ref().map(ToString::to_string).unwrap_or_default()),
             ("auth_senders", path(&self.auth_senders)),
             ("auth_plaintext", if self.auth_plaintext_loopback { "loopback" } else { "off" }.into()),
             ("auth_failure_limit", self.auth_failure_limit.to_string()),

@@ -10,6 +10,7 @@
 //!   SPF), recipient (local? exists? may relay?), end of data; the fields they add
 //! - `spf`: SPF's `check_host()` over `dns::Resolve` (pure: tests feed the answers)
 //! - `auth`: the `auth_users` and `auth_senders` files, password hashes, the login lockout
+//! - `dovecot`: logins checked by Dovecot (its authentication protocol's client side)
 //! - `server`: listeners, threads, deadlines, DATA into the spool (`conn`, `handoff`,
 //!   `tls_files` inside)
 //! - `spool`: queue files and the commit that makes them durable; `maildrop/` for local users
@@ -58,6 +59,7 @@ pub mod deliver;
 pub mod dkim;
 pub mod dmarc;
 pub mod dns;
+pub mod dovecot;
 pub mod dsn;
 pub mod fault;
 pub mod flush;

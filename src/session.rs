@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use crate::dns::Resolve;
 use crate::milter::chain::Verdict;
 use crate::policy::authres::Findings;
-use crate::policy::{Authenticator, Client, Policy, Refusal};
+use crate::policy::{Authenticator, Client, Policy, Refusal, Verified};
 use crate::smtp::address::{ForwardPath, ReversePath};
 use crate::smtp::command::{Command, MailParams, parse_command};
 use crate::smtp::line::MAX_COMMAND_LINE;
@@ -188,6 +188,8 @@ pub enum AuthError {
     Cancelled,
     Undecodable,
     Failed,
+    /// The passwords could not be checked now (`454 4.7.0`, RFC 4954 §6).
+    Unavailable,
     LineTooLong,
     /// This address failed too often; the session ends (`421 4.7.0`).
     LockedOut,
@@ -215,6 +217,7 @@ impl From<&AuthError> for Reply {
             AuthError::Cancelled => Reply::new(501, es(5, 7, 0), "Authentication aborted"),
             AuthError::Undecodable => Reply::new(501, es(5, 5, 2), "Cannot decode response"),
             AuthError::Failed => Reply::new(535, es(5, 7, 8), "Error: authentication failed"),
+            AuthError::Unavailable => Reply::new(454, es(4, 7, 0), "Temporary authentication failure"),
             AuthError::LineTooLong => Reply::new(500, es(5, 5, 6), "Authentication exchange line is too long"),
             AuthError::LockedOut => {
                 Reply::new(421, es(4, 7, 0), "Error: too many failed logins from this address, try again later")
@@ -525,9 +528,12 @@ impl<'p> Session<'p> {
             Next::Undecodable => self.refuse(Reply::from(&AuthError::Undecodable)),
             Next::Malformed => self.auth_failed(mechanism, String::new()),
             Next::Verify(credentials) => {
-                let good = self.auth.is_some_and(|a| a.verify(self.client, &credentials.user, &credentials.password));
-                if !good {
-                    return self.auth_failed(mechanism, credentials.user);
+                let verified = self.auth.map(|a| a.verify(self.client, &credentials.user, &credentials.password));
+                match verified {
+                    Some(Verified::Yes) => {}
+                    // Not the client's failure: no error counted, nothing for a lockout.
+                    Some(Verified::Unavailable) => return self.refuse(Reply::from(&AuthError::Unavailable)),
+                    Some(Verified::No) | None => return self.auth_failed(mechanism, credentials.user),
                 }
                 self.auth_event =
                     Some(AuthEvent { mechanism: mechanism.name(), user: credentials.user.clone(), ok: true });
@@ -1161,12 +1167,15 @@ mod tests {
         fn locked_out(&self, _: Option<IpAddr>) -> bool {
             *self.failures.lock().unwrap() >= 3
         }
-        fn verify(&self, _: Option<IpAddr>, user: &str, password: &[u8]) -> bool {
+        fn verify(&self, _: Option<IpAddr>, user: &str, password: &[u8]) -> Verified {
+            if user == "carol" {
+                return Verified::Unavailable;
+            }
             let good = user == "alice" && password == b"pw";
             if !good {
                 *self.failures.lock().unwrap() += 1;
             }
-            good
+            if good { Verified::Yes } else { Verified::No }
         }
         fn may_send_as(&self, user: &str, address: &str) -> bool {
             address == format!("{user}@example.test")
@@ -1256,6 +1265,14 @@ mod tests {
         }
         let step = h.session.handle(Input::Line(b"AUTH PLAIN AGFsaWNlAHB4"));
         assert_eq!((summary(&step), step.action), ("421 4.7.0".into(), Action::Close));
+        // Passwords that cannot be checked now (Dovecot down): 454, no failure counted.
+        let fresh = users();
+        let (session, _) = Session::new(&c, &p, None);
+        let mut h = Harness { session: session.with_authenticator(&fresh) };
+        h.send("EHLO x");
+        let step = h.session.handle(Input::Line(b"AUTH PLAIN AGNhcm9sAHB3")); // carol
+        assert_eq!((summary(&step), step.delay, step.action), ("454 4.7.0".into(), false, Action::ReadLine));
+        assert_eq!(*fresh.failures.lock().unwrap(), 0, "not counted against the client");
         let (session, _) = Session::new(&c, &p, None);
         let mut h = Harness { session: session.with_authenticator(&u) };
         h.send("EHLO x");

@@ -244,3 +244,54 @@ fn dovecot_lda_as_mailbox_command_runs_as_the_user_and_its_exit_decides() {
     let log = support::deliver_with(&conf, &[], &["--id", &id]).1;
     assert!(log.contains("status=bounced") && log.contains("exit 67: no such mailbox"), "{log}");
 }
+
+/// `auth_users = dovecot:...`: logins on the submission port checked by Dovecot, PLAIN and
+/// LOGIN, with one password for mail in and mail out; a Dovecot that is down is a temporary
+/// failure (454), never a wrong password.
+#[test]
+fn logins_on_the_submission_port_are_checked_by_dovecot() {
+    if skip() {
+        return;
+    }
+    use support::{Client, FakeMx, code};
+    let dovecot = Dovecot::start(&["alice@example.test secret"], "");
+    let sink = FakeMx::start("127.0.0.1:0", |_| None);
+    let dir = TempDir::new("dovecot-auth");
+    let extra = format!(
+        "auth_users = dovecot:{}\nauth_plaintext = loopback\nrelayhost = [127.0.0.1]:{}\nerror_sleep_time = 10ms\n",
+        dovecot.path().join("run/auth-client").display(),
+        sink.addr.port()
+    );
+    let config = support::config_with(dir.path(), &extra)
+        .replace("listen = 127.0.0.1:0\n", "listen = 127.0.0.1:0, 127.0.0.1:0 submission\n");
+    let server = support::Server::start_in(dir, &config);
+    let b64 = |text: &str| postern::smtp::client::base64(text.as_bytes());
+    let session = || {
+        let mut c = Client::greeted(server.port_for("submission"));
+        assert!(c.cmd("EHLO client.test").contains("AUTH PLAIN LOGIN"));
+        c
+    };
+    let mut c = session();
+    assert_eq!(code(&c.cmd(&format!("AUTH PLAIN {}", b64("\0alice@example.test\0wrong")))), "535 5.7.8");
+    assert_eq!(code(&c.cmd(&format!("AUTH PLAIN {}", b64("\0nobody@example.test\0secret")))), "535 5.7.8");
+    assert_eq!(code(&c.cmd(&format!("AUTH PLAIN {}", b64("\0alice@example.test\0secret")))), "235 2.7.0");
+    assert_eq!(code(&c.cmd("MAIL FROM:<alice@example.test>")), "250 2.1.0");
+    assert_eq!(code(&c.cmd("RCPT TO:<friend@remote.test>")), "250 2.1.5");
+    assert_eq!(code(&c.cmd("DATA")), "354");
+    assert_eq!(code(&c.cmd("Subject: out\r\n\r\nsent with Dovecot's password\r\n.")), "250 2.0.0");
+    c.cmd("QUIT");
+    let mut c = session();
+    assert_eq!(code(&c.cmd("AUTH LOGIN")), "334");
+    assert_eq!(code(&c.cmd(&b64("alice@example.test"))), "334");
+    assert_eq!(code(&c.cmd(&b64("secret"))), "235 2.7.0");
+    let log = server.log();
+    assert!(log.contains("logins on the submission ports checked by Dovecot"), "{log}");
+    assert!(log.contains("SASL PLAIN authentication failed, sasl_username=nobody@example.test"), "{log}");
+    // Dovecot gone: for now, not wrong.
+    drop(dovecot);
+    let mut c = session();
+    assert_eq!(code(&c.cmd(&format!("AUTH PLAIN {}", b64("\0alice@example.test\0secret")))), "454 4.7.0");
+    assert!(server.log().contains("Dovecot could not check alice@example.test's password"), "{}", server.log());
+    let deliver = deliver(&server.dir.path().join("postern.conf"), None, &[]);
+    assert_eq!(sink.messages().len(), 1, "{deliver}");
+}

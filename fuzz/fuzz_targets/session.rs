@@ -2,19 +2,23 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use postern::config::Config;
-use postern::policy::{Authenticator, LocalPolicy};
+use postern::policy::{Authenticator, LocalPolicy, Verified};
 use postern::session::{Action, Input, Session, SessionConfig};
 use postern::spool::QueueId;
 
-/// alice's password is "pw"; nobody is ever locked out.
+/// alice's password is "pw", carol's cannot be checked now; nobody is ever locked out.
 struct Users;
 
 impl Authenticator for Users {
     fn locked_out(&self, _: Option<std::net::IpAddr>) -> bool {
         false
     }
-    fn verify(&self, _: Option<std::net::IpAddr>, user: &str, password: &[u8]) -> bool {
-        user == "alice" && password == b"pw"
+    fn verify(&self, _: Option<std::net::IpAddr>, user: &str, password: &[u8]) -> Verified {
+        match (user, password) {
+            ("alice", b"pw") => Verified::Yes,
+            ("carol", _) => Verified::Unavailable,
+            _ => Verified::No,
+        }
     }
     fn may_send_as(&self, user: &str, address: &str) -> bool {
         address == format!("{user}@example.test")

@@ -143,11 +143,20 @@ pub trait Policy: Send + Sync {
 
 /// What AUTH asks (RFC 4954); `crate::auth` answers from the `auth_users` and
 /// `auth_senders` files.
+/// What a password check came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verified {
+    Yes,
+    No,
+    /// Whoever checks passwords could not say (Dovecot down): try again later.
+    Unavailable,
+}
+
 pub trait Authenticator: Send + Sync {
     /// Whether `client` is locked out after repeated failures.
     fn locked_out(&self, client: Option<IpAddr>) -> bool;
     /// Whether the password is the user's; a failure counts against the client.
-    fn verify(&self, client: Option<IpAddr>, user: &str, password: &[u8]) -> bool;
+    fn verify(&self, client: Option<IpAddr>, user: &str, password: &[u8]) -> Verified;
     /// Whether the user may use this address (no brackets) as sender, in MAIL or `From:`.
     fn may_send_as(&self, user: &str, address: &str) -> bool;
 }

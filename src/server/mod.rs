@@ -15,7 +15,7 @@ use openssl::pkey::PKey;
 use openssl::ssl::{SslAcceptor, SslMethod, SslSessionCacheMode};
 use openssl::x509::X509;
 
-use crate::auth::{Auth, Lockout, Senders, Users};
+use crate::auth::{Auth, Lockout, Logins, Senders};
 use crate::config::{Config, Mode};
 use crate::dns::{Resolve, Resolvers};
 use crate::launch::Launcher;
@@ -54,19 +54,20 @@ pub struct Current {
     policy: LocalPolicy,
     tls: Option<SslAcceptor>,
     /// Who may log in on the submission ports, and as whom they may send.
-    pub auth: Option<(Users, Senders)>,
+    pub auth: Option<(Logins, Senders)>,
 }
 
 /// Loads `auth_users` and `auth_senders`, when `auth_users` is set.
-pub fn load_auth(config: &Config) -> Result<Option<(Users, Senders)>, String> {
-    let Some(path) = &config.auth_users else { return Ok(None) };
-    let users = Users::load(path).map_err(|e| format!("auth_users: {e}"))?;
+pub fn load_auth(config: &Config) -> Result<Option<(Logins, Senders)>, String> {
+    let Some(source) = &config.auth_users else { return Ok(None) };
+    let users = Logins::load(source, config.command_timeout.min(std::time::Duration::from_secs(30)))
+        .map_err(|e| format!("auth_users: {e}"))?;
     let senders = Senders::load(config).map_err(|e| format!("auth_senders: {e}"))?;
     Ok(Some((users, senders)))
 }
 
 impl Current {
-    fn new(config: Config, policy: LocalPolicy, tls: Option<SslAcceptor>, auth: Option<(Users, Senders)>) -> Current {
+    fn new(config: Config, policy: LocalPolicy, tls: Option<SslAcceptor>, auth: Option<(Logins, Senders)>) -> Current {
         let session = SessionConfig {
             hostname: config.hostname.clone(),
             message_size_limit: config.message_size_limit,
@@ -208,7 +209,7 @@ impl Server {
         policy: LocalPolicy,
         spool: Spool,
         tls: Option<SslAcceptor>,
-        auth: Option<(Users, Senders)>,
+        auth: Option<(Logins, Senders)>,
     ) -> Server {
         let lockout = Lockout::new(config.auth_failure_limit, config.auth_lockout_time);
         Server {

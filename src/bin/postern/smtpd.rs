@@ -214,7 +214,7 @@ fn run(args: &Args) -> Result<(), String> {
     let tls = postern::server::load_tls(&config)?;
     let auth = postern::server::load_auth(&config)?;
     if let Some((users, _)) = &auth {
-        log::info!("auth_users: {} user(s) may log in on the submission ports", users.len());
+        log::info!("auth_users: {}", users.describe());
     }
     // Instant delivery to system users needs a process that keeps root: started before
     // root is given up (src/launch.rs). Otherwise the children are this process's own.
