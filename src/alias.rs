@@ -193,6 +193,9 @@ pub enum ExpandError {
 
 const MAX_DEPTH: usize = 20;
 
+/// How long Dovecot's userdb may take to answer.
+const DOVECOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The local users of one configuration: local domains, the mailboxes map, the aliases.
 pub struct LocalUsers {
     local_domains: Vec<String>,
@@ -202,6 +205,8 @@ pub struct LocalUsers {
     system: bool,
     /// Follow their `~/.forward` files.
     forward_files: bool,
+    /// Ask Dovecot's userdb at this socket whether a full address exists.
+    dovecot: Option<PathBuf>,
     /// Name -> maildir; `None` when every safe name has a mailbox from the template.
     mailboxes: Option<HashMap<String, PathBuf>>,
     aliases: HashMap<String, Vec<String>>,
@@ -260,6 +265,7 @@ impl LocalUsers {
             template: config.mailbox_template.clone(),
             system: config.system_users,
             forward_files: config.forward_files,
+            dovecot: config.dovecot_userdb.clone(),
             mailboxes,
             aliases,
             broken,
@@ -302,18 +308,35 @@ impl LocalUsers {
     /// its domain's catch-all (`@a.example`); an address and a name first as given, then
     /// without the extension.
     pub fn resolve(&self, local_part: &str, domain: &str) -> Option<String> {
+        self.resolve_checked(local_part, domain).ok().flatten()
+    }
+
+    /// `resolve`, asking Dovecot's userdb (`local_users = dovecot:...`) for the full address
+    /// after the tables' own full addresses; `Err` when it cannot say now.
+    pub fn resolve_checked(&self, local_part: &str, domain: &str) -> Result<Option<String>, String> {
         let (folded, domain) = (local_part.to_lowercase(), domain.to_lowercase());
-        for local in [Some(folded.as_str()), self.base(&folded)].into_iter().flatten() {
+        let locals: Vec<&str> = [Some(folded.as_str()), self.base(&folded)].into_iter().flatten().collect();
+        for local in &locals {
             let key = format!("{local}@{domain}");
             if self.has_key(&key) {
-                return Some(key);
+                return Ok(Some(key));
+            }
+        }
+        if let Some(socket) = &self.dovecot {
+            for local in &locals {
+                let key = format!("{local}@{domain}");
+                if crate::dovecot::user_exists(socket, &key, DOVECOT_TIMEOUT)
+                    .map_err(|e| format!("Dovecot's userdb: {e}"))?
+                {
+                    return Ok(Some(key));
+                }
             }
         }
         if let Some(name) = self.lookup_name(&folded) {
-            return Some(name);
+            return Ok(Some(name));
         }
         let catch_all = format!("@{domain}");
-        self.has_key(&catch_all).then_some(catch_all)
+        Ok(self.has_key(&catch_all).then_some(catch_all))
     }
 
     /// Whether an aliases or mailboxes entry has this key.
@@ -333,6 +356,8 @@ impl LocalUsers {
                 is_safe_mailbox_name(name) && sys::account_named(name).ok().flatten().is_some_and(|a| receives_mail(&a))
             }
             Some(_) => false,
+            // Dovecot says who exists: a bare name is no one's unless the tables name it.
+            None if self.dovecot.is_some() => false,
             None => is_safe_mailbox_name(name),
         }
     }
@@ -354,6 +379,10 @@ impl LocalUsers {
     pub fn maildir(&self, name: &str) -> Option<PathBuf> {
         if let Some(path) = self.mailboxes.as_ref().and_then(|m| m.get(name)) {
             return Some(path.clone());
+        }
+        if self.dovecot.is_some() && name.contains('@') {
+            // A user of Dovecot's userdb: its mailbox is Dovecot's, reached over LMTP.
+            return Some(PathBuf::new());
         }
         let templated = self.mailboxes.is_none() || self.system || name == "postmaster";
         if !(templated && is_safe_mailbox_name(name)) {
@@ -392,8 +421,13 @@ impl LocalUsers {
     }
 
     fn expand_local(&self, local: &str, domain: &str, depth: usize, walk: &mut Walk<'_>) -> Result<(), ExpandError> {
-        let name =
-            self.resolve(local, domain).ok_or_else(|| ExpandError::UnknownUser(format!("<{local}@{domain}>")))?;
+        let address = format!("<{local}@{domain}>");
+        let name = match self.resolve_checked(local, domain) {
+            Ok(Some(name)) => name,
+            Ok(None) => return Err(ExpandError::UnknownUser(address)),
+            // Not known now: the recipient waits (4.3.5), as for a broken alias.
+            Err(why) => return Err(ExpandError::Broken(address, why)),
+        };
         if depth > MAX_DEPTH {
             return Err(ExpandError::Loop(format!("<{name}@{domain}>")));
         }
@@ -680,6 +714,7 @@ mod tests {
             aliases: aliases.iter().map(|(n, v)| (n.to_string(), v.iter().map(|s| s.to_string()).collect())).collect(),
             system: false,
             forward_files: false,
+            dovecot: None,
             broken: HashMap::new(),
             problems: Vec::new(),
         }

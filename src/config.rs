@@ -123,6 +123,9 @@ pub struct Config {
     /// `local_users = system`: the local users are the system's accounts, each copy written
     /// by a process running as its user (`table`: the mailboxes file, or any safe name).
     pub system_users: bool,
+    /// `local_users = dovecot:/run/dovecot/auth-userdb`: whether a user exists is asked of
+    /// Dovecot's userdb over that socket.
+    pub dovecot_userdb: Option<PathBuf>,
     /// Follow system users' `~/.forward` files.
     pub forward_files: bool,
     pub aliases: Option<PathBuf>,
@@ -337,6 +340,7 @@ impl Config {
             mailbox_transport: None,
             mailbox_command: None,
             system_users: false,
+            dovecot_userdb: None,
             forward_files: false,
             aliases: None,
             follow_maildir_symlinks: false,
@@ -519,10 +523,13 @@ impl Config {
                 }
             }
             "local_users" => {
-                self.system_users = match v {
-                    "system" => true,
-                    "table" => false,
-                    _ => return Err("expected system or table".into()),
+                (self.system_users, self.dovecot_userdb) = match v {
+                    "system" => (true, None),
+                    "table" => (false, None),
+                    _ => match v.strip_prefix("dovecot:") {
+                        Some(socket) if socket.starts_with('/') => (false, Some(socket.into())),
+                        _ => return Err("expected system, table or dovecot:/path/to/auth-userdb".into()),
+                    },
                 }
             }
             "aliases" => self.aliases = optional(v, path)?,
@@ -679,7 +686,14 @@ impl Config {
             ("mailbox_template", self.mailbox_template.clone()),
             ("mailbox_command", self.mailbox_command.clone().unwrap_or_default()),
             ("mailbox_transport", self.mailbox_transport.as_ref().map_or("maildir".into(), ToString::to_string)),
-            ("local_users", if self.system_users { "system" } else { "table" }.into()),
+            (
+                "local_users",
+                match (&self.dovecot_userdb, self.system_users) {
+                    (Some(socket), _) => format!("dovecot:{}", socket.display()),
+                    (None, true) => "system".into(),
+                    (None, false) => "table".into(),
+                },
+            ),
             ("aliases", path(&self.aliases)),
             ("forward_files", on(self.forward_files)),
             ("follow_maildir_symlinks", on(self.follow_maildir_symlinks)),
@@ -788,6 +802,11 @@ impl Config {
         let submission = self.listen.iter().any(|l| l.mode != Mode::Mta);
         if self.listen.iter().any(|l| l.mode == Mode::Smtps) && self.tls_cert.is_none() {
             return Err("listen: an smtps port needs tls_cert and tls_key".into());
+        }
+        if self.dovecot_userdb.is_some() && self.mailbox_transport.is_none() {
+            return Err(
+                "local_users = dovecot: needs mailbox_transport = lmtp:... (the mailboxes are Dovecot's)".into()
+            );
         }
         if self.mailbox_command.is_some() && !self.system_users {
             return Err("mailbox_command is for local_users = system (it runs as the recipient)".into());

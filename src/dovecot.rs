@@ -10,6 +10,10 @@
 //! ```
 //! `Exchange` decides everything between two lines and is tested with byte strings; `verify`
 //! is the socket around it, with a deadline on every read.
+//!
+//! And whether a user exists, asked of its userdb over the auth-userdb socket (`local_users =
+//! dovecot:/run/dovecot/auth-userdb`): `USER id name service=smtp`, answered `USER id name
+//! fields...`, `NOTFOUND id` or `FAIL id reason=...` (`userdb_answer`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::IpAddr;
@@ -166,6 +170,47 @@ fn field<'a>(fields: &[&'a str], name: &str) -> Option<&'a str> {
     fields.iter().skip(2).find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
 }
 
+/// What one line from the auth-userdb socket says of request 1: `Some(Ok(exists))`, or
+/// `Some(Err(why))` for a failure; `None` for a line about something else (VERSION, SPID).
+pub fn userdb_answer(line: &[u8]) -> Option<Result<bool, String>> {
+    let line = String::from_utf8_lossy(line);
+    let fields: Vec<&str> = line.split('\t').collect();
+    match (fields[0], fields.get(1)) {
+        ("USER", Some(&ID)) => Some(Ok(true)),
+        ("NOTFOUND", Some(&ID)) => Some(Ok(false)),
+        ("FAIL", Some(&ID)) => Some(Err(field(&fields, "reason").unwrap_or("the userdb failed").to_string())),
+        ("VERSION", _) if fields.get(1) != Some(&"1") => Some(Err(format!("protocol version {line}, not 1"))),
+        ("VERSION" | "SPID", _) => None,
+        _ => Some(Err(format!("unexpected `{}`", line.chars().take(80).collect::<String>()))),
+    }
+}
+
+/// Whether Dovecot's userdb knows `user`; `Err` when it cannot say now.
+pub fn user_exists(socket: &Path, user: &str, timeout: Duration) -> Result<bool, String> {
+    if user.is_empty() || user.contains(['\t', '\n', '\r', '\0']) {
+        return Ok(false);
+    }
+    let failed = |e: std::io::Error| format!("{}: {e}", socket.display());
+    let stream = UnixStream::connect(socket).map_err(failed)?;
+    stream.set_read_timeout(Some(timeout)).and_then(|()| stream.set_write_timeout(Some(timeout))).map_err(failed)?;
+    let mut writer = stream.try_clone().map_err(failed)?;
+    writer.write_all(format!("VERSION\t1\t0\nUSER\t{ID}\t{user}\tservice=smtp\n").as_bytes()).map_err(failed)?;
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = Vec::new();
+        match std::io::Read::take(&mut reader, MAX_LINE).read_until(b'\n', &mut line) {
+            Ok(0) => return Err(format!("{}: closed", socket.display())),
+            Ok(_) if line.last() != Some(&b'\n') => return Err(format!("{}: a line too long", socket.display())),
+            Ok(_) => {}
+            Err(e) => return Err(failed(e)),
+        }
+        line.pop();
+        if let Some(answer) = userdb_answer(&line) {
+            return answer;
+        }
+    }
+}
+
 /// A line is at most this long; a server that sends more is not Dovecot.
 const MAX_LINE: u64 = 64 * 1024;
 
@@ -281,6 +326,21 @@ mod tests {
         }
         let mut e = Exchange::new("alice", b"pw", None, 1);
         assert!(matches!(e.receive(b"\xff\xfe"), Step::Done(Answer::Unavailable(_))));
+    }
+
+    #[test]
+    fn userdb_answers() {
+        assert_eq!(userdb_answer(b"VERSION\t1\t1"), None);
+        assert_eq!(userdb_answer(b"SPID\t6097"), None);
+        assert_eq!(userdb_answer(b"USER\t1\talice@a.example\tuid=105\thome=/m/alice"), Some(Ok(true)));
+        assert_eq!(userdb_answer(b"NOTFOUND\t1"), Some(Ok(false)));
+        assert_eq!(userdb_answer(b"FAIL\t1\treason=ldap down"), Some(Err("ldap down".into())));
+        assert!(matches!(userdb_answer(b"VERSION\t2\t0"), Some(Err(_))));
+        assert!(matches!(userdb_answer(b"USER\t2\tsomeone"), Some(Err(_))), "not our request");
+        assert!(matches!(userdb_answer(b"\xff"), Some(Err(_))));
+        let nowhere = Path::new("/nonexistent/auth-userdb");
+        assert_eq!(user_exists(nowhere, "a\tb", Duration::from_secs(1)), Ok(false));
+        assert!(user_exists(nowhere, "a", Duration::from_secs(1)).is_err());
     }
 
     #[test]

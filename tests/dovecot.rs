@@ -254,6 +254,9 @@ fn logins_on_the_submission_port_are_checked_by_dovecot() {
         return;
     }
     use support::{Client, FakeMx, code};
+    // Dovecot slows down the answers to a client address that failed before (its auth
+    // penalty, from the address postern passes as rip=): each failure here comes from an
+    // address of its own.
     let dovecot = Dovecot::start(&["alice@example.test secret"], "");
     let sink = FakeMx::start("127.0.0.1:0", |_| None);
     let dir = TempDir::new("dovecot-auth");
@@ -266,32 +269,126 @@ fn logins_on_the_submission_port_are_checked_by_dovecot() {
         .replace("listen = 127.0.0.1:0\n", "listen = 127.0.0.1:0, 127.0.0.1:0 submission\n");
     let server = support::Server::start_in(dir, &config);
     let b64 = |text: &str| postern::smtp::client::base64(text.as_bytes());
-    let session = || {
-        let mut c = Client::greeted(server.port_for("submission"));
+    let session = |from: &str| {
+        let mut c = Client::connect_from(from, server.port_for("submission"));
+        assert!(c.reply().starts_with("220"));
         assert!(c.cmd("EHLO client.test").contains("AUTH PLAIN LOGIN"));
         c
     };
-    let mut c = session();
+    let mut c = session("127.0.0.2");
     assert_eq!(code(&c.cmd(&format!("AUTH PLAIN {}", b64("\0alice@example.test\0wrong")))), "535 5.7.8");
+    let mut c = session("127.0.0.3");
     assert_eq!(code(&c.cmd(&format!("AUTH PLAIN {}", b64("\0nobody@example.test\0secret")))), "535 5.7.8");
+    let mut c = session("127.0.0.1");
     assert_eq!(code(&c.cmd(&format!("AUTH PLAIN {}", b64("\0alice@example.test\0secret")))), "235 2.7.0");
     assert_eq!(code(&c.cmd("MAIL FROM:<alice@example.test>")), "250 2.1.0");
     assert_eq!(code(&c.cmd("RCPT TO:<friend@remote.test>")), "250 2.1.5");
     assert_eq!(code(&c.cmd("DATA")), "354");
     assert_eq!(code(&c.cmd("Subject: out\r\n\r\nsent with Dovecot's password\r\n.")), "250 2.0.0");
     c.cmd("QUIT");
-    let mut c = session();
+    let mut c = session("127.0.0.1");
     assert_eq!(code(&c.cmd("AUTH LOGIN")), "334");
     assert_eq!(code(&c.cmd(&b64("alice@example.test"))), "334");
     assert_eq!(code(&c.cmd(&b64("secret"))), "235 2.7.0");
-    let log = server.log();
+    let log = server.log_with("SASL PLAIN authentication failed, sasl_username=nobody@example.test");
     assert!(log.contains("logins on the submission ports checked by Dovecot"), "{log}");
     assert!(log.contains("SASL PLAIN authentication failed, sasl_username=nobody@example.test"), "{log}");
     // Dovecot gone: for now, not wrong.
     drop(dovecot);
-    let mut c = session();
+    let mut c = session("127.0.0.1");
     assert_eq!(code(&c.cmd(&format!("AUTH PLAIN {}", b64("\0alice@example.test\0secret")))), "454 4.7.0");
-    assert!(server.log().contains("Dovecot could not check alice@example.test's password"), "{}", server.log());
+    let log = server.log_with("Dovecot could not check alice@example.test's password");
+    assert!(log.contains("Dovecot could not check alice@example.test's password"), "{log}");
     let deliver = deliver(&server.dir.path().join("postern.conf"), None, &[]);
     assert_eq!(sink.messages().len(), 1, "{deliver}");
+}
+
+/// A Sieve vacation rule in Dovecot answers mail delivered over LMTP, and the reply leaves
+/// through postern (Dovecot's submission_host): in, out, and never a loop.
+#[test]
+fn a_sieve_vacation_reply_leaves_through_postern() {
+    if skip() {
+        return;
+    }
+    use support::FakeMx;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dovecot = Dovecot::start(&["alice@example.test secret"], &format!("submission_host = 127.0.0.1:{port}\n"));
+    dovecot.sieve(
+        "alice@example.test",
+        "require \"vacation\";\nvacation :days 1 :subject \"Away\" \"Back on Monday.\";\n",
+    );
+    let sink = FakeMx::start("127.0.0.1:0", |_| None);
+    let dir = TempDir::new("vacation");
+    let extra = format!(
+        "mailbox_transport = lmtp:unix:{}\ntrusted_networks = 127.0.0.0/8\nrelayhost = [127.0.0.1]:{}\n",
+        dovecot.lmtp.display(),
+        sink.addr.port()
+    );
+    let config = support::config_with(dir.path(), &extra)
+        .replace("listen = 127.0.0.1:0\n", &format!("listen = 127.0.0.1:{port}\n"));
+    let server = support::Server::start_in(dir, &config);
+    let d = server.dir.path().to_path_buf();
+    let mut c = support::Client::greeted(server.addr);
+    c.cmd("EHLO mx.remote.test");
+    assert!(c.cmd("MAIL FROM:<sender@remote.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<alice@example.test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    let text = "From: Sender <sender@remote.test>\r\nTo: alice@example.test\r\nSubject: meeting\r\n\
+                Message-ID: <m1@remote.test>\r\n\r\nAre you in?\r\n.";
+    assert!(c.cmd(text).starts_with("250"));
+    c.cmd("QUIT");
+    let conf = d.join("postern.conf");
+    // Into Dovecot; the vacation reply comes back in over SMTP; then out to the sender's MX.
+    let mut log = deliver(&conf, None, &[]);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while sink.messages().is_empty() && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        log += &deliver(&conf, None, &[]);
+    }
+    assert_eq!(imap_subjects(&dovecot, "alice@example.test", "INBOX"), ["Subject: meeting"], "{log}");
+    let sent: Vec<String> = sink.messages().iter().map(|m| String::from_utf8_lossy(m).into_owned()).collect();
+    assert_eq!(sent.len(), 1, "{log}\n{}", dovecot.log());
+    assert!(sent[0].contains("Auto-Submitted: auto-replied") && sent[0].contains("Back on Monday."), "{}", sent[0]);
+    assert!(sink.commands().iter().any(|c| c == "RCPT TO:<sender@remote.test>"), "{:?}", sink.commands());
+    // The reply has a null sender: nothing answers it back.
+    assert!(sink.commands().iter().any(|c| c.starts_with("MAIL FROM:<>")), "{:?}", sink.commands());
+}
+
+/// `local_users = dovecot:...`: RCPT asks Dovecot's userdb who exists, so there is no second
+/// list of users; a userdb that cannot answer is a temporary refusal, never a 550.
+#[test]
+fn rcpt_asks_dovecots_userdb_who_exists() {
+    if skip() {
+        return;
+    }
+    use support::{Client, code};
+    let dovecot = Dovecot::start(&["alice@example.test secret"], "");
+    let dir = TempDir::new("userdb");
+    let d = dir.path().to_path_buf();
+    let extra = format!(
+        "local_users = dovecot:{}\nmailbox_transport = lmtp:unix:{}\n",
+        dovecot.path().join("run/auth-userdb").display(),
+        dovecot.lmtp.display()
+    );
+    let config = support::config_with(&d, &extra).replace(&format!("mailboxes = {}/mailboxes\n", d.display()), "");
+    std::fs::write(d.join("aliases"), "postmaster: alice@example.test\n").unwrap();
+    let server = support::Server::start_in(dir, &config);
+    let mut c = Client::greeted(server.addr);
+    c.cmd("EHLO mx.remote.test");
+    assert_eq!(code(&c.cmd("MAIL FROM:<sender@remote.test>")), "250 2.1.0");
+    assert_eq!(code(&c.cmd("RCPT TO:<Alice@example.test>")), "250 2.1.5");
+    assert_eq!(code(&c.cmd("RCPT TO:<nobody@example.test>")), "550 5.1.1");
+    assert_eq!(code(&c.cmd("RCPT TO:<postmaster@example.test>")), "250 2.1.5");
+    assert_eq!(code(&c.cmd("DATA")), "354");
+    assert_eq!(code(&c.cmd("Subject: known\r\n\r\nto alice\r\n.")), "250 2.0.0");
+    c.cmd("QUIT");
+    let log = deliver(&d.join("postern.conf"), None, &[]);
+    // Both recipients are alice's one mailbox: one copy.
+    assert_eq!(imap_subjects(&dovecot, "alice@example.test", "INBOX"), ["Subject: known"], "{log}");
+    // Dovecot gone: whether alice exists cannot be said now.
+    drop(dovecot);
+    let mut c = Client::greeted(server.addr);
+    c.cmd("EHLO mx.remote.test");
+    c.cmd("MAIL FROM:<sender@remote.test>");
+    assert_eq!(code(&c.cmd("RCPT TO:<alice@example.test>")), "451 4.3.0");
 }

@@ -29,6 +29,8 @@ pub mod greylist;
 pub enum Refusal {
     /// A local domain without that user (`550 5.1.1`).
     UnknownUser(String),
+    /// Whether the user exists cannot be said now (`451 4.3.0`): Dovecot's userdb is down.
+    LookupFailed(String),
     /// Not ours, and the client may not relay (`554 5.7.1`).
     RelayDenied(String),
     /// Over `max_recipients` (`452 4.5.3`, §4.5.3.1.10).
@@ -66,6 +68,7 @@ impl From<&Refusal> for Reply {
         let es = EnhancedStatus::new;
         match e {
             Refusal::UnknownUser(who) => Reply::no_such_user(who),
+            Refusal::LookupFailed(who) => Reply::new(451, es(4, 3, 0), format!("{who}: Temporary lookup failure")),
             Refusal::BadSrs(who, why) => {
                 Reply::new(550, es(5, 1, 1), format!("{who}: Recipient address rejected: {why}"))
             }
@@ -211,9 +214,13 @@ impl Policy for LocalPolicy {
         }
         if self.users.is_local_domain(mailbox.host()) {
             let domain = mailbox.host().to_string();
-            return match self.users.resolve(&mailbox.local_part_text(), &domain) {
-                Some(_) => Ok(Destination::Local),
-                None => Err(Refusal::UnknownUser(to.to_string())),
+            return match self.users.resolve_checked(&mailbox.local_part_text(), &domain) {
+                Ok(Some(_)) => Ok(Destination::Local),
+                Ok(None) => Err(Refusal::UnknownUser(to.to_string())),
+                Err(why) => {
+                    log::warn!("{to}: {why}");
+                    Err(Refusal::LookupFailed(to.to_string()))
+                }
             };
         }
         if may_relay { Ok(Destination::Relay) } else { Err(Refusal::RelayDenied(to.to_string())) }
@@ -534,10 +541,11 @@ mod tests {
             R::UnknownUser(_) | R::RelayDenied(_) | R::TooManyRecipients | R::NoValidRecipients => (),
             R::NeedsSmtputf8 | R::MessageTooBig | R::NotOffered(_) => (),
             R::LocalSender(_) | R::SpfFail(_) | R::SpfTempError(_) | R::FromNotOwned { .. } => (),
-            R::FromCount(_) | R::DmarcReject(_) | R::BadSrs(..) => (),
+            R::FromCount(_) | R::DmarcReject(_) | R::BadSrs(..) | R::LookupFailed(_) => (),
         };
         for (refusal, want) in [
             (R::UnknownUser("bob".into()), "550 5.1.1"),
+            (R::LookupFailed("<bob@example.test>".into()), "451 4.3.0"),
             (R::RelayDenied("<x@y.test>".into()), "554 5.7.1"),
             (R::TooManyRecipients, "452 4.5.3"),
             (R::NoValidRecipients, "554 5.5.1"),
