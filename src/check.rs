@@ -4,7 +4,8 @@
 //! the spool exists or can be made and the service user can write it, TLS files load and match,
 //! the aliases, mailboxes and relayhost credentials files parse. Each problem names its file
 //! (and line, where it has one). A spool on a filesystem not known to be durable is a warning,
-//! as at start, not a problem.
+//! as at start, not a problem; so is a Dovecot socket (auth_users, local_users,
+//! mailbox_transport) that nothing answers now.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -96,6 +97,23 @@ pub fn check(config: &Config, program: Program) -> Findings {
             }
         }
     }
+    // Dovecot's sockets: not there now is said, not a problem (Dovecot may start later); mail
+    // waits and logins get 454 until they answer.
+    let mut dovecot: Vec<(&str, String)> = Vec::new();
+    if let (Program::Smtpd, Some(crate::config::UserSource::Dovecot(socket))) = (program, &config.auth_users) {
+        dovecot.push(("auth_users", format!("unix:{}", socket.display())));
+    }
+    if let Some(socket) = &config.dovecot_userdb {
+        dovecot.push(("local_users", format!("unix:{}", socket.display())));
+    }
+    if let (Program::Deliver, Some(to)) = (program, &config.mailbox_transport) {
+        dovecot.push(("mailbox_transport", to.to_string().trim_start_matches("lmtp:").to_string()));
+    }
+    for (key, at) in dovecot {
+        if let Err(e) = reachable(&at) {
+            f.warnings.push(format!("{source}: {key}: {at}: {e}: nothing answers there now"));
+        }
+    }
     match program {
         Program::Smtpd => {
             if let Err(e) = crate::server::load_tls(config) {
@@ -118,6 +136,24 @@ pub fn check(config: &Config, program: Program) -> Findings {
         }
     }
     f
+}
+
+/// Whether something listens at `unix:/path` or `host:port` (a connection opened and closed).
+fn reachable(at: &str) -> std::io::Result<()> {
+    match at.strip_prefix("unix:") {
+        Some(path) => std::os::unix::net::UnixStream::connect(path).map(drop),
+        None => {
+            let addrs = std::net::ToSocketAddrs::to_socket_addrs(at)?;
+            let mut last = std::io::Error::other("no address");
+            for addr in addrs {
+                match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)) {
+                    Ok(_) => return Ok(()),
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
+        }
+    }
 }
 
 /// The spool, or the nearest directory above it when it does not exist yet, must be a

@@ -385,10 +385,23 @@ fn rcpt_asks_dovecots_userdb_who_exists() {
     let log = deliver(&d.join("postern.conf"), None, &[]);
     // Both recipients are alice's one mailbox: one copy.
     assert_eq!(imap_subjects(&dovecot, "alice@example.test", "INBOX"), ["Subject: known"], "{log}");
+    let conf = d.join("postern.conf");
+    let check = |program: &str| {
+        let out = Command::new(support::program(program)).arg("-c").arg(&conf).arg("--check").output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, said) = check("postern-smtpd");
+    assert!(ok && !said.contains("nothing answers"), "{said}");
     // Dovecot gone: whether alice exists cannot be said now.
     drop(dovecot);
     let mut c = Client::greeted(server.addr);
     c.cmd("EHLO mx.remote.test");
     c.cmd("MAIL FROM:<sender@remote.test>");
     assert_eq!(code(&c.cmd("RCPT TO:<alice@example.test>")), "451 4.3.0");
+    // --check says so, as a warning: Dovecot may be started after postern.
+    let (ok, said) = check("postern-deliver");
+    assert!(ok, "{said}");
+    for key in ["local_users: unix:", "mailbox_transport: unix:"] {
+        assert!(said.contains(key) && said.contains("nothing answers there now"), "{key}: {said}");
+    }
 }
