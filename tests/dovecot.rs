@@ -53,22 +53,10 @@ fn configure(dir: &Path, transport: &str) -> std::path::PathBuf {
 /// Queues a message of 2 KiB from a stranger; `quarantine`: as the server takes one DMARC or
 /// a milter's spam verdict sends to the Junk folder.
 fn queue(dir: &Path, to: &[&str], subject: &str, quarantine: bool) -> String {
-    use postern::smtp::address::{ForwardPath, ReversePath};
     let text = format!("Subject: {subject}\r\nFrom: sender@remote.test\r\n\r\n{}\r\n", "x".repeat(2000));
     let envelope = postern::spool::Envelope {
-        arrived: now(),
-        client: Some("192.0.2.1".parse().unwrap()),
-        helo: Some("mx.remote.test".into()),
-        protocol: "ESMTP".into(),
-        body: BodyType::SevenBit,
-        smtputf8: false,
-        auth: None,
-        submitted: false,
         quarantine,
-        from: ReversePath::parse(b"sender@remote.test").unwrap(),
-        rcpts: to.iter().map(|t| ForwardPath::parse(t.as_bytes()).unwrap()).collect(),
-        size: 0,
-        check: None,
+        ..support::envelope("sender@remote.test", to, now(), BodyType::SevenBit)
     };
     postern::spool::Spool::open(&dir.join("spool")).unwrap().inject(&envelope, text.as_bytes()).unwrap().to_string()
 }

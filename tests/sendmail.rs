@@ -730,6 +730,37 @@ fn a_bad_alias_line_costs_that_alias_alone() {
     assert!(text(&out).contains("2 lines not used"), "{}", text(&out));
 }
 
+/// A spool and configuration for the system's own users: `extra` added, no mailboxes file,
+/// `aliases` as given, and the accounts `names` with homes under DIR/home. The accounts, the
+/// service user and its groups (which `postern-queue init` makes) go when the returned
+/// accounts are dropped.
+fn system_setup(
+    tag: &str,
+    extra: &str,
+    aliases: &str,
+    names: &[&String],
+    service: &str,
+    group: &str,
+) -> (TempDir, PathBuf, PathBuf, Vec<Account>) {
+    let (dir, conf) = setup(tag, extra);
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(&conf, config.replace(&format!("mailboxes = {}/mailboxes\n", dir.path().display()), "")).unwrap();
+    std::fs::write(dir.path().join("aliases"), aliases).unwrap();
+    let homes = dir.path().join("home");
+    std::fs::create_dir(&homes).unwrap();
+    let mut accounts =
+        vec![Account { user: service.to_string(), groups: vec![service.to_string(), group.to_string()] }];
+    for name in names {
+        let mut useradd = Command::new("useradd");
+        useradd.args(["--create-home", "--shell", "/bin/sh", "--home-dir"]).arg(homes.join(name)).arg(name);
+        let out = useradd.output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        accounts.push(Account { user: name.to_string(), groups: Vec::new() });
+    }
+    (dir, conf, homes, accounts)
+}
+
 /// `forward_files = on`: a system user's `~/.forward` is followed as an alias of that user's
 /// would be: a copy kept (`\\alice`), a command run and a file written as the user, an address
 /// elsewhere sent on. The homes are 0700, so only the helper that kept root reads them. A
@@ -748,20 +779,9 @@ fn a_system_users_forward_file_is_followed_as_that_user() {
         "local_users = system\nforward_files = on\nuser = {service}\nrelayhost = [127.0.0.1]:{}\n",
         sink.addr.port()
     );
-    let (dir, conf) = setup("forward", &extra);
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let config = std::fs::read_to_string(&conf).unwrap();
-    std::fs::write(&conf, config.replace(&format!("mailboxes = {}/mailboxes\n", dir.path().display()), "")).unwrap();
-    std::fs::write(dir.path().join("aliases"), format!("root: {alice}\npostmaster: root\n")).unwrap();
-    let homes = dir.path().join("home");
-    std::fs::create_dir(&homes).unwrap();
-    let mut accounts = vec![Account { user: service.clone(), groups: vec![service.clone(), group.clone()] }];
+    let aliases = format!("root: {alice}\npostmaster: root\n");
+    let (dir, conf, homes, accounts) = system_setup("forward", &extra, &aliases, &[&alice, &bob], &service, &group);
     for name in [&alice, &bob] {
-        let mut useradd = Command::new("useradd");
-        useradd.args(["--create-home", "--shell", "/bin/sh", "--home-dir"]).arg(homes.join(name)).arg(name);
-        let out = useradd.output().unwrap();
-        assert!(out.status.success(), "{}", text(&out));
-        accounts.push(Account { user: name.clone(), groups: Vec::new() });
         std::fs::set_permissions(homes.join(name), std::fs::Permissions::from_mode(0o700)).unwrap();
     }
     let out = Command::new(queue_program()).arg("-c").arg(&conf).args(["init", "--group", &group]).output().unwrap();
@@ -831,22 +851,10 @@ fn system_users_get_their_mail_in_their_own_home_written_as_themselves() {
     let tag = std::process::id() % 100_000;
     let (alice, bob) = (format!("pstn-a{tag}"), format!("pstn-b{tag}"));
     let (service, group) = (format!("pstn-v{tag}"), format!("pstn-g{tag}"));
-    let (dir, conf) = setup("system-users", &format!("local_users = system\nuser = {service}\n"));
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let config = std::fs::read_to_string(&conf).unwrap();
-    std::fs::write(&conf, config.replace(&format!("mailboxes = {}/mailboxes\n", dir.path().display()), "")).unwrap();
-    std::fs::write(dir.path().join("aliases"), format!("root: {alice}\npostmaster: root\nteam: {alice}, {bob}\n"))
-        .unwrap();
-    let homes = dir.path().join("home");
-    std::fs::create_dir(&homes).unwrap();
-    let mut accounts = vec![Account { user: service.clone(), groups: vec![service.clone(), group.clone()] }];
-    for name in [&alice, &bob] {
-        let mut useradd = Command::new("useradd");
-        useradd.args(["--create-home", "--shell", "/bin/sh", "--home-dir"]).arg(homes.join(name)).arg(name);
-        let out = useradd.output().unwrap();
-        assert!(out.status.success(), "{}", text(&out));
-        accounts.push(Account { user: name.clone(), groups: Vec::new() });
-    }
+    let extra = format!("local_users = system\nuser = {service}\n");
+    let aliases = format!("root: {alice}\npostmaster: root\nteam: {alice}, {bob}\n");
+    let (dir, conf, homes, mut accounts) =
+        system_setup("system-users", &extra, &aliases, &[&alice, &bob], &service, &group);
     let bin = dir.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
     let setgid_copy = bin.join("postern-sendmail");

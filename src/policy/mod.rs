@@ -227,15 +227,7 @@ impl Policy for LocalPolicy {
     }
 
     fn verify(&self, name: &str) -> Option<String> {
-        let text = name.trim_start_matches('<').trim_end_matches('>');
-        let (local, domain) = match text.rsplit_once('@') {
-            Some((l, d)) => (l, d.to_lowercase()),
-            None => (text, self.config.local_domains.first()?.clone()),
-        };
-        if !self.config.local_domains.contains(&domain) {
-            return None;
-        }
-        let key = self.users.resolve(local, &domain)?;
+        let (key, domain) = self.local_key(name)?;
         // A catch-all takes the mail, but names nobody.
         match key.split_once('@') {
             None => Some(format!("{key}@{domain}")),
@@ -245,6 +237,15 @@ impl Policy for LocalPolicy {
     }
 
     fn expand(&self, name: &str) -> Option<Vec<String>> {
+        let (key, _) = self.local_key(name)?;
+        self.users.alias(&key).map(<[String]>::to_vec)
+    }
+}
+
+impl LocalPolicy {
+    /// The key a VRFY or EXPN argument is found under (`alice`, `<alice@example.test>`; a bare
+    /// name at the first local domain), with its domain; `None` off our domains.
+    fn local_key(&self, name: &str) -> Option<(String, String)> {
         let text = name.trim_start_matches('<').trim_end_matches('>');
         let (local, domain) = match text.rsplit_once('@') {
             Some((l, d)) => (l, d.to_lowercase()),
@@ -253,8 +254,7 @@ impl Policy for LocalPolicy {
         if !self.config.local_domains.contains(&domain) {
             return None;
         }
-        let key = self.users.resolve(local, &domain)?;
-        self.users.alias(&key).map(<[String]>::to_vec)
+        Some((self.users.resolve(local, &domain)?, domain))
     }
 }
 

@@ -552,8 +552,19 @@ pub fn inject(
     body: postern::smtp::command::BodyType,
     text: &[u8],
 ) -> String {
+    let envelope = envelope(from, to, arrived, body);
+    postern::spool::Spool::open(spool).unwrap().inject(&envelope, text).unwrap().to_string()
+}
+
+/// The envelope of a message a client at 192.0.2.1 sent at `arrived`.
+pub fn envelope(
+    from: &str,
+    to: &[&str],
+    arrived: u64,
+    body: postern::smtp::command::BodyType,
+) -> postern::spool::Envelope {
     use postern::smtp::address::{ForwardPath, ReversePath};
-    let envelope = postern::spool::Envelope {
+    postern::spool::Envelope {
         arrived,
         client: Some("192.0.2.1".parse().unwrap()),
         helo: Some("client.test".into()),
@@ -567,8 +578,7 @@ pub fn inject(
         rcpts: to.iter().map(|t| ForwardPath::parse(t.as_bytes()).unwrap()).collect(),
         size: 0,
         check: None,
-    };
-    postern::spool::Spool::open(spool).unwrap().inject(&envelope, text).unwrap().to_string()
+    }
 }
 
 /// Runs postern-deliver with `conf` (at time `at`, when given) and returns what it logged.
