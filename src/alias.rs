@@ -27,6 +27,16 @@ pub enum Target {
 }
 
 impl Target {
+    /// A `|command` reached through `alias`, run as `user` (`None`: `alias_user`).
+    fn command(alias: &str, command: &str, user: Option<&str>) -> Target {
+        Target::Command { alias: alias.to_string(), command: command.to_string(), user: user.map(str::to_string) }
+    }
+
+    /// A `/file` reached through `alias`, written as `user` (`None`: `alias_user`).
+    fn file(alias: &str, path: &str, user: Option<&str>) -> Target {
+        Target::File { alias: alias.to_string(), path: PathBuf::from(path), user: user.map(str::to_string) }
+    }
+
     /// The recipient as the delivery log and bounces name it: an address, or the command
     /// or file an alias leads to.
     pub fn key(&self) -> Recipient {
@@ -469,11 +479,11 @@ impl LocalUsers {
         match kind(target).map_err(broken)? {
             Kind::Address(t) => self.expand_address(t, domain, depth, walk),
             Kind::Command(command) => {
-                push_unique(&mut walk.out, Target::Command { alias: at, command: command.to_string(), user: None });
+                push_unique(&mut walk.out, Target::command(&at, command, None));
                 Ok(())
             }
             Kind::File(path) => {
-                push_unique(&mut walk.out, Target::File { alias: at, path: PathBuf::from(path), user: None });
+                push_unique(&mut walk.out, Target::file(&at, path, None));
                 Ok(())
             }
             Kind::Include(path) => {
@@ -529,19 +539,10 @@ impl LocalUsers {
                 self.push_mailbox(name, domain, &mut walk.out)?;
                 continue;
             }
-            let user = Some(name.to_string());
             match kind(&entry).map_err(shown)? {
                 Kind::Address(t) => self.expand_address(t, domain, depth, walk)?,
-                Kind::Command(command) => {
-                    let command = command.to_string();
-                    push_unique(&mut walk.out, Target::Command { alias: address.clone(), command, user });
-                }
-                Kind::File(path) => {
-                    push_unique(
-                        &mut walk.out,
-                        Target::File { alias: address.clone(), path: PathBuf::from(path), user },
-                    );
-                }
+                Kind::Command(command) => push_unique(&mut walk.out, Target::command(&address, command, Some(name))),
+                Kind::File(path) => push_unique(&mut walk.out, Target::file(&address, path, Some(name))),
                 Kind::Include(_) => return Err(shown(":include: lists belong in the aliases file".into())),
             }
         }

@@ -714,7 +714,7 @@ impl<'a> Runner<'a> {
             let Some(path) = path else { return all(Event::Transaction(&unexpected)) };
             recipients.push(path);
         }
-        let mark: &[u8] = if q.envelope.quarantine { b"X-Spam: Yes\r\n" } else { b"" };
+        let mark = junk_mark(&q.envelope);
         let envelope = crate::smtp::client::Envelope {
             from: q.envelope.from.clone(),
             recipients,
@@ -958,9 +958,8 @@ impl<'a> Runner<'a> {
         // for its filters when it is for the Junk folder.
         if let (Some(user), Some(_)) = (owner, &self.config.mailbox_command) {
             let to = format!("<{address}>");
-            let mark: &[u8] = if q.envelope.quarantine { b"X-Spam: Yes\r\n" } else { b"" };
             return self.attempt_as(q, &to, Where::Local, attempt, |w, m| {
-                w.mailbox_command(user, &q.envelope.from, address, &[mark, m].concat())
+                w.mailbox_command(user, &q.envelope.from, address, &[junk_mark(&q.envelope), m].concat())
             });
         }
         // A quarantined message goes into the Junk folder where postern writes the maildir.
@@ -1198,6 +1197,13 @@ impl<'a> Runner<'a> {
 /// `5 days`, `6 hours`, `90 minutes`: the lifetime in the unit a person would use.
 /// Why a quarantined message's failures are reported to nobody.
 const QUARANTINED: &str = "no report: the message was quarantined (it failed its author domain's DMARC policy, or a milter marked it as spam)";
+
+/// What goes on top of a message for the Junk folder when another program writes the mailbox
+/// (an LMTP server, `mailbox_command`): `X-Spam: Yes`, which its filters (Sieve) file by,
+/// whatever marked it (a DMARC quarantine, a milter's own spam field); nothing otherwise.
+fn junk_mark(envelope: &Envelope) -> &'static [u8] {
+    if envelope.quarantine { b"X-Spam: Yes\r\n" } else { b"" }
+}
 
 fn lifetime_text(secs: u64) -> String {
     match secs {

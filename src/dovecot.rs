@@ -190,29 +190,14 @@ pub fn user_exists(socket: &Path, user: &str, timeout: Duration) -> Result<bool,
     if user.is_empty() || user.contains(['\t', '\n', '\r', '\0']) {
         return Ok(false);
     }
-    let failed = |e: std::io::Error| format!("{}: {e}", socket.display());
-    let stream = UnixStream::connect(socket).map_err(failed)?;
-    stream.set_read_timeout(Some(timeout)).and_then(|()| stream.set_write_timeout(Some(timeout))).map_err(failed)?;
-    let mut writer = stream.try_clone().map_err(failed)?;
-    writer.write_all(format!("VERSION\t1\t0\nUSER\t{ID}\t{user}\tservice=smtp\n").as_bytes()).map_err(failed)?;
-    let mut reader = BufReader::new(stream);
+    let mut socket = Socket::connect(socket, timeout)?;
+    socket.send(format!("VERSION\t1\t0\nUSER\t{ID}\t{user}\tservice=smtp\n").as_bytes())?;
     loop {
-        let mut line = Vec::new();
-        match std::io::Read::take(&mut reader, MAX_LINE).read_until(b'\n', &mut line) {
-            Ok(0) => return Err(format!("{}: closed", socket.display())),
-            Ok(_) if line.last() != Some(&b'\n') => return Err(format!("{}: a line too long", socket.display())),
-            Ok(_) => {}
-            Err(e) => return Err(failed(e)),
-        }
-        line.pop();
-        if let Some(answer) = userdb_answer(&line) {
+        if let Some(answer) = userdb_answer(&socket.line()?) {
             return answer;
         }
     }
 }
-
-/// A line is at most this long; a server that sends more is not Dovecot.
-const MAX_LINE: u64 = 64 * 1024;
 
 /// Checks `user` and `password` with the Dovecot at `socket`, within `timeout` for each
 /// read and write. A user name or password with a tab, a line end or a NUL in it is never
@@ -221,39 +206,60 @@ pub fn verify(socket: &Path, user: &str, password: &[u8], client: Option<IpAddr>
     if user.is_empty() || user.contains(['\t', '\n', '\r', '\0']) || password.contains(&0) {
         return Answer::No;
     }
-    let stream = match UnixStream::connect(socket) {
-        Ok(s) => s,
-        Err(e) => return Answer::Unavailable(format!("{}: {e}", socket.display())),
-    };
-    let timeouts = stream.set_read_timeout(Some(timeout)).and_then(|()| stream.set_write_timeout(Some(timeout)));
-    let mut writer = match timeouts.and_then(|()| stream.try_clone()) {
-        Ok(w) => w,
-        Err(e) => return Answer::Unavailable(format!("{}: {e}", socket.display())),
-    };
-    let mut reader = BufReader::new(stream);
     let mut exchange = Exchange::new(user, password, client, std::process::id());
-    let mut step = exchange.start();
-    loop {
-        match step {
-            Step::Done(answer) => return answer,
-            Step::Send(bytes) => {
-                if let Err(e) = writer.write_all(&bytes) {
-                    return Answer::Unavailable(format!("{}: {e}", socket.display()));
-                }
+    let asked = Socket::connect(socket, timeout).and_then(|mut socket| {
+        let mut step = exchange.start();
+        loop {
+            match step {
+                Step::Done(answer) => return Ok(answer),
+                Step::Send(bytes) => socket.send(&bytes)?,
+                Step::Read => {}
             }
-            Step::Read => {}
+            step = exchange.receive(&socket.line()?);
         }
+    });
+    asked.unwrap_or_else(Answer::Unavailable)
+}
+
+/// A line is at most this long; a server that sends more is not Dovecot.
+const MAX_LINE: u64 = 64 * 1024;
+
+/// A connection to one of Dovecot's sockets: lines out and lines in, each read and write
+/// within the timeout; every failure said with the socket's path.
+struct Socket<'a> {
+    path: &'a Path,
+    writer: UnixStream,
+    reader: BufReader<UnixStream>,
+}
+
+impl<'a> Socket<'a> {
+    fn connect(path: &'a Path, timeout: Duration) -> Result<Socket<'a>, String> {
+        let failed = |e: std::io::Error| format!("{}: {e}", path.display());
+        let stream = UnixStream::connect(path).map_err(failed)?;
+        stream
+            .set_read_timeout(Some(timeout))
+            .and_then(|()| stream.set_write_timeout(Some(timeout)))
+            .map_err(failed)?;
+        let writer = stream.try_clone().map_err(failed)?;
+        Ok(Socket { path, writer, reader: BufReader::new(stream) })
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.writer.write_all(bytes).map_err(|e| format!("{}: {e}", self.path.display()))
+    }
+
+    /// The next line, without its line end.
+    fn line(&mut self) -> Result<Vec<u8>, String> {
         let mut line = Vec::new();
-        match std::io::Read::take(&mut reader, MAX_LINE).read_until(b'\n', &mut line) {
-            Ok(0) => return Answer::Unavailable(format!("{}: closed", socket.display())),
-            Ok(_) if line.last() != Some(&b'\n') => {
-                return Answer::Unavailable(format!("{}: a line too long", socket.display()));
+        match std::io::Read::take(&mut self.reader, MAX_LINE).read_until(b'\n', &mut line) {
+            Ok(0) => Err(format!("{}: closed", self.path.display())),
+            Ok(_) if line.last() != Some(&b'\n') => Err(format!("{}: a line too long", self.path.display())),
+            Ok(_) => {
+                line.pop();
+                Ok(line)
             }
-            Ok(_) => {}
-            Err(e) => return Answer::Unavailable(format!("{}: {e}", socket.display())),
+            Err(e) => Err(format!("{}: {e}", self.path.display())),
         }
-        line.pop();
-        step = exchange.receive(&line);
     }
 }
 

@@ -148,14 +148,7 @@ impl Writer {
                 }
             }
         });
-        answer.map_err(|e| match e {
-            MaildirError::Loop => "local writer: a loop".to_string(),
-            MaildirError::Full(t)
-            | MaildirError::Unsafe(t)
-            | MaildirError::Io(t)
-            | MaildirError::Refused(t)
-            | MaildirError::Denied(t) => t,
-        })
+        answer.map_err(|e| crate::outcome::judge(crate::outcome::Event::Maildir(&e)).text)
     }
 
     /// One request: kind, who, return path, delivered-to and name, then the message.

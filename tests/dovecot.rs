@@ -169,15 +169,6 @@ fn two_domains_keep_their_own_users_and_one_has_a_catch_all() {
     assert!(support::waiting(&d.join("spool")).is_empty(), "{log}");
 }
 
-/// A system account, removed with its home when dropped.
-struct Account(String);
-
-impl Drop for Account {
-    fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.0).output();
-    }
-}
-
 /// `mailbox_command = dovecot-lda ...` for the system's users: run as the recipient, in a clean
 /// environment with Postfix's variables, so the copy lands in the user's Dovecot mailbox
 /// written as the user; its exit says what happened (75: later, 67: never).
@@ -199,7 +190,7 @@ fn dovecot_lda_as_mailbox_command_runs_as_the_user_and_its_exit_decides() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    let _account = Account(user.clone());
+    let _account = support::Account { user: user.clone(), groups: Vec::new() };
     std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     std::fs::write(d.join("lda.conf"), "mail_location = maildir:~/Maildir\nlog_path = /dev/stderr\n").unwrap();
     let conf = d.join("postern.conf");

@@ -9,7 +9,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use support::{TempDir, deliver, have, maildir, skip_unless, skip_unless_root};
+use support::{Account, TempDir, deliver, have, maildir, skip_unless, skip_unless_root};
 
 const SENDMAIL: &str = env!("CARGO_BIN_EXE_postern-sendmail");
 fn queue_program() -> std::path::PathBuf {
@@ -475,21 +475,6 @@ fn bv_says_where_mail_would_go_and_sends_nothing() {
     assert_eq!(lines.len(), 3, "{said}");
     assert!(support::list(&dir.path().join("spool/new")).is_empty(), "nothing is queued");
     assert!(!dir.path().join("maildirs/alice").exists(), "nothing is delivered");
-}
-
-/// A user and a group made for one test, removed at its end.
-struct Account {
-    user: String,
-    groups: Vec<String>,
-}
-
-impl Drop for Account {
-    fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.user).output();
-        for g in &self.groups {
-            let _ = Command::new("groupdel").arg(g).output();
-        }
-    }
 }
 
 fn add_user(name: &str) -> Account {

@@ -368,6 +368,7 @@ impl DeliveryLog {
     /// is not read (`parse_log`), and the next line appended must not be joined to it.
     pub fn open(path: &Path) -> io::Result<DeliveryLog> {
         use std::io::Read;
+        use std::os::unix::fs::FileExt;
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
@@ -375,15 +376,20 @@ impl DeliveryLog {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(path)?;
-        let mut text = Vec::new();
-        file.read_to_end(&mut text)?;
-        let whole = text.iter().rposition(|&b| b == b'\n').map_or(0, |at| at + 1);
-        let unsynced = whole < text.len();
-        if unsynced {
-            // Made durable by the next append's fdatasync, which writes over what was cut.
-            file.set_len(whole as u64)?;
+        let mut len = file.metadata()?.len();
+        // Only its last octet is read, unless that is not a line end.
+        let mut last = [b'\n'];
+        if len > 0 {
+            file.read_exact_at(&mut last, len - 1)?;
         }
-        let len = whole as u64;
+        let unsynced = last[0] != b'\n';
+        if unsynced {
+            let mut text = Vec::new();
+            file.read_to_end(&mut text)?;
+            len = text.iter().rposition(|&b| b == b'\n').map_or(0, |at| at as u64 + 1);
+            // Made durable by the next append's fdatasync, which writes over what was cut.
+            file.set_len(len)?;
+        }
         Ok(DeliveryLog { file, path: path.to_path_buf(), len, reserved_to: len, appended: Vec::new(), unsynced })
     }
 

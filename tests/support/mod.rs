@@ -656,6 +656,21 @@ pub fn skip_unless_root(why: &str) -> bool {
     skip_unless(postern::sys::is_root(), &format!("needs root to {why}"))
 }
 
+/// A user and groups made for one test, removed at its end.
+pub struct Account {
+    pub user: String,
+    pub groups: Vec<String>,
+}
+
+impl Drop for Account {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.user).output();
+        for g in &self.groups {
+            let _ = Command::new("groupdel").arg(g).output();
+        }
+    }
+}
+
 /// A small tmpfs mounted on a fresh temp directory; unmounted, then removed, when dropped.
 pub struct SmallFs {
     pub dir: TempDir,

@@ -70,7 +70,7 @@ struct Args {
     command: Command,
 }
 
-/// The messages `hold`, `release` or `delete` acts on.
+/// The messages `hold`, `release`, `delete` or `requeue` acts on.
 enum Targets {
     Ids(Vec<QueueId>),
     /// `ALL`: every message the command applies to (held ones for release, the others for hold).
@@ -94,8 +94,7 @@ fn parse_id(text: &str) -> Result<QueueId, Exit> {
 }
 
 fn id_arg(it: &mut impl Iterator<Item = String>, what: &str) -> Result<QueueId, Exit> {
-    let text = it.next().ok_or(format!("{what} needs a queue ID\n{USAGE}"))?;
-    QueueId::parse(&text).ok_or_else(|| Exit::Usage(format!("`{text}` is not a queue ID")))
+    parse_id(&it.next().ok_or(format!("{what} needs a queue ID\n{USAGE}"))?)
 }
 
 fn parse_args() -> Result<Args, Exit> {
