@@ -439,10 +439,10 @@ impl LocalUsers {
             Err(why) => return Err(ExpandError::Broken(address, why)),
         };
         if depth > MAX_DEPTH {
-            return Err(ExpandError::Loop(format!("<{name}@{domain}>")));
+            return Err(ExpandError::Loop(format!("<{}>", address_of(&name, domain))));
         }
         if let Some(why) = self.broken.get(&name) {
-            return Err(ExpandError::Broken(format!("<{name}@{domain}>"), why.clone()));
+            return Err(ExpandError::Broken(format!("<{}>", address_of(&name, domain)), why.clone()));
         }
         match self.aliases.get(&name) {
             Some(targets) if walk.seen.insert(name.clone()) => {
@@ -825,6 +825,10 @@ mod tests {
         assert!(matches!(u.expand(&rcpt("anyone@a.test")), Err(ExpandError::UnknownUser(_))));
         assert_eq!(u.resolve("ANYONE", "B.test").as_deref(), Some("@b.test"));
         assert_eq!(u.resolve("anyone", "a.test"), None);
+        // A full address's broken alias is named once, not with its domain again.
+        u.broken.insert("info@a.test".into(), "aliases:3: bad".into());
+        let Err(ExpandError::Broken(who, _)) = u.expand(&rcpt("info@a.test")) else { panic!() };
+        assert_eq!(who, "<info@a.test>");
     }
 
     #[test]
