@@ -675,6 +675,61 @@ fn with_fewer_descriptors_than_connections_every_client_gets_220_or_421() {
     assert_eq!((greeted, refused), (16, 24), "the lowered cap holds; the rest hear 421");
 }
 
+/// A descriptor limit larger than the drafts' share serves a session for each descriptor
+/// beyond it: with 2,100, 1,044 sessions (2,068 after the reserve, 1,024 of them kept for the
+/// files of messages being taken), not the half it served when every session counted two.
+#[test]
+fn a_large_descriptor_limit_serves_a_session_per_descriptor_beyond_the_drafts_share() {
+    let dir = support::TempDir::new("nofile-large");
+    let config = support::config_with(dir.path(), "max_connections = 5000\nmax_per_ip = 5000\n");
+    let server = Server::start_wrapped(dir, &config, &["prlimit", "--nofile=2100:2100"]);
+    let log = server.log_with("serving at most");
+    assert!(log.contains("max_connections = 5000 needs 6056 descriptors"), "{log}");
+    assert!(log.contains("the limit (RLIMIT_NOFILE) is 2100: serving at most 1044 connections"), "{log}");
+}
+
+/// A message that finds no descriptor left for its file (the soft limit lowered under the
+/// running server to the lowest descriptor it has free) is read to its end and answered
+/// `451 4.3.0`; nothing is queued, the session goes on, and once descriptors are back the same
+/// session sends it again and it is queued.
+#[test]
+fn a_message_that_finds_no_descriptor_for_its_file_hears_451_and_may_come_again() {
+    let server = Server::start(""); // instant delivery off: the message stays in the spool
+    let pid = server.pid().to_string();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().to_string();
+    let (soft, hard) = match line.split_whitespace().collect::<Vec<_>>()[..] {
+        [.., soft, hard, _] => (soft.to_string(), hard.to_string()),
+        _ => panic!("{line}"),
+    };
+    let set_soft = |soft: &str| {
+        let status = std::process::Command::new("prlimit")
+            .args(["--pid", &pid, &format!("--nofile={soft}:{hard}")])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    let mut c = Client::greeted(server.addr);
+    c.cmd("EHLO client.test");
+    assert_eq!(code(&c.cmd("MAIL FROM:<a@remote.test>")), "250 2.1.0");
+    assert_eq!(code(&c.cmd("RCPT TO:<alice@example.test>")), "250 2.1.5");
+    let open: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let lowest_free = (0..).find(|n| !open.contains(n)).unwrap();
+    set_soft(&lowest_free.to_string());
+    assert_eq!(code(&c.cmd("DATA")), "354");
+    let reply = c.mail_text(b"Subject: one\r\n\r\nno room for me\r\n");
+    assert_eq!(reply, "451 4.3.0 Error: queue file write error");
+    assert!(server.queued().is_empty());
+    let log = server.log_with("cannot queue a message");
+    assert!(log.contains("cannot queue a message: I/O error: Too many open files"), "{log}");
+    set_soft(&soft);
+    assert_eq!(code(&c.mail("a@remote.test", &["alice@example.test"], b"Subject: one\r\n\r\nagain")), "250 2.0.0");
+    assert_eq!(server.queued().len(), 1);
+}
+
 /// Opens `n` clients one after another and keeps them open; each must get its first line,
 /// 220 or 421, within a second. Returns how many got each.
 fn first_lines_of_held_clients(addr: std::net::SocketAddr, n: usize) -> (usize, usize) {

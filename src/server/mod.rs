@@ -1101,8 +1101,10 @@ fn client_name(client: Option<IpAddr>, name: Option<&str>) -> String {
     client.map_or_else(|| format!("{name}[unknown]"), |ip| format!("{name}[{}]", ip.to_canonical()))
 }
 
-/// What the client is told of a spool failure: a full disk, or any other write failure.
+/// What the client is told of a spool failure: a full disk, or any other write failure; the
+/// log says which (a full disk, no descriptor left, a device error).
 fn storage_error(e: &SpoolError) -> DataError {
+    log::warn!("cannot queue a message: {e}");
     match e {
         SpoolError::DiskFull => DataError::DiskFull,
         SpoolError::Io(_) | SpoolError::Collision | SpoolError::Corrupt(_) => DataError::WriteFailed,
@@ -1119,11 +1121,27 @@ fn is_resource_shortage(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
 }
 
-/// Descriptors a session can hold at once: its socket, and a spool draft during DATA.
-pub const DESCRIPTORS_PER_SESSION: u64 = 2;
+/// Descriptors a session holds all along: its socket.
+pub const DESCRIPTORS_PER_SESSION: u64 = 1;
+/// Descriptors kept for the files of sessions taking a message at that moment (a spool draft
+/// each, during DATA): half of what the reserve leaves, and no more than this. An idle session
+/// needs none, so a large limit serves many more sessions than take a message at once; a
+/// session whose draft finds no descriptor hears `451 4.3.0` and may send the message again.
+pub const DESCRIPTORS_FOR_DRAFTS: u64 = 1024;
 /// Descriptors kept for everything else: listeners, the log, the spool's directories, the
 /// spare kept for saying 421 when accept() runs out, and the libraries.
 pub const DESCRIPTORS_RESERVED: u64 = 32;
+
+/// The sessions a descriptor limit serves, and the descriptors `sessions` need: one each, the
+/// drafts' share, and the reserve.
+fn sessions_served(limit: u64) -> u64 {
+    let room = limit.saturating_sub(DESCRIPTORS_RESERVED);
+    room - (room / 2).min(DESCRIPTORS_FOR_DRAFTS)
+}
+
+fn descriptors_needed(sessions: u64) -> u64 {
+    sessions * DESCRIPTORS_PER_SESSION + sessions.min(DESCRIPTORS_FOR_DRAFTS) + DESCRIPTORS_RESERVED
+}
 
 /// Raises the descriptor limit as far as it goes, and lowers `max_connections` (and
 /// `max_per_ip` with it) to what the limit can serve; returns the warning when it had to.
@@ -1132,8 +1150,7 @@ pub fn fit_to_descriptors(config: &mut Config) -> Option<String> {
         Ok(limit) => limit,
         Err(e) => return Some(format!("cannot read the descriptor limit: {e}")),
     };
-    let room = limit.saturating_sub(DESCRIPTORS_RESERVED) / DESCRIPTORS_PER_SESSION;
-    let room = usize::try_from(room).unwrap_or(usize::MAX).max(1);
+    let room = usize::try_from(sessions_served(limit)).unwrap_or(usize::MAX).max(1);
     if config.max_connections <= room {
         return None;
     }
@@ -1143,7 +1160,7 @@ pub fn fit_to_descriptors(config: &mut Config) -> Option<String> {
     Some(format!(
         "max_connections = {wanted} needs {} descriptors, but the limit (RLIMIT_NOFILE) is {limit}: \
          serving at most {room} connections; raise the hard limit (LimitNOFILE= under systemd) for more",
-        wanted as u64 * DESCRIPTORS_PER_SESSION + DESCRIPTORS_RESERVED
+        descriptors_needed(wanted as u64)
     ))
 }
 
@@ -1185,6 +1202,20 @@ mod tests {
         let config = Config::parse("tls_cert = /nonexistent/cert.pem\ntls_key = /nonexistent/key.pem\n", "t").unwrap();
         let e = load_tls(&config).err().unwrap_or_default();
         assert_eq!(e, "/nonexistent/cert.pem: No such file or directory (os error 2)");
+    }
+
+    #[test]
+    fn a_large_descriptor_limit_serves_sessions_beyond_the_drafts_share() {
+        // A small limit: half for sessions, half for their drafts, as ever.
+        assert_eq!(sessions_served(64), 16);
+        assert_eq!(sessions_served(1024), 496);
+        assert_eq!(descriptors_needed(16), 64);
+        // A large one: a session costs its socket; 1,024 descriptors are kept for drafts.
+        assert_eq!(sessions_served(20_000), 18_944);
+        assert_eq!(descriptors_needed(10_000), 11_056);
+        assert!(descriptors_needed(sessions_served(20_000)) <= 20_000);
+        assert_eq!(sessions_served(0), 0);
+        assert_eq!(sessions_served(u64::MAX), u64::MAX - 32 - 1024);
     }
 
     #[test]
