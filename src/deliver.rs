@@ -714,7 +714,7 @@ impl<'a> Runner<'a> {
             let Some(path) = path else { return all(Event::Transaction(&unexpected)) };
             recipients.push(path);
         }
-        let mark = junk_mark(&q.envelope);
+        let mark = junk_mark(q);
         let envelope = crate::smtp::client::Envelope {
             from: q.envelope.from.clone(),
             recipients,
@@ -959,7 +959,7 @@ impl<'a> Runner<'a> {
         if let (Some(user), Some(_)) = (owner, &self.config.mailbox_command) {
             let to = format!("<{address}>");
             return self.attempt_as(q, &to, Where::Local, attempt, |w, m| {
-                w.mailbox_command(user, &q.envelope.from, address, &[junk_mark(&q.envelope), m].concat())
+                w.mailbox_command(user, &q.envelope.from, address, &[junk_mark(q), m].concat())
             });
         }
         // A quarantined message goes into the Junk folder where postern writes the maildir.
@@ -1200,9 +1200,26 @@ const QUARANTINED: &str = "no report: the message was quarantined (it failed its
 
 /// What goes on top of a message for the Junk folder when another program writes the mailbox
 /// (an LMTP server, `mailbox_command`): `X-Spam: Yes`, which its filters (Sieve) file by,
-/// whatever marked it (a DMARC quarantine, a milter's own spam field); nothing otherwise.
-fn junk_mark(envelope: &Envelope) -> &'static [u8] {
-    if envelope.quarantine { b"X-Spam: Yes\r\n" } else { b"" }
+/// whatever marked it (a DMARC quarantine, a milter's own spam field); nothing otherwise, and
+/// nothing when the message has that field already (the server's, on top of a message DMARC
+/// quarantined): a field is not said twice.
+fn junk_mark(q: &Queued) -> &'static [u8] {
+    if q.envelope.quarantine && !marked_as_spam(q) { b"X-Spam: Yes\r\n" } else { b"" }
+}
+
+/// Whether the message's header section has `X-Spam: Yes`.
+fn marked_as_spam(q: &Queued) -> bool {
+    let mut head = Vec::new();
+    if std::io::Read::read_to_end(
+        &mut std::io::Read::take(q.message(), crate::message::MAX_HEADER_SECTION as u64),
+        &mut head,
+    )
+    .is_err()
+    {
+        return false;
+    }
+    let (headers, _) = crate::message::Headers::parse(&head);
+    headers.fields.iter().any(|f| f.name.eq_ignore_ascii_case("x-spam") && f.value().eq_ignore_ascii_case("yes"))
 }
 
 fn lifetime_text(secs: u64) -> String {

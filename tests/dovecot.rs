@@ -13,6 +13,11 @@ use support::{TempDir, deliver, have, now, skip_unless, skip_unless_root};
 
 /// The subjects of the messages in a user's mailbox, as IMAP (Python's imaplib) lists them.
 fn imap_subjects(dovecot: &Dovecot, user: &str, mailbox: &str) -> Vec<String> {
+    imap_fields(dovecot, user, mailbox, "SUBJECT")
+}
+
+/// The fields of that name of each message in a user's mailbox, as IMAP lists them: a line each.
+fn imap_fields(dovecot: &Dovecot, user: &str, mailbox: &str, name: &str) -> Vec<String> {
     let script = format!(
         "import imaplib\n\
          m = imaplib.IMAP4('127.0.0.1', {port})\n\
@@ -21,7 +26,7 @@ fn imap_subjects(dovecot: &Dovecot, user: &str, mailbox: &str) -> Vec<String> {
          if typ == 'OK':\n\
          \x20   typ, data = m.search(None, 'ALL')\n\
          \x20   for n in data[0].split():\n\
-         \x20       typ, msg = m.fetch(n, '(BODY.PEEK[HEADER.FIELDS (SUBJECT)])')\n\
+         \x20       typ, msg = m.fetch(n, '(BODY.PEEK[HEADER.FIELDS ({name})])')\n\
          \x20       print(msg[0][1].decode().strip())\n\
          m.logout()\n",
         port = dovecot.imap_port
@@ -53,7 +58,12 @@ fn configure(dir: &Path, transport: &str) -> std::path::PathBuf {
 /// Queues a message of 2 KiB from a stranger; `quarantine`: as the server takes one DMARC or
 /// a milter's spam verdict sends to the Junk folder.
 fn queue(dir: &Path, to: &[&str], subject: &str, quarantine: bool) -> String {
-    let text = format!("Subject: {subject}\r\nFrom: sender@remote.test\r\n\r\n{}\r\n", "x".repeat(2000));
+    queue_with(dir, to, "", subject, quarantine)
+}
+
+/// The same, with `top` (whole fields) above the message's own, as the server puts its fields.
+fn queue_with(dir: &Path, to: &[&str], top: &str, subject: &str, quarantine: bool) -> String {
+    let text = format!("{top}Subject: {subject}\r\nFrom: sender@remote.test\r\n\r\n{}\r\n", "x".repeat(2000));
     let envelope = postern::spool::Envelope {
         quarantine,
         ..support::envelope("sender@remote.test", to, now(), BodyType::SevenBit)
@@ -106,6 +116,12 @@ fn mailboxes_go_to_dovecot_over_lmtp_each_recipient_decided_by_its_own_reply() {
     let log = deliver(&conf, None, &[]);
     assert_eq!(imap_subjects(&dovecot, "alice@example.test", "Junk"), ["Subject: cheap pills"], "{log}");
     assert_eq!(imap_subjects(&dovecot, "alice@example.test", "INBOX"), ["Subject: hello all"]);
+    // One quarantined by DMARC already has the server's mark on top: it is not marked twice.
+    queue_with(dir.path(), &["alice@example.test"], "X-Spam: Yes\r\n", "forged bank", true);
+    let log = deliver(&conf, None, &[]);
+    let junk = imap_subjects(&dovecot, "alice@example.test", "Junk");
+    assert_eq!(junk, ["Subject: cheap pills", "Subject: forged bank"], "{log}");
+    assert_eq!(imap_fields(&dovecot, "alice@example.test", "Junk", "X-SPAM"), ["X-Spam: Yes", "X-Spam: Yes"]);
 }
 
 /// Killed after the LMTP server took the copies and before they were recorded (crash point
