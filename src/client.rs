@@ -427,14 +427,16 @@ impl Session {
         if !self.received.is_empty() {
             return false;
         }
-        // LMTP sessions on a Unix socket are not kept.
-        let Some(tcp) = self.stream.tcp() else { return false };
-        if tcp.set_nonblocking(true).is_err() {
-            return false;
-        }
-        let mut byte = [0u8; 1];
-        let idle = matches!(tcp.peek(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
-        tcp.set_nonblocking(false).is_ok() && idle
+        let socket = match &self.stream {
+            Stream::Unix(unix) => socket2::SockRef::from(unix),
+            _ => match self.stream.tcp() {
+                Some(tcp) => socket2::SockRef::from(tcp),
+                None => return false,
+            },
+        };
+        let mut byte = [std::mem::MaybeUninit::new(0u8)];
+        let waiting = socket.recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT);
+        matches!(waiting, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
     /// Says QUIT and closes; errors do not matter any more.

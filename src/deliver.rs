@@ -311,6 +311,9 @@ pub struct Runner<'a> {
     streaming: AtomicBool,
     /// Set when the spool is found full: no further message is started.
     halted: AtomicBool,
+    /// Sessions with the LMTP server (`mailbox_transport`) kept between messages, at most
+    /// one a delivery thread; each next transaction begins with RSET.
+    lmtp_idle: Mutex<Vec<crate::client::Session>>,
     /// Writes the copies for system users as those users (`local_users = system`); `None`
     /// when the run was not started as root, and such copies wait for one that was.
     writer: Option<crate::local::Writer>,
@@ -340,6 +343,7 @@ impl<'a> Runner<'a> {
             options,
             halted,
             writer: None,
+            lmtp_idle: Mutex::new(Vec::new()),
             srs,
             dir_syncs: crate::flush::DirSyncs::default(),
             streaming: AtomicBool::new(false),
@@ -416,7 +420,7 @@ impl<'a> Runner<'a> {
         if self.options.dry_run {
             self.describe_held();
         }
-        self.relay.close();
+        self.close();
         summary.halted = self.halted.load(Ordering::Relaxed);
         summary
     }
@@ -489,6 +493,26 @@ impl<'a> Runner<'a> {
     /// Ends a run: QUIT on the sessions it kept.
     pub fn close(&self) {
         self.relay.close();
+        for session in std::mem::take(&mut *self.lmtp_idle.lock().unwrap_or_else(|e| e.into_inner())) {
+            session.quit();
+        }
+    }
+
+    /// A session with the LMTP server: one kept from an earlier message that is still open,
+    /// or a new one.
+    fn lmtp_session(
+        &self,
+        to: &crate::client::LmtpAddress,
+        timeouts: crate::client::Timeouts,
+    ) -> Result<crate::client::Session, crate::client::ClientError> {
+        loop {
+            let kept = self.lmtp_idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            match kept {
+                Some(session) if session.is_usable() => return Ok(session),
+                Some(closed) => drop(closed), // the server closed it while it sat idle
+                None => return crate::client::Session::open_lmtp(to, &self.config.hostname, timeouts),
+            }
+        }
     }
 
     /// Delivers the messages with up to `max_delivery_threads` threads at once.
@@ -698,7 +722,7 @@ impl<'a> Runner<'a> {
     /// it (§4.2), as a server's would be (452 over quota: later; 552: bounced). A message to
     /// go to the Junk folder is marked `X-Spam: Yes` on top, for the server's filters.
     fn deliver_lmtp(&self, q: &Queued, to: &crate::client::LmtpAddress, items: &[&Expanded]) -> Vec<Attempt> {
-        use crate::client::{ClientError, Session, Timeouts};
+        use crate::client::{ClientError, Timeouts};
         use crate::smtp::client::{RecipientResult, SmtpError};
         let place = Where::Lmtp(to.to_string());
         let all = |event: Event<'_>| -> Vec<Attempt> {
@@ -727,12 +751,19 @@ impl<'a> Runner<'a> {
             command: self.config.smtp_timeout,
             data_done: self.config.smtp_data_done_timeout,
         };
-        let mut session = match Session::open_lmtp(to, &self.config.hostname, timeouts) {
+        let mut session = match self.lmtp_session(to, timeouts) {
             Ok(session) => session,
             Err(e) => return all(Event::Connect(&e)),
         };
         let result = session.transaction(&envelope, std::io::Read::chain(mark, q.message()));
-        session.quit();
+        // A session whose transaction ended in replies is kept for the next message.
+        let mut idle = self.lmtp_idle.lock().unwrap_or_else(|e| e.into_inner());
+        if result.is_ok() && idle.len() < self.config.max_delivery_threads.max(1) {
+            idle.push(session);
+        } else {
+            drop(idle);
+            session.quit();
+        }
         match result {
             Ok(results) if results.len() == items.len() => items
                 .iter()

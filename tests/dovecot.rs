@@ -124,6 +124,38 @@ fn mailboxes_go_to_dovecot_over_lmtp_each_recipient_decided_by_its_own_reply() {
     assert_eq!(imap_fields(&dovecot, "alice@example.test", "Junk", "X-SPAM"), ["X-Spam: Yes", "X-Spam: Yes"]);
 }
 
+/// A run hands its messages to the LMTP server over one connection, a transaction each (RSET
+/// between them), on the Unix socket as over TCP; Dovecot files every one.
+#[test]
+fn a_run_hands_its_messages_to_dovecot_over_one_connection() {
+    if skip() {
+        return;
+    }
+    let dovecot = Dovecot::start(&["alice@example.test secret", "bob@example.test secret"], "");
+    let transports = [
+        (format!("lmtp:unix:{}", dovecot.lmtp.display()), "Connect from local"),
+        (format!("lmtp:127.0.0.1:{}", dovecot.lmtp_port), "Connect from 127.0.0.1"),
+    ];
+    for (n, (transport, connect)) in transports.iter().enumerate() {
+        let dir = TempDir::new("lmtp-kept");
+        let conf = configure(dir.path(), transport);
+        // One delivery thread: the messages go one after another, each on the kept session.
+        let text = std::fs::read_to_string(&conf).unwrap() + "max_delivery_threads = 1\n";
+        std::fs::write(&conf, text).unwrap();
+        for i in 0..3 {
+            queue(dir.path(), &["alice@example.test"], &format!("{n} to alice {i}"), false);
+        }
+        queue(dir.path(), &["bob@example.test"], &format!("{n} to bob"), false);
+        let before = dovecot.log().matches(connect).count();
+        let log = deliver(&conf, None, &[]);
+        assert_eq!(imap_subjects(&dovecot, "alice@example.test", "INBOX").len(), 3 * (n + 1), "{log}");
+        assert_eq!(imap_subjects(&dovecot, "bob@example.test", "INBOX").len(), n + 1, "{log}");
+        assert!(support::waiting(&dir.path().join("spool")).is_empty(), "{log}");
+        let connections = dovecot.log().matches(connect).count() - before;
+        assert_eq!(connections, 1, "{transport}: {}", dovecot.log());
+    }
+}
+
 /// Killed after the LMTP server took the copies and before they were recorded (crash point
 /// `after-lmtp-copy`): the next run hands them over again (a second copy, never a loss).
 #[test]
