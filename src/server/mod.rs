@@ -1140,7 +1140,10 @@ fn sessions_served(limit: u64) -> u64 {
 }
 
 fn descriptors_needed(sessions: u64) -> u64 {
-    sessions * DESCRIPTORS_PER_SESSION + sessions.min(DESCRIPTORS_FOR_DRAFTS) + DESCRIPTORS_RESERVED
+    sessions
+        .saturating_mul(DESCRIPTORS_PER_SESSION)
+        .saturating_add(sessions.min(DESCRIPTORS_FOR_DRAFTS))
+        .saturating_add(DESCRIPTORS_RESERVED)
 }
 
 /// Raises the descriptor limit as far as it goes, and lowers `max_connections` (and
@@ -1216,6 +1219,7 @@ mod tests {
         assert!(descriptors_needed(sessions_served(20_000)) <= 20_000);
         assert_eq!(sessions_served(0), 0);
         assert_eq!(sessions_served(u64::MAX), u64::MAX - 32 - 1024);
+        assert_eq!(descriptors_needed(u64::MAX), u64::MAX, "a huge max_connections is no overflow");
     }
 
     #[test]
