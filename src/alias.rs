@@ -325,16 +325,16 @@ impl LocalUsers {
     /// after the tables' own full addresses; `Err` when it cannot say now.
     pub fn resolve_checked(&self, local_part: &str, domain: &str) -> Result<Option<String>, String> {
         let (folded, domain) = (local_part.to_lowercase(), domain.to_lowercase());
-        let locals: Vec<&str> = [Some(folded.as_str()), self.base(&folded)].into_iter().flatten().collect();
-        for local in &locals {
-            let key = format!("{local}@{domain}");
-            if self.has_key(&key) {
-                return Ok(Some(key));
-            }
+        let addresses: Vec<String> = [Some(folded.as_str()), self.base(&folded)]
+            .into_iter()
+            .flatten()
+            .map(|l| format!("{l}@{domain}"))
+            .collect();
+        if let Some(key) = addresses.iter().find(|key| self.has_key(key)) {
+            return Ok(Some(key.clone()));
         }
         if let Some(socket) = &self.dovecot {
-            for local in &locals {
-                let key = format!("{local}@{domain}");
+            for key in addresses {
                 if crate::dovecot::user_exists(socket, &key, DOVECOT_TIMEOUT)
                     .map_err(|e| format!("Dovecot's userdb: {e}"))?
                 {

@@ -9,8 +9,10 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::time::Duration;
 
 use crate::alias::LocalUsers;
+use crate::client::LmtpAddress;
 use crate::config::Config;
 use crate::sys::{self, UserIds};
 
@@ -99,18 +101,21 @@ pub fn check(config: &Config, program: Program) -> Findings {
     }
     // Dovecot's sockets: not there now is said, not a problem (Dovecot may start later); mail
     // waits and logins get 454 until they answer.
-    let mut dovecot: Vec<(&str, String)> = Vec::new();
+    // Each is reached as the LMTP client reaches a server: a Unix socket or host:port.
+    let mut dovecot: Vec<(&str, LmtpAddress)> = Vec::new();
     if let (Program::Smtpd, Some(crate::config::UserSource::Dovecot(socket))) = (program, &config.auth_users) {
-        dovecot.push(("auth_users", format!("unix:{}", socket.display())));
+        dovecot.push(("auth_users", LmtpAddress::Unix(socket.clone())));
     }
     if let Some(socket) = &config.dovecot_userdb {
-        dovecot.push(("local_users", format!("unix:{}", socket.display())));
+        dovecot.push(("local_users", LmtpAddress::Unix(socket.clone())));
     }
     if let (Program::Deliver, Some(to)) = (program, &config.mailbox_transport) {
-        dovecot.push(("mailbox_transport", to.to_string().trim_start_matches("lmtp:").to_string()));
+        dovecot.push(("mailbox_transport", to.clone()));
     }
     for (key, at) in dovecot {
-        if let Err(e) = reachable(&at) {
+        if let Err(e) = at.probe(Duration::from_secs(2)) {
+            let at = at.to_string();
+            let at = at.trim_start_matches("lmtp:");
             f.warnings.push(format!("{source}: {key}: {at}: {e}: nothing answers there now"));
         }
     }
@@ -136,24 +141,6 @@ pub fn check(config: &Config, program: Program) -> Findings {
         }
     }
     f
-}
-
-/// Whether something listens at `unix:/path` or `host:port` (a connection opened and closed).
-fn reachable(at: &str) -> std::io::Result<()> {
-    match at.strip_prefix("unix:") {
-        Some(path) => std::os::unix::net::UnixStream::connect(path).map(drop),
-        None => {
-            let addrs = std::net::ToSocketAddrs::to_socket_addrs(at)?;
-            let mut last = std::io::Error::other("no address");
-            for addr in addrs {
-                match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)) {
-                    Ok(_) => return Ok(()),
-                    Err(e) => last = e,
-                }
-            }
-            Err(last)
-        }
-    }
 }
 
 /// The spool, or the nearest directory above it when it does not exist yet, must be a

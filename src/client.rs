@@ -73,6 +73,14 @@ impl Stream {
         }
     }
 
+    fn set_write_timeout(&self, timeout: Duration) -> io::Result<()> {
+        match (self, self.tcp()) {
+            (Stream::Unix(s), _) => s.set_write_timeout(Some(timeout)),
+            (_, Some(tcp)) => tcp.set_write_timeout(Some(timeout)),
+            _ => Ok(()),
+        }
+    }
+
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(s) => s.read(buf),
@@ -126,6 +134,34 @@ impl LmtpAddress {
             return Err(bad());
         }
         Ok(LmtpAddress::Inet(host.to_string(), port))
+    }
+
+    /// Whether something answers there now: a connection opened and closed (`--check`).
+    pub fn probe(&self, timeout: Duration) -> io::Result<()> {
+        self.connect(timeout).map(drop)
+    }
+
+    /// A connection: the Unix socket, or the first of the host's addresses that answers
+    /// within `timeout` (a failed name lookup is said with the host's name).
+    fn connect(&self, timeout: Duration) -> io::Result<Stream> {
+        match self {
+            LmtpAddress::Unix(path) => UnixStream::connect(path).map(Stream::Unix),
+            LmtpAddress::Inet(host, port) => {
+                let addrs = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), *port))
+                    .map_err(|e| io::Error::new(e.kind(), format!("{host}: {e}")))?;
+                let mut last = io::Error::other(format!("{host}: no address"));
+                for addr in addrs {
+                    match TcpStream::connect_timeout(&addr, timeout) {
+                        Ok(stream) => {
+                            let _ = stream.set_nodelay(true);
+                            return Ok(Stream::Plain(stream));
+                        }
+                        Err(e) => last = e,
+                    }
+                }
+                Err(last)
+            }
+        }
     }
 }
 
@@ -207,35 +243,13 @@ impl Session {
 
     /// An LMTP session (RFC 2033) with a local delivery agent: connect, greeting, LHLO.
     pub fn open_lmtp(to: &LmtpAddress, helo: &str, timeouts: Timeouts) -> Result<Session, ClientError> {
-        let stream = match to {
+        let stream = to.connect(timeouts.connect).map_err(|e| match to {
             LmtpAddress::Unix(path) => {
-                let stream = UnixStream::connect(path).map_err(|e| ClientError::Network {
-                    text: format!("{}: {e}", path.display()),
-                    after_data: false,
-                })?;
-                stream.set_write_timeout(Some(timeouts.command)).map_err(|e| ClientError::network(&e))?;
-                Stream::Unix(stream)
+                ClientError::Network { text: format!("{}: {e}", path.display()), after_data: false }
             }
-            LmtpAddress::Inet(host, port) => {
-                let mut last = ClientError::Network { text: format!("{host}: no address"), after_data: false };
-                let addrs = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), *port))
-                    .map_err(|e| ClientError::Network { text: format!("{host}: {e}"), after_data: false })?;
-                let mut connected = None;
-                for addr in addrs {
-                    match TcpStream::connect_timeout(&addr, timeouts.connect) {
-                        Ok(s) => {
-                            connected = Some(s);
-                            break;
-                        }
-                        Err(e) => last = ClientError::network(&e),
-                    }
-                }
-                let stream = connected.ok_or(last)?;
-                let _ = stream.set_nodelay(true);
-                stream.set_write_timeout(Some(timeouts.command)).map_err(|e| ClientError::network(&e))?;
-                Stream::Plain(stream)
-            }
-        };
+            LmtpAddress::Inet(..) => ClientError::network(&e),
+        })?;
+        stream.set_write_timeout(timeouts.command).map_err(|e| ClientError::network(&e))?;
         Session::opened(stream, timeouts, Opening::lmtp(helo), None)
     }
 

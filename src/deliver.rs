@@ -989,8 +989,10 @@ impl<'a> Runner<'a> {
         // for its filters when it is for the Junk folder.
         if let (Some(user), Some(_)) = (owner, &self.config.mailbox_command) {
             let to = format!("<{address}>");
-            return self.attempt_as(q, &to, Where::Local, attempt, |w, m| {
-                w.mailbox_command(user, &q.envelope.from, address, &[junk_mark(q), m].concat())
+            let mark = junk_mark(q);
+            return self.attempt_as(q, &to, Where::Local, attempt, |w, m| match mark.is_empty() {
+                true => w.mailbox_command(user, &q.envelope.from, address, m),
+                false => w.mailbox_command(user, &q.envelope.from, address, &[mark, m].concat()),
             });
         }
         // A quarantined message goes into the Junk folder where postern writes the maildir.

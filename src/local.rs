@@ -436,7 +436,6 @@ fn run_mailbox_command(config: &Config, users: &LocalUsers, req: &Request) -> Re
     let home = Some(account.home.clone()).filter(|h| h.is_dir()).unwrap_or_else(|| PathBuf::from("/"));
     let (local, domain) = req.delivered_to.rsplit_once('@').unwrap_or((&req.delivered_to, ""));
     let extension = local.split_once(|c| config.recipient_delimiter.contains(c)).map_or("", |(_, e)| e);
-    let extension = if config.recipient_delimiter.is_empty() { "" } else { extension };
     let vars = [("LOCAL", local), ("DOMAIN", domain), ("EXTENSION", extension)];
     run_piped(config, command, &account, groups, &home, req, &vars)
 }

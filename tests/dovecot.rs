@@ -243,8 +243,8 @@ fn dovecot_lda_as_mailbox_command_runs_as_the_user_and_its_exit_decides() {
     std::fs::write(d.join("lda.conf"), "mail_location = maildir:~/Maildir\nlog_path = /dev/stderr\n").unwrap();
     let conf = d.join("postern.conf");
     let write_config = |command: &str| {
-        let config = support::config_with(d, &format!("local_users = system\nmailbox_command = {command}\n"))
-            .replace(&format!("mailboxes = {}/mailboxes\n", d.display()), "");
+        let config = support::config_with(d, &format!("local_users = system\nmailbox_command = {command}\n"));
+        let config = support::without_mailboxes(&config, d);
         std::fs::write(&conf, config).unwrap();
     };
     let lda = format!("/usr/lib/dovecot/dovecot-lda -c {}/lda.conf -f \"$SENDER\" -a \"$RECIPIENT\"", d.display());
@@ -397,7 +397,7 @@ fn rcpt_asks_dovecots_userdb_who_exists() {
         dovecot.path().join("run/auth-userdb").display(),
         dovecot.lmtp.display()
     );
-    let config = support::config_with(&d, &extra).replace(&format!("mailboxes = {}/mailboxes\n", d.display()), "");
+    let config = support::without_mailboxes(&support::config_with(&d, &extra), &d);
     std::fs::write(d.join("aliases"), "postmaster: alice@example.test\n").unwrap();
     let server = support::Server::start_in(dir, &config);
     let mut c = Client::greeted(server.addr);

@@ -730,7 +730,7 @@ fn system_setup(
     let (dir, conf) = setup(tag, extra);
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let config = std::fs::read_to_string(&conf).unwrap();
-    std::fs::write(&conf, config.replace(&format!("mailboxes = {}/mailboxes\n", dir.path().display()), "")).unwrap();
+    std::fs::write(&conf, support::without_mailboxes(&config, dir.path())).unwrap();
     std::fs::write(dir.path().join("aliases"), aliases).unwrap();
     let homes = dir.path().join("home");
     std::fs::create_dir(&homes).unwrap();

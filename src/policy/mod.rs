@@ -144,8 +144,6 @@ pub trait Policy: Send + Sync {
     fn expand(&self, name: &str) -> Option<Vec<String>>;
 }
 
-/// What AUTH asks (RFC 4954); `crate::auth` answers from the `auth_users` and
-/// `auth_senders` files.
 /// What a password check came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verified {
@@ -155,6 +153,8 @@ pub enum Verified {
     Unavailable,
 }
 
+/// What AUTH asks (RFC 4954); `crate::auth` answers from the `auth_users` and
+/// `auth_senders` files, or from Dovecot.
 pub trait Authenticator: Send + Sync {
     /// Whether `client` is locked out after repeated failures.
     fn locked_out(&self, client: Option<IpAddr>) -> bool;

@@ -97,6 +97,12 @@ pub fn config_with(dir: &Path, extra: &str) -> String {
     format!("{}{extra}{dns}", base_config(dir))
 }
 
+/// `config` with no `mailboxes` file (written for `dir`): the users are the system's or
+/// Dovecot's.
+pub fn without_mailboxes(config: &str, dir: &Path) -> String {
+    config.replace(&format!("mailboxes = {}/mailboxes\n", dir.display()), "")
+}
+
 /// A running `postern-smtpd`, killed when dropped.
 pub struct Server {
     pub child: Child,
