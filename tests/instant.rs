@@ -415,3 +415,62 @@ fn a_mailbox_moved_while_the_process_runs_gets_the_next_message() {
     assert_eq!(wait_maildir(&moved, 1, Duration::from_secs(5)), 1, "{}", server.log());
     assert_eq!(list(&alice.join("new")).len(), 1);
 }
+
+/// The lock a root process takes (the launcher, a root delivery run) is made already owned
+/// by the spool's owner, so that no kill between its making and a chown leaves a file the
+/// unprivileged daemon cannot open (doc/queue.md, `spool/instant.lock`); one left root-owned
+/// is given back; of several takers at once, one has it.
+#[test]
+fn a_lock_made_by_root_is_the_spool_owners_from_the_start() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    if support::skip_unless_root("make the lock as root in a spool another user owns") {
+        return;
+    }
+    let dir = TempDir::new("instant-lock-owner");
+    let spool = dir.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    let (uid, gid) = (64_000 + std::process::id() % 1000, 64_000 + std::process::id() % 1000);
+    std::os::unix::fs::chown(&spool, Some(uid), Some(gid)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let lock = spool.join(postern::spool::INSTANT_LOCK);
+    let owned = || {
+        let meta = std::fs::symlink_metadata(&lock).unwrap();
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777)
+    };
+    // The spool's owner opens it as the unprivileged daemon would.
+    let owner_opens = || {
+        Command::new("sh")
+            .args(["-c", "exec 2>/dev/null 3<>\"$0\"", lock.to_str().unwrap()])
+            .uid(uid)
+            .gid(gid)
+            .status()
+            .unwrap()
+            .success()
+    };
+
+    let held = postern::spool::Spool::take_instant_lock(&spool).unwrap();
+    assert!(held.is_some());
+    assert_eq!(owned(), (uid, gid, 0o600));
+    assert!(owner_opens());
+    assert!(postern::spool::Spool::take_instant_lock(&spool).unwrap().is_none(), "held twice");
+    drop(held);
+
+    std::os::unix::fs::chown(&lock, Some(0), Some(0)).unwrap();
+    assert!(!owner_opens(), "a root-owned lock should be closed to the spool's owner");
+    assert!(postern::spool::Spool::take_instant_lock(&spool).unwrap().is_some());
+    assert_eq!(owned(), (uid, gid, 0o600));
+    assert!(owner_opens());
+
+    std::fs::remove_file(&lock).unwrap();
+    let spool = std::sync::Arc::new(spool);
+    let takers: Vec<_> = (0..8)
+        .map(|_| {
+            let spool = spool.clone();
+            std::thread::spawn(move || postern::spool::Spool::take_instant_lock(&spool).unwrap())
+        })
+        .collect();
+    let held: Vec<_> = takers.into_iter().filter_map(|t| t.join().unwrap()).collect();
+    assert!(held.len() == 1 && held.iter().all(|f| postern::spool::Spool::is_instant_lock(&spool, f)));
+    assert_eq!(owned(), (uid, gid, 0o600));
+}

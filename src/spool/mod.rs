@@ -364,6 +364,46 @@ impl Spool {
     }
 }
 
+/// Opens a file of the spool's root that holds nothing but a lock, making it when `create`.
+fn open_lock_file(path: &Path, create: bool) -> io::Result<File> {
+    OpenOptions::new().read(true).write(true).create(create).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(path)
+}
+
+/// The lock file at `path`, as root: made already owned as the spool `root` is (an anonymous
+/// file, chowned, then named), so that no kill between its making and its chown leaves a file
+/// that the unprivileged daemon cannot open; a file left root-owned by an older version, or
+/// made where there are no anonymous files, is given to the spool's owner.
+fn open_owned_as_spool(root: &Path, path: &Path) -> io::Result<File> {
+    let owner = fs::metadata(root)?;
+    let file = loop {
+        match open_lock_file(path, false) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            opened => break opened?,
+        }
+        let made = OpenOptions::new().read(true).write(true).mode(0o600).custom_flags(libc::O_TMPFILE).open(root);
+        match made {
+            Ok(file) => {
+                std::os::unix::fs::fchown(&file, Some(owner.uid()), Some(owner.gid()))?;
+                match sys::link_anonymous(&file, path) {
+                    Ok(()) => break file,
+                    // Another made it first: open theirs.
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)) => {
+                break open_lock_file(path, true)?;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let meta = file.metadata()?;
+    if (meta.uid(), meta.gid()) != (owner.uid(), owner.gid()) {
+        std::os::unix::fs::fchown(&file, Some(owner.uid()), Some(owner.gid()))?;
+    }
+    Ok(file)
+}
+
 /// Whether `path` still names the file open as `file` (it was not removed or replaced).
 pub(crate) fn is_same_file(file: &File, path: &Path) -> bool {
     match (file.metadata(), fs::symlink_metadata(path)) {
@@ -484,22 +524,10 @@ impl Spool {
 
     /// Takes the instant delivery lock (`spool/instant.lock`) without waiting: held by the one
     /// process that delivers new mail as it arrives (src/instant.rs). `Ok(None)` when another
-    /// holds it. The file is made mode 0600 and owned as the spool is, whoever makes it first.
+    /// holds it. The file is mode 0600 and owned as the spool is, whoever makes it first.
     pub fn take_instant_lock(root: &Path) -> io::Result<Option<File>> {
         let path = root.join(INSTANT_LOCK);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)?;
-        if sys::is_root() {
-            let (meta, owner) = (file.metadata()?, fs::metadata(root)?);
-            if (meta.uid(), meta.gid()) != (owner.uid(), owner.gid()) {
-                std::os::unix::fs::fchown(&file, Some(owner.uid()), Some(owner.gid()))?;
-            }
-        }
+        let file = if sys::is_root() { open_owned_as_spool(root, &path)? } else { open_lock_file(&path, true)? };
         Ok(sys::try_lock_exclusive(&file)?.then_some(file))
     }
 
