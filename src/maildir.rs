@@ -1,5 +1,4 @@
-//! Local delivery into a maildir: an anonymous file in `tmp/` -> fsync -> named in `new/` ->
-//! fsync (or a name in `tmp/` renamed into `new/`), with Return-Path and Delivered-To prepended.
+//! Local delivery into a maildir: `tmp/` -> fsync -> `new/` -> fsync, with Return-Path and Delivered-To prepended.
 //!
 //! Names follow the maildir convention `time.MmicrosPpidQcount.host` (`/` and `:` in the host
 //! written `\057` and `\072`). Lines end in LF, as qmail and Postfix write maildirs.
@@ -8,7 +7,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::smtp::address::ReversePath;
@@ -87,44 +86,6 @@ pub fn deliver_to_maildir<R: Read>(
     if let Some(folder) = stamp.folder {
         (tmp, new) = prepare_folder(maildir, folder, stamp.follow_symlinks)?;
     }
-    let new_path = new.join(name);
-    write_into(&tmp, &new_path, stamp, open, anonymous_file)?;
-    // About one delivery in SWEEP_EVERY also clears what killed writers left in tmp/, so
-    // that the cost stays off nearly every delivery.
-    let now = SystemTime::now();
-    if now.duration_since(UNIX_EPOCH).is_ok_and(|d| d.subsec_nanos() % SWEEP_EVERY == 0) {
-        sweep_tmp(&tmp, now);
-    }
-    Ok(new_path)
-}
-
-/// Writes the copy and gives it `new_path` (in the maildir's `new/`), then flushes `new/`.
-/// The copy is an anonymous file in `tmp/` from `anonymous` (O_TMPFILE), named in `new/` once
-/// it is whole and durable, never over an existing name: no name made, flushed and removed in
-/// `tmp/`, and nothing left there by a writer killed half way. Where `anonymous` has none, it
-/// is written under its name in `tmp/` and renamed into `new/`, as the maildir convention has it.
-fn write_into<R: Read>(
-    tmp: &Path,
-    new_path: &Path,
-    stamp: &Stamp<'_>,
-    mut open: impl FnMut() -> io::Result<R>,
-    anonymous: impl Fn(&Path) -> io::Result<Option<File>>,
-) -> Result<(), MaildirError> {
-    let new = new_path.parent().unwrap_or(Path::new("."));
-    let sync_new = || match stamp.syncs {
-        Some(syncs) => syncs.sync(new),
-        None => File::open(new)?.sync_all(),
-    };
-    let source = |open: &mut dyn FnMut() -> io::Result<R>| open().map_err(|e| MaildirError::from_io(&e, new));
-    if let Some(mut file) = anonymous(tmp).map_err(|e| MaildirError::from_io(&e, tmp))? {
-        write_message(&mut file, stamp, source(&mut open)?)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| MaildirError::from_io(&e, tmp))?;
-        return crate::sys::link_anonymous(&file, new_path)
-            .and_then(|()| sync_new())
-            .map_err(|e| MaildirError::from_io(&e, new_path));
-    }
-    let name = new_path.file_name().unwrap_or_default();
     let tmp_path = tmp.join(name);
     let mut file = OpenOptions::new()
         .write(true)
@@ -133,39 +94,27 @@ fn write_into<R: Read>(
         .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp_path)
         .map_err(|e| MaildirError::from_io(&e, &tmp_path))?;
-    let written = write_message(&mut file, stamp, source(&mut open)?).and_then(|()| file.sync_all());
+    let written = write_message(&mut file, stamp, open().map_err(io_err)?).and_then(|()| file.sync_all());
     if let Err(e) = written {
         let _ = fs::remove_file(&tmp_path);
         return Err(MaildirError::from_io(&e, &tmp_path));
     }
-    fs::rename(&tmp_path, new_path).and_then(|()| sync_new()).map_err(|e| {
+    let new_path = new.join(name);
+    let moved = fs::rename(&tmp_path, &new_path).and_then(|()| match stamp.syncs {
+        Some(syncs) => syncs.sync(&new),
+        None => File::open(&new)?.sync_all(),
+    });
+    moved.map_err(|e| {
         let _ = fs::remove_file(&tmp_path);
-        MaildirError::from_io(&e, new_path)
-    })
-}
-
-/// Whether this process still makes anonymous files in maildirs: off for good after the first
-/// filesystem or kernel without O_TMPFILE, or without /proc/self/fd to name them through.
-static ANONYMOUS: AtomicBool = AtomicBool::new(true);
-
-/// An anonymous file in `dir`, mode 0600; `None` where there are none to be had.
-fn anonymous_file(dir: &Path) -> io::Result<Option<File>> {
-    if !ANONYMOUS.load(Ordering::Relaxed) {
-        return Ok(None);
+        MaildirError::from_io(&e, &new_path)
+    })?;
+    // About one delivery in SWEEP_EVERY also clears what killed writers left in tmp/, so
+    // that the cost stays off nearly every delivery.
+    let now = SystemTime::now();
+    if now.duration_since(UNIX_EPOCH).is_ok_and(|d| d.subsec_nanos() % SWEEP_EVERY == 0) {
+        sweep_tmp(&tmp, now);
     }
-    static PROC: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if !*PROC.get_or_init(|| fs::symlink_metadata("/proc/self/fd").is_ok()) {
-        return Ok(None);
-    }
-    match OpenOptions::new().write(true).mode(0o600).custom_flags(libc::O_TMPFILE).open(dir) {
-        Ok(file) => Ok(Some(file)),
-        // No O_TMPFILE in this kernel (EISDIR) or filesystem (EOPNOTSUPP).
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)) => {
-            ANONYMOUS.store(false, Ordering::Relaxed);
-            Ok(None)
-        }
-        Err(e) => Err(e),
-    }
+    Ok(new_path)
 }
 
 const SWEEP_EVERY: u32 = 32;
@@ -421,48 +370,6 @@ mod tests {
         assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(fs::metadata(dir.join("alice/new")).unwrap().permissions().mode() & 0o777, 0o700);
         assert_eq!(fs::read_dir(dir.join("alice/tmp")).unwrap().count(), 0);
-        fs::remove_dir_all(dir).unwrap();
-    }
-
-    /// A reader that fails after its first chunk, as a spool file read error would.
-    struct Failing(bool);
-
-    impl Read for Failing {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            if std::mem::replace(&mut self.0, true) {
-                return Err(io::Error::other("read error"));
-            }
-            buf[..4].copy_from_slice(b"x\r\n\r");
-            Ok(4)
-        }
-    }
-
-    #[test]
-    fn either_way_of_writing_makes_the_same_file_and_leaves_nothing_in_tmp() {
-        let dir = temp("ways");
-        let from = ReversePath::parse(b"sender@remote.test").unwrap();
-        let (tmp, new) = prepare(&dir, false).unwrap();
-        let message = b"Subject: hi\r\n\r\nbody\r\n";
-        write_into(&tmp, &new.join("a"), &stamp(&from), || Ok(&message[..]), anonymous_file).unwrap();
-        write_into(&tmp, &new.join("b"), &stamp(&from), || Ok(&message[..]), |_: &Path| Ok(None)).unwrap();
-        let (a, b) = (fs::read(new.join("a")).unwrap(), fs::read(new.join("b")).unwrap());
-        assert!(a.ends_with(b"Subject: hi\n\nbody\n") && a == b, "{a:?} {b:?}");
-        for path in [new.join("a"), new.join("b")] {
-            assert_eq!(fs::metadata(path).unwrap().permissions().mode() & 0o777, 0o600);
-        }
-        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
-
-        // A copy that cannot be read to its end leaves nothing anywhere, either way.
-        let failing = || Ok(Failing(false));
-        assert!(write_into(&tmp, &new.join("c"), &stamp(&from), failing, anonymous_file).is_err());
-        assert!(write_into(&tmp, &new.join("d"), &stamp(&from), failing, |_: &Path| Ok(None)).is_err());
-        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
-        assert_eq!(fs::read_dir(&new).unwrap().count(), 2);
-
-        // An anonymous copy is never named over a file that has the name already.
-        let refused = write_into(&tmp, &new.join("a"), &stamp(&from), || Ok(&b"other\r\n"[..]), anonymous_file);
-        assert!(matches!(refused, Err(MaildirError::Io(ref e)) if e.contains("exists")), "{refused:?}");
-        assert_eq!(fs::read(new.join("a")).unwrap(), a);
         fs::remove_dir_all(dir).unwrap();
     }
 
