@@ -385,7 +385,10 @@ fn open_owned_as_spool(root: &Path, path: &Path) -> io::Result<File> {
             Ok(file) => {
                 std::os::unix::fs::fchown(&file, Some(owner.uid()), Some(owner.gid()))?;
                 match sys::link_anonymous(&file, path) {
-                    Ok(()) => break file,
+                    // The inode, whose link count the link raised, goes to the disk with it: on
+                    // ext4 without a journal, a power cut could otherwise leave the name
+                    // leading to an inode the disk counts as unlinked, which does not open.
+                    Ok(()) => break file.sync_all().map(|()| file)?,
                     // Another made it first: open theirs.
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                     Err(e) => return Err(e),
