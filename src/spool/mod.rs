@@ -242,19 +242,12 @@ impl Spool {
         if !matches!(self.target, Target::Queue { .. }) || !self.anonymous.load(Ordering::Relaxed) {
             return Ok(None);
         }
-        let made = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_TMPFILE)
-            .open(self.root.join("new"));
-        match made {
+        match open_anonymous(&self.root.join("new")) {
             Ok(file) => {
                 sys::try_lock_exclusive(&file)?; // nobody else can reach it yet
                 Ok(Some(file))
             }
-            // No O_TMPFILE in this kernel (EISDIR) or filesystem (EOPNOTSUPP).
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)) => {
+            Err(e) if no_anonymous_files(&e) => {
                 if self.anonymous.swap(false, Ordering::Relaxed) {
                     ::log::info!(
                         "spool {}: no anonymous files here ({e}): drafts are named in tmp/",
@@ -369,40 +362,48 @@ fn open_lock_file(path: &Path, create: bool) -> io::Result<File> {
     OpenOptions::new().read(true).write(true).create(create).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(path)
 }
 
+/// A file with no name in `dir`, mode 0600, for `sys::link_anonymous` to name (O_TMPFILE).
+fn open_anonymous(dir: &Path) -> io::Result<File> {
+    OpenOptions::new().read(true).write(true).mode(0o600).custom_flags(libc::O_TMPFILE).open(dir)
+}
+
+/// Whether `open_anonymous` failed for want of anonymous files: none in this kernel (EISDIR)
+/// or filesystem (EOPNOTSUPP).
+fn no_anonymous_files(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL))
+}
+
 /// The lock file at `path`, as root: made already owned as the spool `root` is (an anonymous
 /// file, chowned, then named), so that no kill between its making and its chown leaves a file
 /// that the unprivileged daemon cannot open; a file left root-owned by an older version, or
 /// made where there are no anonymous files, is given to the spool's owner.
 fn open_owned_as_spool(root: &Path, path: &Path) -> io::Result<File> {
     let owner = fs::metadata(root)?;
+    let give = |file: &File| std::os::unix::fs::fchown(file, Some(owner.uid()), Some(owner.gid()));
     let file = loop {
         match open_lock_file(path, false) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             opened => break opened?,
         }
-        let made = OpenOptions::new().read(true).write(true).mode(0o600).custom_flags(libc::O_TMPFILE).open(root);
-        match made {
-            Ok(file) => {
-                std::os::unix::fs::fchown(&file, Some(owner.uid()), Some(owner.gid()))?;
-                match sys::link_anonymous(&file, path) {
-                    // The inode, whose link count the link raised, goes to the disk with it: on
-                    // ext4 without a journal, a power cut could otherwise leave the name
-                    // leading to an inode the disk counts as unlinked, which does not open.
-                    Ok(()) => break file.sync_all().map(|()| file)?,
-                    // Another made it first: open theirs.
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                    Err(e) => return Err(e),
-                }
-            }
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)) => {
-                break open_lock_file(path, true)?;
-            }
+        let file = match open_anonymous(root) {
+            Ok(file) => file,
+            Err(e) if no_anonymous_files(&e) => break open_lock_file(path, true)?,
+            Err(e) => return Err(e),
+        };
+        give(&file)?;
+        match sys::link_anonymous(&file, path) {
+            // The inode, whose link count the link raised, goes to the disk with it: on ext4
+            // without a journal, a power cut could otherwise leave the name leading to an
+            // inode the disk counts as unlinked, which does not open.
+            Ok(()) => return file.sync_all().map(|()| file),
+            // Another made it first: open theirs.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
         }
     };
     let meta = file.metadata()?;
     if (meta.uid(), meta.gid()) != (owner.uid(), owner.gid()) {
-        std::os::unix::fs::fchown(&file, Some(owner.uid()), Some(owner.gid()))?;
+        give(&file)?;
     }
     Ok(file)
 }
