@@ -814,6 +814,50 @@ fn mount_type_in(table: &str, device: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// A file with no name (O_TMPFILE), mode 0600, in the directory `dir` is open on: no path is
+/// walked to make it. Fails as `open(2)` with O_TMPFILE does where there are none.
+pub fn open_anonymous_in(dir: &File) -> io::Result<File> {
+    use std::os::fd::FromRawFd;
+    let flags = libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC;
+    // SAFETY: a NUL-terminated path valid for the call; the descriptor returned is new and ours.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), c".".as_ptr(), flags, 0o600 as libc::c_uint) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and nothing else owns it.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Gives the anonymous file `file` the name `name` in the directory `dir` is open on, never
+/// over an existing name, as `link_anonymous` does; through this process's own /proc/PID/fd,
+/// opened once, so that a link looks up one name there and one in `dir`, not two paths.
+pub fn link_anonymous_in(file: &File, dir: &File, name: &str) -> io::Result<()> {
+    let nul = |_| io::Error::other("NUL in a name");
+    let to = CString::new(name).map_err(nul)?;
+    let fd = file.as_raw_fd();
+    let (from_dir, from) = match own_fd_dir() {
+        Some(fds) => (fds, CString::new(fd.to_string()).map_err(nul)?),
+        None => (libc::AT_FDCWD, CString::new(format!("/proc/self/fd/{fd}")).map_err(nul)?),
+    };
+    // SAFETY: two NUL-terminated names valid for the call and two open descriptors (or
+    // AT_FDCWD); linkat only reads them.
+    let r = unsafe { libc::linkat(from_dir, from.as_ptr(), dir.as_raw_fd(), to.as_ptr(), libc::AT_SYMLINK_FOLLOW) };
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// This process's /proc/PID/fd, opened at the first call; `None` where /proc cannot be
+/// opened, and in a child forked after the first call, whose descriptors it does not list.
+fn own_fd_dir() -> Option<RawFd> {
+    static OPENED: std::sync::OnceLock<Option<(u32, File)>> = std::sync::OnceLock::new();
+    let (pid, dir) = OPENED
+        .get_or_init(|| {
+            let pid = std::process::id();
+            File::open(format!("/proc/{pid}/fd")).ok().map(|dir| (pid, dir))
+        })
+        .as_ref()?;
+    (*pid == std::process::id()).then(|| dir.as_raw_fd())
+}
+
 /// Gives the anonymous file `file` (opened with O_TMPFILE) the name `to`, never over an
 /// existing name (linkat(2) fails with EEXIST). Through /proc/self/fd, which needs no
 /// privilege, where AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH.

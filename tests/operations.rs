@@ -275,6 +275,8 @@ fn the_reply_comes_only_after_the_renamed_file_is_synced() {
     let wrapper = [
         "strace",
         "-f",
+        // Each descriptor with its path: the draft is made and named relative to new/'s.
+        "-y",
         "-e",
         "trace=openat,pwrite64,fsync,fdatasync,syncfs,link,linkat,rename,renameat2,write,sendto",
         "-o",
@@ -296,16 +298,20 @@ fn the_reply_comes_only_after_the_renamed_file_is_synced() {
     let open = position(
         &|l| {
             l.contains("openat(")
-                && ((l.contains("spool/new\"") && l.contains("O_TMPFILE"))
+                && ((l.contains("spool/new>") && l.contains("O_TMPFILE"))
                     || (l.contains(&format!("tmp/{id}")) && l.contains("O_EXCL")))
         },
         0,
     );
-    let fd = text.lines().nth(open).unwrap().rsplit("= ").next().unwrap().trim().to_string();
-    let digits = position(&|l| l.contains(&format!("pwrite64({fd},")) && l.contains("\\ncheck: "), open);
-    let link = position(&|l| (l.contains("link") || l.contains("rename")) && l.contains(&format!("new/{id}")), digits);
+    // `= 7</.../spool/new/#1234 (deleted)>`: the descriptor's number.
+    let returned = text.lines().nth(open).unwrap().rsplit("= ").next().unwrap();
+    let fd: String = returned.chars().take_while(char::is_ascii_digit).collect();
+    let on_draft = |l: &str, call: &str| ["<", ",", ")"].iter().any(|end| l.contains(&format!("{call}({fd}{end}")));
+    let digits = position(&|l| on_draft(l, "pwrite64") && l.contains("\\ncheck: "), open);
+    let named = |l: &str| l.contains(&format!("new/{id}")) || l.contains(&format!("spool/new>, \"{id}\""));
+    let link = position(&|l| (l.contains("link") || l.contains("rename")) && named(l), digits);
     assert!(!text.lines().nth(link).unwrap().contains("rename("), "a plain rename could overwrite");
-    let file_sync = position(&|l| l.contains(&format!("fsync({fd})")), link);
+    let file_sync = position(&|l| on_draft(l, "fsync"), link);
     let reply_sent = position(&|l| l.contains("250 2.0.0 Ok: queued as"), 0);
     assert!(open < digits && digits < link && link < file_sync && file_sync < reply_sent, "{text}");
 }

@@ -8,11 +8,14 @@
 //! feed it. A message is fed in two steps, its header section, then its body in pieces, so
 //! that the server hashes the body as it streams.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use openssl::hash::{MessageDigest, hash};
+use openssl::md::Md;
 use openssl::pkey::{Id, PKey, Public};
+use openssl::pkey_ctx::PkeyCtx;
+use openssl::rsa::Padding;
 use openssl::sign::Verifier as OpensslVerifier;
 
 use super::canon::{self, Body, Canon};
@@ -120,7 +123,10 @@ fn tag<'a>(tags: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 /// Base64 with the white space that folding puts in it removed (§3.5, `b=`, `bh=`, `p=`).
 fn base64(value: &str) -> Result<Vec<u8>, String> {
-    let compact: String = value.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let mut compact = Vec::with_capacity(value.len());
+    compact.extend(value.bytes().filter(|b| !b.is_ascii_whitespace()));
+    // Only ASCII octets were taken out of UTF-8, so what is left is UTF-8 still.
+    let compact = String::from_utf8(compact).map_err(|_| "bad base64".to_string())?;
     openssl::base64::decode_block(&compact).map_err(|_| "bad base64".to_string())
 }
 
@@ -272,13 +278,47 @@ fn parse_signature(value: &[u8], now: u64) -> Result<Signature, Unusable> {
 }
 
 /// A key record read (§3.6.1).
+#[derive(Clone)]
 struct KeyRecord {
     key: PKey<Public>,
     /// `t=s`: `i=` must be in `d=` itself, not a subdomain.
     strict: bool,
+    /// An RSA key's context, set up once to check PKCS #1 v1.5 signatures of SHA-256 digests
+    /// (RFC 8017 §8.2.2): setting one up costs more than a check, and the checks of one key
+    /// take turns at it.
+    rsa: Option<Arc<Mutex<PkeyCtx<Public>>>>,
 }
 
+/// `key`'s context for `KeyRecord::rsa`.
+fn rsa_checker(key: &PKey<Public>) -> Result<PkeyCtx<Public>, openssl::error::ErrorStack> {
+    let mut ctx = PkeyCtx::new(key)?;
+    ctx.verify_init()?;
+    ctx.set_rsa_padding(Padding::PKCS1)?;
+    ctx.set_signature_md(Md::sha256())?;
+    Ok(ctx)
+}
+
+/// A key record read, from `READ_KEYS` when the same record was read for the same algorithm
+/// lately: reading one (its tags, its base64, the key's DER) costs more than the signature
+/// check itself, and a busy sender signs every message with the same key.
 fn parse_key(record: &[u8], algorithm: Algorithm) -> Result<KeyRecord, (DkimResult, String)> {
+    let lock = || READ_KEYS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, _, read)) = lock().iter().find(|(a, r, _)| *a == algorithm && r == record) {
+        return read.clone();
+    }
+    let read = read_key(record, algorithm);
+    if matches!(read, Err((DkimResult::TempError, _))) {
+        return read; // the library's failure, not the record's
+    }
+    let mut kept = lock();
+    if kept.len() == READ_KEYS_KEPT {
+        _ = kept.remove(0);
+    }
+    kept.push((algorithm, record.to_vec(), read.clone()));
+    read
+}
+
+fn read_key(record: &[u8], algorithm: Algorithm) -> Result<KeyRecord, (DkimResult, String)> {
     let perm = |reason: &str| (DkimResult::PermError, reason.to_string());
     let tags = parse_tags(record).map_err(|e| perm(&format!("key record: {e}")))?;
     if let Some(i) = tags.iter().position(|(n, _)| n == "v") {
@@ -312,14 +352,12 @@ fn parse_key(record: &[u8], algorithm: Algorithm) -> Result<KeyRecord, (DkimResu
         return Err((DkimResult::Fail, "key revoked".into()));
     }
     let key = if kind == "ed25519" {
-        decoded(Id::ED25519, &data, || PKey::public_key_from_raw_bytes(&data, Id::ED25519))
+        PKey::public_key_from_raw_bytes(&data, Id::ED25519)
             .map_err(|_| perm("key record's p= is not an Ed25519 key"))?
     } else {
-        let key = decoded(Id::RSA, &data, || {
-            PKey::public_key_from_der(&data)
-                .or_else(|_| openssl::rsa::Rsa::public_key_from_der_pkcs1(&data).and_then(PKey::from_rsa))
-        })
-        .map_err(|_| perm("key record's p= is not an RSA key"))?;
+        let key = PKey::public_key_from_der(&data)
+            .or_else(|_| openssl::rsa::Rsa::public_key_from_der_pkcs1(&data).and_then(PKey::from_rsa))
+            .map_err(|_| perm("key record's p= is not an RSA key"))?;
         if key.id() != Id::RSA {
             return Err(perm("key record's p= is not an RSA key"));
         }
@@ -332,34 +370,22 @@ fn parse_key(record: &[u8], algorithm: Algorithm) -> Result<KeyRecord, (DkimResu
         }
         key
     };
-    Ok(KeyRecord { key, strict: flags.iter().any(|f| f == "s") })
+    let rsa = match key.id() {
+        Id::RSA => {
+            let ctx = rsa_checker(&key).map_err(|e| (DkimResult::TempError, format!("cannot check RSA: {e}")))?;
+            Some(Arc::new(Mutex::new(ctx)))
+        }
+        _ => None,
+    };
+    Ok(KeyRecord { key, strict: flags.iter().any(|f| f == "s"), rsa })
 }
 
-/// Public keys decoded lately, by their kind and `p=` octets: decoding one costs more than
-/// the signature check itself, and a busy sender signs every message with the same key.
-static DECODED: Mutex<Vec<Decoded>> = Mutex::new(Vec::new());
-type Decoded = (Id, Vec<u8>, PKey<Public>);
-const DECODED_KEYS: usize = 32;
-
-/// The key of `kind` that `data` decodes to, from `DECODED` or by `decode` (then kept, the
-/// oldest going).
-fn decoded(
-    kind: Id,
-    data: &[u8],
-    decode: impl FnOnce() -> Result<PKey<Public>, openssl::error::ErrorStack>,
-) -> Result<PKey<Public>, openssl::error::ErrorStack> {
-    let lock = || DECODED.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, _, key)) = lock().iter().find(|(k, d, _)| *k == kind && d == data) {
-        return Ok(key.clone());
-    }
-    let key = decode()?;
-    let mut keys = lock();
-    if keys.len() == DECODED_KEYS {
-        keys.remove(0);
-    }
-    keys.push((kind, data.to_vec(), key.clone()));
-    Ok(key)
-}
+/// Key records read lately, with what each read to for an algorithm (a key, or why there is
+/// none: a record says the same each time it is read); at most `READ_KEYS_KEPT`, the oldest
+/// going first.
+static READ_KEYS: Mutex<Vec<ReadKey>> = Mutex::new(Vec::new());
+type ReadKey = (Algorithm, Vec<u8>, Result<KeyRecord, (DkimResult, String)>);
+const READ_KEYS_KEPT: usize = 32;
 
 /// The `DKIM-Signature:` field's value with the value of its `b=` tag removed, white space
 /// around it too (§3.7): what its own hash covers.
@@ -537,9 +563,10 @@ fn check_one(
     let crypto = |e: openssl::error::ErrorStack| (DkimResult::Fail, format!("signature did not verify: {e}"));
     let good = match signature.algorithm {
         Algorithm::RsaSha256 => {
-            let mut verifier = OpensslVerifier::new(MessageDigest::sha256(), &key.key).map_err(crypto)?;
-            verifier.update(&data).map_err(crypto)?;
-            verifier.verify(&signature.signature).unwrap_or(false)
+            let digest = hash(MessageDigest::sha256(), &data).map_err(crypto)?;
+            let Some(checker) = &key.rsa else { return Err(perm("key record's p= is not an RSA key")) };
+            let mut checker = checker.lock().unwrap_or_else(|e| e.into_inner());
+            checker.verify(&digest, &signature.signature).unwrap_or(false)
         }
         Algorithm::Ed25519Sha256 => {
             // RFC 8463 §3: PureEdDSA over the SHA-256 hash of the data.
@@ -741,7 +768,7 @@ mod tests {
     }
 
     #[test]
-    fn a_decoded_key_is_kept_for_its_kind_only() {
+    fn a_key_record_read_is_kept_for_its_algorithm_only() {
         let (_, record) = crate::dkim::generate(false, 2048).unwrap();
         let rsa = parse_key(record.as_bytes(), Algorithm::RsaSha256).map(|k| k.key.bits());
         assert_eq!(rsa.ok(), Some(2048));
@@ -751,7 +778,7 @@ mod tests {
         let e = parse_key(as_ed25519.as_bytes(), Algorithm::Ed25519Sha256).err();
         assert_eq!(e, Some((DkimResult::PermError, "key record's p= is not an Ed25519 key".into())));
         // More keys than are kept: each is decoded again, and still right.
-        for _ in 0..DECODED_KEYS + 2 {
+        for _ in 0..READ_KEYS_KEPT + 2 {
             let (_, other) = crate::dkim::generate(true, 0).unwrap();
             assert!(parse_key(other.as_bytes(), Algorithm::Ed25519Sha256).is_ok());
         }

@@ -239,10 +239,11 @@ impl Spool {
     /// A file with no name in `new/`'s filesystem, locked, for a draft; `None` where anonymous
     /// files cannot be made (then never tried again by this spool).
     fn anonymous_file(&self) -> io::Result<Option<File>> {
-        if !matches!(self.target, Target::Queue { .. }) || !self.anonymous.load(Ordering::Relaxed) {
+        let Target::Queue { new_dir } = &self.target else { return Ok(None) };
+        if !self.anonymous.load(Ordering::Relaxed) {
             return Ok(None);
         }
-        match open_anonymous(&self.root.join("new")) {
+        match sys::open_anonymous_in(new_dir) {
             Ok(file) => {
                 sys::try_lock_exclusive(&file)?; // nobody else can reach it yet
                 Ok(Some(file))
@@ -925,6 +926,10 @@ impl Draft<'_> {
         };
         let queued = self.spool.path(dir, &self.id);
         match &self.path {
+            None if dir == "new" => {
+                sys::link_anonymous_in(&self.file, new_dir, self.id.as_str())?;
+                self.moved = true;
+            }
             None => {
                 sys::link_anonymous(&self.file, &queued)?;
                 self.moved = true;
