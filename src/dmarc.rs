@@ -75,7 +75,7 @@ pub fn parse_record(text: &[u8]) -> Result<Option<Record>, String> {
         return Ok(None);
     }
     let tags = parse_tags(text)?;
-    let tag = |name: &str| tags.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
+    let tag = |name: &str| tags.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| *v);
     // §6.6.3: a record without a valid p= but with a rua= is read as p=none.
     let policy = match tag("p").map(Policy::parse) {
         Some(Some(policy)) => policy,

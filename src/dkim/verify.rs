@@ -74,8 +74,8 @@ pub struct Verdict {
 /// §3.2: a tag-list as (name, value) pairs, each value with white space at its ends removed
 /// (white space inside kept). A tag named twice, a bad name or a character outside VALCHAR
 /// and white space makes the whole list invalid.
-pub fn parse_tags(text: &[u8]) -> Result<Vec<(String, String)>, String> {
-    let mut tags: Vec<(String, String)> = Vec::new();
+pub fn parse_tags(text: &[u8]) -> Result<Vec<(&str, &str)>, String> {
+    let mut tags: Vec<(&str, &str)> = Vec::new();
     let specs: Vec<&[u8]> = text.split(|&b| b == b';').collect();
     for (i, spec) in specs.iter().enumerate() {
         let spec = trim_fws(spec);
@@ -98,7 +98,9 @@ pub fn parse_tags(text: &[u8]) -> Result<Vec<(String, String)>, String> {
         if !value.iter().all(|&b| matches!(b, 0x21..=0x3A | 0x3C..=0x7E | b' ' | b'\t' | b'\r' | b'\n')) {
             return Err(format!("tag {} has a character a tag value cannot hold", String::from_utf8_lossy(name)));
         }
-        let (name, value) = (String::from_utf8_lossy(name).into_owned(), String::from_utf8_lossy(value).into_owned());
+        // Both are ASCII by now (the checks above), so both are UTF-8.
+        let ascii = |octets| std::str::from_utf8(octets).map_err(|_| "a tag that is not ASCII".to_string());
+        let (name, value) = (ascii(name)?, ascii(value)?);
         if tags.iter().any(|(n, _)| *n == name) {
             return Err(format!("tag {name} is given twice"));
         }
@@ -117,8 +119,8 @@ fn trim_fws(mut s: &[u8]) -> &[u8] {
     s
 }
 
-fn tag<'a>(tags: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    tags.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+fn tag<'a>(tags: &[(&'a str, &'a str)], name: &str) -> Option<&'a str> {
+    tags.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
 }
 
 /// Base64 with the white space that folding puts in it removed (§3.5, `b=`, `bh=`, `p=`).
@@ -283,19 +285,50 @@ struct KeyRecord {
     key: PKey<Public>,
     /// `t=s`: `i=` must be in `d=` itself, not a subdomain.
     strict: bool,
-    /// An RSA key's context, set up once to check PKCS #1 v1.5 signatures of SHA-256 digests
-    /// (RFC 8017 §8.2.2): setting one up costs more than a check, and the checks of one key
-    /// take turns at it.
-    rsa: Option<Arc<Mutex<PkeyCtx<Public>>>>,
+    /// An RSA key's contexts for its checks: `Some` for every RSA key.
+    rsa: Option<Arc<RsaCheckers>>,
 }
 
-/// `key`'s context for `KeyRecord::rsa`.
-fn rsa_checker(key: &PKey<Public>) -> Result<PkeyCtx<Public>, openssl::error::ErrorStack> {
-    let mut ctx = PkeyCtx::new(key)?;
-    ctx.verify_init()?;
-    ctx.set_rsa_padding(Padding::PKCS1)?;
-    ctx.set_signature_md(Md::sha256())?;
-    Ok(ctx)
+/// Contexts set up to check PKCS #1 v1.5 signatures of SHA-256 digests (RFC 8017 §8.2.2)
+/// with one RSA key: setting one up costs more than a check, so each is kept for the next.
+/// A check takes one of its own and gives it back, and holds no lock while it checks.
+struct RsaCheckers {
+    key: PKey<Public>,
+    idle: Mutex<Vec<PkeyCtx<Public>>>,
+}
+
+/// Contexts kept idle per key at most: as many as checks run at once, within reason.
+const IDLE_CHECKERS: usize = 16;
+
+impl RsaCheckers {
+    fn new(key: &PKey<Public>) -> Result<RsaCheckers, openssl::error::ErrorStack> {
+        let first = RsaCheckers::context(key)?;
+        Ok(RsaCheckers { key: key.clone(), idle: Mutex::new(vec![first]) })
+    }
+
+    fn context(key: &PKey<Public>) -> Result<PkeyCtx<Public>, openssl::error::ErrorStack> {
+        let mut ctx = PkeyCtx::new(key)?;
+        ctx.verify_init()?;
+        ctx.set_rsa_padding(Padding::PKCS1)?;
+        ctx.set_signature_md(Md::sha256())?;
+        Ok(ctx)
+    }
+
+    /// Whether `signature` is the key's over `digest`.
+    fn check(&self, digest: &[u8], signature: &[u8]) -> Result<bool, openssl::error::ErrorStack> {
+        let lock = || self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let kept = lock().pop();
+        let mut ctx = match kept {
+            Some(ctx) => ctx,
+            None => RsaCheckers::context(&self.key)?,
+        };
+        let good = ctx.verify(digest, signature).unwrap_or(false);
+        let mut idle = lock();
+        if idle.len() < IDLE_CHECKERS {
+            idle.push(ctx);
+        }
+        Ok(good)
+    }
 }
 
 /// A key record read, from `READ_KEYS` when the same record was read for the same algorithm
@@ -321,7 +354,7 @@ fn parse_key(record: &[u8], algorithm: Algorithm) -> Result<KeyRecord, (DkimResu
 fn read_key(record: &[u8], algorithm: Algorithm) -> Result<KeyRecord, (DkimResult, String)> {
     let perm = |reason: &str| (DkimResult::PermError, reason.to_string());
     let tags = parse_tags(record).map_err(|e| perm(&format!("key record: {e}")))?;
-    if let Some(i) = tags.iter().position(|(n, _)| n == "v") {
+    if let Some(i) = tags.iter().position(|(n, _)| *n == "v") {
         // §3.6.1: if present, v= is first and DKIM1.
         if i != 0 || tags[0].1 != "DKIM1" {
             return Err(perm("key record version is not DKIM1"));
@@ -372,8 +405,9 @@ fn read_key(record: &[u8], algorithm: Algorithm) -> Result<KeyRecord, (DkimResul
     };
     let rsa = match key.id() {
         Id::RSA => {
-            let ctx = rsa_checker(&key).map_err(|e| (DkimResult::TempError, format!("cannot check RSA: {e}")))?;
-            Some(Arc::new(Mutex::new(ctx)))
+            let checkers =
+                RsaCheckers::new(&key).map_err(|e| (DkimResult::TempError, format!("cannot check RSA: {e}")))?;
+            Some(Arc::new(checkers))
         }
         _ => None,
     };
@@ -564,9 +598,10 @@ fn check_one(
     let good = match signature.algorithm {
         Algorithm::RsaSha256 => {
             let digest = hash(MessageDigest::sha256(), &data).map_err(crypto)?;
-            let Some(checker) = &key.rsa else { return Err(perm("key record's p= is not an RSA key")) };
-            let mut checker = checker.lock().unwrap_or_else(|e| e.into_inner());
-            checker.verify(&digest, &signature.signature).unwrap_or(false)
+            let Some(checkers) = &key.rsa else { return Err(perm("key record's p= is not an RSA key")) };
+            checkers
+                .check(&digest, &signature.signature)
+                .map_err(|e| (DkimResult::TempError, format!("cannot check RSA: {e}")))?
         }
         Algorithm::Ed25519Sha256 => {
             // RFC 8463 §3: PureEdDSA over the SHA-256 hash of the data.
@@ -788,7 +823,7 @@ mod tests {
     #[test]
     fn tag_lists() {
         let tags = parse_tags(b" v = 1 ;\r\n\tb= ab\r\n cd ; x=;").unwrap();
-        assert_eq!(tags, [("v".into(), "1".into()), ("b".into(), "ab\r\n cd".into()), ("x".into(), "".into())]);
+        assert_eq!(tags, [("v", "1"), ("b", "ab\r\n cd"), ("x", "")]);
         assert!(parse_tags(b"v=1;;b=2").is_err());
         assert!(parse_tags(b"1v=1").is_err());
         assert!(parse_tags(b"v").is_err());
