@@ -812,7 +812,7 @@ mod tests {
         let as_ed25519 = record.replace("k=rsa", "k=ed25519");
         let e = parse_key(as_ed25519.as_bytes(), Algorithm::Ed25519Sha256).err();
         assert_eq!(e, Some((DkimResult::PermError, "key record's p= is not an Ed25519 key".into())));
-        // More keys than are kept: each is decoded again, and still right.
+        // More records than are kept: each is read again, and still right.
         for _ in 0..READ_KEYS_KEPT + 2 {
             let (_, other) = crate::dkim::generate(true, 0).unwrap();
             assert!(parse_key(other.as_bytes(), Algorithm::Ed25519Sha256).is_ok());
