@@ -361,6 +361,8 @@ pub struct DeliveryLog {
     appended: Vec<Attempt>,
     /// Lines appended by `append_unsynced` that no fsync has made durable yet.
     unsynced: bool,
+    /// Removed with its message: its blocks go when it is closed, reserved ones with them.
+    removed: bool,
 }
 
 impl DeliveryLog {
@@ -390,7 +392,15 @@ impl DeliveryLog {
             // Made durable by the next append's fdatasync, which writes over what was cut.
             file.set_len(len)?;
         }
-        Ok(DeliveryLog { file, path: path.to_path_buf(), len, reserved_to: len, appended: Vec::new(), unsynced })
+        Ok(DeliveryLog {
+            file,
+            path: path.to_path_buf(),
+            len,
+            reserved_to: len,
+            appended: Vec::new(),
+            unsynced,
+            removed: false,
+        })
     }
 
     /// Makes sure the next `lines` appends have their space on disk, so that a delivery made
@@ -434,9 +444,12 @@ impl DeliveryLog {
         Ok(())
     }
 
-    /// The log was removed with its message: what it holds needs no fsync any more.
+    /// The log was removed with its message: what it holds needs no fsync any more, and
+    /// its reserved space needs no giving back (a truncation is a discard on a filesystem
+    /// mounted with `discard`, and the close frees every block anyway).
     pub fn removed(&mut self) {
         self.unsynced = false;
+        self.removed = true;
     }
 
     /// Appends a `copying` line without a sync: it must outlive a killed run, which the
@@ -461,6 +474,9 @@ impl Drop for DeliveryLog {
         // Left by an error before its sync: made durable as its append would have been.
         if self.unsynced {
             let _ = self.file.sync_data();
+        }
+        if self.removed {
+            return;
         }
         if self.len == 0 {
             let _ = std::fs::remove_file(&self.path);
@@ -630,6 +646,32 @@ mod tests {
         let meta = std::fs::metadata(&path).unwrap();
         assert!(meta.blocks() * 512 <= 8192, "{} blocks still allocated", meta.blocks());
         assert_eq!(read_log(&path).unwrap(), vec![attempt(Outcome::Sent, "ok")]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_log_removed_with_its_message_is_closed_as_it_is() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::env::temp_dir().join(format!("postern-log-removed-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("X.log");
+        let mut log = DeliveryLog::open(&path).unwrap();
+        log.reserve(100).unwrap();
+        log.append_unsynced(&attempt(Outcome::Sent, "ok")).unwrap();
+        // A second name, kept here, shows what the close does to the file once its own is gone.
+        let kept = dir.join("kept");
+        std::fs::hard_link(&path, &kept).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        log.removed();
+        let reserved = std::fs::metadata(&kept).unwrap().blocks();
+        drop(log);
+        assert!(!path.exists(), "not made again");
+        let meta = std::fs::metadata(&kept).unwrap();
+        if reserved * 512 > 8192 {
+            // Where space can be reserved at all: nothing was cut off, since the close frees it.
+            assert_eq!(meta.blocks(), reserved);
+        }
+        assert_eq!(read_log(&kept).unwrap(), vec![attempt(Outcome::Sent, "ok")]);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
