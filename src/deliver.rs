@@ -603,7 +603,9 @@ impl<'a> Runner<'a> {
             let nrcpt = q.envelope.rcpts.len();
             log::info!("{}: from={}, size={}, nrcpt={nrcpt} (queue active)", q.id, q.envelope.from, q.envelope.size);
         }
-        let mut log = DeliveryLog::open(&log_path).map_err(|e| self.spool_failure(&q.id, &log_path, e))?;
+        // Made when the first line or reservation needs it: a message delivered at once
+        // into one maildir never has one (`fixed_copy`).
+        let mut log = DeliveryLog::later(&log_path);
         let mut failed = self.deliver_due(q, &expanded, &plan, &history, &mut log, summary)?;
         failed.splice(0..0, plan.owed_report.iter().cloned());
         let mut made = Vec::new();
@@ -655,11 +657,14 @@ impl<'a> Runner<'a> {
         log: &mut DeliveryLog,
         summary: &mut Summary,
     ) -> Result<Vec<Attempt>, String> {
+        // One copy at once into a maildir: made under its fixed name, with no log unless its
+        // outcome must be kept (doc/queue.md, S3).
+        let fixed = self.fixed_copy(q, expanded, plan, history);
         let mut failed = Vec::new();
         let mut remote: Vec<Copy<'_>> = Vec::new();
         let mut lmtp: Vec<&Expanded> = Vec::new();
         let rewritten = OnceCell::new();
-        for item in expanded.iter().filter(|e| plan.due.contains(&e.key)) {
+        for (index, item) in expanded.iter().enumerate().filter(|(_, e)| plan.due.contains(&e.key)) {
             match &item.target {
                 Ok(Target::Remote(m)) => {
                     remote.push(Copy { to: m, from: self.sender_for(q, item, &rewritten) });
@@ -671,10 +676,28 @@ impl<'a> Runner<'a> {
                 }
                 _ => {}
             }
+            if fixed == Some(index) {
+                // Its name is the message's own for this recipient, so no `copying` line; a
+                // copy made is only remembered, as the message is then removed.
+                let name =
+                    crate::maildir::message_name(&self.config.hostname, q.envelope.arrived, q.id.as_str(), index);
+                if let Some(attempt) = self.attempt(q, item, CopyName::Fixed(name), log) {
+                    crate::fault::crash_point("after-local-copy");
+                    if attempt.outcome == Outcome::Sent {
+                        self.log_outcome(q, item, &attempt);
+                        count(summary, attempt.outcome);
+                        log.remember(&attempt);
+                    } else {
+                        self.reserve(q, log, 1)?;
+                        self.record(q, log, item, attempt, summary, &mut failed)?;
+                    }
+                }
+                continue;
+            }
             // The outcome, and a `copying` line before it; what came before is durable first.
             self.sync(q, log)?;
             self.reserve(q, log, 2)?;
-            if let Some(attempt) = self.attempt(q, item, interrupted_copy(history, &item.key), log) {
+            if let Some(attempt) = self.attempt(q, item, CopyName::Noted(interrupted_copy(history, &item.key)), log) {
                 crate::fault::crash_point("after-local-copy");
                 self.record(q, log, item, attempt, summary, &mut failed)?;
             }
@@ -778,6 +801,26 @@ impl<'a> Runner<'a> {
             Ok(_) => all(Event::Transaction(&unexpected)),
             Err(e) => all(Event::Transaction(&e)),
         }
+    }
+
+    /// The place among `expanded` of the one recipient whose copy is made under the
+    /// message's fixed name, with no log: a message never tried, with no history, whose only
+    /// due recipient is a maildir postern writes (itself, or through the root helper), with
+    /// nothing else owed. `None`: the copies are noted in the log, as for any other.
+    fn fixed_copy(&self, q: &Queued, expanded: &[Expanded], plan: &Plan, history: &[Attempt]) -> Option<usize> {
+        let first = q.place == Place::New && history.is_empty();
+        if !first || !plan.expired.is_empty() || !plan.owed_report.is_empty() || plan.warn {
+            return None;
+        }
+        let mut due = expanded.iter().enumerate().filter(|(_, e)| plan.due.contains(&e.key));
+        let (index, item) = due.next()?;
+        let written_here = match &item.target {
+            Ok(Target::Mailbox { owner, .. }) => {
+                self.config.mailbox_transport.is_none() && (owner.is_none() || self.config.mailbox_command.is_none())
+            }
+            _ => false,
+        };
+        (written_here && due.next().is_none()).then_some(index)
     }
 
     /// Makes the lines appended so far durable.
@@ -952,16 +995,11 @@ impl<'a> Runner<'a> {
     }
 
     /// Delivers to one local recipient; `None` when it is remote (see `relay`).
-    /// One local copy. A maildir copy is named and its name noted in the log first; when an
-    /// earlier run noted a copy (`interrupted`) and was killed before its outcome, the copy
-    /// is looked for under that name, and one that is there is recorded, not made again.
-    fn attempt(
-        &self,
-        q: &Queued,
-        item: &Expanded,
-        interrupted: Option<&str>,
-        log: &mut DeliveryLog,
-    ) -> Option<Attempt> {
+    /// One local copy. A maildir copy is named and its name noted in the log first, or has
+    /// the message's fixed name and the queue file is marked first (`CopyName`); when an
+    /// earlier run noted or marked a copy and was killed before its outcome, the copy is
+    /// looked for under that name, and one that is there is recorded, not made again.
+    fn attempt(&self, q: &Queued, item: &Expanded, copy: CopyName, log: &mut DeliveryLog) -> Option<Attempt> {
         let attempt = |place: Where, event: Event<'_>| attempt(self.now(), item.key.clone(), place, event);
         let target = match &item.target {
             Ok(t) => t,
@@ -997,6 +1035,11 @@ impl<'a> Runner<'a> {
         }
         // A quarantined message goes into the Junk folder where postern writes the maildir.
         let folder = q.envelope.quarantine.then_some(self.config.junk_folder.as_str());
+        let begun = matches!(copy, CopyName::Fixed(_)) && q.copy_begun();
+        let interrupted = match &copy {
+            CopyName::Noted(noted) => *noted,
+            CopyName::Fixed(name) => begun.then_some(name.as_str()),
+        };
         if let Some(name) = interrupted {
             let found = match owner {
                 Some(user) => self.writer.as_ref().and_then(|w| w.look(user, name)),
@@ -1011,20 +1054,32 @@ impl<'a> Runner<'a> {
             log::info!("{}: <{address}> is left for a delivery run started as root", q.id);
             return None;
         }
-        let name = crate::maildir::new_name(&self.config.hostname);
-        let note = Attempt {
-            time: self.now(),
-            outcome: Outcome::Copying,
-            recipient: item.key.clone(),
-            status: None,
-            relay: Where::Maildir,
-            text: name.clone(),
-            protection: None,
+        let name = match copy {
+            CopyName::Noted(_) => {
+                let name = crate::maildir::new_name(&self.config.hostname);
+                let note = Attempt {
+                    time: self.now(),
+                    outcome: Outcome::Copying,
+                    recipient: item.key.clone(),
+                    status: None,
+                    relay: Where::Maildir,
+                    text: name.clone(),
+                    protection: None,
+                };
+                if let Err(e) = log.note(&note) {
+                    // Only the chance to recognise this copy after a crash is lost.
+                    log::warn!("{}: {}: {e}", q.id, self.spool.log_path(&q.id).display());
+                }
+                name
+            }
+            CopyName::Fixed(name) => {
+                if !begun && let Err(e) = q.mark_copy_begun() {
+                    // Only the chance to recognise this copy after a crash is lost.
+                    log::warn!("{}: cannot mark the queue file: {e}", q.id);
+                }
+                name
+            }
         };
-        if let Err(e) = log.note(&note) {
-            // Only the chance to recognise this copy after a crash is lost.
-            log::warn!("{}: {}: {e}", q.id, self.spool.log_path(&q.id).display());
-        }
         crate::fault::crash_point("local-copy-noted");
         if let Some(user) = owner {
             let to = format!("<{address}>");
@@ -1323,6 +1378,17 @@ fn read_headers(q: &Queued) -> Vec<u8> {
     let mut head = Vec::new();
     let _ = q.message().take(64 * 1024).read_to_end(&mut head);
     head
+}
+
+/// How a maildir copy is named, so that a run killed before its outcome is recorded leaves
+/// its successor the name to look for.
+enum CopyName<'a> {
+    /// A fresh name (`maildir::new_name`), noted in the log as a `copying` line first; the
+    /// name a killed run noted, if any.
+    Noted(Option<&'a str>),
+    /// The message's fixed name for this recipient (`maildir::message_name`), the queue
+    /// file marked first (`Queued::mark_copy_begun`).
+    Fixed(String),
 }
 
 /// The name of the maildir copy an earlier run noted for `key` and did not record an

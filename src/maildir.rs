@@ -87,13 +87,15 @@ pub fn deliver_to_maildir<R: Read>(
         (tmp, new) = prepare_folder(maildir, folder, stamp.follow_symlinks)?;
     }
     let tmp_path = tmp.join(name);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp_path)
-        .map_err(|e| MaildirError::from_io(&e, &tmp_path))?;
+    let create =
+        || OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(&tmp_path);
+    // A name is this delivery's alone (`new_name`, `message_name`): one already in tmp/ is
+    // what a killed run of this same delivery left there, and is written again.
+    let created = match create() {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => fs::remove_file(&tmp_path).and_then(|()| create()),
+        other => other,
+    };
+    let mut file = created.map_err(|e| MaildirError::from_io(&e, &tmp_path))?;
     let written = write_message(&mut file, stamp, open().map_err(io_err)?).and_then(|()| file.sync_all());
     if let Err(e) = written {
         let _ = fs::remove_file(&tmp_path);
@@ -236,8 +238,20 @@ fn is_plain_name(name: &str) -> bool {
 pub fn new_name(hostname: &str) -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let count = DELIVERIES.fetch_add(1, Ordering::Relaxed);
-    let host = hostname.replace('/', "\\057").replace(':', "\\072");
-    format!("{}.M{}P{}Q{count}.{host}", now.as_secs(), now.subsec_micros(), std::process::id())
+    format!("{}.M{}P{}Q{count}.{}", now.as_secs(), now.subsec_micros(), std::process::id(), host_part(hostname))
+}
+
+/// The name a message's copy for one of its recipients always has, so that a run can find
+/// the copy a killed run made without having noted its name: `ARRIVED.QID_Rn.HOST`
+/// (`1795431945.Q66209183D50F2005C1D1B85_R0.mail.example.test`), unique per host, message and
+/// recipient (`index`: the recipient's place among the message's own).
+pub fn message_name(hostname: &str, arrived: u64, id: &str, index: usize) -> String {
+    format!("{arrived}.Q{id}_R{index}.{}", host_part(hostname))
+}
+
+/// The host name as a maildir name's last part: `/` and `:` written as `\057` and `\072`.
+fn host_part(hostname: &str) -> String {
+    hostname.replace('/', "\\057").replace(':', "\\072")
 }
 
 /// True when the header section already has `Delivered-To: address` (a forwarding loop).

@@ -31,6 +31,13 @@ fn alice(dir: &Path) -> Vec<String> {
     maildir(&dir.join("maildirs/alice"))
 }
 
+/// Gives bob a mailbox too: a message for alice and bob has two copies, noted in its log.
+fn with_bob(dir: &Path) {
+    let mailboxes = dir.join("mailboxes");
+    let text = std::fs::read_to_string(&mailboxes).unwrap();
+    std::fs::write(&mailboxes, format!("{text}bob: {}/maildirs/bob/\n", dir.display())).unwrap();
+}
+
 /// Runs postern-deliver, acting as if it were `at`.
 fn run(conf: &Path, at: u64) -> (std::process::ExitStatus, String) {
     deliver_with(conf, &[("POSTERN_NOW", &at.to_string())], &[])
@@ -200,23 +207,67 @@ fn killed_after_a_local_copy_the_next_run_finds_it_and_makes_no_second() {
 #[test]
 fn killed_after_the_log_line_the_next_run_only_removes_the_message() {
     let c = setup("");
-    queue(c.dir.path(), "sender@remote.test", &["alice@example.test"], now());
+    with_bob(c.dir.path());
+    let id = queue(c.dir.path(), "sender@remote.test", &["alice@example.test", "bob@example.test"], now());
     crash_at(&c.conf, "before-remove", now());
     assert_eq!(waiting(&c.dir.path().join("spool")).len(), 1);
+    let lines = std::fs::read_to_string(c.dir.path().join(format!("spool/cur/{id}.log"))).unwrap();
+    assert_eq!(lines.matches(" sent <").count(), 2, "{lines}");
     run_ok(&c.conf, now());
     assert_eq!(alice(c.dir.path()).len(), 1, "recorded as sent: not delivered again");
+    assert_eq!(maildir(&c.dir.path().join("maildirs/bob")).len(), 1);
+    assert_queue_empty(c.dir.path());
+}
+
+#[test]
+fn a_message_delivered_at_once_into_one_maildir_has_no_log_and_a_killed_run_is_told_by_its_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = setup("");
+    let spool = c.dir.path().join("spool");
+    let id = queue(c.dir.path(), "sender@remote.test", &["alice@example.test"], now());
+    let mode = |id: &str| std::fs::metadata(spool.join("new").join(id)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&id), 0o600);
+    crash_at(&c.conf, "before-remove", now());
+    // The copy is made under the message's own name, and the queue file says so (ls -l: -rwx------).
+    assert!(!spool.join(format!("cur/{id}.log")).exists(), "no log was made for it");
+    assert_eq!(mode(&id), 0o700);
+    let copies = list(&c.dir.path().join("maildirs/alice/new"));
+    assert_eq!(copies.len(), 1);
+    let name = copies[0].file_name().unwrap().to_str().unwrap().to_string();
+    assert!(name.ends_with(&format!(".Q{id}_R0.mail.example.test")), "{name}");
+    let log = run_ok(&c.conf, now());
+    assert!(log.contains("the copy a killed run made is there; not copied again"), "{log}");
+    assert_eq!(alice(c.dir.path()).len(), 1, "{log}");
+    assert_queue_empty(c.dir.path());
+
+    // Killed while the copy was being written: what it left in tmp/ is written again.
+    let id = queue(c.dir.path(), "sender@remote.test", &["alice@example.test"], now());
+    crash_at(&c.conf, "local-copy-noted", now());
+    assert_eq!(mode(&id), 0o700);
+    let arrived = std::fs::read_to_string(spool.join("new").join(&id)).unwrap();
+    let arrived = arrived.lines().find_map(|l| l.strip_prefix("arrived: ")).unwrap().to_string();
+    let torn = c.dir.path().join(format!("maildirs/alice/tmp/{arrived}.Q{id}_R0.mail.example.test"));
+    std::fs::write(&torn, "Subject: tor").unwrap();
+    let log = run_ok(&c.conf, now());
+    assert!(!log.contains("not copied again"), "{log}");
+    let copies = alice(c.dir.path());
+    assert_eq!(copies.len(), 2, "{log}");
+    assert!(copies.iter().all(|m| m.contains("Subject: queued") && m.ends_with("body\n")), "{copies:?}");
+    assert!(list(&c.dir.path().join("maildirs/alice/tmp")).is_empty());
     assert_queue_empty(c.dir.path());
 }
 
 #[test]
 fn killed_between_removing_a_message_and_its_log_the_log_is_swept() {
     let c = setup("");
-    let id = queue(c.dir.path(), "sender@remote.test", &["alice@example.test"], now());
+    with_bob(c.dir.path());
+    let id = queue(c.dir.path(), "sender@remote.test", &["alice@example.test", "bob@example.test"], now());
     crash_at(&c.conf, "after-message-removed", now());
     assert!(c.dir.path().join(format!("spool/cur/{id}.log")).exists(), "the log is left behind");
     let log = run_ok(&c.conf, now());
     assert!(log.contains("removed a delivery log left without its message"), "{log}");
     assert_eq!(alice(c.dir.path()).len(), 1);
+    assert_eq!(maildir(&c.dir.path().join("maildirs/bob")).len(), 1);
     assert_queue_empty(c.dir.path());
 }
 

@@ -352,8 +352,10 @@ pub fn read_log(path: &Path) -> io::Result<Vec<Attempt>> {
 /// An open log, appended to and synced one line at a time; it remembers what it appended.
 /// Space for the lines still to come is reserved ahead (`reserve`) and given back on drop;
 /// a log that is still empty then is removed, so a run that could write nothing leaves nothing.
+/// A log opened `later` is made only when a line or a reservation needs it.
 pub struct DeliveryLog {
-    file: File,
+    /// `None` until something is written or reserved (`later`).
+    file: Option<File>,
     path: PathBuf,
     len: u64,
     /// The file's blocks are allocated up to here (at least `len`).
@@ -361,6 +363,8 @@ pub struct DeliveryLog {
     appended: Vec<Attempt>,
     /// Lines appended by `append_unsynced` that no fsync has made durable yet.
     unsynced: bool,
+    /// Outcomes `remember`ed and not written yet: written before the next line or sync.
+    pending: Vec<Attempt>,
     /// Removed with its message: its blocks go when it is closed, reserved ones with them.
     removed: bool,
 }
@@ -369,15 +373,39 @@ impl DeliveryLog {
     /// Opens (or makes) the log. A last line a crash tore (no newline) is cut off first: it
     /// is not read (`parse_log`), and the next line appended must not be joined to it.
     pub fn open(path: &Path) -> io::Result<DeliveryLog> {
+        let mut log = DeliveryLog::later(path);
+        log.file()?;
+        Ok(log)
+    }
+
+    /// The log, opened (or made) as `open` does when it is first written to or reserved in:
+    /// a message delivered at once, whose outcomes are only `remember`ed, never has one.
+    pub fn later(path: &Path) -> DeliveryLog {
+        DeliveryLog {
+            file: None,
+            path: path.to_path_buf(),
+            len: 0,
+            reserved_to: 0,
+            appended: Vec::new(),
+            unsynced: false,
+            pending: Vec::new(),
+            removed: false,
+        }
+    }
+
+    fn file(&mut self) -> io::Result<&mut File> {
         use std::io::Read;
         use std::os::unix::fs::FileExt;
+        if let Some(file) = self.file.take() {
+            return Ok(self.file.insert(file));
+        }
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
-            .open(path)?;
+            .open(&self.path)?;
         let mut len = file.metadata()?.len();
         // Only its last octet is read, unless that is not a line end.
         let mut last = [b'\n'];
@@ -392,26 +420,39 @@ impl DeliveryLog {
             // Made durable by the next append's fdatasync, which writes over what was cut.
             file.set_len(len)?;
         }
-        Ok(DeliveryLog {
-            file,
-            path: path.to_path_buf(),
-            len,
-            reserved_to: len,
-            appended: Vec::new(),
-            unsynced,
-            removed: false,
-        })
+        (self.len, self.reserved_to, self.unsynced) = (len, len, unsynced);
+        Ok(self.file.insert(file))
     }
 
     /// Makes sure the next `lines` appends have their space on disk, so that a delivery made
     /// after this call is always recorded. ENOSPC here means: deliver nothing now.
     pub fn reserve(&mut self, lines: usize) -> io::Result<()> {
+        self.file()?;
         let want = self.len.saturating_add((lines as u64).saturating_mul(MAX_LINE as u64));
-        if want <= self.reserved_to {
+        let from = self.reserved_to;
+        if want <= from {
             return Ok(());
         }
-        if sys::reserve_space(&self.file, self.reserved_to, want - self.reserved_to)? {
+        if sys::reserve_space(self.file()?, from, want - from)? {
             self.reserved_to = want;
+        }
+        Ok(())
+    }
+
+    /// Writes one line, made in `to_line`; not synced.
+    fn write_line(&mut self, attempt: &Attempt) -> io::Result<()> {
+        let line = attempt.to_line();
+        self.file()?.write_all(line.as_bytes())?;
+        self.len += line.len() as u64;
+        self.reserved_to = self.reserved_to.max(self.len);
+        self.unsynced = true;
+        Ok(())
+    }
+
+    /// Writes the outcomes remembered so far, before any line that comes after them.
+    fn write_pending(&mut self) -> io::Result<()> {
+        for attempt in std::mem::take(&mut self.pending) {
+            self.write_line(&attempt)?;
         }
         Ok(())
     }
@@ -426,19 +467,26 @@ impl DeliveryLog {
     /// and `sync` makes it durable before the next step that must not be undone by a power
     /// cut. A finished message is removed without it (doc/queue.md, S3 -> S5).
     pub fn append_unsynced(&mut self, attempt: &Attempt) -> io::Result<()> {
-        let line = attempt.to_line();
-        self.file.write_all(line.as_bytes())?;
-        self.len += line.len() as u64;
-        self.reserved_to = self.reserved_to.max(self.len);
+        self.write_pending()?;
+        self.write_line(attempt)?;
         self.appended.push(attempt.clone());
-        self.unsynced = true;
         Ok(())
+    }
+
+    /// Counts an outcome among `appended` without writing it yet: for the copy a message
+    /// delivered at once has under its fixed name, which a killed run's successor finds by
+    /// that name (doc/queue.md, S3). Written before the next line or sync, or when the log
+    /// is dropped without its message having been removed.
+    pub fn remember(&mut self, attempt: &Attempt) {
+        self.appended.push(attempt.clone());
+        self.pending.push(attempt.clone());
     }
 
     /// Makes the lines appended so far durable (one fdatasync, none when they are).
     pub fn sync(&mut self) -> io::Result<()> {
+        self.write_pending()?;
         if self.unsynced {
-            self.file.sync_data()?;
+            self.file()?.sync_data()?;
             self.unsynced = false;
         }
         Ok(())
@@ -449,6 +497,7 @@ impl DeliveryLog {
     /// mounted with `discard`, and the close frees every block anyway).
     pub fn removed(&mut self) {
         self.unsynced = false;
+        self.pending.clear();
         self.removed = true;
     }
 
@@ -456,11 +505,8 @@ impl DeliveryLog {
     /// page cache does, not a power cut, after which a copy may be made twice (doc/queue.md).
     /// It takes reserved space, like any line, and is not among `appended`.
     pub fn note(&mut self, attempt: &Attempt) -> io::Result<()> {
-        let line = attempt.to_line();
-        self.file.write_all(line.as_bytes())?;
-        self.len += line.len() as u64;
-        self.reserved_to = self.reserved_to.max(self.len);
-        Ok(())
+        self.write_pending()?;
+        self.write_line(attempt)
     }
 
     /// The lines appended through this handle, oldest first.
@@ -471,18 +517,22 @@ impl DeliveryLog {
 
 impl Drop for DeliveryLog {
     fn drop(&mut self) {
-        // Left by an error before its sync: made durable as its append would have been.
-        if self.unsynced {
-            let _ = self.file.sync_data();
-        }
         if self.removed {
             return;
+        }
+        // Left by an error before its sync: made durable as its append would have been.
+        if !self.pending.is_empty() {
+            let _ = self.write_pending();
+        }
+        let Some(file) = &self.file else { return };
+        if self.unsynced {
+            let _ = file.sync_data();
         }
         if self.len == 0 {
             let _ = std::fs::remove_file(&self.path);
         } else if self.reserved_to > self.len {
             // Truncating to the same size frees the blocks reserved past the end.
-            let _ = self.file.set_len(self.len);
+            let _ = file.set_len(self.len);
         }
     }
 }

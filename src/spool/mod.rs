@@ -460,6 +460,19 @@ impl Queued {
     pub fn message(&self) -> MessageReader<'_> {
         MessageReader { file: &self.file, pos: self.offset, end: self.offset + self.envelope.size }
     }
+
+    /// Whether a run began a copy of this message under its fixed name without a log: the
+    /// queue file's mode has u+x (`mark_copy_begun`), so that `ls -l` shows it too.
+    pub fn copy_begun(&self) -> bool {
+        self.file.metadata().is_ok_and(|m| m.permissions().mode() & 0o100 != 0)
+    }
+
+    /// Marks the queue file (mode 0700) before a copy under the message's fixed name is made:
+    /// a change of its inode, in memory until written back, so it outlives a killed run as
+    /// the page cache does a log line, and costs no file of its own.
+    pub fn mark_copy_begun(&self) -> io::Result<()> {
+        self.file.set_permissions(fs::Permissions::from_mode(0o700))
+    }
 }
 
 /// Reads a range of a file by position, so several readers can share one descriptor.
