@@ -1148,7 +1148,8 @@ fn a_stopped_or_killed_root_launcher_holds_no_reply() {
         .collect();
     let refused: usize = senders.into_iter().map(|s| s.join().unwrap()).sum();
     assert_eq!(refused, 0, "{}", server.log());
-    assert!(server.log().contains("the delivery launcher is not reading"), "{}", server.log());
+    let log = server.log_with("the delivery launcher is not reading");
+    assert!(log.contains("the delivery launcher is not reading"), "{log}");
     signal("-CONT", pid);
 
     // Killed: reaped, said, and the next message is delivered by the daemon's own child.
