@@ -445,14 +445,15 @@ impl DeliveryLog {
         self.file()?.write_all(line.as_bytes())?;
         self.len += line.len() as u64;
         self.reserved_to = self.reserved_to.max(self.len);
-        self.unsynced = true;
         Ok(())
     }
 
-    /// Writes the outcomes remembered so far, before any line that comes after them.
+    /// Writes the outcomes remembered so far, before any line that comes after them; they
+    /// are then synced as appended ones are.
     fn write_pending(&mut self) -> io::Result<()> {
         for attempt in std::mem::take(&mut self.pending) {
             self.write_line(&attempt)?;
+            self.unsynced = true;
         }
         Ok(())
     }
@@ -470,6 +471,7 @@ impl DeliveryLog {
         self.write_pending()?;
         self.write_line(attempt)?;
         self.appended.push(attempt.clone());
+        self.unsynced = true;
         Ok(())
     }
 
@@ -722,6 +724,34 @@ mod tests {
             assert_eq!(meta.blocks(), reserved);
         }
         assert_eq!(read_log(&kept).unwrap(), vec![attempt(Outcome::Sent, "ok")]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_log_opened_later_is_made_only_for_a_line_that_must_be_kept() {
+        let dir = std::env::temp_dir().join(format!("postern-log-later-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("X.log");
+        // Delivered at once: the outcome is remembered, the message removed, no file made.
+        let mut log = DeliveryLog::later(&path);
+        log.remember(&attempt(Outcome::Sent, "ok"));
+        assert_eq!(log.appended(), &[attempt(Outcome::Sent, "ok")]);
+        log.removed();
+        drop(log);
+        assert!(!path.exists());
+        // Let go without the removal (it failed): what was remembered is written.
+        let mut log = DeliveryLog::later(&path);
+        log.remember(&attempt(Outcome::Sent, "ok"));
+        drop(log);
+        assert_eq!(read_log(&path).unwrap(), vec![attempt(Outcome::Sent, "ok")]);
+        // A line appended after a remembered one comes after it in the file.
+        std::fs::remove_file(&path).unwrap();
+        let mut log = DeliveryLog::later(&path);
+        log.remember(&attempt(Outcome::Sent, "first"));
+        log.append(&attempt(Outcome::Deferred, "second")).unwrap();
+        drop(log);
+        let read = read_log(&path).unwrap();
+        assert_eq!(read, vec![attempt(Outcome::Sent, "first"), attempt(Outcome::Deferred, "second")]);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
