@@ -138,7 +138,8 @@ fn kill_everything(server: Server) -> TempDir {
 /// The crash the queue's copies are made for: the server and its deliveries in flight are
 /// killed at once, three times, under load. Every acknowledged message reaches alice's
 /// maildir exactly once: a copy made but not yet recorded is found by the next run under
-/// the name its run noted, not made a second time (doc/queue.md).
+/// the message's fixed name, which its run marked the queue file for, not made a second
+/// time (doc/queue.md, S3).
 #[test]
 fn killed_with_deliveries_in_flight_nothing_is_lost_or_copied_twice() {
     let mut dir = TempDir::new("instant-kill");
