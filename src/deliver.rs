@@ -684,9 +684,8 @@ impl<'a> Runner<'a> {
                 if let Some(attempt) = self.attempt(q, item, CopyName::Fixed(name), log) {
                     crate::fault::crash_point("after-local-copy");
                     if attempt.outcome == Outcome::Sent {
-                        self.log_outcome(q, item, &attempt);
-                        count(summary, attempt.outcome);
                         log.remember(&attempt);
+                        self.account(q, item, attempt, summary, &mut failed);
                     } else {
                         self.reserve(q, log, 1)?;
                         self.record(q, log, item, attempt, summary, &mut failed)?;
@@ -864,12 +863,17 @@ impl<'a> Runner<'a> {
         failed: &mut Vec<Attempt>,
     ) -> Result<(), String> {
         log.append_unsynced(&attempt).map_err(|e| self.spool_failure(&q.id, &self.spool.log_path(&q.id), e))?;
+        self.account(q, item, attempt, summary, failed);
+        Ok(())
+    }
+
+    /// Logs an outcome and counts it; a bounce is kept for the report.
+    fn account(&self, q: &Queued, item: &Expanded, attempt: Attempt, summary: &mut Summary, failed: &mut Vec<Attempt>) {
         self.log_outcome(q, item, &attempt);
         count(summary, attempt.outcome);
         if attempt.outcome == Outcome::Bounced {
             failed.push(attempt);
         }
-        Ok(())
     }
 
     /// Queues the report for `failed`, then records it with a `reported` line. When it cannot
@@ -1035,10 +1039,9 @@ impl<'a> Runner<'a> {
         }
         // A quarantined message goes into the Junk folder where postern writes the maildir.
         let folder = q.envelope.quarantine.then_some(self.config.junk_folder.as_str());
-        let begun = matches!(copy, CopyName::Fixed(_)) && q.copy_begun();
         let interrupted = match &copy {
             CopyName::Noted(noted) => *noted,
-            CopyName::Fixed(name) => begun.then_some(name.as_str()),
+            CopyName::Fixed(name) => q.copy_begun().then_some(name.as_str()),
         };
         if let Some(name) = interrupted {
             let found = match owner {
@@ -1073,7 +1076,9 @@ impl<'a> Runner<'a> {
                 name
             }
             CopyName::Fixed(name) => {
-                if !begun && let Err(e) = q.mark_copy_begun() {
+                if !q.copy_begun()
+                    && let Err(e) = q.mark_copy_begun()
+                {
                     // Only the chance to recognise this copy after a crash is lost.
                     log::warn!("{}: cannot mark the queue file: {e}", q.id);
                 }

@@ -31,11 +31,23 @@ fn alice(dir: &Path) -> Vec<String> {
     maildir(&dir.join("maildirs/alice"))
 }
 
-/// Gives bob a mailbox too: a message for alice and bob has two copies, noted in its log.
-fn with_bob(dir: &Path) {
-    let mailboxes = dir.join("mailboxes");
+/// A message for alice and bob (bob gets a mailbox too), so two copies noted in its log,
+/// whose delivery run was killed at `point`; with the message's ID.
+fn two_copies_killed_at(point: &str) -> (Crashed, String) {
+    let c = setup("");
+    let mailboxes = c.dir.path().join("mailboxes");
     let text = std::fs::read_to_string(&mailboxes).unwrap();
-    std::fs::write(&mailboxes, format!("{text}bob: {}/maildirs/bob/\n", dir.display())).unwrap();
+    std::fs::write(&mailboxes, format!("{text}bob: {}/maildirs/bob/\n", c.dir.path().display())).unwrap();
+    let id = queue(c.dir.path(), "sender@remote.test", &["alice@example.test", "bob@example.test"], now());
+    crash_at(&c.conf, point, now());
+    (c, id)
+}
+
+/// Each of alice and bob has one copy, and nothing is left in the spool.
+fn assert_one_copy_each(dir: &Path) {
+    assert_eq!(alice(dir).len(), 1, "not delivered again");
+    assert_eq!(maildir(&dir.join("maildirs/bob")).len(), 1);
+    assert_queue_empty(dir);
 }
 
 /// Runs postern-deliver, acting as if it were `at`.
@@ -206,17 +218,13 @@ fn killed_after_a_local_copy_the_next_run_finds_it_and_makes_no_second() {
 
 #[test]
 fn killed_after_the_log_line_the_next_run_only_removes_the_message() {
-    let c = setup("");
-    with_bob(c.dir.path());
-    let id = queue(c.dir.path(), "sender@remote.test", &["alice@example.test", "bob@example.test"], now());
-    crash_at(&c.conf, "before-remove", now());
+    let (c, id) = two_copies_killed_at("before-remove");
     assert_eq!(waiting(&c.dir.path().join("spool")).len(), 1);
     let lines = std::fs::read_to_string(c.dir.path().join(format!("spool/cur/{id}.log"))).unwrap();
     assert_eq!(lines.matches(" sent <").count(), 2, "{lines}");
     run_ok(&c.conf, now());
-    assert_eq!(alice(c.dir.path()).len(), 1, "recorded as sent: not delivered again");
-    assert_eq!(maildir(&c.dir.path().join("maildirs/bob")).len(), 1);
-    assert_queue_empty(c.dir.path());
+    // Recorded as sent: not delivered again.
+    assert_one_copy_each(c.dir.path());
 }
 
 #[test]
@@ -259,16 +267,11 @@ fn a_message_delivered_at_once_into_one_maildir_has_no_log_and_a_killed_run_is_t
 
 #[test]
 fn killed_between_removing_a_message_and_its_log_the_log_is_swept() {
-    let c = setup("");
-    with_bob(c.dir.path());
-    let id = queue(c.dir.path(), "sender@remote.test", &["alice@example.test", "bob@example.test"], now());
-    crash_at(&c.conf, "after-message-removed", now());
+    let (c, id) = two_copies_killed_at("after-message-removed");
     assert!(c.dir.path().join(format!("spool/cur/{id}.log")).exists(), "the log is left behind");
     let log = run_ok(&c.conf, now());
     assert!(log.contains("removed a delivery log left without its message"), "{log}");
-    assert_eq!(alice(c.dir.path()).len(), 1);
-    assert_eq!(maildir(&c.dir.path().join("maildirs/bob")).len(), 1);
-    assert_queue_empty(c.dir.path());
+    assert_one_copy_each(c.dir.path());
 }
 
 #[test]

@@ -370,8 +370,7 @@ pub struct DeliveryLog {
 }
 
 impl DeliveryLog {
-    /// Opens (or makes) the log. A last line a crash tore (no newline) is cut off first: it
-    /// is not read (`parse_log`), and the next line appended must not be joined to it.
+    /// Opens (or makes) the log at once (`open_log`: a last line a crash tore is cut off).
     pub fn open(path: &Path) -> io::Result<DeliveryLog> {
         let mut log = DeliveryLog::later(path);
         log.file()?;
@@ -393,40 +392,23 @@ impl DeliveryLog {
         }
     }
 
+    /// The file, opened (or made) by `open_log` the first time it is needed.
     fn file(&mut self) -> io::Result<&mut File> {
-        use std::io::Read;
-        use std::os::unix::fs::FileExt;
-        if let Some(file) = self.file.take() {
-            return Ok(self.file.insert(file));
-        }
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&self.path)?;
-        let mut len = file.metadata()?.len();
-        // Only its last octet is read, unless that is not a line end.
-        let mut last = [b'\n'];
-        if len > 0 {
-            file.read_exact_at(&mut last, len - 1)?;
-        }
-        let unsynced = last[0] != b'\n';
-        if unsynced {
-            let mut text = Vec::new();
-            file.read_to_end(&mut text)?;
-            len = text.iter().rposition(|&b| b == b'\n').map_or(0, |at| at as u64 + 1);
-            // Made durable by the next append's fdatasync, which writes over what was cut.
-            file.set_len(len)?;
-        }
-        (self.len, self.reserved_to, self.unsynced) = (len, len, unsynced);
+        let file = match self.file.take() {
+            Some(file) => file,
+            None => {
+                let (file, len, unsynced) = open_log(&self.path)?;
+                (self.len, self.reserved_to, self.unsynced) = (len, len, unsynced);
+                file
+            }
+        };
         Ok(self.file.insert(file))
     }
 
     /// Makes sure the next `lines` appends have their space on disk, so that a delivery made
     /// after this call is always recorded. ENOSPC here means: deliver nothing now.
     pub fn reserve(&mut self, lines: usize) -> io::Result<()> {
+        // Opened first: the length counted from is the file's.
         self.file()?;
         let want = self.len.saturating_add((lines as u64).saturating_mul(MAX_LINE as u64));
         let from = self.reserved_to;
@@ -498,8 +480,6 @@ impl DeliveryLog {
     /// its reserved space needs no giving back (a truncation is a discard on a filesystem
     /// mounted with `discard`, and the close frees every block anyway).
     pub fn removed(&mut self) {
-        self.unsynced = false;
-        self.pending.clear();
         self.removed = true;
     }
 
@@ -517,15 +497,43 @@ impl DeliveryLog {
     }
 }
 
+/// Opens (or makes) a log for appending: the file, the length it is kept to, and whether
+/// that length was cut (a last line a crash tore, with no newline, is cut off: it is not
+/// read, `parse_log`, and the next line appended must not be joined to it; the cut is made
+/// durable by that line's fdatasync, which writes over what was cut).
+fn open_log(path: &Path) -> io::Result<(File, u64, bool)> {
+    use std::io::Read;
+    use std::os::unix::fs::FileExt;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let mut len = file.metadata()?.len();
+    // Only its last octet is read, unless that is not a line end.
+    let mut last = [b'\n'];
+    if len > 0 {
+        file.read_exact_at(&mut last, len - 1)?;
+    }
+    let cut = last[0] != b'\n';
+    if cut {
+        let mut text = Vec::new();
+        file.read_to_end(&mut text)?;
+        len = text.iter().rposition(|&b| b == b'\n').map_or(0, |at| at as u64 + 1);
+        file.set_len(len)?;
+    }
+    Ok((file, len, cut))
+}
+
 impl Drop for DeliveryLog {
     fn drop(&mut self) {
         if self.removed {
             return;
         }
         // Left by an error before its sync: made durable as its append would have been.
-        if !self.pending.is_empty() {
-            let _ = self.write_pending();
-        }
+        let _ = self.write_pending();
         let Some(file) = &self.file else { return };
         if self.unsynced {
             let _ = file.sync_data();
@@ -553,6 +561,15 @@ mod tests {
             text: text.into(),
             protection: None,
         }
+    }
+
+    /// An empty directory of the test's own (`tag`), and the path of a log in it.
+    fn scratch(tag: &str) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("postern-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("X.log");
+        (dir, path)
     }
 
     #[test]
@@ -684,9 +701,7 @@ mod tests {
     #[test]
     fn an_empty_log_is_not_left_behind_and_reserved_space_is_returned() {
         use std::os::unix::fs::MetadataExt;
-        let dir = std::env::temp_dir().join(format!("postern-log-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("X.log");
+        let (dir, path) = scratch("log");
         let mut log = DeliveryLog::open(&path).unwrap();
         log.reserve(100).unwrap();
         drop(log);
@@ -704,9 +719,7 @@ mod tests {
     #[test]
     fn a_log_removed_with_its_message_is_closed_as_it_is() {
         use std::os::unix::fs::MetadataExt;
-        let dir = std::env::temp_dir().join(format!("postern-log-removed-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("X.log");
+        let (dir, path) = scratch("log-removed");
         let mut log = DeliveryLog::open(&path).unwrap();
         log.reserve(100).unwrap();
         log.append_unsynced(&attempt(Outcome::Sent, "ok")).unwrap();
@@ -729,9 +742,7 @@ mod tests {
 
     #[test]
     fn a_log_opened_later_is_made_only_for_a_line_that_must_be_kept() {
-        let dir = std::env::temp_dir().join(format!("postern-log-later-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("X.log");
+        let (dir, path) = scratch("log-later");
         // Delivered at once: the outcome is remembered, the message removed, no file made.
         let mut log = DeliveryLog::later(&path);
         log.remember(&attempt(Outcome::Sent, "ok"));

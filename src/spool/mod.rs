@@ -411,10 +411,12 @@ fn open_owned_as_spool(root: &Path, path: &Path) -> io::Result<File> {
 
 /// Whether `path` still names the file open as `file` (it was not removed or replaced).
 pub(crate) fn is_same_file(file: &File, path: &Path) -> bool {
-    match (file.metadata(), fs::symlink_metadata(path)) {
-        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
-        _ => false,
-    }
+    file.metadata().is_ok_and(|meta| names(path, &meta))
+}
+
+/// Whether `path` names the file whose metadata (from its descriptor) is `meta`.
+fn names(path: &Path, meta: &fs::Metadata) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|at| at.ino() == meta.ino() && at.dev() == meta.dev())
 }
 
 /// Where a queued message is.
@@ -443,6 +445,8 @@ pub struct Queued {
     file: File,
     /// Where the message starts in the file (after the envelope block).
     offset: u64,
+    /// The queue file's mode had u+x when it was locked (`copy_begun`).
+    begun: bool,
 }
 
 /// Why a queued message could not be opened.
@@ -462,9 +466,10 @@ impl Queued {
     }
 
     /// Whether a run began a copy of this message under its fixed name without a log: the
-    /// queue file's mode has u+x (`mark_copy_begun`), so that `ls -l` shows it too.
+    /// queue file's mode had u+x (`mark_copy_begun`), which `ls -l` shows too, when this run
+    /// took its lock.
     pub fn copy_begun(&self) -> bool {
-        self.file.metadata().is_ok_and(|m| m.permissions().mode() & 0o100 != 0)
+        self.begun
     }
 
     /// Marks the queue file (mode 0700) before a copy under the message's fixed name is made:
@@ -591,8 +596,10 @@ impl Spool {
         if !sys::try_lock_exclusive(&file).map_err(OpenError::Io)? {
             return Err(OpenError::Busy);
         }
-        // Another run may have finished it and removed or moved it between our open and our lock.
-        if !is_same_file(&file, &path) {
+        // Another run may have finished it and removed or moved it between our open and our
+        // lock; what it marked on the file before it let the lock go is read with the check.
+        let locked = file.metadata().map_err(OpenError::Io)?;
+        if !names(&path, &locked) {
             return Err(OpenError::Busy);
         }
         let (envelope, offset) = match read_envelope(&file, meta.len()).map_err(OpenError::Io)? {
@@ -611,7 +618,8 @@ impl Spool {
             let why = "its check does not match: blocks a power cut left unwritten, or damage since";
             return Err(self.quarantine(place, id, why));
         }
-        Ok(Queued { place, id: id.clone(), envelope, file, offset: offset as u64 })
+        let begun = locked.permissions().mode() & 0o100 != 0;
+        Ok(Queued { place, id: id.clone(), envelope, file, offset: offset as u64, begun })
     }
 
     /// Moves a bad file to corrupt/ so that it is never delivered and never lost.
