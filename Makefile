@@ -138,4 +138,4 @@ deb-files:
 
 clean:
 	$(CARGO) clean
-	rm -rf spool/tmp spool/new spool/cur spool/hold spool/mailboxes
+	rm -rf spool/tmp spool/new spool/cur spool/hold spool/spare spool/mailboxes

@@ -21,7 +21,7 @@ use crate::schedule::{self, Plan, RetryPolicy};
 use crate::smtp::address::{ForwardPath, Mailbox, ReversePath};
 use crate::smtp::command::BodyType;
 use crate::smtp::reply::EnhancedStatus;
-use crate::spool::log::{Attempt, DeliveryLog, Outcome, Recipient, Where, read_log};
+use crate::spool::log::{Attempt, DeliveryLog, Outcome, Recipient, Where, read_log_if_any};
 use crate::spool::maildrop::PickupSettings;
 use crate::spool::{Envelope, OpenError, Place, QueueId, Queued, Spool, SpoolError, is_disk_full};
 use crate::srs::Srs;
@@ -434,12 +434,13 @@ impl<'a> Runner<'a> {
         let worker = || {
             let mut summary = Summary::default();
             while let Some((id, since)) = feed.next() {
-                // A move cut short by a crash left a second name: a whole run's repair keeps one.
-                if !self.spool.has_second_name(&id) {
-                    match self.open_committed(&id) {
-                        Err(OpenError::Busy) => feed.later(id, since),
-                        opened => drop(self.process_opened(opened, &id, &mut summary)),
-                    }
+                match self.open_committed(&id) {
+                    Err(OpenError::Busy) => feed.later(id, since),
+                    // A move cut short by a crash left a second name: a whole run's repair
+                    // keeps one. Only a file with more than one name is looked for in cur/
+                    // and hold/.
+                    Ok(q) if q.names() > 1 && self.spool.has_second_name(&id) => {}
+                    opened => drop(self.process_opened(opened, &id, &mut summary)),
                 }
                 if self.halted.load(Ordering::Relaxed) {
                     feed.close();
@@ -586,7 +587,9 @@ impl<'a> Runner<'a> {
     /// owed, then remove the message or leave it in cur/ for its next attempt.
     fn deliver_message(&self, q: &Queued, summary: &mut Summary) -> Result<Vec<QueueId>, String> {
         let log_path = self.spool.log_path(&q.id);
-        let history = read_log(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let logged = read_log_if_any(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let had_log = logged.is_some();
+        let history = logged.unwrap_or_default();
         let expanded = self.expand(&q.envelope);
         let keys: Vec<Recipient> = expanded.iter().map(|e| e.key.clone()).collect();
         let plan = self.plan(q, &keys, &history);
@@ -624,7 +627,7 @@ impl<'a> Runner<'a> {
         if after.finished {
             // No fsync of the last lines first: a power cut before the removal is on the disk
             // costs at worst a second copy (doc/queue.md, window 6); a kill finds them.
-            self.spool.remove(q).map_err(|e| format!("cannot remove: {e}"))?;
+            self.spool.remove(q, had_log || log.made()).map_err(|e| format!("cannot remove: {e}"))?;
             log.removed();
             log::info!("{}: removed", q.id);
         } else {

@@ -4,6 +4,7 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -336,6 +337,61 @@ fn killed_between_the_rename_and_its_fsync_the_message_is_whole_and_delivered_on
     assert_eq!(alice.len(), 1, "{out}");
     assert!(alice[0].trim_end().ends_with("renamed, not synced"), "{}", alice[0]);
     assert!(server.queued().is_empty() && support::waiting(&server.spool()).is_empty(), "{out}");
+}
+
+#[test]
+fn a_message_written_over_a_spare_file_is_its_own_and_a_kill_while_writing_it_loses_nothing() {
+    let dir = TempDir::new("spare");
+    let config = base_config(dir.path());
+    let server = Server::start_in(dir, &config);
+    let mut c = Client::greeted(server.addr);
+    c.cmd("EHLO x");
+    let mut long = b"Subject: long\r\n\r\n".to_vec();
+    for _ in 0..400 {
+        long.extend_from_slice(&[b'x'; 76]);
+        long.extend_from_slice(b"\r\n");
+    }
+    assert_eq!(code(&c.mail("a@remote.test", &["alice@example.test"], &long)), "250 2.0.0");
+    drop(c);
+    let conf = server.dir.path().join("postern.conf");
+    let out = support::deliver(&conf, None, &[]);
+    let spool = server.spool();
+    // The delivered message's file is kept, to be written over.
+    let spares = support::list(&spool.join("spare"));
+    assert_eq!(spares.len(), 1, "{out}");
+    let inode = std::fs::metadata(&spares[0]).unwrap().ino();
+    assert!(std::fs::metadata(&spares[0]).unwrap().len() > 30_000);
+
+    // Killed once the next message is written over it, before it is named in new/.
+    let dir = server.kill9();
+    let mut server = Server::start_wrapped(dir, &config, &["env", "POSTERN_CRASH_AT=spare-draft-written"]);
+    let mut c = Client::greeted(server.addr);
+    c.cmd("EHLO x");
+    let reply = c.mail("a@remote.test", &["alice@example.test"], b"Subject: cut\r\n\r\nnever queued");
+    assert!(!reply.contains("250"), "{reply}");
+    assert!(server.exits_within(Duration::from_secs(10)), "the crash point stops the server");
+    assert!(server.queued().is_empty(), "nothing queued: the client heard no 250");
+    assert_eq!(support::list(&spool.join("spare")), spares, "the spare is left as it was named");
+
+    let dir = server.kill9();
+    let server = Server::start_in(dir, &config);
+    let mut c = Client::greeted(server.addr);
+    c.cmd("EHLO x");
+    let reply = c.mail("a@remote.test", &["alice@example.test"], b"Subject: short\r\n\r\nwritten over");
+    assert_eq!(code(&reply), "250 2.0.0");
+    let queued = server.queued();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(std::fs::metadata(&queued[0]).unwrap().ino(), inode, "written over the spare");
+    assert!(support::list(&spool.join("spare")).is_empty());
+    assert_queue_whole(&spool);
+    let out = support::deliver(&conf, None, &[]);
+    let mut alice = support::maildir(&server.dir.path().join("maildirs/alice"));
+    alice.sort_by_key(|m| m.len());
+    assert_eq!(alice.len(), 2, "{out}");
+    assert!(alice[0].contains("Subject: short") && alice[0].trim_end().ends_with("written over"), "{}", alice[0]);
+    assert!(!alice[0].contains("xxxx") && !alice[0].contains("never queued"), "{}", alice[0]);
+    assert!(alice[1].contains("Subject: long"));
+    assert!(server.queued().is_empty() && support::waiting(&spool).is_empty(), "{out}");
 }
 
 #[test]
@@ -967,7 +1023,10 @@ fn the_package_lives_and_goes_in_a_throwaway_root(deb: &Path, dir: &Path) {
     }
     assert!(!said.contains("upgraded: enabled: postern-deliver.timer"), "the timer stays disabled: {said}");
     assert!(!said.contains("purged: enabled:"), "{said}");
-    assert!(said.contains("installed: /var/spool/postern: corrupt cur hold maildrop new srs-secret tmp"), "{said}");
+    assert!(
+        said.contains("installed: /var/spool/postern: corrupt cur hold maildrop new spare srs-secret tmp"),
+        "{said}"
+    );
     // The host is as it was: no postern package, its own deb-systemd-invoke, nothing left.
     let installed = Command::new("dpkg-query").args(["-W", "postern"]).output().unwrap();
     assert!(!installed.status.success(), "{installed:?}");

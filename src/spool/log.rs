@@ -342,9 +342,14 @@ pub fn parse_log(text: &str) -> Vec<Attempt> {
 }
 
 pub fn read_log(path: &Path) -> io::Result<Vec<Attempt>> {
+    read_log_if_any(path).map(Option::unwrap_or_default)
+}
+
+/// `read_log`, `None` when there is no log.
+pub fn read_log_if_any(path: &Path) -> io::Result<Option<Vec<Attempt>>> {
     match std::fs::read(path) {
-        Ok(bytes) => Ok(parse_log(&String::from_utf8_lossy(&bytes))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Ok(bytes) => Ok(Some(parse_log(&String::from_utf8_lossy(&bytes)))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -479,6 +484,11 @@ impl DeliveryLog {
     /// The log was removed with its message: what it holds needs no fsync any more, and
     /// its reserved space needs no giving back (a truncation is a discard on a filesystem
     /// mounted with `discard`, and the close frees every block anyway).
+    /// Whether this log's file was opened (or made) by this run.
+    pub fn made(&self) -> bool {
+        self.file.is_some()
+    }
+
     pub fn removed(&mut self) {
         self.removed = true;
     }

@@ -5,6 +5,7 @@
 //! new/ID   accepted, never tried
 //! cur/ID   tried, waiting for a retry (+ ID.log)
 //! hold/ID  put aside by the operator
+//! spare/ID a delivered message's file, kept to be written over by a new message
 //! maildrop/ID  left by a local user without access to the spool, waiting for pickup
 //! ```
 //! doc/queue.md states every transition between these, its sync, and what a crash leaves.
@@ -20,8 +21,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use envelope::Envelope;
 pub use id::QueueId;
@@ -94,6 +96,34 @@ pub struct Spool {
     /// Drafts are anonymous files (O_TMPFILE) made in `new/`, named only at their commit; off
     /// where the filesystem or /proc/self/fd is missing (drafts are then named in `tmp/`).
     anonymous: AtomicBool,
+    /// Spare files (`spare/`): the names this process may take a draft's file from, and how
+    /// many more delivered messages' files it may keep there.
+    spares: Mutex<Spares>,
+}
+
+/// A delivered message's file is kept in `spare/` (at most `SPARE_MAX` of them, each of at
+/// most `SPARE_MAX_LEN` octets) and a new message is written over it instead of into a new
+/// file: no inode is freed and allocated again per message, no blocks are given back (a
+/// discard, where the filesystem is mounted so) and taken again, and ext4 without a journal,
+/// which passes over inodes freed in the last minute or more when it allocates one, has none
+/// such to pass over (doc/queue.md, "Spare files").
+const SPARE_MAX: usize = 128;
+const SPARE_MAX_LEN: u64 = 64 * 1024;
+/// How long an empty `spare/` is believed empty before it is listed again.
+const SPARE_RELIST: Duration = Duration::from_millis(50);
+/// How long a full `spare/` is believed full before it is counted again.
+const SPARE_RECOUNT: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+struct Spares {
+    /// Names listed in `spare/`, not yet tried.
+    names: Vec<std::ffi::OsString>,
+    /// When `spare/` was last listed and found empty.
+    empty_at: Option<Instant>,
+    /// How many more files this process may put there before it counts them again.
+    room: usize,
+    /// When `spare/` was last counted and found full.
+    full_at: Option<Instant>,
 }
 
 /// Where a spool's drafts are committed.
@@ -107,7 +137,7 @@ enum Target {
     Maildrop { group: Option<u32> },
 }
 
-const SUBDIRS: [&str; 4] = ["tmp", "new", "cur", "hold"];
+const SUBDIRS: [&str; 5] = ["tmp", "new", "cur", "hold", "spare"];
 
 /// The lock the one instant delivery process holds (`Spool::take_instant_lock`).
 pub const INSTANT_LOCK: &str = "instant.lock";
@@ -165,13 +195,32 @@ impl Spool {
         let mut builder = fs::DirBuilder::new();
         builder.recursive(true).mode(0o700);
         for sub in SUBDIRS {
-            builder.create(root.join(sub))?;
+            let dir = root.join(sub);
+            if dir.is_dir() {
+                continue;
+            }
+            builder.create(&dir)?;
+            // One made by root (sendmail run by root, say, the first to open a spool from
+            // before the directory existed) is the spool's owner's, as the others are.
+            if sys::is_root()
+                && let Ok(owner) = fs::metadata(root)
+            {
+                std::os::unix::fs::chown(&dir, Some(owner.uid()), Some(owner.gid()))?;
+            }
         }
         let new_dir = File::open(root.join("new"))?;
         let target = Target::Queue { new_dir };
         let name_with_file = syncs_name_with_file(sys::filesystem_magic(root).ok(), sys::mount_type(root).as_deref());
         let anonymous = AtomicBool::new(Path::new("/proc/self/fd").is_dir() && !crate::fault::named_drafts());
-        Ok(Spool { root: root.to_path_buf(), target, name_with_file, dir_sync: GroupSync::default(), anonymous })
+        let spares = Mutex::default();
+        Ok(Spool {
+            root: root.to_path_buf(),
+            target,
+            name_with_file,
+            dir_sync: GroupSync::default(),
+            anonymous,
+            spares,
+        })
     }
 
     /// The spool as a local user without access to it sees it: drafts are committed into
@@ -180,7 +229,15 @@ impl Spool {
     pub fn maildrop(root: &Path, group: Option<u32>) -> Spool {
         let target = Target::Maildrop { group };
         let anonymous = AtomicBool::new(false);
-        Spool { root: root.to_path_buf(), target, name_with_file: false, dir_sync: GroupSync::default(), anonymous }
+        let spares = Mutex::default();
+        Spool {
+            root: root.to_path_buf(),
+            target,
+            name_with_file: false,
+            dir_sync: GroupSync::default(),
+            anonymous,
+            spares,
+        }
     }
 
     /// Drafts are committed into `maildrop/` (a local user without access to the queue).
@@ -264,6 +321,11 @@ impl Spool {
     /// A draft under a given ID (a pickup keeps the ID its writer chose): an anonymous file,
     /// else `tmp/ID`; `Collision` when tmp/ID exists or is swept before it could be locked.
     pub fn draft_as(&self, id: QueueId) -> Result<Draft<'_>, SpoolError> {
+        if let Some((path, file, len)) = self.spare_file() {
+            let mut draft = Draft::new(self, id, Some(path), file);
+            draft.spare_len = Some(len);
+            return Ok(draft);
+        }
         if let Some(file) = self.anonymous_file()? {
             return Ok(Draft::new(self, id, None, file));
         }
@@ -321,6 +383,111 @@ impl Spool {
         self.clean_tmp();
         self.drop_second_names();
         self.sweep_orphan_logs();
+        self.trim_spares();
+    }
+
+    /// A spare file to write a draft over, locked, with its length: taken from `spare/`'s
+    /// names as listed, each checked under its lock to be still there, a regular file, and
+    /// under that one name only (a power cut can undo the rename that took it, and leave it
+    /// a second name beside the queued message it became: that name is removed). `None` when
+    /// there is none, after a few tries at most.
+    fn spare_file(&self) -> Option<(PathBuf, File, u64)> {
+        if !matches!(self.target, Target::Queue { .. }) {
+            return None;
+        }
+        let dir = self.root.join("spare");
+        let mut listed = false;
+        for _ in 0..8 {
+            let name = {
+                let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
+                if spares.names.is_empty() {
+                    // Listed once per draft at most; a listing with nothing to take in it (all
+                    // still held) counts as empty.
+                    if listed {
+                        spares.empty_at = Some(Instant::now());
+                        return None;
+                    }
+                    if spares.empty_at.is_some_and(|at| at.elapsed() < SPARE_RELIST) {
+                        return None;
+                    }
+                    listed = true;
+                    spares.names = fs::read_dir(&dir)
+                        .map(|entries| entries.flatten().map(|e| e.file_name()).take(SPARE_MAX).collect())
+                        .unwrap_or_default();
+                    spares.empty_at = spares.names.is_empty().then(Instant::now);
+                }
+                spares.names.pop()?
+            };
+            let path = dir.join(&name);
+            let file = match OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOFOLLOW).open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(_) => {
+                    // Not ours to write (made by root, say): one spare fewer.
+                    let _ = fs::remove_file(&path);
+                    continue;
+                }
+            };
+            if !sys::try_lock_exclusive(&file).unwrap_or(false) {
+                continue; // still held by the run that delivered it, or taken by another writer
+            }
+            let Ok(meta) = file.metadata() else { continue };
+            if !names(&path, &meta) {
+                continue; // taken and committed by another writer since it was listed
+            }
+            if !meta.file_type().is_file() || meta.nlink() != 1 {
+                let _ = fs::remove_file(&path);
+                continue;
+            }
+            // Its mode may still mark a copy begun (`mark_copy_begun`).
+            if meta.permissions().mode() & 0o777 != 0o600
+                && file.set_permissions(fs::Permissions::from_mode(0o600)).is_err()
+            {
+                continue;
+            }
+            return Some((path, file, meta.len()));
+        }
+        None
+    }
+
+    /// Whether a delivered message's file of `len` octets may be kept in `spare/`: it is not
+    /// too large, and `spare/` holds fewer than `SPARE_MAX` (counted again when this
+    /// process's count runs out, and not again for a while when it was full).
+    fn room_for_spare(&self, len: u64) -> bool {
+        if len > SPARE_MAX_LEN || !matches!(self.target, Target::Queue { .. }) {
+            return false;
+        }
+        let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
+        if spares.room == 0 {
+            if spares.full_at.is_some_and(|at| at.elapsed() < SPARE_RECOUNT) {
+                return false;
+            }
+            let held = fs::read_dir(self.root.join("spare")).map_or(SPARE_MAX, |entries| entries.count());
+            spares.room = SPARE_MAX.saturating_sub(held);
+            spares.full_at = (spares.room == 0).then(Instant::now);
+            if spares.room == 0 {
+                return false;
+            }
+        }
+        spares.room -= 1;
+        true
+    }
+
+    /// Keeps `spare/` to what a writer may take: at most `SPARE_MAX` files, none too large,
+    /// none that is also a queued message's (see `spare_file`). Files still locked are left.
+    fn trim_spares(&self) {
+        let Ok(entries) = fs::read_dir(self.root.join("spare")) else { return };
+        let mut kept = 0;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let keep = fs::symlink_metadata(&path)
+                .is_ok_and(|m| m.file_type().is_file() && m.nlink() == 1 && m.len() <= SPARE_MAX_LEN);
+            if keep && kept < SPARE_MAX {
+                kept += 1;
+            } else {
+                let _ = fs::remove_file(&path);
+            }
+        }
     }
 
     /// A message seen in two of new/, cur/ and hold/ keeps the name furthest along
@@ -447,6 +614,8 @@ pub struct Queued {
     offset: u64,
     /// The queue file's mode had u+x when it was locked (`copy_begun`).
     begun: bool,
+    /// How many names the file had when it was locked.
+    names: u64,
 }
 
 /// Why a queued message could not be opened.
@@ -470,6 +639,12 @@ impl Queued {
     /// took its lock.
     pub fn copy_begun(&self) -> bool {
         self.begun
+    }
+
+    /// How many names the queue file had when it was locked: more than one only while a move
+    /// made by link and unlink is under way or was cut short, or another name was made by hand.
+    pub fn names(&self) -> u64 {
+        self.names
     }
 
     /// Marks the queue file (mode 0700) before a copy under the message's fixed name is made:
@@ -589,17 +764,16 @@ impl Spool {
     pub fn open_queued(&self, place: Place, id: &QueueId) -> Result<Queued, OpenError> {
         let path = self.path(place.dir(), id);
         let file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path).map_err(OpenError::Io)?;
-        let meta = file.metadata().map_err(OpenError::Io)?;
-        if !meta.file_type().is_file() {
-            return Err(self.quarantine(place, id, "not a regular file"));
-        }
         if !sys::try_lock_exclusive(&file).map_err(OpenError::Io)? {
             return Err(OpenError::Busy);
         }
         // Another run may have finished it and removed or moved it between our open and our
         // lock; what it marked on the file before it let the lock go is read with the check.
-        let locked = file.metadata().map_err(OpenError::Io)?;
-        if !names(&path, &locked) {
+        let meta = file.metadata().map_err(OpenError::Io)?;
+        if !meta.file_type().is_file() {
+            return Err(self.quarantine(place, id, "not a regular file"));
+        }
+        if !names(&path, &meta) {
             return Err(OpenError::Busy);
         }
         let (envelope, offset) = match read_envelope(&file, meta.len()).map_err(OpenError::Io)? {
@@ -618,8 +792,9 @@ impl Spool {
             let why = "its check does not match: blocks a power cut left unwritten, or damage since";
             return Err(self.quarantine(place, id, why));
         }
-        let begun = locked.permissions().mode() & 0o100 != 0;
-        Ok(Queued { place, id: id.clone(), envelope, file, offset: offset as u64, begun })
+        let begun = meta.permissions().mode() & 0o100 != 0;
+        let names = meta.nlink();
+        Ok(Queued { place, id: id.clone(), envelope, file, offset: offset as u64, begun, names })
     }
 
     /// Moves a bad file to corrupt/ so that it is never delivered and never lost.
@@ -647,10 +822,20 @@ impl Spool {
         File::open(self.root.join("cur"))?.sync_all()
     }
 
-    /// A finished message goes: first the file, then its log (an orphan log is harmless).
-    pub fn remove(&self, queued: &Queued) -> io::Result<()> {
-        fs::remove_file(self.path(queued.place.dir(), &queued.id))?;
+    /// A finished message goes: first the file, then its log, when it has one (`log`; an
+    /// orphan log is harmless, and swept). The file is renamed into `spare/`, still locked,
+    /// where there is room, for a new message to be written over; otherwise removed.
+    pub fn remove(&self, queued: &Queued, log: bool) -> io::Result<()> {
+        let path = self.path(queued.place.dir(), &queued.id);
+        let kept = self.room_for_spare(queued.offset + queued.envelope.size)
+            && fs::rename(&path, self.path("spare", &queued.id)).is_ok();
+        if !kept {
+            fs::remove_file(&path)?;
+        }
         crate::fault::crash_point("after-message-removed");
+        if !log {
+            return Ok(());
+        }
         match fs::remove_file(self.log_path(&queued.id)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -740,13 +925,16 @@ pub struct Draft<'a> {
     crc: Crc32c,
     /// The tmp/ name is gone (renamed into new/).
     moved: bool,
+    /// The file is a spare (`path` in `spare/`) of this length: what lies past the new
+    /// message is cut off at the commit.
+    spare_len: Option<u64>,
 }
 
 impl<'a> Draft<'a> {
     fn new(spool: &'a Spool, id: QueueId, path: Option<PathBuf>, file: File) -> Draft<'a> {
         let crc = id_crc(&id);
         let (buf, moved) = (Vec::with_capacity(DRAFT_BUFFER), false);
-        Draft { spool, id, path, file, buf, flushed: 0, head_len: 0, size_offset: 0, crc, moved }
+        Draft { spool, id, path, file, buf, flushed: 0, head_len: 0, size_offset: 0, crc, moved, spare_len: None }
     }
 }
 
@@ -911,6 +1099,7 @@ impl Draft<'_> {
                 let _ = fs::remove_file(first);
             }
             std::mem::forget(second);
+            self.spare_len = None;
             self.crc = crc;
             self.flushed = text.len() as u64 + written;
             self.file = file;
@@ -941,6 +1130,13 @@ impl Draft<'_> {
         let digits = Envelope::size_and_check(size, self.crc.value());
         let file = &self.file;
         file.write_all_at(digits.as_bytes(), self.size_offset)?;
+        // A spare held a delivered message: nothing of it may outlast the new one.
+        if let Some(old) = self.spare_len {
+            if old > self.flushed {
+                file.set_len(self.flushed)?;
+            }
+            crate::fault::crash_point("spare-draft-written");
+        }
         let new_dir = match &self.spool.target {
             Target::Queue { new_dir } => new_dir,
             Target::Maildrop { .. } => return self.commit_to_maildrop(),
@@ -1255,6 +1451,86 @@ mod tests {
         fs::write(&target, b"already here").unwrap();
         assert_eq!(draft.commit(0), Err(SpoolError::Collision));
         assert_eq!(fs::read(&target).unwrap(), b"already here");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Commits `text` as a message; its ID.
+    fn queue(spool: &Spool, text: &[u8]) -> QueueId {
+        let mut draft = spool.draft().unwrap();
+        draft.begin(&envelope()).unwrap();
+        draft.write(text).unwrap();
+        draft.commit(text.len() as u64).unwrap()
+    }
+
+    fn spares(dir: &Path) -> Vec<PathBuf> {
+        fs::read_dir(dir.join("spare")).unwrap().map(|e| e.unwrap().path()).collect()
+    }
+
+    #[test]
+    fn a_delivered_file_is_kept_as_a_spare_and_a_new_message_is_written_over_it_and_cut() {
+        let (spool, dir) = temp_spool("spare");
+        let long = vec![b'x'; 20_000];
+        let first = queue(&spool, &long);
+        let queued = spool.open_queued(Place::New, &first).unwrap();
+        queued.mark_copy_begun().unwrap();
+        spool.remove(&queued, false).unwrap();
+        // Still locked by the run that delivered it: no writer takes it meanwhile.
+        assert_eq!(spares(&dir), vec![dir.join("spare").join(first.as_str())]);
+        assert!(spool.spare_file().is_none(), "a spare its run still holds is not taken");
+        let inode = fs::metadata(dir.join("spare").join(first.as_str())).unwrap().ino();
+        drop(queued);
+        *spool.spares.lock().unwrap() = Spares::default();
+
+        let second = queue(&spool, b"short");
+        assert!(spares(&dir).is_empty(), "the spare was taken");
+        let path = dir.join("new").join(second.as_str());
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!(meta.ino(), inode, "written over the spare, not a new file");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "the copy's mark is gone");
+        let queued = spool.open_queued(Place::New, &second).unwrap();
+        let mut text = Vec::new();
+        io::Read::read_to_end(&mut queued.message(), &mut text).unwrap();
+        assert_eq!(text, b"short", "nothing of the longer message is left after it");
+        assert_eq!(meta.len(), queued.offset + 5);
+        drop(queued);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_spare_with_a_second_name_or_too_large_is_never_written_over() {
+        let (spool, dir) = temp_spool("spare-two");
+        let spare = dir.join("spare");
+        // A power cut can leave a spare's name beside the queued message it became.
+        let queued = queue(&spool, b"queued");
+        fs::hard_link(dir.join("new").join(queued.as_str()), spare.join("X")).unwrap();
+        *spool.spares.lock().unwrap() = Spares::default();
+        let fresh = queue(&spool, b"fresh");
+        assert_ne!(fs::metadata(dir.join("new").join(fresh.as_str())).unwrap().ino(), {
+            fs::metadata(dir.join("new").join(queued.as_str())).unwrap().ino()
+        });
+        assert!(spares(&dir).is_empty(), "the second name is removed");
+        let opened = spool.open_queued(Place::New, &queued).unwrap();
+        let mut text = Vec::new();
+        io::Read::read_to_end(&mut opened.message(), &mut text).unwrap();
+        assert_eq!(text, b"queued");
+        drop(opened);
+
+        // Repair keeps at most SPARE_MAX, none larger than SPARE_MAX_LEN.
+        fs::write(spare.join("big"), vec![0u8; SPARE_MAX_LEN as usize + 1]).unwrap();
+        for n in 0..SPARE_MAX + 3 {
+            fs::write(spare.join(format!("s{n}")), b"old").unwrap();
+        }
+        spool.repair();
+        let left = spares(&dir);
+        assert_eq!(left.len(), SPARE_MAX);
+        assert!(!left.contains(&spare.join("big")));
+        // And a full spare/ takes no more: a delivered file is removed.
+        let id = queue(&spool, b"one more");
+        let opened = spool.open_queued(Place::New, &id).unwrap();
+        *spool.spares.lock().unwrap() = Spares::default();
+        spool.remove(&opened, false).unwrap();
+        assert_eq!(spares(&dir).len(), SPARE_MAX);
+        assert!(!dir.join("new").join(id.as_str()).exists());
         fs::remove_dir_all(dir).unwrap();
     }
 

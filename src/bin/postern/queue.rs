@@ -418,12 +418,13 @@ fn init(config: &Config, group: &str, sendmail: &Sendmail) -> Result<(), Fail> {
     // The spool's own directory can be crossed by everyone (to reach maildrop/); each queue
     // directory is the service's alone; maildrop/ takes new names from the drop group only,
     // and the sticky bit keeps one user's file from another (doc/queue.md, "S0").
-    let dirs: [(&str, u32, u32, u32); 7] = [
+    let dirs: [(&str, u32, u32, u32); 8] = [
         ("", ids.gid, 0o755, ids.uid),
         ("tmp", ids.gid, 0o700, ids.uid),
         ("new", ids.gid, 0o700, ids.uid),
         ("cur", ids.gid, 0o700, ids.uid),
         ("hold", ids.gid, 0o700, ids.uid),
+        ("spare", ids.gid, 0o700, ids.uid),
         ("corrupt", ids.gid, 0o700, ids.uid),
         (maildrop::DIR, drop_gid, 0o1730, ids.uid),
     ];
@@ -452,7 +453,7 @@ fn init(config: &Config, group: &str, sendmail: &Sendmail) -> Result<(), Fail> {
             false => say(format!("created {}, the SRS secret (0600 {user})", secret.display())),
         }
     }
-    let repaired = repair_owners(spool, &["tmp", "new", "cur", "hold", "corrupt"], ids.uid, ids.gid)?;
+    let repaired = repair_owners(spool, &["tmp", "new", "cur", "hold", "spare", "corrupt"], ids.uid, ids.gid)?;
     if repaired > 0 {
         say(format!(
             "gave {repaired} queue file(s) another user had written back to {user}, so delivery can read them"
