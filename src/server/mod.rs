@@ -32,19 +32,31 @@ use crate::{sys, trace};
 
 mod conn;
 mod greylist;
-mod handoff;
 mod milters;
 mod rate;
 pub mod tls_files;
 
 use crate::milter::draft::Fate;
 use conn::{Conn, Transport, is_timeout};
-use handoff::{Handoff, Job, THREAD_LINGER};
 use milters::Milters;
 
 /// A session thread needs little stack: buffers live on the heap.
 const THREAD_STACK: usize = 256 * 1024;
 const READ_BUFFER: usize = 16 * 1024;
+/// How long a session thread waits in accept() for its next session before it ends (unless
+/// it is its listener's last).
+const THREAD_LINGER: Duration = Duration::from_secs(10);
+
+/// A listener and the session threads waiting in its accept().
+struct Acceptor {
+    listener: TcpListener,
+    mode: Mode,
+    /// Threads in accept() now.
+    waiting: AtomicUsize,
+    /// Held so that, with every other descriptor in use, one client at a time can still be
+    /// accepted and told 421 rather than left waiting in the backlog with no greeting.
+    spare: Mutex<Option<File>>,
+}
 
 /// What SIGHUP replaces: the configuration and what is made from it. A session takes the
 /// one current when it starts and keeps it to its end.
@@ -101,9 +113,10 @@ pub struct Server {
     /// while it is still listed here.
     live: Mutex<HashMap<u64, RawFd>>,
     next_session: AtomicU64,
-    /// Session threads alive, serving or lingering: when the last ends, memory goes back.
+    /// Session threads alive, serving, lingering or waiting in accept(): when only one per
+    /// listener is left (`acceptors`), memory goes back.
     session_threads: AtomicUsize,
-    waiting: Handoff,
+    acceptors: AtomicUsize,
     /// Instant delivery of each committed message, unless it is off.
     launcher: Option<Arc<Launcher>>,
     tls_keeper: Option<tls_files::Keeper>,
@@ -226,7 +239,7 @@ impl Server {
             live: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(0),
             session_threads: AtomicUsize::new(0),
-            waiting: Handoff::default(),
+            acceptors: AtomicUsize::new(0),
             launcher: None,
             tls_keeper: None,
         }
@@ -318,61 +331,112 @@ impl Server {
         self
     }
 
-    /// Accepts on every listener until the process ends; one thread per listener.
+    /// Accepts on every listener until the process ends. Each listener has threads waiting in
+    /// its accept() (leader/followers): the kernel wakes one per connection, and that thread
+    /// serves it itself, once it has made sure another waits in accept() meanwhile. No
+    /// connection is handed from one thread to another.
     pub fn serve(self: Arc<Self>, listeners: Vec<(TcpListener, Mode)>) {
-        let handles: Vec<_> = listeners
-            .into_iter()
-            .map(|(listener, mode)| {
-                let server = Arc::clone(&self);
-                thread::spawn(move || server.accept_loop(&listener, mode))
-            })
-            .collect();
+        self.acceptors.store(listeners.len(), Ordering::SeqCst);
+        for (listener, mode) in listeners {
+            // Blocking, whatever a socket passed by systemd was made (NonBlocking=). accept()
+            // gives up after THREAD_LINGER without a client, so that a thread with nothing to
+            // do can end (not the listener's last). An accepted socket inherits the timeout;
+            // its session's first read sets its own (`serve_tcp`).
+            let _ = listener.set_nonblocking(false);
+            if let Err(e) = socket2::SockRef::from(&listener).set_read_timeout(Some(THREAD_LINGER)) {
+                log::warn!("listener: cannot set its accept timeout: {e}; idle session threads stay");
+            }
+            let spare = Mutex::new(File::open("/dev/null").ok());
+            let acceptor = Arc::new(Acceptor { listener, mode, waiting: AtomicUsize::new(0), spare });
+            if let Err(e) = self.spawn_acceptor(&acceptor) {
+                log::error!("cannot start a thread to accept connections: {e}");
+            }
+        }
         // What starting up allocated and freed (the configuration, the spool's repair) goes
         // back as well, once no session is open.
         self.give_memory_back_soon();
-        for h in handles {
-            let _ = h.join();
+        loop {
+            thread::park();
         }
     }
 
-    fn accept_loop(self: &Arc<Self>, listener: &TcpListener, mode: Mode) {
+    fn spawn_acceptor(self: &Arc<Self>, acceptor: &Arc<Acceptor>) -> io::Result<()> {
+        let (server, acceptor) = (Arc::clone(self), Arc::clone(acceptor));
+        thread::Builder::new()
+            .name("smtp".into())
+            .stack_size(THREAD_STACK)
+            .spawn(move || server.accept_loop(&acceptor))
+            .map(drop)
+    }
+
+    /// A session thread: waits in accept() and serves each connection it accepts, one at a
+    /// time, until it has waited THREAD_LINGER for none while another thread waits too. The
+    /// listener's last thread ends then too, once it has served a session, with a new one in
+    /// its place: what the sessions wrote on its stack goes back with it.
+    fn accept_loop(self: &Arc<Self>, acceptor: &Arc<Acceptor>) {
+        self.session_threads.fetch_add(1, Ordering::SeqCst);
         let mut backoff = Duration::from_millis(10);
-        // Held so that, with every other descriptor in use, one client at a time can still be
-        // accepted and told 421 rather than left waiting in the backlog with no greeting.
-        let mut spare = File::open("/dev/null").ok();
+        let mut served = false;
         loop {
-            match listener.accept() {
+            acceptor.waiting.fetch_add(1, Ordering::SeqCst);
+            let accepted = acceptor.listener.accept();
+            // The threads still waiting in accept() besides this one.
+            let others = acceptor.waiting.fetch_sub(1, Ordering::SeqCst) - 1;
+            match accepted {
                 Ok((stream, peer)) => {
                     backoff = Duration::from_millis(10);
-                    self.admit(stream, peer, mode);
-                }
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) && spare.is_some() => {
-                    drop(spare.take()); // frees one descriptor for the accept below
-                    if let Ok((stream, peer)) = listener.accept() {
+                    if others == 0
+                        && let Err(e) = self.spawn_acceptor(acceptor)
+                    {
+                        // This thread goes back to accept() instead of serving.
+                        log::warn!("cannot start a session thread: {e}");
                         let reply = Reply::too_many_connections(&self.current().config.hostname);
                         refuse_connection(stream, &reply, peer.ip().to_canonical());
+                        continue;
                     }
-                    log::warn!("accept: {e}; a client was told 421");
-                    spare = File::open("/dev/null").ok();
-                    if spare.is_none() {
-                        thread::sleep(backoff);
-                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    served = true;
+                    self.admit(stream, peer, acceptor.mode);
+                }
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    if others > 0 || (served && self.spawn_acceptor(acceptor).is_ok()) {
+                        break;
                     }
                 }
                 Err(e) if is_resource_shortage(&e) => {
-                    // No spare either: wait for descriptors to come back instead of spinning.
-                    log::warn!("accept: {e}; pausing {} ms", backoff.as_millis());
+                    let mut spare = acceptor.spare.lock().unwrap_or_else(|e| e.into_inner());
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) && spare.is_some() {
+                        drop(spare.take()); // frees one descriptor for the accept below
+                        if let Ok((stream, peer)) = acceptor.listener.accept() {
+                            let reply = Reply::too_many_connections(&self.current().config.hostname);
+                            refuse_connection(stream, &reply, peer.ip().to_canonical());
+                        }
+                        log::warn!("accept: {e}; a client was told 421");
+                        *spare = File::open("/dev/null").ok();
+                        if spare.is_some() {
+                            continue;
+                        }
+                    } else {
+                        // No spare either: wait for descriptors to come back instead of spinning.
+                        log::warn!("accept: {e}; pausing {} ms", backoff.as_millis());
+                    }
+                    drop(spare);
                     thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(1));
-                    spare = spare.or_else(|| File::open("/dev/null").ok());
+                    let mut spare = acceptor.spare.lock().unwrap_or_else(|e| e.into_inner());
+                    if spare.is_none() {
+                        *spare = File::open("/dev/null").ok();
+                    }
                 }
                 Err(e) => log::debug!("accept: {e}"),
             }
         }
+        let left = self.session_threads.fetch_sub(1, Ordering::SeqCst) - 1;
+        if left <= self.acceptors.load(Ordering::SeqCst) {
+            self.give_memory_back_soon();
+        }
     }
 
-    /// Hands the connection to a session thread: one that finished its last session and is
-    /// waiting, or a new one. Each thread runs one session at a time.
+    /// Serves an accepted connection on this thread, within the limits on connections.
     fn admit(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr, mode: Mode) {
         let ip = peer.ip().to_canonical(); // IPv4-mapped IPv6 (dual stack) as IPv4
         let slot = match self.take_slot(ip) {
@@ -380,33 +444,7 @@ impl Server {
             Err(reply) => return refuse_connection(stream, &reply, ip),
         };
         self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(slot.id, stream.as_raw_fd());
-        let Some(job) = self.waiting.offer(Job { stream, ip, slot, mode }) else { return };
-        // A failed spawn drops the job and its slot; this handle is left to say 421 with.
-        let spare = job.stream.try_clone();
-        let server = Arc::clone(self);
-        let spawned = thread::Builder::new()
-            .name("smtp".into())
-            .stack_size(THREAD_STACK)
-            .spawn(move || server.session_thread(job));
-        if let Err(e) = spawned {
-            log::warn!("cannot start a session thread: {e}");
-            if let Ok(stream) = spare {
-                refuse_connection(stream, &Reply::too_many_connections(&self.current().config.hostname), ip);
-            }
-        }
-    }
-
-    /// Serves a session, then waits a while for another before the thread ends.
-    fn session_thread(self: &Arc<Self>, first: Job) {
-        self.session_threads.fetch_add(1, Ordering::SeqCst);
-        let mut job = Some(first);
-        while let Some(Job { stream, ip, slot, mode }) = job {
-            self.serve_tcp(stream, ip, slot, mode);
-            job = self.waiting.take(THREAD_LINGER);
-        }
-        if self.session_threads.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.give_memory_back_soon();
-        }
+        self.serve_tcp(stream, ip, slot, mode);
     }
 
     /// After a burst of sessions, a moment after the last of their threads has ended (from
@@ -419,7 +457,7 @@ impl Server {
         let server = Arc::clone(self);
         let _ = thread::Builder::new().name("trim".into()).stack_size(64 * 1024).spawn(move || {
             thread::sleep(Duration::from_secs(2));
-            if server.session_threads.load(Ordering::SeqCst) > 0 {
+            if server.session_threads.load(Ordering::SeqCst) > server.acceptors.load(Ordering::SeqCst) {
                 return;
             }
             {
@@ -477,6 +515,8 @@ impl Server {
         let cur = self.current();
         let _ = stream.set_write_timeout(Some(cur.config.command_timeout));
         let mut conn = Conn::new(Transport::Tcp(stream));
+        // What the socket inherited from its listener (`serve`), for its first read to replace.
+        conn.read_timeout = Some(THREAD_LINGER);
         // Declared after `conn`, so dropped before it, even while a panic unwinds: the live
         // entry goes before the socket is closed.
         let _slot = slot;
