@@ -474,15 +474,27 @@ impl Spool {
     }
 
     /// Keeps `spare/` to what a writer may take: at most `SPARE_MAX` files, none too large,
-    /// none that is also a queued message's (see `spare_file`). Files still locked are left.
+    /// none that is also a queued message's (see `spare_file`). A spare whose lock is held
+    /// (a draft being written over it, which may be larger, or the run that delivered it)
+    /// is left alone.
     fn trim_spares(&self) {
         let Ok(entries) = fs::read_dir(self.root.join("spare")) else { return };
         let mut kept = 0;
         for entry in entries.flatten() {
             let path = entry.path();
-            let keep = fs::symlink_metadata(&path)
-                .is_ok_and(|m| m.file_type().is_file() && m.nlink() == 1 && m.len() <= SPARE_MAX_LEN);
-            if keep && kept < SPARE_MAX {
+            let Ok(file) = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path) else {
+                let _ = fs::remove_file(&path); // not a file postern can use
+                continue;
+            };
+            if !sys::try_lock_exclusive(&file).unwrap_or(false) {
+                continue;
+            }
+            let Ok(meta) = file.metadata() else { continue };
+            if !names(&path, &meta) {
+                continue;
+            }
+            let usable = meta.file_type().is_file() && meta.nlink() == 1 && meta.len() <= SPARE_MAX_LEN;
+            if usable && kept < SPARE_MAX {
                 kept += 1;
             } else {
                 let _ = fs::remove_file(&path);
@@ -1515,15 +1527,23 @@ mod tests {
         assert_eq!(text, b"queued");
         drop(opened);
 
-        // Repair keeps at most SPARE_MAX, none larger than SPARE_MAX_LEN.
+        // Repair keeps at most SPARE_MAX, none larger than SPARE_MAX_LEN, and leaves alone a
+        // spare a draft is being written over, however large it has grown.
         fs::write(spare.join("big"), vec![0u8; SPARE_MAX_LEN as usize + 1]).unwrap();
+        fs::write(spare.join("held"), vec![0u8; SPARE_MAX_LEN as usize + 1]).unwrap();
+        let held = File::open(spare.join("held")).unwrap();
+        assert!(sys::try_lock_exclusive(&held).unwrap());
         for n in 0..SPARE_MAX + 3 {
             fs::write(spare.join(format!("s{n}")), b"old").unwrap();
         }
         spool.repair();
         let left = spares(&dir);
-        assert_eq!(left.len(), SPARE_MAX);
+        assert_eq!(left.len(), SPARE_MAX + 1);
         assert!(!left.contains(&spare.join("big")));
+        assert!(left.contains(&spare.join("held")));
+        drop(held);
+        spool.repair();
+        assert_eq!(spares(&dir).len(), SPARE_MAX);
         // And a full spare/ takes no more: a delivered file is removed.
         let id = queue(&spool, b"one more");
         let opened = spool.open_queued(Place::New, &id).unwrap();
