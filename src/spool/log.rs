@@ -481,14 +481,14 @@ impl DeliveryLog {
         Ok(())
     }
 
-    /// The log was removed with its message: what it holds needs no fsync any more, and
-    /// its reserved space needs no giving back (a truncation is a discard on a filesystem
-    /// mounted with `discard`, and the close frees every block anyway).
     /// Whether this log's file was opened (or made) by this run.
     pub fn made(&self) -> bool {
         self.file.is_some()
     }
 
+    /// The log was removed with its message: what it holds needs no fsync any more, and
+    /// its reserved space needs no giving back (a truncation is a discard on a filesystem
+    /// mounted with `discard`, and the close frees every block anyway).
     pub fn removed(&mut self) {
         self.removed = true;
     }
