@@ -35,7 +35,7 @@ test: test-deps lint
 	$(CARGO) test --release --all-targets $(TEST_FEATURES)
 	tools/fuzz $(FUZZ_SMOKE_SECONDS)
 
-FUZZ_SMOKE_SECONDS ?= 6
+FUZZ_SMOKE_SECONDS ?= 4
 # Fuzzing proper (stable toolchain, libFuzzer): FUZZ_SECONDS per target.
 FUZZ_SECONDS ?= 300
 fuzz:
