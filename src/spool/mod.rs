@@ -367,8 +367,7 @@ impl Spool {
 
     /// Removes one file in `tmp/` when its writer is gone (its lock is free); whether it did.
     pub(crate) fn sweep_draft(&self, path: &Path) -> bool {
-        let Ok(file) = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path) else { return false };
-        let unlocked = sys::try_lock_exclusive(&file).unwrap_or(false) && is_same_file(&file, path);
+        let unlocked = matches!(open_locked(path, false), Ok(Some(_)));
         if unlocked && fs::remove_file(path).is_ok() {
             ::log::info!("removed leftover {}", path.display());
             return true;
@@ -419,8 +418,11 @@ impl Spool {
                 spares.names.pop()?
             };
             let path = dir.join(&name);
-            let file = match OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOFOLLOW).open(&path) {
-                Ok(file) => file,
+            let (file, meta) = match open_locked(&path, true) {
+                Ok(Some(locked)) => locked,
+                // Still held by the run that delivered it, taken by another writer, or
+                // committed by one since it was listed.
+                Ok(None) => continue,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(_) => {
                     // Not ours to write (made by root, say): one spare fewer.
@@ -428,13 +430,6 @@ impl Spool {
                     continue;
                 }
             };
-            if !sys::try_lock_exclusive(&file).unwrap_or(false) {
-                continue; // still held by the run that delivered it, or taken by another writer
-            }
-            let Ok(meta) = file.metadata() else { continue };
-            if !names(&path, &meta) {
-                continue; // taken and committed by another writer since it was listed
-            }
             if !meta.file_type().is_file() || meta.nlink() != 1 {
                 let _ = fs::remove_file(&path);
                 continue;
@@ -482,17 +477,14 @@ impl Spool {
         let mut kept = 0;
         for entry in entries.flatten() {
             let path = entry.path();
-            let Ok(file) = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path) else {
-                let _ = fs::remove_file(&path); // not a file postern can use
-                continue;
+            let meta = match open_locked(&path, false) {
+                Ok(Some((_, meta))) => meta,
+                Ok(None) => continue,
+                Err(_) => {
+                    let _ = fs::remove_file(&path); // not a file postern can use
+                    continue;
+                }
             };
-            if !sys::try_lock_exclusive(&file).unwrap_or(false) {
-                continue;
-            }
-            let Ok(meta) = file.metadata() else { continue };
-            if !names(&path, &meta) {
-                continue;
-            }
             let usable = meta.file_type().is_file() && meta.nlink() == 1 && meta.len() <= SPARE_MAX_LEN;
             if usable && kept < SPARE_MAX {
                 kept += 1;
@@ -586,6 +578,18 @@ fn open_owned_as_spool(root: &Path, path: &Path) -> io::Result<File> {
         give(&file)?;
     }
     Ok(file)
+}
+
+/// Opens `path` (not through a symlink; for writing too when `write`) and takes its flock
+/// without waiting: the file and its metadata, read under the lock, when the name still leads
+/// to it; `None` when another holds the lock or the name has gone to another file since.
+fn open_locked(path: &Path, write: bool) -> io::Result<Option<(File, fs::Metadata)>> {
+    let file = OpenOptions::new().read(true).write(write).custom_flags(libc::O_NOFOLLOW).open(path)?;
+    if !sys::try_lock_exclusive(&file).unwrap_or(false) {
+        return Ok(None);
+    }
+    let meta = file.metadata()?;
+    Ok(names(path, &meta).then_some((file, meta)))
 }
 
 /// Whether `path` still names the file open as `file` (it was not removed or replaced).
