@@ -380,7 +380,11 @@ fn txt_strings(records: Vec<RData>) -> Vec<Vec<u8>> {
     records
         .into_iter()
         .filter_map(|r| match r {
-            RData::TXT(txt) => Some(txt.txt_data.iter().flat_map(|s| s.iter().copied()).collect()),
+            RData::TXT(txt) => {
+                let mut joined = Vec::with_capacity(txt.txt_data.iter().map(|s| s.len()).sum());
+                txt.txt_data.iter().for_each(|s| joined.extend_from_slice(s));
+                Some(joined)
+            }
             _ => None,
         })
         .collect()

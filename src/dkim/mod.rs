@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use openssl::hash::{MessageDigest, hash};
+use openssl::hash::MessageDigest;
 use openssl::pkey::{Id, PKey, Private};
 use openssl::sign::Signer as OpensslSigner;
 
@@ -359,7 +359,7 @@ fn signature(pkey: &PKey<Private>, data: &[u8]) -> Result<Vec<u8>, String> {
     let e = |e: openssl::error::ErrorStack| e.to_string();
     if pkey.id() == Id::ED25519 {
         // RFC 8463 §3: PureEdDSA over the SHA-256 hash of the data.
-        let digest = hash(MessageDigest::sha256(), data).map_err(e)?;
+        let digest = openssl::sha::sha256(data);
         let mut signer = OpensslSigner::new_without_digest(pkey).map_err(e)?;
         return signer.sign_oneshot_to_vec(&digest).map_err(e);
     }
