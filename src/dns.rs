@@ -380,11 +380,7 @@ fn txt_strings(records: Vec<RData>) -> Vec<Vec<u8>> {
     records
         .into_iter()
         .filter_map(|r| match r {
-            RData::TXT(txt) => {
-                let mut joined = Vec::with_capacity(txt.txt_data.iter().map(|s| s.len()).sum());
-                txt.txt_data.iter().for_each(|s| joined.extend_from_slice(s));
-                Some(joined)
-            }
+            RData::TXT(txt) => Some(txt.txt_data.concat()),
             _ => None,
         })
         .collect()

@@ -200,7 +200,7 @@ impl Spool {
             let path = self.root.join(DIR).join(&name);
             if let Some(stem) = name.strip_suffix(PART) {
                 if QueueId::parse(stem).is_some() {
-                    self.sweep_part(&path);
+                    self.sweep_draft(&path);
                 }
                 continue;
             }
@@ -213,14 +213,6 @@ impl Spool {
             }
         }
         picked
-    }
-
-    fn sweep_part(&self, path: &Path) {
-        let Ok(file) = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path) else { return };
-        if sys::try_lock_exclusive(&file).unwrap_or(false) && is_same_file(&file, path) && fs::remove_file(path).is_ok()
-        {
-            ::log::info!("removed leftover {}", path.display());
-        }
     }
 
     /// One dropped message.

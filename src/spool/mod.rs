@@ -365,7 +365,8 @@ impl Spool {
         entries.flatten().filter(|entry| self.sweep_draft(&entry.path())).count()
     }
 
-    /// Removes one file in `tmp/` when its writer is gone (its lock is free); whether it did.
+    /// Removes one draft (in `tmp/`, or a part in `maildrop/`) when its writer is gone (its
+    /// lock is free); whether it did.
     pub(crate) fn sweep_draft(&self, path: &Path) -> bool {
         let unlocked = matches!(open_locked(path, false), Ok(Some(_)));
         if unlocked && fs::remove_file(path).is_ok() {
