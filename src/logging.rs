@@ -314,12 +314,16 @@ enum Shape {
 
 /// One log line as a destination writes it (without the line end).
 fn format_line(shape: Shape, program: &str, pid: u32, level: log::Level, text: &str) -> String {
+    use std::fmt::Write as _;
     let sev = severity(level);
-    match shape {
-        Shape::Journal => format!("<{sev}>{}{text}", prefix(level)),
-        Shape::Syslog => format!("<{}>{program}[{pid}]: {}{text}", FACILITY_MAIL * 8 + sev, prefix(level)),
-        Shape::Tagged => format!("{program}[{pid}]: {}{text}", prefix(level)),
-    }
+    // Room for the prefix and a line end, so the line is one allocation.
+    let mut line = String::with_capacity(program.len() + text.len() + 40);
+    let _ = match shape {
+        Shape::Journal => write!(line, "<{sev}>{}{text}", prefix(level)),
+        Shape::Syslog => write!(line, "<{}>{program}[{pid}]: {}{text}", FACILITY_MAIL * 8 + sev, prefix(level)),
+        Shape::Tagged => write!(line, "{program}[{pid}]: {}{text}", prefix(level)),
+    };
+    line
 }
 
 impl log::Log for Logger {
@@ -337,7 +341,14 @@ impl log::Log for Logger {
             return;
         }
         // One line per event: a newline inside the text (a peer's words) would forge a second one.
-        let text = record.args().to_string().replace(['\r', '\n'], " ");
+        let text = match record.args().as_str() {
+            Some(fixed) => std::borrow::Cow::Borrowed(fixed),
+            None => std::borrow::Cow::Owned(record.args().to_string()),
+        };
+        let text = match text.contains(['\r', '\n']) {
+            true => std::borrow::Cow::Owned(text.replace(['\r', '\n'], " ")),
+            false => text,
+        };
         let pid = self.pid;
         // A line may name its own program (`log::info!(target: "postern/pickup", ...)`), for the
         // tools that count by program name.

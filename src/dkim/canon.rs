@@ -24,23 +24,35 @@ impl Canon {
 /// the header parser gives them: the name as written, the value from after the colon to
 /// before the field's last CRLF, folding kept.
 pub fn header(canon: Canon, name: &str, value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(name.len() + value.len() + 3);
+    header_into(canon, name, value, &mut out);
+    out
+}
+
+/// `header`, appended to `out` (the signed data, built without a buffer per field).
+pub fn header_into(canon: Canon, name: &str, value: &[u8], out: &mut Vec<u8>) {
     match canon {
         Canon::Simple => {
-            let mut out = Vec::with_capacity(name.len() + value.len() + 3);
             out.extend_from_slice(name.as_bytes());
             out.push(b':');
             out.extend_from_slice(value);
             out.extend_from_slice(b"\r\n");
-            out
         }
-        Canon::Relaxed => relaxed_header(name, value),
+        Canon::Relaxed => relaxed_header_into(name, value, out),
     }
 }
 
 /// §3.4.2: a header field in relaxed form: the name in lower case, unfolded, each run of
 /// white space one space, none at the ends of the value, then CRLF.
 pub fn relaxed_header(name: &str, value: &[u8]) -> Vec<u8> {
-    let mut out = name.trim_end_matches([' ', '\t']).to_ascii_lowercase().into_bytes();
+    let mut out = Vec::with_capacity(name.len() + value.len() + 3);
+    relaxed_header_into(name, value, &mut out);
+    out
+}
+
+/// `relaxed_header`, appended to `out`.
+pub fn relaxed_header_into(name: &str, value: &[u8], out: &mut Vec<u8>) {
+    out.extend(name.trim_end_matches([' ', '\t']).bytes().map(|b| b.to_ascii_lowercase()));
     out.push(b':');
     // White space before the value's first character goes (§3.4.2), and only there: a colon
     // inside the value keeps the space after it.
@@ -60,7 +72,6 @@ pub fn relaxed_header(name: &str, value: &[u8]) -> Vec<u8> {
         }
     }
     out.extend_from_slice(b"\r\n");
-    out
 }
 
 /// Whether a line (without its CRLF) is its own relaxed form (§3.4.4): no tab, no two
@@ -107,7 +118,8 @@ impl Body {
     pub fn new(canon: Canon, limit: Option<u64>) -> Body {
         // OpenSSL's SHA-256 itself, not through a digest fetched by name for each body.
         let hasher = Sha256::new();
-        let (line, out) = (Vec::new(), Vec::new());
+        // Room for a usual message's body at once, so it is not grown piece by piece.
+        let (line, out) = (Vec::new(), Vec::with_capacity(8 * 1024));
         Body { canon, hasher, limit, length: 0, line, out, empty_lines: 0, text: false }
     }
 

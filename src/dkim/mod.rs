@@ -293,7 +293,7 @@ fn sign_rest(
         let instances: Vec<_> = headers.fields.iter().filter(|f| f.name.eq_ignore_ascii_case(name)).collect();
         for field in instances.iter().rev() {
             names.push(name);
-            data.extend_from_slice(&relaxed_header(field.name, field.raw));
+            canon::relaxed_header_into(field.name, field.raw, &mut data);
         }
         if name == "from" {
             names.push("from"); // over-signed: the null instance (§5.4.2)

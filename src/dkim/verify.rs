@@ -617,7 +617,7 @@ fn check_one(
 /// itself without `b=`'s value and without its final CRLF.
 fn signed_data(signature: &Signature, headers: &Headers<'_>, own: usize) -> Vec<u8> {
     let mut used = vec![false; headers.fields.len()];
-    let mut data = Vec::new();
+    let mut data = Vec::with_capacity(1024);
     for name in &signature.signed {
         let found = (0..headers.fields.len())
             .rev()
@@ -625,13 +625,12 @@ fn signed_data(signature: &Signature, headers: &Headers<'_>, own: usize) -> Vec<
         if let Some(i) = found {
             used[i] = true;
             let field = &headers.fields[i];
-            data.extend_from_slice(&canon::header(signature.header_canon, field.name, field.raw));
+            canon::header_into(signature.header_canon, field.name, field.raw, &mut data);
         }
     }
     let field = &headers.fields[own];
-    let mut last = canon::header(signature.header_canon, field.name, &without_b(field.raw));
-    last.truncate(last.len() - 2);
-    data.extend_from_slice(&last);
+    canon::header_into(signature.header_canon, field.name, &without_b(field.raw), &mut data);
+    data.truncate(data.len() - 2);
     data
 }
 

@@ -2,6 +2,7 @@
 //! and `Received-SPF:` (RFC 7208 §9.1), written above `Received:`; and which
 //! `Authentication-Results:` fields a client sent under our name (RFC 8601 §5).
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use crate::dkim::verify::Verdict;
@@ -59,37 +60,59 @@ impl Findings {
     /// per signature checked (`Some(&[])`: the message has none), `None` when not checked;
     /// then DMARC's, when it was evaluated.
     pub fn fields_with(&self, authserv_id: &str, dkim: Option<&[Verdict]>, dmarc: Option<&Evaluation>) -> String {
-        // The results that read the message, one resinfo each (RFC 8601 §2.2).
-        let read: Vec<String> = dkim.map(dkim_results).into_iter().chain(dmarc.map(dmarc_result)).collect();
-        let read = (!read.is_empty()).then(|| read.join(";\r\n\t"));
-        match (self, read) {
-            (Findings::Unchecked(Unchecked::Off), Some(read)) => {
-                format!("Authentication-Results: {authserv_id} (SPF not checked);\r\n\t{read}\r\n")
+        // The results that read the message, one resinfo each (RFC 8601 §2.2), written
+        // straight into the field.
+        let read = |out: &mut String| {
+            if let Some(verdicts) = dkim {
+                out.push_str(";\r\n\t");
+                push_dkim_results(out, verdicts);
             }
-            (Findings::Unchecked(why), _) => {
-                let result = match why {
-                    Unchecked::User(user) => format!(";\r\n\tauth=pass smtp.auth={}", value(user)),
-                    Unchecked::Trusted => " (trusted client, not checked); none".into(),
-                    Unchecked::Loopback => " (loopback client, not checked); none".into(),
-                    Unchecked::Off => " (SPF not checked); none".into(),
-                    Unchecked::NoAddress => " (client address unknown, not checked); none".into(),
-                    Unchecked::Refused => " (sender refused, not checked); none".into(),
-                };
-                format!("Authentication-Results: {authserv_id}{result}\r\n")
+            if let Some(e) = dmarc {
+                out.push_str(";\r\n\t");
+                push_dmarc_result(out, e);
             }
-            (Findings::Spf(spf), read) => {
-                let property = match &spf.sender {
-                    Some(sender) => format!("smtp.mailfrom={}", pvalue(sender)),
-                    None => format!("smtp.helo={}", value(&spf.helo)),
-                };
-                let read = read.map(|r| format!(";\r\n\t{r}")).unwrap_or_default();
-                format!(
-                    "Authentication-Results: {authserv_id};\r\n\tspf={} {property}{read}\r\n{}",
-                    spf.outcome.result,
-                    received_spf(spf)
-                )
+        };
+        let mut out = String::with_capacity(512);
+        out.push_str("Authentication-Results: ");
+        out.push_str(authserv_id);
+        match self {
+            Findings::Unchecked(Unchecked::Off) if dkim.is_some() || dmarc.is_some() => {
+                out.push_str(" (SPF not checked)");
+                read(&mut out);
+                out.push_str("\r\n");
+            }
+            Findings::Unchecked(why) => {
+                match why {
+                    Unchecked::User(user) => {
+                        out.push_str(";\r\n\tauth=pass smtp.auth=");
+                        push_value(&mut out, user);
+                    }
+                    Unchecked::Trusted => out.push_str(" (trusted client, not checked); none"),
+                    Unchecked::Loopback => out.push_str(" (loopback client, not checked); none"),
+                    Unchecked::Off => out.push_str(" (SPF not checked); none"),
+                    Unchecked::NoAddress => out.push_str(" (client address unknown, not checked); none"),
+                    Unchecked::Refused => out.push_str(" (sender refused, not checked); none"),
+                }
+                out.push_str("\r\n");
+            }
+            Findings::Spf(spf) => {
+                let _ = write!(out, ";\r\n\tspf={} ", spf.outcome.result);
+                match &spf.sender {
+                    Some(sender) => {
+                        out.push_str("smtp.mailfrom=");
+                        push_pvalue(&mut out, sender);
+                    }
+                    None => {
+                        out.push_str("smtp.helo=");
+                        push_value(&mut out, &spf.helo);
+                    }
+                }
+                read(&mut out);
+                out.push_str("\r\n");
+                push_received_spf(&mut out, spf);
             }
         }
+        out
     }
 
     /// Whether the checks that read the message run for this client: not for our own users
@@ -121,46 +144,67 @@ impl Findings {
 /// the signing domain and selector (`header.d=`, `header.s=`), each on a line of its own;
 /// `dkim=none` when the message has no signature.
 pub fn dkim_results(verdicts: &[Verdict]) -> String {
+    let mut out = String::new();
+    push_dkim_results(&mut out, verdicts);
+    out
+}
+
+fn push_dkim_results(out: &mut String, verdicts: &[Verdict]) {
     if verdicts.is_empty() {
-        return "dkim=none".into();
+        out.push_str("dkim=none");
     }
-    let results: Vec<String> = verdicts
-        .iter()
-        .map(|v| {
-            let mut text = format!("dkim={}", v.result);
-            if let Some(reason) = &v.reason {
-                text += &format!(" reason={}", quoted(reason));
-            }
-            if !v.domain.is_empty() {
-                text += &format!(" header.d={}", value(&v.domain));
-            }
-            if !v.selector.is_empty() {
-                text += &format!(" header.s={}", value(&v.selector));
-            }
-            text
-        })
-        .collect();
-    results.join(";\r\n\t")
+    for (i, v) in verdicts.iter().enumerate() {
+        if i > 0 {
+            out.push_str(";\r\n\t");
+        }
+        let _ = write!(out, "dkim={}", v.result);
+        if let Some(reason) = &v.reason {
+            out.push_str(" reason=");
+            push_quoted(out, reason);
+        }
+        if !v.domain.is_empty() {
+            out.push_str(" header.d=");
+            push_value(out, &v.domain);
+        }
+        if !v.selector.is_empty() {
+            out.push_str(" header.s=");
+            push_value(out, &v.selector);
+        }
+    }
 }
 
 /// RFC 7489 §11.2: `dmarc=` with the policy published in a comment, the reason when there is
 /// one, and `header.from=`.
 pub fn dmarc_result(e: &Evaluation) -> String {
-    let mut text = format!("dmarc={}", e.result);
+    let mut out = String::new();
+    push_dmarc_result(&mut out, e);
+    out
+}
+
+fn push_dmarc_result(out: &mut String, e: &Evaluation) {
+    let _ = write!(out, "dmarc={}", e.result);
     if let Some(policy) = e.published {
-        text += &format!(" (p={} dis={})", policy.name(), e.applied.name());
+        let _ = write!(out, " (p={} dis={})", policy.name(), e.applied.name());
     }
     if let Some(reason) = &e.reason {
-        text += &format!(" reason={}", quoted(reason));
+        out.push_str(" reason=");
+        push_quoted(out, reason);
     }
-    text + &format!(" header.from={}", value(&e.from))
+    out.push_str(" header.from=");
+    push_value(out, &e.from);
 }
 
 /// RFC 7208 §9.1: the result, a comment a person reads, then the key-value pairs.
 pub fn received_spf(spf: &SpfFinding) -> String {
+    let mut field = String::with_capacity(384);
+    push_received_spf(&mut field, spf);
+    field
+}
+
+fn push_received_spf(field: &mut String, spf: &SpfFinding) {
     let who = match (&spf.sender, spf.identity) {
-        (Some(sender), Identity::MailFrom) => sender.clone(),
-        _ => format!("postmaster@{}", spf.helo),
+        (Some(sender), Identity::MailFrom) => std::borrow::Cow::Borrowed(sender.as_str()),
+        _ => std::borrow::Cow::Owned(format!("postmaster@{}", spf.helo)),
     };
     let (ip, domain) = (spf.ip, &spf.domain);
     let said = match spf.outcome.result {
@@ -172,23 +216,13 @@ pub fn received_spf(spf: &SpfFinding) -> String {
         SpfResult::TempError => format!("error in processing during lookup of {domain}"),
         SpfResult::PermError => format!("error in the SPF record of {domain}"),
     };
-    let mut pairs = vec![
-        format!("client-ip={ip};"),
-        format!("envelope-from={};", quoted(spf.sender.as_deref().unwrap_or(""))),
-        format!("helo={};", value(&spf.helo)),
-        format!("receiver={};", value(&spf.receiver)),
-        format!("identity={};", if spf.identity == Identity::MailFrom { "mailfrom" } else { "helo" }),
-    ];
-    if let Some(mechanism) = &spf.outcome.mechanism {
-        pairs.push(format!("mechanism={};", quoted(mechanism)));
-    }
-    if let Some(problem) = &spf.outcome.problem {
-        pairs.push(format!("problem={};", quoted(problem)));
-    }
-    let mut field = format!("Received-SPF: {} ({}: {})", spf.outcome.result, spf.receiver, comment(&said));
-    let mut line = field.len();
-    for pair in pairs {
-        // Folded before a pair that would take the line past 78 octets (RFC 5322 §2.1.1).
+    let start = field.len();
+    let _ = write!(field, "Received-SPF: {} ({}: {})", spf.outcome.result, spf.receiver, comment(&said));
+    let mut line = field.len() - start;
+    // Each pair is written into `pair`, then onto the field: folded before a pair that would
+    // take the line past 78 octets (RFC 5322 §2.1.1).
+    let mut pair = String::with_capacity(128);
+    let mut add = |pair: &mut String| {
         if line + 1 + pair.len() > 78 {
             field.push_str("\r\n\t");
             line = 1;
@@ -197,21 +231,50 @@ pub fn received_spf(spf: &SpfFinding) -> String {
             line += 1;
         }
         line += pair.len();
-        field.push_str(&pair);
+        field.push_str(pair);
+        pair.clear();
+    };
+    let _ = write!(pair, "client-ip={ip};");
+    add(&mut pair);
+    pair.push_str("envelope-from=");
+    push_quoted(&mut pair, spf.sender.as_deref().unwrap_or(""));
+    pair.push(';');
+    add(&mut pair);
+    pair.push_str("helo=");
+    push_value(&mut pair, &spf.helo);
+    pair.push(';');
+    add(&mut pair);
+    pair.push_str("receiver=");
+    push_value(&mut pair, &spf.receiver);
+    pair.push(';');
+    add(&mut pair);
+    pair.push_str(if spf.identity == Identity::MailFrom { "identity=mailfrom;" } else { "identity=helo;" });
+    add(&mut pair);
+    if let Some(mechanism) = &spf.outcome.mechanism {
+        pair.push_str("mechanism=");
+        push_quoted(&mut pair, mechanism);
+        pair.push(';');
+        add(&mut pair);
     }
-    field + "\r\n"
+    if let Some(problem) = &spf.outcome.problem {
+        pair.push_str("problem=");
+        push_quoted(&mut pair, problem);
+        pair.push(';');
+        add(&mut pair);
+    }
+    field.push_str("\r\n");
 }
 
 /// Text a client or a DNS zone supplied, made safe for a header field: printable, one line,
 /// at most 200 characters.
-fn clean(text: &str) -> String {
-    text.chars().filter(|c| !c.is_control()).take(200).collect()
+fn clean(text: &str) -> impl Iterator<Item = char> + '_ {
+    text.chars().filter(|c| !c.is_control()).take(200)
 }
 
 /// Comment text (RFC 5322 §3.2.2): parentheses and backslashes quoted.
 fn comment(text: &str) -> String {
-    let mut out = String::new();
-    for c in clean(text).chars() {
+    let mut out = String::with_capacity(text.len());
+    for c in clean(text) {
         if matches!(c, '(' | ')' | '\\') {
             out.push('\\');
         }
@@ -221,37 +284,46 @@ fn comment(text: &str) -> String {
 }
 
 /// A quoted-string (RFC 5322 §3.2.4).
-fn quoted(text: &str) -> String {
-    let mut out = String::from("\"");
-    for c in clean(text).chars() {
+fn push_quoted(out: &mut String, text: &str) {
+    out.push('"');
+    for c in clean(text) {
         if matches!(c, '"' | '\\') {
             out.push('\\');
         }
         out.push(c);
     }
-    out + "\""
+    out.push('"');
 }
 
-/// A dot-atom when the text is one, else a quoted-string (RFC 7208 §9.1 `key-value-pair`,
-/// RFC 8601 `value`).
-fn value(text: &str) -> String {
+/// Whether the text is a dot-atom, written as it is where a `value` may be (else quoted).
+fn is_plain_value(text: &str) -> bool {
     let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii();
     let dot_atom = !text.is_empty()
         && !text.starts_with('.')
         && !text.ends_with('.')
         && !text.contains("..")
         && text.chars().all(|c| atext(c) || c == '.');
-    if dot_atom && !text.contains('=') && !text.contains('/') { text.to_string() } else { quoted(text) }
+    dot_atom && !text.contains('=') && !text.contains('/')
+}
+
+/// A dot-atom when the text is one, else a quoted-string (RFC 7208 §9.1 `key-value-pair`,
+/// RFC 8601 `value`).
+fn push_value(out: &mut String, text: &str) {
+    if is_plain_value(text) { out.push_str(text) } else { push_quoted(out, text) }
 }
 
 /// RFC 8601 §2.2 `pvalue`: `local-part@domain` as it is when it is one, else quoted.
-fn pvalue(address: &str) -> String {
+fn push_pvalue(out: &mut String, address: &str) {
     match address.rsplit_once('@') {
-        Some((local, domain)) if !domain.is_empty() && value(domain) == domain => {
-            let local_ok = local.starts_with('"') || value(local) == local;
-            if local_ok && !local.chars().any(char::is_control) { address.to_string() } else { quoted(address) }
+        Some((local, domain)) if is_plain_value(domain) => {
+            let local_ok = local.starts_with('"') || is_plain_value(local);
+            if local_ok && !local.chars().any(char::is_control) {
+                out.push_str(address)
+            } else {
+                push_quoted(out, address)
+            }
         }
-        _ => quoted(address),
+        _ => push_quoted(out, address),
     }
 }
 

@@ -37,7 +37,8 @@ pub struct Conn {
     pub transport: Transport,
     pending: Vec<u8>,
     pub deadline: Option<Instant>,
-    /// The receive timeout last set on the socket, to skip a setsockopt per read.
+    /// The receive timeout last set on the socket, to skip a setsockopt per read
+    /// (`next_timeout`).
     pub read_timeout: Option<Duration>,
     /// A write failed or stalled past its timeout: the peer is not reading, so nothing more
     /// is written (not even a 421), and every later read or write fails at once.
@@ -64,19 +65,25 @@ impl Conn {
         }
     }
 
-    /// The socket timeout for the next read: the time left, rounded down to what is already
-    /// set when that is close (within a tenth), so a deadline is never overshot by more.
+    /// The socket timeout for the next read, when it must change. What is set already stays
+    /// while it is no longer than the time left (a read it ends early is retried with less)
+    /// and at least a quarter of it, so that the next command, whose deadline is a moment
+    /// later each time, or the longer wait for the message, costs no setsockopt(2). Else it
+    /// is the time left less a sixteenth, which the following commands' deadlines, each a
+    /// little shorter than the last, still find long enough (under two seconds: the time left
+    /// itself, so the last stretch before a deadline is one read).
     fn next_timeout(&mut self, left: Option<Duration>) -> Option<Option<Duration>> {
-        let close = match (self.read_timeout, left) {
-            (Some(set), Some(left)) => set <= left && left - set <= left / 10,
+        let keep = match (self.read_timeout, left) {
+            (Some(set), Some(left)) => set <= left && set >= left / 4,
             (None, None) => true,
             _ => false,
         };
-        if close {
+        if keep {
             return None;
         }
-        self.read_timeout = left;
-        Some(left)
+        let shaved = |left: Duration| if left >= Duration::from_secs(2) { left - left / 16 } else { left };
+        self.read_timeout = left.map(shaved);
+        Some(self.read_timeout)
     }
 
     /// The TLS version and cipher in use, for the `Received:` header; `None` in plaintext.
@@ -229,5 +236,28 @@ impl Write for Conn {
             let why = if is_timeout(&e) { "the client stopped reading".to_string() } else { e.to_string() };
             io::Error::new(io::ErrorKind::BrokenPipe, format!("write: {why}"))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_socket_timeout_is_set_once_per_session_and_never_past_the_deadline() {
+        let mut conn = Conn::new(Transport::Closed);
+        let secs = Duration::from_secs;
+        let first = conn.next_timeout(Some(secs(300))).expect("set at the first read").expect("a timeout");
+        assert!(first < secs(300) && first >= secs(280), "{first:?}");
+        // The next commands' deadlines, each a moment later, then the message's longer one.
+        for left in [secs(300) - Duration::from_millis(3), secs(299), secs(600), secs(300)] {
+            assert_eq!(conn.next_timeout(Some(left)), None, "{left:?}");
+        }
+        // Less time left than is set (the set timeout ran out first): set to the time left.
+        assert_eq!(conn.next_timeout(Some(Duration::from_millis(1500))), Some(Some(Duration::from_millis(1500))));
+        // Far more (an hour's wait): set, so a silent client does not wake the thread often.
+        assert!(conn.next_timeout(Some(secs(3600))).is_some());
+        assert_eq!(conn.next_timeout(None), Some(None));
+        assert_eq!(conn.next_timeout(None), None);
     }
 }

@@ -64,15 +64,17 @@ impl Reply {
 
     /// Appends the reply in wire form; every line is cut to 512 octets.
     pub fn write_to(&self, out: &mut Vec<u8>) {
+        use std::io::Write as _;
         let last = self.lines.len().saturating_sub(1);
         for (i, text) in self.lines.iter().enumerate() {
             let sep = if i == last { ' ' } else { '-' };
-            let mut line = match self.status {
-                Some(EnhancedStatus(a, b, c)) => format!("{}{sep}{a}.{b}.{c} {text}", self.code),
-                None => format!("{}{sep}{text}", self.code),
+            let start = out.len();
+            // Written in place: writing to a Vec cannot fail.
+            let _ = match self.status {
+                Some(EnhancedStatus(a, b, c)) => write!(out, "{}{sep}{a}.{b}.{c} {text}", self.code),
+                None => write!(out, "{}{sep}{text}", self.code),
             };
-            truncate_at_char(&mut line, MAX_REPLY_LINE - 2);
-            out.extend_from_slice(line.as_bytes());
+            truncate_at_char(out, start, MAX_REPLY_LINE - 2);
             out.extend_from_slice(b"\r\n");
         }
     }
@@ -254,13 +256,16 @@ fn received(code: u16, raw_lines: &[&[u8]]) -> Reply {
     Reply::received(code, status, lines)
 }
 
-fn truncate_at_char(s: &mut String, max: usize) {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
+/// Cuts the text written to `out` from `start` (UTF-8, as it came from strings) to at most
+/// `max` octets, never inside a character.
+fn truncate_at_char(out: &mut Vec<u8>, start: usize, max: usize) {
+    if out.len() - start > max {
+        let mut end = start + max;
+        // A continuation octet (10xxxxxx) is inside a character.
+        while out[end] & 0xC0 == 0x80 {
             end -= 1;
         }
-        s.truncate(end);
+        out.truncate(end);
     }
 }
 
