@@ -5,6 +5,7 @@
 //! always queried fully qualified, with no search list (§5.1: no guessing of partial names).
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hickory_resolver::TokioResolver;
@@ -265,7 +266,8 @@ pub struct ResolverPool {
 /// answer from hickory's cache still costs a turn of its runtime, a kept one a map lookup.
 /// Only records are kept (a failure is asked again); at most `MEMO_ENTRIES`.
 #[derive(Default)]
-struct Memo(std::collections::HashMap<MemoKey, (Vec<RData>, Instant)>);
+/// Each answer is shared: a hit copies none of its records, only what the asker reads of them.
+struct Memo(std::collections::HashMap<MemoKey, (Arc<[RData]>, Instant)>);
 
 /// The servers asked, the kind of record, the name in lower case.
 type MemoKey = (Vec<SocketAddr>, RecordType, String);
@@ -273,11 +275,11 @@ type MemoKey = (Vec<SocketAddr>, RecordType, String);
 const MEMO_ENTRIES: usize = 4096;
 
 impl Memo {
-    fn get(&self, key: &MemoKey, now: Instant) -> Option<Vec<RData>> {
-        self.0.get(key).filter(|(_, until)| *until > now).map(|(records, _)| records.clone())
+    fn get(&self, key: &MemoKey, now: Instant) -> Option<Arc<[RData]>> {
+        self.0.get(key).filter(|(_, until)| *until > now).map(|(records, _)| Arc::clone(records))
     }
 
-    fn put(&mut self, key: MemoKey, records: Vec<RData>, until: Instant, now: Instant) {
+    fn put(&mut self, key: MemoKey, records: Arc<[RData]>, until: Instant, now: Instant) {
         if self.0.len() >= MEMO_ENTRIES {
             self.0.retain(|_, (_, kept)| *kept > now);
             if self.0.len() >= MEMO_ENTRIES {
@@ -325,30 +327,31 @@ impl Pooled<'_> {
 
 impl Pooled<'_> {
     /// The records of `kind` for `name`: kept ones while their TTL lasts, else asked.
-    fn records(&self, name: &str, kind: RecordType, until: Instant) -> Result<Vec<RData>, DnsFailure> {
+    fn records(&self, name: &str, kind: RecordType, until: Instant) -> Result<Arc<[RData]>, DnsFailure> {
         let key = (self.config.dns_servers.clone(), kind, name.to_ascii_lowercase());
         let now = Instant::now();
         if let Some(records) = self.pool.memo.lock().unwrap_or_else(|e| e.into_inner()).get(&key, now) {
             return Ok(records);
         }
         let (records, valid_until) = self.with(|dns| dns.ask(name, kind, until))?;
-        self.pool.memo.lock().unwrap_or_else(|e| e.into_inner()).put(key, records.clone(), valid_until, now);
+        let records: Arc<[RData]> = records.into();
+        self.pool.memo.lock().unwrap_or_else(|e| e.into_inner()).put(key, Arc::clone(&records), valid_until, now);
         Ok(records)
     }
 }
 
 impl Resolve for Pooled<'_> {
     fn txt(&self, name: &str, until: Instant) -> Result<Vec<Vec<u8>>, DnsFailure> {
-        self.records(name, RecordType::TXT, until).map(txt_strings)
+        self.records(name, RecordType::TXT, until).map(|r| txt_strings(&r))
     }
     fn ips(&self, name: &str, v6: bool, until: Instant) -> Result<Vec<IpAddr>, DnsFailure> {
-        self.records(name, if v6 { RecordType::AAAA } else { RecordType::A }, until).map(addresses)
+        self.records(name, if v6 { RecordType::AAAA } else { RecordType::A }, until).map(|r| addresses(&r))
     }
     fn mx(&self, name: &str, until: Instant) -> Result<Vec<(u16, String)>, DnsFailure> {
-        self.records(name, RecordType::MX, until).map(exchanges)
+        self.records(name, RecordType::MX, until).map(|r| exchanges(&r))
     }
     fn ptr(&self, ip: IpAddr, until: Instant) -> Result<Vec<String>, DnsFailure> {
-        self.records(&reverse_name(ip), RecordType::PTR, until).map(pointers)
+        self.records(&reverse_name(ip), RecordType::PTR, until).map(|r| pointers(&r))
     }
 }
 
@@ -376,9 +379,9 @@ impl DnsLookup {
 }
 
 /// TXT records, each one's strings joined (RFC 7208 §3.3).
-fn txt_strings(records: Vec<RData>) -> Vec<Vec<u8>> {
+fn txt_strings(records: &[RData]) -> Vec<Vec<u8>> {
     records
-        .into_iter()
+        .iter()
         .filter_map(|r| match r {
             RData::TXT(txt) => Some(txt.txt_data.concat()),
             _ => None,
@@ -386,9 +389,9 @@ fn txt_strings(records: Vec<RData>) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn addresses(records: Vec<RData>) -> Vec<IpAddr> {
+fn addresses(records: &[RData]) -> Vec<IpAddr> {
     records
-        .into_iter()
+        .iter()
         .filter_map(|r| match r {
             RData::A(a) => Some(IpAddr::V4(a.0)),
             RData::AAAA(a) => Some(IpAddr::V6(a.0)),
@@ -397,9 +400,9 @@ fn addresses(records: Vec<RData>) -> Vec<IpAddr> {
         .collect()
 }
 
-fn exchanges(records: Vec<RData>) -> Vec<(u16, String)> {
+fn exchanges(records: &[RData]) -> Vec<(u16, String)> {
     records
-        .into_iter()
+        .iter()
         .filter_map(|r| match r {
             RData::MX(mx) => Some((mx.preference, mx.exchange.to_ascii().trim_end_matches('.').to_lowercase())),
             _ => None,
@@ -407,9 +410,9 @@ fn exchanges(records: Vec<RData>) -> Vec<(u16, String)> {
         .collect()
 }
 
-fn pointers(records: Vec<RData>) -> Vec<String> {
+fn pointers(records: &[RData]) -> Vec<String> {
     records
-        .into_iter()
+        .iter()
         .filter_map(|r| match r {
             RData::PTR(name) => Some(name.0.to_ascii().trim_end_matches('.').to_lowercase()),
             _ => None,
@@ -582,14 +585,15 @@ impl DnsLookup {
     /// TXT records of `name`, each one's strings joined.
     pub fn txt(&self, name: &str) -> Result<Vec<Vec<u8>>, DnsFailure> {
         self.ask(name, RecordType::TXT, Instant::now() + Duration::from_secs(30))
-            .map(|(records, _)| txt_strings(records))
+            .map(|(records, _)| txt_strings(&records))
     }
 }
 
 impl Lookup for DnsLookup {
     fn mx(&self, domain: &str) -> Result<Vec<(u16, String)>, DnsFailure> {
         let lookup = self.runtime.block_on(self.resolver.mx_lookup(absolute(domain))).map_err(|e| classify(&e))?;
-        Ok(exchanges(lookup.answers().iter().map(|r| r.data.clone()).collect()))
+        let records: Vec<RData> = lookup.answers().iter().map(|r| r.data.clone()).collect();
+        Ok(exchanges(&records))
     }
 
     fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DnsFailure> {
@@ -611,9 +615,11 @@ mod tests {
         let mut memo = Memo::default();
         let now = Instant::now();
         let key = |name: &str| (vec!["127.0.0.1:53".parse().unwrap()], RecordType::TXT, name.to_string());
-        let txt = |t: &str| vec![RData::TXT(hickory_resolver::proto::rr::rdata::TXT::new(vec![t.to_string()]))];
+        let txt = |t: &str| -> Arc<[RData]> {
+            vec![RData::TXT(hickory_resolver::proto::rr::rdata::TXT::new(vec![t.to_string()]))].into()
+        };
         memo.put(key("a.test"), txt("v=spf1 -all"), now + Duration::from_secs(300), now);
-        assert_eq!(memo.get(&key("a.test"), now).map(txt_strings), Some(vec![b"v=spf1 -all".to_vec()]));
+        assert_eq!(memo.get(&key("a.test"), now).map(|r| txt_strings(&r)), Some(vec![b"v=spf1 -all".to_vec()]));
         assert_eq!(memo.get(&key("a.test"), now + Duration::from_secs(301)), None, "its TTL is over");
         assert_eq!(memo.get(&key("b.test"), now), None);
         let other_servers = (vec!["127.0.0.2:53".parse().unwrap()], RecordType::TXT, "a.test".to_string());

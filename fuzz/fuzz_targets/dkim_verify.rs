@@ -25,13 +25,14 @@ fuzz_target!(|data: &[u8]| {
     };
     let _ = parse_tags(record);
     let _ = parse_tags(message);
-    let (_, at) = postern::message::Headers::parse(message);
-    let mut verifier = Verifier::new(&message[..at], 1_800_000_000);
+    let (headers, at) = postern::message::Headers::parse(message);
+    let mut verifier = Verifier::new(&headers, 1_800_000_000);
     // The body in uneven pieces, as the server feeds it.
     for piece in message[at..].chunks(7) {
         verifier.feed(piece);
     }
-    let verdicts = verifier.finish(&TxtZone(|n: &str| key(record, n)), Instant::now() + Duration::from_secs(1));
+    let verdicts =
+        verifier.finish(&headers, &TxtZone(|n: &str| key(record, n)), Instant::now() + Duration::from_secs(1));
     assert!(verdicts.len() <= MAX_SIGNATURES);
     if !record.windows(2).any(|w| w == b"p=") {
         assert!(verdicts.iter().all(|v| v.result != DkimResult::Pass), "{verdicts:?}");

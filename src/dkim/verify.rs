@@ -444,7 +444,6 @@ fn without_b(value: &[u8]) -> Vec<u8> {
 
 /// A message's signatures being checked: made from the header section, fed the body.
 pub struct Verifier {
-    head: Vec<u8>,
     checks: Vec<Check>,
     /// One body hash for each canonicalization and `l=` the signatures ask for: signatures
     /// that ask the same (a sender's and its provider's, both relaxed) share one pass.
@@ -476,10 +475,10 @@ impl Unusable {
 }
 
 impl Verifier {
-    /// Reads the `DKIM-Signature:` fields of `head` (the header section, with or without the
-    /// empty line) at time `now` (seconds since the epoch, for `x=`).
-    pub fn new(head: &[u8], now: u64) -> Verifier {
-        let (headers, _) = Headers::parse(head);
+    /// Reads the `DKIM-Signature:` fields of the header section `headers` at time `now`
+    /// (seconds since the epoch, for `x=`). `finish` is given the same section, parsed once
+    /// by the caller for every check that reads it.
+    pub fn new(headers: &Headers<'_>, now: u64) -> Verifier {
         let mut checks = Vec::new();
         let mut bodies: Vec<BodyHash> = Vec::new();
         for (i, field) in headers.fields.iter().enumerate() {
@@ -513,7 +512,7 @@ impl Verifier {
             };
             checks.push(Check::Hashing { signature: Box::new(signature), field: i, body });
         }
-        Verifier { head: head.to_vec(), checks, bodies }
+        Verifier { checks, bodies }
     }
 
     /// Whether the message has any signature to check.
@@ -533,9 +532,9 @@ impl Verifier {
     }
 
     /// One verdict per signature, in the order of the fields, each key asked of `dns`
-    /// before `until`. No signature: no verdicts (the caller says `dkim=none`).
-    pub fn finish(self, dns: &dyn Resolve, until: Instant) -> Vec<Verdict> {
-        let (headers, _) = Headers::parse(&self.head);
+    /// before `until`; `headers`, the section `new` read. No signature: no verdicts (the
+    /// caller says `dkim=none`).
+    pub fn finish(self, headers: &Headers<'_>, dns: &dyn Resolve, until: Instant) -> Vec<Verdict> {
         let hashes: Vec<Result<Vec<u8>, String>> =
             self.bodies.into_iter().map(|h| h.body.and_then(|b| b.finish()).map(|(hash, _)| hash)).collect();
         self.checks
@@ -545,7 +544,10 @@ impl Verifier {
                     Verdict { result: u.result, domain: u.domain, selector: u.selector, reason: Some(u.reason) }
                 }
                 Check::Hashing { signature, field, body } => {
-                    let outcome = check_one(&signature, &headers, field, &hashes[body], dns, until);
+                    let outcome = match field < headers.fields.len() {
+                        true => check_one(&signature, headers, field, &hashes[body], dns, until),
+                        false => Err((DkimResult::PermError, "header section changed".to_string())),
+                    };
                     let (result, reason) = match outcome {
                         Ok(()) => (DkimResult::Pass, None),
                         Err((result, reason)) => (result, Some(reason)),
@@ -636,10 +638,10 @@ fn signed_data(signature: &Signature, headers: &Headers<'_>, own: usize) -> Vec<
 
 /// A whole message (header, empty line, body) checked at once.
 pub fn verify(message: &[u8], dns: &dyn Resolve, now: u64, until: Instant) -> Vec<Verdict> {
-    let (_, at) = Headers::parse(message);
-    let mut verifier = Verifier::new(&message[..at], now);
+    let (headers, at) = Headers::parse(message);
+    let mut verifier = Verifier::new(&headers, now);
     verifier.feed(&message[at..]);
-    verifier.finish(dns, until)
+    verifier.finish(&headers, dns, until)
 }
 
 #[cfg(test)]

@@ -377,7 +377,7 @@ pub struct MessageVerdict {
 /// must hold exactly one address (§6.6.1). `roll` is a random number below 100 for `pct`.
 pub fn check_author(
     findings: &authres::Findings,
-    head: &[u8],
+    headers: &Headers<'_>,
     dkim: Vec<Verdict>,
     dns: &dyn Resolve,
     until: Instant,
@@ -387,7 +387,6 @@ pub fn check_author(
     if !findings.checks_message() {
         return verdict;
     }
-    let (headers, _) = Headers::parse(head);
     let authors = headers.addresses("from");
     let [author] = authors.as_slice() else {
         verdict.refusal = Some(Refusal::FromCount(authors.len()));
@@ -436,24 +435,25 @@ impl MessageChecks {
             return verifier.feed(body);
         }
         if self.dkim && head.is_done() && !head.overflowed() {
-            let mut verifier = Verifier::new(head.bytes(), self.now);
+            let mut verifier = Verifier::new(&head.headers(), self.now);
             verifier.feed(body);
             self.verifier = Some(verifier);
         }
     }
 
     /// After the final dot: each signature's verdict, then the `From:` domain's policy, the
-    /// questions asked of `dns` before `until`. `roll`: a number below 100 for `pct`.
+    /// questions asked of `dns` before `until`. `head`, and `headers` parsed from it once for
+    /// every reader. `roll`: a number below 100 for `pct`.
     pub fn finish(
         self,
-        head: &HeaderScan,
+        (head, headers): (&HeaderScan, &Headers<'_>),
         findings: &authres::Findings,
         dns: &dyn Resolve,
         until: Instant,
         roll: u8,
     ) -> MessageVerdict {
         let dkim = match self.verifier {
-            Some(verifier) => verifier.finish(dns, until),
+            Some(verifier) => verifier.finish(headers, dns, until),
             // A header section past the bound is not read to its end (RFC 6376 §3.4: no
             // canonical form of an unread field); its signatures cannot be checked.
             None if self.dkim && head.overflowed() => vec![Verdict {
@@ -465,7 +465,7 @@ impl MessageChecks {
             None => Vec::new(),
         };
         let mut verdict = match self.dmarc {
-            true => check_author(findings, head.bytes(), dkim, dns, until, roll),
+            true => check_author(findings, headers, dkim, dns, until, roll),
             false => MessageVerdict { dkim, dkim_checked: true, dmarc: None, refusal: None, quarantine: false },
         };
         verdict.dkim_checked = self.dkim;
@@ -614,7 +614,7 @@ mod tests {
                 let taken = head.feed(chunk);
                 checks.feed(&head, &chunk[taken..]);
             }
-            checks.finish(&head, findings, &dns, until, 0)
+            checks.finish((&head, &head.headers()), findings, &dns, until, 0)
         };
         let run =
             |message: &[u8], piece: usize, findings: &authres::Findings| run_with(&config, message, piece, findings);

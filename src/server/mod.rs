@@ -945,7 +945,9 @@ impl Server {
         let written = header_len + passed;
         let removed = forged.removed() as u64;
         let auth = auth.map(|a| a as &dyn Authenticator);
-        let not_owned = policy::check_message(req.user.as_deref(), auth, &head.headers()).err().map(DataError::Refused);
+        // Parsed once for every reader of the header section below.
+        let headers = head.headers();
+        let not_owned = policy::check_message(req.user.as_deref(), auth, &headers).err().map(DataError::Refused);
         let refused = match reader.error() {
             Some(TextError::BareLineEnding) => Some(DataError::BareLineEnding),
             Some(TextError::TooBig) => Some(DataError::TooBig),
@@ -968,7 +970,7 @@ impl Server {
                 // 7489 §6.6): what they found goes on top, or the message is refused.
                 verdict = checks.map(|(checks, dns)| {
                     let until = later(Instant::now(), cur.config.spf_timeout);
-                    checks.finish(&head, &req.findings, dns, until, policy::pct_roll())
+                    checks.finish((&head, &headers), &req.findings, dns, until, policy::pct_roll())
                 });
                 let on_top = match &verdict {
                     Some(v) => match &v.refusal {
@@ -1031,7 +1033,7 @@ impl Server {
             log::info!("{id}: {}", verdict.summary());
         }
         if let Ok(id) = &result
-            && let Some(message_id) = head.headers().get("message-id").as_deref().and_then(message_id)
+            && let Some(message_id) = headers.get("message-id").as_deref().and_then(message_id)
         {
             log::info!("{id}: message-id={message_id}");
         }

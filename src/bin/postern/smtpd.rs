@@ -478,7 +478,8 @@ fn test_sender(args: &Args, trial: &Trial) -> ExitCode {
                 let taken = head.feed(text);
                 checks.feed(&head, &text[taken..]);
                 let until = std::time::Instant::now() + config.spf_timeout;
-                checks.finish(&head, &verdict.findings, dns.as_ref(), until, postern::policy::pct_roll())
+                let headers = head.headers();
+                checks.finish((&head, &headers), &verdict.findings, dns.as_ref(), until, postern::policy::pct_roll())
             })
         }
         _ => None,
