@@ -265,8 +265,8 @@ pub struct ResolverPool {
 /// Answers the pool keeps until their TTL runs out, in front of the resolvers' own caches: an
 /// answer from hickory's cache still costs a turn of its runtime, a kept one a map lookup.
 /// Only records are kept (a failure is asked again); at most `MEMO_ENTRIES`.
-#[derive(Default)]
 /// Each answer is shared: a hit copies none of its records, only what the asker reads of them.
+#[derive(Default)]
 struct Memo(std::collections::HashMap<MemoKey, (Arc<[RData]>, Instant)>);
 
 /// The servers asked, the kind of record, the name in lower case.
