@@ -175,12 +175,6 @@ fn push_dkim_results(out: &mut String, verdicts: &[Verdict]) {
 
 /// RFC 7489 §11.2: `dmarc=` with the policy published in a comment, the reason when there is
 /// one, and `header.from=`.
-pub fn dmarc_result(e: &Evaluation) -> String {
-    let mut out = String::new();
-    push_dmarc_result(&mut out, e);
-    out
-}
-
 fn push_dmarc_result(out: &mut String, e: &Evaluation) {
     let _ = write!(out, "dmarc={}", e.result);
     if let Some(policy) = e.published {
@@ -195,12 +189,6 @@ fn push_dmarc_result(out: &mut String, e: &Evaluation) {
 }
 
 /// RFC 7208 §9.1: the result, a comment a person reads, then the key-value pairs.
-pub fn received_spf(spf: &SpfFinding) -> String {
-    let mut field = String::with_capacity(384);
-    push_received_spf(&mut field, spf);
-    field
-}
-
 fn push_received_spf(field: &mut String, spf: &SpfFinding) {
     let who = match (&spf.sender, spf.identity) {
         (Some(sender), Identity::MailFrom) => std::borrow::Cow::Borrowed(sender.as_str()),
@@ -217,7 +205,9 @@ fn push_received_spf(field: &mut String, spf: &SpfFinding) {
         SpfResult::PermError => format!("error in the SPF record of {domain}"),
     };
     let start = field.len();
-    let _ = write!(field, "Received-SPF: {} ({}: {})", spf.outcome.result, spf.receiver, comment(&said));
+    let _ = write!(field, "Received-SPF: {} ({}: ", spf.outcome.result, spf.receiver);
+    push_comment(field, &said);
+    field.push(')');
     let mut line = field.len() - start;
     // Each pair is written into `pair`, then onto the field: folded before a pair that would
     // take the line past 78 octets (RFC 5322 §2.1.1).
@@ -272,15 +262,13 @@ fn clean(text: &str) -> impl Iterator<Item = char> + '_ {
 }
 
 /// Comment text (RFC 5322 §3.2.2): parentheses and backslashes quoted.
-fn comment(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
+fn push_comment(out: &mut String, text: &str) {
     for c in clean(text) {
         if matches!(c, '(' | ')' | '\\') {
             out.push('\\');
         }
         out.push(c);
     }
-    out
 }
 
 /// A quoted-string (RFC 5322 §3.2.4).

@@ -487,26 +487,39 @@ impl MessageVerdict {
 
     /// One line for the log: each DKIM result with its domain, and DMARC's.
     pub fn summary(&self) -> String {
-        let mut parts: Vec<String> = Vec::new();
+        use std::fmt::Write as _;
+        let mut line = String::with_capacity(96);
+        // Each part after the first follows a comma.
+        let part = |line: &mut String| {
+            if !line.is_empty() {
+                line.push_str(", ");
+            }
+        };
         if self.dkim_checked {
-            match self.dkim.as_slice() {
-                [] => parts.push("dkim=none".into()),
-                verdicts => parts.extend(verdicts.iter().map(|v| match v.domain.as_str() {
-                    "" => format!("dkim={}", v.result),
-                    domain => format!("dkim={} ({domain})", v.result),
-                })),
+            if self.dkim.is_empty() {
+                part(&mut line);
+                line.push_str("dkim=none");
+            }
+            for v in &self.dkim {
+                part(&mut line);
+                let _ = match v.domain.as_str() {
+                    "" => write!(line, "dkim={}", v.result),
+                    domain => write!(line, "dkim={} ({domain})", v.result),
+                };
             }
         }
         if let Some(e) = &self.dmarc {
-            parts.push(match e.published {
-                Some(policy) => format!("dmarc={} ({}, p={})", e.result, e.from, policy.name()),
-                None => format!("dmarc={} ({})", e.result, e.from),
-            });
+            part(&mut line);
+            let _ = match e.published {
+                Some(policy) => write!(line, "dmarc={} ({}, p={})", e.result, e.from, policy.name()),
+                None => write!(line, "dmarc={} ({})", e.result, e.from),
+            };
         }
         if self.quarantine {
-            parts.push("quarantined".into());
+            part(&mut line);
+            line.push_str("quarantined");
         }
-        parts.join(", ")
+        line
     }
 }
 
