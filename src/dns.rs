@@ -348,7 +348,7 @@ impl Resolve for Pooled<'_> {
         self.records(name, if v6 { RecordType::AAAA } else { RecordType::A }, until).map(|r| addresses(&r))
     }
     fn mx(&self, name: &str, until: Instant) -> Result<Vec<(u16, String)>, DnsFailure> {
-        self.records(name, RecordType::MX, until).map(|r| exchanges(&r))
+        self.records(name, RecordType::MX, until).map(|r| exchanges(r.iter()))
     }
     fn ptr(&self, ip: IpAddr, until: Instant) -> Result<Vec<String>, DnsFailure> {
         self.records(&reverse_name(ip), RecordType::PTR, until).map(|r| pointers(&r))
@@ -400,9 +400,11 @@ fn addresses(records: &[RData]) -> Vec<IpAddr> {
         .collect()
 }
 
-fn exchanges(records: &[RData]) -> Vec<(u16, String)> {
+/// The MX records' preferences and exchanges, read where they are (a memo's shared answer, or
+/// a lookup's records), not copied first.
+fn exchanges<'a>(records: impl IntoIterator<Item = &'a RData>) -> Vec<(u16, String)> {
     records
-        .iter()
+        .into_iter()
         .filter_map(|r| match r {
             RData::MX(mx) => Some((mx.preference, mx.exchange.to_ascii().trim_end_matches('.').to_lowercase())),
             _ => None,
@@ -592,8 +594,7 @@ impl DnsLookup {
 impl Lookup for DnsLookup {
     fn mx(&self, domain: &str) -> Result<Vec<(u16, String)>, DnsFailure> {
         let lookup = self.runtime.block_on(self.resolver.mx_lookup(absolute(domain))).map_err(|e| classify(&e))?;
-        let records: Vec<RData> = lookup.answers().iter().map(|r| r.data.clone()).collect();
-        Ok(exchanges(&records))
+        Ok(exchanges(lookup.answers().iter().map(|r| &r.data)))
     }
 
     fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DnsFailure> {

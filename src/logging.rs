@@ -345,10 +345,8 @@ impl log::Log for Logger {
             Some(fixed) => std::borrow::Cow::Borrowed(fixed),
             None => std::borrow::Cow::Owned(record.args().to_string()),
         };
-        let text = match text.contains(['\r', '\n']) {
-            true => std::borrow::Cow::Owned(text.replace(['\r', '\n'], " ")),
-            false => text,
-        };
+        let text =
+            if text.contains(['\r', '\n']) { std::borrow::Cow::Owned(text.replace(['\r', '\n'], " ")) } else { text };
         let pid = self.pid;
         // A line may name its own program (`log::info!(target: "postern/pickup", ...)`), for the
         // tools that count by program name.

@@ -544,9 +544,10 @@ impl Verifier {
                     Verdict { result: u.result, domain: u.domain, selector: u.selector, reason: Some(u.reason) }
                 }
                 Check::Hashing { signature, field, body } => {
-                    let outcome = match field < headers.fields.len() {
-                        true => check_one(&signature, headers, field, &hashes[body], dns, until),
-                        false => Err((DkimResult::PermError, "header section changed".to_string())),
+                    let outcome = if field < headers.fields.len() {
+                        check_one(&signature, headers, field, &hashes[body], dns, until)
+                    } else {
+                        Err((DkimResult::PermError, "header section changed".to_string()))
                     };
                     let (result, reason) = match outcome {
                         Ok(()) => (DkimResult::Pass, None),
